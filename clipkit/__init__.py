@@ -1,0 +1,37 @@
+"""clipkit: CLIP embedding spaces end to end.
+
+Train a contrastive dual encoder on webdataset shards, embed images and texts,
+retrieve with FAISS (nearest neighbours, zero-shot, embedding arithmetic) and
+generate pixels back from embeddings with an unCLIP prior + decoder.
+
+The public names below are imported lazily so that `import clipkit` and the
+`clipkit --help` command stay fast (torch and open_clip load on first use).
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ClipModel": "clipkit.model",
+    "create": "clipkit.model",
+    "load": "clipkit.model",
+    "EmbeddingIndex": "clipkit.index",
+    "ZeroShotClassifier": "clipkit.zeroshot",
+    "evaluate_expression": "clipkit.arithmetic",
+    "nearest_words": "clipkit.arithmetic",
+    "UnCLIP": "clipkit.unclip",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'clipkit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -1,0 +1,1 @@
+"""Subcommands of the `clipkit` CLI, one module each (see clipkit/cli.py)."""

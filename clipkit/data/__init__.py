@@ -1,0 +1,1 @@
+"""Datasets and data pipelines: the shapes world, webdataset shards, image folders."""
