@@ -162,7 +162,7 @@ def render(attrs: ShapeAttributes, image_size: int = 32) -> Image.Image:
     top = _draw_shape(draw, attrs.shape, cx, cy, r, COLORS[attrs.color])
     if attrs.hat:
         _draw_hat(draw, cx, top + 0.5 * scale, r, scale)
-    return img.resize((image_size, image_size), Image.LANCZOS)
+    return img.resize((image_size, image_size), Image.BOX)  # area average: no ringing
 
 
 # ----------------------------------------------------------------------------- captions

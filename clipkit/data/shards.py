@@ -235,7 +235,7 @@ def shard_pipeline(
         stages.append(wds.split_by_worker)
     stages.append(wds.tarfile_to_samples(handler=counter.tar_handler))
     if shuffle:
-        stages.append(wds.shuffle(bufsize=shuffle, initial=min(shuffle, 1000), rng=None))
+        stages.append(wds.shuffle(bufsize=shuffle, initial=min(shuffle, 1000), seed=seed))  # seeded: resumable order
     stages.append(lambda src: decode_samples(src, counter))
 
     def transform(src):

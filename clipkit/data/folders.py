@@ -1,0 +1,102 @@
+"""Image folders, file lists and labelled folders.
+
+    list_images("photos/")                  # every image under a folder, sorted, recursively
+    list_images("files.txt")                # a file list: one path per line (relative to the list)
+    list_images(["a.png", "b.jpg"])         # already a list: checked and returned
+    paths, labels, classes = labelled_folder("root")   # root/<class>/*.png -> class indices
+    read_caption("photos/cat.jpg")          # photos/cat.txt if it exists (clip-retrieval's convention)
+
+Paths are returned as strings; nothing here decodes images (ClipModel.load_image does).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(source: str | os.PathLike | Iterable[str | os.PathLike], recursive: bool = True) -> list[str]:
+    """Image paths from a folder (sorted), a text file list, or a sequence of paths.
+
+    Raises FileNotFoundError for a missing folder / list / listed file and
+    ValueError when a folder holds no images.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(str(p) for p in path.glob(pattern) if p.is_file() and is_image_path(p)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(path)!r}")
+            return found
+        if path.is_file() and not is_image_path(path):
+            return _read_file_list(path)
+        if path.is_file():
+            return [str(path)]
+        raise FileNotFoundError(f"{str(path)!r} is neither an image folder, a file list nor an image")
+    paths = [str(p) for p in source]
+    for i, p in enumerate(paths):
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"images[{i}]: no such file {p!r}")
+    return paths
+
+
+def _read_file_list(path: Path) -> list[str]:
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        item = Path(line)
+        if not item.is_absolute():
+            item = path.parent / item
+        if not item.is_file():
+            raise FileNotFoundError(f"{path}:{lineno}: listed image {line!r} does not exist (looked for {str(item)!r})")
+        out.append(str(item))
+    if not out:
+        raise ValueError(f"file list {str(path)!r} names no images")
+    return out
+
+
+def read_caption(image_path: str | os.PathLike) -> str | None:
+    """The caption stored next to an image as `<stem>.txt`, or None."""
+    txt = Path(image_path).with_suffix(".txt")
+    if txt.is_file():
+        return txt.read_text(encoding="utf-8", errors="replace").strip()
+    return None
+
+
+def labelled_folder(root: str | os.PathLike, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """A folder of class folders (root/<class>/*.png) -> (paths, label indices, class names).
+
+    Class names are the sub-folder names in sorted order unless `classes`
+    gives the order (then every sub-folder must be one of them).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"labelled folder {str(root)!r} does not exist")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"{str(root)!r} has no class sub-folders; expected root/<class>/*.png")
+    if classes is None:
+        classes = folders
+    else:
+        unknown = sorted(set(folders) - set(classes))
+        if unknown:
+            raise ValueError(f"sub-folders {unknown} of {str(root)!r} are not among the classes {list(classes)}")
+    paths, labels = [], []
+    for name in folders:
+        images = sorted(str(p) for p in (root / name).rglob("*") if p.is_file() and is_image_path(p))
+        paths.extend(images)
+        labels.extend([list(classes).index(name)] * len(images))
+    if not paths:
+        raise ValueError(f"no images found in the class folders of {str(root)!r}")
+    return paths, labels, list(classes)

@@ -1,0 +1,272 @@
+"""The unCLIP decoder: a small UNet that turns a CLIP image embedding back into pixels.
+
+    cfg = DecoderConfig(embed_dim=128)                 # 32x32 RGB, ~2M parameters
+    net = DecoderUNet(cfg)
+    out = net(x_t, t, image_embed)                     # (B, 3, 32, 32): x0, eps or v (cfg.prediction)
+    out = net(x_t, t, image_embed, drop=mask)          # rows where mask is True see the null embedding
+
+The CLIP image embedding enters twice, as in unCLIP (Ramesh et al. 2022, §2.1):
+projected and added to the timestep embedding (which modulates every residual
+block with a scale and shift), and projected into `context_tokens` extra tokens
+that the self-attention layers at low resolution attend to beside the image
+positions. Classifier-free guidance needs an unconditional branch, so the net
+owns a learned null embedding: training replaces ~10% of the conditions by it
+(`drop`), sampling passes `net.null_embedding(B)` as the negative condition.
+
+Speed on CPU comes from `patch_size`: the image is folded 2x2 into channels
+(pixel_unshuffle) before the first convolution and unfolded after the last, so
+the UNet's highest resolution is 16x16 for a 32x32 image: about 4x fewer
+multiply-adds than a full-resolution UNet of the same width. The shapes world is
+flat colour with sharp edges, which a 12-channel output per 2x2 patch renders
+without loss. No attention runs at the highest resolution (cost quadratic in
+positions, little benefit there).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PREDICTIONS = ("x0", "eps", "v", "flow")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    embed_dim: int = 128                      # CLIP embedding width (the condition)
+    image_size: int = 32                      # 32 default; 64 works (add a level to `channels`)
+    in_channels: int = 3
+    patch_size: int = 2                       # 2x2 pixels folded into channels before the UNet
+    channels: tuple = (64, 128, 128)          # width per UNet level (resolution halves each level)
+    layers_per_block: int = 1                 # residual blocks per level (the up path gets the same)
+    attention_levels: tuple = (False, True, True)   # self-attention (+ context tokens) per level
+    heads: int = 4
+    context_tokens: int = 4                   # extra attention tokens made from the embedding
+    dropout: float = 0.0
+    # What the network outputs and how the noise is laid out; the pipeline reads these.
+    prediction: str = "x0"                    # "x0", "eps", "v" (DDPM/DDIM) or "flow" (velocity, flow matching)
+    schedule: str = "cosine"
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        # JSON round trips give lists; the frozen dataclass keeps tuples (hashable, comparable).
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={self.prediction!r} is not one of {PREDICTIONS}")
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries for "
+                             f"{len(self.channels)} levels in channels={self.channels}")
+        side = self.image_size // self.patch_size
+        if self.image_size % self.patch_size or side % (2 ** (len(self.channels) - 1)):
+            raise ValueError(f"image_size={self.image_size} with patch_size={self.patch_size} and "
+                             f"{len(self.channels)} levels does not halve evenly; try 32 or 64")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels), "attention_levels": list(self.attention_levels)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DecoderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"kind", "clipkit_version"}
+        if unknown:
+            raise ValueError(f"unknown decoder config keys {sorted(unknown)}; expected some of {sorted(known)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) timesteps: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _groups(channels: int) -> int:
+    return 32 if channels % 32 == 0 and channels >= 128 else 8
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice; the time(+embedding) vector sets a per-channel scale and shift."""
+
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(temb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)   # each block starts as the identity: stable early training
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, temb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class ContextAttention(nn.Module):
+    """Self-attention over the positions of a feature map plus a few context tokens (keys/values only)."""
+
+    def __init__(self, channels: int, side: int, context_dim: int, heads: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"channels={channels} is not divisible by heads={heads}")
+        self.heads = heads
+        self.norm = nn.GroupNorm(_groups(channels), channels)
+        self.pos = nn.Parameter(torch.zeros(1, side * side, channels))   # where am I: positions matter here
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.ctx_kv = nn.Linear(context_dim, 2 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, context):
+        b, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2) + self.pos          # (B, HW, C)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+        ck, cv = self.ctx_kv(context).chunk(2, dim=-1)                      # (B, K, C) each
+        k, v = torch.cat([k, ck], 1), torch.cat([v, cv], 1)                 # (B, HW+K, C)
+        split = lambda z: z.reshape(b, z.shape[1], self.heads, c // self.heads).transpose(1, 2)
+        y = F.scaled_dot_product_attention(split(q), split(k), split(v))     # (B, heads, HW, C/heads)
+        y = self.out(y.transpose(1, 2).reshape(b, h * w, c))
+        return x + y.transpose(1, 2).reshape(b, c, h, w)
+
+
+class DecoderUNet(nn.Module):
+    """UNet denoiser conditioned on a CLIP image embedding (see the module docstring)."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = cfg = config
+        ch = cfg.channels
+        temb_dim = 4 * ch[0]
+        pixels = cfg.in_channels * cfg.patch_size ** 2
+        side = cfg.image_size // cfg.patch_size
+        self.time_mlp = nn.Sequential(nn.Linear(ch[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.embed_mlp = nn.Sequential(nn.Linear(cfg.embed_dim, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        ctx_dim = ch[-1]
+        self.context = nn.Linear(cfg.embed_dim, cfg.context_tokens * ctx_dim)
+        self.context_norm = nn.LayerNorm(ctx_dim)
+        # Unconditional branch for classifier-free guidance; scaled like a real (unit-norm) embedding.
+        self.null_embed = nn.Parameter(F.normalize(torch.randn(cfg.embed_dim), dim=0))
+
+        self.conv_in = nn.Conv2d(pixels, ch[0], 3, padding=1)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        skips, c = [], ch[0]
+        for level, width in enumerate(ch):
+            s = side >> level
+            for _ in range(cfg.layers_per_block):
+                blocks = nn.ModuleList([ResBlock(c, width, temb_dim, cfg.dropout)])
+                if cfg.attention_levels[level]:
+                    blocks.append(ContextAttention(width, s, ctx_dim, cfg.heads))
+                self.down.append(blocks)
+                c = width
+                skips.append(c)
+            if level < len(ch) - 1:
+                self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
+        s = side >> (len(ch) - 1)
+        self.mid = nn.ModuleList([ResBlock(c, c, temb_dim, cfg.dropout), ContextAttention(c, s, ctx_dim, cfg.heads),
+                                  ResBlock(c, c, temb_dim, cfg.dropout)])
+        for level in reversed(range(len(ch))):
+            width, s = ch[level], side >> level
+            for _ in range(cfg.layers_per_block):
+                blocks = nn.ModuleList([ResBlock(c + skips.pop(), width, temb_dim, cfg.dropout)])
+                if cfg.attention_levels[level]:
+                    blocks.append(ContextAttention(width, s, ctx_dim, cfg.heads))
+                self.up.append(blocks)
+                c = width
+            if level > 0:
+                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
+                                              nn.Conv2d(c, c, 3, padding=1)]))
+        self.norm_out = nn.GroupNorm(_groups(c), c)
+        self.conv_out = nn.Conv2d(c, pixels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def null_embedding(self, batch: int) -> torch.Tensor:
+        """(batch, embed_dim): the unconditional condition for guidance."""
+        return self.null_embed[None].expand(batch, -1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, image_embed: torch.Tensor,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) noised images, t (B,) or scalar timesteps, image_embed (B, D); same shape out."""
+        b = x.shape[0]
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(b) if t.ndim == 0 else t
+        if image_embed.shape != (b, self.config.embed_dim):
+            raise ValueError(f"image_embed has shape {tuple(image_embed.shape)}; expected ({b}, {self.config.embed_dim})")
+        e = image_embed.to(self.null_embed.dtype)
+        if drop is not None:
+            e = torch.where(drop[:, None], self.null_embed[None], e)
+        # Embeddings are unit norm: x sqrt(D) gives unit-variance features for the projections.
+        e = e * math.sqrt(self.config.embed_dim)
+        temb = self.time_mlp(timestep_embedding(t, self.config.channels[0])) + self.embed_mlp(e)
+        ctx = self.context_norm(self.context(e).view(b, self.config.context_tokens, -1))
+
+        h = self.conv_in(F.pixel_unshuffle(x, self.config.patch_size) if self.config.patch_size > 1 else x)
+        skips = []
+        for blocks in self.down:
+            if len(blocks) == 1 and isinstance(blocks[0], nn.Conv2d):   # downsample
+                h = blocks[0](h)
+                continue
+            h = blocks[0](h, temb)
+            if len(blocks) > 1:
+                h = blocks[1](h, ctx)
+            skips.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, temb), ctx), temb)
+        for blocks in self.up:
+            if isinstance(blocks[0], nn.Upsample):
+                h = blocks[1](blocks[0](h))
+                continue
+            h = blocks[0](torch.cat([h, skips.pop()], dim=1), temb)
+            if len(blocks) > 1:
+                h = blocks[1](h, ctx)
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(h, self.config.patch_size) if self.config.patch_size > 1 else h
+
+
+class EMA:
+    """Exponential moving average of a module's weights (the weights used for sampling).
+
+    The decay warms up as (1 + n) / (10 + n) so a short run is not dominated by
+    its random initialisation; after that it is `decay`.
+    """
+
+    def __init__(self, module: nn.Module, decay: float = 0.995):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema decay={decay} must be in [0, 1)")
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        self.num_updates += 1
+        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach().float(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {**self.shadow, "__num_updates": torch.tensor(self.num_updates)}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.num_updates = int(state.pop("__num_updates", torch.tensor(0)))
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise ValueError(f"EMA state lacks {sorted(missing)[:5]}")
+        self.shadow = {k: state[k].float().clone() for k in self.shadow}
+
+    def copy_to(self, module: nn.Module) -> None:
+        module.load_state_dict({k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()})
