@@ -114,13 +114,35 @@ def _build_tokenizer(config: ClipConfig):
     return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
 
 
-def _build_preprocess(preprocess_cfg: dict, image_size):
-    import open_clip
+class ImagePreprocess:
+    """open_clip's eval transform, with a shortcut for images already at the model's size.
 
-    cfg = dict(preprocess_cfg)
-    return open_clip.image_transform(
-        cfg.get("size", image_size), is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
-        interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"))
+    For an RGB image of exactly the target size, resize and centre-crop are
+    identities, so we go straight to tensor + normalise: same numbers, about
+    10x less time per image, which matters when decoding feeds a small model.
+    """
+
+    def __init__(self, preprocess_cfg: dict, image_size):
+        import open_clip
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        cfg = dict(preprocess_cfg)
+        self.size = cfg.get("size", image_size)
+        self.transform = open_clip.image_transform(
+            self.size, is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
+            interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"))
+        self.target = tuple(self.size) if isinstance(self.size, (list, tuple)) else (self.size, self.size)
+        self.mean = torch.tensor(cfg.get("mean") or OPENAI_DATASET_MEAN, dtype=torch.float32).view(3, 1, 1) * 255
+        self.std = torch.tensor(cfg.get("std") or OPENAI_DATASET_STD, dtype=torch.float32).view(3, 1, 1) * 255
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if isinstance(image, Image.Image) and image.mode == "RGB" and image.size[::-1] == self.target:
+            pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float()
+            return (pixels - self.mean) / self.std
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"ImagePreprocess(size={self.size}, transform={self.transform})"
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -146,7 +168,7 @@ class ClipModel:
         self.config = config
         self.tokenizer = _build_tokenizer(config)
         size = config.preprocess_cfg.get("size") or config.model_cfg["vision_cfg"].get("image_size", 224)
-        self.preprocess = _build_preprocess(config.preprocess_cfg, size)
+        self.preprocess = ImagePreprocess(config.preprocess_cfg, size)
         self.image_size = size if isinstance(size, int) else tuple(size)
         self.to(device)
 

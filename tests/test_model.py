@@ -201,3 +201,8 @@ def test_encoding_keeps_training_mode(fresh_tiny_model):
     fresh_tiny_model.model.train()
     fresh_tiny_model.encode_texts(["a circle"])
     assert fresh_tiny_model.model.training
+
+
+def test_fast_preprocess_equals_open_clip_transform(tiny_model, images):
+    for im in images + [im.resize((48, 40)) for im in images[:2]] + [images[0].convert("L")]:
+        torch.testing.assert_close(tiny_model.preprocess(im), tiny_model.preprocess.transform(im), atol=1e-6, rtol=0)

@@ -255,7 +255,15 @@ def shard_pipeline(
     return pipeline, counter
 
 
+def _single_threaded_worker(_worker_id: int) -> None:
+    # Decoding workers must not compete with the model's intra-op threads:
+    # torch ops in a worker (ToTensor, Normalize) would otherwise spawn a full
+    # thread pool per worker and oversubscribe the cores.
+    torch.set_num_threads(1)
+
+
 def shard_loader(pipeline, num_workers: int = 0, **kwargs):
     """A DataLoader over an already-batched pipeline (webdataset batches inside the workers)."""
+    kwargs.setdefault("worker_init_fn", _single_threaded_worker)
     return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
                                        persistent_workers=False, **kwargs)
