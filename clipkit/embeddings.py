@@ -75,13 +75,14 @@ class _PartWriter:
                 self.buffers[name].append(np.asarray(arr, dtype=self.dtype))
         self.meta.extend(meta_rows)
         if len(self.meta) >= self.part_size:
-            self.flush()
+            self.flush(final=False)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = True) -> None:
+        """Write every full part (and the last, partial one when `final`)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        while self.meta:
+        while len(self.meta) >= (1 if final else self.part_size):
             n = min(len(self.meta), self.part_size)
             for name in MODALITIES:
                 if self.buffers[name]:
@@ -107,7 +108,8 @@ def _scalar_fields(meta: dict | None) -> dict:
 
 def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=None, texts=None,
                      captions: bool = True, batch_size: int = 256, part_size: int = 100_000,
-                     dtype: str = "float32", overwrite: bool = False, progress: bool = True) -> dict:
+                     dtype: str = "float32", overwrite: bool = False, progress: bool = True,
+                     model_source: str | None = None) -> dict:
     """Embed images and/or texts with `model` into `out_dir` (layout in the module docstring).
 
     Sources (give one of images / shards, and/or texts):
@@ -115,7 +117,8 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
               captions come from `<stem>.txt` next to each image (all or none), or from `texts`
       shards  webdataset shard url(s) ('data/{00000..00009}.tar'): image + caption + json
       texts   a list of strings or a text file (one a line): captions for `images`, or on their own
-    `captions=False` skips the caption (text) embeddings. Returns a summary dict (also saved
+    `captions=False` skips the caption (text) embeddings. `model_source` (how to load the model
+    again: a directory or preset name) is recorded for `clipkit search`. Returns a summary dict (also saved
     as embed_info.json).
     """
     from tqdm.auto import tqdm
@@ -145,7 +148,8 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
         shutil.rmtree(root / sub, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     writer = _PartWriter(root, part_size, dtype)
-    summary: dict = {"model": model.identity, "embed_dim": model.embed_dim, "dtype": dtype, "skipped": {}}
+    summary: dict = {"model": model.identity, "embed_dim": model.embed_dim, "model_source": model_source,
+                     "dtype": dtype, "skipped": {}}
 
     if shards is not None:
         summary["source"] = "shards"

@@ -68,8 +68,8 @@ def _nlist_for(n: int) -> int:
 
 def _pq_m_for(d: int, n: int, budget: int) -> int:
     """PQ sub-quantizers (bytes a vector): the largest of 64..4 dividing d whose codes fit the budget."""
-    for m in (64, 48, 32, 24, 16, 8, 4):
-        if d % m == 0 and n * (m + 8) * 1.2 <= budget:
+    for m in (64, 48, 32, 24, 16, 8, 4, 2, 1):
+        if d % m == 0 and d // m >= 2 and n * (m + 8) * 1.2 <= budget:
             return m
     raise ValueError(f"{n} vectors of dim {d} do not fit in {budget / 2**30:.2f} GiB even as 4-byte PQ codes")
 
@@ -113,8 +113,7 @@ def factory_for(kind: str, n: int, d: int, max_memory: int | None = None) -> str
         return f"HNSW{HNSW_M}"
     if kind == "ivf":
         return f"{quantizer},Flat"
-    m = _pq_m_for(d, n, 1 << 62) if d % 8 == 0 else next(m for m in (16, 8, 4, 2, 1) if d % m == 0)
-    return f"OPQ{m},{quantizer},PQ{m}x8"
+    return f"OPQ{_pq_m_for(d, n, 1 << 62)},{quantizer},PQ{_pq_m_for(d, n, 1 << 62)}x8"
 
 
 def _kind_of(factory: str) -> str:
@@ -144,7 +143,7 @@ class _Source:
     `buffer` holds the first rows (all of them when they fit): the training sample and the tuning queries.
     """
 
-    def __init__(self, source, batch_size: int, buffer_rows: int, count: int | None):
+    def __init__(self, source, batch_size: int, buffer_rows: int, count: int | None, modality: str | None = None):
         from clipkit.embeddings import EmbeddingFolder
 
         self.metadata, self.info, self.array = None, {}, None
@@ -152,7 +151,8 @@ class _Source:
             source = EmbeddingFolder(source)
         if isinstance(source, EmbeddingFolder):
             self.folder, self.n, self.info = source, source.count, source.info
-            self._iter = source.chunks("img" if "img" in source.modalities else "text", batch_size, metadata=False)
+            modality = modality or ("img" if "img" in source.modalities else "text")
+            self._iter = (v for v, _ in source.chunks(modality, batch_size, metadata=False))
             if source.has_metadata:
                 self.metadata = source.metadata(columns=None)
         elif isinstance(source, np.ndarray) or hasattr(source, "detach"):
@@ -220,13 +220,15 @@ class EmbeddingIndex:
     def build(cls, vectors, ids=None, kind: str = "auto", metric: str = "ip", *, model=None,
               metadata: dict | None = None, recall_target: float = 0.95, k: int = 10, num_queries: int = 500,
               max_memory: int | None = None, count: int | None = None, batch_size: int = 65536,
-              train_size: int | None = None, seed: int = 0, progress: bool = False) -> "EmbeddingIndex":
+              train_size: int | None = None, seed: int = 0, progress: bool = False,
+              modality: str | None = None) -> "EmbeddingIndex":
         """Build an index from an array, an EmbeddingFolder (or its path) or an iterator of chunks.
 
         ids: int64 per row (default: row numbers). model: a ClipModel whose identity and
         embed dim are recorded (for a folder, the one recorded by `clipkit embed` is used).
         metadata: {column: list} aligned with the rows (a folder's metadata by default).
         count: total rows when an iterator's length is unknown (helps `auto`).
+        modality: "img" or "text" embeddings of a folder (default: img when present).
         """
         import faiss
         from tqdm.auto import tqdm
@@ -240,7 +242,7 @@ class EmbeddingIndex:
         if k < 1 or num_queries < 1 or batch_size < 1:
             raise ValueError(f"k={k}, num_queries={num_queries}, batch_size={batch_size}; expected positive ints")
         start_time = time.time()
-        src = _Source(vectors, batch_size, max(train_size or 0, 200_000), count)
+        src = _Source(vectors, batch_size, max(train_size or 0, 200_000), count, modality)
         n_hint, d = src.size_hint, src.dim
         factory = factory_for(kind, n_hint, d, max_memory)
         chosen = _kind_of(factory)
@@ -256,6 +258,12 @@ class EmbeddingIndex:
                 ivf.cp.niter = 10
                 if len(train) < ivf.nlist:
                     raise ValueError(f"{len(train)} training vectors for {ivf.nlist} IVF cells; give more data or kind='flat'")
+                ivf = faiss.downcast_index(ivf)
+                if hasattr(ivf, "do_polysemous_training"):
+                    ivf.do_polysemous_training = False     # on by default in the factory, and very slow
+                    ivf.pq.cp.niter = 10
+            if factory.startswith("OPQ"):
+                faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0)).niter = 5
             index.train(train)
         if chosen == "hnsw":
             faiss.downcast_index(index).hnsw.efConstruction = 40
@@ -304,9 +312,10 @@ class EmbeddingIndex:
         if model is not None:
             if model.embed_dim != d:
                 raise ValueError(f"model {model.identity} has embed dim {model.embed_dim}; the vectors have dim {d}")
-            model_info = {"identity": model.identity, "embed_dim": model.embed_dim}
+            model_info = {"identity": model.identity, "embed_dim": model.embed_dim, "source": None}
         elif src.info.get("model"):
-            model_info = {"identity": src.info["model"], "embed_dim": int(src.info.get("embed_dim", d))}
+            model_info = {"identity": src.info["model"], "embed_dim": int(src.info.get("embed_dim", d)),
+                          "source": src.info.get("model_source")}
         from clipkit import __version__
 
         manifest = {"format_version": FORMAT_VERSION, "dim": d, "metric": metric, "kind": chosen,

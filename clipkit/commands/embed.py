@@ -18,7 +18,17 @@ def load_model(args):
 
     if Path(args.model).is_dir() or args.pretrained:
         return clipkit.load(args.model, pretrained=args.pretrained, device=args.device)
-    return clipkit.create(args.model, device=args.device if args.device != "auto" else "cpu")
+    # A preset gives a fresh (untrained) model: seeded, so that repeated commands agree.
+    return clipkit.create(args.model, device=args.device if args.device != "auto" else "cpu", seed=0)
+
+
+def model_source(args) -> str | None:
+    """How to load the model again (recorded in manifests so `clipkit search` needs no --model)."""
+    from pathlib import Path
+
+    if args.pretrained:
+        return None
+    return str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +57,7 @@ def run(args) -> int:
     summary = write_embeddings(model, args.out, images=args.images, shards=args.shards, texts=args.texts,
                                captions=not args.no_captions, batch_size=args.batch_size,
                                part_size=args.part_size, dtype="float16" if args.float16 else "float32",
-                               overwrite=args.overwrite, progress=True)
+                               overwrite=args.overwrite, progress=True, model_source=model_source(args))
     skipped = sum(summary.get("skipped", {}).values())
     print(f"wrote {summary['count']} rows ({', '.join(summary['modalities'])}) in {summary['parts']} part(s) "
           f"to {args.out}" + (f"; skipped {skipped} bad samples {summary['skipped']}" if skipped else ""))

@@ -1,0 +1,163 @@
+"""EmbeddingIndex: exact search equals brute force, approximate kinds reach their recall target,
+save/load round trips, and the manifest refuses mismatched queries and models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clipkit.index import EmbeddingIndex, choose_index, recall_at_k
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def clustered(n: int, d: int, seed: int, centres: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(database, held-out queries) from one Gaussian mixture on the sphere."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+
+    def draw(m):
+        x = c[rng.integers(0, centres, m)] + 0.35 * rng.standard_normal((m, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    return draw(n), draw(200)
+
+
+def brute_force(xb, xq, k):
+    scores = xq @ xb.T
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, ids, axis=1), ids
+
+
+def test_flat_equals_brute_force_with_custom_ids():
+    xb, xq = clustered(3000, 16, seed=0)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 100
+    index = EmbeddingIndex.build(xb, ids=ids, kind="flat")
+    scores, found = index.search(xq, k=5)
+    want_scores, want = brute_force(xb, xq, 5)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    assert recall_at_k(found, ids[want]) == 1.0
+    assert index.kind == "flat" and len(index) == 3000 and found.dtype == np.int64
+    # more neighbours than vectors: padded with -1, like FAISS
+    small = EmbeddingIndex.build(xb[:3], kind="flat")
+    assert (small.search(xq[:1], k=5)[1][0, 3:] == -1).all()
+
+
+def test_iterator_input_matches_array_input():
+    xb, xq = clustered(2500, 16, seed=1)
+    chunks = (xb[i:i + 700] for i in range(0, len(xb), 700))
+    a = EmbeddingIndex.build(xb, kind="flat")
+    b = EmbeddingIndex.build(chunks, kind="flat", batch_size=300)
+    np.testing.assert_array_equal(a.search(xq, 4)[1], b.search(xq, 4)[1])
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_kinds_reach_recall_target(kind):
+    xb, xq = clustered(20_000, 32, seed=2)
+    index = EmbeddingIndex.build(xb, kind=kind, recall_target=0.95, num_queries=200)
+    _, truth = brute_force(xb, xq, 10)
+    _, found = index.search(xq, 10)
+    assert index.params["tuned_recall"] >= 0.95
+    assert recall_at_k(found, truth) >= 0.93          # held-out queries, not the tuning ones
+    assert ("nprobe" if kind == "ivf" else "efSearch") in index.params
+
+
+def test_ivfpq_trains_from_an_iterator_and_tunes():
+    xb, xq = clustered(6_000, 16, seed=3, centres=30)
+    chunks = (xb[i:i + 2000] for i in range(0, len(xb), 2000))
+    with pytest.warns(RuntimeWarning, match="recall"):   # PQ codes alone stall below 0.95 (FIELD-NOTES)
+        index = EmbeddingIndex.build(chunks, kind="ivfpq", recall_target=0.999, num_queries=100)
+    _, truth = brute_force(xb, xq, 10)
+    assert "PQ" in index.params["factory"] and len(index) == 6_000
+    assert recall_at_k(index.search(xq, 10)[1], truth) >= 0.5
+
+
+@pytest.mark.parametrize("n,budget,kind", [
+    (5_000, 1 << 30, "flat"), (100_000, 1 << 30, "hnsw"), (1_000_000, 4 << 30, "ivf"),
+    (1_000_000, 200 << 20, "ivfpq"), (100_000, 60 << 20, "ivf")])
+def test_auto_chooses_by_size_and_memory(n, budget, kind):
+    assert choose_index(n, 128, max_memory=budget)[0] == kind
+
+
+def test_save_load_round_trip(tmp_path):
+    xb, xq = clustered(25_000, 16, seed=4)
+    meta = {"key": [f"k{i}" for i in range(len(xb))]}
+    index = EmbeddingIndex.build(xb, ids=np.arange(len(xb)) + 10, kind="ivf", metadata=meta)
+    before = index.search(xq, 5)
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["dim"] == 16 and manifest["kind"] == "ivf" and manifest["count"] == 25_000
+    assert "nprobe" in manifest["params"] and "clipkit_version" in manifest
+    for mmap in (False, True):
+        loaded = EmbeddingIndex.load(tmp_path / "idx", mmap=mmap)
+        after = loaded.search(xq, 5)
+        np.testing.assert_array_equal(before[1], after[1])
+        np.testing.assert_allclose(before[0], after[0])
+    assert loaded.lookup([10, -1]) == [{"id": 10, "key": "k0"}, None]
+    assert loaded.lookup(after[1])[0][0]["key"] == f"k{after[1][0, 0] - 10}"
+
+
+def test_wrong_dim_and_bad_inputs():
+    xb, xq = clustered(500, 16, seed=5)
+    index = EmbeddingIndex.build(xb)
+    with pytest.raises(ValueError, match="dim 8.*dim-16"):
+        index.search(np.zeros((2, 8), np.float32), 3)
+    with pytest.raises(ValueError, match="k=0"):
+        index.search(xq, 0)
+    with pytest.raises(TypeError, match="floating"):
+        index.search(np.zeros((2, 16), np.int32), 3)
+    with pytest.raises(ValueError, match="kind='annoy'"):
+        EmbeddingIndex.build(xb, kind="annoy")
+    with pytest.raises(ValueError, match="ids"):
+        EmbeddingIndex.build(xb, ids=np.arange(3))
+    with pytest.raises(ValueError, match="empty"):
+        EmbeddingIndex.build(iter([]))
+
+
+def test_manifest_refuses_other_model_and_format(tmp_path, tiny_model):
+    import clipkit
+
+    vectors = tiny_model.encode_texts(["a red circle", "a blue square", "a green star"]).numpy()
+    index = EmbeddingIndex.build(vectors, model=tiny_model, metadata={"caption": ["r", "b", "g"]})
+    scores, ids = index.search_text(tiny_model, "a red circle", k=1)
+    assert ids[0, 0] == 0 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    other = clipkit.create("shapes-tiny", seed=1)
+    with pytest.raises(ValueError, match="built from model shapes-tiny:"):
+        index.search_text(other, "a red circle")
+    bigger = clipkit.create("shapes-small", seed=0)
+    with pytest.raises(ValueError, match="dim 128"):
+        index.search_image(bigger, np.zeros((32, 32, 3), np.uint8))
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["model"]["identity"] == tiny_model.identity and manifest["model"]["embed_dim"] == 64
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ValueError, match="format_version"):
+        EmbeddingIndex.load(tmp_path / "idx")
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        EmbeddingIndex.load(tmp_path / "nothing")
+
+
+def test_cli_index_build_and_search(tmp_path, shapes_dir, capsys):
+    from clipkit.cli import main
+
+    emb, idx = tmp_path / "emb", tmp_path / "idx"
+    assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"),
+                 "--out", str(emb)]) == 0
+    assert main(["index", "build", str(emb), str(idx)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(idx), "--text", "a red circle", "-k", "3", "--grid", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    hits = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(hits) == 3 and (tmp_path / "g.png").is_file()
+    assert main(["search", str(idx), "--text", "x", "--model", "shapes-small"]) == 2   # wrong model: clear error
+    assert "dim" in capsys.readouterr().err

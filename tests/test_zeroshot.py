@@ -1,0 +1,99 @@
+"""ZeroShotClassifier: class vectors equal open_clip's build_zero_shot_classifier; metrics; CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from clipkit.zeroshot import ZeroShotClassifier, get_templates, metrics_from_logits
+
+CLASSES = ["circle", "square", "triangle", "star"]
+
+
+@pytest.mark.parametrize("templates", ["openai", "simple", ["a {} shape", "one {}"]])
+def test_class_vectors_equal_open_clip(tiny_model, templates):
+    from open_clip import build_zero_shot_classifier
+
+    clf = ZeroShotClassifier(tiny_model, CLASSES, templates)
+    reference = build_zero_shot_classifier(tiny_model.model, tiny_model.tokenizer, CLASSES,
+                                           get_templates(templates), num_classes_per_batch=3, device="cpu")
+    np.testing.assert_allclose(clf.weights, reference.T.numpy(), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(clf.weights, axis=1), 1, atol=1e-5)
+
+
+def test_predict_and_proba_follow_the_logits(tiny_model):
+    from clipkit.data.shapes import generate
+
+    images = [s.image for s in generate("val", 6, seed=0)]
+    clf = ZeroShotClassifier(tiny_model, CLASSES, "simple")
+    proba = clf.predict_proba(images)
+    assert proba.shape == (6, 4) and np.allclose(proba.sum(1), 1)
+    emb = tiny_model.encode_images(images).numpy()
+    np.testing.assert_allclose(clf.logits(images), 100 * emb @ clf.weights.T, atol=1e-3)
+    np.testing.assert_array_equal(clf.predict(images), proba.argmax(1))
+    np.testing.assert_array_equal(clf.predict(emb), clf.predict(images))     # embeddings pass through
+
+
+def test_evaluate_reports_metrics_and_png(tiny_model, tmp_path):
+    clf = ZeroShotClassifier(tiny_model, CLASSES, "none")
+    emb = np.repeat(clf.weights, [3, 1, 1, 1], axis=0)           # each class vector is classified as itself
+    labels = ["circle", "circle", "square", "square", "triangle", "star"]
+    report = clf.evaluate(emb, labels, confusion_png=tmp_path / "cm.png")
+    assert report["top1"] == pytest.approx(5 / 6) and report["top5"] == 1.0
+    assert report["per_class_recall"] == {"circle": 1.0, "square": 0.5, "triangle": 1.0, "star": 1.0}
+    assert report["balanced_accuracy"] == pytest.approx(0.875)
+    assert report["confusion"][1] == [1, 1, 0, 0]
+    assert (tmp_path / "cm.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="'dog' is not one of"):
+        clf.evaluate(emb[:1], ["dog"])
+
+
+def test_metrics_from_logits_top5_and_missing_class():
+    logits = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1]])
+    r = metrics_from_logits(logits, np.array([0, 1, 1]), ["a", "b", "c"])
+    assert r["top1"] == pytest.approx(2 / 3) and r["per_class_recall"]["c"] is None
+    assert r["balanced_accuracy"] == pytest.approx(0.75)
+
+
+def test_templates_from_file_and_errors(tmp_path, tiny_model):
+    f = tmp_path / "t.txt"
+    f.write_text("# comment\na photo of a {}\n{} on white\n")
+    assert get_templates(f) == ["a photo of a {}", "{} on white"]
+    assert len(get_templates("openai")) == 80
+    with pytest.raises(ValueError, match="no '\\{\\}'"):
+        get_templates(["a photo"])
+    with pytest.raises(ValueError, match="openai"):
+        get_templates("fancy")
+    with pytest.raises(ValueError, match="duplicate"):
+        ZeroShotClassifier(tiny_model, ["a", "a"])
+
+
+def test_cli_folder_csv_and_labelled_folder(tmp_path, capsys):
+    from clipkit.cli import main
+    from clipkit.data.shapes import generate
+
+    for s in generate("val", 8, seed=5):
+        d = tmp_path / "root" / s.attributes.shape
+        d.mkdir(parents=True, exist_ok=True)
+        s.image.save(d / f"{s.key}.png")
+        (tmp_path / "flat").mkdir(exist_ok=True)
+        s.image.save(tmp_path / "flat" / f"{s.key}.png")
+    assert main(["zero-shot", "--model", "shapes-tiny", "--images", str(tmp_path / "flat"), "--labels", "circle,star",
+                 "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 8 and {r["label"] for r in rows} <= {"circle", "star"}
+    assert main(["zero-shot", "--model", "shapes-tiny", "--labelled-folder", str(tmp_path / "root"),
+                 "--confusion", str(tmp_path / "cm.png")]) == 0
+    assert "top-1=" in capsys.readouterr().out and (tmp_path / "cm.png").is_file()
+
+
+def test_cli_labelled_shards(shapes_dir, capsys):
+    from clipkit.cli import main
+
+    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
+                 "--label-field", "color", "--templates", "a {} shape"]) == 2      # not a template file
+    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
+                 "--label-field", "color"]) == 0
+    assert "n=100" in capsys.readouterr().out
