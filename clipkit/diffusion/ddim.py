@@ -72,19 +72,26 @@ class DDIMSampler(Sampler):
     def step(self, model_output: torch.Tensor, t, x: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
         a, s, a_prev_sqrt, direction, sigma = self._coefs[self._index(t)]
-        x0 = _x0_from_output(model_output, x, a, s, self.prediction_type)
-        if self._x0_transform is not None:
-            x0 = self._x0_transform(x0)
-            eps = _eps_from_x0(x0, x, a, s)
-        elif self.prediction_type == "epsilon":
-            eps = model_output
-        elif self.prediction_type == "sample":
-            eps = _eps_from_x0(x0, x, a, s)
-        else:                                    # v: eps = sqrt(abar) v + sqrt(1 - abar) x
-            eps = a * model_output + s * x
-        x_prev = a_prev_sqrt * x0 + direction * eps
+        if self.prediction_type == "epsilon" and self._x0_transform is None:
+            # Fast path: sqrt(abar') (x - s eps) / a + direction * eps, folded into two fused ops.
+            if model_output.shape != x.shape:
+                raise ValueError(f"model output shape {tuple(model_output.shape)} differs from sample shape "
+                                 f"{tuple(x.shape)}")
+            x_prev = torch.add(x * (a_prev_sqrt / a), model_output, alpha=direction - a_prev_sqrt * s / a)
+        else:
+            x0 = _x0_from_output(model_output, x, a, s, self.prediction_type)
+            if self._x0_transform is not None:
+                x0 = self._x0_transform(x0)
+                eps = _eps_from_x0(x0, x, a, s)
+            elif self.prediction_type == "epsilon":
+                eps = model_output
+            elif self.prediction_type == "sample":
+                eps = _eps_from_x0(x0, x, a, s)
+            else:                                # v: eps = sqrt(abar) v + sqrt(1 - abar) x
+                eps = a * model_output + s * x
+            x_prev = a_prev_sqrt * x0 + direction * eps
         if sigma > 0.0:
-            x_prev = x_prev + sigma * randn_like_gen(x, generator)
+            x_prev = torch.add(x_prev, randn_like_gen(x, generator), alpha=sigma)
         return x_prev
 
     def __repr__(self) -> str:

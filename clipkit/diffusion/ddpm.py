@@ -79,10 +79,19 @@ class DDPMSampler(Sampler):
 
     def step(self, model_output: torch.Tensor, t, x: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        mean, std = self.mean_std(model_output, t, x)
+        if self.prediction_type == "epsilon" and self._x0_transform is None:
+            # Fast path (the common case): the mean folded into two fused ops,
+            # c0 * (x - s eps) / a + ct * x = (c0 / a + ct) x - (c0 s / a) eps.
+            a, s, c0, ct, std = self._coefs[self._index(t)]
+            if model_output.shape != x.shape:
+                raise ValueError(f"model output shape {tuple(model_output.shape)} differs from sample shape "
+                                 f"{tuple(x.shape)}")
+            mean = torch.add(x * (c0 / a + ct), model_output, alpha=-c0 * s / a)
+        else:
+            mean, std = self.mean_std(model_output, t, x)
         if std == 0.0:
             return mean
-        return mean + std * randn_like_gen(x, generator)
+        return torch.add(mean, randn_like_gen(x, generator), alpha=std)
 
     def __repr__(self) -> str:
         return (f"DDPMSampler({self.schedule!r}, prediction_type={self.prediction_type!r}, "

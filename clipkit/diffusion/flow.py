@@ -90,7 +90,7 @@ class FlowMatchSampler(Sampler):
             x0 = self._x0_transform(x - sigma * model_output)
             noise = (x - (1 - sigma) * x0) / sigma
             model_output = noise - x0
-        return x + self._dsigma[i] * model_output
+        return torch.add(x, model_output, alpha=self._dsigma[i])
 
     def __repr__(self) -> str:
         return f"FlowMatchSampler(shift={self.shift}, steps={self.num_inference_steps})"

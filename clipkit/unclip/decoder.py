@@ -3,6 +3,7 @@
     cfg = DecoderConfig(embed_dim=128)                 # 32x32 RGB, ~2M parameters
     net = DecoderUNet(cfg)
     out = net(x_t, t, image_embed)                     # (B, 3, 32, 32): x0, eps or v (cfg.prediction)
+    # t: (B,) timesteps 0..999 of cfg.schedule; fractional values work (flow sampling maps onto them)
     out = net(x_t, t, image_embed, drop=mask)          # rows where mask is True see the null embedding
 
 The CLIP image embedding enters twice, as in unCLIP (Ramesh et al. 2022, §2.1):
@@ -31,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PREDICTIONS = ("x0", "eps", "v", "flow")
+from clipkit.diffusion import timestep_embedding
+
+PREDICTIONS = ("sample", "epsilon", "v")   # clipkit.diffusion names; "sample" = x0
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ class DecoderConfig:
     context_tokens: int = 4                   # extra attention tokens made from the embedding
     dropout: float = 0.0
     # What the network outputs and how the noise is laid out; the pipeline reads these.
-    prediction: str = "x0"                    # "x0", "eps", "v" (DDPM/DDIM) or "flow" (velocity, flow matching)
+    # x0 ("sample") suits flat-colour images: at high noise the net paints the image from the
+    # embedding directly, and wrong background colours (eps-prediction's failure here) cannot hide.
+    prediction: str = "sample"
     schedule: str = "cosine"
     num_train_timesteps: int = 1000
 
@@ -75,14 +80,6 @@ class DecoderConfig:
         if unknown:
             raise ValueError(f"unknown decoder config keys {sorted(unknown)}; expected some of {sorted(known)}")
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal features of (possibly fractional) timesteps: (B,) -> (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def _groups(channels: int) -> int:
@@ -157,6 +154,12 @@ class DecoderUNet(nn.Module):
         self.context_norm = nn.LayerNorm(ctx_dim)
         # Unconditional branch for classifier-free guidance; scaled like a real (unit-norm) embedding.
         self.null_embed = nn.Parameter(F.normalize(torch.randn(cfg.embed_dim), dim=0))
+        # CLIP embeddings of one dataset share a large common direction and differ in small ones
+        # (cosines of 0.9+ between unrelated shapes): standardising each coordinate with the training
+        # set's statistics hands the projections the informative part at unit scale. Saved with the
+        # weights; the defaults (0, sqrt(D)) just rescale unit vectors to unit-variance coordinates.
+        self.register_buffer("embed_mean", torch.zeros(cfg.embed_dim))
+        self.register_buffer("embed_scale", torch.full((cfg.embed_dim,), math.sqrt(cfg.embed_dim)))
 
         self.conv_in = nn.Conv2d(pixels, ch[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
@@ -191,6 +194,15 @@ class DecoderUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    @torch.no_grad()
+    def set_embedding_stats(self, embeddings: torch.Tensor) -> None:
+        """Standardise conditions with the mean / std per coordinate of (N, D) training embeddings."""
+        e = F.normalize(embeddings.float(), dim=-1)
+        std = e.std(0)
+        std = std.clamp_min(0.1 * float(std.median()) + 1e-8)    # no blow-up of (near-)constant coordinates
+        self.embed_mean.copy_(e.mean(0))
+        self.embed_scale.copy_(1.0 / std)
+
     def null_embedding(self, batch: int) -> torch.Tensor:
         """(batch, embed_dim): the unconditional condition for guidance."""
         return self.null_embed[None].expand(batch, -1)
@@ -206,8 +218,7 @@ class DecoderUNet(nn.Module):
         e = image_embed.to(self.null_embed.dtype)
         if drop is not None:
             e = torch.where(drop[:, None], self.null_embed[None], e)
-        # Embeddings are unit norm: x sqrt(D) gives unit-variance features for the projections.
-        e = e * math.sqrt(self.config.embed_dim)
+        e = (e - self.embed_mean) * self.embed_scale
         temb = self.time_mlp(timestep_embedding(t, self.config.channels[0])) + self.embed_mlp(e)
         ctx = self.context_norm(self.context(e).view(b, self.config.context_tokens, -1))
 

@@ -1,0 +1,246 @@
+"""unCLIP: decoder / prior networks, the UnCLIP pipeline, save/load, guidance, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipkit.diffusion import NoiseSchedule
+from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
+from clipkit.unclip.pipeline import FlowAdapter, slerp
+
+TINY_DECODER = dict(channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2)
+
+
+def _jitter(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Zero-initialised output layers make a fresh net output constants; nudge every weight."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return module.eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops on a shared 2-core box: one thread avoids OpenMP spin-waits (10x faster under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, tiny_model):
+    path = tmp_path_factory.mktemp("clip") / "tiny"
+    tiny_model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(clip_dir, tiny_model):
+    torch.manual_seed(0)
+    decoder = _jitter(DecoderUNet(DecoderConfig(embed_dim=tiny_model.embed_dim, **TINY_DECODER)))
+    prior = _jitter(DiffusionPrior(PriorConfig(embed_dim=tiny_model.embed_dim, width=32, layers=1, heads=2)))
+    return UnCLIP(tiny_model, decoder, prior, clip_path=str(clip_dir))
+
+
+# ----------------------------------------------------------------------------- networks
+
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v"])
+@pytest.mark.parametrize("image_size,channels,attn", [(32, (16, 32), (False, True)),
+                                                      (64, (16, 32, 32), (False, False, True))])
+def test_decoder_shapes_and_dtypes(prediction, image_size, channels, attn):
+    cfg = DecoderConfig(embed_dim=24, image_size=image_size, channels=channels, attention_levels=attn, heads=2,
+                        prediction=prediction)
+    net = _jitter(DecoderUNet(cfg))
+    x = torch.randn(3, 3, image_size, image_size)
+    emb = F.normalize(torch.randn(3, 24), dim=-1)
+    out = net(x, torch.tensor([0, 500, 999]), emb)
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    # fractional (flow-mapped) and scalar timesteps work too
+    assert net(x, torch.tensor(10.5), emb).shape == x.shape
+    # dropped rows see exactly the learned null embedding
+    drop = torch.tensor([True, False, True])
+    dropped = net(x, torch.tensor([3, 3, 3]), emb, drop=drop)
+    null = net(x, torch.tensor([3, 3, 3]), net.null_embedding(3))
+    assert torch.allclose(dropped[drop], null[drop], atol=1e-5)
+    assert not torch.allclose(dropped[~drop], null[~drop], atol=1e-4)
+
+
+def test_decoder_rejects_bad_input_and_config():
+    net = DecoderUNet(DecoderConfig(embed_dim=8, **TINY_DECODER))
+    with pytest.raises(ValueError, match="image_embed"):
+        net(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), torch.randn(2, 9))
+    with pytest.raises(ValueError, match="prediction"):
+        DecoderConfig(prediction="x_naught")
+    with pytest.raises(ValueError, match="attention_levels"):
+        DecoderConfig(channels=(8, 16), attention_levels=(True,))
+    cfg = DecoderConfig(embed_dim=8, **TINY_DECODER)
+    assert DecoderConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+
+
+def test_prior_shapes_and_null():
+    prior = _jitter(DiffusionPrior(PriorConfig(embed_dim=16, width=32, layers=2, heads=2)))
+    z = torch.randn(5, 16)
+    text = F.normalize(torch.randn(5, 16), dim=-1)
+    out = prior(z, torch.randint(0, 1000, (5,)), text)
+    assert out.shape == (5, 16) and out.dtype == torch.float32
+    drop = torch.tensor([True] * 5)
+    assert torch.allclose(prior(z, torch.tensor(7), text, drop=drop), prior(z, torch.tensor(7), prior.null_embedding(5)),
+                          atol=1e-5)
+    # causal: the text token cannot see the noised embedding, the query sees everything
+    assert prior.causal[0, 2] == float("-inf") and prior.causal[3, :].eq(0).all()
+    with pytest.raises(ValueError, match="text_embed"):
+        prior(z, torch.tensor(1), text[:, :8])
+
+
+def test_flow_adapter_maps_timesteps_and_velocity():
+    schedule = NoiseSchedule("cosine")
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    eps = torch.randn_like(x0)
+    adapter = FlowAdapter(lambda x, t, c: x0, schedule, "sample")       # an oracle x0 model
+    for s in (0.1, 0.5, 0.9):
+        xs = (1 - s) * x0 + s * eps
+        v = adapter(xs, torch.full((4,), s), None)
+        assert torch.allclose(v, eps - x0, atol=1e-4)
+    # at the schedule's own noise levels the fractional timestep is the integer one
+    abar = schedule.alphas_cumprod[torch.tensor([10, 400, 900])]
+    assert torch.allclose(adapter._timestep(abar.double()), torch.tensor([10.0, 400.0, 900.0]), atol=1e-3)
+
+
+def test_slerp_endpoints_and_norm():
+    a, b = F.normalize(torch.randn(16), dim=0), F.normalize(torch.randn(16), dim=0)
+    out = slerp(a, b, torch.linspace(0, 1, 5))
+    assert torch.allclose(out[0], a, atol=1e-5) and torch.allclose(out[-1], b, atol=1e-5)
+    assert torch.allclose(out.norm(dim=-1), torch.ones(5), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+@pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 6), ("flow", 4)])
+def test_decode_every_sampler(pipe, sampler, steps):
+    emb = pipe.clip.encode_texts(["a red circle", "a blue star"])
+    x = pipe.decode(emb, steps=steps, sampler=sampler, output="tensor")
+    assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.std() > 0
+    images = pipe.decode(emb, steps=steps, sampler=sampler)
+    assert [im.size for im in images] == [(32, 32)] * 2 and images[0].mode == "RGB"
+
+
+def test_generate_variations_interpolate_trajectory(pipe, tmp_path):
+    from PIL import Image
+
+    images = pipe.generate(["a red circle", "a green square"], num_images=2, steps=3, prior_steps=4)
+    assert len(images) == 4 and all(isinstance(im, Image.Image) for im in images)
+    images[0].save(tmp_path / "a.png")
+    assert len(pipe.variations(tmp_path / "a.png", n=3, steps=3)) == 3
+    # same starting noise and same endpoints -> identical frames
+    same = pipe.interpolate(str(tmp_path / "a.png"), str(tmp_path / "a.png"), n=3, steps=3, output="tensor")
+    assert (same[0] - same[2]).abs().max() < 1e-3, (same[0] - same[2]).abs().max()
+    inter = pipe.interpolate("a red circle", "a blue star", n=4, steps=3, output="tensor")
+    assert inter.shape == (4, 3, 32, 32)
+    images, traj = pipe.generate("a red circle", num_images=2, steps=5, prior_steps=4, return_trajectory=True)
+    assert traj.x.shape == (6, 2, 3, 32, 32) and traj.x0.shape == (5, 2, 3, 32, 32)
+
+
+def test_guidance_scale_one_is_the_conditional_branch(pipe):
+    emb = pipe.clip.encode_texts(["a red circle", "a blue star"])
+    plain = pipe.decode(emb, steps=4, guidance_scale=1.0, output="tensor", seed=3)
+    # a scale a hair above 1 goes through the batched cond/uncond path: (almost) the same result
+    batched = pipe.decode(emb, steps=4, guidance_scale=1.0 + 1e-6, output="tensor", seed=3)
+    assert torch.allclose(plain, batched, atol=1e-4)
+    # and it is the bare network conditioned on emb, sampled by hand
+    from clipkit.diffusion import sample
+    from clipkit.unclip.pipeline import make_sampler
+
+    by_hand = sample(pipe.decoder, (2, 3, 32, 32), make_sampler("ddim", pipe.decoder_schedule, "sample"), 4,
+                     cond=F.normalize(emb, dim=-1), generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(plain, by_hand.clamp(-1, 1), atol=1e-5)
+    guided = pipe.decode(emb, steps=4, guidance_scale=4.0, output="tensor", seed=3)
+    assert not torch.allclose(plain, guided, atol=1e-3)
+
+
+def test_negative_prompt_changes_output(pipe):
+    kw = dict(num_images=2, steps=4, prior_steps=4, seed=5, output="tensor")
+    base = pipe.generate("a red circle", **kw)
+    again = pipe.generate("a red circle", **kw)
+    negative = pipe.generate("a red circle", negative_prompt="a blue star", **kw)
+    assert torch.equal(base, again)
+    assert (base - negative).abs().mean() > 1e-3
+
+
+def test_prior_sample_unit_norm_and_best_candidate(pipe):
+    text = pipe.clip.encode_texts(["a red circle", "a hat"])
+    g = torch.Generator().manual_seed(0)
+    emb = pipe.prior_sample(text, steps=4, candidates=3, generator=g)
+    assert emb.shape == (2, pipe.clip.embed_dim)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    # the kept candidate has the best dot product among those drawn with the same stream
+    g = torch.Generator().manual_seed(0)
+    rep = F.normalize(text, dim=-1).repeat_interleave(3, 0)
+    from clipkit.diffusion import sample
+    from clipkit.unclip.pipeline import make_sampler
+
+    s = make_sampler("ddim", pipe.prior_schedule, "sample",
+                     clip_x0=lambda z: F.normalize(z, dim=-1) * pipe.prior.config.scale)
+    z = F.normalize(sample(pipe.prior, (6, pipe.clip.embed_dim), s, 4, cond=rep, uncond=pipe.prior.null_embedding(1),
+                           guidance_scale=2.0, generator=g), dim=-1).view(2, 3, -1)
+    dots = (z * F.normalize(text, dim=-1)[:, None]).sum(-1)
+    assert torch.allclose(emb, z[torch.arange(2), dots.argmax(1)], atol=1e-5)
+
+
+def test_save_load_round_trip_and_mismatched_clip(pipe, tmp_path, clip_dir):
+    import clipkit
+
+    pipe.save(tmp_path / "p")
+    manifest = json.loads((tmp_path / "p" / "unclip.json").read_text())
+    assert manifest["clip"]["identity"] == pipe.clip.identity
+    assert (tmp_path / "p" / "decoder" / "model.safetensors").is_file()
+    loaded = clipkit.UnCLIP.load(tmp_path / "p")
+    kw = dict(num_images=2, steps=4, prior_steps=4, seed=11, output="tensor")
+    assert torch.equal(pipe.generate("a red circle", **kw), loaded.generate("a red circle", **kw))
+    other = clipkit.create("shapes-tiny", seed=1)
+    with pytest.raises(ValueError, match="does not match"):
+        clipkit.UnCLIP.load(tmp_path / "p", clip=other)
+    other.save(tmp_path / "other-clip")
+    with pytest.raises(ValueError, match="does not match"):
+        clipkit.UnCLIP.load(tmp_path / "p", clip=tmp_path / "other-clip")
+    with pytest.raises(FileNotFoundError, match="unclip.json"):
+        clipkit.UnCLIP.load(tmp_path)
+
+
+def test_decode_rejects_bad_embeddings(pipe):
+    with pytest.raises(ValueError, match="image_embeddings"):
+        pipe.decode(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="sampler"):
+        pipe.decode(torch.randn(1, pipe.clip.embed_dim), sampler="euler")
+
+
+def test_cli_generate_writes_grid_and_trajectory(pipe, tmp_path):
+    from clipkit.cli import main
+
+    pipe.save(tmp_path / "p")
+    rc = main(["generate", "--pipeline", str(tmp_path / "p"), "--prompt", "a red circle", "--num", "3",
+               "--steps", "3", "--out", str(tmp_path / "out"), "--trajectory", "--sampler", "flow"])
+    assert rc == 0
+    assert (tmp_path / "out" / "grid.png").is_file() and (tmp_path / "out" / "trajectory.png").is_file()
+    assert len(list((tmp_path / "out").glob("0*.png"))) == 3
+    rc = main(["generate", "--pipeline", str(tmp_path / "nope"), "--prompt", "x", "--out", str(tmp_path / "o2")])
+    assert rc == 2
+
+
+def test_render_expression_with_added_vector(pipe, tmp_path):
+    img = pipe.decode(pipe.clip.encode_texts(["a red circle"]), steps=2)[0]
+    img.save(tmp_path / "c.png")
+    np.save(tmp_path / "hat.npy", np.ones(pipe.clip.embed_dim, dtype=np.float32) * 0.1)
+    expr = f'img:"{tmp_path / "c.png"}" + 0.5*text:"a hat"'
+    plain = pipe.render_expression(expr, num_images=2, steps=3, output="tensor")
+    moved = pipe.render_expression(expr, num_images=2, steps=3, output="tensor", add_vector=tmp_path / "hat.npy")
+    assert plain.shape == moved.shape == (2, 3, 32, 32) and not torch.allclose(plain, moved)
+    with pytest.raises(ValueError, match="add_vector"):
+        pipe.render_expression(expr, add_vector=np.ones(3))

@@ -1,0 +1,108 @@
+"""unCLIP training: a tiny decoder learns colour from the CLIP embedding; prior + resume + CLI plumbing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from clipkit.data.shapes import ShapeAttributes, render
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory, tiny_model):
+    path = tmp_path_factory.mktemp("clip") / "tiny"
+    tiny_model.save(path)
+    return path
+
+
+TINY = dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_tokens=2, batch_size=32,
+            progress=False, threads=1, log_every=10)
+
+
+@pytest.mark.slow
+def test_tiny_decoder_learns_the_condition_colour(clip_dir, tmp_path):
+    import clipkit
+    from clipkit.train.unclip import DecoderTrainConfig, train_decoder
+
+    config = DecoderTrainConfig(clip=str(clip_dir), out_dir=str(tmp_path / "dec"), pipeline_dir=str(tmp_path / "pipe"),
+                                num_samples=256, max_steps=160, lr=3e-3, warmup_steps=20,
+                                shapes_filter=["color=red,blue", "shape=circle", "size=large", "position=center",
+                                               "background=white",
+                                               "hat=false"], **TINY)
+    summary = train_decoder(config)
+    assert summary["steps"] == 160 and (tmp_path / "dec" / "samples.png").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "dec" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+    pipe = clipkit.UnCLIP.load(tmp_path / "pipe")          # decoder only: no prior trained here
+    assert pipe.prior is None
+    conds = [ShapeAttributes("circle", c, "large", "center", "white", False) for c in ("red", "blue")]
+    emb = pipe.clip.encode_images([render(a) for a in conds]).repeat_interleave(4, 0)
+    x = pipe.decode(emb, steps=20, guidance_scale=2.0, seed=0, output="tensor")        # (8, 3, 32, 32)
+    red_minus_blue = (x[:, 0] - x[:, 2]).mean(dim=(1, 2))                              # per image
+    # a red circle covers ~15% of the image: R - B ~ +0.22 on [-1, 1]; a blue one ~ -0.22
+    assert red_minus_blue[:4].min() > 0.08, red_minus_blue
+    assert red_minus_blue[4:].max() < -0.08, red_minus_blue
+    # the white background is learnt too
+    assert x.mean() > 0.5
+
+
+def test_prior_training_resume_and_pipeline_folder(clip_dir, tmp_path):
+    import clipkit
+    from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig, train_decoder, train_prior
+
+    common = dict(clip=str(clip_dir), pipeline_dir=str(tmp_path / "pipe"), num_samples=128, val_samples=16)
+    train_decoder(DecoderTrainConfig(out_dir=str(tmp_path / "dec"), max_steps=3, **common, **TINY))
+    cfg = PriorTrainConfig(out_dir=str(tmp_path / "prior"), width=32, layers=1, heads=2, batch_size=32,
+                           max_steps=4, checkpoint_every=2, progress=False, threads=1, log_every=1, **common)
+    summary = train_prior(cfg)
+    assert summary["steps"] == 4 and -1 <= summary["val_cosine_prior"] <= 1
+    ckpts = sorted(p.name for p in (tmp_path / "prior" / "checkpoints").iterdir())
+    assert ckpts[-1] == "step_00000004" and "ema.safetensors" in {p.name for p in (tmp_path / "prior" / "checkpoints" / ckpts[-1]).iterdir()}
+    # resume continues from the latest checkpoint up to the new max_steps
+    cfg2 = PriorTrainConfig(**{**cfg.to_json(), "max_steps": 6, "resume": "latest"})
+    train_prior(cfg2)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "prior" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    pipe = clipkit.UnCLIP.load(tmp_path / "pipe")
+    assert pipe.prior is not None
+    assert len(pipe.generate("a red circle", num_images=2, steps=2, prior_steps=2)) == 2
+
+
+def test_pipeline_dir_refuses_another_clip(clip_dir, tmp_path):
+    import clipkit
+    from clipkit.train.unclip import DecoderTrainConfig, train_decoder
+
+    train_decoder(DecoderTrainConfig(clip=str(clip_dir), out_dir=str(tmp_path / "a"), pipeline_dir=str(tmp_path / "p"),
+                                     num_samples=64, max_steps=1, **TINY))
+    clipkit.create("shapes-tiny", seed=1).save(tmp_path / "clip2")
+    with pytest.raises(ValueError, match="was built with CLIP"):
+        train_decoder(DecoderTrainConfig(clip=str(tmp_path / "clip2"), out_dir=str(tmp_path / "b"),
+                                         pipeline_dir=str(tmp_path / "p"), num_samples=64, max_steps=1, **TINY))
+
+
+def test_cli_train_commands_parse(capsys):
+    from clipkit.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train-decoder", "--config", "decoder/configs/shapes-decoder.json", "--max-steps", "5"])
+    from clipkit.train import common
+
+    config = common.config_from_args(args.config_cls, args)
+    assert config.max_steps == 5 and config.pipeline_dir == "runs/unclip"
+    args = parser.parse_args(["train-prior", "--config", "decoder/configs/shapes-prior.json"])
+    assert common.config_from_args(args.config_cls, args).width == 128
+    with pytest.raises(ValueError, match="shapes_filter"):
+        from clipkit.train.unclip import _parse_filter
+        _parse_filter(["colour=red"])
