@@ -18,6 +18,12 @@ COMMAND_MODULES = (
     "demo",
     "train",
     "embed",
+    "index",
+    "search",
+    "zeroshot",
+    "arith",
+    "spiral",
+    "unclip",
 )
 
 

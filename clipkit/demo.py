@@ -1,7 +1,12 @@
-"""The demo: every stage of the shapes loop, resumable, ending in a summary.
+"""The demo: the whole shapes loop, resumable, ending in report.html.
+
+    shapes shards -> train a CLIP -> zero-shot report -> embeddings + FAISS index + searches
+    -> hat-vector experiment -> unCLIP prior + decoder -> generation grids -> spiral lab -> report
 
 Each stage writes into its own sub-folder of the output directory and a
-`done.json` marker last; a stage whose marker exists is skipped on re-runs.
+`done.json` marker last (atomically); a stage whose marker exists is skipped on
+re-runs, so an interrupted demo resumes where it stopped. `--quick` runs the
+same chain with tiny settings (the tests' end-to-end case).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from typing import Callable
 
 from clipkit.io import write_json
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ATTRIBUTE_ORDER = ("shape", "color", "size", "position", "hat")
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -22,68 +30,257 @@ class DemoSettings:
     holdout_samples: int
     hat_pairs: int          # images (pairs x 2)
     shard_size: int
+    clip_config: str        # training/configs/*.json, paths replaced by the demo's
+    clip_overrides: dict
+    eval_samples: int       # val / holdout images for the zero-shot report
+    unclip_quick: bool      # tiny prior / decoder configs (decoder/configs/*-tiny.json)
+    prior_overrides: dict
+    decoder_overrides: dict
+    unclip_eval_images: int
+    unclip_steps: int
 
     @classmethod
     def for_mode(cls, quick: bool) -> "DemoSettings":
         if quick:
-            return cls(train_samples=2_000, val_samples=500, holdout_samples=250, hat_pairs=200, shard_size=1_000)
-        return cls(train_samples=20_000, val_samples=2_000, holdout_samples=1_000, hat_pairs=400, shard_size=5_000)
+            return cls(train_samples=3_000, val_samples=500, holdout_samples=300, hat_pairs=100, shard_size=1_000,
+                       clip_config="shapes-tiny.json",
+                       clip_overrides={"epochs": 2, "eval_every": None, "checkpoint_every": None,
+                                       "val_max_samples": 500, "warmup_steps": 10},
+                       eval_samples=500, unclip_quick=True, prior_overrides={"num_samples": 1000},
+                       decoder_overrides={"num_samples": 1000, "max_steps": 60}, unclip_eval_images=8,
+                       unclip_steps=20)
+        return cls(train_samples=20_000, val_samples=2_000, holdout_samples=1_000, hat_pairs=400, shard_size=5_000,
+                   clip_config="shapes-small.json", clip_overrides={}, eval_samples=1_000, unclip_quick=False,
+                   prior_overrides={}, decoder_overrides={}, unclip_eval_images=48, unclip_steps=50)
 
+
+# ----------------------------------------------------------------------------- stages
 
 def stage_data(out: Path, s: DemoSettings) -> dict:
-    from clipkit.data.shapes import write_split
+    from clipkit.data.shapes import generate, write_split
+    from clipkit.images import make_grid
 
     counts = {}
     for split, num, seed in (("train", s.train_samples, 0), ("val", s.val_samples, 1),
                              ("holdout", s.holdout_samples, 2), ("hat_pairs", s.hat_pairs, 3)):
         stats = write_split(out / split, split=split, num=num, seed=seed, shard_size=s.shard_size, progress=True)
         counts[split] = stats["count"]
-    return {"summary": ", ".join(f"{k} {v}" for k, v in counts.items()), "counts": counts}
+    examples = list(generate("train", 32, seed=0))
+    make_grid([e.image for e in examples], columns=8, scale=3).save(out / "examples.png")
+    write_json(out / "examples.json", [{"caption": e.caption} for e in examples])
+    return {"summary": ", ".join(f"{k} {v}" for k, v in counts.items()), "counts": counts,
+            "captions": [e.caption for e in examples[:8]]}
 
 
-def stage_embed_stats(out: Path, s: DemoSettings, data_dir: Path) -> dict:
+def _shards(folder: Path) -> str:
+    tars = sorted(folder.glob("*.tar"))
+    if not tars:
+        raise FileNotFoundError(f"no shards in {str(folder)!r}; run the data stage first")
+    return "::".join(str(t) for t in tars)
+
+
+def stage_clip(out: Path, s: DemoSettings, data: Path) -> dict:
+    from clipkit.train.clip import ClipTrainConfig, train_clip
+    from clipkit.train.common import load_config
+
+    config_path = REPO_ROOT / "training" / "configs" / s.clip_config
+    overrides = {"train_data": _shards(data / "train"), "val_data": _shards(data / "val"),
+                 "holdout_data": _shards(data / "holdout"), "out_dir": str(out), "export_dir": str(out / "model"),
+                 "resume": "latest", **s.clip_overrides}
+    config = load_config(ClipTrainConfig, config_path, overrides)
+    summary = train_clip(config)
+    ev = summary.get("eval", {})
+    worst_val = min(ev.get(f"val/zs_{a}", 0.0) for a in ATTRIBUTE_ORDER)
+    worst_holdout = min(ev.get(f"holdout/zs_{a}", 0.0) for a in ATTRIBUTE_ORDER)
+    return {"summary": f"{config.model} trained {summary['steps']} steps in {summary['train_seconds']:.0f} s; "
+                       f"zero-shot worst attribute: val {worst_val:.3f}, holdout {worst_holdout:.3f}",
+            "model": str(out / "model"), "train_seconds": summary["train_seconds"], "steps": summary["steps"],
+            "eval": ev, "skipped": summary.get("skipped_samples", 0)}
+
+
+def _split_images(folder: Path, limit: int):
+    from clipkit.data.shards import shard_pipeline
+
+    pipeline, _ = shard_pipeline(_shards(folder), fields=("image", "json"), split_by_node=False)
+    images, metas = [], []
+    for image, meta in pipeline:
+        images.append(image)
+        metas.append(meta)
+        if len(images) >= limit:
+            break
+    return images, metas
+
+
+def stage_zeroshot(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
     import clipkit
-    from clipkit.data.shards import expand_urls, shard_pipeline
+    from clipkit.data.shapes import attribute_classes, attribute_label, attribute_prompts
+    from clipkit.zeroshot import ZeroShotClassifier
 
-    model = clipkit.create("shapes-small", seed=0)
-    urls = sorted(str(p) for p in (data_dir / "val").glob("*.tar"))
-    pipeline, skipped = shard_pipeline(expand_urls(urls), model.preprocess, None, batch_size=256,
-                                       fields=("image", "text"))
-    images, texts = next(iter(pipeline))
-    img = model.encode_images(images)
-    txt = model.encode_texts(list(texts))
-    diag = float((img * txt).sum(-1).mean())
-    off = float((img @ txt.T).mean())
-    return {"summary": f"fresh shapes-small: {tuple(img.shape)} image and {tuple(txt.shape)} text embeddings, "
-                       f"matched-pair cosine {diag:.3f} vs all-pairs {off:.3f} (untrained: no alignment yet)",
-            "matched_cosine": diag, "all_pairs_cosine": off}
+    model = clipkit.load(model_dir)
+    table = []
+    for split in ("val", "holdout"):
+        images, metas = _split_images(data / split, s.eval_samples)
+        embeddings = model.encode_images(images, progress=True).numpy()
+        row = {"split": split, "images": len(images)}
+        for attribute in ATTRIBUTE_ORDER:
+            clf = ZeroShotClassifier(model, attribute_prompts(attribute), templates="none")
+            report = clf.evaluate(embeddings, [attribute_label(m, attribute) for m in metas],
+                                  confusion_png=out / f"confusion_{split}_{attribute}.png")
+            row[attribute] = round(report["top1"], 4)
+        table.append(row)
+    val, holdout = table
+    return {"summary": "zero-shot top-1 " + "; ".join(
+                f"{r['split']}: " + ", ".join(f"{a} {r[a]:.3f}" for a in ATTRIBUTE_ORDER) for r in table),
+            "table": table, "classes": {a: list(attribute_classes(a)) for a in ATTRIBUTE_ORDER},
+            "worst_val": min(val[a] for a in ATTRIBUTE_ORDER), "worst_holdout": min(holdout[a] for a in ATTRIBUTE_ORDER)}
 
+
+SEARCH_QUERIES = ("a red circle", "a blue star wearing a hat", "a small green square on the left",
+                  "a purple heart at the bottom")
+
+
+def stage_retrieval(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
+    import clipkit
+    from clipkit.commands.search import hit_image
+    from clipkit.embeddings import EmbeddingFolder, write_embeddings
+    from clipkit.images import make_grid
+    from clipkit.index import EmbeddingIndex
+
+    model = clipkit.load(model_dir)
+    emb_dir = out / "embeddings"
+    write_embeddings(model, emb_dir, shards=_shards(data / "val"), overwrite=True, model_source=str(model_dir))
+    folder = EmbeddingFolder(emb_dir)
+    start = time.time()
+    index = EmbeddingIndex.build(folder, kind="auto", model=model)
+    build_seconds = time.time() - start
+    index.save(out / "index")
+    searches = []
+    for i, query in enumerate(SEARCH_QUERIES):
+        scores, ids = index.search_text(model, query, k=8)
+        rows = index.lookup(ids[0])
+        images = [im for im in (hit_image(r) for r in rows) if im is not None]
+        path = f"search_{i}.png"
+        make_grid(images, columns=8, scale=3).save(out / path)
+        searches.append({"query": query, "figure": path, "top_captions": [r.get("caption") for r in rows[:3]],
+                         "top_score": float(scores[0][0])})
+    return {"summary": f"{folder.count} val images embedded, {index.kind} index built in {build_seconds:.1f} s, "
+                       f"{len(searches)} text searches", "count": folder.count, "kind": index.kind,
+            "searches": searches}
+
+
+def stage_hat_vector(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
+    import numpy as np
+
+    import clipkit
+    from clipkit.arithmetic import hat_vector_experiment
+
+    model = clipkit.load(model_dir)
+    result = hat_vector_experiment(model, str(data / "hat_pairs"))
+    np.save(out / "hat_vector.npy", result.pop("hat_vector"))
+    result.pop("ranks", None)
+    return {"summary": f"'hat' is the nearest word for {result['top1_rate']:.1%} of {result['pairs']} pairs "
+                       f"(mean rank {result['mean_rank']:.2f}, mean cosine {result['mean_cosine']:.3f})",
+            **result, "hat_vector": str(out / "hat_vector.npy")}
+
+
+def stage_unclip(out: Path, s: DemoSettings, model_dir: Path, hat_vector: Path) -> dict:
+    """Train the prior and the decoder on the frozen CLIP, then draw and measure (clipkit.unclip.evaluate)."""
+    import clipkit
+    from clipkit.train.common import load_config
+    from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig, train_decoder, train_prior
+    from clipkit.unclip.evaluate import evaluate_unclip
+
+    configs = REPO_ROOT / "decoder" / "configs"
+    suffix = "-tiny" if s.unclip_quick else ""
+    common = {"clip": str(model_dir), "pipeline_dir": str(out / "pipeline"), "resume": "latest"}
+    prior = train_prior(load_config(PriorTrainConfig, configs / f"shapes-prior{suffix}.json",
+                                    {**common, "out_dir": str(out / "prior"), **s.prior_overrides}))
+    decoder = train_decoder(load_config(DecoderTrainConfig, configs / f"shapes-decoder{suffix}.json",
+                                        {**common, "out_dir": str(out / "decoder"), **s.decoder_overrides}))
+    pipe = clipkit.UnCLIP.load(out / "pipeline")
+    metrics = evaluate_unclip(pipe, out / "samples", num=s.unclip_eval_images, steps=s.unclip_steps,
+                              samplers={"flow": ("flow", s.unclip_steps, s.unclip_eval_images)})
+    # Arithmetic to pixels with the hat vector measured by the hat-vector stage.
+    from clipkit.data.shapes import ShapeAttributes, render
+    from clipkit.images import make_grid
+
+    source = out / "samples" / "blue_circle.png"
+    render(ShapeAttributes("circle", "blue", "large", "center", "white", False)).save(source)
+    with_hat = pipe.render_expression(f'img:"{source}"', num_images=7, add_vector=str(hat_vector), seed=0)
+    make_grid([render(ShapeAttributes("circle", "blue", "large", "center", "white", False))] + list(with_hat),
+              columns=8, scale=3).save(out / "samples" / "blue_circle_plus_hat_vector.png")
+    t2i = metrics["text_to_image"]
+    return {"summary": f"prior {prior.get('train_seconds', 0):.0f} s + decoder {decoder.get('train_seconds', 0):.0f} s "
+                       f"of training; inversion agreement {metrics['inversion']['agreement']['mean']:.3f}, "
+                       f"text->image {t2i['with_prior']['mean']:.3f} with the prior vs "
+                       f"{t2i['direct_text_embedding']['mean']:.3f} direct, hat arithmetic "
+                       f"{metrics['hat_arithmetic']['judged_wearing_hat']:.3f}",
+            "prior": {k: v for k, v in prior.items() if isinstance(v, (int, float, str))},
+            "decoder": {k: v for k, v in decoder.items() if isinstance(v, (int, float, str))},
+            "metrics": metrics, "pipeline": str(out / "pipeline")}
+
+
+def stage_spiral(out: Path, s: DemoSettings) -> dict:
+    import torch
+
+    from clipkit.toy import run_spiral_lab
+
+    # The spiral models are tiny MLPs: one thread is fastest (several only add synchronisation).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = run_spiral_lab(out, quick=s.unclip_quick)
+    finally:
+        torch.set_num_threads(threads)
+    sam = metrics["samplers"]
+    summary = ", ".join(f"{name} coverage {r['coverage']:.2f}" for name, r in sam.items())
+    return {"summary": summary, "metrics": metrics}
+
+
+# ----------------------------------------------------------------------------- running
 
 def _run_stage(name: str, folder: Path, fn: Callable[[], dict], force: bool) -> dict:
     marker = folder / "done.json"
     if marker.is_file() and not force:
         result = json.loads(marker.read_text())
-        print(f"[{name}] skipped (done): {result.get('summary', '')}")
+        print(f"[{name}] skipped (done): {result.get('summary', '')}", flush=True)
         return result
     folder.mkdir(parents=True, exist_ok=True)
+    print(f"[{name}] running ...", flush=True)
     start = time.time()
     result = fn()
     result["seconds"] = round(time.time() - start, 1)
     write_json(marker, result)
-    print(f"[{name}] {result.get('summary', '')} ({result['seconds']} s)")
+    print(f"[{name}] {result.get('summary', '')} ({result['seconds']} s)", flush=True)
     return result
 
 
 def run_demo(out: str | Path, quick: bool = False, force: bool = False) -> dict:
+    from clipkit.demo_report import write_demo_report
+
     out = Path(out)
-    settings = DemoSettings.for_mode(quick)
+    s = DemoSettings.for_mode(quick)
     start = time.time()
-    results = {}
-    data_dir = out / "data"
-    results["data"] = _run_stage("data", data_dir, lambda: stage_data(data_dir, settings), force)
-    results["embed_stats"] = _run_stage("embed-stats", out / "embed_stats",
-                                        lambda: stage_embed_stats(out, settings, data_dir), force)
+    r: dict[str, dict] = {}
+    data = out / "data"
+    r["data"] = _run_stage("data", data, lambda: stage_data(data, s), force)
+    r["clip"] = _run_stage("clip", out / "clip", lambda: stage_clip(out / "clip", s, data), force)
+    model_dir = Path(r["clip"]["model"])
+    r["zeroshot"] = _run_stage("zero-shot", out / "zeroshot",
+                               lambda: stage_zeroshot(out / "zeroshot", s, data, model_dir), force)
+    r["retrieval"] = _run_stage("retrieval", out / "retrieval",
+                                lambda: stage_retrieval(out / "retrieval", s, data, model_dir), force)
+    r["hat_vector"] = _run_stage("hat-vector", out / "hat_vector",
+                                 lambda: stage_hat_vector(out / "hat_vector", s, data, model_dir), force)
+    r["unclip"] = _run_stage("unclip", out / "unclip",
+                             lambda: stage_unclip(out / "unclip", s, model_dir, Path(r["hat_vector"]["hat_vector"])),
+                             force)
+    r["spiral"] = _run_stage("spiral", out / "spiral", lambda: stage_spiral(out / "spiral", s), force)
     total = time.time() - start
-    print(f"demo finished in {total:.0f} s; outputs in {out}")
-    write_json(out / "summary.json", {"seconds": round(total, 1), "quick": quick, "stages": results})
-    return results
+    summary = {"seconds": round(total, 1), "quick": quick, "stages": r}
+    write_json(out / "summary.json", summary)
+    report = write_demo_report(out, summary)
+    print(f"demo finished in {total:.0f} s; report: {report}")
+    for name, result in r.items():
+        print(f"  {name:<11} {result.get('summary', '')}")
+    return summary
