@@ -246,7 +246,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
     summary = {"steps": step, "epochs_completed": step / steps_per_epoch, "samples_seen": step * global_batch * config.grad_accum,
                "processes": world, "seconds": round(time.time() - started, 1),
                "train_seconds": round(train_seconds, 1), "skipped_samples": sum(skipped.values()),
-               "skipped_by_reason": skipped, "final_loss": run.metrics.rows()[-1].get("loss") if accelerator.is_main_process and run.metrics.rows() else None,
+               "skipped_by_reason": skipped, "final_loss": next((r["loss"] for r in reversed(run.metrics.rows()) if "loss" in r), None),
                "eval": last_eval, "checkpoint": last_checkpoint, "model_dir": str(export)}
     if accelerator.is_main_process:
         run.metrics.plot(run.path / "curves.png", {
@@ -259,6 +259,6 @@ def train_clip(config: ClipTrainConfig) -> dict:
         if summary["skipped_samples"]:
             print(f"skipped {summary['skipped_samples']} unreadable sample(s): "
                   + ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
-    accelerator.end_training()
     accelerator.wait_for_everyone()
+    accelerator.end_training()          # trackers closed, process group destroyed (after the barrier above)
     return summary

@@ -99,6 +99,7 @@ class TrainConfig:
     num_workers: int = 1                  # DataLoader workers per process
     tensorboard: bool = False             # also log to TensorBoard through Accelerate trackers
     progress: bool = True                 # tqdm bar on rank 0
+    num_threads: int | None = None        # intra-op threads per process (None: OMP_NUM_THREADS, else cores / local processes)
     compile: bool = False                 # torch.compile the prepared model (Accelerate's dynamo_backend inductor)
 
     def validate(self) -> None:
@@ -113,6 +114,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r}; expected >= 1 or null")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr!r}; expected > 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads={self.num_threads}; expected >= 1 or null")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps}, num_workers={self.num_workers}; expected >= 0")
         if self.mixed_precision not in MIXED_PRECISIONS:
@@ -252,7 +255,11 @@ def make_accelerator(config: TrainConfig, project_dir: str | os.PathLike | None 
 
     cpu = not torch.cuda.is_available()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
-    if cpu and "OMP_NUM_THREADS" not in os.environ:
+    if config.num_threads is not None:
+        # On a shared machine fewer threads than cores can be much faster: OpenMP
+        # threads that wait on a busy core spin at every barrier.
+        torch.set_num_threads(config.num_threads)
+    elif cpu and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
     accelerator = Accelerator(
         cpu=cpu,
@@ -567,7 +574,10 @@ def progress_bar(accelerator, total: int, initial: int = 0, desc: str = "train",
 # ============================================================================ entry point
 
 def main_guard(fn: Callable[[], Any]) -> int:
-    """Run a training main; return 0, or 1 after printing the error (rank-prefixed when distributed)."""
+    """Run a training main; return 0, or 1 after printing the error (rank-prefixed when distributed).
+
+    User errors print one line; set CLIPKIT_DEBUG=1 for their traceback too.
+    """
     try:
         fn()
         return 0
@@ -577,7 +587,7 @@ def main_guard(fn: Callable[[], Any]) -> int:
     except Exception as e:  # the entry point reports every failure as an exit code
         rank = os.environ.get("RANK")
         prefix = f"[rank {rank}] " if rank is not None and is_distributed() else ""
-        if isinstance(e, (ValueError, FileNotFoundError, NonFiniteLossError)):
+        if isinstance(e, (ValueError, FileNotFoundError, NonFiniteLossError)) and not os.environ.get("CLIPKIT_DEBUG"):
             print(f"{prefix}error: {e}", file=sys.stderr)
         else:
             traceback.print_exc()
@@ -597,10 +607,10 @@ def exit_cleanly(code: int) -> typing.NoReturn:
     streams, and leave with os._exit, which skips the static destructors.
     Outputs are already on disk (every writer here is atomic and synchronous).
     On failure we skip the barrier (a peer may never reach it) and just leave.
-    Single-process runs without a process group exit normally.
+    Single-process runs exit normally; a launched rank (WORLD_SIZE > 1) always leaves by os._exit.
     """
-    if is_distributed():
-        if code == 0:
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if code == 0 and is_distributed():          # a loop that ended its process group already met the others
             try:
                 torch.distributed.barrier()
             except Exception:  # a peer died: still leave without the destructors

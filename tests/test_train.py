@@ -1,0 +1,272 @@
+"""clipkit.train: config plumbing, schedule, checkpoints, fault handling, and short real trainings."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipkit.train import common
+from clipkit.train.clip import ClipTrainConfig, train_clip
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "training" / "train_clip.py"
+
+
+def tiny_config(shapes_dir: Path, out: Path, **overrides) -> ClipTrainConfig:
+    base = dict(model="shapes-tiny", train_data=str(shapes_dir / "train" / "{00000..00002}.tar"),
+                val_data=str(shapes_dir / "val" / "00000.tar"), out_dir=str(out), batch_size=32, lr=2e-3,
+                warmup_steps=5, log_every=2, num_workers=0, progress=False, val_max_samples=200, num_threads=1)
+    base.update(overrides)
+    return common.config_from_dict(ClipTrainConfig, base)
+
+
+def _flags(config: ClipTrainConfig) -> list[str]:
+    """A config as command-line flags (via a JSON file would do too; this exercises the flags)."""
+    out = []
+    for key, value in config.to_json().items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+# ---------------------------------------------------------------------------- config
+
+def test_config_json_roundtrip_and_flag_overrides(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"description": "x", "model": "shapes-tiny", "train_data": "a/{0..1}.tar",
+                                "lr": 1e-3, "epochs": 3, "grad_clip": None}))
+    config = common.parse_config(ClipTrainConfig, ["--config", str(path), "--lr", "5e-4", "--no-progress",
+                                                   "--max-steps", "7", "--resume", "latest"])
+    assert (config.lr, config.epochs, config.max_steps, config.grad_clip, config.progress, config.resume) == \
+           (5e-4, 3, 7, None, False, "latest")
+    again = common.config_from_dict(ClipTrainConfig, json.loads(json.dumps(config.to_json())))
+    assert again == config
+
+
+@pytest.mark.parametrize("bad,match", [({"lr": "fast"}, "'lr'"), ({"epochs": 1.5}, "'epochs'"),
+                                       ({"bogus": 1}, "bogus"), ({"loss": "triplet"}, "triplet"),
+                                       ({"mixed_precision": "fp8"}, "fp8"), ({"batch_size": 0}, "batch_size"),
+                                       ({"train_data": ""}, "train_data")])
+def test_bad_config_values_are_named(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        common.config_from_dict(ClipTrainConfig, {"train_data": "x.tar", **bad})
+
+
+def test_subclassed_config_for_other_loops():
+    @dataclass
+    class DecoderConfig(common.TrainConfig):
+        unet_width: int = 64
+
+    config = common.parse_config(DecoderConfig, ["--unet-width", "32", "--batch-size", "8"])
+    assert (config.unet_width, config.batch_size) == (32, 8)
+
+
+def test_warmup_cosine_schedule():
+    f = common.WarmupCosine(warmup=10, total=110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
+    assert all(f(s) >= f(s + 1) for s in range(10, 110))
+
+
+def test_no_weight_decay_on_temperature_biases_norms_embeddings(tiny_model):
+    groups = common.parameter_groups(tiny_model.model, 0.1)
+    names = {id(p): n for n, p in tiny_model.model.named_parameters()}
+    no_decay = {names[id(p)] for p in groups[1]["params"]}
+    decay = {names[id(p)] for p in groups[0]["params"]}
+    assert {"logit_scale", "token_embedding.weight", "positional_embedding", "visual.class_embedding"} <= no_decay
+    assert all(p.ndim >= 2 for n, p in tiny_model.model.named_parameters() if n in decay)
+    assert not any(n.endswith("bias") or ".ln_" in n or n.startswith("ln_") for n in decay)
+    assert "visual.conv1.weight" in decay and "text_projection" in decay
+    assert len(decay) + len(no_decay) == len(names)
+
+
+# ---------------------------------------------------------------------------- training
+
+@pytest.mark.slow
+def test_short_training_lowers_loss_and_beats_chance(shapes_dir, tmp_path):
+    """shapes-tiny on 600 samples: the loss falls clearly and zero-shot shape accuracy is far above 1/8."""
+    config = tiny_config(shapes_dir, tmp_path / "run", epochs=12, batch_size=48, lr=3e-3, warmup_steps=10,
+                         eval_every=None, checkpoint_every=None, log_every=4)
+    summary = train_clip(config)
+    rows = [r for r in common.MetricsLog(tmp_path / "run" / "metrics.jsonl").rows() if "loss" in r]
+    assert summary["steps"] == 12 * (600 // 48) == rows[-1]["step"]
+    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"], (rows[0]["loss"], rows[-1]["loss"])
+    # chance is 1/8 for shape and colour; shapes-tiny learns colour first (~0.85 here), shape slowly (~0.25)
+    assert summary["eval"]["val/zs_color"] > 0.5, summary["eval"]
+    assert summary["eval"]["val/zs_shape"] > 0.18, summary["eval"]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 10_000
+    import clipkit
+
+    model = clipkit.load(summary["model_dir"], device="cpu")            # the export is a clipkit model dir
+    assert model.encode_texts(["a red circle"]).shape == (1, 64)
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(shapes_dir, tmp_path, monkeypatch):
+    import clipkit.losses
+
+    real, calls = clipkit.losses.clip_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(clipkit.losses, "clip_loss", poisoned)
+    config = tiny_config(shapes_dir, tmp_path / "run", max_steps=20, checkpoint_every=2, val_data=None)
+    with pytest.raises(common.NonFiniteLossError, match=r"loss is nan at step 5.*step_00000004"):
+        train_clip(config)
+    checkpoints = common.CheckpointManager(tmp_path / "run" / "checkpoints").list()
+    assert [p.name for p in checkpoints] == ["step_00000002", "step_00000004"]
+    state = json.loads((checkpoints[-1] / "state.json").read_text())
+    assert state["step"] == 4
+    import clipkit
+
+    model = clipkit.create("shapes-tiny")
+    model.model.load_state_dict(_weights(checkpoints[-1]))
+    assert all(torch.isfinite(p).all() for p in model.model.parameters())
+
+
+def _write_corrupt_shards(shapes_dir: Path, out: Path) -> int:
+    """Copy the 600 train samples into 2 shards, corrupting every 10th (truncated PNG / no txt / empty txt)."""
+    out.mkdir()
+    bad = 0
+    members = []
+    for src in sorted((shapes_dir / "train").glob("*.tar")):
+        with tarfile.open(src) as tar:
+            members += [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    by_key: dict[str, dict] = {}
+    for name, data in members:
+        key, ext = name.split(".", 1)
+        by_key.setdefault(key, {})[ext] = data
+    keys = sorted(by_key)
+    for shard in range(2):
+        with tarfile.open(out / f"{shard:05d}.tar", "w") as tar:
+            for i, key in enumerate(keys[shard::2]):
+                sample = dict(by_key[key])
+                if i % 10 == 3:
+                    kind = (i // 10) % 3
+                    if kind == 0:
+                        sample["png"] = sample["png"][: len(sample["png"]) // 2]
+                    elif kind == 1:
+                        del sample["txt"]
+                    else:
+                        sample["txt"] = b"  "
+                    bad += 1
+                for ext, payload in sample.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return bad
+
+
+def test_corrupt_samples_are_skipped_counted_and_reported(shapes_dir, tmp_path, capsys):
+    bad = _write_corrupt_shards(shapes_dir, tmp_path / "corrupt")
+    assert bad == 60                                                       # 10% of 600
+    config = tiny_config(shapes_dir, tmp_path / "run", train_data=str(tmp_path / "corrupt" / "{00000..00001}.tar"),
+                         train_num_samples=540, batch_size=20, epochs=1, val_data=None, num_workers=1)
+    summary = train_clip(config)
+    assert summary["skipped_samples"] == bad
+    assert summary["skipped_by_reason"]["bad_image"] == 20
+    assert summary["skipped_by_reason"]["no_text"] == 20 and summary["skipped_by_reason"]["empty_text"] == 20
+    assert summary["steps"] == 27                                          # 540 readable samples / 20
+    assert "skipped 60 unreadable sample(s)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_with_identical_state(shapes_dir, tmp_path):
+    """An uninterrupted run and a run killed with SIGKILL then resumed end with identical weights."""
+    steps = 16
+    straight = tiny_config(shapes_dir, tmp_path / "straight", max_steps=steps, checkpoint_every=4, val_data=None,
+                           batch_size=16, num_workers=1)
+    killed = tiny_config(shapes_dir, tmp_path / "killed", max_steps=steps, checkpoint_every=4, val_data=None,
+                         batch_size=16, num_workers=1)
+
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *_flags(killed)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = tmp_path / "killed" / "checkpoints" / "step_00000004" / "state.json"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
+    done = common.CheckpointManager(tmp_path / "killed" / "checkpoints").latest()
+    resumed_from = json.loads((done / "state.json").read_text())["step"]
+    assert 4 <= resumed_from < steps
+
+    resumed = subprocess.run([sys.executable, str(SCRIPT), *_flags(killed), "--resume", "latest"], env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {done}" in resumed.stdout
+    summary = train_clip(straight)                                    # in-process: same function
+
+    a, b = _weights(tmp_path / "straight" / "model"), _weights(tmp_path / "killed" / "model")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the loss curve continues: one row per logged step, no gap and no overlap at the resume point
+    rows = [r for r in common.MetricsLog(tmp_path / "killed" / "metrics.jsonl").rows() if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(2, steps + 1, 2))
+    straight_rows = [r for r in common.MetricsLog(tmp_path / "straight" / "metrics.jsonl").rows() if "loss" in r]
+    assert [r["loss"] for r in rows[resumed_from // 2:]] == pytest.approx([r["loss"] for r in straight_rows[resumed_from // 2:]])
+    assert summary["steps"] == steps
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_fewer_shards_than_workers_equal_steps_exit_0(shapes_dir, tmp_path):
+    """2 ranks x 2 workers over 3 shards (rank 1 gets 1 shard: fewer than its workers; uneven data):
+    both ranks take the same number of steps, nothing hangs, exit code 0."""
+    config = tiny_config(shapes_dir, tmp_path / "run", epochs=1, batch_size=25, num_workers=2, checkpoint_every=4)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(SCRIPT), *_flags(config)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    # rank 1 holds 200 samples = 8 batches of 25, rank 0 holds 400: the first pass ends for both
+    # when rank 1 runs dry, and the run goes on into the next pass to the 600 / 50 = 12 steps it planned
+    assert "epoch 0 ended early at 8/12 batches" in proc.stdout
+    assert summary["steps"] == 12
+    assert summary["eval"]["val/zs_shape"] >= 0.0 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_clipkit_train_command(shapes_dir, tmp_path):
+    from clipkit.cli import main
+
+    config = tiny_config(shapes_dir, tmp_path / "run", max_steps=3, val_max_samples=50)
+    assert main(["train", *_flags(config)]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
+    assert main(["train", "--train-data", str(tmp_path / "nothing-{0..1}.tar"), "--out-dir", str(tmp_path / "x"),
+                 "--no-progress"]) == 2
+
+
+def test_resampled_shards_run_the_planned_steps(shapes_dir, tmp_path):
+    """--resampled draws shards with replacement: a one-shard dataset still fills every planned step."""
+    config = tiny_config(shapes_dir, tmp_path / "run", train_data=str(shapes_dir / "train" / "00000.tar"),
+                         resampled=True, epochs=2, batch_size=40, val_data=None, num_workers=1)
+    summary = train_clip(config)
+    assert summary["steps"] == 2 * (200 // 40) and summary["epochs_completed"] == 2
