@@ -40,6 +40,27 @@ def tiny_model():
     return clipkit.create("shapes-tiny", seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_model):
+    """`tiny_model` saved as a clipkit model directory (what training configs and pipelines point at)."""
+    path = tmp_path_factory.mktemp("clip") / "tiny"
+    tiny_model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of tiny tensors: extra threads only add a sync per op, and on a
+    busy 2-core machine OpenMP spin-waits make them 10-30x slower. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def fresh_tiny_model():
     import clipkit

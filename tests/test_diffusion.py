@@ -19,13 +19,7 @@ DIFFUSERS_KIND = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": 
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensors are tiny: intra-op threads only add a sync per op (10-30x slower on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -25,28 +25,16 @@ def _jitter(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on a shared 2-core box: one thread avoids OpenMP spin-waits (10x faster under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory, tiny_model):
-    path = tmp_path_factory.mktemp("clip") / "tiny"
-    tiny_model.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipe(clip_dir, tiny_model):
+def pipe(tiny_model_dir, tiny_model):
     torch.manual_seed(0)
     decoder = _jitter(DecoderUNet(DecoderConfig(embed_dim=tiny_model.embed_dim, **TINY_DECODER)))
     prior = _jitter(DiffusionPrior(PriorConfig(embed_dim=tiny_model.embed_dim, width=32, layers=1, heads=2)))
-    return UnCLIP(tiny_model, decoder, prior, clip_path=str(clip_dir))
+    return UnCLIP(tiny_model, decoder, prior, clip_path=str(tiny_model_dir))
 
 
 # ----------------------------------------------------------------------------- networks
@@ -194,7 +182,7 @@ def test_prior_sample_unit_norm_and_best_candidate(pipe):
     assert torch.allclose(emb, z[torch.arange(2), dots.argmax(1)], atol=1e-5)
 
 
-def test_save_load_round_trip_and_mismatched_clip(pipe, tmp_path, clip_dir):
+def test_save_load_round_trip_and_mismatched_clip(pipe, tmp_path, tiny_model_dir):
     import clipkit
 
     pipe.save(tmp_path / "p")

@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from clipkit.data.shapes import ShapeAttributes, render
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory, tiny_model):
-    path = tmp_path_factory.mktemp("clip") / "tiny"
-    tiny_model.save(path)
-    return path
 
 
 TINY = dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_tokens=2, batch_size=32,
@@ -30,11 +18,11 @@ TINY = dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_
 
 
 @pytest.mark.slow
-def test_tiny_decoder_learns_the_condition_colour(clip_dir, tmp_path):
+def test_tiny_decoder_learns_the_condition_colour(tiny_model_dir, tmp_path):
     import clipkit
     from clipkit.train.unclip import DecoderTrainConfig, train_decoder
 
-    config = DecoderTrainConfig(clip=str(clip_dir), out_dir=str(tmp_path / "dec"), pipeline_dir=str(tmp_path / "pipe"),
+    config = DecoderTrainConfig(clip=str(tiny_model_dir), out_dir=str(tmp_path / "dec"), pipeline_dir=str(tmp_path / "pipe"),
                                 num_samples=256, max_steps=160, lr=3e-3, warmup_steps=20,
                                 shapes_filter=["color=red,blue", "shape=circle", "size=large", "position=center",
                                                "background=white",
@@ -57,11 +45,11 @@ def test_tiny_decoder_learns_the_condition_colour(clip_dir, tmp_path):
     assert x.mean() > 0.5
 
 
-def test_prior_training_resume_and_pipeline_folder(clip_dir, tmp_path):
+def test_prior_training_resume_and_pipeline_folder(tiny_model_dir, tmp_path):
     import clipkit
     from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig, train_decoder, train_prior
 
-    common = dict(clip=str(clip_dir), pipeline_dir=str(tmp_path / "pipe"), num_samples=128, val_samples=16)
+    common = dict(clip=str(tiny_model_dir), pipeline_dir=str(tmp_path / "pipe"), num_samples=128, val_samples=16)
     train_decoder(DecoderTrainConfig(out_dir=str(tmp_path / "dec"), max_steps=3, **common, **TINY))
     cfg = PriorTrainConfig(out_dir=str(tmp_path / "prior"), width=32, layers=1, heads=2, batch_size=32,
                            max_steps=4, checkpoint_every=2, progress=False, threads=1, log_every=1, **common)
@@ -80,11 +68,26 @@ def test_prior_training_resume_and_pipeline_folder(clip_dir, tmp_path):
     assert len(pipe.generate("a red circle", num_images=2, steps=2, prior_steps=2)) == 2
 
 
-def test_pipeline_dir_refuses_another_clip(clip_dir, tmp_path):
+def test_prior_trains_on_clipkit_embed_output(tiny_model, tiny_model_dir, shapes_dir, tmp_path):
+    import clipkit
+    from clipkit.embeddings import write_embeddings
+    from clipkit.train.unclip import PriorTrainConfig, train_prior
+
+    write_embeddings(tiny_model, tmp_path / "emb", shards=str(shapes_dir / "val" / "00000.tar"))
+    small = dict(val_samples=20, width=32, layers=1, heads=2, batch_size=32, max_steps=3, progress=False,
+                 threads=1, embeddings=str(tmp_path / "emb"))
+    summary = train_prior(PriorTrainConfig(clip=str(tiny_model_dir), out_dir=str(tmp_path / "prior"), **small))
+    assert summary["steps"] == 3 and summary["train_pairs"] == 200 - 20
+    clipkit.create("shapes-tiny", seed=1).save(tmp_path / "clip2")
+    with pytest.raises(ValueError, match="were made by CLIP"):
+        train_prior(PriorTrainConfig(clip=str(tmp_path / "clip2"), out_dir=str(tmp_path / "p2"), **small))
+
+
+def test_pipeline_dir_refuses_another_clip(tiny_model_dir, tmp_path):
     import clipkit
     from clipkit.train.unclip import DecoderTrainConfig, train_decoder
 
-    train_decoder(DecoderTrainConfig(clip=str(clip_dir), out_dir=str(tmp_path / "a"), pipeline_dir=str(tmp_path / "p"),
+    train_decoder(DecoderTrainConfig(clip=str(tiny_model_dir), out_dir=str(tmp_path / "a"), pipeline_dir=str(tmp_path / "p"),
                                      num_samples=64, max_steps=1, **TINY))
     clipkit.create("shapes-tiny", seed=1).save(tmp_path / "clip2")
     with pytest.raises(ValueError, match="was built with CLIP"):

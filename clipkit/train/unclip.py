@@ -84,9 +84,32 @@ class PriorTrainConfig(TrainConfig, _UnclipData):
     prediction: str = "sample"
     schedule: str = "cosine"
     cond_drop: float = 0.1
+    # Train on precomputed pairs instead of the shapes world: an embedding folder written by
+    # `clipkit embed` (clip-retrieval layout, image + caption embeddings) with the same CLIP.
+    # Its last `val_samples` rows are held out for the cosine check.
+    embeddings: str | None = None
 
 
 # ----------------------------------------------------------------------------- data
+
+def embedding_pairs(folder_path: str, clip, val_samples: int) -> tuple[dict, dict]:
+    """(train, val) {"image_emb", "text_emb"} tensors from a `clipkit embed` folder made by `clip`."""
+    from clipkit.embeddings import EmbeddingFolder
+
+    folder = EmbeddingFolder(folder_path)
+    recorded = (folder.info or {}).get("model")
+    if recorded != clip.identity:
+        raise ValueError(f"embeddings={folder_path!r} were made by CLIP {recorded!r}, but clip={clip.identity!r}; "
+                         f"re-embed with this CLIP (`clipkit embed --model ...`)")
+    if "text" not in folder.modalities:
+        raise ValueError(f"embeddings={folder_path!r} has no text_emb parts; embed shards with captions")
+    img, txt = (np.concatenate(parts) for parts in zip(*[(i, t) for i, t, _ in folder.pairs()]))
+    if len(img) <= val_samples:
+        raise ValueError(f"embeddings={folder_path!r} holds {len(img)} pairs; need more than val_samples={val_samples}")
+    img, txt = torch.from_numpy(np.ascontiguousarray(img, np.float32)), torch.from_numpy(np.ascontiguousarray(txt, np.float32))
+    cut = len(img) - val_samples
+    return ({"image_emb": img[:cut], "text_emb": txt[:cut]}, {"image_emb": img[cut:], "text_emb": txt[cut:]})
+
 
 def _parse_filter(items: list) -> dict:
     from clipkit.data.shapes import ATTRIBUTES, attribute_classes
@@ -332,14 +355,17 @@ def train_prior(config: PriorTrainConfig) -> dict:
     accelerator, run = _setup(config, "prior")
     t0 = time.time()
     clip = load_clip(config.clip)
-    train = embed_samples(clip, shapes_samples(config.num_samples, config.data_seed, "train", config.shapes_filter),
-                          texts=True)
-    val = embed_samples(clip, shapes_samples(config.val_samples, config.data_seed + 1, "val", config.shapes_filter),
-                        texts=True)
+    if config.embeddings:
+        train, val = embedding_pairs(config.embeddings, clip, config.val_samples)
+    else:
+        train = embed_samples(clip, shapes_samples(config.num_samples, config.data_seed, "train",
+                                                   config.shapes_filter), texts=True)
+        val = embed_samples(clip, shapes_samples(config.val_samples, config.data_seed + 1, "val",
+                                                 config.shapes_filter), texts=True)
     embed_s = time.time() - t0
     model = build_prior(config, clip.embed_dim)
     schedule = NoiseSchedule(config.schedule)
-    n, scale = len(train["pixels"]), model.config.scale
+    n, scale = len(train["image_emb"]), model.config.scale
 
     def batch_loss(net, g):
         idx = torch.randint(0, n, (config.batch_size,), generator=g)
@@ -365,7 +391,7 @@ def train_prior(config: PriorTrainConfig) -> dict:
         run.metrics.plot(run.path / "curves.png", {"loss": ["loss"], "lr": ["lr"]}, title="prior")
     rows = [r for r in run.metrics.rows() if "loss" in r]
     summary = {"steps": total, "train_seconds": round(train_s, 1), "embed_seconds": round(embed_s, 1),
-               "final_loss": rows[-1]["loss"] if rows else None, "val_cosine_prior": cos_prior,
+               "train_pairs": n, "final_loss": rows[-1]["loss"] if rows else None, "val_cosine_prior": cos_prior,
                "val_cosine_text_embedding": cos_text, "params": sum(p.numel() for p in final.parameters()),
                "clip_identity": clip.identity, "written": written}
     run.write_summary(summary)
