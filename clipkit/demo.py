@@ -44,10 +44,10 @@ class DemoSettings:
         if quick:
             return cls(train_samples=3_000, val_samples=500, holdout_samples=300, hat_pairs=100, shard_size=1_000,
                        clip_config="shapes-tiny.json",
-                       clip_overrides={"epochs": 4, "eval_every": None, "checkpoint_every": None,
+                       clip_overrides={"epochs": 10, "eval_every": None, "checkpoint_every": None,
                                        "val_max_samples": 500, "warmup_steps": 10, "num_threads": 1},
-                       eval_samples=500, unclip_quick=True, prior_overrides={"num_samples": 1000, "threads": 1},
-                       decoder_overrides={"num_samples": 1000, "max_steps": 60, "threads": 1}, unclip_eval_images=8,
+                       eval_samples=500, unclip_quick=True, prior_overrides={"num_samples": 1000, "threads": 1, "max_steps": 200},
+                       decoder_overrides={"num_samples": 1000, "max_steps": 300, "threads": 1}, unclip_eval_images=8,
                        unclip_steps=20)
         return cls(train_samples=20_000, val_samples=2_000, holdout_samples=1_000, hat_pairs=400, shard_size=5_000,
                    # 5 of the config's 6 epochs: val zero-shot is already >= 99.9% and the demo fits

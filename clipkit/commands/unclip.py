@@ -17,13 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.train import common
     from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig
 
-    for name, cls, fn, what in (("train-decoder", DecoderTrainConfig, run_train_decoder,
-                                 "the unCLIP decoder (CLIP image embedding -> 32x32 pixels)"),
-                                ("train-prior", PriorTrainConfig, run_train_prior,
-                                 "the unCLIP diffusion prior (text embedding -> image embedding)")):
+    for name, cls, fn, what, data in (
+            ("train-decoder", DecoderTrainConfig, run_train_decoder,
+             "the unCLIP decoder (CLIP image embedding -> 32x32 pixels)", "shapes embedded by a frozen CLIP"),
+            ("train-prior", PriorTrainConfig, run_train_prior,
+             "the unCLIP diffusion prior (text embedding -> image embedding)",
+             "shapes embedded by a frozen CLIP, or on image/caption pairs from `clipkit embed` (--embeddings)")):
         p = sub.add_parser(name, help=f"train {what}",
-                           description=f"Train {what} on shapes embedded by a frozen CLIP; --pipeline-dir "
-                                       f"collects it into an UnCLIP folder.")
+                           description=f"Train {what} on {data}; --pipeline-dir collects it into an UnCLIP folder.")
         common.add_config_arguments(p, cls)
         p.set_defaults(func=fn, config_cls=cls)
 
