@@ -74,3 +74,18 @@ def atomic_directory(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# Keys a saved model's config.json may carry beside the dataclass fields.
+SAVED_CONFIG_EXTRAS = frozenset({"kind", "clipkit_version"})
+
+
+def dataclass_from_json(cls, data: dict, what: str):
+    """`cls(**data)` for a model config read back from JSON; unknown keys raise, naming them and `what`."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known - SAVED_CONFIG_EXTRAS
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {sorted(unknown)}; expected some of {sorted(known)}")
+    return cls(**{k: v for k, v in data.items() if k in known})

@@ -32,9 +32,16 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     _, world = _world()
     if world == 1:
         return x
+    import warnings
+
     import torch.distributed.nn
 
-    return torch.cat(torch.distributed.nn.all_gather(x.contiguous()), dim=0)
+    # torch 2.15 marks this autograd all-gather deprecated in favour of a private
+    # module (_functional_collectives); open_clip uses it too, and the 2-process
+    # test pins its gradients. Silence the per-step warning, keep the behaviour.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*all_gather is deprecated", category=FutureWarning)
+        return torch.cat(torch.distributed.nn.all_gather(x.contiguous()), dim=0)
 
 
 def _check(image_features: torch.Tensor, text_features: torch.Tensor) -> None:

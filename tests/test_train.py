@@ -70,10 +70,32 @@ def test_config_json_roundtrip_and_flag_overrides(tmp_path):
 @pytest.mark.parametrize("bad,match", [({"lr": "fast"}, "'lr'"), ({"epochs": 1.5}, "'epochs'"),
                                        ({"bogus": 1}, "bogus"), ({"loss": "triplet"}, "triplet"),
                                        ({"mixed_precision": "fp8"}, "fp8"), ({"batch_size": 0}, "batch_size"),
-                                       ({"train_data": ""}, "train_data")])
+                                       ({"train_data": ""}, "train_data"), ({"crop_scale": 0.0}, "crop_scale"),
+                                       ({"crop_scale": 1.5}, "crop_scale")])
 def test_bad_config_values_are_named(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
         common.config_from_dict(ClipTrainConfig, {"train_data": "x.tar", **bad})
+
+
+def test_crop_augmentation_is_open_clips_train_transform(tiny_model):
+    """crop_scale=None trains on the model's own preprocessing; a scale gives random crops of that much area."""
+    from PIL import Image
+
+    from clipkit.train.clip import train_preprocess
+
+    assert train_preprocess(tiny_model, None) is tiny_model.preprocess
+    augment = train_preprocess(tiny_model, 0.5)
+    image = Image.new("RGB", (32, 32), (250, 250, 250))
+    image.paste((220, 30, 30), (8, 8, 24, 24))                     # a red square, 16 px, centred
+    plain = tiny_model.preprocess(image)
+    torch.manual_seed(0)                                              # RandomResizedCrop draws from torch
+    crops = torch.stack([augment(image) for _ in range(20)])
+    assert crops.shape == (20, 3, 32, 32)
+    assert all(not torch.allclose(c, plain, atol=1e-3) for c in crops)   # every crop differs from the plain view
+    red_area = (crops[:, 0] > 0.5) & (crops[:, 1] < -0.5)                # red and not white, after normalising
+    plain_area = int(((plain[0] > 0.5) & (plain[1] < -0.5)).sum())
+    # cropping 50-100% of the area and resizing back enlarges the square by up to 1/0.5 in area
+    assert plain_area < red_area.sum(dim=(1, 2)).float().mean() < 2.2 * plain_area
 
 
 def test_subclassed_config_for_other_loops():

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_tokens=2, batch_size=32,
-            progress=False, threads=1, log_every=10)
+            progress=False, num_threads=1, log_every=10)
 
 
 @pytest.mark.slow
@@ -52,7 +52,7 @@ def test_prior_training_resume_and_pipeline_folder(tiny_model_dir, tmp_path):
     common = dict(clip=str(tiny_model_dir), pipeline_dir=str(tmp_path / "pipe"), num_samples=128, val_samples=16)
     train_decoder(DecoderTrainConfig(out_dir=str(tmp_path / "dec"), max_steps=3, **common, **TINY))
     cfg = PriorTrainConfig(out_dir=str(tmp_path / "prior"), width=32, layers=1, heads=2, batch_size=32,
-                           max_steps=4, checkpoint_every=2, progress=False, threads=1, log_every=1, **common)
+                           max_steps=4, checkpoint_every=2, progress=False, num_threads=1, log_every=1, **common)
     summary = train_prior(cfg)
     assert summary["steps"] == 4 and -1 <= summary["val_cosine_prior"] <= 1
     ckpts = sorted(p.name for p in (tmp_path / "prior" / "checkpoints").iterdir())
@@ -75,7 +75,7 @@ def test_prior_trains_on_clipkit_embed_output(tiny_model, tiny_model_dir, shapes
 
     write_embeddings(tiny_model, tmp_path / "emb", shards=str(shapes_dir / "val" / "00000.tar"))
     small = dict(val_samples=20, width=32, layers=1, heads=2, batch_size=32, max_steps=3, progress=False,
-                 threads=1, embeddings=str(tmp_path / "emb"))
+                 num_threads=1, embeddings=str(tmp_path / "emb"))
     summary = train_prior(PriorTrainConfig(clip=str(tiny_model_dir), out_dir=str(tmp_path / "prior"), **small))
     assert summary["steps"] == 3 and summary["train_pairs"] == 200 - 20
     clipkit.create("shapes-tiny", seed=1).save(tmp_path / "clip2")

@@ -24,7 +24,7 @@ import math
 import torch
 
 from clipkit.diffusion.base import ClipSpec, Sampler, randn_like_gen, spaced_timesteps
-from clipkit.diffusion.ddpm import _eps_from_x0, _x0_from_output
+from clipkit.diffusion.ddpm import DDPMSampler, _eps_from_x0, _x0_from_output
 from clipkit.diffusion.schedule import NoiseSchedule, check_prediction_type
 
 
@@ -65,9 +65,8 @@ class DDIMSampler(Sampler):
         self.num_inference_steps = len(ts)
         self._position = {t: i for i, t in enumerate(ts)}
 
-    def predict_x0(self, model_output, t, x):
-        a, s = self._coefs[self._index(t)][:2]
-        return _x0_from_output(model_output, x, a, s, self.prediction_type)
+    # _coefs rows start with (sqrt abar_t, sqrt(1 - abar_t)) as in DDPM, so the x0 estimate is the same code.
+    predict_x0 = DDPMSampler.predict_x0
 
     def step(self, model_output: torch.Tensor, t, x: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:

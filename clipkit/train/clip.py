@@ -47,6 +47,8 @@ class ClipTrainConfig(TrainConfig):
     eval_batch_size: int = 500
     resampled: bool = False                # draw shards with replacement (every rank sees all shards)
     shuffle_buffer: int = 2000             # samples in the shuffle buffer per worker (0 = off)
+    crop_scale: float | None = None        # augment with open_clip's train transform: RandomResizedCrop of
+                                           # (crop_scale..1) of the area (open_clip uses 0.9); null = none
     loss: str = "clip"                     # clip | siglip (siglip needs a model with a logit_bias)
     logit_scale_max: float = 100.0
     grad_checkpointing: bool = False
@@ -60,6 +62,8 @@ class ClipTrainConfig(TrainConfig):
             raise ValueError(f"loss={self.loss!r} is not one of {LOSSES}")
         if self.logit_scale_max <= 1:
             raise ValueError(f"logit_scale_max={self.logit_scale_max}; expected > 1")
+        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale={self.crop_scale}; expected a fraction of the image area in (0, 1] or null")
         if self.train_num_samples is not None and self.train_num_samples < 1:
             raise ValueError(f"train_num_samples={self.train_num_samples}; expected >= 1")
 
@@ -70,6 +74,24 @@ def _build_model(name: str, seed: int):
     if Path(name).is_dir():
         return clipkit.load(name, device="cpu")
     return clipkit.create(name, device="cpu", seed=seed)
+
+
+def train_preprocess(clip, crop_scale: float | None):
+    """The image transform for training: the model's own, or open_clip's augmenting train transform.
+
+    open_clip trains with random crops of 90-100% of the area by default; on
+    real web data that is a mild regulariser. On the shapes world it slows
+    learning (position is an attribute) and lowered holdout shape accuracy
+    (0.74 vs 0.83 after 6 epochs), so the shapes configs leave it off.
+    """
+    if crop_scale is None:
+        return clip.preprocess
+    import open_clip
+
+    cfg = clip.config.preprocess_cfg
+    return open_clip.image_transform(clip.preprocess.size, is_train=True, mean=cfg.get("mean"), std=cfg.get("std"),
+                                     interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"),
+                                     aug_cfg={"scale": (crop_scale, 1.0)})
 
 
 def _all_ranks_have(accelerator, batch) -> bool:
@@ -175,6 +197,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
                       f"{total_steps} steps of {global_batch * config.grad_accum} samples "
                       f"({world} process(es), {accelerator.distributed_type}, precision {config.mixed_precision})")
     counter = SkipCounter()
+    image_transform = train_preprocess(clip, config.crop_scale)
     bar = common.progress_bar(accelerator, total_steps, initial=step, enabled=config.progress)
     window_loss, window_n, window_start, train_seconds = 0.0, 0, time.time(), 0.0
     last_eval, max_log_scale = {}, math.log(config.logit_scale_max)
@@ -183,7 +206,7 @@ def train_clip(config: ClipTrainConfig) -> dict:
         if micro_in_epoch >= micro_per_epoch:               # resumed from a checkpoint at an epoch's end
             epoch, micro_in_epoch = epoch + 1, 0
         pipeline, _ = shard_pipeline(
-            urls, clip.preprocess, clip.tokenizer, batch_size=config.batch_size, shuffle=config.shuffle_buffer,
+            urls, image_transform, clip.tokenizer, batch_size=config.batch_size, shuffle=config.shuffle_buffer,
             resampled=config.resampled, seed=config.seed * 100_003 + epoch, counter=counter, partial=False,
             epoch_batches=math.ceil(micro_per_epoch / max(1, config.num_workers)) if config.resampled else None)
         batches = iter(shard_loader(pipeline, num_workers=config.num_workers))

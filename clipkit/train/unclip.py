@@ -44,8 +44,6 @@ class _UnclipData:
     # Restrict the shapes world, e.g. ["color=red,blue", "shape=circle"] (the default: train split as is).
     shapes_filter: list = field(default_factory=list)
     ema_decay: float = 0.995
-    threads: int = 0                             # torch intra-op threads (0: Accelerate's choice). On a
-                                                 # busy machine 1 thread beats 2 by far (OpenMP spin-waits)
 
 
 @dataclass
@@ -180,9 +178,7 @@ def _pixels_to_x(pixels: torch.Tensor) -> torch.Tensor:
 def _setup(config, kind: str):
     from clipkit.train.common import RunDir, make_accelerator, seed_everything
 
-    accelerator = make_accelerator(config)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    accelerator = make_accelerator(config)                # also sets config.num_threads
     run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
     run.write_config(config)
     seed_everything(config.seed, accelerator.process_index)

@@ -26,7 +26,7 @@ positions, little benefit there).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +75,9 @@ class DecoderConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "DecoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"kind", "clipkit_version"}
-        if unknown:
-            raise ValueError(f"unknown decoder config keys {sorted(unknown)}; expected some of {sorted(known)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        from clipkit.io import dataclass_from_json
+
+        return dataclass_from_json(cls, data, "decoder")
 
 
 def _groups(channels: int) -> int:

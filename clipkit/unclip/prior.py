@@ -22,7 +22,7 @@ unconditional branch for classifier-free guidance.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +59,9 @@ class PriorConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "PriorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"kind", "clipkit_version"}
-        if unknown:
-            raise ValueError(f"unknown prior config keys {sorted(unknown)}; expected some of {sorted(known)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        from clipkit.io import dataclass_from_json
+
+        return dataclass_from_json(cls, data, "prior")
 
 
 class DiffusionPrior(nn.Module):
