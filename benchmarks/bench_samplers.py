@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, sample
-from clipkit.toy import QUICK, SpiralDenoiser, SpiralLabConfig, SpiralScorer, compare_samplers
-from clipkit.toy.lab import train_lab_models
-from clipkit.toy.spiral import NULL_CLASS
+from clipkit.experiments.spiral import QUICK, SpiralDenoiser, SpiralLabConfig, SpiralScorer, compare_samplers
+from clipkit.experiments.spiral.lab import train_lab_models
+from clipkit.experiments.spiral.spiral import NULL_CLASS
 
 
 class WideMLP(nn.Module):
@@ -65,7 +65,6 @@ def overhead_rows(repeats: int, steps: int) -> list[dict]:
               torch.full((256,), 1), torch.tensor([NULL_CLASS])),
              ("wide MLP 3x512", WideMLP().eval(), (256, 64), None, None)]
     rows = []
-    ts = DDPMSampler(NoiseSchedule("linear")).timesteps
     samplers = {"DDIM": DDIMSampler(NoiseSchedule("linear")), "DDPM": DDPMSampler(NoiseSchedule("linear"))}
     runs = [(case, guided, kind) for case in cases for guided in ((False, True) if case[3] is not None else (False,))
             for kind in samplers]
@@ -73,7 +72,8 @@ def overhead_rows(repeats: int, steps: int) -> list[dict]:
         batch = shape[0] * (2 if guided else 1)
         x = torch.randn(batch, *shape[1:])
         c = None if cond is None else torch.cat([cond, uncond.expand(shape[0])]) if guided else cond
-        t_batches = [torch.full((batch,), int(t)) for t in ts[:steps]]
+        samplers[kind].set_timesteps(steps)                       # the very timesteps the loop will use
+        t_batches = [torch.full((batch,), int(t)) for t in samplers[kind].timesteps]
         bare, full = [], []
         for _ in range(repeats):            # interleaved so both see the same machine load
             bare.append(bare_calls(model, x, c, t_batches))

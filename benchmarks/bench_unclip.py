@@ -36,7 +36,7 @@ def main() -> None:
     import torch
 
     import clipkit
-    from clipkit.unclip.evaluate import evaluate_unclip
+    from clipkit.experiments.unclip_eval import evaluate_unclip
 
     torch.set_num_threads(args.threads)
     start = time.time()

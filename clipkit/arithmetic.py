@@ -324,65 +324,13 @@ def nearest_words(model, vector, k: int = 5, vocabulary=None, template: str = "{
     words, emb = vocabulary_embeddings(model, vocabulary, template)
     if v.shape[0] != emb.shape[1]:
         raise ValueError(f"vector has dim {v.shape[0]}; the model embeds in dim {emb.shape[1]}")
+    if not np.isfinite(v).all():
+        bad = np.flatnonzero(~np.isfinite(v))
+        raise ValueError(f"vector holds {len(bad)} NaN/inf value(s) (first at index {int(bad[0])}); "
+                         f"nearest words are undefined for a non-finite vector")
     norm = float(np.linalg.norm(v))
     if norm < 1e-12:
         raise ValueError("vector is zero; nearest words are undefined")
     scores = emb @ (v / norm)
     top = np.argsort(-scores)[:k]
     return [(words[i], float(scores[i])) for i in top]
-
-
-# ----------------------------------------------------------------------------- the hat vector
-
-def _hat_pair_images(pairs) -> tuple[list, list]:
-    """(bare images, hat images) from a hat_pairs shard folder / url pattern, samples, or a pair count."""
-    if isinstance(pairs, int):
-        from clipkit.data.shapes import generate
-        pairs = list(generate("hat_pairs", 2 * pairs))
-    if isinstance(pairs, (str, os.PathLike)):
-        from clipkit.data.shards import shard_pipeline
-        path = Path(pairs)
-        urls = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else str(pairs)
-        if not urls:
-            raise FileNotFoundError(f"no .tar shards in {str(path)!r}; write them with `clipkit shapes --split hat_pairs`")
-        pipeline, _ = shard_pipeline(urls, fields=("image", "json"), split_by_node=False)
-        records = [(meta.get("pair_id"), bool(meta.get("hat")), image) for image, meta in pipeline if meta]
-    else:
-        records = [(s.pair_id, bool(s.attributes.hat), s.image) for s in pairs]
-    by_pair: dict = {}
-    for pair_id, hat, image in records:
-        if pair_id is not None:
-            by_pair.setdefault(pair_id, {})[hat] = image
-    complete = [v for _, v in sorted(by_pair.items()) if True in v and False in v]
-    if not complete:
-        raise ValueError("no complete hat pairs (same pair_id, with and without hat) found")
-    return [v[False] for v in complete], [v[True] for v in complete]
-
-
-def hat_vector_experiment(model, pairs_dir_or_samples=100, vocabulary=None, word: str = "hat",
-                          template: str = "{}") -> dict:
-    """For each pair, emb(with hat) - emb(without) -> rank of `word` among the vocabulary.
-
-    `pairs_dir_or_samples`: a folder of hat_pairs shards, a shard url pattern, ShapeSamples of the
-    hat_pairs split, or a number of pairs to generate. Returns top1_rate, mean_rank (1 = best),
-    median_rank, mean_cosine (difference vs the word's embedding), consistency (mean cosine of each
-    difference with the averaged one), hat_vector ((D,) float32 mean difference) and the words
-    nearest to it.
-    """
-    bare, hat = _hat_pair_images(pairs_dir_or_samples)
-    words, vocab = vocabulary_embeddings(model, vocabulary, template)
-    if word not in words:
-        words, vocab = vocabulary_embeddings(model, [*words, word], template)
-    target = words.index(word)
-    diffs = model.encode_images(hat).numpy() - model.encode_images(bare).numpy()          # (P, D)
-    unit = diffs / np.maximum(np.linalg.norm(diffs, axis=1, keepdims=True), 1e-12)
-    scores = unit @ vocab.T                                                                 # (P, V)
-    ranks = 1 + (scores > scores[:, [target]]).sum(axis=1)
-    mean_vec = diffs.mean(axis=0)
-    mean_unit = mean_vec / max(float(np.linalg.norm(mean_vec)), 1e-12)
-    return {"pairs": int(len(diffs)), "word": word, "vocabulary_size": len(words),
-            "top1_rate": float(np.mean(ranks == 1)), "mean_rank": float(ranks.mean()),
-            "median_rank": float(np.median(ranks)), "mean_cosine": float(scores[:, target].mean()),
-            "consistency": float((unit @ mean_unit).mean()), "ranks": ranks.tolist(),
-            "hat_vector": mean_vec.astype(np.float32),
-            "nearest_to_hat_vector": nearest_words(model, mean_vec, 5, words, template)}

@@ -166,6 +166,7 @@ class ClipModel:
     def __init__(self, module: torch.nn.Module, config: ClipConfig, device: str | torch.device = "auto"):
         self.model = module
         self.config = config
+        self._identity: str | None = None
         self.tokenizer = _build_tokenizer(config)
         size = config.preprocess_cfg.get("size") or config.model_cfg["vision_cfg"].get("image_size", 224)
         self.preprocess = ImagePreprocess(config.preprocess_cfg, size)
@@ -187,11 +188,18 @@ class ClipModel:
 
     @property
     def identity(self) -> str:
-        """'name:sha256-prefix' of the current weights (recomputed: training changes it).
+        """'name:sha256-prefix' of the weights, hashed once (at load, or on first use) and again at `save`.
 
-        Indexes and unCLIP pipelines record it to refuse a mismatched model.
+        Indexes and unCLIP pipelines record it to refuse a mismatched model. Training
+        changes the weights: `save` (or `refresh_identity`) brings it up to date.
         """
-        return f"{self.config.name}:{weights_fingerprint(self.model.state_dict())}"
+        if self._identity is None:
+            self.refresh_identity()
+        return self._identity
+
+    def refresh_identity(self) -> str:
+        self._identity = f"{self.config.name}:{weights_fingerprint(self.model.state_dict())}"
+        return self._identity
 
     def to(self, device: str | torch.device) -> "ClipModel":
         self.model.to(resolve_device(device))
@@ -273,7 +281,7 @@ class ClipModel:
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         with atomic_directory(directory) as tmp:
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "clipkit_name": self.config.name})
-            write_json(tmp / CONFIG_NAME, {**self.config.to_json(), "identity": self.identity})
+            write_json(tmp / CONFIG_NAME, {**self.config.to_json(), "identity": self.refresh_identity()})
             write_json(tmp / "open_clip_config.json",
                        {"model_cfg": self.config.model_cfg, "preprocess_cfg": self.config.preprocess_cfg})
         return directory
@@ -358,6 +366,9 @@ def load(path_or_name: str | os.PathLike, pretrained: str | None = None, device:
         raise FileNotFoundError(
             f"{str(path_or_name)!r} is not a directory saved by clipkit; to load a checkpoint file, "
             f"name its architecture: clipkit.load('ViT-B-32', pretrained='/path/to/file.safetensors')")
+    if pretrained is None:
+        raise ValueError(f"clipkit.load({str(path_or_name)!r}) needs a saved model directory or pretrained=TAG|FILE; "
+                         f"for a freshly initialised {str(path_or_name)!r} use clipkit.create({str(path_or_name)!r})")
     config = _config_for(str(path_or_name))
     module = _build_module(config.model_cfg)
     if pretrained is not None:
@@ -382,3 +393,13 @@ def _load_directory(path: Path, device) -> ClipModel:
     module = _build_module(config.model_cfg)
     module.load_state_dict(load_file(str(weights_file)), strict=True)
     return ClipModel(module, config, device)
+
+
+def resolve_model(source: str | os.PathLike, pretrained: str | None = None, device: str | torch.device = "cpu",
+                  seed: int = 0) -> ClipModel:
+    """The one way to turn what a user typed into a model: a saved directory is loaded, a name with
+    `pretrained` gets those weights, a bare preset / open_clip name is created fresh with `seed`
+    (so that repeated commands on an untrained preset agree)."""
+    if Path(source).is_dir() or pretrained is not None:
+        return load(source, pretrained=pretrained, device=device)
+    return create(str(source), device="cpu" if str(device) == "auto" else device, seed=seed)

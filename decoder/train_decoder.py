@@ -6,14 +6,9 @@
 Same code as `clipkit train-decoder`; see clipkit/train/unclip.py.
 """
 
-from clipkit.train import common
-from clipkit.train.unclip import DecoderTrainConfig, train_decoder
-
-
-def main() -> None:
-    config = common.parse_config(DecoderTrainConfig, description=__doc__)
-    print(train_decoder(config))
-
+from clipkit.commands.train import script_main
+from clipkit.train.configs import DecoderTrainConfig
+from clipkit.train.unclip import train_decoder
 
 if __name__ == "__main__":
-    common.exit_cleanly(common.main_guard(main))
+    script_main(DecoderTrainConfig, train_decoder, __doc__.splitlines()[0])

@@ -6,14 +6,9 @@
 Same code as `clipkit train-prior`; see clipkit/train/unclip.py.
 """
 
-from clipkit.train import common
-from clipkit.train.unclip import PriorTrainConfig, train_prior
-
-
-def main() -> None:
-    config = common.parse_config(PriorTrainConfig, description=__doc__)
-    print(train_prior(config))
-
+from clipkit.commands.train import script_main
+from clipkit.train.configs import PriorTrainConfig
+from clipkit.train.unclip import train_prior
 
 if __name__ == "__main__":
-    common.exit_cleanly(common.main_guard(main))
+    script_main(PriorTrainConfig, train_prior, __doc__.splitlines()[0])

@@ -19,8 +19,8 @@ import numpy as np
 
 
 def main(argv=None) -> int:
-    import clipkit
-    from clipkit.arithmetic import hat_vector_experiment
+    from clipkit.model import resolve_model
+    from clipkit.experiments.shapes_eval import hat_vector_experiment
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="saved model directory (or a preset, for a smoke run)")
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     ap.add_argument("--word", default="hat")
     ap.add_argument("--out", default="runs/hat_vector", help="folder for hat_vector.npy and hat_vector.json")
     args = ap.parse_args(argv)
-    model = clipkit.load(args.model) if Path(args.model).is_dir() else clipkit.create(args.model, seed=0)
+    model = resolve_model(args.model)
     pairs = int(args.pairs) if args.pairs.isdigit() else args.pairs
     result = hat_vector_experiment(model, pairs, vocabulary=args.vocabulary, word=args.word)
     out = Path(args.out)

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipkit.arithmetic import (ExpressionError, evaluate_expression, hat_vector_experiment, load_vocabulary,
+from clipkit.experiments.shapes_eval import hat_vector_experiment
+from clipkit.arithmetic import (ExpressionError, evaluate_expression, load_vocabulary,
                                 nearest_words, parse_expression, references)
 
 

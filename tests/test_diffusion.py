@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipkit.diffusion import (DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, diffusion_loss,
-                               drop_condition, sample, spaced_timesteps, timestep_embedding, training_batch)
+from clipkit.diffusion import (DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler, FlowProcess, NoiseSchedule,
+                               diffusion_loss, drop_condition, from_x0_eps, sample, spaced_timesteps,
+                               timestep_embedding, to_x0_eps, training_batch)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -59,24 +63,45 @@ def test_add_noise_matches_diffusers():
     noise = torch.randn(x0.shape, generator=_gen(1))
     t = torch.tensor([0, 1, 10, 500, 998, 999])
     torch.testing.assert_close(s.add_noise(x0, noise, t), ref.add_noise(x0, noise, t), atol=TOL, rtol=0)
-    torch.testing.assert_close(s.get_velocity(x0, noise, t), ref.get_velocity(x0, noise, t), atol=TOL, rtol=0)
+    torch.testing.assert_close(s.target(x0, noise, t, "v"), ref.get_velocity(x0, noise, t), atol=TOL, rtol=0)
 
 
-@settings(max_examples=40, deadline=None)
-@given(kind=st.sampled_from(["linear", "cosine", "sigmoid"]), t=st.integers(0, 999),
-       prediction_type=st.sampled_from(["epsilon", "sample", "v"]), seed=st.integers(0, 2**16))
-def test_targets_invert(kind, t, prediction_type, seed):
-    """predict_x0_eps(target(x0, noise)) gives back x0 and noise, for every parameterisation."""
-    s = NoiseSchedule(kind)
+# The formulas each module carried before parameterization.py (schedule.py, ddpm.py / ddim.py, flow.py):
+# model output -> (x0, noise) for x_t = a x0 + s noise, and the training target from (x0, noise).
+OLD_INVERSE = {
+    "epsilon": lambda out, x, a, s: ((x - s * out) / a, out),
+    "sample": lambda out, x, a, s: (out, (x - a * out) / s),
+    "v": lambda out, x, a, s: (a * x - s * out, a * out + s * x),            # a^2 + s^2 = 1 only
+    "velocity": lambda out, x, a, s: (x - s * out, x - s * out + out),       # a = 1 - s only
+}
+OLD_TARGET = {"epsilon": lambda x0, n, a, s: n, "sample": lambda x0, n, a, s: x0,
+              "v": lambda x0, n, a, s: a * n - s * x0, "velocity": lambda x0, n, a, s: n - x0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(process=st.sampled_from(["linear", "cosine", "sigmoid", "flow"]), t=st.integers(0, 999),
+       prediction_type=st.sampled_from(["epsilon", "sample", "v", "velocity"]), seed=st.integers(0, 2**16))
+def test_to_x0_eps_and_from_x0_eps_round_trip_and_match_the_old_formulas(process, t, prediction_type, seed):
+    """Every prediction type, on discrete schedules (a^2 + s^2 = 1) and on the flow path (a + s = 1)."""
     x0 = torch.randn(4, 5, generator=_gen(seed), dtype=torch.float64)
     noise = torch.randn(4, 5, generator=_gen(seed + 1), dtype=torch.float64)
-    tt = torch.full((4,), t)
-    xt = s.add_noise(x0, noise, tt)
-    x0_hat, eps_hat = s.predict_x0_eps(s.target(x0, noise, tt, prediction_type), xt, tt, prediction_type)
+    proc = FlowProcess() if process == "flow" else NoiseSchedule(process)
+    tt = torch.full((4,), (t + 0.5) / 1000 if process == "flow" else t)
+    if prediction_type in (("epsilon", "v") if process == "flow" else ("velocity",)):
+        with pytest.raises(ValueError, match="prediction_type"):
+            proc.target(x0, noise, tt, prediction_type)
+        target = from_x0_eps(x0, noise, *proc.signal_noise(tt, x0), prediction_type)   # the helper is general
+    else:
+        target = proc.target(x0, noise, tt, prediction_type)
+    a, s = proc.signal_noise(tt, x0)
+    xt = proc.add_noise(x0, noise, tt)
+    torch.testing.assert_close(target, OLD_TARGET[prediction_type](x0, noise, a, s), atol=1e-12, rtol=0)
+    x0_hat, eps_hat = to_x0_eps(target, xt, a, s, prediction_type)
     torch.testing.assert_close(x0_hat, x0, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(eps_hat, noise, atol=1e-6, rtol=1e-6)
-    back = s.output_from_x0(x0, xt, tt, prediction_type)
-    torch.testing.assert_close(back, s.target(x0, noise, tt, prediction_type), atol=1e-6, rtol=1e-6)
+    if (prediction_type, process == "flow") not in (("v", True), ("velocity", False)):   # old formulas' domains
+        for got, old in zip((x0_hat, eps_hat), OLD_INVERSE[prediction_type](target, xt, a, s)):
+            torch.testing.assert_close(got, old, atol=1e-9, rtol=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
@@ -117,6 +142,7 @@ def test_ddpm_step_with_diffusers_float32_tables():
     """Against diffusers as configured out of the box: equal within 1e-5 except where its float32
     tables lose digits (1 - abar_t for t < ~100); there the difference is bounded by 5e-4."""
     ours, ref = DDPMSampler("linear"), diffusers.DDPMScheduler(clip_sample=False)
+    ours.set_timesteps(1000)
     ref.set_timesteps(1000)
     for t in (999, 700, 400, 150, 100, 20, 1, 0):
         x = torch.randn(3, 8, generator=_gen(t))
@@ -129,6 +155,7 @@ def test_ddpm_clip_matches_diffusers_clip_sample():
     s = NoiseSchedule("linear")
     ours = DDPMSampler(s, clip_x0=1.0)
     ref = _with_our_tables(diffusers.DDPMScheduler(clip_sample=True, clip_sample_range=1.0), s)
+    ours.set_timesteps(1000)
     ref.set_timesteps(1000)
     for t in (999, 500, 3, 0):
         x, out = 3 * torch.randn(4, 6, generator=_gen(t)), torch.randn(4, 6, generator=_gen(t + 1))
@@ -234,11 +261,60 @@ def test_flow_default_grid_is_uniform_from_one_to_zero():
     f.set_timesteps(4)
     assert f.sigmas.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
     x0, noise = torch.randn(3, 2, generator=_gen(1)), torch.randn(3, 2, generator=_gen(2))
-    torch.testing.assert_close(FlowMatchSampler.add_noise(x0, noise, 0.0), x0)
-    torch.testing.assert_close(FlowMatchSampler.add_noise(x0, noise, 1.0), noise)
+    torch.testing.assert_close(FlowProcess().add_noise(x0, noise, 0.0), x0)
+    torch.testing.assert_close(FlowProcess().add_noise(x0, noise, 1.0), noise)
     # A straight path is integrated exactly by Euler: the exact velocity brings noise back to x0.
     x = sample(lambda x, t, c: noise - x0, (3, 2), f, 4, noise=noise)
     torch.testing.assert_close(x, x0)
+
+
+@pytest.mark.parametrize("prediction_type", ["velocity", "sample"])
+def test_flow_process_and_sampler_share_one_path(prediction_type):
+    """Fed FlowProcess's exact target, each Euler step lands on FlowProcess.add_noise at the next sigma
+    (the path is straight) and predict_x0 gives x0 back, for velocity and x0 outputs alike."""
+    process, sampler = FlowProcess(), FlowMatchSampler(prediction_type=prediction_type, shift=3.0)
+    sampler.set_timesteps(5)
+    x0, noise = torch.randn(4, 3, generator=_gen(0)), torch.randn(4, 3, generator=_gen(1))
+    x = process.add_noise(x0, noise, sampler.timesteps[0])
+    for i, t in enumerate(sampler.timesteps.tolist()):
+        out = process.target(x0, noise, torch.full((4,), t), prediction_type)
+        torch.testing.assert_close(sampler.predict_x0(out, t, x), x0, atol=1e-5, rtol=0)
+        x = sampler.step(out, t, x)
+        torch.testing.assert_close(x, process.add_noise(x0, noise, float(sampler.sigmas[i + 1])), atol=1e-5, rtol=0)
+    xt, t, target = training_batch(process, x0, prediction_type, generator=_gen(2), noise=noise)
+    assert t.dtype == torch.float32 and 0 < float(t.min()) and float(t.max()) < 1     # the sampler's time
+    torch.testing.assert_close(xt, process.add_noise(x0, noise, t))
+    torch.testing.assert_close(target, noise - x0 if prediction_type == "velocity" else x0)
+    s = FlowProcess("logit_normal").sample_t(4000, _gen(3))
+    u = process.sample_t(4000, _gen(3))
+    assert abs(float(s.mean()) - 0.5) < 0.02 and float((s - 0.5).abs().mean()) < float((u - 0.5).abs().mean())
+
+
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon", "v"])
+def test_flow_adapter_turns_a_discrete_model_into_a_velocity_model(prediction_type):
+    schedule = NoiseSchedule("cosine")
+    x0, eps = torch.rand(4, 3, 8, 8, generator=_gen(0)) * 2 - 1, torch.randn(4, 3, 8, 8, generator=_gen(1))
+
+    def oracle(xt, t, cond):        # the exact output at the (fractional) timestep the adapter asks for
+        abar = torch.from_numpy(np.interp(t.double().numpy(), np.arange(1000), schedule.alphas_cumprod.numpy()))
+        a, s = abar.sqrt().float().view(-1, 1, 1, 1), (1 - abar).sqrt().float().view(-1, 1, 1, 1)
+        torch.testing.assert_close(xt, a * x0 + s * eps, atol=1e-5, rtol=0)      # x_sigma rescaled onto the schedule
+        return from_x0_eps(x0, eps, a, s, prediction_type)
+
+    adapter = FlowAdapter(oracle, schedule, prediction_type)
+    for sigma in (0.1, 0.5, 0.9):
+        v = adapter(FlowProcess().add_noise(x0, eps, sigma), torch.full((4,), sigma), None)
+        torch.testing.assert_close(v, eps - x0, atol=1e-4, rtol=0)
+    # at the schedule's own noise levels the fractional timestep is the integer one
+    abar = schedule.alphas_cumprod[torch.tensor([10, 400, 900])]
+    torch.testing.assert_close(schedule.timestep_of(abar), torch.tensor([10.0, 400.0, 900.0], dtype=torch.float64),
+                               atol=1e-3, rtol=0)
+
+
+def test_vocabulary_imports_without_torch():
+    code = ("import sys, clipkit.diffusion.names, clipkit.unclip.config; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # --- exact denoisers: every sampler reproduces a known distribution -------------------------
@@ -261,7 +337,11 @@ def gaussian_velocity(x, sigma, cond=None):
     return s / var * r - (MU + (1 - s) * TAU ** 2 / var * r)           # E[noise | x] - E[x0 | x]
 
 
-@pytest.mark.parametrize("name", ["ddpm1000", "ddpm_large", "ddim50", "ddim50_eta1", "flow32"])
+def gaussian_flow_x0(x, sigma, cond=None):
+    return x - sigma.reshape(-1, 1) * gaussian_velocity(x, sigma)      # E[x0 | x]
+
+
+@pytest.mark.parametrize("name", ["ddpm1000", "ddpm_large", "ddim50", "ddim50_eta1", "flow32", "flow32_x0"])
 def test_samplers_reproduce_a_gaussian_with_the_exact_denoiser(name):
     s = NoiseSchedule("linear")
     sampler, steps, model = {
@@ -270,6 +350,7 @@ def test_samplers_reproduce_a_gaussian_with_the_exact_denoiser(name):
         "ddim50": (DDIMSampler(s), 50, gaussian_eps(s)),
         "ddim50_eta1": (DDIMSampler(s, eta=1.0), 50, gaussian_eps(s)),
         "flow32": (FlowMatchSampler(), 32, gaussian_velocity),
+        "flow32_x0": (FlowMatchSampler(prediction_type="sample"), 32, gaussian_flow_x0),
     }[name]
     x = sample(model, (4000, 2), sampler, steps, generator=_gen(0))
     assert abs(float(x.mean()) - MU) < 0.03
@@ -357,9 +438,9 @@ def test_training_batch_targets_are_consistent():
     for pt in ("epsilon", "sample", "v"):
         xt, t, target = training_batch(s, x0, pt, generator=_gen(1))
         assert t.dtype == torch.long and t.shape == (16,) and 0 <= int(t.min()) and int(t.max()) < 1000
-        x0_hat, _ = s.predict_x0_eps(target, xt, t, pt)
+        x0_hat, _ = to_x0_eps(target, xt, *s.signal_noise(t, xt), pt)
         torch.testing.assert_close(x0_hat, x0, atol=1e-3, rtol=0)   # float32; 1/sqrt(abar) ~ 150 at t=999
-    xt, sigma, v = training_batch("flow", x0, generator=_gen(2))
+    xt, sigma, v = training_batch(FlowProcess(), x0, generator=_gen(2))
     assert sigma.dtype == torch.float32 and float(sigma.min()) >= 0 and float(sigma.max()) <= 1
     torch.testing.assert_close(xt - sigma[:, None] * v, x0, atol=1e-5, rtol=0)
 
@@ -426,7 +507,11 @@ def test_timestep_embedding_shape_and_range():
     (lambda: sample(lambda x, t, c: x, (2, 2), DDIMSampler(), 5, noise=torch.ones(3, 2)), r"noise has shape"),
     (lambda: DDIMSampler(clip_x0=(1.0, -1.0)), r"lo < hi"),
     (lambda: drop_condition(torch.ones(2), 1.5), r"\[0, 1\], got 1.5"),
-    (lambda: training_batch("ddpm", torch.ones(2, 2)), r"NoiseSchedule or 'flow'"),
+    (lambda: training_batch("flow", torch.ones(2, 2)), r"NoiseSchedule or a FlowProcess, got 'flow'"),
+    (lambda: training_batch(FlowProcess(), torch.ones(2, 2), "epsilon"), r"'epsilon'.*velocity"),
+    (lambda: FlowProcess("beta"), r"'beta'.*logit_normal"),
+    (lambda: FlowMatchSampler(prediction_type="v"), r"'v'.*velocity"),
+    (lambda: FlowAdapter(None, NoiseSchedule(), "velocity"), r"'velocity'.*epsilon"),
 ])
 def test_errors_name_the_value_and_choices(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -435,6 +520,8 @@ def test_errors_name_the_value_and_choices(call, match):
 
 def test_step_at_an_unknown_timestep_is_refused():
     d = DDIMSampler()
+    with pytest.raises(RuntimeError, match=r"set_timesteps\(n\) before step"):   # samplers have no default grid
+        d.step(torch.zeros(1, 2), 999, torch.zeros(1, 2))
     d.set_timesteps(10)
     with pytest.raises(ValueError, match=r"t=3 is not one of this sampler's timesteps"):
         d.step(torch.zeros(1, 2), 3, torch.zeros(1, 2))

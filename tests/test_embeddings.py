@@ -23,13 +23,17 @@ def shard_embeddings(tmp_path_factory, shapes_dir, tiny_model):
 
 def test_layout_and_parts(shard_embeddings, tiny_model):
     out, summary = shard_embeddings
-    assert summary["count"] == 600 and summary["parts"] == 3
-    assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_{i}.npy" for i in range(3)]
-    assert sorted(p.name for p in (out / "text_emb").iterdir()) == [f"text_emb_{i}.npy" for i in range(3)]
-    assert sorted(p.name for p in (out / "metadata").iterdir()) == [f"metadata_{i}.parquet" for i in range(3)]
-    assert [np.load(out / "img_emb" / f"img_emb_{i}.npy").shape for i in range(3)] == [(250, 64), (250, 64), (100, 64)]
-    info = json.loads((out / "embed_info.json").read_text())
-    assert info["model"] == tiny_model.identity and info["embed_dim"] == 64
+    assert summary["count"] == 600 and summary["parts_count"] == 3          # one part per shard
+    assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_{i:05d}.npy" for i in range(3)]
+    assert sorted(p.name for p in (out / "text_emb").iterdir()) == [f"text_emb_{i:05d}.npy" for i in range(3)]
+    assert sorted(p.name for p in (out / "metadata").iterdir()) == [f"metadata_{i:05d}.parquet" for i in range(3)]
+    assert [np.load(out / "img_emb" / f"img_emb_{i:05d}.npy").shape for i in range(3)] == [(200, 64)] * 3
+    assert sorted(p.name for p in out.iterdir()) == ["img_emb", "manifest.json", "metadata", "text_emb"]
+    info = json.loads((out / "manifest.json").read_text())
+    assert info["format"] == "clipkit-embeddings" and info["complete"] is True
+    assert info["model"] == tiny_model.identity and info["embed_dim"] == 64 and info["count"] == 600
+    assert info["parts"]["img_emb/img_emb_00001.npy"]["rows"] == 200
+    assert len(info["parts"]["metadata/metadata_00002.parquet"]["sha256"]) == 64
     assert sum(info["skipped"].values()) == 0
 
 
@@ -70,7 +74,7 @@ def test_chunks_and_pairs_stream_in_order(shard_embeddings):
 
 def test_refuses_to_overwrite_and_bad_inputs(shard_embeddings, tiny_model, tmp_path):
     out, _ = shard_embeddings
-    with pytest.raises(ValueError, match="already holds embeddings"):
+    with pytest.raises(ValueError, match="already holds embeddings made with other arguments"):
         write_embeddings(tiny_model, out, texts=["a"], progress=False)
     with pytest.raises(ValueError, match="nothing to embed"):
         write_embeddings(tiny_model, tmp_path / "x", progress=False)
@@ -90,7 +94,7 @@ def test_image_folder_with_captions_and_texts_only(tmp_path, tiny_model):
         s.image.save(folder / f"{s.key}.png")
         (folder / f"{s.key}.txt").write_text(s.caption)
     summary = write_embeddings(tiny_model, tmp_path / "e1", images=folder, part_size=2, batch_size=2, progress=False)
-    assert summary["count"] == 5 and summary["parts"] == 3 and summary["modalities"] == ["img", "text"]
+    assert summary["count"] == 5 and summary["parts_count"] == 3 and summary["modalities"] == ["img", "text"]
     f = EmbeddingFolder(tmp_path / "e1")
     meta = f.metadata()
     assert meta["caption"] == [s.caption for s in samples] and meta["key"] == [s.key for s in samples]
@@ -112,7 +116,7 @@ def test_cli_embed(tmp_path, shapes_dir):
     assert rc == 0
     f = EmbeddingFolder(tmp_path / "e")
     assert f.modalities == ("img",) and f.count == 200
-    assert np.load(tmp_path / "e" / "img_emb" / "img_emb_0.npy").dtype == np.float16
+    assert np.load(tmp_path / "e" / "img_emb" / "img_emb_00000.npy").dtype == np.float16
 
 
 def test_embedding_reader_reads_our_layout(shard_embeddings):

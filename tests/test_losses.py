@@ -85,7 +85,7 @@ _WORKER = textwrap.dedent("""
     if rank == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f)
-    # the entry-point workaround for the gloo SIGABRT-at-exit trap (clipkit.train.common.exit_cleanly)
+    # the entry-point workaround for the gloo SIGABRT-at-exit trap (clipkit.train.runtime.exit_cleanly)
     dist.barrier()
     sys.stdout.flush(); sys.stderr.flush()
     os._exit(0)

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, sample
-from clipkit.toy import QUICK, SpiralScorer, compare_samplers, guidance_experiment, run_spiral_lab, sample_spiral
-from clipkit.toy.lab import train_lab_models
-from clipkit.toy.spiral import CLASSES, NULL_CLASS, arm_of, spiral_curve, spiral_length
+from clipkit.experiments.spiral import QUICK, SpiralScorer, compare_samplers, guidance_experiment, run_spiral_lab, sample_spiral
+from clipkit.experiments.spiral.lab import train_lab_models
+from clipkit.experiments.spiral.spiral import CLASSES, NULL_CLASS, arm_of, spiral_curve, spiral_length
 
 
 @pytest.fixture(scope="module")

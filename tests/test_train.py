@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipkit.train import common
+from clipkit.train import checkpoint, config as cfg, metrics, optim, runtime
+from clipkit.experiments.shapes_eval import clip_evaluator
 from clipkit.train.clip import ClipTrainConfig, train_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def tiny_config(shapes_dir: Path, out: Path, **overrides) -> ClipTrainConfig:
                 val_data=str(shapes_dir / "val" / "00000.tar"), out_dir=str(out), batch_size=32, lr=2e-3,
                 warmup_steps=5, log_every=2, num_workers=0, progress=False, val_max_samples=200, num_threads=1)
     base.update(overrides)
-    return common.config_from_dict(ClipTrainConfig, base)
+    return cfg.config_from_dict(ClipTrainConfig, base)
 
 
 def _flags(config: ClipTrainConfig) -> list[str]:
@@ -38,6 +39,8 @@ def _flags(config: ClipTrainConfig) -> list[str]:
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            out += [flag, *map(str, value)] if value else []
         elif value is not None:
             out += [flag, str(value)]
     return out
@@ -59,11 +62,11 @@ def test_config_json_roundtrip_and_flag_overrides(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"description": "x", "model": "shapes-tiny", "train_data": "a/{0..1}.tar",
                                 "lr": 1e-3, "epochs": 3, "grad_clip": None}))
-    config = common.parse_config(ClipTrainConfig, ["--config", str(path), "--lr", "5e-4", "--no-progress",
+    config = cfg.parse_config(ClipTrainConfig, ["--config", str(path), "--lr", "5e-4", "--no-progress",
                                                    "--max-steps", "7", "--resume", "latest"])
     assert (config.lr, config.epochs, config.max_steps, config.grad_clip, config.progress, config.resume) == \
            (5e-4, 3, 7, None, False, "latest")
-    again = common.config_from_dict(ClipTrainConfig, json.loads(json.dumps(config.to_json())))
+    again = cfg.config_from_dict(ClipTrainConfig, json.loads(json.dumps(config.to_json())))
     assert again == config
 
 
@@ -74,7 +77,7 @@ def test_config_json_roundtrip_and_flag_overrides(tmp_path):
                                        ({"crop_scale": 1.5}, "crop_scale")])
 def test_bad_config_values_are_named(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        common.config_from_dict(ClipTrainConfig, {"train_data": "x.tar", **bad})
+        cfg.config_from_dict(ClipTrainConfig, {"train_data": "x.tar", **bad})
 
 
 def test_crop_augmentation_is_open_clips_train_transform(tiny_model):
@@ -100,22 +103,22 @@ def test_crop_augmentation_is_open_clips_train_transform(tiny_model):
 
 def test_subclassed_config_for_other_loops():
     @dataclass
-    class DecoderConfig(common.TrainConfig):
+    class DecoderConfig(cfg.TrainConfig):
         unet_width: int = 64
 
-    config = common.parse_config(DecoderConfig, ["--unet-width", "32", "--batch-size", "8"])
+    config = cfg.parse_config(DecoderConfig, ["--unet-width", "32", "--batch-size", "8"])
     assert (config.unet_width, config.batch_size) == (32, 8)
 
 
 def test_warmup_cosine_schedule():
-    f = common.WarmupCosine(warmup=10, total=110)
+    f = optim.WarmupCosine(warmup=10, total=110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
     assert all(f(s) >= f(s + 1) for s in range(10, 110))
 
 
 def test_no_weight_decay_on_temperature_biases_norms_embeddings(tiny_model):
-    groups = common.parameter_groups(tiny_model.model, 0.1)
+    groups = optim.parameter_groups(tiny_model.model, 0.1)
     names = {id(p): n for n, p in tiny_model.model.named_parameters()}
     no_decay = {names[id(p)] for p in groups[1]["params"]}
     decay = {names[id(p)] for p in groups[0]["params"]}
@@ -133,8 +136,8 @@ def test_short_training_lowers_loss_and_beats_chance(shapes_dir, tmp_path):
     """shapes-tiny on 600 samples: the loss falls clearly and zero-shot shape accuracy is far above 1/8."""
     config = tiny_config(shapes_dir, tmp_path / "run", epochs=12, batch_size=48, lr=3e-3, warmup_steps=10,
                          eval_every=None, checkpoint_every=None, log_every=4)
-    summary = train_clip(config)
-    rows = [r for r in common.MetricsLog(tmp_path / "run" / "metrics.jsonl").rows() if "loss" in r]
+    summary = train_clip(config, evaluators=(clip_evaluator,))
+    rows = [r for r in metrics.MetricsLog(tmp_path / "run" / "metrics.jsonl").rows() if "loss" in r]
     assert summary["steps"] == 12 * (600 // 48) == rows[-1]["step"]
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"], (rows[0]["loss"], rows[-1]["loss"])
     # chance is 1/8 for shape and colour; shapes-tiny learns colour first (~0.85 here), shape slowly (~0.25)
@@ -159,9 +162,9 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_last_checkpoint(shapes
 
     monkeypatch.setattr(clipkit.losses, "clip_loss", poisoned)
     config = tiny_config(shapes_dir, tmp_path / "run", max_steps=20, checkpoint_every=2, val_data=None)
-    with pytest.raises(common.NonFiniteLossError, match=r"loss is nan at step 5.*step_00000004"):
+    with pytest.raises(runtime.NonFiniteLossError, match=r"loss is nan at step 5.*step_00000004"):
         train_clip(config)
-    checkpoints = common.CheckpointManager(tmp_path / "run" / "checkpoints").list()
+    checkpoints = checkpoint.CheckpointManager(tmp_path / "run" / "checkpoints").list()
     assert [p.name for p in checkpoints] == ["step_00000002", "step_00000004"]
     state = json.loads((checkpoints[-1] / "state.json").read_text())
     assert state["step"] == 4
@@ -236,7 +239,7 @@ def test_resume_after_kill_9_continues_with_identical_state(shapes_dir, tmp_path
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode()[-2000:]
-    done = common.CheckpointManager(tmp_path / "killed" / "checkpoints").latest()
+    done = checkpoint.CheckpointManager(tmp_path / "killed" / "checkpoints").latest()
     resumed_from = json.loads((done / "state.json").read_text())["step"]
     assert 4 <= resumed_from < steps
 
@@ -251,9 +254,9 @@ def test_resume_after_kill_9_continues_with_identical_state(shapes_dir, tmp_path
     for key in a:
         assert torch.equal(a[key], b[key]), key
     # the loss curve continues: one row per logged step, no gap and no overlap at the resume point
-    rows = [r for r in common.MetricsLog(tmp_path / "killed" / "metrics.jsonl").rows() if "loss" in r]
+    rows = [r for r in metrics.MetricsLog(tmp_path / "killed" / "metrics.jsonl").rows() if "loss" in r]
     assert [r["step"] for r in rows] == list(range(2, steps + 1, 2))
-    straight_rows = [r for r in common.MetricsLog(tmp_path / "straight" / "metrics.jsonl").rows() if "loss" in r]
+    straight_rows = [r for r in metrics.MetricsLog(tmp_path / "straight" / "metrics.jsonl").rows() if "loss" in r]
     assert [r["loss"] for r in rows[resumed_from // 2:]] == pytest.approx([r["loss"] for r in straight_rows[resumed_from // 2:]])
     assert summary["steps"] == steps
 

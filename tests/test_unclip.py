@@ -9,9 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipkit.diffusion import NoiseSchedule
 from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
-from clipkit.unclip.pipeline import FlowAdapter, slerp
+from clipkit.unclip.pipeline import slerp
 
 TINY_DECODER = dict(channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2)
 
@@ -87,20 +86,6 @@ def test_prior_shapes_and_null():
         prior(z, torch.tensor(1), text[:, :8])
 
 
-def test_flow_adapter_maps_timesteps_and_velocity():
-    schedule = NoiseSchedule("cosine")
-    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
-    eps = torch.randn_like(x0)
-    adapter = FlowAdapter(lambda x, t, c: x0, schedule, "sample")       # an oracle x0 model
-    for s in (0.1, 0.5, 0.9):
-        xs = (1 - s) * x0 + s * eps
-        v = adapter(xs, torch.full((4,), s), None)
-        assert torch.allclose(v, eps - x0, atol=1e-4)
-    # at the schedule's own noise levels the fractional timestep is the integer one
-    abar = schedule.alphas_cumprod[torch.tensor([10, 400, 900])]
-    assert torch.allclose(adapter._timestep(abar.double()), torch.tensor([10.0, 400.0, 900.0]), atol=1e-3)
-
-
 def test_slerp_endpoints_and_norm():
     a, b = F.normalize(torch.randn(16), dim=0), F.normalize(torch.randn(16), dim=0)
     out = slerp(a, b, torch.linspace(0, 1, 5))
@@ -128,10 +113,14 @@ def test_generate_variations_interpolate_trajectory(pipe, tmp_path):
     images[0].save(tmp_path / "a.png")
     assert len(pipe.variations(tmp_path / "a.png", n=3, steps=3)) == 3
     # same starting noise and same endpoints -> identical frames
-    same = pipe.interpolate(str(tmp_path / "a.png"), str(tmp_path / "a.png"), n=3, steps=3, output="tensor")
+    same = pipe.interpolate(image=(str(tmp_path / "a.png"), tmp_path / "a.png"), n=3, steps=3, output="tensor")
     assert (same[0] - same[2]).abs().max() < 1e-3, (same[0] - same[2]).abs().max()
-    inter = pipe.interpolate("a red circle", "a blue star", n=4, steps=3, output="tensor")
+    inter = pipe.interpolate(text=("a red circle", "a blue star"), n=4, steps=3, output="tensor", seed=0)
     assert inter.shape == (4, 3, 32, 32)
+    # mixed endpoints go through embed; the same seed gives the same frames
+    ends = (pipe.embed(image=images[0]), pipe.embed(text="a blue star", seed=1))
+    mixed = [pipe.interpolate(embeddings=ends, n=3, steps=3, output="tensor", seed=2) for _ in range(2)]
+    assert torch.equal(mixed[0], mixed[1])
     images, traj = pipe.generate("a red circle", num_images=2, steps=5, prior_steps=4, return_trajectory=True)
     assert traj.x.shape == (6, 2, 3, 32, 32) and traj.x0.shape == (5, 2, 3, 32, 32)
 
@@ -160,6 +149,62 @@ def test_negative_prompt_changes_output(pipe):
     negative = pipe.generate("a red circle", negative_prompt="a blue star", **kw)
     assert torch.equal(base, again)
     assert (base - negative).abs().mean() > 1e-3
+
+
+def test_one_rng_argument_generator_with_seed_as_a_shortcut(pipe):
+    emb = pipe.clip.encode_texts(["a red circle"])
+    kw = dict(steps=3, sampler="ddpm", output="tensor")           # ddpm: the generator feeds every step
+    by_seed = pipe.decode(emb, seed=4, **kw)
+    assert torch.equal(by_seed, pipe.decode(emb, generator=torch.Generator().manual_seed(4), **kw))
+    assert not torch.equal(by_seed, pipe.decode(emb, seed=5, **kw))
+    gen = dict(num_images=1, steps=3, prior_steps=3, output="tensor")
+    assert torch.equal(pipe.generate("a red circle", seed=4, **gen),
+                       pipe.generate("a red circle", generator=torch.Generator().manual_seed(4), **gen))
+    with pytest.raises(ValueError, match="generator= or seed=, not both"):
+        pipe.decode(emb, seed=1, generator=torch.Generator(), **kw)
+    with pytest.raises(TypeError, match="torch.Generator, got int; for a seed pass seed="):
+        pipe.generate("a red circle", generator=3, **gen)
+
+
+def test_explicit_image_and_text_never_guess(pipe, tmp_path):
+    missing = tmp_path / "cirlce.png"                          # a typo: must not become a text prompt
+    for call in (lambda: pipe.embed(str(missing)), lambda: pipe.embed(image=missing),
+                 lambda: pipe.variations(str(missing), n=2, steps=2),
+                 lambda: pipe.interpolate(image=(missing, missing), n=2, steps=2)):
+        with pytest.raises(FileNotFoundError, match="cirlce.png"):
+            call()
+    assert not missing.exists()
+    with pytest.raises(TypeError, match="exactly one of image= .* or text="):
+        pipe.embed(image=missing, text="a red circle")
+    with pytest.raises(TypeError, match="by keyword: image=\\(a, b\\).*'a red circle'"):
+        pipe.interpolate("a red circle", "a blue star")
+    with pytest.raises(TypeError, match="one pair"):
+        pipe.interpolate(image=("a.png",))
+    # a text goes through the prior: the same generator state gives the same embedding as prior_sample
+    text = pipe.embed(text="a red circle", seed=7)
+    direct = pipe.prior_sample(pipe.clip.encode_texts(["a red circle"]), generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(text, direct[0]) and text.shape == (pipe.clip.embed_dim,)
+
+
+def test_prior_only_pipeline_samples_and_refuses_to_decode(pipe, tmp_path):
+    prior_only = UnCLIP(pipe.clip, decoder=None, prior=pipe.prior, clip_path=pipe.clip_path)
+    text = pipe.clip.encode_texts(["a red circle"])
+    a = prior_only.prior_sample(text, steps=3, seed=0)
+    assert torch.equal(a, pipe.prior_sample(text, steps=3, seed=0))
+    for call in (lambda: prior_only.decode(a), lambda: prior_only.generate("a red circle", steps=2, prior_steps=2)):
+        with pytest.raises(ValueError, match="no decoder"):
+            call()
+    prior_only.save(tmp_path / "p")
+    assert not (tmp_path / "p" / "decoder").exists()
+    loaded = UnCLIP.load(tmp_path / "p")
+    assert loaded.decoder is None and torch.equal(loaded.prior_sample(text, steps=3, seed=0), a)
+    with pytest.raises(ValueError, match="no prior"):
+        UnCLIP(pipe.clip, decoder=pipe.decoder).prior_sample(text)
+    with pytest.raises(ValueError, match="neither"):
+        UnCLIP(pipe.clip)
+    UnCLIP(pipe.clip, prior=pipe.prior).save(tmp_path / "no-path")       # no CLIP path recorded: say so
+    with pytest.raises(FileNotFoundError, match="pass clip="):
+        UnCLIP.load(tmp_path / "no-path")
 
 
 def test_prior_sample_unit_norm_and_best_candidate(pipe):
@@ -220,6 +265,13 @@ def test_cli_generate_writes_grid_and_trajectory(pipe, tmp_path):
     assert len(list((tmp_path / "out").glob("0*.png"))) == 3
     rc = main(["generate", "--pipeline", str(tmp_path / "nope"), "--prompt", "x", "--out", str(tmp_path / "o2")])
     assert rc == 2
+    (tmp_path / "out" / "000.png").rename(tmp_path / "a.png")
+    rc = main(["generate", "--pipeline", str(tmp_path / "p"), "--interpolate", str(tmp_path / "a.png"),
+               "text:a blue star", "--num", "3", "--steps", "2", "--out", str(tmp_path / "o3")])
+    assert rc == 0 and len(list((tmp_path / "o3").glob("0*.png"))) == 3
+    rc = main(["generate", "--pipeline", str(tmp_path / "p"), "--variations", "a blue star",
+               "--out", str(tmp_path / "o4")])
+    assert rc == 2 and not (tmp_path / "o4").exists()      # not an image file: an error, never a prompt
 
 
 def test_render_expression_with_added_vector(pipe, tmp_path):

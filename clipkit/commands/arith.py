@@ -6,16 +6,18 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from clipkit.cli import nonnegative_int, positive_int
+
     p = sub.add_parser("arith", help="evaluate embedding arithmetic: img:\"a.png\" - img:\"b.png\" + text:\"hat\"",
                        description="Evaluate an expression over CLIP embeddings (img:\"path\", text:\"...\", "
                                    "numbers, + - *, parentheses, normalize(...), mean(...)) and show the "
                                    "nearest vocabulary words and, with --search, the nearest indexed items.")
     p.add_argument("expression", metavar="EXPR")
     p.add_argument("--model", default=None, help="model directory or preset [the --search index's model]")
-    p.add_argument("--words", type=int, default=5, help="how many nearest words to show [5]")
+    p.add_argument("--words", type=nonnegative_int, default=5, help="how many nearest words to show [5]")
     p.add_argument("--vocabulary", default=None, help="vocabulary file, one word a line [shipped list]")
     p.add_argument("--search", default=None, metavar="INDEX", help="also search this index with the vector")
-    p.add_argument("-k", type=int, default=10, help="results from --search [10]")
+    p.add_argument("-k", type=positive_int, default=10, help="results from --search [10]")
     p.add_argument("--save", default=None, help="save the vector as .npy")
     p.set_defaults(func=run)
 
@@ -24,17 +26,16 @@ def run(args) -> int:
     import numpy as np
 
     from clipkit.arithmetic import evaluate_expression, nearest_words
-    from clipkit.commands.search import model_for_index, print_hits
+    from clipkit.commands.search import print_hits
 
     index = None
     if args.search:
         from clipkit.index import EmbeddingIndex
         index = EmbeddingIndex.load(args.search)
-        model = model_for_index(index, args.model)
+        model = index.model(args.model)
     elif args.model:
-        import clipkit
-        from pathlib import Path
-        model = clipkit.load(args.model) if Path(args.model).is_dir() else clipkit.create(args.model, seed=0)
+        from clipkit.model import resolve_model
+        model = resolve_model(args.model)
     else:
         raise ValueError("pass --model DIR (or --search INDEX whose manifest records the model)")
     vector = evaluate_expression(model, args.expression)

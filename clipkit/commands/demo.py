@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from clipkit.demo import run_demo
+    from clipkit.experiments.demo import run_demo
 
     run_demo(args.out, quick=args.quick, force=args.force)
     return 0

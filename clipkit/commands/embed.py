@@ -13,13 +13,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args):
-    import clipkit
-    from pathlib import Path
+    from clipkit.model import resolve_model
 
-    if Path(args.model).is_dir() or args.pretrained:
-        return clipkit.load(args.model, pretrained=args.pretrained, device=args.device)
-    # A preset gives a fresh (untrained) model: seeded, so that repeated commands agree.
-    return clipkit.create(args.model, device=args.device if args.device != "auto" else "cpu", seed=0)
+    return resolve_model(args.model, pretrained=args.pretrained, device=args.device)
 
 
 def model_source(args) -> str | None:
@@ -32,10 +28,15 @@ def model_source(args) -> str | None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from clipkit.cli import positive_int
+
     p = sub.add_parser("embed", help="embed images / captions / texts into img_emb, text_emb, metadata parts",
-                       description="Write embeddings in clip-retrieval's layout: OUT/img_emb/img_emb_0.npy, "
-                                   "OUT/text_emb/text_emb_0.npy, OUT/metadata/metadata_0.parquet (key, path, "
-                                   "caption), in parts of --part-size rows.")
+                       description="Write embeddings in clip-retrieval's layout: OUT/img_emb/img_emb_00000.npy, "
+                                   "OUT/text_emb/text_emb_00000.npy, OUT/metadata/metadata_00000.parquet (key, path, "
+                                   "caption), one part per shard or per --part-size images / texts, and "
+                                   "OUT/manifest.json last. Interrupted runs resume when started again with the same "
+                                   "arguments. Several processes: torchrun --nproc_per_node N -m clipkit embed ... "
+                                   "(or accelerate launch -m clipkit embed ...).")
     add_model_args(p)
     src = p.add_argument_group("sources (one of --images / --shards, and/or --texts)")
     src.add_argument("--images", help="image folder or file list (.txt, one path a line)")
@@ -43,22 +44,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--texts", help="text file, one text a line (captions of --images, or texts alone)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-captions", action="store_true", help="skip caption (text) embeddings")
-    p.add_argument("--batch-size", type=int, default=256, help="encoder batch size [256]")
-    p.add_argument("--part-size", type=int, default=100_000, help="rows per written part [100000]")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="encoder batch size [256]")
+    p.add_argument("--part-size", type=positive_int, default=100_000,
+                   help="rows per part for --images / --texts (shards give one part each) [100000]")
     p.add_argument("--float16", action="store_true", help="store float16 (half the disk) instead of float32")
-    p.add_argument("--overwrite", action="store_true", help="replace embeddings already in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace embeddings (or anything else) at --out, once the new ones are complete")
+    p.add_argument("--allow-empty", action="store_true", help="write the folder even if no input was readable")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import os
+
     from clipkit.embeddings import write_embeddings
 
     model = load_model(args)
     summary = write_embeddings(model, args.out, images=args.images, shards=args.shards, texts=args.texts,
                                captions=not args.no_captions, batch_size=args.batch_size,
                                part_size=args.part_size, dtype="float16" if args.float16 else "float32",
-                               overwrite=args.overwrite, progress=True, model_source=model_source(args))
-    skipped = sum(summary.get("skipped", {}).values())
-    print(f"wrote {summary['count']} rows ({', '.join(summary['modalities'])}) in {summary['parts']} part(s) "
-          f"to {args.out}" + (f"; skipped {skipped} bad samples {summary['skipped']}" if skipped else ""))
+                               overwrite=args.overwrite, allow_empty=args.allow_empty, progress=True,
+                               model_source=model_source(args))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    skipped = summary.get("skipped", {})
+    total_skipped = sum(skipped.values())
+    print(f"{args.out}: {summary['count']} rows ({', '.join(summary['modalities'])}) in {summary['parts_count']} "
+          f"part(s)" + (f"; skipped {total_skipped} unreadable samples {skipped}" if total_skipped else ""))
     return 0

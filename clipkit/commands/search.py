@@ -6,53 +6,19 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from clipkit.cli import positive_int
+
     p = sub.add_parser("search", help="search an index with a text or an image",
                        description="Embed the query with the index's model and print the k nearest items.")
     p.add_argument("index", metavar="INDEX", help="index folder from `clipkit index build`")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="text query")
     q.add_argument("--image", help="image query (path)")
-    p.add_argument("-k", type=int, default=10, help="number of results [10]")
+    p.add_argument("-k", type=positive_int, default=10, help="number of results (at most the index size) [10]")
     p.add_argument("--model", default=None, help="model directory or preset [the one recorded by `clipkit embed`]")
     p.add_argument("--grid", default=None, help="save the query image and hits as a PNG grid")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of loading it")
     p.set_defaults(func=run)
-
-
-def model_for_index(index, model_arg: str | None, device: str = "auto"):
-    """The model named on the command line, else the one recorded in the index manifest."""
-    import clipkit
-    from pathlib import Path
-
-    source = model_arg or (index.manifest.get("model") or {}).get("source")
-    if not source:
-        raise ValueError("this index does not record its model; pass --model DIR")
-    if Path(source).is_dir():
-        return clipkit.load(source, device=device)
-    return clipkit.create(source, seed=0)
-
-
-def hit_image(row: dict | None):
-    """The image of a hit from its metadata: an image file, or `key` inside a local shard tar."""
-    import io
-    import tarfile
-    from pathlib import Path
-
-    from PIL import Image
-
-    if not row or not row.get("path"):
-        return None
-    path = Path(row["path"])
-    if path.suffix == ".tar" and path.is_file():
-        with tarfile.open(path) as tar:
-            for ext in ("png", "jpg", "jpeg", "webp"):
-                try:
-                    member = tar.extractfile(f"{row['key']}.{ext}")
-                except KeyError:
-                    continue
-                return Image.open(io.BytesIO(member.read())).convert("RGB")
-        return None
-    return Image.open(path).convert("RGB") if path.is_file() else None
 
 
 def print_hits(scores, ids, rows) -> None:
@@ -70,7 +36,7 @@ def run(args) -> int:
     from clipkit.index import EmbeddingIndex
 
     index = EmbeddingIndex.load(args.index, mmap=args.mmap)
-    model = model_for_index(index, args.model)
+    model = index.model(args.model)
     if args.text is not None:
         scores, ids = index.search_text(model, args.text, args.k)
     else:
@@ -81,7 +47,7 @@ def run(args) -> int:
         from PIL import Image
 
         images = [Image.open(args.image).convert("RGB")] if args.image else []
-        images += [im for im in (hit_image(r) for r in rows) if im is not None]
+        images += [im for im in (index.image(r) for r in rows) if im is not None]
         if not images:
             raise ValueError("no hit images could be found from the metadata paths; no grid written")
         make_grid(images, columns=min(len(images), 11), scale=max(1, 96 // images[0].height)).save(args.grid)

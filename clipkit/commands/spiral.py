@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     import torch
 
-    from clipkit.toy import run_spiral_lab
+    from clipkit.experiments.spiral import run_spiral_lab
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")

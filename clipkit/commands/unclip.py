@@ -6,6 +6,7 @@
     clipkit generate --pipeline runs/unclip --expr 'img:"circle.png" + 1.0*text:"hat"' --out out/
     clipkit generate --pipeline runs/unclip --expr 'img:"circle.png"' --add-vector hat_vector.npy --out out/
     clipkit generate --pipeline runs/unclip --variations circle.png --trajectory --out out/
+    clipkit generate --pipeline runs/unclip --interpolate circle.png "text:a blue star" --num 8 --out out/
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from clipkit.train import common
-    from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig
+    from clipkit.train.config import add_config_arguments
+    from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig
 
     for name, cls, fn, what, data in (
             ("train-decoder", DecoderTrainConfig, run_train_decoder,
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
              "shapes embedded by a frozen CLIP, or on image/caption pairs from `clipkit embed` (--embeddings)")):
         p = sub.add_parser(name, help=f"train {what}",
                            description=f"Train {what} on {data}; --pipeline-dir collects it into an UnCLIP folder.")
-        common.add_config_arguments(p, cls)
+        add_config_arguments(p, cls)
         p.set_defaults(func=fn, config_cls=cls)
 
     p = sub.add_parser("generate", help="generate images with an unCLIP pipeline (text, image, expression)",
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--prompt", help="text prompt")
     what.add_argument("--expr", help="embedding expression, e.g. 'img:\"a.png\" - img:\"b.png\" + text:\"hat\"'")
     what.add_argument("--variations", metavar="IMAGE", help="decode variations of this image")
-    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="slerp between two images or texts")
+    what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="slerp between two image paths or text:PROMPT")
     p.add_argument("--add-vector", metavar="NPY", default=None,
                    help="with --expr: add this (D,) .npy vector (e.g. the mean hat vector) to the expression")
     p.add_argument("--out", required=True, help="output directory")
@@ -56,10 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args, kind: str) -> int:
     import json
 
-    from clipkit.train import common
+    from clipkit.commands.train import config_from_args
     from clipkit.train.unclip import train_decoder, train_prior
 
-    config = common.config_from_args(args.config_cls, args)
+    config = config_from_args(args.config_cls, args)
     summary = (train_decoder if kind == "decoder" else train_prior)(config)
     print(json.dumps(summary, indent=2))
     return 0
@@ -81,7 +82,8 @@ def run_generate(args) -> int:
     from clipkit.unclip import trajectory_strip
 
     pipe = clipkit.UnCLIP.load(args.pipeline, clip=args.clip)
-    decode = dict(steps=args.steps, sampler=args.sampler, guidance_scale=args.decoder_guidance)
+    decode = dict(steps=args.steps, sampler=args.sampler, guidance_scale=args.decoder_guidance, seed=args.seed,
+                  return_trajectory=args.trajectory)
     traj = None
     if args.prompt is not None:
         result = pipe.generate(args.prompt, num_images=args.num, steps=args.steps, sampler=args.sampler,
@@ -89,14 +91,13 @@ def run_generate(args) -> int:
                                negative_prompt=args.negative_prompt, seed=args.seed,
                                return_trajectory=args.trajectory)
     elif args.expr is not None:
-        result = pipe.render_expression(args.expr, num_images=args.num, seed=args.seed, add_vector=args.add_vector,
-                                        return_trajectory=args.trajectory, **decode)
+        result = pipe.render_expression(args.expr, num_images=args.num, add_vector=args.add_vector, **decode)
     elif args.variations is not None:
-        result = pipe.variations(args.variations, n=args.num, seed=args.seed, return_trajectory=args.trajectory,
-                                 **decode)
+        result = pipe.variations(args.variations, n=args.num, **decode)
     else:
-        result = pipe.interpolate(*args.interpolate, n=args.num, seed=args.seed, return_trajectory=args.trajectory,
-                                  **decode)
+        ends = [pipe.embed(text=e[5:], seed=args.seed) if e.startswith("text:") else pipe.embed(image=e)
+                for e in args.interpolate]
+        result = pipe.interpolate(embeddings=ends, n=args.num, **decode)
     images, traj = result if args.trajectory else (result, None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

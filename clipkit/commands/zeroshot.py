@@ -6,6 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from clipkit.cli import positive_int
     from clipkit.commands.embed import add_model_args
 
     p = sub.add_parser("zero-shot", help="zero-shot classify images with class-name prompts",
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="CSV of predictions (path, label, probability)")
     p.add_argument("--confusion", default=None, help="confusion-matrix PNG (evaluation modes)")
     p.add_argument("--json", default=None, help="write the evaluation report as JSON")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.set_defaults(func=run)
 
 
@@ -58,8 +59,9 @@ def labelled_shards(urls: str, field: str, classes: list[str] | None = None):
 
 def run(args) -> int:
     import csv
-    import json
     from pathlib import Path
+
+    from clipkit.io import atomic_file, write_json
 
     from clipkit.commands.embed import load_model
     from clipkit.zeroshot import ZeroShotClassifier, format_report
@@ -75,7 +77,7 @@ def run(args) -> int:
         clf = ZeroShotClassifier(model, labels, args.templates, batch_size=args.batch_size)
         proba = clf.predict_proba(paths)
         out = Path(args.out or "predictions.csv")
-        with out.open("w", newline="") as f:
+        with atomic_file(out, "w") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "probability", *[f"p_{c}" for c in labels]])
             for path, row in zip(paths, proba):
@@ -96,5 +98,5 @@ def run(args) -> int:
     report = clf.evaluate(images, y, confusion_png=args.confusion)
     print(format_report(report, title=f"zero-shot on {args.labelled_folder or args.shards} ({len(classes)} classes)"))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0

@@ -7,10 +7,16 @@ and optionally `{key}.json`, with DIR/00000_stats.json giving the counts
 Reading never stops on a bad sample: a sample without an image, without a
 caption, with an empty caption, or whose image does not decode is skipped and
 counted per reason in a SkipCounter, which works across DataLoader workers.
+Lost samples are counted too: a tar that cannot be read at all (`bad_tar`) or
+that ends before tar's end-of-archive blocks (`truncated`: cut short by a kill,
+a full disk or a partial copy, which Python's tarfile would otherwise take as a
+normal end) counts the samples its `_stats.json` promised and did not deliver,
+or 1 when there is no stats file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,28 +24,36 @@ import tarfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+from zlib import error as zlib_error
 
 import torch
 from PIL import Image
 
 from clipkit.images import to_rgb
-from clipkit.io import atomic_file, write_json
+from clipkit.io import atomic_file, read_json, write_json
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-SKIP_REASONS = ("no_image", "no_text", "empty_text", "bad_image", "bad_tar")
+SKIP_REASONS = ("no_image", "no_text", "empty_text", "bad_image", "bad_tar", "truncated")
 _MAX_WORKERS = 64
 
 
 # ----------------------------------------------------------------------------- urls
 
 def expand_urls(urls: str | Iterable[str]) -> list[str]:
-    """Brace-expand a pattern ('data/{00000..00099}.tar'), '::'-separated lists, or a list of them."""
+    """Brace-expand a pattern ('data/{00000..00099}.tar'), a folder of .tar files, '::'-separated lists,
+    or a list of them."""
     import braceexpand
 
     if isinstance(urls, (str, os.PathLike)):
         urls = str(urls).split("::")
     out = []
     for pattern in urls:
+        if os.path.isdir(pattern):               # a folder of shards: its .tar files in order
+            tars = sorted(str(p) for p in Path(pattern).glob("*.tar"))
+            if not tars:
+                raise FileNotFoundError(f"no .tar shards in the folder {str(pattern)!r}")
+            out.extend(tars)
+            continue
         out.extend(braceexpand.braceexpand(str(pattern)))
     if not out:
         raise ValueError(f"no shard urls in {urls!r}")
@@ -60,9 +74,18 @@ def count_samples(urls: str | Iterable[str]) -> int | None:
         stats = _stats_path(url)
         if stats is None or not stats.is_file():
             return None
-        data = json.loads(stats.read_text())
-        total += int(data.get("successes", data.get("count", 0)))
+        total += _promised(stats)
     return total
+
+
+def _promised(stats: Path) -> int:
+    """Samples a `*_stats.json` says its tar holds; a malformed one raises ValueError naming it."""
+    data = read_json(stats, "shard stats file")
+    try:
+        return int(data.get("successes", data.get("count", 0)))
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"shard stats file {str(stats)!r} has no integer 'successes' / 'count'; it is damaged "
+                         f"(delete it to count by reading the tar)") from None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -129,6 +152,7 @@ class SkipCounter:
 
     def __init__(self):
         self.counts = torch.zeros(_MAX_WORKERS + 1, len(SKIP_REASONS), dtype=torch.int64).share_memory_()
+        self.notes: list[str] = []
 
     def add(self, reason: str, n: int = 1) -> None:
         info = torch.utils.data.get_worker_info()
@@ -147,9 +171,77 @@ class SkipCounter:
         self.counts.zero_()
 
     def tar_handler(self, exn: Exception) -> bool:
-        """webdataset handler for unreadable tars / members: count and continue."""
+        """webdataset handler for tars that cannot be opened: count and continue."""
         self.add("bad_tar")
+        self.note(f"cannot open: {str(exn)[:120]}")
         return True
+
+    def note(self, message: str) -> None:
+        """Remember what went wrong (in this process only; DataLoader workers keep their own)."""
+        if len(self.notes) < 100:
+            self.notes.append(message)
+
+
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """Marks a tar stream that ends without the end-of-archive blocks (tarfile just stops there)."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+            tar.clipkit_cut_short = True
+            raise
+
+
+def tar_samples(sources: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
+    """{"url", "stream"} dicts -> raw samples {"__key__", "__url__", ext: bytes}, grouped by key, lost ones counted.
+
+    Like webdataset's tar expansion, plus honest counting: a tar that cannot be
+    opened counts as `bad_tar`, one cut short as `truncated` (module docstring).
+    The sample being read when a tar ends early is dropped (its members are incomplete).
+    """
+    from webdataset.tariterators import base_plus_ext
+
+    for source in sources:
+        url, seen, current, reason = source["url"], 0, None, None
+        try:
+            tar = tarfile.open(fileobj=source["stream"], mode="r|*", tarinfo=_EndAwareTarInfo)
+            for info in tar:
+                if not info.isreg() or info.name.startswith("__"):
+                    continue
+                data = tar.extractfile(info).read()       # raises ReadError on a short read
+                tar.members = []
+                prefix, suffix = base_plus_ext(info.name)
+                if prefix is None:
+                    continue
+                if current is not None and prefix != current["__key__"]:
+                    yield current
+                    seen += 1
+                    current = None
+                if current is None:
+                    current = {"__key__": prefix, "__url__": url}
+                current[suffix.lower()] = data
+            reason = "truncated" if getattr(tar, "clipkit_cut_short", False) else None
+        except (tarfile.TarError, OSError, EOFError, ValueError, zlib_error) as e:
+            reason = "bad_tar" if seen == 0 and current is None else "truncated"
+            counter.note(f"{url}: {reason} ({str(e)[:80]})")
+        finally:
+            stream = source.get("stream")
+            if stream is not None and hasattr(stream, "close"):
+                with contextlib.suppress(Exception):
+                    stream.close()
+        if reason is None:
+            if current is not None:
+                yield current
+            continue
+        stats = _stats_path(url)
+        promised = None
+        if stats is not None and stats.is_file():
+            with contextlib.suppress(ValueError):
+                promised = _promised(stats)
+        lost = max(1, promised - seen) if promised is not None else 1
+        counter.add(reason, lost)
 
 
 def decode_samples(source: Iterator[dict], counter: SkipCounter) -> Iterator[dict]:
@@ -213,6 +305,7 @@ def shard_pipeline(
     once; nothing hangs. Returns (pipeline, counter).
     """
     import webdataset as wds
+    from webdataset.tariterators import url_opener
 
     shard_list = expand_urls(urls)
     counter = counter or SkipCounter()
@@ -233,7 +326,7 @@ def shard_pipeline(
         if split_by_node:
             stages.append(wds.split_by_node)
         stages.append(wds.split_by_worker)
-    stages.append(wds.tarfile_to_samples(handler=counter.tar_handler))
+    stages.append(lambda src: tar_samples(url_opener(src, handler=counter.tar_handler), counter))
     if shuffle:
         stages.append(wds.shuffle(bufsize=shuffle, initial=min(shuffle, 1000), seed=seed))  # seeded: resumable order
     stages.append(lambda src: decode_samples(src, counter))
@@ -253,6 +346,63 @@ def shard_pipeline(
     if epoch_batches:
         pipeline = pipeline.with_epoch(epoch_batches)
     return pipeline, counter
+
+
+def matches(meta: dict | None, filters: dict[str, list]) -> bool:
+    """True when the sample's JSON metadata has, for every key in `filters`, one of the allowed values."""
+    if not filters:
+        return True
+    if not meta:
+        return False
+    return all(str(meta.get(k)).lower() in {str(v).lower() for v in allowed} for k, allowed in filters.items())
+
+
+def parse_filters(items) -> dict[str, list]:
+    """["color=red,blue", "hat=true"] -> {"color": ["red", "blue"], "hat": ["true"]} (metadata filters)."""
+    out = {}
+    for item in items or []:
+        key, _, values = str(item).partition("=")
+        if not key or not values:
+            raise ValueError(f"filter {item!r}; expected 'field=value1,value2' matched against each sample's json")
+        out[key.strip()] = [v.strip() for v in values.split(",")]
+    return out
+
+
+def read_samples(urls, fields: tuple[str, ...] = ("image", "text"), limit: int | None = None,
+                 filters: dict[str, list] | None = None, counter: SkipCounter | None = None) -> list[tuple]:
+    """Up to `limit` samples of shards `urls` as tuples of `fields`, in shard order, in this process
+    (no rank or worker splitting): the one reader for evaluation sets, embedding pairs and small data.
+    `filters` keep samples whose JSON metadata matches (see parse_filters); bad samples are skipped and
+    counted in `counter`."""
+    wanted = tuple(fields) if not filters or "json" in fields else tuple(fields) + ("json",)
+    pipeline, _ = shard_pipeline(urls, fields=wanted, split_by_node=False, counter=counter)
+    meta_at = wanted.index("json") if filters else None
+    out = []
+    for sample in pipeline:
+        if filters and not matches(sample[meta_at], filters):
+            continue
+        out.append(sample[:len(fields)])
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def read_member_image(path: str | os.PathLike, key: str | None = None) -> Image.Image | None:
+    """One image: `key`'s image inside a local shard tar, or the image file at `path`; None if absent."""
+    path = Path(path)
+    if path.suffix == ".tar":
+        if not path.is_file() or key is None:
+            return None
+        with tarfile.open(path) as tar:
+            for ext in IMAGE_EXTENSIONS:
+                try:
+                    member = tar.extractfile(f"{key}.{ext}")
+                except KeyError:
+                    continue
+                if member is not None:
+                    return to_rgb(Image.open(io.BytesIO(member.read())))
+        return None
+    return to_rgb(Image.open(path)) if path.is_file() else None
 
 
 def _single_threaded_worker(_worker_id: int) -> None:

@@ -1,25 +1,28 @@
-"""What every sampler shares: the step interface, timestep spacings and x0 clipping.
+"""What every sampler shares (x0 estimates, clipping, the step itself) and the discrete samplers' base.
 
 A sampler is a small object with one algorithm in it (diffusers' scheduler
 design). The loop in sampling.py drives any of them the same way:
 
     sampler.set_timesteps(n)              # chooses sampler.timesteps (model time, descending)
-    x = noise * sampler.init_noise_sigma
+    x = noise                             # x_T ~ N(0, I) for every sampler here
     for t in sampler.timesteps.tolist():
         out = model_fn(x, t_batch, cond)  # t_batch = torch.full((B,), t, dtype=sampler.timesteps.dtype)
         x = sampler.step(out, t, x, generator)
 
-`t` is whatever `sampler.timesteps` holds: integer training timesteps
-0..N-1 for DDPM / DDIM, the noise level sigma in [0, 1] for flow matching.
+`t` is whatever `sampler.timesteps` holds: integer training timesteps 0..N-1 for DDPM / DDIM,
+sigma in [0, 1] for flow matching. No steps until `set_timesteps(n)`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence, Union
 
 import torch
 
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+from clipkit.diffusion.names import TIMESTEP_SPACINGS, check_prediction_type
+from clipkit.diffusion.parameterization import to_x0_eps
+from clipkit.diffusion.schedule import NoiseSchedule
 
 # None: no clipping (embeddings); c: clamp to [-c, c] (pixels in [-1, 1]: 1.0);
 # (lo, hi): clamp to a range; a callable x0 -> x0 (e.g. renormalise onto the unit sphere).
@@ -51,8 +54,7 @@ def spaced_timesteps(num_train_timesteps: int, n: int, spacing: str = "leading",
     linspace: round(linspace(0, N-1, n))        both ends
     """
     N = num_train_timesteps
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"number of sampling steps must be a positive int, got {n!r}")
+    check_steps(n)
     if n > N:
         raise ValueError(f"cannot take {n} sampling steps out of a schedule of {N} training timesteps; "
                          f"choose 1..{N}")
@@ -72,12 +74,21 @@ def spaced_timesteps(num_train_timesteps: int, n: int, spacing: str = "leading",
 
 
 class Sampler:
-    """Base class: holds `timesteps` and the x0 transform; subclasses implement `set_timesteps` and `step`."""
+    """The shared step. Every sampler here moves x as
 
-    init_noise_sigma = 1.0        # x_T = init_noise_sigma * N(0, I) for all our samplers
-    prediction_type = "epsilon"
+        x_prev = c0 * x0_hat + ct * x + std * z,      z ~ N(0, I)
 
-    def __init__(self, clip_x0: ClipSpec = None):
+    (DDPM's posterior mean, DDIM's jump, an Euler step of flow matching alike), where x0_hat
+    comes from the model output through parameterization.py and is clipped by `clip_x0`
+    (the noise estimate then follows the clipped x0: guided-diffusion's choice, diffusers'
+    `use_clipped_model_output=True`). A subclass's `set_timesteps(n)` gives `_set_grid` the
+    timesteps, the (a, s) of x_t = a x0 + s noise and the (c0, ct, std) of each step.
+    """
+
+    _repr_fields: tuple[str, ...] = ("prediction_type",)
+
+    def __init__(self, prediction_type: str, clip_x0: ClipSpec = None):
+        self.prediction_type = prediction_type
         self.clip_x0 = clip_x0
         self.timesteps: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
@@ -91,13 +102,19 @@ class Sampler:
         self._x0_transform = make_x0_transform(value)
         self._clip_x0 = value
 
-    def _check_ready(self) -> None:
-        if self.timesteps is None:
-            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(n) before step()")
+    def _set_grid(self, timesteps: torch.Tensor, signal_noise: list[tuple[float, float]], coefs: list[tuple]) -> None:
+        self.timesteps = timesteps
+        self.num_inference_steps = len(timesteps)
+        self._position = {t: i for i, t in enumerate(timesteps.tolist())}
+        self._signal_noise, self._coefs = signal_noise, coefs
+        # x0_hat = alpha * x + beta * output for every prediction type: read (alpha, beta) off the helper
+        pt = self.prediction_type
+        self._x0_affine = [(to_x0_eps(0.0, 1.0, a, s, pt)[0], to_x0_eps(1.0, 0.0, a, s, pt)[0]) for a, s in signal_noise]
 
     def _index(self, t) -> int:
         # The loop passes the values of self.timesteps back; map them to their position.
-        self._check_ready()
+        if self.timesteps is None:
+            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(n) before step()")
         key = t.item() if isinstance(t, torch.Tensor) else t
         try:
             return self._position[key]
@@ -105,23 +122,68 @@ class Sampler:
             raise ValueError(f"t={key!r} is not one of this sampler's timesteps "
                              f"({self.timesteps[:3].tolist()} ... {self.timesteps[-3:].tolist()})") from None
 
-    def set_timesteps(self, n: int) -> None:
-        raise NotImplementedError
+    def predict_x0(self, model_output: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+        """The clean-sample estimate implied by `model_output` at (x, t), before clipping."""
+        a, s = self._signal_noise[self._index(t)]
+        return to_x0_eps(model_output, x, a, s, self.prediction_type)[0]
+
+    def mean_std(self, model_output: torch.Tensor, t, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The step's deterministic part c0 * x0_hat + ct * x and the std of its noise."""
+        check_output(model_output, x)
+        i = self._index(t)
+        c0, ct, std = self._coefs[i]
+        if self._x0_transform is None:               # fold x0_hat into fused ops on (x, output)
+            alpha, beta = self._x0_affine[i]
+            cx = c0 * alpha + ct                     # 1 for a flow velocity (an Euler step): skip the multiply
+            return torch.add(x if abs(cx - 1.0) < 1e-12 else x * cx, model_output, alpha=c0 * beta), std
+        return torch.add(x * ct, self._x0_transform(self.predict_x0(model_output, t, x)), alpha=c0), std
 
     def step(self, model_output: torch.Tensor, t, x: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def predict_x0(self, model_output: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
-        """The clean-sample estimate implied by `model_output` at (x, t), before clipping."""
-        raise NotImplementedError
-
-    def model_time(self, t, batch_size: int, device=None) -> torch.Tensor:
-        """The (B,) time tensor a model receives at timestep t (long for discrete, float sigma for flow)."""
-        return torch.full((batch_size,), t, dtype=self.timesteps.dtype, device=device)
+        """x at the next timestep; `generator` draws the noise of stochastic samplers (DDPM, DDIM eta > 0)."""
+        mean, std = self.mean_std(model_output, t, x)
+        return mean if std == 0.0 else torch.add(mean, randn_like_gen(x, generator), alpha=std)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(steps={self.num_inference_steps})"
+        fields = "".join(f"{k}={getattr(self, k)!r}, " for k in self._repr_fields)
+        return f"{type(self).__name__}({fields}steps={self.num_inference_steps})"
+
+
+class DiscreteSampler(Sampler):
+    """Base of DDPM and DDIM: a NoiseSchedule and n of its timesteps (the model's time: long, 0..N-1).
+
+    Subclasses give `_step_coefficients(abar_t, abar_prev, last) -> (c0, ct, std)` between timestep t
+    and the next one (abar_prev = final_alpha_cumprod after the last step).
+    """
+
+    final_alpha_cumprod = 1.0     # land on clean data (diffusers' set_alpha_to_one=True)
+
+    def __init__(self, schedule: NoiseSchedule | str, prediction_type: str, timestep_spacing: str,
+                 clip_x0: ClipSpec, steps_offset: int):
+        super().__init__(check_prediction_type(prediction_type, discrete=True), clip_x0)
+        self.schedule = NoiseSchedule(schedule) if isinstance(schedule, str) else schedule
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; choose one of {TIMESTEP_SPACINGS}")
+        self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
+
+    def set_timesteps(self, n: int) -> None:
+        """Use n of the schedule's N training timesteps (descending, spaced by `timestep_spacing`)."""
+        ts = spaced_timesteps(self.schedule.num_train_timesteps, n, self.timestep_spacing, self.steps_offset)
+        abar = self.schedule.alphas_cumprod.tolist()          # Python floats: a step costs a few tensor ops
+        prev = [abar[t] for t in ts[1:]] + [self.final_alpha_cumprod]
+        self._set_grid(torch.tensor(ts, dtype=torch.long), [(math.sqrt(abar[t]), math.sqrt(1.0 - abar[t])) for t in ts],
+                       [self._step_coefficients(abar[t], p, i == len(ts) - 1) for i, (t, p) in enumerate(zip(ts, prev))])
+
+
+def check_steps(n) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"number of sampling steps must be a positive int, got {n!r}")
+    return n
+
+
+def check_output(model_output: torch.Tensor, x: torch.Tensor) -> None:
+    if model_output.shape != x.shape:
+        raise ValueError(f"model output shape {tuple(model_output.shape)} differs from sample shape {tuple(x.shape)}")
 
 
 def randn_like_gen(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

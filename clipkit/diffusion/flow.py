@@ -12,6 +12,8 @@ noise (SD3's sigma' = shift*sigma / (1 + (shift-1)*sigma)).
 Default grid: n steps on linspace(1, 0, n + 1), i.e. it starts at pure noise
 and ends exactly on sigma = 0. diffusers' FlowMatchEulerDiscreteScheduler
 uses linspace(1, 1/N, n) followed by 0; pass those `sigmas` to reproduce it.
+
+`FlowAdapter` samples a model trained on a NoiseSchedule with these Euler steps.
 """
 
 from __future__ import annotations
@@ -20,45 +22,67 @@ from typing import Sequence
 
 import torch
 
-from clipkit.diffusion.base import ClipSpec, Sampler
+from clipkit.diffusion.base import ClipSpec, Sampler, check_steps
+from clipkit.diffusion.names import SIGMA_DISTRIBUTIONS, check_prediction_type
+from clipkit.diffusion.parameterization import from_x0_eps, per_sample, to_x0_eps
+from clipkit.diffusion.schedule import NoiseSchedule
+
+
+class FlowProcess:
+    """The flow-matching forward process, with NoiseSchedule's interface (sample_t, signal_noise, add_noise,
+    target). sigma_distribution: "uniform" or "logit_normal" (SD3, Esser et al. 2024: sigmoid(mean + std z))."""
+
+    default_prediction_type = "velocity"
+
+    def __init__(self, sigma_distribution: str = "uniform", mean: float = 0.0, std: float = 1.0):
+        if sigma_distribution not in SIGMA_DISTRIBUTIONS:
+            raise ValueError(f"unknown sigma distribution {sigma_distribution!r}; choose one of {SIGMA_DISTRIBUTIONS}")
+        self.sigma_distribution, self.mean, self.std = sigma_distribution, float(mean), float(std)
+
+    def sample_t(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """(B,) float32 noise levels sigma in (0, 1): the model's time input."""
+        if self.sigma_distribution == "uniform":
+            s = torch.rand(batch_size, generator=generator)
+        else:
+            s = torch.sigmoid(self.mean + self.std * torch.randn(batch_size, generator=generator))
+        return s.to(device) if device is not None else s
+
+    def signal_noise(self, sigma, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 - sigma, sigma) broadcastable against x; sigma a float or a (B,) tensor in [0, 1]."""
+        s = per_sample(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x, "sigma")
+        return 1 - s, s
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
+        """x_sigma = (1 - sigma) x0 + sigma noise."""
+        if x0.shape != noise.shape:
+            raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
+        a, s = self.signal_noise(sigma, x0)
+        return a * x0 + s * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, sigma, prediction_type: str | None = None) -> torch.Tensor:
+        """What a flow model outputs: the velocity noise - x0 (default), or x0 itself ("sample")."""
+        prediction_type = check_prediction_type(prediction_type or self.default_prediction_type, flow=True)
+        return from_x0_eps(x0, noise, *self.signal_noise(sigma, x0), prediction_type)
 
 
 class FlowMatchSampler(Sampler):
-    """Euler sampler for a velocity-predicting flow-matching model."""
+    """Euler sampler for a flow-matching model (prediction_type "velocity", or "sample" for x0)."""
 
-    prediction_type = "velocity"
+    _repr_fields = ("shift", "prediction_type")
 
-    def __init__(self, shift: float = 1.0, clip_x0: ClipSpec = None):
-        super().__init__(clip_x0)
+    def __init__(self, shift: float = 1.0, clip_x0: ClipSpec = None, prediction_type: str = "velocity"):
+        super().__init__(check_prediction_type(prediction_type, flow=True), clip_x0)
         if not float(shift) > 0:
             raise ValueError(f"shift must be > 0, got {shift!r}")
         self.shift = float(shift)
-        self.set_timesteps(16)
 
-    # --- forward process (used by training helpers) -------------------------------------------
-    @staticmethod
-    def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
-        """x_sigma = (1 - sigma) x0 + sigma noise; sigma a float or a (B,) tensor in [0, 1]."""
-        if x0.shape != noise.shape:
-            raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
-        s = _broadcast(sigma, x0)
-        return (1 - s) * x0 + s * noise
-
-    @staticmethod
-    def target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The velocity a flow-matching model is trained to output."""
-        return noise - x0
-
-    # --- sampling ----------------------------------------------------------------------------
     def set_timesteps(self, n: int | None = None, sigmas: Sequence[float] | None = None) -> None:
         """n Euler steps from sigma = 1 to 0, or the given descending `sigmas` (then 0 is appended).
 
         `shift` is applied to either grid.
         """
         if sigmas is None:
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError(f"number of sampling steps must be a positive int, got {n!r}")
-            grid = torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)[:-1]
+            grid = torch.linspace(1.0, 0.0, check_steps(n) + 1, dtype=torch.float64)[:-1]
         else:
             grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
             if n is not None and n != len(grid):
@@ -68,38 +92,36 @@ class FlowMatchSampler(Sampler):
         grid = self.shift * grid / (1 + (self.shift - 1) * grid)
         # float32 is what the model sees; keep the step sizes in the same precision.
         self.sigmas = torch.cat([grid, grid.new_zeros(1)]).float()      # (n + 1,), ends at 0
-        self.timesteps = self.sigmas[:-1].clone()                        # model time = sigma
-        self.num_inference_steps = len(self.timesteps)
-        values = self.sigmas.tolist()
-        self._position = {s: i for i, s in enumerate(values[:-1])}
-        self._dsigma = [values[i + 1] - values[i] for i in range(len(values) - 1)]
-
-    def predict_x0(self, model_output, t, x):
-        sigma = self.sigmas[self._index(t)].item()
-        return x - sigma * model_output
-
-    def step(self, model_output: torch.Tensor, t, x: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """One Euler step; deterministic (`generator` is accepted for the shared interface)."""
-        i = self._index(t)
-        if model_output.shape != x.shape:
-            raise ValueError(f"model output shape {tuple(model_output.shape)} differs from sample shape {tuple(x.shape)}")
-        if self._x0_transform is not None:
-            # Clip x0, keep the noise estimate consistent with x, rebuild the velocity.
-            sigma = self.sigmas[i].item()
-            x0 = self._x0_transform(x - sigma * model_output)
-            noise = (x - (1 - sigma) * x0) / sigma
-            model_output = noise - x0
-        return torch.add(x, model_output, alpha=self._dsigma[i])
-
-    def __repr__(self) -> str:
-        return f"FlowMatchSampler(shift={self.shift}, steps={self.num_inference_steps})"
+        sig = self.sigmas.tolist()
+        # Euler: x + (s' - s) (x - x0) / s = (s - s') / s * x0 + s' / s * x  (model time = sigma)
+        self._set_grid(self.sigmas[:-1].clone(), [(1.0 - s, s) for s in sig[:-1]],
+                       [((s - s2) / s, s2 / s, 0.0) for s, s2 in zip(sig[:-1], sig[1:])])
 
 
-def _broadcast(sigma, x: torch.Tensor) -> torch.Tensor:
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if s.ndim == 0:
-        return s
-    if s.shape[0] != x.shape[0]:
-        raise ValueError(f"sigma has {s.shape[0]} entries but x has batch size {x.shape[0]}")
-    return s.reshape(-1, *([1] * (x.ndim - 1)))
+
+class FlowAdapter:
+    """A model trained on a NoiseSchedule, seen as a flow-matching velocity model (for FlowMatchSampler).
+
+        x = sample(FlowAdapter(model, schedule, "sample"), shape, FlowMatchSampler(), 16, cond=c)
+
+    x_sigma = (1 - sigma) x0 + sigma noise is the schedule's x_t = sqrt(abar) x0 + sqrt(1 - abar) noise
+    times r = sqrt((1 - sigma)^2 + sigma^2), at abar = ((1 - sigma) / r)^2 (equal signal-to-noise
+    ratio): the model runs on x_sigma / r at the fractional timestep with that abar, and its x0 and
+    noise estimates give the velocity.
+    """
+
+    def __init__(self, model_fn, schedule: NoiseSchedule, prediction_type: str):
+        self.model_fn, self.schedule = model_fn, schedule
+        self.prediction_type = check_prediction_type(prediction_type, discrete=True)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+        sigma = sigma.to(x.device, torch.float64).clamp(1e-4, 1.0)
+        r = torch.sqrt((1 - sigma) ** 2 + sigma ** 2)
+        a, s = (1 - sigma) / r, sigma / r                                 # the schedule's coefficients
+        t = self.schedule.timestep_of(a ** 2).float()
+        view = lambda c: per_sample(c.to(x.dtype), x, "sigma")  # noqa: E731
+        xt = x / view(r)
+        out = self.model_fn(xt, t, cond)
+        a = view(a).clamp_min(1e-4) if self.prediction_type == "epsilon" else view(a)   # no x0 from eps at a = 0
+        x0, eps = to_x0_eps(out, xt, a, view(s), self.prediction_type)
+        return from_x0_eps(x0, eps, 1 - view(sigma), view(sigma), "velocity")

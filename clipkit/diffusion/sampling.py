@@ -13,6 +13,7 @@ skips the second branch.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,18 +39,13 @@ class Trajectory:
     x0: torch.Tensor
 
 
-def _batch_size(c) -> int | None:
-    if c is None:
-        return None
+def cond_tensors(c):
+    """The tensors of a condition (a tensor, or dicts / lists / tuples of conditions), in order."""
     if isinstance(c, torch.Tensor):
-        return c.shape[0] if c.ndim else None
-    if isinstance(c, dict):
-        sizes = [_batch_size(v) for v in c.values()]
-    elif isinstance(c, (list, tuple)):
-        sizes = [_batch_size(v) for v in c]
-    else:
-        return None
-    return next((s for s in sizes if s is not None), None)
+        yield c
+    elif isinstance(c, (dict, list, tuple)):
+        for v in c.values() if isinstance(c, dict) else c:
+            yield from cond_tensors(v)
 
 
 def _expand(c, batch: int):
@@ -93,7 +89,7 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
     and cond is `cond` (B' = B) or cond and uncond concatenated along the batch (B' = 2B).
     cond / uncond: a tensor (batch B or 1), a dict or tuple of such, or None for an unconditional
     model. guidance_scale: s in uncond + s (cond - uncond); needs `uncond` unless s == 1.
-    noise: the initial x_T (default: N(0, I) from `generator` times `sampler.init_noise_sigma`).
+    noise: the initial x_T (default: N(0, I) from `generator`).
     clip_x0: override the sampler's x0 clipping for this call (None, c, (lo, hi) or a callable);
     pixels in [-1, 1] want 1.0, embeddings want None (or a renormalising callable).
     Returns x, or (x, Trajectory) when return_trajectory.
@@ -107,22 +103,23 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
                          "pass uncond or use guidance_scale=1.0")
     batch = shape[0]
     for name, c in (("cond", cond), ("uncond", uncond)):
-        b = _batch_size(c)
+        b = next((v.shape[0] for v in cond_tensors(c) if v.ndim), None)
         if b is not None and b not in (1, batch):
             raise ValueError(f"{name} has batch size {b}; expected 1 or {batch} (shape[0])")
     cond = _expand(cond, batch)
     both = _concat(cond, _expand(uncond, batch)) if guided else cond
 
     if not (isinstance(clip_x0, str) and clip_x0 == "sampler"):
-        sampler = _with_clip(sampler, clip_x0)
+        sampler = copy.copy(sampler)         # shallow: tables are shared, the caller's sampler is left as it was
+        sampler.clip_x0 = clip_x0
     sampler.set_timesteps(steps)
 
     if noise is not None:
         if tuple(noise.shape) != tuple(shape):
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
-        x = noise.to(device=device or noise.device, dtype=dtype) * sampler.init_noise_sigma
+        x = noise.to(device=device or noise.device, dtype=dtype)
     else:
-        x = randn_like_gen(torch.empty(shape, device=device, dtype=dtype), generator) * sampler.init_noise_sigma
+        x = randn_like_gen(torch.empty(shape, device=device, dtype=dtype), generator)
     ts = sampler.timesteps.tolist()
     # Model-time tensors made once, not per step.
     t_batch = sampler.timesteps.to(x.device).repeat_interleave(2 * batch if guided else batch).view(len(ts), -1)
@@ -153,10 +150,3 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
     return x, Trajectory(x=torch.stack(states), timesteps=sampler.timesteps.clone(),
                          model_output=torch.stack([r[0] for r in record]), x0=torch.stack([r[1] for r in record]))
 
-
-def _with_clip(sampler: Sampler, clip_x0: ClipSpec) -> Sampler:
-    import copy
-
-    s = copy.copy(sampler)       # shallow: tables are shared, the caller's sampler is left as it was
-    s.clip_x0 = clip_x0
-    return s

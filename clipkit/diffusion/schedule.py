@@ -2,16 +2,13 @@
 
     x_t = sqrt(abar_t) * x0 + sqrt(1 - abar_t) * noise,    t = 0 .. N-1,   abar_t = prod_{s<=t} (1 - beta_s)
 
-`NoiseSchedule` holds the betas and their cumulative products and converts
-between the three usual parameterisations of the model output:
-
-    "epsilon"  the noise                         (DDPM, Ho et al. 2020)
-    "sample"   x0 itself                         (DALL-E 2's prior)
-    "v"        sqrt(abar) * noise - sqrt(1-abar) * x0   (Salimans & Ho 2022)
+`NoiseSchedule` holds the betas and their cumulative products, and is a *process*
+like flow.py's FlowProcess: `sample_t` (training times), `signal_noise(t, x)` (the a, s
+of x_t = a x0 + s noise), `add_noise` and `target(x0, noise, t, prediction_type)`
+("epsilon", "sample" or "v"; parameterization.py holds the algebra).
 
 Tables are kept in float64 (the cumulative product loses digits in float32
 near t = N-1) and cast to the data's dtype where they meet tensors.
-Flow matching needs no table; see flow.py.
 """
 
 from __future__ import annotations
@@ -20,14 +17,8 @@ import math
 
 import torch
 
-SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "sigmoid")
-PREDICTION_TYPES = ("epsilon", "sample", "v")
-
-
-def check_prediction_type(prediction_type: str) -> str:
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}")
-    return prediction_type
+from clipkit.diffusion.names import SCHEDULE_KINDS, check_prediction_type
+from clipkit.diffusion.parameterization import from_x0_eps, per_sample
 
 
 def _cosine_betas(n: int, max_beta: float = 0.999, s: float = 0.008) -> torch.Tensor:
@@ -85,12 +76,7 @@ class NoiseSchedule:
         if t.numel() and (t.min() < 0 or t.max() >= self.num_train_timesteps):
             raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}], "
                              f"got min {int(t.min())} max {int(t.max())}")
-        c = table[t].to(device=x.device, dtype=x.dtype)
-        if c.ndim == 0:
-            return c
-        if c.shape[0] != x.shape[0]:
-            raise ValueError(f"t has {c.shape[0]} entries but x has batch size {x.shape[0]}")
-        return c.reshape(-1, *([1] * (x.ndim - 1)))           # (B, 1, 1, ...)
+        return per_sample(table[t].to(device=x.device, dtype=x.dtype), x)      # (B, 1, 1, ...)
 
     def signal_noise(self, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)) broadcastable against x; t an int or a (B,) tensor."""
@@ -101,7 +87,14 @@ class NoiseSchedule:
         a = self.alphas_cumprod[torch.as_tensor(t).long()]
         return a / (1 - a)
 
-    # --- forward process and targets ---------------------------------------------------------
+    # --- the process interface (FlowProcess offers the same) --------------------------------
+    default_prediction_type = "epsilon"
+
+    def sample_t(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """(B,) long training timesteps, uniform in 0..N-1."""
+        t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
+        return t.to(device) if device is not None else t
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise. t: an int or a (B,) tensor of ints."""
         if x0.shape != noise.shape:
@@ -109,37 +102,18 @@ class NoiseSchedule:
         a, s = self.signal_noise(t, x0)
         return a * x0 + s * noise
 
-    def get_velocity(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        """v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0."""
-        a, s = self.signal_noise(t, x0)
-        return a * noise - s * x0
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t, prediction_type: str | None = None) -> torch.Tensor:
+        """What a model with this `prediction_type` (default "epsilon") should output for add_noise(x0, noise, t)."""
+        prediction_type = check_prediction_type(prediction_type or self.default_prediction_type, discrete=True)
+        return from_x0_eps(x0, noise, *self.signal_noise(t, x0), prediction_type)
 
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t, prediction_type: str = "epsilon") -> torch.Tensor:
-        """What a model with this `prediction_type` should output for x_t = add_noise(x0, noise, t)."""
-        check_prediction_type(prediction_type)
-        if prediction_type == "epsilon":
-            return noise
-        if prediction_type == "sample":
-            return x0
-        return self.get_velocity(x0, noise, t)
-
-    def predict_x0_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t,
-                       prediction_type: str = "epsilon") -> tuple[torch.Tensor, torch.Tensor]:
-        """Invert `target`: from a model output at (x_t, t) recover (x0, noise) estimates."""
-        check_prediction_type(prediction_type)
-        a, s = self.signal_noise(t, x_t)
-        if prediction_type == "epsilon":
-            eps = model_output
-            return (x_t - s * eps) / a, eps
-        if prediction_type == "sample":
-            x0 = model_output
-            return x0, (x_t - a * x0) / s
-        v = model_output   # a^2 + s^2 = 1 makes the inverse a rotation
-        return a * x_t - s * v, a * v + s * x_t
-
-    def output_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t, prediction_type: str = "epsilon") -> torch.Tensor:
-        """The model output that would have predicted `x0` at (x_t, t) (used after clipping x0)."""
-        check_prediction_type(prediction_type)
-        a, s = self.signal_noise(t, x_t)
-        eps = (x_t - a * x0) / s
-        return self.target(x0, eps, t, prediction_type)
+    def timestep_of(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+        """The fractional timesteps whose abar (linearly interpolated in the table) equals `alphas_cumprod`;
+        values outside the table's range map to its ends (0 or N-1). float64 in, float64 out."""
+        table = self.alphas_cumprod.flip(0).to(alphas_cumprod.device)          # increasing, for searchsorted
+        n = len(table)
+        abar = alphas_cumprod.double()
+        i = torch.searchsorted(table, abar).clamp(1, n - 1)
+        lo, hi = table[i - 1], table[i]
+        frac = ((abar - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+        return (n - 1) - ((i - 1).double() + frac)

@@ -1,6 +1,6 @@
-"""Training helpers: noisy inputs, targets and condition dropout, for discrete diffusion and flow matching.
+"""Training helpers: noisy inputs, targets and condition dropout, for any process.
 
-One training step, either process:
+One training step:
 
     xt, t, target = training_batch(process, x0, prediction_type="epsilon", generator=g)
     cond = drop_condition(cond, p=0.1, null=model.null_cond, generator=g)   # learns both CFG branches
@@ -8,7 +8,8 @@ One training step, either process:
 
 or simply `loss = diffusion_loss(model, process, x0, cond, p_uncond=0.1, null_cond=model.null_cond)`.
 `process` is a NoiseSchedule (t: long timesteps 0..N-1, what DDPM/DDIM samplers give the model)
-or the string "flow" (t: float sigma in [0, 1], what FlowMatchSampler gives the model).
+or a FlowProcess (t: float sigma in [0, 1], what FlowMatchSampler gives the model); prediction_type
+None means the process's own ("epsilon", "velocity").
 """
 
 from __future__ import annotations
@@ -19,54 +20,26 @@ import torch
 import torch.nn.functional as F
 
 from clipkit.diffusion.base import randn_like_gen
-from clipkit.diffusion.flow import FlowMatchSampler
-from clipkit.diffusion.schedule import NoiseSchedule, check_prediction_type
+from clipkit.diffusion.flow import FlowProcess
+from clipkit.diffusion.sampling import cond_tensors
+from clipkit.diffusion.schedule import NoiseSchedule
 
-SIGMA_SAMPLINGS = ("uniform", "logit_normal")
-
-
-def sample_timesteps(batch_size: int, schedule: NoiseSchedule, generator: torch.Generator | None = None,
-                     device=None) -> torch.Tensor:
-    """(B,) long timesteps uniform in 0..N-1."""
-    t = torch.randint(0, schedule.num_train_timesteps, (batch_size,), generator=generator)
-    return t.to(device) if device is not None else t
+Process = NoiseSchedule | FlowProcess
 
 
-def sample_sigmas(batch_size: int, generator: torch.Generator | None = None, device=None,
-                  distribution: str = "uniform", mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-    """(B,) float noise levels in (0, 1) for flow matching: uniform, or logit-normal (SD3, Esser et al. 2024)."""
-    if distribution == "uniform":
-        s = torch.rand(batch_size, generator=generator)
-    elif distribution == "logit_normal":
-        s = torch.sigmoid(mean + std * torch.randn(batch_size, generator=generator))
-    else:
-        raise ValueError(f"unknown sigma distribution {distribution!r}; choose one of {SIGMA_SAMPLINGS}")
-    return s.to(device) if device is not None else s
-
-
-def training_batch(process: NoiseSchedule | str, x0: torch.Tensor, prediction_type: str = "epsilon",
+def training_batch(process: Process, x0: torch.Tensor, prediction_type: str | None = None,
                    generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None, sigma_distribution: str = "uniform"):
-    """(x_t, t, target) for a batch of clean samples x0 (batch first).
-
-    process: a NoiseSchedule (prediction_type "epsilon" | "sample" | "v") or "flow" (velocity target;
-    prediction_type is ignored). t and noise are drawn with `generator` unless given.
-    """
+                   noise: torch.Tensor | None = None):
+    """(x_t, t, target) for a batch of clean samples x0 (batch first); t and noise are drawn with
+    `generator` unless given."""
+    if not isinstance(process, (NoiseSchedule, FlowProcess)):
+        raise TypeError(f"process must be a NoiseSchedule or a FlowProcess, got {process!r}")
     if noise is None:
         noise = randn_like_gen(x0, generator)
     elif noise.shape != x0.shape:
         raise ValueError(f"noise {tuple(noise.shape)} and x0 {tuple(x0.shape)} differ in shape")
-    if isinstance(process, str):
-        if process != "flow":
-            raise ValueError(f"process must be a NoiseSchedule or 'flow', got {process!r}")
-        if t is None:
-            t = sample_sigmas(x0.shape[0], generator, distribution=sigma_distribution).to(x0.device, x0.dtype)
-        return FlowMatchSampler.add_noise(x0, noise, t), t, FlowMatchSampler.target(x0, noise)
-    if not isinstance(process, NoiseSchedule):
-        raise TypeError(f"process must be a NoiseSchedule or 'flow', got {type(process).__name__}")
-    check_prediction_type(prediction_type)
     if t is None:
-        t = sample_timesteps(x0.shape[0], process, generator).to(x0.device)
+        t = process.sample_t(x0.shape[0], generator, device=x0.device)
     return process.add_noise(x0, noise, t), t, process.target(x0, noise, t, prediction_type)
 
 
@@ -81,19 +54,12 @@ def drop_condition(cond, p: float, null=None, generator: torch.Generator | None 
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"condition dropout probability must lie in [0, 1], got {p!r}")
-    first = _first_tensor(cond)
+    first = next(cond_tensors(cond), None)
+    if first is None:
+        raise TypeError(f"cond must be a tensor or a dict / tuple of tensors, got {type(cond).__name__}")
     mask = torch.rand(first.shape[0], generator=generator).to(first.device) < p      # (B,) True = dropped
     out = _apply_drop(cond, null, mask)
     return (out, mask) if return_mask else out
-
-
-def _first_tensor(c) -> torch.Tensor:
-    if isinstance(c, torch.Tensor):
-        return c
-    values = c.values() if isinstance(c, dict) else c
-    for v in values:
-        return _first_tensor(v)
-    raise TypeError(f"cond must be a tensor or a dict / tuple of tensors, got {type(c).__name__}")
 
 
 def _apply_drop(c, null, mask: torch.Tensor):
@@ -112,11 +78,10 @@ def _apply_drop(c, null, mask: torch.Tensor):
 
 
 def diffusion_loss(model_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
-                   process: NoiseSchedule | str, x0: torch.Tensor, cond=None, prediction_type: str = "epsilon",
-                   p_uncond: float = 0.0, null_cond=None, generator: torch.Generator | None = None,
-                   sigma_distribution: str = "uniform") -> torch.Tensor:
+                   process: Process, x0: torch.Tensor, cond=None, prediction_type: str | None = None,
+                   p_uncond: float = 0.0, null_cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean squared error of model_fn(x_t, t, cond) against the target, with condition dropout."""
-    xt, t, target = training_batch(process, x0, prediction_type, generator, sigma_distribution=sigma_distribution)
+    xt, t, target = training_batch(process, x0, prediction_type, generator)
     if cond is not None and p_uncond > 0:
         cond = drop_condition(cond, p_uncond, null_cond, generator)
     out = model_fn(xt, t, cond)

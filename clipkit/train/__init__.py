@@ -1,8 +1,13 @@
-"""Training loops on Accelerate.
+"""Training on Accelerate: one loop for every model.
 
-common.py    what every loop shares: typed config <-> JSON + CLI flags, Accelerator,
-             full-state checkpoints with resume, metrics JSONL + curve PNG, guards,
-             the clean-exit workaround for entry points
-clip.py      contrastive training of a ClipModel (ClipTrainConfig, train_clip)
-evaluate.py  val loss, retrieval R@k, zero-shot accuracy per shapes attribute
+config.py      typed configs <-> JSON + CLI flags (torch-free)
+configs.py     ClipTrainConfig, DecoderTrainConfig, PriorTrainConfig (torch-free)
+runtime.py     Accelerator, threads, seeding, the finite-loss guard, clean exit for entry points
+optim.py       AdamW parameter groups, warm-up + cosine schedule, weight EMA
+checkpoint.py  full-state checkpoints (atomic, retained, resumable bit for bit)
+metrics.py     run folder: config.json, metrics.jsonl, curves.png, summary.json
+loop.py        the one training loop (`train_loop`, `Task` hooks)
+clip.py        contrastive CLIP / SigLIP training (`train_clip`)
+unclip.py      the unCLIP decoder and prior (`train_decoder`, `train_prior`)
+evaluate.py    val loss, retrieval R@k (+ pluggable evaluators)
 """

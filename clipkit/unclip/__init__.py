@@ -5,12 +5,22 @@ diffusion decoder (image embedding -> pixels), joined in the `UnCLIP` pipeline.
     pipe.generate("a red circle wearing a hat", num_images=4)[0].save("out.png")
 
 Training lives in clipkit.train.unclip (`train_decoder`, `train_prior`), the CLI in
-`clipkit train-decoder | train-prior | generate`.
+`clipkit train-decoder | train-prior | generate`. Names load lazily: `clipkit.unclip.config`
+(the model configs) imports without torch.
 """
 
-from clipkit.unclip.decoder import EMA, DecoderConfig, DecoderUNet
-from clipkit.unclip.pipeline import SAMPLERS, UnCLIP, load_model, save_model, slerp, to_pil, trajectory_strip
-from clipkit.unclip.prior import DiffusionPrior, PriorConfig
+from importlib import import_module
 
-__all__ = ["UnCLIP", "DecoderConfig", "DecoderUNet", "PriorConfig", "DiffusionPrior", "EMA", "SAMPLERS",
-           "load_model", "save_model", "slerp", "to_pil", "trajectory_strip"]
+_EXPORTS = {
+    "UnCLIP": "pipeline", "SAMPLERS": "pipeline", "load_model": "pipeline", "save_model": "pipeline",
+    "slerp": "pipeline", "to_pil": "pipeline", "trajectory_strip": "pipeline",
+    "DecoderUNet": "decoder", "EMA": "decoder", "DiffusionPrior": "prior",
+    "DecoderConfig": "config", "PriorConfig": "config",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f"clipkit.unclip.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'clipkit.unclip' has no attribute {name!r}")

@@ -26,59 +26,13 @@ positions, little benefit there).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipkit.diffusion import timestep_embedding
-
-PREDICTIONS = ("sample", "epsilon", "v")   # clipkit.diffusion names; "sample" = x0
-
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    embed_dim: int = 128                      # CLIP embedding width (the condition)
-    image_size: int = 32                      # 32 default; 64 works (add a level to `channels`)
-    in_channels: int = 3
-    patch_size: int = 2                       # 2x2 pixels folded into channels before the UNet
-    channels: tuple = (64, 128, 128)          # width per UNet level (resolution halves each level)
-    layers_per_block: int = 1                 # residual blocks per level (the up path gets the same)
-    attention_levels: tuple = (False, True, True)   # self-attention (+ context tokens) per level
-    heads: int = 4
-    context_tokens: int = 4                   # extra attention tokens made from the embedding
-    dropout: float = 0.0
-    # What the network outputs and how the noise is laid out; the pipeline reads these.
-    # x0 ("sample") suits flat-colour images: at high noise the net paints the image from the
-    # embedding directly, and wrong background colours (eps-prediction's failure here) cannot hide.
-    prediction: str = "sample"
-    schedule: str = "cosine"
-    num_train_timesteps: int = 1000
-
-    def __post_init__(self):
-        # JSON round trips give lists; the frozen dataclass keeps tuples (hashable, comparable).
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={self.prediction!r} is not one of {PREDICTIONS}")
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries for "
-                             f"{len(self.channels)} levels in channels={self.channels}")
-        side = self.image_size // self.patch_size
-        if self.image_size % self.patch_size or side % (2 ** (len(self.channels) - 1)):
-            raise ValueError(f"image_size={self.image_size} with patch_size={self.patch_size} and "
-                             f"{len(self.channels)} levels does not halve evenly; try 32 or 64")
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "channels": list(self.channels), "attention_levels": list(self.attention_levels)}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "DecoderConfig":
-        from clipkit.io import dataclass_from_json
-
-        return dataclass_from_json(cls, data, "decoder")
-
+from clipkit.unclip.config import DecoderConfig
 
 def _groups(channels: int) -> int:
     return 32 if channels % 32 == 0 and channels >= 128 else 8

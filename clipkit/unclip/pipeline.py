@@ -1,22 +1,26 @@
 """`UnCLIP`: text -> prior -> image embedding -> decoder -> pixels, plus decode / variations / interpolation.
 
     pipe = clipkit.UnCLIP.load("runs/unclip")            # refuses a CLIP other than the one it was trained on
+    g = torch.Generator().manual_seed(0)                  # the one RNG argument (seed=0 builds the same)
     images = pipe.generate("a red circle wearing a hat", num_images=4, steps=50, sampler="ddim",
-                           prior_guidance=2.0, decoder_guidance=3.0, negative_prompt=None, seed=0)
+                           prior_guidance=2.0, decoder_guidance=3.0, negative_prompt=None, generator=g)
     images = pipe.decode(image_embeddings)               # (N, D) CLIP image embeddings -> N PIL images
-    images = pipe.variations("circle.png", n=4)
-    images = pipe.interpolate("circle.png", "a blue star", n=8)   # slerp, same starting noise
+    images = pipe.variations("circle.png", n=4)           # an image (path or PIL): a missing path raises
+    images = pipe.interpolate(image=("circle.png", "star.png"), n=8)      # slerp, same starting noise
+    images = pipe.interpolate(text=("a red circle", "a blue star"), n=8)  # texts go through the prior
+    images = pipe.interpolate(embeddings=(pipe.embed(image="circle.png"), pipe.embed(text="a blue star")))
     images = pipe.render_expression('img:"circle.png" + 1.0*text:"hat"', num_images=4)
+    prior_only = UnCLIP(clip, decoder=None, prior=prior)  # prior_sample / embed(text=) without a decoder
 
 A saved pipeline is one folder:
     unclip.json                 the CLIP reference (path + identity) and format version
     decoder/config.json, decoder/model.safetensors     (EMA weights: the ones used for sampling)
-    prior/config.json,   prior/model.safetensors
+    prior/config.json,   prior/model.safetensors       (either may be missing, not both)
 
 Samplers: "ddim" and "ddpm" run the decoder on its own discrete schedule; "flow"
-runs Euler steps of the same model in rectified-flow coordinates
-x_s = (1 - s) x0 + s eps, mapping each s onto the schedule's matching noise level
-(equal signal-to-noise ratio) so one trained decoder serves all three.
+runs Euler steps of the same model through clipkit.diffusion.FlowAdapter (each
+flow noise level mapped onto the schedule's level of equal signal-to-noise ratio),
+so one trained decoder serves all three.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, sample
+from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler, NoiseSchedule, sample
 from clipkit.io import atomic_directory, write_json
 from clipkit.unclip.decoder import DecoderConfig, DecoderUNet
 from clipkit.unclip.prior import DiffusionPrior, PriorConfig
@@ -39,6 +43,7 @@ from clipkit.unclip.prior import DiffusionPrior, PriorConfig
 SAMPLERS = ("ddim", "ddpm", "flow")
 MANIFEST = "unclip.json"
 FORMAT = "clipkit-unclip"
+MODELS = {"decoder": (DecoderUNet, DecoderConfig), "prior": (DiffusionPrior, PriorConfig)}
 
 
 # ----------------------------------------------------------------------------- model folders
@@ -68,12 +73,9 @@ def load_model(directory: str | os.PathLike, kind: str):
     data = json.loads((directory / "config.json").read_text())
     if data.get("kind", kind) != kind:
         raise ValueError(f"{str(directory)!r} holds a {data.get('kind')!r}, expected a {kind!r}")
-    if kind == "decoder":
-        module = DecoderUNet(DecoderConfig.from_json(data))
-    elif kind == "prior":
-        module = DiffusionPrior(PriorConfig.from_json(data))
-    else:
+    if kind not in MODELS:
         raise ValueError(f"kind={kind!r}; expected 'decoder' or 'prior'")
+    module = MODELS[kind][0](MODELS[kind][1].from_json(data))
     module.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
     return module.eval()
 
@@ -88,47 +90,6 @@ def make_sampler(name: str, schedule: NoiseSchedule, prediction: str, clip_x0=1.
     if name == "flow":
         return FlowMatchSampler(clip_x0=clip_x0)
     raise ValueError(f"sampler={name!r} is not one of {SAMPLERS}")
-
-
-class FlowAdapter:
-    """Run a discrete-schedule model as a flow-matching velocity model.
-
-    At flow noise level s, x_s = (1-s) x0 + s eps has the signal-to-noise ratio of
-    the schedule's abar = (1-s)^2 / ((1-s)^2 + s^2); the schedule's x_t is x_s
-    rescaled by 1 / sqrt((1-s)^2 + s^2), at the fractional timestep whose abar
-    matches (interpolated). The model's x0 estimate gives the velocity (x_s - x0) / s.
-    """
-
-    def __init__(self, model_fn, schedule: NoiseSchedule, prediction: str):
-        self.model_fn, self.prediction = model_fn, prediction
-        abar = schedule.alphas_cumprod.double()
-        self.abar_increasing = abar.flip(0)                  # for searchsorted
-        self.n = len(abar)
-
-    def _timestep(self, abar: torch.Tensor) -> torch.Tensor:
-        a = self.abar_increasing.to(abar.device)
-        i = torch.searchsorted(a, abar.double()).clamp(1, self.n - 1)
-        lo, hi = a[i - 1], a[i]
-        frac = ((abar.double() - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
-        pos = (i - 1).double() + frac                        # position in the flipped table
-        return (self.n - 1 - pos).float()                    # fractional timestep
-
-    def __call__(self, x, s, cond):
-        s = s.to(x.device, torch.float64).clamp(1e-4, 1.0)
-        r = torch.sqrt((1 - s) ** 2 + s ** 2)
-        abar = ((1 - s) / r) ** 2
-        t = self._timestep(abar)
-        view = (-1,) + (1,) * (x.ndim - 1)
-        xt = x / r.view(view).float()
-        out = self.model_fn(xt, t, cond)
-        a, sig = abar.sqrt().view(view).float(), (1 - abar).sqrt().view(view).float()
-        if self.prediction == "sample":
-            x0 = out
-        elif self.prediction == "epsilon":
-            x0 = (xt - sig * out) / a.clamp_min(1e-4)
-        else:
-            x0 = a * xt - sig * out
-        return (x - x0) / s.view(view).float()
 
 
 # ----------------------------------------------------------------------------- images
@@ -153,40 +114,47 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- pipeline
 
 class UnCLIP:
-    """A frozen CLIP, a diffusion prior and a diffusion decoder (see the module docstring)."""
+    """A frozen CLIP, a diffusion prior and a diffusion decoder (see the module docstring); either model may be None."""
 
-    def __init__(self, clip, decoder: DecoderUNet, prior: DiffusionPrior | None = None,
+    def __init__(self, clip, decoder: DecoderUNet | None = None, prior: DiffusionPrior | None = None,
                  clip_path: str | None = None):
-        if prior is not None and prior.config.embed_dim != decoder.config.embed_dim:
-            raise ValueError(f"prior embed_dim {prior.config.embed_dim} != decoder embed_dim {decoder.config.embed_dim}")
-        if decoder.config.embed_dim != clip.embed_dim:
-            raise ValueError(f"decoder embed_dim {decoder.config.embed_dim} != CLIP embed_dim {clip.embed_dim}")
-        self.clip, self.decoder, self.prior = clip, decoder.eval(), None if prior is None else prior.eval()
-        self.clip_path = clip_path
-        dc = decoder.config
-        self.decoder_schedule = NoiseSchedule(dc.schedule, num_train_timesteps=dc.num_train_timesteps)
-        if prior is not None:
-            pc = prior.config
-            self.prior_schedule = NoiseSchedule(pc.schedule, num_train_timesteps=pc.num_train_timesteps)
+        if decoder is None and prior is None:
+            raise ValueError("UnCLIP needs a decoder, a prior or both; got neither")
+        for name, model in (("decoder", decoder), ("prior", prior)):
+            if model is not None and model.config.embed_dim != clip.embed_dim:
+                raise ValueError(f"{name} embed_dim {model.config.embed_dim} != CLIP embed_dim {clip.embed_dim}")
+        self.clip, self.clip_path = clip, clip_path
+        self.decoder = None if decoder is None else decoder.eval()
+        self.prior = None if prior is None else prior.eval()
+        self.decoder_schedule, self.prior_schedule = (
+            None if m is None else NoiseSchedule(m.config.schedule, num_train_timesteps=m.config.num_train_timesteps)
+            for m in (decoder, prior))
 
     @property
     def device(self) -> torch.device:
-        return next(self.decoder.parameters()).device
+        return next((self.decoder if self.decoder is not None else self.prior).parameters()).device
 
     def to(self, device) -> "UnCLIP":
-        self.decoder.to(device)
-        if self.prior is not None:
-            self.prior.to(device)
-        self.clip.to(device)
+        for model in (self.decoder, self.prior, self.clip):
+            if model is not None:
+                model.to(device)
         return self
+
+    def _need(self, name: str):
+        model = getattr(self, name)
+        if model is None:
+            raise ValueError(f"this pipeline has no {name} (train one with `clipkit train-{name}`, "
+                             f"or build UnCLIP(clip, decoder=..., prior=...))")
+        return model
 
     # -------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self.decoder, self.decoder.config, directory / "decoder", "decoder")
-        if self.prior is not None:
-            save_model(self.prior, self.prior.config, directory / "prior", "prior")
+        for name in ("decoder", "prior"):
+            model = getattr(self, name)
+            if model is not None:
+                save_model(model, model.config, directory / name, name)
         write_manifest(directory, self.clip, self.clip_path)
         return directory
 
@@ -204,8 +172,8 @@ class UnCLIP:
         ref = manifest["clip"]
         clip_path = None
         if clip is None or isinstance(clip, (str, os.PathLike)):
-            candidates = [Path(clip)] if clip is not None else [directory / ref.get("relative_path", ""),
-                                                                Path(ref["path"])]
+            recorded = [directory / ref.get("relative_path", ""), Path(ref.get("path", ""))]
+            candidates = [Path(clip)] if clip is not None else [p for p in recorded if p != Path("")]
             found = next((p for p in candidates if p.is_dir() and (p / "config.json").is_file()), None)
             if found is None:
                 raise FileNotFoundError(f"the pipeline's CLIP model is not at {[str(p) for p in candidates]}; "
@@ -213,28 +181,30 @@ class UnCLIP:
             clip_path = str(found.resolve())
             clip = clipkit.load(found, device=device)
         check_clip(clip, ref["identity"], directory)
-        decoder = load_model(directory / "decoder", "decoder")
-        prior = load_model(directory / "prior", "prior") if (directory / "prior" / "config.json").is_file() else None
-        return cls(clip, decoder, prior, clip_path=clip_path or ref.get("path")).to(device)
+        models = {name: load_model(directory / name, name) for name in ("decoder", "prior")
+                  if (directory / name / "config.json").is_file()}
+        if not models:
+            raise FileNotFoundError(f"{str(directory)!r} holds neither decoder/ nor prior/")
+        return cls(clip, **models, clip_path=clip_path or ref.get("path")).to(device)
 
     # -------------------------------------------------------------- prior
     @torch.no_grad()
     def prior_sample(self, text_embeddings: torch.Tensor, guidance_scale: float = 2.0, steps: int = 32,
-                     candidates: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+                     candidates: int = 2, generator: torch.Generator | None = None,
+                     seed: int | None = None) -> torch.Tensor:
         """(N, D) text embeddings -> (N, D) unit image embeddings. Draws `candidates` per text and keeps
         the one with the highest dot product with the text embedding (unCLIP §2.2)."""
-        if self.prior is None:
-            raise ValueError("this pipeline has no prior (train one with `clipkit train-prior`)")
+        prior = self._need("prior")
+        generator = make_generator(generator, seed)
         text = F.normalize(text_embeddings.float().to(self.device), dim=-1)
         n, d = text.shape
         rep = text.repeat_interleave(candidates, 0)
-        scale = self.prior.config.scale
-        sampler = make_sampler("ddim", self.prior_schedule, self.prior.config.prediction,
+        scale = prior.config.scale
+        sampler = make_sampler("ddim", self.prior_schedule, prior.config.prediction,
                                clip_x0=lambda z: F.normalize(z, dim=-1) * scale)
-        z = sample(self.prior, (n * candidates, d), sampler, steps, cond=rep,
-                   uncond=self.prior.null_embedding(1), guidance_scale=guidance_scale, generator=generator,
-                   device=self.device)
-        z = self.prior.from_prior_space(z).view(n, candidates, d)
+        z = sample(prior, (n * candidates, d), sampler, steps, cond=rep, uncond=prior.null_embedding(1),
+                   guidance_scale=guidance_scale, generator=generator, device=self.device)
+        z = prior.from_prior_space(z).view(n, candidates, d)
         best = (z * text[:, None]).sum(-1).argmax(1)                       # (N,)
         return z[torch.arange(n), best]
 
@@ -242,27 +212,25 @@ class UnCLIP:
     @torch.no_grad()
     def decode(self, image_embeddings: torch.Tensor, steps: int = 50, sampler: str = "ddim",
                guidance_scale: float = 3.0, negative_embeddings: torch.Tensor | None = None,
-               seed: int | None = 0, generator: torch.Generator | None = None,
+               generator: torch.Generator | None = None, seed: int | None = None,
                noise: torch.Tensor | None = None, return_trajectory: bool = False, output: str = "pil"):
         """(N, D) CLIP image embeddings -> N images (PIL, or a (N, 3, H, W) tensor in [-1, 1] with output="tensor").
 
         `negative_embeddings` replace the null condition of guidance (push away from them)."""
+        decoder = self._need("decoder")
         if output not in ("pil", "tensor"):
             raise ValueError(f"output={output!r}; expected 'pil' or 'tensor'")
+        cfg = decoder.config
         emb = torch.as_tensor(image_embeddings).float().to(self.device)
-        if emb.ndim != 2 or emb.shape[1] != self.decoder.config.embed_dim:
-            raise ValueError(f"image_embeddings have shape {tuple(emb.shape)}; expected (N, {self.decoder.config.embed_dim})")
+        if emb.ndim != 2 or emb.shape[1] != cfg.embed_dim:
+            raise ValueError(f"image_embeddings have shape {tuple(emb.shape)}; expected (N, {cfg.embed_dim})")
         emb = F.normalize(emb, dim=-1)
-        if generator is None:
-            generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-        cfg = self.decoder.config
+        generator = make_generator(generator, seed)
         shape = (emb.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size)
-        uncond = self.decoder.null_embedding(1) if negative_embeddings is None else \
+        uncond = decoder.null_embedding(1) if negative_embeddings is None else \
             F.normalize(torch.as_tensor(negative_embeddings).float().to(self.device), dim=-1)
-        model_fn = self.decoder
-        if sampler == "flow":
-            model_fn = FlowAdapter(self.decoder, self.decoder_schedule, cfg.prediction)
         s = make_sampler(sampler, self.decoder_schedule, cfg.prediction)
+        model_fn = FlowAdapter(decoder, self.decoder_schedule, cfg.prediction) if sampler == "flow" else decoder
         result = sample(model_fn, shape, s, steps, cond=emb, uncond=uncond, guidance_scale=guidance_scale,
                         generator=generator, noise=noise, return_trajectory=return_trajectory, device=self.device)
         x, traj = result if return_trajectory else (result, None)
@@ -272,8 +240,8 @@ class UnCLIP:
     # -------------------------------------------------------------- user-facing generation
     def generate(self, prompt: str | Sequence[str], num_images: int = 4, steps: int = 50, sampler: str = "ddim",
                  prior_guidance: float = 2.0, decoder_guidance: float = 3.0, negative_prompt: str | None = None,
-                 seed: int = 0, prior_steps: int = 32, guidance_scale: float | None = None,
-                 return_trajectory: bool = False, output: str = "pil"):
+                 generator: torch.Generator | None = None, seed: int | None = None, prior_steps: int = 32,
+                 guidance_scale: float | None = None, return_trajectory: bool = False, output: str = "pil"):
         """Text -> images: num_images per prompt. A negative prompt goes through the prior and its image
         embedding replaces the decoder's null branch (Kandinsky's recipe). `guidance_scale` is an alias
         of `decoder_guidance`."""
@@ -282,7 +250,8 @@ class UnCLIP:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or num_images < 1:
             raise ValueError(f"need at least one prompt and num_images >= 1; got {len(prompts)} and {num_images}")
-        g = torch.Generator().manual_seed(int(seed))
+        self._need("decoder")
+        g = make_generator(generator, seed)
         text = self.clip.encode_texts(prompts).repeat_interleave(num_images, 0)
         emb = self.prior_sample(text, prior_guidance, prior_steps, generator=g)
         negative = None
@@ -292,36 +261,50 @@ class UnCLIP:
         return self.decode(emb, steps, sampler, decoder_guidance, negative, generator=g,
                            return_trajectory=return_trajectory, output=output)
 
-    def embed(self, item, seed: int = 0, prior_guidance: float = 2.0) -> torch.Tensor:
-        """(D,) image embedding of an image (path / PIL / array), a text (through the prior) or a vector."""
-        if isinstance(item, torch.Tensor) or isinstance(item, np.ndarray):
-            v = torch.as_tensor(item).float().flatten()
-            if v.numel() != self.clip.embed_dim:
-                raise ValueError(f"an embedding must have {self.clip.embed_dim} values; got {v.numel()}")
-            return F.normalize(v, dim=0)
-        if isinstance(item, str) and not Path(item).is_file():
-            g = torch.Generator().manual_seed(int(seed))
-            return self.prior_sample(self.clip.encode_texts([item]), prior_guidance, generator=g)[0].cpu()
-        return self.clip.encode_images([item])[0]
+    def embed(self, image=None, *, text: str | None = None, generator: torch.Generator | None = None,
+              seed: int | None = None, prior_guidance: float = 2.0) -> torch.Tensor:
+        """(D,) CLIP image embedding of an `image` (path, PIL image or uint8 array) or of a `text` (through
+        the prior). Exactly one of them; a path that does not exist raises FileNotFoundError."""
+        if (image is None) == (text is None):
+            raise TypeError("embed() takes exactly one of image= (a path, PIL image or array) or text= (a prompt)")
+        if text is not None:
+            if not isinstance(text, str):
+                raise TypeError(f"text must be a str prompt, got {type(text).__name__}")
+            g = make_generator(generator, seed)
+            return self.prior_sample(self.clip.encode_texts([text]), prior_guidance, generator=g)[0].cpu()
+        if isinstance(image, (str, os.PathLike)) and not Path(image).is_file():
+            raise FileNotFoundError(f"no such image file: {str(image)!r} (to embed a prompt, pass text=...)")
+        return self.clip.encode_images([image])[0]
 
     def variations(self, image, n: int = 4, **decode_kwargs) -> list[Image.Image]:
-        """n images decoded from one image's CLIP embedding (different starting noise)."""
-        emb = self.embed(image)
+        """n images decoded from one image's CLIP embedding (different starting noise); `image` as in embed."""
+        emb = self.embed(image=image)
         return self.decode(emb[None].expand(n, -1), **decode_kwargs)
 
-    def interpolate(self, a, b, n: int = 8, seed: int = 0, **decode_kwargs) -> list[Image.Image]:
-        """Slerp between the embeddings of a and b (images, paths, texts or vectors), n steps, one starting noise."""
+    def interpolate(self, *positional, image: Sequence | None = None, text: Sequence[str] | None = None,
+                    embeddings: Sequence | None = None, n: int = 8, generator: torch.Generator | None = None,
+                    seed: int | None = None, prior_guidance: float = 2.0, **decode_kwargs) -> list[Image.Image]:
+        """Slerp in n steps, all decoded from one starting noise, between two images (`image=(a, b)`), two
+        texts through the prior (`text=(a, b)`) or two (D,) embeddings (`embeddings=(a, b)`, e.g. from embed)."""
+        given = {k: v for k, v in (("image", image), ("text", text), ("embeddings", embeddings)) if v is not None}
+        if positional or len(given) != 1 or len(next(iter(given.values()))) != 2:
+            raise TypeError(f"interpolate() takes one pair by keyword: image=(a, b), text=(a, b) or "
+                            f"embeddings=(a, b); got {[*map(repr, positional), *sorted(given)] or 'none'}")
         if n < 2:
             raise ValueError(f"n={n}; an interpolation needs at least 2 images")
-        ea, eb = self.embed(a, seed), self.embed(b, seed)
-        emb = slerp(ea, eb, torch.linspace(0, 1, n))
-        cfg = self.decoder.config
-        g = torch.Generator().manual_seed(int(seed))
+        g = make_generator(generator, seed)
+        if embeddings is not None:
+            ends = [unit_vector(e, self.clip.embed_dim) for e in embeddings]
+        elif text is not None:
+            ends = [self.embed(text=t, generator=g, prior_guidance=prior_guidance) for t in text]
+        else:
+            ends = [self.embed(image=i) for i in image]
+        emb = slerp(ends[0], ends[1], torch.linspace(0, 1, n))
+        cfg = self._need("decoder").config
         noise = torch.randn((1, cfg.in_channels, cfg.image_size, cfg.image_size), generator=g).expand(n, -1, -1, -1)
-        return self.decode(emb, noise=noise.contiguous(), seed=seed, **decode_kwargs)
+        return self.decode(emb, noise=noise.contiguous(), generator=g, **decode_kwargs)
 
-    def render_expression(self, expression: str, num_images: int = 4, seed: int = 0, add_vector=None,
-                          **decode_kwargs):
+    def render_expression(self, expression: str, num_images: int = 4, add_vector=None, **decode_kwargs):
         """Decode the vector an embedding expression evaluates to (clipkit.evaluate_expression syntax),
         plus `add_vector` (a (D,) array or a .npy path, e.g. the mean hat vector of retrieval/hat_vector.py)."""
         from clipkit import evaluate_expression
@@ -332,8 +315,25 @@ class UnCLIP:
             if extra.shape != vector.shape:
                 raise ValueError(f"add_vector has shape {extra.shape}; expected {vector.shape}")
             vector = vector + extra.astype(np.float32)
-        v = self.embed(torch.as_tensor(vector))
-        return self.decode(v[None].expand(num_images, -1), seed=seed, **decode_kwargs)
+        v = unit_vector(vector, self.clip.embed_dim)
+        return self.decode(v[None].expand(num_images, -1), **decode_kwargs)
+
+
+def make_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+    """The RNG of a call: `generator` as given, or one seeded with `seed` (a convenience); None: torch's global RNG."""
+    if generator is not None and seed is not None:
+        raise ValueError(f"pass generator= or seed=, not both (got seed={seed!r})")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}; for a seed pass seed=")
+    return torch.Generator().manual_seed(int(seed)) if seed is not None else generator
+
+
+def unit_vector(v, dim: int) -> torch.Tensor:
+    """A (D,) tensor or array as a unit float32 tensor; D must be the CLIP width."""
+    v = (v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v, dtype=np.float32))).float().flatten()
+    if v.numel() != dim:
+        raise ValueError(f"an embedding must have {dim} values; got {v.numel()}")
+    return F.normalize(v.cpu(), dim=0)
 
 
 # ----------------------------------------------------------------------------- the CLIP reference

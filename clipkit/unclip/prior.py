@@ -21,47 +21,12 @@ unconditional branch for classifier-free guidance.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipkit.diffusion import timestep_embedding
-
-
-@dataclass(frozen=True)
-class PriorConfig:
-    embed_dim: int = 128
-    width: int = 256
-    layers: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    schedule: str = "cosine"
-    num_train_timesteps: int = 1000
-    prediction: str = "sample"          # x0, as in the paper; "epsilon" / "v" also work with the samplers
-
-    def __post_init__(self):
-        if self.width % self.heads:
-            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
-        if self.prediction not in ("sample", "epsilon", "v"):
-            raise ValueError(f"prediction={self.prediction!r} is not one of ('sample', 'epsilon', 'v')")
-
-    @property
-    def scale(self) -> float:
-        """Embeddings live on the sphere of radius sqrt(D) inside the prior."""
-        return math.sqrt(self.embed_dim)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "PriorConfig":
-        from clipkit.io import dataclass_from_json
-
-        return dataclass_from_json(cls, data, "prior")
+from clipkit.unclip.config import PriorConfig
 
 
 class DiffusionPrior(nn.Module):

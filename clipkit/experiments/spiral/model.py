@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from clipkit.diffusion import NoiseSchedule, diffusion_loss, timestep_embedding
-from clipkit.toy.spiral import CLASSES, NULL_CLASS, sample_spiral
+from clipkit.diffusion import FlowProcess, NoiseSchedule, diffusion_loss, timestep_embedding
+from clipkit.experiments.spiral.spiral import CLASSES, NULL_CLASS, sample_spiral
 
 
 class SpiralDenoiser(nn.Module):
@@ -53,8 +53,8 @@ class SpiralDenoiser(nn.Module):
 
 @dataclass(frozen=True)
 class ToyTrainConfig:
-    process: str = "ddpm"        # "ddpm" (a linear NoiseSchedule) or "flow" (velocity prediction)
-    prediction_type: str = "epsilon"   # for "ddpm": "epsilon" | "sample" | "v"
+    process: str = "ddpm"        # "ddpm" (a linear NoiseSchedule) or "flow" (a FlowProcess)
+    prediction_type: str | None = None   # None: the process's own (epsilon for ddpm, velocity for flow)
     steps: int = 1000
     batch_size: int = 512
     lr: float = 1e-2             # high, then cosine-decayed: a 2-D toy converges in ~1000 steps
@@ -72,7 +72,7 @@ def train_spiral_model(cfg: ToyTrainConfig = ToyTrainConfig()) -> tuple[SpiralDe
         raise ValueError(f"unknown toy process {cfg.process!r}; choose 'ddpm' or 'flow'")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    process = NoiseSchedule("linear", cfg.num_train_timesteps) if cfg.process == "ddpm" else "flow"
+    process = NoiseSchedule("linear", cfg.num_train_timesteps) if cfg.process == "ddpm" else FlowProcess()
     model = SpiralDenoiser(cfg.hidden, cfg.depth, time_scale=1.0 if cfg.process == "ddpm" else 1000.0,
                            coord_dim=cfg.coord_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)

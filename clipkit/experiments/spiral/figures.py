@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from clipkit.io import atomic_file
-from clipkit.toy.spiral import CLASSES, spiral_curve
+from clipkit.experiments.spiral.spiral import CLASSES, spiral_curve
 
 CLASS_COLOURS = ("#1f77b4", "#2ca02c", "#d62728")     # person, dog, cat
 MODEL_COLOUR, NOISE_COLOUR = "#1f77b4", "#ff7f0e"

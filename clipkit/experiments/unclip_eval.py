@@ -1,6 +1,6 @@
 """Measuring an unCLIP pipeline on the shapes world, with a CLIP as the judge, and the demo's pictures.
 
-    from clipkit.unclip.evaluate import evaluate_unclip
+    from clipkit.experiments.unclip_eval import evaluate_unclip
     metrics = evaluate_unclip(pipe, "runs/unclip-eval", num=64)   # PNGs + metrics.json in the folder
 
 Every measure classifies generated images zero-shot, one attribute at a time
@@ -156,7 +156,7 @@ def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guida
     # ---------------------------------------------------------------- variations & interpolation
     _save_grid(pipe.variations(real[0].image, n=8, steps=steps, guidance_scale=decoder_guidance, seed=seed),
                out / "variations.png")
-    _save_grid(pipe.interpolate(real[0].image, real[1].image, n=8, steps=steps, guidance_scale=decoder_guidance,
+    _save_grid(pipe.interpolate(image=(real[0].image, real[1].image), n=8, steps=steps, guidance_scale=decoder_guidance,
                                 seed=seed), out / "interpolation.png")
 
     # ---------------------------------------------------------------- samplers

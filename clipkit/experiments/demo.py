@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from clipkit.experiments import config_path
 from clipkit.io import write_json
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ATTRIBUTE_ORDER = ("shape", "color", "size", "position", "hat")
 
 
@@ -30,10 +30,10 @@ class DemoSettings:
     holdout_samples: int
     hat_pairs: int          # images (pairs x 2)
     shard_size: int
-    clip_config: str        # training/configs/*.json, paths replaced by the demo's
+    clip_config: str        # a packaged config (clipkit/experiments/configs), paths replaced by the demo's
     clip_overrides: dict
     eval_samples: int       # val / holdout images for the zero-shot report
-    unclip_quick: bool      # tiny prior / decoder configs (decoder/configs/*-tiny.json)
+    unclip_quick: bool      # tiny prior / decoder configs (configs/*-tiny.json)
     prior_overrides: dict
     decoder_overrides: dict
     unclip_eval_images: int
@@ -87,15 +87,16 @@ def _shards(folder: Path) -> str:
 
 
 def stage_clip(out: Path, s: DemoSettings, data: Path) -> dict:
+    from clipkit.experiments.shapes_eval import clip_evaluator
     from clipkit.train.clip import ClipTrainConfig, train_clip
-    from clipkit.train.common import load_config
+    from clipkit.train.config import load_config
 
-    config_path = REPO_ROOT / "training" / "configs" / s.clip_config
+    config_file = config_path(s.clip_config)
     overrides = {"train_data": _shards(data / "train"), "val_data": _shards(data / "val"),
                  "holdout_data": _shards(data / "holdout"), "out_dir": str(out), "export_dir": str(out / "model"),
                  "resume": "latest", **s.clip_overrides}
-    config = load_config(ClipTrainConfig, config_path, overrides)
-    summary = train_clip(config)
+    config = load_config(ClipTrainConfig, config_file, overrides)
+    summary = train_clip(config, evaluators=(clip_evaluator,))
     ev = summary.get("eval", {})
     worst_val = min(ev.get(f"val/zs_{a}", 0.0) for a in ATTRIBUTE_ORDER)
     worst_holdout = min(ev.get(f"holdout/zs_{a}", 0.0) for a in ATTRIBUTE_ORDER)
@@ -105,36 +106,20 @@ def stage_clip(out: Path, s: DemoSettings, data: Path) -> dict:
             "eval": ev, "skipped": summary.get("skipped_samples", 0)}
 
 
-def _split_images(folder: Path, limit: int):
-    from clipkit.data.shards import shard_pipeline
-
-    pipeline, _ = shard_pipeline(_shards(folder), fields=("image", "json"), split_by_node=False)
-    images, metas = [], []
-    for image, meta in pipeline:
-        images.append(image)
-        metas.append(meta)
-        if len(images) >= limit:
-            break
-    return images, metas
-
-
 def stage_zeroshot(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
     import clipkit
-    from clipkit.data.shapes import attribute_classes, attribute_label, attribute_prompts
-    from clipkit.zeroshot import ZeroShotClassifier
+    from clipkit.data.shapes import attribute_classes
+    from clipkit.data.shards import read_samples
+    from clipkit.experiments.shapes_eval import attribute_accuracy
 
     model = clipkit.load(model_dir)
     table = []
     for split in ("val", "holdout"):
-        images, metas = _split_images(data / split, s.eval_samples)
-        embeddings = model.encode_images(images, progress=True).numpy()
-        row = {"split": split, "images": len(images)}
-        for attribute in ATTRIBUTE_ORDER:
-            clf = ZeroShotClassifier(model, attribute_prompts(attribute), templates="none")
-            report = clf.evaluate(embeddings, [attribute_label(m, attribute) for m in metas],
-                                  confusion_png=out / f"confusion_{split}_{attribute}.png")
-            row[attribute] = round(report["top1"], 4)
-        table.append(row)
+        images, metas = zip(*read_samples(data / split, ("image", "json"), s.eval_samples))
+        embeddings = model.encode_images(list(images), progress=True).numpy()
+        accuracy = attribute_accuracy(model, embeddings, metas, ATTRIBUTE_ORDER, confusion_dir=out,
+                                      prefix=f"{split}_")
+        table.append({"split": split, "images": len(images), **{a: round(v, 4) for a, v in accuracy.items()}})
     val, holdout = table
     return {"summary": "zero-shot top-1 " + "; ".join(
                 f"{r['split']}: " + ", ".join(f"{a} {r[a]:.3f}" for a in ATTRIBUTE_ORDER) for r in table),
@@ -148,7 +133,6 @@ SEARCH_QUERIES = ("a red circle", "a blue star wearing a hat", "a small green sq
 
 def stage_retrieval(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
     import clipkit
-    from clipkit.commands.search import hit_image
     from clipkit.embeddings import EmbeddingFolder, write_embeddings
     from clipkit.images import make_grid
     from clipkit.index import EmbeddingIndex
@@ -165,7 +149,7 @@ def stage_retrieval(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> 
     for i, query in enumerate(SEARCH_QUERIES):
         scores, ids = index.search_text(model, query, k=8)
         rows = index.lookup(ids[0])
-        images = [im for im in (hit_image(r) for r in rows) if im is not None]
+        images = [im for im in (index.image(r) for r in rows) if im is not None]
         path = f"search_{i}.png"
         make_grid(images, columns=8, scale=3).save(out / path)
         searches.append({"query": query, "figure": path, "top_captions": [r.get("caption") for r in rows[:3]],
@@ -179,7 +163,7 @@ def stage_hat_vector(out: Path, s: DemoSettings, data: Path, model_dir: Path) ->
     import numpy as np
 
     import clipkit
-    from clipkit.arithmetic import hat_vector_experiment
+    from clipkit.experiments.shapes_eval import hat_vector_experiment
 
     model = clipkit.load(model_dir)
     result = hat_vector_experiment(model, str(data / "hat_pairs"))
@@ -190,19 +174,19 @@ def stage_hat_vector(out: Path, s: DemoSettings, data: Path, model_dir: Path) ->
             **result, "hat_vector": str(out / "hat_vector.npy")}
 
 
-def stage_unclip(out: Path, s: DemoSettings, model_dir: Path, hat_vector: Path) -> dict:
-    """Train the prior and the decoder on the frozen CLIP, then draw and measure (clipkit.unclip.evaluate)."""
+def stage_unclip(out: Path, s: DemoSettings, data: Path, model_dir: Path, hat_vector: Path) -> dict:
+    """Train the prior and the decoder on the frozen CLIP, then draw and measure (clipkit.experiments.unclip_eval)."""
     import clipkit
-    from clipkit.train.common import load_config
+    from clipkit.train.config import load_config
     from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig, train_decoder, train_prior
-    from clipkit.unclip.evaluate import evaluate_unclip
+    from clipkit.experiments.unclip_eval import evaluate_unclip
 
-    configs = REPO_ROOT / "decoder" / "configs"
     suffix = "-tiny" if s.unclip_quick else ""
-    common = {"clip": str(model_dir), "pipeline_dir": str(out / "pipeline"), "resume": "latest"}
-    prior = train_prior(load_config(PriorTrainConfig, configs / f"shapes-prior{suffix}.json",
+    common = {"clip": str(model_dir), "train_data": str(data / "train"), "pipeline_dir": str(out / "pipeline"),
+              "resume": "latest"}
+    prior = train_prior(load_config(PriorTrainConfig, config_path(f"shapes-prior{suffix}"),
                                     {**common, "out_dir": str(out / "prior"), **s.prior_overrides}))
-    decoder = train_decoder(load_config(DecoderTrainConfig, configs / f"shapes-decoder{suffix}.json",
+    decoder = train_decoder(load_config(DecoderTrainConfig, config_path(f"shapes-decoder{suffix}"),
                                         {**common, "out_dir": str(out / "decoder"), **s.decoder_overrides}))
     pipe = clipkit.UnCLIP.load(out / "pipeline")
     metrics = evaluate_unclip(pipe, out / "samples", num=s.unclip_eval_images, steps=s.unclip_steps,
@@ -230,7 +214,7 @@ def stage_unclip(out: Path, s: DemoSettings, model_dir: Path, hat_vector: Path) 
 def stage_spiral(out: Path, s: DemoSettings) -> dict:
     import torch
 
-    from clipkit.toy import run_spiral_lab
+    from clipkit.experiments.spiral import run_spiral_lab
 
     # The spiral models are tiny MLPs: one thread is fastest (several only add synchronisation).
     threads = torch.get_num_threads()
@@ -263,7 +247,7 @@ def _run_stage(name: str, folder: Path, fn: Callable[[], dict], force: bool) -> 
 
 
 def run_demo(out: str | Path, quick: bool = False, force: bool = False) -> dict:
-    from clipkit.demo_report import write_demo_report
+    from clipkit.experiments.demo_report import write_demo_report
 
     out = Path(out)
     s = DemoSettings.for_mode(quick)
@@ -280,7 +264,7 @@ def run_demo(out: str | Path, quick: bool = False, force: bool = False) -> dict:
     r["hat_vector"] = _run_stage("hat-vector", out / "hat_vector",
                                  lambda: stage_hat_vector(out / "hat_vector", s, data, model_dir), force)
     r["unclip"] = _run_stage("unclip", out / "unclip",
-                             lambda: stage_unclip(out / "unclip", s, model_dir, Path(r["hat_vector"]["hat_vector"])),
+                             lambda: stage_unclip(out / "unclip", s, data, model_dir, Path(r["hat_vector"]["hat_vector"])),
                              force)
     r["spiral"] = _run_stage("spiral", out / "spiral", lambda: stage_spiral(out / "spiral", s), force)
     total = time.time() - start

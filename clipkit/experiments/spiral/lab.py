@@ -20,9 +20,9 @@ import torch
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, sample
 from clipkit.io import atomic_file, write_json
-from clipkit.toy import figures
-from clipkit.toy.model import SpiralDenoiser, ToyTrainConfig, train_spiral_model
-from clipkit.toy.spiral import CLASSES, NULL_CLASS, SpiralScorer, sample_spiral
+from clipkit.experiments.spiral import figures
+from clipkit.experiments.spiral.model import SpiralDenoiser, ToyTrainConfig, train_spiral_model
+from clipkit.experiments.spiral.spiral import CLASSES, NULL_CLASS, SpiralScorer, sample_spiral
 
 
 @dataclass(frozen=True)

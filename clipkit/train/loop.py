@@ -1,0 +1,180 @@
+"""The one training loop: every model (CLIP, prior, decoder, ...) trains through `train_loop`.
+
+    model, optimizer, scheduler, state = prepare(config, accelerator, run, module, total_steps)
+    result = train_loop(config, accelerator, run, Task(
+        next_batches=lambda: [next(it) for _ in range(config.grad_accum)],   # micro-batches of one step
+        step_losses=lambda model, micro: ((loss_fn(model, b) / len(micro), None) for b in micro),  # (backward, log share)
+        after_step=lambda step: ema.update(module),                           # EMA, logit-scale clamp ...
+    ), model, optimizer, scheduler, total_steps, state)
+
+One optimiser step: take the step's micro-batches from `next_batches` (None:
+the data ran out, the loop ends the epoch and asks again; `on_epoch_end` raises
+if an epoch yielded nothing), run `step_losses`, which yields one loss per
+backward pass (ordinary accumulation: each micro-batch's loss / N; the
+contrastive loss's cached-feature accumulation yields the full-batch loss once
+per micro-batch, see train/clip.py), check every loss is finite on every rank
+(collective) before its backward, clip the gradient norm, step, schedule, then
+the task's `after_step`. Gradients are all-reduced once per step: the backward
+passes before the last run under `no_sync`. Forward passes run under
+`accelerator.autocast()` (bf16 on CPU and GPU alike); the optimiser keeps fp32
+master weights. Metrics every `log_every` steps (loss, lr, samples/s of training
+time), evaluation every `eval_every`, a full-state checkpoint every
+`checkpoint_every` and at the end (weights checked finite first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from clipkit.train.optim import adamw, warmup_cosine
+from clipkit.train.runtime import NonFiniteLossError, check_finite
+
+
+@dataclass
+class Task:
+    """What a model's training plugs into the loop (see the module docstring)."""
+
+    next_batches: Callable[[], list | None]
+    # (loss to backward, its share of the step's loss for the log; None = the loss itself), one per micro-batch
+    step_losses: Callable[[Any, list], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]
+    samples_per_step: int = 0                        # global samples per optimiser step (for samples/s)
+    after_step: Callable[[int], None] | None = None  # after optimizer.step(): EMA, clamps
+    on_epoch_end: Callable[[], None] | None = None   # the data ran out: start the next epoch (or raise)
+    data_state: Callable[[], dict] = field(default=lambda: {})   # data position saved in checkpoints
+    evaluate: Callable[[int], dict] | None = None    # metrics (rank 0 logs them); every eval_every and at the end
+    checkpoint_extra: Callable[[Path], None] | None = None       # add files (EMA weights) to a checkpoint
+    on_checkpoint: Callable[[int], None] | None = None           # after a checkpoint: export the model
+    log_extra: Callable[[], dict] | None = None      # more columns for each metrics row (logit scale)
+    desc: str = "train"
+
+
+@dataclass
+class LoopResult:
+    step: int
+    train_seconds: float
+    checkpoint: str | None
+    eval: dict
+
+
+def prepare(config, accelerator, run, module: torch.nn.Module, total_steps: int, final_lr: float = 0.0,
+            load_extra: Callable[[Path], None] | None = None):
+    """AdamW + warm-up/cosine schedule, `accelerator.prepare`, and resume from `config.resume`.
+
+    Returns (model, optimizer, scheduler, state): state is the checkpoint's state.json ({} when fresh);
+    `load_extra(checkpoint_dir)` reads what `Task.checkpoint_extra` wrote.
+    """
+    optimizer = adamw(module, config)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps, final=final_lr)
+    model, optimizer = accelerator.prepare(module, optimizer)
+    state = run.checkpoints.resume(config.resume, accelerator, model, optimizer, scheduler)
+    if state and load_extra is not None:
+        load_extra(Path(state["path"]))
+    run.metrics.truncate_after(int(state.get("step", 0)))
+    return model, optimizer, scheduler, state
+
+
+def check_weights_finite(module: torch.nn.Module, step: int) -> None:
+    """Raise NonFiniteLossError naming the first parameter that holds nan/inf (nothing is written then)."""
+    for name, p in module.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise NonFiniteLossError(f"parameter {name!r} holds nan/inf at step {step}; nothing was saved. "
+                                     f"Lower the lr, enable grad_clip, or check the data")
+
+
+def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler, total_steps: int,
+               state: dict | None = None) -> LoopResult:
+    """Optimise until `total_steps`; returns the last step, training seconds, last checkpoint and evaluation."""
+    state = state or {}
+    step = int(state.get("step", 0))
+    last_checkpoint, last_eval = state.get("path"), {}
+    module = accelerator.unwrap_model(model)
+
+    def checkpoint() -> str:
+        check_weights_finite(module, step)
+        path = run.checkpoints.save(step, accelerator, model, optimizer, scheduler, task.data_state(),
+                                    extra=task.checkpoint_extra)
+        if task.on_checkpoint is not None:
+            task.on_checkpoint(step)
+        return str(path)
+
+    def evaluate() -> dict:
+        if task.evaluate is None:
+            return {}
+        row = task.evaluate(step)
+        module.train()
+        if row:
+            run.metrics.log({"step": step, **row})
+        accelerator.wait_for_everyone()
+        return row
+
+    bar = _progress(accelerator, total_steps, step, task.desc, config.progress)
+    window_loss, window_steps, window_start, train_seconds = 0.0, 0, time.time(), 0.0
+    model.train()
+    while step < total_steps:
+        micro = task.next_batches()
+        if micro is None:                                   # the data ran out: next epoch
+            if task.on_epoch_end is None:
+                raise RuntimeError("next_batches returned None and the task has no on_epoch_end")
+            task.on_epoch_end()
+            continue
+        losses = task.step_losses(model, micro)
+        for i in range(len(micro)):
+            sync = i == len(micro) - 1
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                loss, share = next(losses)
+                window_loss += check_finite(accelerator, loss if share is None else share, step, last_checkpoint)
+                accelerator.backward(loss)
+        if config.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        window_steps += 1
+        if task.after_step is not None:
+            task.after_step(step)
+        bar.update(1)
+        if step % config.log_every == 0 or step == total_steps:
+            seconds = time.time() - window_start
+            train_seconds += seconds
+            row = {"step": step, "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
+                   "samples_per_s": window_steps * task.samples_per_step / max(seconds, 1e-9),
+                   "train_seconds": round(train_seconds, 2), **(task.log_extra() if task.log_extra else {})}
+            run.metrics.log(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
+            window_loss, window_steps, window_start = 0.0, 0, time.time()
+        if step < total_steps:
+            busy = False
+            if config.eval_every and step % config.eval_every == 0:
+                last_eval, busy = evaluate(), True
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                last_checkpoint, busy = checkpoint(), True
+            if busy and window_steps == 0:
+                window_start = time.time()                  # evaluation / checkpoint time is not training time
+    bar.close()
+    last_checkpoint = checkpoint()
+    last_eval = evaluate() or last_eval
+    return LoopResult(step, train_seconds, last_checkpoint, last_eval)
+
+
+def _progress(accelerator, total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                disable=not (enabled and accelerator.is_main_process))
+
+
+def steps_for(num_samples: int, global_batch: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(steps per epoch, total steps) for `num_samples` in global batches of `global_batch` (drop-last)."""
+    per_epoch = num_samples // global_batch
+    if per_epoch == 0:
+        raise ValueError(f"{num_samples} samples make no full step of {global_batch} samples (batch_size x "
+                         f"processes x grad_accum); lower batch_size")
+    return per_epoch, max_steps or epochs * per_epoch
+

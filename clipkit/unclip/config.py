@@ -1,0 +1,83 @@
+"""Model configs of the unCLIP decoder and prior: frozen dataclasses saved as config.json beside the weights.
+
+Torch-free on purpose: training configs nest them (`{"decoder": {...}}`) and the
+CLI builds its flags from them without importing torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from clipkit.diffusion.names import check_prediction_type
+from clipkit.io import dataclass_from_json
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    embed_dim: int = 128                      # CLIP embedding width (the condition)
+    image_size: int = 32                      # 32 default; 64 works (add a level to `channels`)
+    in_channels: int = 3
+    patch_size: int = 2                       # 2x2 pixels folded into channels before the UNet
+    channels: tuple = (64, 128, 128)          # width per UNet level (resolution halves each level)
+    layers_per_block: int = 1                 # residual blocks per level (the up path gets the same)
+    attention_levels: tuple = (False, True, True)   # self-attention (+ context tokens) per level
+    heads: int = 4
+    context_tokens: int = 4                   # extra attention tokens made from the embedding
+    dropout: float = 0.0
+    # What the network outputs and how the noise is laid out; the pipeline reads these.
+    # x0 ("sample") suits flat-colour images: at high noise the net paints the image from the
+    # embedding directly, and wrong background colours (eps-prediction's failure here) cannot hide.
+    prediction: str = "sample"
+    schedule: str = "cosine"
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        # JSON round trips give lists; the frozen dataclass keeps tuples (hashable, comparable).
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
+        check_prediction_type(self.prediction, discrete=True)
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries for "
+                             f"{len(self.channels)} levels in channels={self.channels}")
+        side = self.image_size // self.patch_size
+        if self.image_size % self.patch_size or side % (2 ** (len(self.channels) - 1)):
+            raise ValueError(f"image_size={self.image_size} with patch_size={self.patch_size} and "
+                             f"{len(self.channels)} levels does not halve evenly; try 32 or 64")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "channels": list(self.channels), "attention_levels": list(self.attention_levels)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DecoderConfig":
+        return dataclass_from_json(cls, data, "decoder")
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    embed_dim: int = 128
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    schedule: str = "cosine"
+    num_train_timesteps: int = 1000
+    prediction: str = "sample"          # x0, as in the paper; "epsilon" / "v" also work with the samplers
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
+        check_prediction_type(self.prediction, discrete=True)
+
+    @property
+    def scale(self) -> float:
+        """Embeddings live on the sphere of radius sqrt(D) inside the prior."""
+        return math.sqrt(self.embed_dim)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PriorConfig":
+        return dataclass_from_json(cls, data, "prior")

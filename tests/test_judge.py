@@ -1,0 +1,150 @@
+"""The shapes judge: shipped weights read real images near-perfectly; sharpness, Frechet and diversity behave."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.functional import gaussian_blur
+
+from clipkit.data import shapes
+from clipkit.experiments import judge as J
+
+
+@pytest.fixture(scope="module")
+def judge():
+    torch.set_num_threads(1)
+    return J.ShapesJudge.load()
+
+
+def _real(split, num, size, seed):
+    samples = list(shapes.generate(split, num, seed=seed, image_size=size))
+    return J.as_tensor([s.image for s in samples]), [s.attributes for s in samples]
+
+
+# --- the shipped weights ------------------------------------------------------------------------
+
+def test_shipped_weights_are_small_safetensors_and_load():
+    from safetensors import safe_open
+
+    weights = J.WEIGHTS_DIR / "model.safetensors"
+    assert weights.stat().st_size < 600_000
+    with safe_open(str(weights), "pt") as f:
+        assert f.metadata()["kind"] == J.KIND
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    assert json.loads((J.WEIGHTS_DIR / "config.json").read_text())["kind"] == J.KIND
+    judge = J.ShapesJudge.load()
+    assert all(torch.equal(v, state[k]) for k, v in judge.net.state_dict().items())
+    assert judge.training["seed"] == 0 and judge.training["combinations"] == 3840
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("split", ["val", "holdout"])
+def test_shipped_judge_reads_fresh_real_images_per_attribute(judge, split, size):
+    x, attrs = _real(split, 300, size, seed=4242)
+    acc = judge.agreement(x, attrs)
+    assert all(acc[a] >= 0.99 for a in J.ATTRIBUTES), acc
+
+
+def test_judge_reads_every_combination_of_the_world(judge):
+    combos = J._all_combinations()
+    acc = judge.agreement([shapes.render(a, 32) for a in combos], combos)
+    assert min(acc[a] for a in J.ATTRIBUTES) >= 0.99, acc
+
+
+def test_agreement_is_exact_on_real_images_with_their_true_attributes(judge):
+    x, attrs = _real("val", 64, 32, seed=77)
+    assert judge.agreement(x, attrs) == {"mean": 1.0, **{a: 1.0 for a in J.ATTRIBUTES}}
+    # Same answer from PIL images, from label dicts, and for a subset of attributes.
+    pil = [s.image for s in shapes.generate("val", 64, seed=77)]
+    assert judge.agreement(pil, J.labels(attrs, ("shape", "hat"))) == {"mean": 1.0, "shape": 1.0, "hat": 1.0}
+    # Wrong targets are caught: every colour shifted by one class.
+    wrong = {"color": (J.labels(attrs)["color"] + 1) % 8}
+    assert judge.agreement(x, wrong)["color"] == 0.0
+
+
+def test_real_accuracy_reports_every_split_and_size(judge):
+    acc = judge.real_accuracy(num=64)
+    assert set(acc) == {"num", "val", "holdout", "val@64", "holdout@64"}
+    assert min(acc[k][a] for k in ("val", "holdout", "val@64", "holdout@64") for a in J.ATTRIBUTES) >= 0.99
+    assert "worst attribute" in judge.accuracy_line()
+
+
+# --- sharpness ----------------------------------------------------------------------------------
+
+def test_palette_fraction_exact_on_palette_and_off_palette_colours():
+    palette = (J.PALETTE * 2 - 1)[:, :, None, None].expand(12, 3, 16, 16)
+    assert J.palette_fraction(palette) == 1.0
+    assert J.palette_fraction(torch.full((1, 3, 16, 16), -0.2)) == 0.0        # mid grey 0.4: far from all 12
+
+
+def test_sharpness_real_above_blurred_and_bicubic(judge):
+    x32, attrs = _real("val", 128, 32, seed=5)
+    x64 = J.as_tensor([shapes.render(a, 64) for a in attrs])
+    real = judge.sharpness(x32)
+    assert 0.9 < real["sharpness"] <= 1.05 and real["image_size"] == 32
+    blurred = judge.sharpness(gaussian_blur(x32, 5, 1.0), reference=x32)
+    assert blurred["sharpness"] < 0.5 * judge.sharpness(x32, reference=x32)["sharpness"]
+    assert blurred["palette"] < real["palette"] and blurred["edge_ratio"] < 0.5
+    bicubic = judge.sharpness(F.interpolate(x32, scale_factor=2, mode="bicubic").clamp(-1, 1), reference=x64)
+    real64 = judge.sharpness(x64)
+    assert real64["sharpness"] > 0.9 and bicubic["sharpness"] < 0.7 * real64["sharpness"], (bicubic, real64)
+    with pytest.raises(ValueError, match="same resolution"):
+        judge.sharpness(x32, reference=x64)
+
+
+# --- Frechet distance ---------------------------------------------------------------------------
+
+def test_frechet_distance_matches_the_eigenvalue_reference():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    b = torch.randn(300, 6, generator=g) * 2 + 1
+    sa, sb = np.cov(a.double().numpy().T), np.cov(b.double().numpy().T)
+    ref = (((a.double().mean(0) - b.double().mean(0)) ** 2).sum().item() + np.trace(sa) + np.trace(sb)
+           - 2 * np.sqrt(np.linalg.eigvals(sa @ sb).real.clip(min=0)).sum())
+    assert J.frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+    assert J.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_frechet_real_near_its_floor_and_blur_far_above(judge):
+    x, _ = _real("val", 128, 32, seed=6)
+    real = judge.frechet(x)
+    assert real["floor"] > 0 and real["ratio"] < 2.0, real
+    blurred = judge.frechet(gaussian_blur(x, 5, 1.0))
+    assert blurred["ratio"] > 5 * real["ratio"], (blurred, real)
+
+
+# --- diversity and inputs -----------------------------------------------------------------------
+
+def test_diversity_counts_what_varies(judge):
+    one = shapes.render(shapes.ShapeAttributes("star", "red", "large", "left", "white", True))
+    same = judge.diversity([one] * 6)
+    assert same["pixel_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert all(v == 1 for v in same["distinct"].values())
+    x, attrs = _real("val", 64, 32, seed=8)
+    varied = judge.diversity(x)
+    assert varied["distinct"]["color"] == len({a.color for a in attrs}) and varied["pixel_distance"] > 0.05
+
+
+def test_bad_inputs_name_the_problem(judge):
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        judge.predict(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="square"):
+        judge.predict(torch.zeros(2, 3, 32, 48))
+    with pytest.raises(TypeError, match="PIL"):
+        judge.predict(["not an image"])
+    with pytest.raises(ValueError, match="unknown attributes"):
+        judge.agreement(torch.zeros(1, 3, 32, 32), {"mood": [0]})
+    with pytest.raises(FileNotFoundError, match="train_judge"):
+        J.ShapesJudge.load("/nonexistent/judge")
+
+
+def test_train_judge_is_seeded_learns_and_saves(tmp_path):
+    a = J.train_judge(tmp_path / "a", max_steps=25, batch_size=64, progress=False)
+    b = J.train_judge(None, max_steps=25, batch_size=64, progress=False)
+    assert a["final_loss"] == b["final_loss"] and a["final_loss"] < 0.9 * a["initial_loss"]
+    loaded = J.ShapesJudge.load(tmp_path / "a")
+    assert loaded.training["steps"] == 25 and (tmp_path / "a" / "model.safetensors").is_file()

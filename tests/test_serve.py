@@ -1,0 +1,518 @@
+"""`clipkit serve`: the JSON API against brute force and the library, every bad input, queues, the CLI.
+
+A tiny world is built once per module: 48 shapes images in one shard, embedded by a fresh
+`shapes-tiny` CLIP, a flat index over them and a tiny (untrained) unCLIP pipeline.
+tests/test_serve_browser.py builds the same world with `build_world`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from clipkit.serve import BoundedPool, Engine, MicroBatcher, Overloaded, ServeConfig, create_app  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ITEMS = 48
+TINY_DECODER = dict(channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2)
+
+
+def build_world(root: Path, pipeline: bool = True) -> dict:
+    """Shards, a saved shapes-tiny model, its embeddings, a flat index (and a tiny unCLIP pipeline) under root."""
+    import torch
+
+    import clipkit
+    from clipkit.data.shapes import write_split
+    from clipkit.embeddings import EmbeddingFolder, write_embeddings
+    from clipkit.index import EmbeddingIndex
+    from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
+
+    write_split(root / "shards", split="val", num=ITEMS, seed=5, shard_size=ITEMS)
+    model = clipkit.create("shapes-tiny", seed=0)
+    model.save(root / "model")
+    write_embeddings(model, root / "emb", shards=str(root / "shards" / "00000.tar"), model_source=str(root / "model"),
+                     progress=False)
+    EmbeddingIndex.build(EmbeddingFolder(root / "emb"), kind="flat", model=model).save(root / "index")
+    world = {"root": root, "index": root / "index", "model": root / "model", "emb": root / "emb", "unclip": None}
+    if pipeline:
+        torch.manual_seed(0)
+        decoder = DecoderUNet(DecoderConfig(embed_dim=model.embed_dim, **TINY_DECODER))
+        prior = DiffusionPrior(PriorConfig(embed_dim=model.embed_dim, width=32, layers=1, heads=2))
+        with torch.no_grad():                   # zero-initialised outputs would make every image flat grey
+            for p in [*decoder.parameters(), *prior.parameters()]:
+                p.add_(torch.randn(p.shape) * 0.05)
+        UnCLIP(model, decoder, prior, clip_path=str(root / "model")).save(root / "unclip")
+        world["unclip"] = root / "unclip"
+    return world
+
+
+def load_engine(world: dict, config: ServeConfig = ServeConfig(), pipeline: bool = True) -> Engine:
+    from clipkit.index import EmbeddingIndex
+    from clipkit.unclip import UnCLIP
+
+    index = EmbeddingIndex.load(world["index"])
+    pipe = UnCLIP.load(world["unclip"]) if pipeline and world["unclip"] else None
+    return Engine(index, index.model(str(world["model"])), pipe, config)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def engine(world):
+    engine = load_engine(world)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    with TestClient(create_app(engine)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def vectors(world):
+    from clipkit.embeddings import EmbeddingFolder
+
+    return EmbeddingFolder(world["emb"]).load("img")
+
+
+def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, allowed=None, exclude=None):
+    scores = vectors @ (query / np.linalg.norm(query))
+    order = [i for i in np.argsort(-scores, kind="stable") if (allowed is None or allowed[i]) and i != exclude]
+    return [int(i) for i in order[:k]], scores
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A few hundred bytes that claim width x height pixels (what a decompression bomb looks like to open())."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+# ----------------------------------------------------------------------------- search against brute force
+
+def test_text_search_equals_brute_force(client, engine, vectors):
+    r = client.post("/search", json={"text": "a red circle wearing a hat", "k": 7})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    query = engine.model.encode_texts(["a red circle wearing a hat"]).numpy()[0]
+    expected, scores = brute_force(vectors, query, 7)
+    assert [h["id"] for h in data["results"]] == expected
+    np.testing.assert_allclose([h["score"] for h in data["results"]], scores[expected], atol=1e-4)
+    hit = data["results"][0]
+    assert hit["image_url"] == f"/image/{hit['id']}" and hit["caption"] and "path" not in hit["metadata"]
+
+
+def test_more_like_this_uses_the_stored_vector_and_leaves_the_item_out(client, vectors):
+    data = client.post("/search", json={"id": 5, "k": 6}).json()
+    expected, _ = brute_force(vectors, vectors[5], 6, exclude=5)
+    assert [h["id"] for h in data["results"]] == expected
+
+
+def test_image_upload_finds_itself_first(client):
+    png = client.get("/image/11").content
+    data = client.post("/search", files={"image": ("x.png", png, "image/png")}, data={"k": "3"}).json()
+    assert data["results"][0]["id"] == 11 and data["results"][0]["score"] > 0.999
+
+
+def test_filters_search_only_matching_rows(client, engine, vectors, world):
+    from clipkit.embeddings import EmbeddingFolder
+
+    meta = EmbeddingFolder(world["emb"]).metadata()
+    allowed = np.array([s in ("circle", "star") and h for s, h in zip(meta["shape"], meta["hat"])])
+    assert 0 < allowed.sum() < ITEMS
+    r = client.post("/search", json={"text": "a shape", "k": 40, "filters": {"shape": ["circle", "star"], "hat": True}})
+    query = engine.model.encode_texts(["a shape"]).numpy()[0]
+    expected, _ = brute_force(vectors, query, 40, allowed=allowed)
+    assert [h["id"] for h in r.json()["results"]] == expected          # every matching row, best first
+    form = client.post("/search", files={"image": ("x.png", client.get("/image/0").content, "image/png")},
+                       data={"k": "5", "filters": json.dumps({"shape": "circle"})}).json()
+    assert form["results"] and all(h["metadata"]["shape"] == "circle" for h in form["results"])
+
+
+def test_expression_search_equals_the_library(client, engine, vectors, world):
+    from clipkit.arithmetic import evaluate_expression, nearest_words
+    from clipkit.data.shards import read_member_image
+
+    expression = 'text:"a red circle" + 0.8 * text:"a hat" - 0.5 * img:"3"'
+    image3 = world["root"] / "three.png"
+    read_member_image(world["root"] / "shards" / "00000.tar", "00000003").save(image3)
+    local = evaluate_expression(engine.model, expression.replace('img:"3"', f'img:"{image3}"'))
+    data = client.post("/search", json={"expression": expression, "k": 5}).json()
+    expected, _ = brute_force(vectors, local, 5)
+    assert [h["id"] for h in data["results"]] == expected
+    assert [w["word"] for w in data["words"]] == [w for w, _ in nearest_words(engine.model, local, k=5)]
+    upload = client.post("/search", files={"image": ("x.png", image3.read_bytes(), "image/png")},
+                         data={"expression": 'img:"upload"', "k": "1"}).json()
+    assert upload["results"][0]["id"] == 3
+
+
+def test_k_is_capped_at_the_index_size(client):
+    data = client.post("/search", json={"text": "a star", "k": 10**9}).json()
+    assert data["k"] == ITEMS and data["count"] == ITEMS and len({h["id"] for h in data["results"]}) == ITEMS
+
+
+def test_image_endpoint_serves_indexed_images_by_id_only(client, world):
+    from clipkit.data.shards import read_member_image
+
+    r = client.get("/image/7")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    served = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+    original = np.asarray(read_member_image(world["root"] / "shards" / "00000.tar", "00000007"))
+    assert np.array_equal(served, original)
+    assert client.get(f"/image/{ITEMS}").status_code == 404
+    assert client.get("/image/-1").status_code == 404
+    assert client.get("/image/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+    assert client.get("/image/abc").status_code == 422
+
+
+# ----------------------------------------------------------------------------- zero-shot and generation
+
+def test_zero_shot_equals_the_classifier(client, engine):
+    from clipkit.zeroshot import ZeroShotClassifier
+
+    png = client.get("/image/2").content
+    r = client.post("/zero-shot", files={"image": ("x.png", png, "image/png")}, data={"classes": "circle, square, star"})
+    assert r.status_code == 200, r.text
+    got = {c["class"]: c["probability"] for c in r.json()["classes"]}
+    clf = ZeroShotClassifier(engine.model, ["circle", "square", "star"], templates="simple")
+    want = clf.predict_proba([Image.open(io.BytesIO(png))])[0]
+    np.testing.assert_allclose([got[c] for c in ("circle", "square", "star")], want, atol=1e-4)
+    by_id = client.post("/zero-shot", json={"id": 2, "classes": ["circle", "square", "star"]}).json()
+    assert {c["class"]: c["probability"] for c in by_id["classes"]} == pytest.approx(got, abs=1e-4)
+
+
+def test_generate_equals_the_pipeline(client, engine):
+    r = client.post("/generate", json={"text": "a red star", "num_images": 2, "steps": 3, "seed": 1, "guidance": 2.0})
+    assert r.status_code == 200, r.text
+    served = [decode_data_url(u) for u in r.json()["images"]]
+    direct = engine.pipeline.generate("a red star", num_images=2, steps=3, sampler="ddim", seed=1, guidance_scale=2.0)
+    assert len(served) == 2 and all(np.array_equal(a, np.asarray(b)) for a, b in zip(served, direct))
+    assert served[0].shape == (32, 32, 3) and not np.array_equal(served[0], served[1])
+    for body in ({"id": 4, "num_images": 1, "steps": 2}, {"expression": 'img:"4" + 0.5 * text:"a hat"', "steps": 2},
+                 {"text": "a blue heart", "negative_prompt": "a red shape", "steps": 2, "sampler": "flow"}):
+        r = client.post("/generate", json=body)
+        assert r.status_code == 200 and r.json()["images"], (body, r.text)
+    png = client.get("/image/4").content
+    r = client.post("/generate", files={"image": ("x.png", png, "image/png")}, data={"num_images": "1", "steps": "2"})
+    assert r.status_code == 200 and len(r.json()["images"]) == 1
+
+
+def test_full_generation_queue_answers_503_with_retry_after(client, engine):
+    release = threading.Event()
+    pool = engine.generator
+    blockers = [pool.submit(release.wait, 30) for _ in range(pool.workers + pool.queue)]
+    try:
+        r = client.post("/generate", json={"text": "a red star", "num_images": 1, "steps": 1})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "full" in r.json()["error"]
+    finally:
+        release.set()
+        for b in blockers:
+            b.result(timeout=30)
+    assert client.post("/generate", json={"text": "a red star", "num_images": 1, "steps": 1}).status_code == 200
+
+
+def test_generate_without_a_pipeline_says_how_to_get_one(world):
+    engine = load_engine(world, pipeline=False)
+    try:
+        with TestClient(create_app(engine)) as c:
+            r = c.post("/generate", json={"text": "a red star"})
+            assert r.status_code == 400 and "--unclip" in r.json()["error"]
+            assert c.get("/info").json()["unclip"] is False
+    finally:
+        engine.close()
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BAD_SEARCHES = [
+    ({"text": ""}, 400, "empty"),
+    ({"text": "   "}, 400, "empty"),
+    ({"text": "a" * 10_000}, 400, "10,000 characters"),
+    ({"text": "a", "k": 0}, 422, "k:"),
+    ({"text": "a", "k": -3}, 422, "k:"),
+    ({"id": 10**6}, 404, "not in the index"),
+    ({"id": -1}, 404, "not in the index"),
+    ({"expression": 'text:"a" +'}, 400, "position"),
+    ({"expression": 'text:"a" * text:"b"'}, 400, "multiply two vectors"),
+    ({"expression": 'img:"/etc/passwd"'}, 400, "never a path"),
+    ({"expression": 'img:"../index/manifest.json"'}, 400, "never a path"),
+    ({"expression": 'img:"upload"'}, 400, "uploaded image"),
+    ({"expression": 'text:"a" - text:"a"'}, 400, "zero vector"),
+    ({"expression": "x" * 10_000}, 400, "characters"),
+    ({"text": 5}, 422, "text:"),
+    ({"text": ["a"]}, 422, "text:"),
+    ({"text": "a", "k": "ten"}, 422, "k:"),
+    ({"text": "a", "k": "5"}, 422, "k:"),
+    ({"text": "a", "k": 2.5}, 422, "k:"),
+    ({"text": "a", "k": True}, 422, "k:"),
+    ({"id": "3"}, 422, "id:"),
+    ({"text": "a", "filters": [1]}, 422, "filters"),
+    ({"text": "a", "filters": {"shape": {"$ne": 1}}}, 422, "filters"),
+    ({"text": "a", "filters": {"colour": "red"}}, 400, "unknown column"),
+    ({"text": "a", "filters": {"path": "x"}}, 400, "unknown column"),
+    ({"tex": "a"}, 422, "known fields"),
+    ({}, 400, "exactly one"),
+    ({"text": "a", "id": 3}, 400, "exactly one"),
+]
+
+
+@pytest.mark.parametrize("body,status,message", BAD_SEARCHES, ids=[json.dumps(b)[:40] for b, _, _ in BAD_SEARCHES])
+def test_bad_search_bodies_get_a_4xx_naming_the_problem(client, body, status, message):
+    r = client.post("/search", json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"], r.json()
+
+
+@pytest.mark.parametrize("content,ctype,status,message", [
+    (b"[1, 2]", "application/json", 422, "JSON object"),
+    (b"{not json", "application/json", 400, "not valid JSON"),
+    (b"text=a", "text/plain", 415, "Content-Type"),
+])
+def test_bad_bodies(client, content, ctype, status, message):
+    r = client.post("/search", content=content, headers={"content-type": ctype})
+    assert r.status_code == status and message in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("payload,status,message", [
+    (b"hello, I am text", 400, "not an image"),
+    (b"", 400, "empty"),
+    (png_header_only(30_000, 30_000), 413, "decompression bomb"),      # beyond PIL's own limit
+    (png_header_only(5_000, 5_000), 413, "pixels"),                    # beyond the server's --max-image-mpixels
+    (png_header_only(64, 64), 400, "could not be decoded"),            # truncated pixel data
+])
+def test_bad_uploads(client, payload, status, message):
+    for path, extra in (("/search", {}), ("/zero-shot", {"classes": "a, b"}), ("/generate", {"steps": "1"})):
+        r = client.post(path, files={"image": ("x.png", payload, "image/png")}, data=extra)
+        assert r.status_code == status and message in r.json()["error"], (path, r.text)
+
+
+def test_uploads_over_the_size_limit_get_413_streamed_or_not(world):
+    engine = load_engine(world, ServeConfig(max_upload_bytes=50_000), pipeline=False)
+    big = png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)))
+    assert len(big) > 50_000 + 256 * 1024
+    try:
+        with TestClient(create_app(engine)) as c:
+            r = c.post("/search", files={"image": ("big.png", big, "image/png")})
+            assert r.status_code == 413 and "limit" in r.json()["error"]
+            chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))           # no Content-Length
+            r = c.post("/search", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"})
+            assert r.status_code == 413
+            medium = png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 255, (160, 160, 3), np.uint8)))
+            assert 50_000 < len(medium) < 50_000 + 256 * 1024                       # passes the body limit ...
+            r = c.post("/search", files={"image": ("m.png", medium, "image/png")})
+            assert r.status_code == 413 and "upload is" in r.json()["error"]        # ... not the upload limit
+            assert c.get("/health").json()["status"] == "ok"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("path,body,message", [
+    ("/zero-shot", {"id": 1, "classes": ["circle"]}, "between 2"),
+    ("/zero-shot", {"id": 1, "classes": ["a", "b"], "templates": "/etc/passwd"}, "templates"),
+    ("/zero-shot", {"id": 1, "classes": "circle, square"}, "classes:"),
+    ("/zero-shot", {"classes": ["a", "b"]}, "exactly one"),
+    ("/generate", {"text": "a", "num_images": 0}, "num_images"),
+    ("/generate", {"text": "a", "num_images": 1000}, "num_images"),
+    ("/generate", {"text": "a", "steps": 10**9}, "steps"),
+    ("/generate", {"text": "a", "sampler": "euler"}, "sampler"),
+    ("/generate", {"text": "a", "guidance": "high"}, "guidance:"),
+    ("/generate", {"id": 1, "negative_prompt": "red"}, "text prompts only"),
+    ("/generate", {"expression": 'img:"C:/x.png"'}, "never a path"),
+])
+def test_bad_zero_shot_and_generate_bodies(client, path, body, message):
+    r = client.post(path, json=body)
+    assert 400 <= r.status_code < 500 and message in r.json()["error"], r.text
+
+
+def test_the_server_stays_up_and_counts_everything(client):
+    client.post("/search", json={"text": ""})
+    client.post("/search", json={"text": "a circle"})
+    assert client.get("/health").json() == {"status": "ok", "count": ITEMS, "model": client.get("/info").json()["model"],
+                                             "unclip": True}
+    m = client.get("/metrics").json()
+    route = m["routes"]["POST /search"]
+    assert route["count"] >= 2 and route["status"]["200"] >= 1 and route["status"]["400"] >= 1
+    assert 0 < route["p50_ms"] <= route["p90_ms"] <= route["p99_ms"]
+    assert m["batching"]["text-encoder"]["items"] >= 1 and m["generation"]["workers"] == 1
+
+
+def test_openapi_documents_json_and_upload_bodies(client):
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/search"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(content)
+    assert "k" in content["application/json"]["schema"]["properties"]
+    docs = client.get("/docs").text
+    assert "swagger-ui-bundle.js" in docs and not re.search(r'(?:src|href|url)\s*[=:]\s*["\']https?://', docs), docs
+
+
+def test_page_is_served_without_external_resources(client):
+    page = client.get("/").text
+    assert "<title>clipkit serve</title>" in page
+    for asset in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert not asset.startswith(("http:", "https:", "//")), asset
+        if asset.startswith("/static/"):
+            assert client.get(asset).status_code == 200
+    assert not re.search(r"https?://", client.get("/static/app.js").text + client.get("/static/style.css").text)
+
+
+# ----------------------------------------------------------------------------- queues
+
+def test_micro_batcher_joins_waiting_items_into_one_call():
+    release, calls = threading.Event(), []
+
+    def fn(items):
+        calls.append(list(items))
+        if items == ["block"]:
+            release.wait(10)
+        return [f"{x}!" for x in items]
+
+    batcher = MicroBatcher(fn, max_batch=5, window_ms=0)
+    first = batcher.submit("block")
+    while not calls:                                # the worker is busy with "block" ...
+        time.sleep(0.001)
+    futures = [batcher.submit(i) for i in range(8)]  # ... while 8 items queue up
+    release.set()
+    assert first.result(5) == "block!" and [f.result(5) for f in futures] == [f"{i}!" for i in range(8)]
+    assert calls[1:] == [[0, 1, 2, 3, 4], [5, 6, 7]]
+    assert batcher.stats()["largest_batch"] == 5
+    batcher.close()
+
+    one_at_a_time = MicroBatcher(lambda items: [len(items)] * len(items), enabled=False, window_ms=50)
+    assert [f.result(5) for f in [one_at_a_time.submit(i) for i in range(6)]] == [1] * 6
+    one_at_a_time.close()
+
+
+def test_micro_batcher_isolates_a_bad_item_and_bounds_its_queue():
+    def fn(items):
+        if any(x < 0 for x in items):
+            raise ValueError(f"negative in {items}")
+        return [x * 2 for x in items]
+
+    batcher = MicroBatcher(fn, max_batch=8, window_ms=30, max_pending=4)
+    futures = [batcher.submit(x) for x in (1, -1, 3)]
+    assert futures[0].result(5) == 2 and futures[2].result(5) == 6
+    with pytest.raises(ValueError, match="negative"):
+        futures[1].result(5)
+    batcher.close()
+    stuck = MicroBatcher(lambda items: time.sleep(0.5) or items, max_batch=1, window_ms=0, max_pending=2)
+    accepted = []
+    with pytest.raises(Overloaded):
+        for i in range(10):
+            accepted.append(stuck.submit(i))
+    assert len(accepted) <= 3
+    stuck.close()
+
+
+def test_bounded_pool_refuses_beyond_workers_plus_queue():
+    pool, release = BoundedPool(workers=1, queue=2), threading.Event()
+    jobs = [pool.submit(release.wait, 10) for _ in range(3)]
+    with pytest.raises(Overloaded) as info:
+        pool.submit(lambda: None)
+    assert info.value.retry_after >= 1 and pool.stats()["rejected"] == 1
+    release.set()
+    assert all(j.result(5) for j in jobs)
+    assert pool.submit(lambda: 7).result(5) == 7
+    pool.close()
+
+
+def test_engine_batched_search_equals_one_by_one(engine):
+    from clipkit.serve import Query
+
+    rng = np.random.default_rng(0)
+    queries = [Query(v.astype(np.float32), k) for v, k in zip(rng.normal(size=(6, engine.index.dim)), (1, 3, 5, 48, 2, 9))]
+    queries[2].mask = engine.filter_mask({"size": "small"})
+    queries[3].exclude = 4
+    batched = engine._search_batch(queries)
+    for q, (scores, ids) in zip(queries, batched):
+        single = engine._search_batch([q])[0]
+        assert np.array_equal(ids, single[1]) and np.allclose(scores, single[0])
+        assert len(ids) == (q.k if q.exclude is None else q.k - 1)
+
+
+# ----------------------------------------------------------------------------- a real server
+
+@pytest.mark.slow                                       # a fresh interpreter imports torch + open_clip: 15-30 s here
+def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path):
+    """`clipkit serve --port 0` on an index whose manifest records its model: concurrent clients, then Ctrl-C."""
+    from clipkit.embeddings import EmbeddingFolder
+    from clipkit.index import EmbeddingIndex
+
+    EmbeddingIndex.build(EmbeddingFolder(world["emb"]), kind="flat").save(tmp_path / "index")  # records model_source
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clipkit", "serve", "--index", str(tmp_path / "index"), "--port", "0",
+                             "--batch-window-ms", "100", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url, lines = None, []
+        deadline = time.time() + 120
+        while url is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"open (http://127\.0\.0\.1:\d+)/", line)
+            url = match.group(1) if match else None
+        assert url, "".join(lines)
+
+        def post(body):
+            req = urllib.request.Request(url + "/search", json.dumps(body).encode(), {"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        texts = [f"a {c} shape" for c in ("red", "blue", "green", "yellow", "purple", "orange", "pink", "brown")]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: post({"text": t, "k": 3}), texts))
+        assert all(status == 200 for status, _ in answers)
+        for text, (_, data) in zip(texts, answers):        # batched answers = each query on its own
+            assert data["results"] == post({"text": text, "k": 3})[1]["results"]
+        assert post({"text": ""})[0] == 400 and post({"k": "x"})[0] == 422
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+            metrics = json.loads(r.read())
+        assert metrics["batching"]["text-encoder"]["largest_batch"] >= 2
+        assert metrics["routes"]["POST /search"]["status"]["200"] >= 16
+    finally:
+        proc.send_signal(2)                                  # Ctrl-C: uvicorn shuts down cleanly
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0
