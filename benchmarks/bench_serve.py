@@ -162,7 +162,7 @@ def load(port: int, path: str, bodies: list[dict], clients: int, seconds: float,
 
 
 def mean_batch(server: Server, before: dict) -> float:
-    after = server.get("/metrics")["batching"]["text-encoder"]
+    after = server.get("/metrics")["batching"]["search"]
     batches = after["batches"] - before["batches"]
     return (after["items"] - before["items"]) / batches if batches else float("nan")
 
@@ -189,7 +189,7 @@ def main() -> int:
                 load(server.port, "/search", texts[:64], 4, 5.0, 64)
             for clients in counts:
                 for mode, server in servers.items():
-                    before = server.get("/metrics")["batching"]["text-encoder"]
+                    before = server.get("/metrics")["batching"]["search"]
                     r = load(server.port, "/search", texts, clients, seconds, max_requests=int(seconds * 3000))
                     r.update(mode=mode, mean_batch=mean_batch(server, before))
                     results["search"].append(r)

@@ -113,6 +113,11 @@ def _distributed() -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+        if "OMP_NUM_THREADS" not in os.environ:           # ranks on one machine share its cores
+            import torch
+
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -295,8 +295,8 @@ class EmbeddingIndex:
             self.index.add(chunk)
         added = len(self) - before
         old_ids = self.ids if self.ids is not None else np.arange(before, dtype=np.int64)
-        if ids is None:
-            start = int(old_ids.max()) + 1 if before else 0
+        if ids is None:                                   # never reuse the id of a removed vector
+            start = max(int(self.manifest.get("next_id", 0)), int(old_ids.max()) + 1 if before else 0)
             new_ids = np.arange(start, start + added, dtype=np.int64)
         else:
             new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -307,6 +307,7 @@ class EmbeddingIndex:
                                  + (f", {int(clash.sum())} already in the index (e.g. {int(new_ids[clash][0])})"
                                     if clash.any() else ""))
         self.ids = _checked_ids(np.concatenate([old_ids, new_ids]), before + added)
+        self.manifest["next_id"] = max(int(self.manifest.get("next_id", 0)), int(new_ids.max()) + 1 if added else 0)
         meta = metadata if metadata is not None else src.metadata
         if self.metadata is not None or meta is not None:
             meta = _checked_metadata(meta, added) if meta is not None else {}
@@ -351,6 +352,7 @@ class EmbeddingIndex:
         positions = np.flatnonzero(np.isin(all_ids, ids))
         if not len(positions):
             return 0
+        self.manifest["next_id"] = max(int(self.manifest.get("next_id", 0)), int(all_ids.max()) + 1)
         removed = int(self.index.remove_ids(faiss.IDSelectorBatch(positions.astype(np.int64))))
         if self.kind != "flat":
             compact_ivf_labels(self.index, positions)        # IVF keeps labels; renumber them 0..n-1 again

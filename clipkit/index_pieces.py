@@ -69,7 +69,7 @@ def merge(pieces: Sequence, *, model=None):
     target = faiss.extract_index_ivf(index) if first["kind"] != "flat" else index
     for p in pieces[1:]:
         source = faiss.extract_index_ivf(p.index) if first["kind"] != "flat" else p.index
-        target.merge_from(source, target.ntotal)
+        target.merge_from(source, 0 if first["kind"] == "flat" else target.ntotal)   # flat appends in order
     index.ntotal = target.ntotal                          # the OPQ wrapper keeps its own count
     ids = np.concatenate([p.ids if p.ids is not None else np.arange(n, dtype=np.int64) + off
                           for p, n, off in zip(pieces, sizes, np.cumsum([0] + sizes[:-1]))])
@@ -116,12 +116,15 @@ def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = 
         for chunk in src.chunks():
             if truth is not None:
                 truth.add(chunk, offset)
-            current.index.add(chunk)
             offset += len(chunk)
-            if len(current) >= per_piece:
-                done.append(current)
-                current = trained.empty_copy()
             bar.update(len(chunk))
+            while len(chunk):
+                room = per_piece - len(current)
+                current.index.add(chunk[:room])
+                chunk = chunk[room:]
+                if len(current) >= per_piece:
+                    done.append(current)
+                    current = trained.empty_copy()
     if len(current) or not done:
         done.append(current)
     merged = merge(done)

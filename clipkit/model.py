@@ -210,18 +210,20 @@ class ClipModel:
         return f"ClipModel(name={self.config.name!r}, embed_dim={self.embed_dim}, params={n / 1e6:.2f}M, device={self.device})"
 
     # ------------------------------------------------------------------ encoding
-    def encode_images(self, images, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
+    def encode_images(self, images, batch_size: int = 256, progress: bool = False,
+                      precision: str = "fp32") -> torch.Tensor:
         """Embed images: a ready (N, 3, H, W) tensor batch, or a sequence of paths, PIL images or uint8 HWC arrays.
 
         Returns an (N, D) float32, L2-normalised CPU tensor. Decoding of the next
-        batch overlaps with the forward pass of the current one.
+        batch overlaps with the forward pass of the current one. precision="bf16" runs
+        the forward under bf16 autocast (CPU matrix units / GPU tensor cores); the output stays float32.
         """
         _check_batch_size(batch_size)
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
                 raise ValueError(f"a tensor batch must be (N, 3, H, W) preprocessed pixels; got shape {tuple(images.shape)}")
             chunks = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-            return self._encode(chunks, self.model.encode_image, len(images), batch_size, progress, "images")
+            return self._encode(chunks, self.model.encode_image, len(images), batch_size, progress, "images", precision)
         items = _as_list(images, "images")
         if not items:
             return torch.zeros(0, self.embed_dim)
@@ -241,10 +243,12 @@ class ClipModel:
                 if pending is not None:
                     yield torch.stack([f.result() for f in pending])
 
-        return self._encode(chunks(), self.model.encode_image, len(items), batch_size, progress, "images")
+        return self._encode(chunks(), self.model.encode_image, len(items), batch_size, progress, "images", precision)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """Embed texts (over-long ones are truncated to the context length). (N, D) float32, unit norm, CPU."""
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False,
+                     precision: str = "fp32") -> torch.Tensor:
+        """Embed texts (over-long ones are truncated to the context length). (N, D) float32, unit norm, CPU.
+        precision: "fp32" or "bf16" (autocast), as for encode_images."""
         _check_batch_size(batch_size)
         items = _as_list(texts, "texts")
         for i, t in enumerate(items):
@@ -253,17 +257,21 @@ class ClipModel:
         if not items:
             return torch.zeros(0, self.embed_dim)
         chunks = (self.tokenizer(items[i:i + batch_size]) for i in range(0, len(items), batch_size))
-        return self._encode(chunks, self.model.encode_text, len(items), batch_size, progress, "texts")
+        return self._encode(chunks, self.model.encode_text, len(items), batch_size, progress, "texts", precision)
 
-    def _encode(self, chunks: Iterable[torch.Tensor], encoder, total: int, batch_size: int, progress: bool, unit: str):
+    def _encode(self, chunks: Iterable[torch.Tensor], encoder, total: int, batch_size: int, progress: bool, unit: str,
+                precision: str = "fp32"):
         from tqdm.auto import tqdm
 
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r}; expected 'fp32' or 'bf16'")
         out = []
         was_training = self.model.training
         self.model.eval()
         device = self.device
         try:
-            with torch.inference_mode(), tqdm(total=total, disable=not progress, unit=unit, desc=f"encode {unit}") as bar:
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"), \
+                    tqdm(total=total, disable=not progress, unit=unit, desc=f"encode {unit}") as bar:
                 for chunk in chunks:
                     features = encoder(chunk.to(device, non_blocking=True))
                     out.append(F.normalize(features.float(), dim=-1).cpu())

@@ -151,14 +151,15 @@ def metrics_from_logits(logits: np.ndarray, y: np.ndarray, classnames: Sequence[
 
 def save_confusion_png(confusion: np.ndarray, classnames: Sequence[str], path, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from clipkit.io import atomic_file
 
     c = len(classnames)
     norm = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.5 * c + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    fig = Figure(figsize=(size, size * 0.9))
+    ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(c), labels=classnames, rotation=45, ha="right")
     ax.set_yticks(range(c), labels=classnames)
@@ -174,9 +175,8 @@ def save_confusion_png(confusion: np.ndarray, classnames: Sequence[str], path, t
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     return path
 
 

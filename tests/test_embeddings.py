@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -133,3 +136,28 @@ def test_embedding_reader_reads_our_layout(shard_embeddings):
     ours = EmbeddingFolder(out)
     np.testing.assert_allclose(np.concatenate(vectors), ours.load("img"), atol=1e-6)
     assert keys == ours.metadata(["key"])["key"]
+
+
+def _launch(launcher: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    return subprocess.run([*launcher, "-m", "clipkit", *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_write_the_single_process_rows(shapes_dir, tiny_model, tmp_path):
+    """torchrun --nproc_per_node 2 -m clipkit embed: ranks split the shards, one manifest lists every part,
+    and the union of the rows is exactly the single-process output."""
+    bin_dir = os.path.dirname(sys.executable)
+    shards = str(shapes_dir / "train" / "{00000..00002}.tar") + "::" + str(shapes_dir / "val" / "00000.tar")
+    single = write_embeddings(tiny_model, tmp_path / "one", shards=shards, batch_size=64, progress=False)
+    args = ["embed", "--model", "shapes-tiny", "--shards", shards, "--out", str(tmp_path / "two"), "--batch-size", "64"]
+    done = _launch([os.path.join(bin_dir, "torchrun"), "--standalone", "--nproc_per_node", "2"], args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = EmbeddingFolder(tmp_path / "two")
+    one = EmbeddingFolder(tmp_path / "one")
+    assert two.count == one.count == 800 and two.info["parts"].keys() == single["parts"].keys()
+    assert two.metadata(["key", "path"]) == one.metadata(["key", "path"])
+    np.testing.assert_allclose(two.load("img"), one.load("img"), atol=1e-5)
+    np.testing.assert_allclose(two.load("text"), one.load("text"), atol=1e-5)
+    assert two.info["signature"] == single["signature"] and two.info["count"] == 800

@@ -162,3 +162,110 @@ def test_cli_index_build_and_search(tmp_path, shapes_dir, capsys):
     assert len(hits) == 3 and (tmp_path / "g.png").is_file()
     assert main(["search", str(idx), "--text", "x", "--model", "shapes-small"]) == 2   # wrong model: clear error
     assert "dim" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- an index that changes (issue 15)
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
+def test_add_keeps_ids_metadata_and_search_consistent(kind, tmp_path):
+    xb, xq = clustered(6_000, 16, seed=6, centres=30)
+    meta = {"key": [f"k{i}" for i in range(len(xb))]}
+    index = EmbeddingIndex.build(xb[:5_000], kind=kind, metadata={"key": meta["key"][:5_000]}, num_queries=100,
+                                 recall_target=0.5)
+    added = index.add(xb[5_000:], metadata={"key": meta["key"][5_000:]})
+    assert added == 1_000 and len(index) == 6_000 and index.manifest["count"] == 6_000
+    # every added vector finds itself, under the next ids, with its own metadata
+    scores, ids = index.search(xb[5_000:5_050], 1)
+    assert (ids[:, 0] == np.arange(5_000, 5_050)).mean() >= (0.9 if kind == "ivfpq" else 0.98)
+    assert index.lookup([5_001])[0]["key"] == "k5001"
+    index.save(tmp_path / "idx")
+    loaded = EmbeddingIndex.load(tmp_path / "idx")
+    assert len(loaded) == 6_000 and loaded.lookup([5_999])[0]["key"] == "k5999"
+    if kind == "flat":
+        _, want = brute_force(xb, xq, 10)
+        np.testing.assert_array_equal(loaded.search(xq, 10)[1], want)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_remove_drops_exactly_those_ids(kind):
+    xb, _ = clustered(4_000, 16, seed=7, centres=30)
+    ids = np.arange(4_000, dtype=np.int64) * 3 + 1
+    index = EmbeddingIndex.build(xb, ids=ids, kind=kind, metadata={"row": list(range(4_000))}, num_queries=100,
+                                 recall_target=0.5)
+    gone = ids[[0, 10, 3_999]]
+    assert index.remove(np.concatenate([gone, [999_999]])) == 3 and len(index) == 3_997
+    _, found = index.search(xb[[0, 10, 3_999]], 50)
+    assert not np.isin(found, gone).any()
+    scores, found = index.search(xb[[11, 2_000]], 1)
+    assert found[:, 0].tolist() == ids[[11, 2_000]].tolist()         # the others keep their ids ...
+    assert index.lookup(found[:, 0].tolist())[1]["row"] == 2_000     # ... and their metadata
+    assert index.add(xb[:1]) == 1 and index.search(xb[:1], 1)[1][0, 0] == ids.max() + 1   # removed ids not reused
+
+
+def test_hnsw_remove_and_other_models_are_refused(tmp_path, tiny_model, shapes_dir):
+    import clipkit
+    from clipkit.embeddings import write_embeddings
+
+    xb, _ = clustered(1_000, 64, seed=8)
+    with pytest.raises(ValueError, match="HNSW index cannot delete"):
+        EmbeddingIndex.build(xb, kind="hnsw").remove([1])
+    other = clipkit.create("shapes-tiny", seed=1)
+    write_embeddings(other, tmp_path / "other", texts=["a red circle", "a hat"], progress=False)
+    index = EmbeddingIndex.build(tiny_model.encode_texts(["a blue square"]).numpy(), model=tiny_model)
+    with pytest.raises(ValueError, match="embeddings of model shapes-tiny:.*this index holds model"):
+        index.add(tmp_path / "other")
+    assert len(index) == 1
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(xb[:2, :64], ids=[0, 5])
+    assert len(index) == 1
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_pieces_from_one_trained_index_merge_into_the_same_index(kind):
+    from clipkit.index_pieces import build_in_pieces
+
+    xb, xq = clustered(4_000, 16, seed=9, centres=40)
+    meta = {"key": [f"k{i}" for i in range(len(xb))]}
+    options = dict(kind=kind, num_queries=100, recall_target=0.7, train_size=2_000)
+    whole = EmbeddingIndex.build(xb, metadata=meta, **options)
+    pieces = build_in_pieces(xb, pieces=3, batch_size=1_000, **options)
+    assert pieces.manifest["pieces"] == 3 and len(pieces) == 4_000
+    assert pieces.params == whole.params                        # same training, same tuned parameter
+    np.testing.assert_array_equal(pieces.search(xq, 10)[1], whole.search(xq, 10)[1])
+    # by hand: one trained index, pieces filled separately (e.g. one per rank), merged
+    trained = EmbeddingIndex.trained(xb, kind=kind, count=len(xb), train_size=2_000)
+    parts = [trained.empty_copy() for _ in range(2)]
+    parts[0].add(xb[:2_500], metadata={"key": meta["key"][:2_500]})
+    parts[1].add(xb[2_500:], ids=np.arange(2_500, 4_000), metadata={"key": meta["key"][2_500:]})
+    merged = EmbeddingIndex.merge(parts)
+    assert len(merged) == 4_000 and merged.lookup([3_999])[0]["key"] == "k3999"
+    merged.set_search_params(**{n: v for n, v in whole.params.items() if n in ("nprobe", "efSearch")})
+    np.testing.assert_array_equal(merged.search(xq, 10)[1], whole.search(xq, 10)[1])
+    if kind == "ivf":
+        stranger = EmbeddingIndex.trained(xb[::-1].copy(), kind=kind, count=len(xb), seed=1)
+        with pytest.raises(ValueError, match="trained_sha256"):
+            EmbeddingIndex.merge([trained.empty_copy(), stranger])
+
+
+def test_cli_index_add_and_build_options(tmp_path, shapes_dir, capsys):
+    from clipkit.cli import main
+
+    a, b, idx = tmp_path / "a", tmp_path / "b", tmp_path / "idx"
+    assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"),
+                 "--out", str(a)]) == 0
+    assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
+                 "--out", str(b)]) == 0
+    assert main(["index", "build", str(a), str(idx), "--kind", "ivf", "--train-on", "150", "--pieces", "2",
+                 "--max-memory", "1G"]) == 0
+    assert main(["index", "add", str(idx), str(b)]) == 0
+    assert "added 100 vectors" in capsys.readouterr().out
+    index = EmbeddingIndex.load(idx)
+    assert len(index) == 300 and index.manifest["pieces"] == 2
+    assert index.lookup([250])[0]["path"].endswith("holdout/00000.tar")
+    assert main(["embed", "--model", "shapes-small", "--texts", str(tmp_path / "t.txt"), "--out",
+                 str(tmp_path / "c")]) == 2                             # no such texts file: one line
+    (tmp_path / "t.txt").write_text("a hat\n")
+    assert main(["embed", "--model", "shapes-small", "--texts", str(tmp_path / "t.txt"), "--out",
+                 str(tmp_path / "c")]) == 0
+    assert main(["index", "add", str(idx), str(tmp_path / "c")]) == 2     # another model: refused
+    assert "this index holds" in capsys.readouterr().err and len(EmbeddingIndex.load(idx)) == 300

@@ -369,7 +369,7 @@ def test_the_server_stays_up_and_counts_everything(client):
     route = m["routes"]["POST /search"]
     assert route["count"] >= 2 and route["status"]["200"] >= 1 and route["status"]["400"] >= 1
     assert 0 < route["p50_ms"] <= route["p90_ms"] <= route["p99_ms"]
-    assert m["batching"]["text-encoder"]["items"] >= 1 and m["generation"]["workers"] == 1
+    assert m["batching"]["search"]["texts_encoded"] >= 1 and m["generation"]["workers"] == 1
 
 
 def test_openapi_documents_json_and_upload_bodies(client):
@@ -455,7 +455,7 @@ def test_engine_batched_search_equals_one_by_one(engine):
     from clipkit.serve import Query
 
     rng = np.random.default_rng(0)
-    queries = [Query(v.astype(np.float32), k) for v, k in zip(rng.normal(size=(6, engine.index.dim)), (1, 3, 5, 48, 2, 9))]
+    queries = [Query(k, v.astype(np.float32)) for v, k in zip(rng.normal(size=(6, engine.index.dim)), (1, 3, 5, 48, 2, 9))]
     queries[2].mask = engine.filter_mask({"size": "small"})
     queries[3].exclude = 4
     batched = engine._search_batch(queries)
@@ -507,7 +507,7 @@ def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path
         assert post({"text": ""})[0] == 400 and post({"k": "x"})[0] == 422
         with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
             metrics = json.loads(r.read())
-        assert metrics["batching"]["text-encoder"]["largest_batch"] >= 2
+        assert metrics["batching"]["search"]["largest_batch"] >= 2
         assert metrics["routes"]["POST /search"]["status"]["200"] >= 16
     finally:
         proc.send_signal(2)                                  # Ctrl-C: uvicorn shuts down cleanly

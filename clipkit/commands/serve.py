@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "which has no login: do that only on a network you trust]")
     p.add_argument("--port", type=int, default=8000, help="TCP port [8000]; 0 picks a free one and prints it")
     p.add_argument("--mmap", action="store_true", help="memory-map the FAISS index instead of reading it into RAM")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads [torch's default]")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads inside each torch / FAISS operation [1: encoders, search and generation already "
+                        "run side by side, and on a busy machine extra threads per operation mostly spin]")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn log level; debug also logs every request [warning]")
     b = p.add_argument_group("throughput: concurrent queries share forward passes")
@@ -68,12 +70,13 @@ def run(args) -> int:
     from clipkit.index import EmbeddingIndex
     from clipkit.serve import Engine, ServeConfig, bind_socket, create_app, run_server
 
-    if args.threads is not None:
-        import torch
+    if args.threads < 1:
+        raise ValueError(f"--threads {args.threads}; expected >= 1")
+    import faiss
+    import torch
 
-        if args.threads < 1:
-            raise ValueError(f"--threads {args.threads}; expected >= 1")
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
     for flag in ("max_batch", "max_pending", "gen_workers", "max_k", "max_query_chars", "max_num_images", "max_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}; expected >= 1")

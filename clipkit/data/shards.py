@@ -72,6 +72,9 @@ def count_samples(urls: str | Iterable[str]) -> int | None:
     total = 0
     for url in expand_urls(urls):
         stats = _stats_path(url)
+        if stats is not None and not Path(url).is_file():
+            raise FileNotFoundError(f"shard {url!r} does not exist" + (f" (its {stats.name} does)" if stats.is_file()
+                                                                      else "") + "; check the shard pattern")
         if stats is None or not stats.is_file():
             return None
         total += _promised(stats)

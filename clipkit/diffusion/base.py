@@ -123,9 +123,11 @@ class Sampler:
                              f"({self.timesteps[:3].tolist()} ... {self.timesteps[-3:].tolist()})") from None
 
     def predict_x0(self, model_output: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
-        """The clean-sample estimate implied by `model_output` at (x, t), before clipping."""
-        a, s = self._signal_noise[self._index(t)]
-        return to_x0_eps(model_output, x, a, s, self.prediction_type)[0]
+        """The clean-sample estimate alpha * x + beta * model_output at (x, t), before clipping."""
+        alpha, beta = self._x0_affine[self._index(t)]
+        if alpha == 0.0 and beta == 1.0:             # x0 prediction
+            return model_output
+        return torch.add(x * alpha, model_output, alpha=beta)
 
     def mean_std(self, model_output: torch.Tensor, t, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The step's deterministic part c0 * x0_hat + ct * x and the std of its noise."""

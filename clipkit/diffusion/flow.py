@@ -98,7 +98,6 @@ class FlowMatchSampler(Sampler):
                        [((s - s2) / s, s2 / s, 0.0) for s, s2 in zip(sig[:-1], sig[1:])])
 
 
-
 class FlowAdapter:
     """A model trained on a NoiseSchedule, seen as a flow-matching velocity model (for FlowMatchSampler).
 

@@ -105,26 +105,11 @@ def _unclip_section(r: dict) -> Section:
 
 
 def _spiral_section(r: dict) -> Section:
-    m = r["metrics"]
-    rows = [{"run": name, "distance to spiral": v["distance"], "coverage": v["coverage"],
-             "requested arm": v.get("arm_fraction", ""), "seconds": v.get("seconds", "")}
-            for name, v in list(m["samplers"].items()) + [(f"guidance {k.split('_')[1]}", v)
-                                                          for k, v in m["guidance"].items()]]
-    captions = {
-        "vector_field.png": "The learned denoising direction at several noise levels t: towards the centre of the "
-                            "data at high noise, towards the spiral at low noise.",
-        "ddpm_trajectory.png": "One DDPM path: model steps and noise steps in two colours.",
-        "samplers.png": "256 samples each: DDPM, DDPM without its noise step (collapses), DDIM-50, flow matching.",
-        "guidance.png": "Class-conditional samples without and with classifier-free guidance (scales 1, 2, 4).",
-        "cfg_field.png": "Conditional (yellow) vs unconditional (grey) vector fields at one noise level.",
-    }
-    figs = [Figure(f"spiral/{name}", captions.get(name, name)) for name in m["figures"]]
-    return Section(
-        "7. The spiral lab: diffusion you can see",
-        "A tiny 2-D denoiser trained on a spiral with three classes along its arm (person, dog, cat) shows what "
-        "each sampler does; the table gives the mean distance of samples to the spiral, the fraction of the "
-        "spiral covered, and for guided runs the share landing on the requested arm. "
-        "<a href='spiral/index.html'>Spiral lab page</a>.", figs, table=rows)
+    from clipkit.experiments.spiral.lab import spiral_section
+
+    section = spiral_section(r["metrics"], prefix="spiral/", title="7. The spiral lab: diffusion you can see")
+    section.text += " <a href='spiral/index.html'>Spiral lab page</a>."
+    return section
 
 
 def write_demo_report(out: Path, summary: dict) -> Path:

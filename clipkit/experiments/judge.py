@@ -16,7 +16,7 @@ renders of every combination of the world (it may: it is a ruler, not the model
 under test), at 32 and 64 px, with mild blur, noise, colour and one-pixel shifts so
 that it still reads slightly imperfect generations. It reads any square size:
 images are area-averaged (integer factors, as `shapes.render` itself does) or
-antialias-resized to 32 px first. Retrain with `train_judge()` (seeded, ~3 min on
+antialias-resized to 32 px first. Retrain with `train_judge()` (seeded, ~4 CPU-minutes on
 one thread); the shipped folder holds config.json, model.safetensors and
 training.json (what it measured on real images when it was trained).
 
@@ -48,6 +48,8 @@ from clipkit.io import atomic_directory, dataclass_from_json, write_json
 WEIGHTS_DIR = Path(__file__).with_name("judge_weights")
 KIND = "shapes-judge"
 ATTRIBUTES = ("shape", "color", "size", "position", "hat", "background")
+QUALITY = ("blur_sigma", "noise_std")   # what the quality head estimates (pixels at 32 px; [-1, 1] units)
+QUALITY_SCALE = torch.tensor([1.0, 10.0])  # both targets to about [0, 1.5] for the regression loss
 CLASSES = {**{a: tuple(shapes.attribute_classes(a)) for a in shapes.ATTRIBUTES}, "background": tuple(shapes.BACKGROUNDS)}
 PALETTE = torch.tensor([*shapes.COLORS.values(), *shapes.BACKGROUNDS.values(), shapes.HAT_COLOR]) / 255.0  # (12, 3)
 PALETTE_TOLERANCE = 0.1
@@ -78,11 +80,12 @@ class JudgeNet(nn.Module):
         side = config.image_size // 2 ** (len(config.widths) - 1)
         self.features = nn.Linear(c_in * side * side, config.feature_dim)
         self.heads = nn.ModuleDict({a: nn.Linear(config.feature_dim, len(CLASSES[a])) for a in ATTRIBUTES})
+        self.quality = nn.Linear(config.feature_dim, len(QUALITY))  # regresses the corruption applied in training
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
         f = self.features(self.convs(x).flatten(1))                 # (N, feature_dim), before the ReLU
         h = F.relu(f)
-        return f, {a: head(h) for a, head in self.heads.items()}
+        return f, {a: head(h) for a, head in self.heads.items()}, self.quality(h)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -221,7 +224,7 @@ class ShapesJudge:
         x = to_judge_size(as_tensor(images), self.net.config.image_size)
         feats, preds = [], {a: [] for a in ATTRIBUTES}
         for i in range(0, len(x), batch_size):
-            f, logits = self.net(x[i:i + batch_size])
+            f, logits, _ = self.net(x[i:i + batch_size])
             feats.append(f)
             for a in ATTRIBUTES:
                 preds[a].append(logits[a].argmax(1))
@@ -320,20 +323,22 @@ def _all_combinations() -> list:
             for z in shapes.SIZES for p in shapes.POSITIONS for b in shapes.BACKGROUNDS for h in (False, True)]
 
 
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mild corruptions a decoder's output may show: blur, noise, colour offsets, one-pixel shifts."""
+def _augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corruptions a decoder's output may show: blur, noise, colour offsets, one-pixel shifts.
+
+    Returns the images and the (N, 2) quality targets (blur sigma, noise std; 0 where not applied)."""
     from torchvision.transforms.functional import gaussian_blur
 
     n = len(x)
     pick = lambda p: torch.rand(n, generator=g) < p                            # noqa: E731
-    blurred = torch.stack([gaussian_blur(im[None], 5, float(s))[0]
-                           for im, s in zip(x, 0.2 + 0.4 * torch.rand(n, generator=g))])
-    x = torch.where(pick(0.2)[:, None, None, None], blurred, x)
-    x = x + pick(0.5)[:, None, None, None] * 0.05 * torch.rand(n, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
+    sigma = torch.where(pick(0.35), 0.2 + 1.3 * torch.rand(n, generator=g), torch.zeros(n))
+    x = torch.stack([gaussian_blur(im[None], 5, float(s))[0] if s > 0 else im for im, s in zip(x, sigma)])
+    noise = pick(0.5) * 0.1 * torch.rand(n, generator=g)
+    x = x + noise[:, None, None, None] * torch.randn(x.shape, generator=g)
     x = x + pick(0.5)[:, None, None, None] * 0.1 * (torch.rand(n, 3, 1, 1, generator=g) - 0.5)
     shifts = torch.randint(-1, 2, (n, 2), generator=g)
     x = torch.stack([torch.roll(im, (int(dy), int(dx)), (1, 2)) for im, (dy, dx) in zip(x, shifts)])
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1), torch.stack([sigma, noise], 1)
 
 
 def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 16, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
@@ -359,8 +364,13 @@ def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 16, batch_size: int = 128, lr
             order = torch.randperm(len(x), generator=g)
             for i in range(0, len(order) - batch_size + 1, batch_size):
                 idx = order[i:i + batch_size]
-                _, logits = net(_augment(x[idx], g))
-                loss = sum(F.cross_entropy(logits[a], y[a][idx]) for a in ATTRIBUTES)
+                xb, quality = _augment(x[idx], g)
+                _, logits, q = net(xb)
+                # Attributes are learnt from mildly corrupted images only (blur up to 0.6 px): heavier blur
+                # makes a small circle and a small hexagon the same picture. The quality head sees all.
+                mild = (quality[:, 0] <= 0.6).float()
+                loss = sum((F.cross_entropy(logits[a], y[a][idx], reduction="none") * mild).sum() / mild.sum()
+                           for a in ATTRIBUTES) + F.mse_loss(q, quality * QUALITY_SCALE)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -220,7 +220,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.get("/metrics", summary="request counts, latency percentiles, batching and generation queues")
     def get_metrics():
-        batching = {b.name: b.stats() for b in (engine.text_encoder, engine.image_encoder, engine.searcher)}
+        batching = {b.name: b.stats() for b in (engine.searcher, engine.image_encoder)}
+        batching["search"]["texts_encoded"] = engine.texts_encoded
         return {**metrics.snapshot(), "batching": batching,
                 "generation": engine.generator.stats() if engine.generator else None}
 
@@ -238,9 +239,9 @@ def create_app(engine: Engine) -> FastAPI:
         kind = _one_source(body, upload, ("text", "id", "expression"))
         k = engine.check_k(body.k)
         mask = await run_in_threadpool(engine.filter_mask, body.filters)
-        words, exclude = None, None
+        words, exclude, vector, text = None, None, None, None
         if kind == "text":
-            vector = await wait(engine.text_encoder.submit(engine.check_text(body.text)))
+            text = engine.check_text(body.text)                       # encoded in the search batch
         elif kind == "id":
             exclude = body.id
             vector = await run_in_threadpool(engine.item_vector, body.id)
@@ -250,7 +251,7 @@ def create_app(engine: Engine) -> FastAPI:
             words = await run_in_threadpool(engine.nearest_words, vector)
         else:
             vector = await wait(engine.image_encoder.submit(await run_in_threadpool(engine.read_image, upload)))
-        scores, ids = await wait(engine.searcher.submit(Query(vector, k, mask, exclude)))
+        scores, ids = await wait(engine.searcher.submit(Query(k, vector, text, mask, exclude)))
         results = engine.hits(scores, ids)
         return {"query": kind, "k": k, "count": len(results), "words": words,
                 "took_ms": round((time.perf_counter() - start) * 1000, 2), "results": results}

@@ -1,9 +1,9 @@
 """The library calls behind `clipkit serve`, with the checks a public endpoint needs (no HTTP here).
 
     engine = Engine(EmbeddingIndex.load("idx"), model, pipeline=None, config=ServeConfig())
-    vector = engine.text_encoder("a red circle")              # micro-batched with concurrent callers
-    scores, ids = engine.searcher(Query(vector, k=10))       # micro-batched FAISS search
-    engine.hits(scores, ids)                                  # [{id, score, caption, metadata, image_url}]
+    scores, ids = engine.searcher(Query(k=10, text="a red circle"))   # concurrent queries: one forward,
+    scores, ids = engine.searcher(Query(k=10, vector=v))              # one FAISS call (micro-batched)
+    engine.hits(scores, ids)                                          # [{id, score, caption, metadata, image_url}]
 
 Everything a request can name is checked here and refused with an exception the web
 layer turns into a 4xx: ValueError (400), TooLarge (413), UnknownId (404), TypeError
@@ -65,10 +65,11 @@ class ServeConfig:
 
 @dataclass
 class Query:
-    """One search: a (D,) vector, k, an optional allowed-rows mask and an id to leave out."""
+    """One search: a text to encode or a (D,) vector, k, an optional allowed-rows mask and an id to leave out."""
 
-    vector: np.ndarray
     k: int
+    vector: np.ndarray | None = None
+    text: str | None = None
     mask: np.ndarray | None = None
     exclude: int | None = None
 
@@ -83,7 +84,7 @@ class Engine:
         self.index, self.model, self.pipeline, self.config = index, model, pipeline, config
         batch = dict(max_batch=config.max_batch, window_ms=config.batch_window_ms,
                      max_pending=config.max_pending, enabled=config.batching)
-        self.text_encoder = MicroBatcher(self._encode_texts, name="text-encoder", **batch)
+        # Text queries are encoded inside the search batch: one hand-off between threads, not two.
         self.image_encoder = MicroBatcher(self._encode_images, name="image-encoder", **batch)
         self.searcher = MicroBatcher(self._search_batch, name="search", **batch)
         self.generator = BoundedPool(config.gen_workers, config.gen_queue) if pipeline is not None else None
@@ -91,12 +92,13 @@ class Engine:
         self._columns = {c: np.asarray(v, dtype=object) for c, v in (index.metadata or {}).items()
                          if c not in HIDDEN_COLUMNS}
         self._lock = threading.Lock()
+        self.texts_encoded = 0
         self._images: collections.OrderedDict = collections.OrderedDict()
         self._masks: collections.OrderedDict = collections.OrderedDict()
         self._classifiers: collections.OrderedDict = collections.OrderedDict()
 
     def close(self) -> None:
-        for worker in (self.text_encoder, self.image_encoder, self.searcher, self.generator):
+        for worker in (self.image_encoder, self.searcher, self.generator):
             if worker is not None:
                 worker.close()
 
@@ -104,7 +106,7 @@ class Engine:
         """Encode once and embed the vocabulary, so the first request is not the slow one."""
         from clipkit.arithmetic import vocabulary_embeddings
 
-        self.text_encoder("warm up")
+        self.searcher(Query(k=1, text="warm up"))
         vocabulary_embeddings(self.model)
 
     # ------------------------------------------------------------------ info
@@ -211,9 +213,6 @@ class Engine:
         return self.index.lookup(np.array([item_id], dtype=np.int64))[0]
 
     # ------------------------------------------------------------------ vectors
-    def _encode_texts(self, texts: list[str]) -> list[np.ndarray]:
-        return list(self.model.encode_texts(texts, batch_size=max(1, len(texts))).numpy())
-
     def _encode_images(self, images: list) -> list[np.ndarray]:
         return list(self.model.encode_images(images, batch_size=max(1, len(images))).numpy())
 
@@ -267,6 +266,13 @@ class Engine:
 
     # ------------------------------------------------------------------ search
     def _search_batch(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Encode the batch's texts in one forward, then search its unfiltered queries in one FAISS call."""
+        texts = [q for q in queries if q.vector is None]
+        if texts:
+            vectors = self.model.encode_texts([q.text for q in texts], batch_size=len(texts)).numpy()
+            for q, v in zip(texts, vectors):
+                q.vector = v
+            self.texts_encoded += len(texts)
         out: list = [None] * len(queries)
         plain = [i for i, q in enumerate(queries) if q.mask is None]
         if plain:

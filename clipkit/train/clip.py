@@ -110,6 +110,8 @@ class ShardBatches:
         self.transform = train_preprocess(clip, config.crop_scale)
         self._batches = None
         self._yielded_this_epoch = self.micro_in_epoch
+        self.passes = 1                                     # passes over the data started by this run
+        self._first_pass_skips: dict | None = None          # a bad sample is met again on every pass
 
     def _open(self):
         from clipkit.data.shards import shard_loader, shard_pipeline
@@ -151,16 +153,21 @@ class ShardBatches:
         self._next_epoch()
 
     def _next_epoch(self) -> None:
+        if self._first_pass_skips is None:
+            self._first_pass_skips = self.counter.summary()
         self.epoch, self.micro_in_epoch, self._yielded_this_epoch, self._batches = self.epoch + 1, 0, 0, None
+        self.passes += 1
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "micro_in_epoch": self.micro_in_epoch}
 
     def skipped(self) -> dict[str, int]:
-        """Skipped-sample counts summed over ranks (and their workers). Collective when distributed."""
+        """Samples skipped in one pass over the data, by reason, summed over ranks (and their workers).
+        Collective when distributed."""
         from clipkit.data.shards import SKIP_REASONS
 
-        counts = torch.tensor([self.counter.summary()[r] for r in SKIP_REASONS], dtype=torch.float64,
+        seen = self._first_pass_skips or self.counter.summary()
+        counts = torch.tensor([seen.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64,
                               device=self.accelerator.device)
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
@@ -274,12 +281,13 @@ def train_clip(config: ClipTrainConfig, evaluators: tuple[Callable, ...] = ()) -
     if accelerator.is_main_process and export != run.path / "model":
         clip.save(export)
     rows = run.metrics.rows()
-    summary = {"steps": result.step, "epochs_completed": result.step / steps_per_epoch,
+    summary = {"steps": result.step, "epochs_completed": result.step / steps_per_epoch, "data_passes": data.passes,
                "samples_seen": result.step * global_batch, "processes": world,
                "seconds": round(time.time() - started, 1), "train_seconds": round(result.train_seconds, 1),
                "skipped_samples": sum(skipped.values()), "skipped_by_reason": skipped,
                "final_loss": next((r["loss"] for r in reversed(rows) if "loss" in r), None),
-               "eval": result.eval, "checkpoint": result.checkpoint, "model_dir": str(export)}
+               "eval": result.eval, "checkpoint": result.checkpoint, "model_dir": str(export),
+               "utilisation": result.utilisation}
     if accelerator.is_main_process:
         zs_keys = sorted({k for r in rows for k in r if "zs_" in k or k.startswith("zs/")})
         run.metrics.plot(run.path / "curves.png", {

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from clipkit.perf import FlopCount
 from clipkit.train.optim import adamw, warmup_cosine
 from clipkit.train.runtime import NonFiniteLossError, check_finite
 
@@ -60,6 +61,7 @@ class LoopResult:
     train_seconds: float
     checkpoint: str | None
     eval: dict
+    utilisation: dict = field(default_factory=dict)   # clipkit.perf.utilisation of this run's training steps
 
 
 def prepare(config, accelerator, run, module: torch.nn.Module, total_steps: int, final_lr: float = 0.0,
@@ -115,6 +117,7 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
 
     bar = _progress(accelerator, total_steps, step, task.desc, config.progress)
     window_loss, window_steps, window_start, train_seconds = 0.0, 0, time.time(), 0.0
+    first_step, flops_per_step = step, None
     model.train()
     while step < total_steps:
         micro = task.next_batches()
@@ -124,12 +127,15 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
             task.on_epoch_end()
             continue
         losses = task.step_losses(model, micro)
-        for i in range(len(micro)):
-            sync = i == len(micro) - 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                loss, share = next(losses)
-                window_loss += check_finite(accelerator, loss if share is None else share, step, last_checkpoint)
-                accelerator.backward(loss)
+        with FlopCount() if flops_per_step is None else contextlib.nullcontext() as counter:
+            for i in range(len(micro)):
+                sync = i == len(micro) - 1
+                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                    loss, share = next(losses)
+                    window_loss += check_finite(accelerator, loss if share is None else share, step, last_checkpoint)
+                    accelerator.backward(loss)
+        if flops_per_step is None:
+            flops_per_step = counter.flops              # one step counted (forward + backward; this rank)
         if config.grad_clip:
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -160,7 +166,18 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
     bar.close()
     last_checkpoint = checkpoint()
     last_eval = evaluate() or last_eval
-    return LoopResult(step, train_seconds, last_checkpoint, last_eval)
+    usage = {}
+    if flops_per_step and train_seconds > 0 and task.samples_per_step:
+        from clipkit.perf import utilisation
+
+        per_sample = flops_per_step * accelerator.num_processes / task.samples_per_step
+        rate = (step - first_step) * task.samples_per_step / train_seconds
+        usage = utilisation(per_sample, rate, config.mixed_precision, accelerator.device)
+        accelerator.print(f"[{task.desc}] {usage['gflop_per_sample']} GFLOP/sample x {rate:.0f} samples/s = "
+                          f"{usage['achieved_gflops']} GFLOP/s, {100 * usage['peak_fraction']:.1f}% of this "
+                          f"machine's {usage['precision']} matmul peak ({usage['peak_gflops']} GFLOP/s)")
+    return LoopResult(step, train_seconds, last_checkpoint, last_eval, usage)
+
 
 
 def _progress(accelerator, total: int, initial: int, desc: str, enabled: bool):

@@ -195,7 +195,7 @@ def _summary(config, out: dict, clip, extra: dict) -> dict:
     summary = {"steps": out["total"], "train_seconds": round(out["result"].train_seconds, 1),
                "final_loss": rows[-1]["loss"] if rows else None,
                "params": sum(p.numel() for p in out["final"].parameters()), "clip_identity": clip.identity,
-               "written": out["written"], **extra}
+               "written": out["written"], "utilisation": out["result"].utilisation, **extra}
     if out["accelerator"].is_main_process:
         out["run"].metrics.plot(out["run"].path / "curves.png", {"loss": ["loss"], "lr": ["lr"]},
                                 title=Path(config.out_dir).name)

@@ -292,6 +292,7 @@ class UnCLIP:
                             f"embeddings=(a, b); got {[*map(repr, positional), *sorted(given)] or 'none'}")
         if n < 2:
             raise ValueError(f"n={n}; an interpolation needs at least 2 images")
+        cfg = self._need("decoder").config
         g = make_generator(generator, seed)
         if embeddings is not None:
             ends = [unit_vector(e, self.clip.embed_dim) for e in embeddings]
@@ -300,7 +301,6 @@ class UnCLIP:
         else:
             ends = [self.embed(image=i) for i in image]
         emb = slerp(ends[0], ends[1], torch.linspace(0, 1, n))
-        cfg = self._need("decoder").config
         noise = torch.randn((1, cfg.in_channels, cfg.image_size, cfg.image_size), generator=g).expand(n, -1, -1, -1)
         return self.decode(emb, noise=noise.contiguous(), generator=g, **decode_kwargs)
 

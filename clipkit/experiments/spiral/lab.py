@@ -11,7 +11,6 @@ What it reproduces (the CLIP / diffusion explainer's 2-D experiments):
 
 from __future__ import annotations
 
-import html
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, sample
-from clipkit.io import atomic_file, write_json
+from clipkit.io import write_json
 from clipkit.experiments.spiral import figures
 from clipkit.experiments.spiral.model import SpiralDenoiser, ToyTrainConfig, train_spiral_model
 from clipkit.experiments.spiral.spiral import CLASSES, NULL_CLASS, SpiralScorer, sample_spiral
@@ -238,37 +237,32 @@ _CAPTIONS = {
 }
 
 
-def write_index(path: Path, metrics: dict) -> None:
-    """A small self-contained page: each figure with one sentence, then the metrics table."""
+def spiral_section(metrics: dict, prefix: str = "", title: str = "The spiral lab: diffusion you can see"):
+    """The lab as one report Section (its own page, and the demo report's chapter): each figure with one
+    sentence filled with this run's numbers, then the metrics table. `prefix`: the figures' folder."""
+    from clipkit.report import Figure, Section
+
     s, g = metrics["samplers"], metrics["guidance"]
     nonoise = next(v for k, v in s.items() if k.endswith("no_noise"))
     fill = {"switch": metrics["vector_field"]["switch_t"], "nonoise": nonoise["coverage"],
             "g1": g.get("scale_1", {}).get("arm_fraction", float("nan")),
             "g2": g.get("scale_2", {}).get("arm_fraction", float("nan")),
             "g4": g.get("scale_4", {}).get("arm_fraction", float("nan"))}
-    rows = [("data (256 true points)", metrics["data"])] + list(s.items()) + \
-           [(f"guidance {k.split('_')[1]}", v) for k, v in g.items()]
-    table = "\n".join(
-        f"<tr><td>{html.escape(name)}</td><td>{m['distance']:.4f}</td><td>{m['coverage']:.3f}</td>"
-        f"<td>{m.get('arm_fraction', '')}</td><td>{m.get('seconds', '')}</td></tr>" for name, m in rows)
-    figs = "\n".join(f'<figure><img src="{name}" alt="{name}"><figcaption>{html.escape(_CAPTIONS[name].format(**fill))}'
-                     f"</figcaption></figure>" for name in metrics["figures"])
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>clipkit spiral lab</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}} img{{max-width:100%}}
-figure{{margin:1.5em 0}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px}}</style>
-</head><body>
-<h1>Spiral lab</h1>
-<p>A 2-D spiral (inner third "person", middle "dog", outer "cat"), a tiny MLP denoiser trained in
-{sum(v['seconds'] for v in metrics['training'].values()):.0f} s of training, and every sampler of clipkit.diffusion.
-Distance: mean distance of samples to the spiral; coverage: share of the spiral with a sample within 0.1;
-arm: share of samples within 0.05 of the arm that was asked for.</p>
-{figs}
-<h2>Metrics</h2>
-<table><tr><th>run</th><th>distance</th><th>coverage</th><th>arm</th><th>seconds</th></tr>
-{table}
-</table>
-</body></html>
-"""
-    with atomic_file(path, "w") as f:
-        f.write(page)
+    rows = [{"run": name, "distance to spiral": m["distance"], "coverage": m["coverage"],
+             "requested arm": m.get("arm_fraction", ""), "seconds": m.get("seconds", "")}
+            for name, m in [("data (true points)", metrics["data"])] + list(s.items())
+            + [(f"guidance {k.split('_')[1]}", v) for k, v in g.items()]]
+    seconds = sum(v["seconds"] for v in metrics["training"].values())
+    text = (f"A 2-D spiral (inner third \"person\", middle \"dog\", outer \"cat\"), a tiny MLP denoiser trained "
+            f"in {seconds:.0f} s, and every sampler of clipkit.diffusion. Distance: mean distance of samples to the "
+            f"spiral; coverage: share of the spiral with a sample within 0.1; requested arm: share of samples "
+            f"within 0.05 of the arm that was asked for.")
+    figures = [Figure(prefix + name, _CAPTIONS[name].format(**fill)) for name in metrics["figures"]]
+    return Section(title, text, figures, table=rows)
+
+
+def write_index(path: Path, metrics: dict) -> None:
+    """The lab's own page (clipkit.report, like the demo's)."""
+    from clipkit.report import write_report
+
+    write_report(path, "clipkit spiral lab", [spiral_section(metrics)])

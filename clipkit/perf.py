@@ -1,0 +1,105 @@
+"""How close a run comes to this machine's limit: FLOPs counted, the matmul peak measured once and cached.
+
+    flops = count_flops(lambda: loss_fn(model, batch).backward())   # FLOPs of one call (torch FlopCounterMode)
+    peak = matmul_peak("bf16")                                       # FLOP/s of a large matmul here (cached)
+    utilisation(flops_per_sample=flops / batch_size, samples_per_s=316.0, precision="fp32")
+    # {"gflop_per_sample": 0.2, "achieved_gflops": 63.2, "peak_gflops": 328.0, "peak_fraction": 0.19, ...}
+
+The peak is what this process's intra-op threads get from a 2048 x 2048 matmul in
+the given precision (the best of a few repeats), so "fraction of peak" reads the
+same on a laptop CPU, this 2-core server (fp32 ~330 GFLOP/s, bf16 ~1,700 with its
+AMX units) and a GPU. It is measured once per (device, threads, torch, precision)
+and kept in $XDG_CACHE_HOME/clipkit/peak.json (or $CLIPKIT_CACHE). Measure on a quiet
+machine: a peak measured beside another busy process is too low (delete the file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+PRECISIONS = {"fp32": torch.float32, "no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class FlopCount:
+    """`with FlopCount() as c: ...` then `c.flops`: the floating-point operations torch performed inside
+    (matmuls, convolutions, attention; forward and backward), counted by torch's FlopCounterMode."""
+
+    def __enter__(self) -> "FlopCount":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self._mode = FlopCounterMode(display=False)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._mode.__exit__(*exc)
+        self.flops = int(self._mode.get_total_flops())
+        return False
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations torch performs in `fn()`."""
+    with FlopCount() as counter:
+        fn()
+    return counter.flops
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("CLIPKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "clipkit")
+    return Path(root) / "peak.json"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def matmul_peak(precision: str = "fp32", device: str | torch.device = "cpu", size: int = 2048, repeats: int = 5,
+                cache: bool = True) -> float:
+    """FLOP/s of a `size`^2 matmul in `precision` ("fp32" | "bf16" | "fp16") on `device`, best of `repeats`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; expected one of {sorted(PRECISIONS)}")
+    device = torch.device(device)
+    key = f"{_device_name(device)}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{precision}"
+    path = _cache_file()
+    known = json.loads(path.read_text()) if cache and path.is_file() else {}
+    if key in known:
+        return float(known[key])
+    dtype = PRECISIONS[precision]
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    torch.mm(a, b)                                                    # warm-up (kernel choice, page faults)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    peak = 2 * size ** 3 / best
+    if cache:
+        from clipkit.io import write_json
+
+        write_json(path, {**known, key: peak})
+    return peak
+
+
+def utilisation(flops_per_sample: float, samples_per_s: float, precision: str = "fp32",
+                device: str | torch.device = "cpu") -> dict:
+    """Model FLOPs per sample, achieved FLOP/s and their fraction of this machine's matmul peak."""
+    precision = "fp32" if precision in ("no", None) else precision
+    peak = matmul_peak(precision, device)
+    achieved = flops_per_sample * samples_per_s
+    return {"gflop_per_sample": round(flops_per_sample / 1e9, 4), "achieved_gflops": round(achieved / 1e9, 2),
+            "peak_gflops": round(peak / 1e9, 1), "peak_fraction": round(achieved / peak, 4), "precision": precision}
