@@ -10,7 +10,8 @@ text-tower forward pass + a FAISS search. Two servers run as `clipkit serve` sub
 127.0.0.1 ports, one with micro-batching (the default) and one with `--no-batching`; each point
 measures one, then the other, under the same machine conditions. Clients are threads with
 keep-alive connections, each sending POST /search {"text": ..., "k": 10} back to back for a fixed
-time (bounded also in count). Reported: requests/s, p50 / p99 latency, errors, mean batch size.
+time (bounded also in count). Reported: requests/s, p50 / p99 latency, errors, mean batch size,
+and the server process's CPU time a request (what requests/s becomes on a machine nobody else uses).
 Then POST /generate latency at 1 and 4 clients (a tiny untrained unCLIP on the same CLIP, 1 image,
 10 steps: the cost of the machinery, not of a real decoder), and an overload burst of 16 clients on
 the default generation queue (1 worker, 4 waiting places): extra requests must get 503 +
@@ -97,6 +98,14 @@ class Server:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(lines))
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()     # drain its output
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (Linux /proc; NaN elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
 
     def get(self, path: str) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -189,9 +198,10 @@ def main() -> int:
                 load(server.port, "/search", texts[:64], 4, 5.0, 64)
             for clients in counts:
                 for mode, server in servers.items():
-                    before = server.get("/metrics")["batching"]["search"]
+                    before, cpu = server.get("/metrics")["batching"]["search"], server.cpu_seconds()
                     r = load(server.port, "/search", texts, clients, seconds, max_requests=int(seconds * 3000))
-                    r.update(mode=mode, mean_batch=mean_batch(server, before))
+                    cpu = server.cpu_seconds() - cpu
+                    r.update(mode=mode, mean_batch=mean_batch(server, before), cpu_ms=1000 * cpu / max(r["requests"], 1))
                     results["search"].append(r)
             on = servers["on"]
             prompts = [{"text": t, "num_images": 1, "steps": 10, "seed": i} for i, t in enumerate(queries(64, 1))]
@@ -212,15 +222,16 @@ def main() -> int:
 
 def report(results: dict, kind: str, n: int, seconds: float) -> None:
     print(f"\nPOST /search text queries, {n:,}-item {kind} index, shapes-small text tower, k=10, {seconds:g} s a point")
-    print(f"{'clients':>7} | {'batching':>8} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | {'mean batch':>10}")
+    print(f"{'clients':>7} | {'batching':>8} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>6} | "
+          f"{'mean batch':>10} | {'server CPU ms/req':>17}")
     rows = {(r["clients"], r["mode"]): r for r in results["search"]}
     for r in results["search"]:
         print(f"{r['clients']:>7} | {r['mode']:>8} | {r['rps']:7.1f} | {r['p50']:7.1f} | {r['p99']:7.1f} | "
-              f"{r['errors']:>6} | {r['mean_batch']:10.1f}")
+              f"{r['errors']:>6} | {r['mean_batch']:10.1f} | {r['cpu_ms']:17.2f}")
     for clients in sorted({c for c, _ in rows}):
         on, off = rows[(clients, "on")], rows[(clients, "off")]
         print(f"  {clients} clients: batching on / off = {on['rps'] / off['rps']:.2f}x requests/s, "
-              f"p99 {on['p99']:.1f} vs {off['p99']:.1f} ms")
+              f"{off['cpu_ms'] / on['cpu_ms']:.2f}x less server CPU a request, p99 {on['p99']:.1f} vs {off['p99']:.1f} ms")
     print("\nPOST /generate (tiny untrained unCLIP on the same CLIP, 1 image, 10 ddim steps; 1 worker, 4 queue places)")
     for r in results["generate"]:
         print(f"  {r['clients']} clients: {r['requests']} requests, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "

@@ -60,7 +60,9 @@ def run_ours(args, procs: int, work: Path) -> dict:
         raise RuntimeError(f"clipkit run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = _windows_after_warmup([r["samples_per_s"] for r in rows if "samples_per_s" in r], "clipkit")
-    return {"samples_per_s": sum(rates) / len(rates), "windows": len(rates), "wall_s": round(time.time() - started, 1)}
+    usage = json.loads((out / "summary.json").read_text()).get("utilisation", {})
+    return {"samples_per_s": sum(rates) / len(rates), "windows": len(rates), "wall_s": round(time.time() - started, 1),
+            "gflop_per_sample": usage.get("gflop_per_sample"), "peak_gflops": usage.get("peak_gflops")}
 
 
 def run_open_clip(args, procs: int, work: Path) -> dict:
@@ -133,13 +135,20 @@ def main() -> None:
     print(f"\n{args.model}, batch {args.batch}/process, {args.precision}, {args.workers} worker(s)/process, "
           f"{args.steps} steps, CPU ({os.cpu_count()} cores, OMP_NUM_THREADS {args.threads or 'cores/procs'}), "
           f"warm-up window excluded")
-    print(f"{'procs':>5} {'clipkit samples/s':>18} {'open_clip_train samples/s':>26} {'ratio':>6}  load 1-min")
+    print(f"{'procs':>5} {'clipkit samples/s':>18} {'open_clip_train samples/s':>26} {'ratio':>6}  "
+          f"{'GFLOP/sample':>12} {'% of peak (ours / theirs)':>26}  load 1-min")
     for row in results:
         ours = row.get("clipkit", {}).get("samples_per_s")
         theirs = row.get("open_clip_train", {}).get("samples_per_s")
         ratio = f"{ours / theirs:.2f}x" if ours and theirs else "-"
+        # Same architecture and batch: the FLOPs per sample counted in our run hold for theirs too.
+        g, peak = row.get("clipkit", {}).get("gflop_per_sample"), row.get("clipkit", {}).get("peak_gflops")
+        frac = lambda rate: f"{100 * g * rate / (peak * row['procs']):.1f}%" if g and peak and rate else "-"
         print(f"{row['procs']:>5} {ours or float('nan'):>18.1f} {theirs or float('nan'):>26.1f} {ratio:>6}  "
+              f"{g or float('nan'):>12.3f} {frac(ours) + ' / ' + frac(theirs):>26}  "
               f"{row['load_before']} -> {row['load_after']}")
+    print("peak: this machine's matmul FLOP/s in the run's precision with one process's threads "
+          "(clipkit.perf.matmul_peak); with N processes the machine's peak is N x that")
     if len(results) > 1 and all("clipkit" in r for r in results):
         base = results[0]["clipkit"]["samples_per_s"]
         for row in results[1:]:

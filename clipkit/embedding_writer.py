@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
         if status[0] == "done":
             return status[1]
         stage_dir = Path(status[1])
-        error = None
+        error, started = None, time.time()
         try:
             _embed_units(model, plan, stage_dir, rank, world, progress)
         except Exception as e:
@@ -187,10 +188,11 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
         errors = [e for e in _gather(error, world) if e is not None]
         if errors:
             raise errors[0] if error is None else error
+        timing = {"processes": world, "embed_seconds": round(time.time() - started, 3)}
         result = None
         if rank == 0:
             try:
-                result = ("ok", _finish(out, plan, stage_dir, model_source, allow_empty))
+                result = ("ok", _finish(out, plan, stage_dir, model_source, allow_empty, timing))
             except Exception as e:
                 result = ("error", e)
         result = _broadcast(result, world)
@@ -239,8 +241,8 @@ def _unit_record_path(stage_dir: Path, u: int) -> Path:
     return stage_dir / UNITS_DIR / f"{u:05d}.json"
 
 
-def _record_ok(stage_dir: Path, u: int, signature: dict) -> dict | None:
-    """The record of unit u if it exists and its files match it byte for byte (sha256), else None."""
+def _record_ok(stage_dir: Path, u: int, signature: dict, full: bool = True) -> dict | None:
+    """The record of unit u if it exists and its files match it (sizes; byte for byte by sha256 if `full`)."""
     path = _unit_record_path(stage_dir, u)
     if not path.is_file():
         return None
@@ -248,7 +250,7 @@ def _record_ok(stage_dir: Path, u: int, signature: dict) -> dict | None:
         record = read_json(path, "unit record")
         if record.get("signature_sha256") != _sig_hash(signature):
             return None
-        verify_parts(stage_dir, {"parts": record["files"]}, full=True)
+        verify_parts(stage_dir, {"parts": record["files"]}, full=full)
         return record
     except (ValueError, KeyError, OSError):
         return None
@@ -298,11 +300,12 @@ def _write_parquet(stage_dir: Path, u: int, rows: list[dict]) -> str:
     return str(path.relative_to(stage_dir))
 
 
-def _finish(out: Path, plan: _Plan, stage_dir: Path, model_source: str | None, allow_empty: bool) -> dict:
+def _finish(out: Path, plan: _Plan, stage_dir: Path, model_source: str | None, allow_empty: bool,
+            timing: dict) -> dict:
     """Rank 0: every unit recorded -> manifest.json -> swapped into OUT."""
     records = []
     for u in range(len(plan.units)):
-        record = _record_ok(stage_dir, u, plan.signature)
+        record = _record_ok(stage_dir, u, plan.signature, full=False)   # hashed when written or resumed
         if record is None:
             raise OutputError(f"part {u} of {str(out)!r} is missing or damaged in {str(stage_dir)!r} after every "
                               f"process finished; re-run the same command to redo it")
@@ -324,7 +327,7 @@ def _finish(out: Path, plan: _Plan, stage_dir: Path, model_source: str | None, a
         stage_dir, FORMAT, parts, model=plan.signature["model"], embed_dim=plan.signature["embed_dim"],
         model_source=model_source, dtype=plan.dtype, source=plan.source, count=count,
         parts_count=sum(1 for r in records if r["rows"]), modalities=modalities, skipped=skipped,
-        signature=plan.signature)
+        signature=plan.signature, **timing)
     publish_stage(Stage(out, FORMAT, resumed=True))
     return manifest
 

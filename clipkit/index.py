@@ -47,7 +47,7 @@ from clipkit.io import MANIFEST_NAME, read_manifest, staged_output, write_manife
 
 METRICS = ("ip", "l2")
 FORMAT, FORMAT_VERSION = "clipkit-index", 2
-INDEX_NAME, IDS_NAME, METADATA_NAME = "index.faiss", "ids.npy", "metadata.parquet"
+INDEX_NAME, IDS_NAME, METADATA_NAME, IVFDATA_NAME = "index.faiss", "ids.npy", "metadata.parquet", "index.ivfdata"
 FIX = "rebuild it with `clipkit index build` (or EmbeddingIndex.build(...).save(...))"
 
 
@@ -59,6 +59,7 @@ class EmbeddingIndex:
     def __init__(self, index, manifest: dict, ids: np.ndarray | None = None, metadata: dict | None = None):
         self.index, self.manifest, self.ids, self.metadata = index, manifest, ids, metadata
         self._positions: dict | None = None
+        self.ivfdata: Path | None = None          # the file of on-disk inverted lists, if any (index_pieces)
         self._apply_search_params()
 
     # ---------------------------------------------------------------- properties
@@ -282,6 +283,7 @@ class EmbeddingIndex:
         """
         from clipkit.embeddings import EmbeddingFolder
 
+        self._check_in_memory("add to")
         if isinstance(vectors, (str, os.PathLike)):
             vectors = EmbeddingFolder(vectors)
         info = vectors.info if isinstance(vectors, EmbeddingFolder) else {}
@@ -332,6 +334,11 @@ class EmbeddingIndex:
 
         self.index.remove_ids(faiss.IDSelectorRange(n, int(self.index.ntotal)))
 
+    def _check_in_memory(self, what: str) -> None:
+        if self.ivfdata is not None:
+            raise ValueError(f"cannot {what} an index whose inverted lists are on disk ({self.ivfdata}); build it "
+                             f"again with the new vectors (`clipkit index build --pieces N --on-disk`)")
+
     def _check_same_model(self, other: dict | None, where) -> None:
         mine = self.manifest.get("model") or {}
         if other and mine.get("identity") and other.get("identity") != mine["identity"]:
@@ -344,6 +351,7 @@ class EmbeddingIndex:
 
         from clipkit.index_pieces import compact_ivf_labels
 
+        self._check_in_memory("remove from")
         if self.kind == "hnsw":
             raise ValueError("an HNSW index cannot delete vectors (FAISS graphs do not support removal); rebuild "
                              "it without them, or build kind='flat' / 'ivf' / 'ivfpq' if you need remove()")
@@ -378,8 +386,11 @@ class EmbeddingIndex:
         directory = Path(directory)
         with staged_output(directory, FORMAT, inputs=inputs, overwrite=overwrite) as stage:
             tmp = stage.dir
-            faiss.write_index(self.index, str(tmp / INDEX_NAME))
             parts = {INDEX_NAME: len(self)}
+            if self.ivfdata is not None:                     # on-disk lists: the file goes beside index.faiss
+                _link_or_copy(self.ivfdata, tmp / IVFDATA_NAME)
+                parts[IVFDATA_NAME] = None
+            faiss.write_index(self.index, str(tmp / INDEX_NAME))
             if self.ids is not None:
                 np.save(tmp / IDS_NAME, self.ids)
                 parts[IDS_NAME] = len(self.ids)
@@ -407,8 +418,9 @@ class EmbeddingIndex:
             raise ValueError(f"{str(directory / MANIFEST_NAME)!r} has format_version "
                              f"{manifest.get('format_version')!r}; this clipkit reads {FORMAT_VERSION}; {FIX}")
         parts = manifest["parts"]
+        flags = (faiss.IO_FLAG_MMAP if mmap else 0) | (faiss.IO_FLAG_ONDISK_SAME_DIR if IVFDATA_NAME in parts else 0)
         try:
-            index = faiss.read_index(str(directory / INDEX_NAME), faiss.IO_FLAG_MMAP if mmap else 0)
+            index = faiss.read_index(str(directory / INDEX_NAME), flags)
         except RuntimeError as e:
             raise ValueError(f"{str(directory / INDEX_NAME)!r} is not a readable FAISS index "
                              f"({str(e).strip().splitlines()[-1][:200]}); {FIX}") from None
@@ -425,4 +437,19 @@ class EmbeddingIndex:
                            (METADATA_NAME, None if metadata is None else len(next(iter(metadata.values()), [])))):
             if rows is not None and rows != index.ntotal:
                 raise ValueError(f"{str(directory / name)!r} has {rows} rows for {index.ntotal} vectors; {FIX}")
-        return cls(index, manifest, ids, metadata)
+        self = cls(index, manifest, ids, metadata)
+        if IVFDATA_NAME in parts:
+            self.ivfdata = directory / IVFDATA_NAME
+        return self
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no copy of a large file on the same filesystem), else a copy."""
+    import shutil
+
+    if Path(src).resolve() == Path(dst).resolve():
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

@@ -20,6 +20,7 @@ happens once.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -86,15 +87,32 @@ def merge(pieces: Sequence, *, model=None):
     return EmbeddingIndex(index, manifest, ids, metadata)
 
 
+def merge_on_disk(trained, piece_files: Sequence, ivfdata) -> object:
+    """faiss.contrib.ondisk.merge_ondisk: a copy of the empty `trained` EmbeddingIndex's FAISS index whose
+    inverted lists are the pieces' (saved FAISS files, added with global labels), in the file `ivfdata`."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    index = faiss.clone_index(trained.index)
+    index.reset()
+    merge_ondisk(index, [str(f) for f in piece_files], str(ivfdata), shift_ids=False)   # pieces hold global labels
+    return index
+
+
 def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = "ip", *, model=None,
                     recall_target: float = 0.95, k: int = 10, num_queries: int = 500, max_memory: int | None = None,
                     count: int | None = None, batch_size: int = 65536, train_size: int | None = None,
-                    seed: int = 0, progress: bool = False, modality: str | None = None):
+                    seed: int = 0, progress: bool = False, modality: str | None = None, on_disk=None):
     """EmbeddingIndex.build, but filled as `pieces` separate indexes from one trained index, then merged.
 
     Gives the same index as build() (same training, same vectors in the same cells, same
     tuned parameter); each piece holds only about 1/pieces of the vectors while it is filled.
+    `on_disk`: a work folder (IVF kinds): each finished piece is written there and dropped
+    from memory, and the merged inverted lists live in `on_disk/index.ivfdata`, memory-mapped
+    (FAISS's on-disk inverted lists), so no step holds all vectors in memory; `save` puts
+    the file in the index folder.
     """
+    import faiss
     from tqdm.auto import tqdm
 
     from clipkit.index import EmbeddingIndex, GroundTruth
@@ -111,23 +129,48 @@ def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = 
                          f"'ivfpq' (or pieces=1)")
     per_piece = -(-src.size_hint // pieces)
     truth = GroundTruth(src.pool, num_queries, k, metric, seed) if trained.kind != "flat" else None
+    if on_disk is not None and trained.kind == "flat":
+        raise ValueError("on-disk inverted lists need an IVF kind ('ivf' / 'ivfpq'); a flat index has no lists")
+    workdir = Path(on_disk) if on_disk is not None else None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
     done, current, offset = [], trained.empty_copy(), 0
+
+    def finish(piece):
+        if workdir is None:
+            done.append(piece)
+            return
+        path = workdir / f"piece_{len(done):05d}.faiss"
+        faiss.write_index(piece.index, str(path))
+        done.append(path)                                  # the piece leaves memory
     with tqdm(total=src.n, disable=not progress, unit="vec", desc=f"add {trained.params['factory']} in pieces") as bar:
         for chunk in src.chunks():
             if truth is not None:
                 truth.add(chunk, offset)
-            offset += len(chunk)
             bar.update(len(chunk))
             while len(chunk):
                 room = per_piece - len(current)
-                current.index.add(chunk[:room])
+                if workdir is None:
+                    current.index.add(chunk[:room])
+                else:   # global labels now: merge_ondisk's shift_ids miscounts uneven pieces (faiss 1.15)
+                    part = chunk[:room]
+                    current.index.add_with_ids(part, np.arange(offset, offset + len(part), dtype=np.int64))
+                offset += len(chunk[:room])
                 chunk = chunk[room:]
                 if len(current) >= per_piece:
-                    done.append(current)
+                    finish(current)
                     current = trained.empty_copy()
     if len(current) or not done:
-        done.append(current)
-    merged = merge(done)
+        finish(current)
+    if workdir is None:
+        merged = merge(done)
+    else:
+        ivfdata = workdir / "index.ivfdata"
+        merged = EmbeddingIndex(merge_on_disk(trained, done, ivfdata),
+                                {**trained.manifest, "params": dict(trained.params), "on_disk": True})
+        merged.ivfdata = ivfdata
+        for path in done:
+            path.unlink()
     from clipkit.index_sources import checked_metadata as _checked_metadata
 
     merged.metadata = _checked_metadata(src.metadata, len(merged)) if src.metadata is not None else None

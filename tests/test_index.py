@@ -221,7 +221,7 @@ def test_hnsw_remove_and_other_models_are_refused(tmp_path, tiny_model, shapes_d
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
-def test_pieces_from_one_trained_index_merge_into_the_same_index(kind):
+def test_pieces_from_one_trained_index_merge_into_the_same_index(kind, tmp_path):
     from clipkit.index_pieces import build_in_pieces
 
     xb, xq = clustered(4_000, 16, seed=9, centres=40)
@@ -241,6 +241,15 @@ def test_pieces_from_one_trained_index_merge_into_the_same_index(kind):
     assert len(merged) == 4_000 and merged.lookup([3_999])[0]["key"] == "k3999"
     merged.set_search_params(**{n: v for n, v in whole.params.items() if n in ("nprobe", "efSearch")})
     np.testing.assert_array_equal(merged.search(xq, 10)[1], whole.search(xq, 10)[1])
+    if kind != "flat":   # on-disk inverted lists (faiss contrib merge_ondisk): same answers, saved and loaded
+        disk = build_in_pieces(xb, pieces=3, batch_size=700, on_disk=tmp_path / "work", **options)
+        np.testing.assert_array_equal(disk.search(xq, 10)[1], whole.search(xq, 10)[1])
+        disk.save(tmp_path / "idx")
+        loaded = EmbeddingIndex.load(tmp_path / "idx")
+        assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["index.faiss", "index.ivfdata", "manifest.json"]
+        np.testing.assert_array_equal(loaded.search(xq, 10)[1], whole.search(xq, 10)[1])
+        with pytest.raises(ValueError, match="on disk"):
+            loaded.add(xb[:1])
     if kind == "ivf":
         stranger = EmbeddingIndex.trained(xb[::-1].copy(), kind=kind, count=len(xb), seed=1)
         with pytest.raises(ValueError, match="trained_sha256"):
@@ -256,7 +265,9 @@ def test_cli_index_add_and_build_options(tmp_path, shapes_dir, capsys):
     assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
                  "--out", str(b)]) == 0
     assert main(["index", "build", str(a), str(idx), "--kind", "ivf", "--train-on", "150", "--pieces", "2",
-                 "--max-memory", "1G"]) == 0
+                 "--max-memory", "1G", "--on-disk"]) == 0
+    assert (idx / "index.ivfdata").is_file() and not (tmp_path / ".idx.pieces").exists()
+    assert main(["index", "build", str(a), str(idx), "--kind", "ivf", "--train-on", "150", "--pieces", "2"]) == 0
     assert main(["index", "add", str(idx), str(b)]) == 0
     assert "added 100 vectors" in capsys.readouterr().out
     index = EmbeddingIndex.load(idx)

@@ -37,7 +37,7 @@ from test_serve import ITEMS, build_world, load_engine  # noqa: E402
 from clipkit.embeddings import EmbeddingFolder  # noqa: E402
 from clipkit.serve import bind_socket, create_app, make_server  # noqa: E402
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

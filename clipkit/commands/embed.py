@@ -13,9 +13,16 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_model(args):
+    import os
+
     from clipkit.model import resolve_model
 
-    return resolve_model(args.model, pretrained=args.pretrained, device=args.device)
+    device = args.device
+    if device == "auto" and int(os.environ.get("WORLD_SIZE", "1")) > 1:   # a launched rank: its own GPU, if any
+        import torch
+
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    return resolve_model(args.model, pretrained=args.pretrained, device=device)
 
 
 def model_source(args) -> str | None:

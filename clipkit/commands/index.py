@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train the coarse quantizer / codes on N sampled vectors [max(40 x cells, 10000)]")
     b.add_argument("--pieces", type=positive_int, default=1,
                    help="fill the index as N pieces from one trained quantizer, then merge (IVF kinds) [1]")
+    b.add_argument("--on-disk", action="store_true",
+                   help="with --pieces: keep the merged inverted lists in OUT/index.ivfdata, memory-mapped "
+                        "(IVF kinds; no step holds all vectors in memory)")
     b.add_argument("--overwrite", action="store_true", help="replace whatever is at OUT (once the index is complete)")
     b.set_defaults(func=run_build)
     a = actions.add_parser("add", help="add the embeddings of EMB_DIR (same model) to the index IDX, in place",
@@ -64,13 +67,26 @@ def run_build(args) -> int:
     budget = args.max_memory or (int(args.max_memory_gb * 2**30) if args.max_memory_gb else None)
     options = dict(kind=args.kind, metric=args.metric, recall_target=args.recall, max_memory=budget,
                    modality=args.modality, train_size=args.train_on, progress=True)
+    if args.on_disk and args.pieces < 2:
+        raise ValueError("--on-disk builds in pieces: pass --pieces N (N >= 2)")
+    workdir = None
     if args.pieces > 1:
+        from pathlib import Path
+
         from clipkit.index_pieces import build_in_pieces
 
-        index = build_in_pieces(folder, pieces=args.pieces, **options)
+        if args.on_disk:
+            workdir = Path(args.out).parent / f".{Path(args.out).name}.pieces"
+        index = build_in_pieces(folder, pieces=args.pieces, on_disk=workdir, **options)
     else:
         index = EmbeddingIndex.build(folder, **options)
-    index.save(args.out, overwrite=args.overwrite, inputs=[args.emb_dir])
+    try:
+        index.save(args.out, overwrite=args.overwrite, inputs=[args.emb_dir])
+    finally:
+        if workdir is not None:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
     print(f"{index!r} built in {index.manifest['build_seconds']} s; saved to {args.out}")
     return 0
 

@@ -109,7 +109,8 @@ class Sampler:
         self._signal_noise, self._coefs = signal_noise, coefs
         # x0_hat = alpha * x + beta * output for every prediction type: read (alpha, beta) off the helper
         pt = self.prediction_type
-        self._x0_affine = [(to_x0_eps(0.0, 1.0, a, s, pt)[0], to_x0_eps(1.0, 0.0, a, s, pt)[0]) for a, s in signal_noise]
+        self._x0_affine = [(to_x0_eps(0.0, 1.0, a, s, pt)[0], to_x0_eps(1.0, 0.0, a, s, pt)[0])
+                           for a, s in signal_noise]
 
     def _index(self, t) -> int:
         # The loop passes the values of self.timesteps back; map them to their position.
@@ -171,10 +172,11 @@ class DiscreteSampler(Sampler):
     def set_timesteps(self, n: int) -> None:
         """Use n of the schedule's N training timesteps (descending, spaced by `timestep_spacing`)."""
         ts = spaced_timesteps(self.schedule.num_train_timesteps, n, self.timestep_spacing, self.steps_offset)
-        abar = self.schedule.alphas_cumprod.tolist()          # Python floats: a step costs a few tensor ops
-        prev = [abar[t] for t in ts[1:]] + [self.final_alpha_cumprod]
-        self._set_grid(torch.tensor(ts, dtype=torch.long), [(math.sqrt(abar[t]), math.sqrt(1.0 - abar[t])) for t in ts],
-                       [self._step_coefficients(abar[t], p, i == len(ts) - 1) for i, (t, p) in enumerate(zip(ts, prev))])
+        table = self.schedule.alphas_cumprod.tolist()         # Python floats: a step costs a few tensor ops
+        abar = [table[t] for t in ts]
+        coefs = [self._step_coefficients(a, p, i == len(ts) - 1)
+                 for i, (a, p) in enumerate(zip(abar, abar[1:] + [self.final_alpha_cumprod]))]
+        self._set_grid(torch.tensor(ts, dtype=torch.long), [(math.sqrt(a), math.sqrt(1.0 - a)) for a in abar], coefs)
 
 
 def check_steps(n) -> int:

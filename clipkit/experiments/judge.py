@@ -48,8 +48,9 @@ from clipkit.io import atomic_directory, dataclass_from_json, write_json
 WEIGHTS_DIR = Path(__file__).with_name("judge_weights")
 KIND = "shapes-judge"
 ATTRIBUTES = ("shape", "color", "size", "position", "hat", "background")
-QUALITY = ("blur_sigma", "noise_std")   # what the quality head estimates (pixels at 32 px; [-1, 1] units)
-QUALITY_SCALE = torch.tensor([1.0, 10.0])  # both targets to about [0, 1.5] for the regression loss
+# Corruptions the judge also learns to name (levels; 0 = clean): Gaussian blur sigma in 32-px pixels, noise std
+# in [-1, 1] units, and washing out towards grey. They shape its feature space, so the Frechet distance sees them.
+CORRUPTIONS = {"blur": (0.0, 0.5, 0.8, 1.2), "noise": (0.0, 0.03, 0.08), "wash": (0.0, 0.15, 0.3)}
 CLASSES = {**{a: tuple(shapes.attribute_classes(a)) for a in shapes.ATTRIBUTES}, "background": tuple(shapes.BACKGROUNDS)}
 PALETTE = torch.tensor([*shapes.COLORS.values(), *shapes.BACKGROUNDS.values(), shapes.HAT_COLOR]) / 255.0  # (12, 3)
 PALETTE_TOLERANCE = 0.1
@@ -79,13 +80,13 @@ class JudgeNet(nn.Module):
         self.convs = nn.Sequential(*layers)
         side = config.image_size // 2 ** (len(config.widths) - 1)
         self.features = nn.Linear(c_in * side * side, config.feature_dim)
-        self.heads = nn.ModuleDict({a: nn.Linear(config.feature_dim, len(CLASSES[a])) for a in ATTRIBUTES})
-        self.quality = nn.Linear(config.feature_dim, len(QUALITY))  # regresses the corruption applied in training
+        classes = {**{a: len(CLASSES[a]) for a in ATTRIBUTES}, **{c: len(v) for c, v in CORRUPTIONS.items()}}
+        self.heads = nn.ModuleDict({a: nn.Linear(config.feature_dim, n) for a, n in classes.items()})
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         f = self.features(self.convs(x).flatten(1))                 # (N, feature_dim), before the ReLU
         h = F.relu(f)
-        return f, {a: head(h) for a, head in self.heads.items()}, self.quality(h)
+        return f, {a: head(h) for a, head in self.heads.items()}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -222,17 +223,23 @@ class ShapesJudge:
     @torch.no_grad()
     def _run(self, images, batch_size: int = 512) -> tuple[torch.Tensor, dict]:
         x = to_judge_size(as_tensor(images), self.net.config.image_size)
-        feats, preds = [], {a: [] for a in ATTRIBUTES}
+        feats, preds = [], {a: [] for a in self.net.heads}
         for i in range(0, len(x), batch_size):
-            f, logits, _ = self.net(x[i:i + batch_size])
+            f, logits = self.net(x[i:i + batch_size])
             feats.append(f)
-            for a in ATTRIBUTES:
-                preds[a].append(logits[a].argmax(1))
+            for a, v in logits.items():
+                preds[a].append(v.argmax(1))
         return torch.cat(feats), {a: torch.cat(p).numpy() for a, p in preds.items()}
 
     def predict(self, images) -> dict:
         """{attribute: (N,) class indices in the order of CLASSES[attribute]}."""
-        return self._run(images)[1]
+        pred = self._run(images)[1]
+        return {a: pred[a] for a in ATTRIBUTES}
+
+    def corruption(self, images) -> dict:
+        """Mean judged corruption level per kind ({"blur": sigma, "noise": std, "wash": amount}; 0 = clean)."""
+        pred = self._run(images)[1]
+        return {c: float(np.mean(np.asarray(levels)[pred[c]])) for c, levels in CORRUPTIONS.items()}
 
     def features(self, images) -> torch.Tensor:
         """(N, feature_dim) penultimate features: the space of `frechet`."""
@@ -323,25 +330,27 @@ def _all_combinations() -> list:
             for z in shapes.SIZES for p in shapes.POSITIONS for b in shapes.BACKGROUNDS for h in (False, True)]
 
 
-def _augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Corruptions a decoder's output may show: blur, noise, colour offsets, one-pixel shifts.
+def _augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """Corruptions a decoder's output may show (CORRUPTIONS, plus small colour offsets and one-pixel shifts).
 
-    Returns the images and the (N, 2) quality targets (blur sigma, noise std; 0 where not applied)."""
+    Returns the images and {corruption: (N,) level index}; about half of each batch stays clean."""
     from torchvision.transforms.functional import gaussian_blur
 
     n = len(x)
-    pick = lambda p: torch.rand(n, generator=g) < p                            # noqa: E731
-    sigma = torch.where(pick(0.35), 0.2 + 1.3 * torch.rand(n, generator=g), torch.zeros(n))
-    x = torch.stack([gaussian_blur(im[None], 5, float(s))[0] if s > 0 else im for im, s in zip(x, sigma)])
-    noise = pick(0.5) * 0.1 * torch.rand(n, generator=g)
-    x = x + noise[:, None, None, None] * torch.randn(x.shape, generator=g)
-    x = x + pick(0.5)[:, None, None, None] * 0.1 * (torch.rand(n, 3, 1, 1, generator=g) - 0.5)
+    level = {c: torch.where(torch.rand(n, generator=g) < p, torch.randint(1, len(CORRUPTIONS[c]), (n,), generator=g), 0)
+             for c, p in (("blur", 0.5), ("noise", 0.4), ("wash", 0.3))}
+    value = {c: torch.tensor(CORRUPTIONS[c])[level[c]] for c in CORRUPTIONS}
+    x = torch.stack([gaussian_blur(im[None], 5, float(s))[0] if s > 0 else im for im, s in zip(x, value["blur"])])
+    w = value["wash"][:, None, None, None]
+    x = (1 - w) * x + w * x.mean((1, 2, 3), keepdim=True)
+    x = x + value["noise"][:, None, None, None] * torch.randn(x.shape, generator=g)
+    x = x + (torch.rand(n, 1, 1, 1, generator=g) < 0.5) * 0.1 * (torch.rand(n, 3, 1, 1, generator=g) - 0.5)
     shifts = torch.randint(-1, 2, (n, 2), generator=g)
     x = torch.stack([torch.roll(im, (int(dy), int(dx)), (1, 2)) for im, (dy, dx) in zip(x, shifts)])
-    return x.clamp(-1, 1), torch.stack([sigma, noise], 1)
+    return x.clamp(-1, 1), level
 
 
-def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 16, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
+def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 24, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
                 sizes: tuple = (32, 64), max_steps: int | None = None, progress: bool = True) -> dict:
     """Train a judge on every combination of the world rendered at `sizes`, save it to `out_dir`, return a record.
 
@@ -364,13 +373,13 @@ def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 16, batch_size: int = 128, lr
             order = torch.randperm(len(x), generator=g)
             for i in range(0, len(order) - batch_size + 1, batch_size):
                 idx = order[i:i + batch_size]
-                xb, quality = _augment(x[idx], g)
-                _, logits, q = net(xb)
-                # Attributes are learnt from mildly corrupted images only (blur up to 0.6 px): heavier blur
-                # makes a small circle and a small hexagon the same picture. The quality head sees all.
-                mild = (quality[:, 0] <= 0.6).float()
+                xb, level = _augment(x[idx], g)
+                _, logits = net(xb)
+                # Attributes are learnt from mildly corrupted images only (blur up to 0.5 px, light wash):
+                # heavier blur makes a small circle and a small hexagon one picture. Corruption heads see all.
+                mild = ((level["blur"] <= 1) & (level["wash"] <= 1)).float()
                 loss = sum((F.cross_entropy(logits[a], y[a][idx], reduction="none") * mild).sum() / mild.sum()
-                           for a in ATTRIBUTES) + F.mse_loss(q, quality * QUALITY_SCALE)
+                           for a in ATTRIBUTES) + sum(F.cross_entropy(logits[c], level[c]) for c in CORRUPTIONS)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -63,7 +63,11 @@ class ClipTrainConfig(TrainConfig):
 
 
 @dataclass
-class _UnclipData:
+class UnclipTrainConfig(TrainConfig):
+    """What the decoder and the prior share: the frozen CLIP, the data, EMA and condition dropout."""
+
+    weight_decay: float = 0.0
+    beta2: float = 0.99
     clip: str = "runs/shapes-small-clip/model"   # a directory saved by ClipModel.save (frozen, recorded by identity)
     pipeline_dir: str | None = None              # also write the trained model into this UnCLIP folder
     train_data: str = ""                         # image(-caption) shards: brace pattern, '::' list or a folder
@@ -74,38 +78,33 @@ class _UnclipData:
     ema_decay: float = 0.995
     cond_drop: float = 0.1                       # condition dropout: the null branch of classifier-free guidance
 
-    def validate_data(self) -> None:
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.cond_drop < 1 or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"cond_drop={self.cond_drop}, ema_decay={self.ema_decay}; expected both in [0, 1)")
+        if getattr(self, "embeddings", None) is not None:        # the prior may read `clipkit embed` output
+            return
         if not self.train_data:
             raise ValueError("train_data is empty; expected shard urls such as 'data/train/{00000..00003}.tar'")
         if self.num_samples <= self.val_samples:
             raise ValueError(f"num_samples={self.num_samples} must exceed val_samples={self.val_samples}")
-        if not 0 <= self.cond_drop < 1 or not 0 <= self.ema_decay < 1:
-            raise ValueError(f"cond_drop={self.cond_drop}, ema_decay={self.ema_decay}; expected both in [0, 1)")
 
 
 @dataclass
-class DecoderTrainConfig(TrainConfig, _UnclipData):
+class DecoderTrainConfig(UnclipTrainConfig):
     out_dir: str = "runs/unclip-decoder"
     lr: float = 2e-3
-    weight_decay: float = 0.0
-    beta2: float = 0.99
     batch_size: int = 64
     max_steps: int | None = 3000
     warmup_steps: int = 100
     decoder: DecoderConfig = field(default_factory=DecoderConfig)   # embed_dim is taken from the CLIP
     sample_every: int | None = None              # steps between sample grids (None: only at the end)
 
-    def validate(self) -> None:
-        super().validate()
-        self.validate_data()
-
 
 @dataclass
-class PriorTrainConfig(TrainConfig, _UnclipData):
+class PriorTrainConfig(UnclipTrainConfig):
     out_dir: str = "runs/unclip-prior"
     lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta2: float = 0.99
     batch_size: int = 256
     max_steps: int | None = 1500
     warmup_steps: int = 50
@@ -113,8 +112,3 @@ class PriorTrainConfig(TrainConfig, _UnclipData):
     # Train on precomputed pairs instead of shards: an embedding folder written by `clipkit embed`
     # (clip-retrieval layout, image + caption embeddings) with the same CLIP.
     embeddings: str | None = None
-
-    def validate(self) -> None:
-        super().validate()
-        if self.embeddings is None:
-            self.validate_data()

@@ -14,7 +14,7 @@ from importlib import import_module
 _EXPORTS = {
     "UnCLIP": "pipeline", "SAMPLERS": "pipeline", "load_model": "pipeline", "save_model": "pipeline",
     "slerp": "pipeline", "to_pil": "pipeline", "trajectory_strip": "pipeline",
-    "DecoderUNet": "decoder", "EMA": "decoder", "DiffusionPrior": "prior",
+    "DecoderUNet": "decoder", "DiffusionPrior": "prior",
     "DecoderConfig": "config", "PriorConfig": "config",
 }
 __all__ = list(_EXPORTS)
