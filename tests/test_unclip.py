@@ -284,3 +284,14 @@ def test_render_expression_with_added_vector(pipe, tmp_path):
     assert plain.shape == moved.shape == (2, 3, 32, 32) and not torch.allclose(plain, moved)
     with pytest.raises(ValueError, match="add_vector"):
         pipe.render_expression(expr, add_vector=np.ones(3))
+
+
+def test_bf16_sampling_stays_close_to_fp32(pipe):
+    """precision="bf16" runs the decoder under autocast; same noise, same sampler: nearly the same images."""
+    emb = pipe.clip.encode_texts(["a red circle", "a blue star"])
+    full = pipe.decode(emb, steps=4, seed=0, output="tensor")
+    half = pipe.decode(emb, steps=4, seed=0, output="tensor", precision="bf16")
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    assert float((half - full).abs().mean()) < 0.05
+    with pytest.raises(ValueError, match="precision='int8'"):
+        pipe.decode(emb, steps=2, seed=0, precision="int8")

@@ -39,11 +39,10 @@ def _labels(arg: str | None) -> list[str] | None:
 
 def labelled_shards(urls: str, field: str, classes: list[str] | None = None):
     """(PIL images, label strings) from shards whose json carries `field`; samples without it are skipped."""
-    from clipkit.data.shards import shard_pipeline
+    from clipkit.data.shards import read_samples
 
-    pipeline, counter = shard_pipeline(urls, fields=("image", "json"), split_by_node=False)
     images, labels, missing = [], [], 0
-    for image, meta in pipeline:
+    for image, meta in read_samples(urls, ("image", "json")):
         value = (meta or {}).get(field)
         if value is None:
             missing += 1

@@ -81,7 +81,7 @@ def _concat(a, b):
 def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: int, cond=None, uncond=None,
            guidance_scale: float = 1.0, generator: torch.Generator | None = None, return_trajectory: bool = False,
            *, noise: torch.Tensor | None = None, clip_x0: ClipSpec | str = "sampler", device=None,
-           dtype: torch.dtype = torch.float32, progress: bool = False):
+           dtype: torch.dtype = torch.float32, progress: bool = False, precision: str = "fp32"):
     """Draw samples of `shape` (batch first) by running `sampler` for `steps` steps.
 
     model_fn(x, t, cond) -> output shaped like x, where x is (B', *shape[1:]), t is a (B',) tensor
@@ -92,8 +92,12 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
     noise: the initial x_T (default: N(0, I) from `generator`).
     clip_x0: override the sampler's x0 clipping for this call (None, c, (lo, hi) or a callable);
     pixels in [-1, 1] want 1.0, embeddings want None (or a renormalising callable).
+    precision: "bf16" runs the model under bf16 autocast (CPU matrix units, GPU tensor cores); the
+    sampler's arithmetic and x stay float32.
     Returns x, or (x, Trajectory) when return_trajectory.
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={precision!r}; expected 'fp32' or 'bf16'")
     if len(shape) < 1 or any((not isinstance(d, int)) or d < 1 for d in shape):
         raise ValueError(f"shape must be a tuple of positive ints (batch first), got {shape!r}")
     guidance_scale = float(guidance_scale)
@@ -130,13 +134,13 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
     if progress:
         from tqdm.auto import tqdm
         steps_iter = tqdm(ts, desc=type(sampler).__name__, leave=False)
+    autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16")
     for i, t in enumerate(steps_iter):
+        with autocast:
+            out = model_fn(torch.cat([x, x]) if guided else x, t_batch[i], both).to(x.dtype)
         if guided:
-            out = model_fn(torch.cat([x, x]), t_batch[i], both)
             out_c, out_u = out.chunk(2)
             out = out_u + guidance_scale * (out_c - out_u)
-        else:
-            out = model_fn(x, t_batch[i], both)
         if i == 0 and out.shape != x.shape:
             raise ValueError(f"model_fn returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
                              "it must return one output per input, shaped like x")

@@ -213,10 +213,12 @@ class UnCLIP:
     def decode(self, image_embeddings: torch.Tensor, steps: int = 50, sampler: str = "ddim",
                guidance_scale: float = 3.0, negative_embeddings: torch.Tensor | None = None,
                generator: torch.Generator | None = None, seed: int | None = None,
-               noise: torch.Tensor | None = None, return_trajectory: bool = False, output: str = "pil"):
+               noise: torch.Tensor | None = None, return_trajectory: bool = False, output: str = "pil",
+               precision: str = "fp32"):
         """(N, D) CLIP image embeddings -> N images (PIL, or a (N, 3, H, W) tensor in [-1, 1] with output="tensor").
 
-        `negative_embeddings` replace the null condition of guidance (push away from them)."""
+        `negative_embeddings` replace the null condition of guidance (push away from them);
+        precision="bf16" runs the decoder under bf16 autocast."""
         decoder = self._need("decoder")
         if output not in ("pil", "tensor"):
             raise ValueError(f"output={output!r}; expected 'pil' or 'tensor'")
@@ -232,7 +234,8 @@ class UnCLIP:
         s = make_sampler(sampler, self.decoder_schedule, cfg.prediction)
         model_fn = FlowAdapter(decoder, self.decoder_schedule, cfg.prediction) if sampler == "flow" else decoder
         result = sample(model_fn, shape, s, steps, cond=emb, uncond=uncond, guidance_scale=guidance_scale,
-                        generator=generator, noise=noise, return_trajectory=return_trajectory, device=self.device)
+                        generator=generator, noise=noise, return_trajectory=return_trajectory, device=self.device,
+                        precision=precision)
         x, traj = result if return_trajectory else (result, None)
         images = to_pil(x) if output == "pil" else x.clamp(-1, 1)
         return (images, traj) if return_trajectory else images
@@ -241,7 +244,8 @@ class UnCLIP:
     def generate(self, prompt: str | Sequence[str], num_images: int = 4, steps: int = 50, sampler: str = "ddim",
                  prior_guidance: float = 2.0, decoder_guidance: float = 3.0, negative_prompt: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, prior_steps: int = 32,
-                 guidance_scale: float | None = None, return_trajectory: bool = False, output: str = "pil"):
+                 guidance_scale: float | None = None, return_trajectory: bool = False, output: str = "pil",
+                 precision: str = "fp32"):
         """Text -> images: num_images per prompt. A negative prompt goes through the prior and its image
         embedding replaces the decoder's null branch (Kandinsky's recipe). `guidance_scale` is an alias
         of `decoder_guidance`."""
@@ -259,7 +263,7 @@ class UnCLIP:
             neg_text = self.clip.encode_texts([negative_prompt]).expand(len(emb), -1)
             negative = self.prior_sample(neg_text, prior_guidance, prior_steps, generator=g)
         return self.decode(emb, steps, sampler, decoder_guidance, negative, generator=g,
-                           return_trajectory=return_trajectory, output=output)
+                           return_trajectory=return_trajectory, output=output, precision=precision)
 
     def embed(self, image=None, *, text: str | None = None, generator: torch.Generator | None = None,
               seed: int | None = None, prior_guidance: float = 2.0) -> torch.Tensor:
