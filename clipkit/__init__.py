@@ -22,6 +22,7 @@ _EXPORTS = {
     "evaluate_expression": "clipkit.arithmetic",
     "nearest_words": "clipkit.arithmetic",
     "UnCLIP": "clipkit.unclip",
+    "evaluate_datasets": "clipkit.evaluation",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             code = 1
         else:
-            print(f"clipkit {args.command}: error: {message}", file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":      # launched ranks raise the same error; rank 0 says it once
+                print(f"clipkit {args.command}: error: {message}", file=sys.stderr)
             code = 2
     return _leave(code)
 

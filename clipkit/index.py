@@ -43,6 +43,7 @@ from clipkit.index_sources import Source as _Source
 from clipkit.index_sources import as_matrix as _as_matrix
 from clipkit.index_sources import check_finite, checked_ids as _checked_ids, checked_metadata as _checked_metadata  # noqa: F401
 from clipkit.index_sources import model_info as _model_info, trained_fingerprint as _trained_fingerprint
+from clipkit.index_sources import training_rows
 from clipkit.io import MANIFEST_NAME, read_manifest, staged_output, write_manifest
 
 METRICS = ("ip", "l2")
@@ -161,7 +162,8 @@ class EmbeddingIndex:
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size={train_size}; expected a positive int")
         start_time = time.time()
-        src = _Source(vectors, batch_size, max(train_size or 0, 200_000), count, modality)
+        rows = training_rows(vectors, count, kind, train_size, max_memory)
+        src = _Source(vectors, batch_size, rows, count, modality)
         self = cls.trained(src.pool, kind, metric, count=src.size_hint, max_memory=max_memory,
                            train_size=train_size, seed=seed, model_info=_model_info(model, src.info, src.dim))
         tuning = self.kind != "flat"

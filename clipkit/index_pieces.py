@@ -116,12 +116,13 @@ def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = 
     from tqdm.auto import tqdm
 
     from clipkit.index import EmbeddingIndex, GroundTruth
-    from clipkit.index_sources import Source as _Source, model_info as _model_info
+    from clipkit.index_sources import Source as _Source, model_info as _model_info, training_rows
 
     if not isinstance(pieces, int) or pieces < 1:
         raise ValueError(f"pieces={pieces!r}; expected a positive int")
     start_time = time.time()
-    src = _Source(vectors, batch_size, max(train_size or 0, 200_000), count, modality)
+    rows = training_rows(vectors, count, kind, train_size, max_memory)
+    src = _Source(vectors, batch_size, rows, count, modality)
     trained = EmbeddingIndex.trained(src.pool, kind, metric, count=src.size_hint, max_memory=max_memory,
                                      train_size=train_size, seed=seed, model_info=_model_info(model, src.info, src.dim))
     if trained.kind == "hnsw" and pieces > 1:

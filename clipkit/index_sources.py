@@ -140,3 +140,24 @@ def checked_metadata(metadata: dict | None, n: int) -> dict | None:
     if bad:
         raise ValueError(f"metadata columns {bad} do not have one row per vector ({n})")
     return {c: list(v) for c, v in metadata.items()}
+
+
+def training_rows(vectors, count: int | None, kind: str, train_size: int | None, max_memory: int | None) -> int:
+    """How many first rows to keep for training and tuning: `train_size` if given, else enough for FAISS's
+    39-40 points per IVF cell (40 x nlist for the size) within a quarter of the memory budget, at least 200,000."""
+    from clipkit.index_tuning import _nlist_for, available_memory
+
+    if train_size is not None:
+        return max(train_size, 1)
+    n, d = count, None
+    if hasattr(vectors, "shape") and len(getattr(vectors, "shape", ())) == 2:
+        n, d = vectors.shape
+    elif isinstance(vectors, (str, os.PathLike)) or type(vectors).__name__ == "EmbeddingFolder":
+        from clipkit.embeddings import EmbeddingFolder
+
+        folder = vectors if not isinstance(vectors, (str, os.PathLike)) else EmbeddingFolder(vectors)
+        n, d = folder.count, (folder.dim if folder.modalities else None)
+    if not n or not d or kind in ("flat", "hnsw"):
+        return 200_000
+    budget = max_memory if max_memory is not None else available_memory() // 2
+    return max(200_000, min(40 * _nlist_for(n), budget // 4 // (4 * d)))

@@ -17,8 +17,8 @@ pipelines adopt the same calls) follow one completeness contract:
 - `staged_output` refuses an output path that is, or is inside, or contains one of
   its inputs; refuses an existing path that is not a previous output of the same
   format unless `overwrite`; takes the output's lock (`output_lock`: a lock file
-  beside it with pid and host; a second writer fails at once naming the holder; a
-  dead holder's lock is taken over); lets the caller write everything into a
+  beside it with pid and host under an flock; a second writer fails at once naming
+  the holder; a dead holder's lock is taken over); lets the caller write everything into a
   staging folder beside the output (`.OUT.partial`); and only when the caller has
   written the manifest swaps it into place (one atomic exchange where the kernel
   offers it), after which the previous output is removed. A crash, Ctrl-C or a
@@ -330,96 +330,68 @@ def partial_dir_for(path: str | os.PathLike) -> Path:
     return path.parent / f".{path.name}.partial"
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (tells a live holder from a reused pid); None if unknown/gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else fields[19]      # zombie / dead: not a holder
-
-
-def _holder_alive(holder: dict) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True                                   # cannot tell from here: assume alive
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = _start_time(pid)
-    if Path("/proc").is_dir():
-        return started is not None and (holder.get("start") in (None, started))
-    return True
-
-
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike):
     """Hold the advisory lock of output PATH (`.NAME.lock` beside it) for the block.
 
-    A second writer raises OutputInUseError at once, naming the holder's pid,
-    host and command; the lock of a process that is no longer alive (same host)
-    is taken over.
+    The lock file holds the writer's pid, host, start time and command, and the
+    writer holds an exclusive flock on it, which the kernel drops when the
+    process dies (kill -9 included). A second writer raises OutputInUseError at
+    once, naming the holder; a lock file left by a dead writer is taken over.
     """
+    import fcntl
+
     path = Path(path)
     lock = lock_path_for(path)
     key = os.path.abspath(lock)
     if key in _HELD:                                  # this process holds it already (e.g. load, add, save)
         yield lock
         return
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _named(e, lock) from e
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
-          "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]}
-    for _attempt in range(3):
+    for _attempt in range(5):
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise _named(e, lock) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
             try:
                 holder = json.loads(lock.read_text() or "{}")
             except (ValueError, OSError):
                 holder = {}
-            if holder and _holder_alive(holder):
-                raise OutputInUseError(
-                    f"{str(path)!r} is being written by another process (pid {holder.get('pid')} on "
-                    f"{holder.get('host')} since {holder.get('since')}: {holder.get('command', '?')}); wait for it "
-                    f"to finish, or if that process is gone delete {str(lock)!r}") from None
-            if not holder and time.time() - lock.stat().st_mtime < 5:
-                time.sleep(0.2)                       # a writer between creating and filling its lock
-                continue
-            stale = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(lock, stale)               # only one taker wins the rename
-                stale.unlink()
-            continue
-        except OSError as e:
-            raise _named(e, lock) from e
+            raise OutputInUseError(
+                f"{str(path)!r} is being written by another process (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')} since {holder.get('since', '?')}: {holder.get('command', '?')}); "
+                f"wait for it to finish or stop it") from None
         try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-        except OSError as e:
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            raise _named(e, lock) from e
-        break
+            same = os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)                                  # the file was replaced / removed meanwhile: try again
     else:
-        raise OutputInUseError(f"could not take the lock {str(lock)!r} of {str(path)!r}; delete it if no clipkit "
-                               f"process writes there")
+        raise OutputInUseError(f"could not take the lock {str(lock)!r} of {str(path)!r}; retry")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": " ".join(sys.argv)[:300]}
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(me).encode())
+    except OSError as e:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        raise _named(e, lock) from e
     _HELD.add(key)
     try:
         yield lock
     finally:
         _HELD.discard(key)
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(lock.read_text()).get("pid") == os.getpid():
-                lock.unlink()
+        with contextlib.suppress(OSError):
+            lock.unlink()                             # still under our flock: nobody else holds this file
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- where outputs may go

@@ -148,3 +148,31 @@ def test_train_judge_is_seeded_learns_and_saves(tmp_path):
     assert a["final_loss"] == b["final_loss"] and a["final_loss"] < 0.9 * a["initial_loss"]
     loaded = J.ShapesJudge.load(tmp_path / "a")
     assert loaded.training["steps"] == 25 and (tmp_path / "a" / "model.safetensors").is_file()
+
+
+# --- wired into the unCLIP evaluation -----------------------------------------------------------
+
+def test_evaluate_unclip_reports_judge_figures_with_clip_beside(tmp_path, tiny_model, tiny_model_dir, judge):
+    from clipkit.experiments.unclip_eval import evaluate_unclip
+    from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
+
+    torch.manual_seed(0)
+    decoder = DecoderUNet(DecoderConfig(embed_dim=tiny_model.embed_dim, channels=(16, 32),
+                                        attention_levels=(False, True), heads=2, context_tokens=2)).eval()
+    prior = DiffusionPrior(PriorConfig(embed_dim=tiny_model.embed_dim, width=32, layers=1, heads=2)).eval()
+    pipe = UnCLIP(tiny_model, decoder, prior, clip_path=str(tiny_model_dir))
+    m = evaluate_unclip(pipe, tmp_path, num=4, steps=2, sweep=(1.0,), diversity_prompts=2, judge=judge,
+                        progress=False)
+    assert m["judge"]["real_accuracy"]["holdout"]["shape"] >= 0.99 and "worst attribute" in m["judge"]["summary"]
+    inv = m["inversion"]
+    assert set(inv["agreement"]) == {"mean", *J.ATTRIBUTES} and {"agreement", "cosine"} <= set(inv["clip"])
+    assert inv["frechet"]["floor"] > 0 and inv["sharpness"]["image_size"] == 32
+    methods = m["text_to_image"]["methods"]
+    assert list(methods) == ["direct_text_embedding", "with_prior", "with_prior_bicubic_64"]   # no upsampler here
+    assert methods["with_prior_bicubic_64"]["image_size"] == 64
+    assert m["text_to_image"]["with_prior"] == methods["with_prior"]["agreement"]
+    assert set(methods["with_prior"]["agreement"]) == {"mean", "shape", "color", "size", "position", "hat"}
+    assert m["text_to_image"]["diversity"]["real"]["distinct"]["shape"] == 1.0     # one caption, one shape
+    assert 0 <= m["hat_arithmetic"]["judged_wearing_hat"] <= 1 and "clip" in m["hat_arithmetic"]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == m
+    assert (tmp_path / "guidance_sweep.png").stat().st_size > 0

@@ -201,6 +201,22 @@ def test_image_endpoint_serves_indexed_images_by_id_only(client, world):
     assert client.get("/image/abc").status_code == 422
 
 
+def test_a_missing_shard_is_a_404_not_a_crash(world):
+    engine = load_engine(world, pipeline=False)
+    shard = world["root"] / "shards" / "00000.tar"
+    moved = shard.with_suffix(".moved")
+    shard.rename(moved)
+    try:
+        with TestClient(create_app(engine)) as c:
+            r = c.get("/image/3")
+            assert r.status_code == 404 and "no stored image" in r.json()["error"]
+            assert c.post("/search", json={"expression": 'img:"3"'}).status_code == 404
+            assert c.post("/search", json={"id": 3, "k": 2}).status_code == 200        # the vector is in FAISS
+    finally:
+        moved.rename(shard)
+        engine.close()
+
+
 # ----------------------------------------------------------------------------- zero-shot and generation
 
 def test_zero_shot_equals_the_classifier(client, engine):

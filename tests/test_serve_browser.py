@@ -24,6 +24,8 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars"]
 
+os.environ.setdefault("SE_OFFLINE", "true")          # Selenium must never try to download a driver or browser
+os.environ.setdefault("SE_AVOID_STATS", "true")
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
 if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):

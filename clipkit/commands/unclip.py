@@ -1,7 +1,9 @@
-"""`clipkit train-decoder`, `clipkit train-prior`, `clipkit generate`: unCLIP from the command line.
+"""`clipkit train-decoder`, `train-prior`, `train-upsampler`, `clipkit generate`: unCLIP from the command line.
 
     clipkit train-decoder --config decoder/configs/shapes-decoder.json
     clipkit train-prior   --config decoder/configs/shapes-prior.json
+    clipkit train-upsampler --config shapes-upsampler --train-data data/train64 --clip runs/clip/model
+    clipkit generate --pipeline runs/unclip --prompt "a red circle" --upsample --out out/    # the cascade
     clipkit generate --pipeline runs/unclip --prompt "a red circle wearing a hat" --num 8 --out out/
     clipkit generate --pipeline runs/unclip --expr 'img:"circle.png" + 1.0*text:"hat"' --out out/
     clipkit generate --pipeline runs/unclip --expr 'img:"circle.png"' --add-vector hat_vector.npy --out out/
@@ -16,14 +18,17 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.train.config import add_config_arguments
-    from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig
+    from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
 
     for name, cls, fn, what, data in (
             ("train-decoder", DecoderTrainConfig, run_train_decoder,
              "the unCLIP decoder (CLIP image embedding -> 32x32 pixels)", "shapes embedded by a frozen CLIP"),
             ("train-prior", PriorTrainConfig, run_train_prior,
              "the unCLIP diffusion prior (text embedding -> image embedding)",
-             "shapes embedded by a frozen CLIP, or on image/caption pairs from `clipkit embed` (--embeddings)")):
+             "shapes embedded by a frozen CLIP, or on image/caption pairs from `clipkit embed` (--embeddings)"),
+            ("train-upsampler", UpsamplerTrainConfig, run_train_upsampler,
+             "the cascade's super-resolution stage (32 -> 64 px, conditioned on the low-resolution image)",
+             "any image shards (each image is the target, its downsample the condition)")):
         p = sub.add_parser(name, help=f"train {what}",
                            description=f"Train {what} on {data}; --pipeline-dir collects it into an UnCLIP folder.")
         add_config_arguments(p, cls)
@@ -50,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", default=None, help="pushed away from (through the prior)")
     p.add_argument("--seed", type=int, default=0, help="[0]")
     p.add_argument("--trajectory", action="store_true", help="also save the denoising steps as trajectory.png")
+    p.add_argument("--upsample", action="store_true", help="add the pipeline's upsampler (super-resolution stage)")
+    p.add_argument("--upsample-steps", type=int, default=7, help="upsampler sampling steps [7]")
     p.add_argument("--clip", default=None, help="CLIP directory to use instead of the recorded one (same weights)")
     p.set_defaults(func=run_generate)
 
@@ -58,10 +65,10 @@ def _train(args, kind: str) -> int:
     import json
 
     from clipkit.commands.train import config_from_args
-    from clipkit.train.unclip import train_decoder, train_prior
+    from clipkit.train.unclip import train_decoder, train_prior, train_upsampler
 
     config = config_from_args(args.config_cls, args)
-    summary = (train_decoder if kind == "decoder" else train_prior)(config)
+    summary = {"decoder": train_decoder, "prior": train_prior, "upsampler": train_upsampler}[kind](config)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -74,6 +81,10 @@ def run_train_prior(args) -> int:
     return _train(args, "prior")
 
 
+def run_train_upsampler(args) -> int:
+    return _train(args, "upsampler")
+
+
 def run_generate(args) -> int:
     from pathlib import Path
 
@@ -84,12 +95,15 @@ def run_generate(args) -> int:
     pipe = clipkit.UnCLIP.load(args.pipeline, clip=args.clip)
     decode = dict(steps=args.steps, sampler=args.sampler, guidance_scale=args.decoder_guidance, seed=args.seed,
                   return_trajectory=args.trajectory)
+    if args.upsample:
+        decode.update(upsample=True, upsample_steps=args.upsample_steps)
     traj = None
     if args.prompt is not None:
         result = pipe.generate(args.prompt, num_images=args.num, steps=args.steps, sampler=args.sampler,
                                prior_guidance=args.prior_guidance, decoder_guidance=args.decoder_guidance,
                                negative_prompt=args.negative_prompt, seed=args.seed,
-                               return_trajectory=args.trajectory)
+                               return_trajectory=args.trajectory, **({"upsample": True, "upsample_steps":
+                                                                      args.upsample_steps} if args.upsample else {}))
     elif args.expr is not None:
         result = pipe.render_expression(args.expr, num_images=args.num, add_vector=args.add_vector, **decode)
     elif args.variations is not None:

@@ -31,6 +31,7 @@ _EXPORTS = {
     "DDPMSampler": "ddpm", "DDIMSampler": "ddim",
     "sample": "sampling", "Trajectory": "sampling",
     "training_batch": "training", "diffusion_loss": "training", "drop_condition": "training",
+    "loss_weights": "training", "weighted_mse": "training", "DynamicThreshold": "base",
     "to_x0_eps": "parameterization", "from_x0_eps": "parameterization",
     "timestep_embedding": "embedding",
     "PREDICTION_TYPES": "names", "SCHEDULE_KINDS": "names", "check_prediction_type": "names",

@@ -25,12 +25,45 @@ from clipkit.diffusion.parameterization import to_x0_eps
 from clipkit.diffusion.schedule import NoiseSchedule
 
 # None: no clipping (embeddings); c: clamp to [-c, c] (pixels in [-1, 1]: 1.0);
-# (lo, hi): clamp to a range; a callable x0 -> x0 (e.g. renormalise onto the unit sphere).
-ClipSpec = Union[None, float, Sequence[float], Callable[[torch.Tensor], torch.Tensor]]
+# (lo, hi): clamp to a range; a callable x0 -> x0 (e.g. renormalise onto the unit sphere, or
+# DynamicThreshold(0.995)); "dynamic": DynamicThreshold() with Imagen's settings.
+ClipSpec = Union[None, float, str, Sequence[float], Callable[[torch.Tensor], torch.Tensor]]
+
+
+class DynamicThreshold:
+    """Imagen's dynamic thresholding of x0 estimates (Saharia et al. 2022, section 2.3).
+
+        sampler = DDIMSampler(schedule, prediction_type="sample", clip_x0=DynamicThreshold(0.995))
+
+    Per sample, s = the `percentile` quantile of |x0|, at least `max_value`; x0 is clamped
+    to [-s, s] and divided by s. Where x0 stays inside [-1, 1] nothing changes (s = 1: the
+    static clip); where guidance pushes it out, the whole image is scaled back instead of
+    saturating at the clip, which keeps colours from washing into flat extremes.
+    """
+
+    def __init__(self, percentile: float = 0.995, max_value: float = 1.0):
+        if not 0.0 < percentile <= 1.0:
+            raise ValueError(f"percentile={percentile!r}; expected a quantile in (0, 1], e.g. 0.995")
+        if not max_value > 0:
+            raise ValueError(f"max_value={max_value!r}; expected > 0 (1.0 for pixels in [-1, 1])")
+        self.percentile, self.max_value = float(percentile), float(max_value)
+
+    def __call__(self, x0: torch.Tensor) -> torch.Tensor:
+        flat = x0.detach().abs().flatten(1).float()                          # (B, D)
+        s = torch.quantile(flat, self.percentile, dim=1).clamp(min=self.max_value)
+        s = s.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+        return torch.maximum(torch.minimum(x0, s), -s) / s * self.max_value
+
+    def __repr__(self) -> str:
+        return f"DynamicThreshold({self.percentile}, max_value={self.max_value})"
 
 
 def make_x0_transform(clip_x0: ClipSpec) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Turn a `clip_x0` setting into a function applied to every x0 estimate (or None)."""
+    if isinstance(clip_x0, str):
+        if clip_x0 != "dynamic":
+            raise ValueError(f"clip_x0={clip_x0!r}; the only named setting is 'dynamic' (Imagen's thresholding)")
+        return DynamicThreshold()
     if clip_x0 is None or callable(clip_x0):
         return clip_x0
     if isinstance(clip_x0, (int, float)) and not isinstance(clip_x0, bool):

@@ -39,16 +39,23 @@ class NoiseSchedule:
           "cosine" (squared cosine of Nichol & Dhariwal, beta capped at 0.999; diffusers'
           "squaredcos_cap_v2"), "sigmoid" (sigmoid(linspace(-6, 6)) rescaled to
           [beta_start, beta_end]; GeoDiff's, as in diffusers).
+    shift: divide the signal-to-noise ratio of every timestep by shift**2 (log-SNR moves by
+          -2 log shift): the resolution shift of simple diffusion (Hoogeboom et al. 2023) and
+          SD3. Larger images keep more of their content under the same per-pixel noise, so they
+          want shift > 1 (e.g. 2 for twice the side of the image the schedule was made for);
+          shift < 1 spends more of the steps at low noise. 1.0 is the schedule as published.
     """
 
     def __init__(self, kind: str = "linear", num_train_timesteps: int = 1000,
-                 beta_start: float = 1e-4, beta_end: float = 0.02):
+                 beta_start: float = 1e-4, beta_end: float = 0.02, shift: float = 1.0):
         if kind not in SCHEDULE_KINDS:
             raise ValueError(f"unknown schedule kind {kind!r}; choose one of {SCHEDULE_KINDS}")
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be an int >= 2, got {num_train_timesteps!r}")
         if not 0 < beta_start < beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start!r}, {beta_end!r}")
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a positive number (1.0 = no shift), got {shift!r}")
         n = num_train_timesteps
         if kind == "linear":
             betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
@@ -58,7 +65,12 @@ class NoiseSchedule:
             betas = _cosine_betas(n)
         else:  # sigmoid
             betas = torch.sigmoid(torch.linspace(-6, 6, n, dtype=torch.float64)) * (beta_end - beta_start) + beta_start
-        self.kind = kind
+        if shift != 1.0:
+            # abar / (1 - abar) -> abar / (1 - abar) / shift^2, then the betas of the shifted abar
+            abar = torch.cumprod(1.0 - betas, 0)
+            abar = abar / (abar + shift ** 2 * (1.0 - abar))
+            betas = 1.0 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
+        self.kind, self.shift = kind, float(shift)
         self.num_train_timesteps = n
         self.beta_start, self.beta_end = beta_start, beta_end
         self.betas = betas                                   # (N,) float64
@@ -68,7 +80,8 @@ class NoiseSchedule:
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
 
     def __repr__(self) -> str:
-        return f"NoiseSchedule({self.kind!r}, num_train_timesteps={self.num_train_timesteps})"
+        shift = f", shift={self.shift}" if self.shift != 1.0 else ""
+        return f"NoiseSchedule({self.kind!r}, num_train_timesteps={self.num_train_timesteps}{shift})"
 
     # --- per-timestep coefficients, shaped to broadcast against x -----------------------------
     def _coef(self, table: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,10 @@ One training step:
     loss = F.mse_loss(model(xt, t, cond), target)
 
 or simply `loss = diffusion_loss(model, process, x0, cond, p_uncond=0.1, null_cond=model.null_cond)`.
+Min-SNR-gamma weighting (Hang et al. 2023) per sample:
+
+    w = loss_weights(schedule, t, "v", "min_snr", gamma=5.0)                # (B,)
+    loss = weighted_mse(model(xt, t, cond), target, w)
 `process` is a NoiseSchedule (t: long timesteps 0..N-1, what DDPM/DDIM samplers give the model)
 or a FlowProcess (t: float sigma in [0, 1], what FlowMatchSampler gives the model); prediction_type
 None means the process's own ("epsilon", "velocity").
@@ -21,10 +25,46 @@ import torch.nn.functional as F
 
 from clipkit.diffusion.base import randn_like_gen
 from clipkit.diffusion.flow import FlowProcess
+from clipkit.diffusion.names import LOSS_WEIGHTINGS
 from clipkit.diffusion.sampling import cond_tensors
 from clipkit.diffusion.schedule import NoiseSchedule
 
 Process = NoiseSchedule | FlowProcess
+
+
+def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str, weighting: str = "none",
+                 gamma: float = 5.0) -> torch.Tensor:
+    """(B,) float32 weights of each sample's squared error at timesteps t.
+
+    "none": 1 (the plain MSE of the prediction target). "min_snr": the min-SNR-gamma
+    strategy (Hang et al. 2023): every target is weighted so that its loss equals
+    min(SNR, gamma) x |x0 - x0_hat|^2, i.e. eps-prediction by min(SNR, gamma) / SNR,
+    v-prediction by min(SNR, gamma) / (SNR + 1), x0-prediction by min(SNR, gamma). The
+    nearly clean timesteps (SNR >> gamma) stop dominating the gradient; for x0 it also
+    lowers the weight of the noisiest ones, where the best x0 is a blurred mean.
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}")
+    if weighting == "none":
+        return torch.ones(len(t), device=t.device)
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"min_snr weighting needs a NoiseSchedule, got {schedule!r}")
+    if not gamma > 0:
+        raise ValueError(f"gamma={gamma!r}; expected > 0 (5 in the paper)")
+    snr = schedule.snr(t.cpu())                                           # float64 (B,)
+    clipped = snr.clamp(max=gamma)
+    per_type = {"epsilon": clipped / snr, "v": clipped / (snr + 1), "sample": clipped}
+    if prediction_type not in per_type:
+        raise ValueError(f"min_snr weighting is defined for {tuple(per_type)}, got {prediction_type!r}")
+    return per_type[prediction_type].float().to(t.device)
+
+
+def weighted_mse(output: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of weights[i] x the mean squared error of sample i (plain MSE when weights is None)."""
+    if output.shape != target.shape:
+        raise ValueError(f"model output {tuple(output.shape)} differs from target {tuple(target.shape)}")
+    per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(1)            # (B,)
+    return per_sample.mean() if weights is None else (per_sample * weights.to(per_sample)).mean()
 
 
 def training_batch(process: Process, x0: torch.Tensor, prediction_type: str | None = None,

@@ -274,4 +274,6 @@ def run_demo(out: str | Path, quick: bool = False, force: bool = False) -> dict:
     print(f"demo finished in {total:.0f} s; report: {report}")
     for name, result in r.items():
         print(f"  {name:<11} {result.get('summary', '')}")
+    print(f"browse it: clipkit serve --index {out / 'retrieval' / 'index'} --model {model_dir} "
+          f"--unclip {out / 'unclip' / 'pipeline'}")
     return summary

@@ -17,7 +17,7 @@
 
 Outputs in out_dir: data/, bench/ (slice_* and rest_* datasets), pretrain/,
 ft-<variant>/ (train_clip run folders), wiseft/ (results.jsonl, tradeoff.png
-for slice_color vs rest_color), finetune.png (the figure), results.json,
+for slice_shape vs rest_shape), finetune.png (the figure), results.json,
 results.jsonl (one CLIP_benchmark-style row per model, dataset) and
 report.html. Finished stages are skipped when run again (delete a folder to redo it).
 """
@@ -138,8 +138,8 @@ def run_finetune_experiment(cfg: FinetuneExperiment = FinetuneExperiment()) -> d
         results["wiseft"].append({"alpha": alpha, **_scores([r for r in sweep if r["alpha"] == alpha])})
     (root / "wiseft").mkdir(parents=True, exist_ok=True)
     write_rows(sweep, root / "wiseft" / "results.jsonl", append=False)
-    plot_tradeoff(sweep, root / "wiseft" / "tradeoff.png", "slice_color", "rest_color",
-                  title="WiSE-FT: colour zero-shot, slice vs rest")
+    plot_tradeoff(sweep, root / "wiseft" / "tradeoff.png", "slice_shape", "rest_shape",
+                  title="WiSE-FT: shape zero-shot, slice vs rest")
     write_rows(all_rows, root / "results.jsonl", append=False)
     _write_json(root / "results.json", results)
     plot_experiment(results, root / "finetune.png")
@@ -202,7 +202,7 @@ def _write_report(results: dict, root: Path) -> None:
             f"the text tower locked, and along the WiSE-FT interpolation between pretrained and fine-tuned weights.")
     write_report(root / "report.html", "clipkit: fine-tuning that keeps zero-shot", [
         Section("The trap and the remedies", text, figures=[Figure("finetune.png", "Slice vs rest, per model "
-                "and along WiSE-FT."), Figure("wiseft/tradeoff.png", "Colour zero-shot along α.")], table=table)])
+                "and along WiSE-FT."), Figure("wiseft/tradeoff.png", "Shape zero-shot along α.")], table=table)])
 
 
 def main(argv=None) -> int:

@@ -238,7 +238,7 @@ def create_app(engine: Engine) -> FastAPI:
         body, upload = await read_body(request, SearchBody)
         kind = _one_source(body, upload, ("text", "id", "expression"))
         k = engine.check_k(body.k)
-        mask = await run_in_threadpool(engine.filter_mask, body.filters)
+        mask = await run_in_threadpool(engine.filter_mask, body.filters) if body.filters else None
         words, exclude, vector, text = None, None, None, None
         if kind == "text":
             text = engine.check_text(body.text)                       # encoded in the search batch

@@ -115,7 +115,7 @@ class Engine:
         from clipkit import __version__
 
         filters = {}
-        for name, column in self._columns.items():
+        for name, column in sorted(self._columns.items()):
             if name in ("id", "key", "caption"):
                 continue
             values = set(column[:200_000].tolist())
@@ -217,7 +217,11 @@ class Engine:
         return list(self.model.encode_images(images, batch_size=max(1, len(images))).numpy())
 
     def item_image(self, item_id: int) -> Image.Image:
-        image = self.index.image(self.row(item_id))
+        row = self.row(item_id)
+        try:
+            image = self.index.image(row)
+        except (OSError, ValueError) as e:                      # a moved or damaged shard / file
+            raise UnknownId(f"the image of id {item_id} could not be read: {e}") from None
         if image is None:
             raise UnknownId(f"id {item_id} has no stored image (the index's metadata records no readable path)")
         return image

@@ -2,6 +2,7 @@
 
     ClipTrainConfig      contrastive CLIP / SigLIP training on image-caption shards   (train/clip.py)
     DecoderTrainConfig   the unCLIP decoder on a frozen CLIP                          (train/unclip.py)
+    UpsamplerTrainConfig the cascade's super-resolution stage (32 -> 64 px)           (train/unclip.py)
     PriorTrainConfig     the unCLIP prior on a frozen CLIP                            (train/unclip.py)
 
 A model's own fields are nested, not re-declared: `{"decoder": {"channels": [32, 64, 64]}}`
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipkit.diffusion.names import LOSS_WEIGHTINGS
 from clipkit.train.config import TrainConfig
 from clipkit.unclip.config import DecoderConfig, PriorConfig
 
@@ -91,14 +93,59 @@ class UnclipTrainConfig(TrainConfig):
 
 
 @dataclass
-class DecoderTrainConfig(UnclipTrainConfig):
+class PixelTrainConfig(UnclipTrainConfig):
+    """What the decoder and the upsampler share: the loss weighting over timesteps and sample grids."""
+
+    loss_weighting: str = "none"                 # none | min_snr (min-SNR-gamma, Hang et al. 2023)
+    snr_gamma: float = 5.0                       # gamma of min_snr
+    sample_every: int | None = None              # steps between sample grids (None: only at the end)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting={self.loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
+        if not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma={self.snr_gamma}; expected > 0 (5 in the paper)")
+
+
+@dataclass
+class DecoderTrainConfig(PixelTrainConfig):
     out_dir: str = "runs/unclip-decoder"
     lr: float = 2e-3
     batch_size: int = 64
     max_steps: int | None = 3000
     warmup_steps: int = 100
     decoder: DecoderConfig = field(default_factory=DecoderConfig)   # embed_dim is taken from the CLIP
-    sample_every: int | None = None              # steps between sample grids (None: only at the end)
+
+
+def _upsampler_default() -> DecoderConfig:
+    return DecoderConfig(embed_dim=0, image_size=64, low_res_size=32, patch_size=4, channels=(64, 96, 96),
+                         attention_levels=(False, False, False), aug_level=0.1)
+
+
+@dataclass
+class UpsamplerTrainConfig(PixelTrainConfig):
+    """The super-resolution stage: the target is each shard image at upsampler.image_size, its low-resolution
+    input the same image area-averaged to upsampler.low_res_size, noised at a random level in
+    [0, aug_level_max] (noise-conditioning augmentation). The CLIP only ties it to its pipeline folder."""
+
+    out_dir: str = "runs/unclip-upsampler"
+    lr: float = 2e-3
+    batch_size: int = 32
+    max_steps: int | None = 2000
+    warmup_steps: int = 100
+    num_samples: int = 10_000
+    aug_level_max: float = 0.5
+    upsampler: DecoderConfig = field(default_factory=_upsampler_default)
+
+    def validate(self) -> None:
+        super().validate()
+        up = self.upsampler
+        if not up.low_res_size or up.embed_dim:
+            raise ValueError(f"upsampler needs low_res_size > 0 and embed_dim 0 (it is conditioned on the "
+                             f"low-resolution image only); got low_res_size={up.low_res_size}, embed_dim={up.embed_dim}")
+        if not 0 <= self.aug_level_max < 1:
+            raise ValueError(f"aug_level_max={self.aug_level_max}; expected a noise level in [0, 1)")
 
 
 @dataclass

@@ -1,9 +1,10 @@
-"""Training the unCLIP decoder and prior on a frozen CLIP, through the one loop (train/loop.py).
+"""Training the unCLIP decoder, prior and upsampler on a frozen CLIP, through the one loop (train/loop.py).
 
     from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig, train_decoder, train_prior
     train_decoder(DecoderTrainConfig(clip="runs/clip/model", train_data="data/train", pipeline_dir="runs/unclip"))
     train_prior(PriorTrainConfig(clip="runs/clip/model", train_data="data/train", pipeline_dir="runs/unclip"))
-    pipe = clipkit.UnCLIP.load("runs/unclip")
+    train_upsampler(UpsamplerTrainConfig(clip="runs/clip/model", train_data="data/train64", pipeline_dir="runs/unclip"))
+    pipe = clipkit.UnCLIP.load("runs/unclip")              # pipe.generate(..., upsample=True): the cascade
 
 Data: any image(-caption) shards (img2dataset layout), images of any size
 centre-cropped and resized to the decoder's resolution, corrupt samples skipped
@@ -17,8 +18,10 @@ continues the exact same stream. The EMA weights are part of every checkpoint
 (ema.safetensors) and are what gets exported for sampling.
 
 Outputs in out_dir: config.json, metrics.jsonl, curves.png, samples.png (decoder:
-top row real images, below their reconstructions), summary.json, checkpoints/,
-and decoder/ or prior/ (the EMA model). With `pipeline_dir` the model is also
+top row real images, below their reconstructions; upsampler: real, bicubic from the
+low resolution, upsampled), summary.json, checkpoints/, and decoder/, prior/ or
+upsampler/ (the EMA model). The upsampler needs no embeddings: its data is the
+pixels alone, the target at its resolution and the same image area-averaged. With `pipeline_dir` the model is also
 written into that UnCLIP folder together with the CLIP reference (unclip.json).
 """
 
@@ -34,12 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from clipkit.train import loop, runtime
-from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig
+from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
 from clipkit.train.metrics import RunDir
 from clipkit.train.optim import EMA
 
-__all__ = ["DecoderTrainConfig", "PriorTrainConfig", "train_decoder", "train_prior", "read_training_data",
-           "embedding_pairs", "load_clip"]
+__all__ = ["DecoderTrainConfig", "PriorTrainConfig", "UpsamplerTrainConfig", "train_decoder", "train_prior",
+           "train_upsampler", "read_training_data", "embedding_pairs", "load_clip"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -64,9 +67,9 @@ def _fit(image, size: int):
     return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)     # centre crop, then resize
 
 
-def read_training_data(config, clip, image_size: int | None, texts: bool) -> tuple[dict, dict, dict]:
+def read_training_data(config, clip, image_size: int | None, texts: bool, embed: bool = True) -> tuple[dict, dict, dict]:
     """(train, val, skipped) from config.train_data: uint8 "pixels" (N, 3, S, S) when image_size is given,
-    unit "image_emb" (N, D), and "text_emb" (N, D) when texts. The last val_samples are held out."""
+    unit "image_emb" (N, D) when embed, and "text_emb" (N, D) when texts. The last val_samples are held out."""
     from clipkit.data.shards import SkipCounter, parse_filters, read_samples
 
     counter = SkipCounter()
@@ -76,7 +79,7 @@ def read_training_data(config, clip, image_size: int | None, texts: bool) -> tup
         raise ValueError(f"train_data={config.train_data!r} gave {len(samples)} readable samples (skipped: "
                          f"{counter.summary()}); need more than val_samples={config.val_samples}")
     images = [s[0] for s in samples]
-    data = {"image_emb": clip.encode_images(images, batch_size=512)}
+    data = {"image_emb": clip.encode_images(images, batch_size=512)} if embed else {}
     if image_size:
         arr = np.stack([np.asarray(_fit(im, image_size), dtype=np.uint8) for im in images])
         data["pixels"] = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
@@ -120,7 +123,7 @@ def _train(config, kind: str, clip, module: torch.nn.Module, train: dict, micro_
     run.write_config(config)
     runtime.seed_everything(config.seed, accelerator.process_index)
     accelerator.print(f"[{kind}] torch threads {torch.get_num_threads()}, processes {accelerator.num_processes}")
-    n = len(train["image_emb"])
+    n = len(next(iter(train.values())))
     total = config.max_steps or config.epochs * max(1, n // config.batch_size)
     ema = EMA(module, config.ema_decay)
 
@@ -207,10 +210,10 @@ def _summary(config, out: dict, clip, extra: dict) -> dict:
 
 def train_decoder(config: DecoderTrainConfig) -> dict:
     """Train the decoder (image embedding -> pixels). Returns the summary (also out_dir/summary.json)."""
-    from clipkit.diffusion import NoiseSchedule, training_batch
+    from clipkit.diffusion import loss_weights, training_batch, weighted_mse
     from clipkit.images import make_grid
     from clipkit.unclip.decoder import DecoderUNet
-    from clipkit.unclip.pipeline import UnCLIP, to_pil
+    from clipkit.unclip.pipeline import UnCLIP, noise_schedule, to_pil
 
     config.validate()
     t0 = time.time()
@@ -221,7 +224,7 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
     model_config = dataclasses.replace(config.decoder, embed_dim=clip.embed_dim)
     model = DecoderUNet(model_config)
     model.set_embedding_stats(train["image_emb"])
-    schedule = NoiseSchedule(model_config.schedule, num_train_timesteps=model_config.num_train_timesteps)
+    schedule = noise_schedule(model_config)
 
     def micro_loss(net, idx, g):
         device = next(net.parameters()).device
@@ -229,7 +232,8 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
         emb = train["image_emb"][idx].to(device)
         xt, t, target = training_batch(schedule, x0, model_config.prediction, generator=g)
         drop = (torch.rand(len(idx), generator=g) < config.cond_drop).to(device)
-        return F.mse_loss(net(xt, t, emb, drop=drop).float(), target)
+        weights = loss_weights(schedule, t, model_config.prediction, config.loss_weighting, config.snr_gamma)
+        return weighted_mse(net(xt, t, emb, drop=drop), target, weights)
 
     def on_sample(net, step):
         recon = UnCLIP(clip, net).decode(val["image_emb"][:8], steps=25, sampler="ddim", guidance_scale=3.0,
@@ -283,4 +287,49 @@ def train_prior(config: PriorTrainConfig) -> dict:
     out["run"].metrics.log({"step": out["total"], "val_cosine_prior": cos_prior, "val_cosine_text": cos_text})
     return _summary(config, out, clip, {"embed_seconds": round(embed_s, 1), "train_pairs": len(train["image_emb"]),
                                         "val_cosine_prior": cos_prior, "val_cosine_text_embedding": cos_text,
+                                        "skipped_samples": skipped})
+
+
+# ----------------------------------------------------------------------------- upsampler
+
+def train_upsampler(config: UpsamplerTrainConfig) -> dict:
+    """Train the super-resolution stage (low-resolution image -> image) on any image shards: each image at
+    upsampler.image_size is the target, the same image area-averaged to low_res_size the condition,
+    noised at a random level in [0, aug_level_max] (noise-conditioning augmentation)."""
+    from clipkit.diffusion import loss_weights, training_batch, weighted_mse
+    from clipkit.images import make_grid
+    from clipkit.unclip.decoder import DecoderUNet, downsample, noise_low_res
+    from clipkit.unclip.pipeline import UnCLIP, noise_schedule, to_pil
+
+    config.validate()
+    t0 = time.time()
+    clip = load_clip(config.clip)
+    cfg = config.upsampler
+    train, val, skipped = read_training_data(config, clip, cfg.image_size, texts=False, embed=False)
+    read_s = time.time() - t0
+    print(f"[upsampler] read {len(train['pixels'])} images at {cfg.image_size} px in {read_s:.1f} s")
+    model = DecoderUNet(cfg)
+    schedule = noise_schedule(cfg)
+
+    def micro_loss(net, idx, g):
+        device = next(net.parameters()).device
+        x0 = _pixels_to_x(train["pixels"][idx]).to(device)
+        level = torch.rand(len(idx), generator=g) * config.aug_level_max
+        low = noise_low_res(downsample(x0, cfg.low_res_size), level.to(device), g)
+        xt, t, target = training_batch(schedule, x0, cfg.prediction, generator=g)
+        weights = loss_weights(schedule, t, cfg.prediction, config.loss_weighting, config.snr_gamma)
+        return weighted_mse(net(xt, t, low_res=low, aug_level=level.to(device)), target, weights)
+
+    def on_sample(net, step):
+        real = _pixels_to_x(val["pixels"][:8])
+        low = downsample(real, cfg.low_res_size)
+        bicubic = F.interpolate(low, size=cfg.image_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+        x = UnCLIP(clip, upsampler=net).upsample(low, generator=torch.Generator().manual_seed(0), output="tensor")
+        make_grid(to_pil(real) + to_pil(bicubic) + to_pil(x), columns=8, scale=2).save(
+            Path(config.out_dir) / (f"samples_{step:06d}.png" if step else "samples.png"))
+
+    out = _train(config, "upsampler", clip, model, train, micro_loss, on_sample)
+    if out["accelerator"].is_main_process:
+        on_sample(out["final"], 0)
+    return _summary(config, out, clip, {"read_seconds": round(read_s, 1), "train_images": len(train["pixels"]),
                                         "skipped_samples": skipped})

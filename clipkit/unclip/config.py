@@ -15,7 +15,13 @@ from clipkit.io import dataclass_from_json
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    embed_dim: int = 128                      # CLIP embedding width (the condition)
+    """The decoder UNet; the same class is the super-resolution stage (upsampler) of a cascade.
+
+    A base decoder: image embedding -> pixels. An upsampler (`low_res_size` > 0): a noisy
+    high-resolution image + the low-resolution image (resized and concatenated as input
+    channels) + its augmentation noise level -> pixels; `embed_dim` 0 drops the embedding."""
+
+    embed_dim: int = 128                      # CLIP embedding width (the condition); 0 = no embedding
     image_size: int = 32                      # 32 default; 64 works (add a level to `channels`)
     in_channels: int = 3
     patch_size: int = 2                       # 2x2 pixels folded into channels before the UNet
@@ -31,6 +37,13 @@ class DecoderConfig:
     prediction: str = "sample"
     schedule: str = "cosine"
     num_train_timesteps: int = 1000
+    schedule_shift: float = 1.0               # SNR / shift^2 at every timestep (NoiseSchedule's `shift`)
+    # Sampling default: None clips x0 to [-1, 1]; a percentile (0.995) uses Imagen's dynamic thresholding.
+    dynamic_threshold: float | None = None
+    # Upsampler: side of the low-resolution input (0 = a base decoder) and the noise level (0..1) put on
+    # it at sampling; training draws levels at random (noise-conditioning augmentation).
+    low_res_size: int = 0
+    aug_level: float = 0.0
 
     def __post_init__(self):
         # JSON round trips give lists; the frozen dataclass keeps tuples (hashable, comparable).
@@ -40,6 +53,19 @@ class DecoderConfig:
         if len(self.attention_levels) != len(self.channels):
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries for "
                              f"{len(self.channels)} levels in channels={self.channels}")
+        if self.embed_dim < 0 or (self.embed_dim == 0 and self.low_res_size == 0):
+            raise ValueError(f"embed_dim={self.embed_dim}; a base decoder needs the CLIP width (> 0), only an "
+                             f"upsampler (low_res_size > 0) may drop the embedding with 0")
+        if self.low_res_size < 0 or self.low_res_size >= self.image_size:
+            raise ValueError(f"low_res_size={self.low_res_size}; expected 0 (base decoder) or a side smaller "
+                             f"than image_size={self.image_size}")
+        if not 0.0 <= self.aug_level < 1.0:
+            raise ValueError(f"aug_level={self.aug_level}; expected a noise level in [0, 1)")
+        if not self.schedule_shift > 0:
+            raise ValueError(f"schedule_shift={self.schedule_shift}; expected > 0 (1.0 = the published schedule)")
+        if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold <= 1:
+            raise ValueError(f"dynamic_threshold={self.dynamic_threshold}; expected a percentile in (0, 1] "
+                             f"(0.995 as in Imagen) or null for the static clip")
         side = self.image_size // self.patch_size
         if self.image_size % self.patch_size or side % (2 ** (len(self.channels) - 1)):
             raise ValueError(f"image_size={self.image_size} with patch_size={self.patch_size} and "

@@ -21,6 +21,18 @@ multiply-adds than a full-resolution UNet of the same width. The shapes world is
 flat colour with sharp edges, which a 12-channel output per 2x2 patch renders
 without loss. No attention runs at the highest resolution (cost quadratic in
 positions, little benefit there).
+
+The same class is the cascade's super-resolution stage (unCLIP §2, Karlo, Imagen):
+with `low_res_size` > 0 it also takes the low-resolution image, resized to its own
+size and concatenated to x as input channels, and the noise level that was put on
+that image (`noise_low_res`), embedded like the timestep. Training draws random
+levels (noise-conditioning augmentation) so the upsampler learns not to trust the
+low-resolution pixels blindly: at sampling they come from the base decoder, with
+its mistakes, under a small fixed level (`config.aug_level`).
+
+    up = DecoderUNet(DecoderConfig(embed_dim=0, image_size=64, low_res_size=32))
+    low = noise_low_res(x32, level=0.1, generator=g)                  # (B, 3, 32, 32)
+    out = up(x_t, t, low_res=low, aug_level=torch.full((B,), 0.1))    # (B, 3, 64, 64)
 """
 
 from __future__ import annotations
@@ -33,6 +45,31 @@ from torch import nn
 
 from clipkit.diffusion import timestep_embedding
 from clipkit.unclip.config import DecoderConfig
+
+def noise_low_res(low_res: torch.Tensor, level, generator: torch.Generator | None = None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """cos(level pi/2) low_res + sin(level pi/2) noise: level 0 leaves the image, 1 is pure noise.
+
+    level: a float or a (B,) tensor in [0, 1]; noise: N(0, I) from `generator` unless given."""
+    level = torch.as_tensor(level, dtype=low_res.dtype, device=low_res.device)
+    if level.numel() and (level.min() < 0 or level.max() > 1):
+        raise ValueError(f"noise levels must lie in [0, 1], got {level.min().item()}..{level.max().item()}")
+    if noise is None:
+        noise = torch.randn(low_res.shape, generator=generator, dtype=low_res.dtype).to(low_res.device)
+    angle = (level * (math.pi / 2)).reshape(-1, *([1] * (low_res.ndim - 1))) if level.ndim else level * (math.pi / 2)
+    return torch.cos(angle) * low_res + torch.sin(angle) * noise
+
+
+def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, S, S) -> (B, C, size, size): area average for an integer factor (how the shapes world and most
+    image pipelines shrink), else an antialiased bilinear resize."""
+    side = x.shape[-1]
+    if side == size:
+        return x
+    if side % size == 0:
+        return F.avg_pool2d(x, side // size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
 
 def _groups(channels: int) -> int:
     return 32 if channels % 32 == 0 and channels >= 128 else 8
@@ -72,7 +109,7 @@ class ContextAttention(nn.Module):
         self.norm = nn.GroupNorm(_groups(channels), channels)
         self.pos = nn.Parameter(torch.zeros(1, side * side, channels))   # where am I: positions matter here
         self.qkv = nn.Linear(channels, 3 * channels)
-        self.ctx_kv = nn.Linear(context_dim, 2 * channels)
+        self.ctx_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.out = nn.Linear(channels, channels)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -81,8 +118,9 @@ class ContextAttention(nn.Module):
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2) + self.pos          # (B, HW, C)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
-        ck, cv = self.ctx_kv(context).chunk(2, dim=-1)                      # (B, K, C) each
-        k, v = torch.cat([k, ck], 1), torch.cat([v, cv], 1)                 # (B, HW+K, C)
+        if self.ctx_kv is not None:
+            ck, cv = self.ctx_kv(context).chunk(2, dim=-1)                  # (B, K, C) each
+            k, v = torch.cat([k, ck], 1), torch.cat([v, cv], 1)             # (B, HW+K, C)
         split = lambda z: z.reshape(b, z.shape[1], self.heads, c // self.heads).transpose(1, 2)
         y = F.scaled_dot_product_attention(split(q), split(k), split(v))     # (B, heads, HW, C/heads)
         y = self.out(y.transpose(1, 2).reshape(b, h * w, c))
@@ -100,18 +138,24 @@ class DecoderUNet(nn.Module):
         pixels = cfg.in_channels * cfg.patch_size ** 2
         side = cfg.image_size // cfg.patch_size
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.embed_mlp = nn.Sequential(nn.Linear(cfg.embed_dim, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        ctx_dim = ch[-1]
-        self.context = nn.Linear(cfg.embed_dim, cfg.context_tokens * ctx_dim)
-        self.context_norm = nn.LayerNorm(ctx_dim)
-        # Unconditional branch for classifier-free guidance; scaled like a real (unit-norm) embedding.
-        self.null_embed = nn.Parameter(F.normalize(torch.randn(cfg.embed_dim), dim=0))
-        # CLIP embeddings of one dataset share a large common direction and differ in small ones
-        # (cosines of 0.9+ between unrelated shapes): standardising each coordinate with the training
-        # set's statistics hands the projections the informative part at unit scale. Saved with the
-        # weights; the defaults (0, sqrt(D)) just rescale unit vectors to unit-variance coordinates.
-        self.register_buffer("embed_mean", torch.zeros(cfg.embed_dim))
-        self.register_buffer("embed_scale", torch.full((cfg.embed_dim,), math.sqrt(cfg.embed_dim)))
+        ctx_dim = ch[-1] if cfg.embed_dim and cfg.context_tokens else 0
+        if cfg.embed_dim:
+            self.embed_mlp = nn.Sequential(nn.Linear(cfg.embed_dim, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+            if ctx_dim:
+                self.context = nn.Linear(cfg.embed_dim, cfg.context_tokens * ctx_dim)
+                self.context_norm = nn.LayerNorm(ctx_dim)
+            # Unconditional branch for classifier-free guidance; scaled like a real (unit-norm) embedding.
+            self.null_embed = nn.Parameter(F.normalize(torch.randn(cfg.embed_dim), dim=0))
+            # CLIP embeddings of one dataset share a large common direction and differ in small ones
+            # (cosines of 0.9+ between unrelated shapes): standardising each coordinate with the training
+            # set's statistics hands the projections the informative part at unit scale. Saved with the
+            # weights; the defaults (0, sqrt(D)) just rescale unit vectors to unit-variance coordinates.
+            self.register_buffer("embed_mean", torch.zeros(cfg.embed_dim))
+            self.register_buffer("embed_scale", torch.full((cfg.embed_dim,), math.sqrt(cfg.embed_dim)))
+        if cfg.low_res_size:
+            # The low-resolution image enters as extra input channels, its noise level beside the timestep.
+            pixels += cfg.in_channels * cfg.patch_size ** 2
+            self.aug_mlp = nn.Sequential(nn.Linear(ch[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
 
         self.conv_in = nn.Conv2d(pixels, ch[0], 3, padding=1)
         self.down, self.up = nn.ModuleList(), nn.ModuleList()
@@ -142,7 +186,7 @@ class DecoderUNet(nn.Module):
                 self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
                                               nn.Conv2d(c, c, 3, padding=1)]))
         self.norm_out = nn.GroupNorm(_groups(c), c)
-        self.conv_out = nn.Conv2d(c, pixels, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, cfg.in_channels * cfg.patch_size ** 2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -157,22 +201,44 @@ class DecoderUNet(nn.Module):
 
     def null_embedding(self, batch: int) -> torch.Tensor:
         """(batch, embed_dim): the unconditional condition for guidance."""
+        if not self.config.embed_dim:
+            raise ValueError("this network takes no embedding (embed_dim=0): it has no null embedding")
         return self.null_embed[None].expand(batch, -1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, image_embed: torch.Tensor,
-                drop: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W) noised images, t (B,) or scalar timesteps, image_embed (B, D); same shape out."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, image_embed: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None, low_res: torch.Tensor | None = None,
+                aug_level: torch.Tensor | float | None = None) -> torch.Tensor:
+        """x (B, C, H, W) noised images, t (B,) or scalar timesteps, image_embed (B, D); same shape out.
+        An upsampler also takes low_res (B, C, h, w) and its noise level aug_level ((B,) or a float in [0, 1])."""
+        cfg = self.config
         b = x.shape[0]
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(b) if t.ndim == 0 else t
-        if image_embed.shape != (b, self.config.embed_dim):
-            raise ValueError(f"image_embed has shape {tuple(image_embed.shape)}; expected ({b}, {self.config.embed_dim})")
-        e = image_embed.to(self.null_embed.dtype)
-        if drop is not None:
-            e = torch.where(drop[:, None], self.null_embed[None], e)
-        e = (e - self.embed_mean) * self.embed_scale
-        temb = self.time_mlp(timestep_embedding(t, self.config.channels[0])) + self.embed_mlp(e)
-        ctx = self.context_norm(self.context(e).view(b, self.config.context_tokens, -1))
+        temb = self.time_mlp(timestep_embedding(t, cfg.channels[0]))
+        ctx = None
+        if cfg.embed_dim:
+            if image_embed is None or image_embed.shape != (b, cfg.embed_dim):
+                got = None if image_embed is None else tuple(image_embed.shape)
+                raise ValueError(f"image_embed has shape {got}; expected ({b}, {cfg.embed_dim})")
+            e = image_embed.to(self.null_embed.dtype)
+            if drop is not None:
+                e = torch.where(drop[:, None], self.null_embed[None], e)
+            e = (e - self.embed_mean) * self.embed_scale
+            temb = temb + self.embed_mlp(e)
+            if cfg.context_tokens:
+                ctx = self.context_norm(self.context(e).view(b, cfg.context_tokens, -1))
+        if cfg.low_res_size:
+            if low_res is None or aug_level is None:
+                raise ValueError("this is an upsampler (low_res_size > 0): pass low_res= (B, C, h, w) and "
+                                 "aug_level= (its noise level, see noise_low_res)")
+            if low_res.ndim != 4 or low_res.shape[:2] != x.shape[:2]:
+                raise ValueError(f"low_res has shape {tuple(low_res.shape)}; expected ({b}, {x.shape[1]}, h, w)")
+            if low_res.shape[-2:] != x.shape[-2:]:
+                low_res = F.interpolate(low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, low_res.to(x.dtype)], dim=1)
+            level = torch.as_tensor(aug_level, device=x.device, dtype=torch.float32)
+            level = level.expand(b) if level.ndim == 0 else level
+            temb = temb + self.aug_mlp(timestep_embedding(level, cfg.channels[0], scale=1000.0))
 
         h = self.conv_in(F.pixel_unshuffle(x, self.config.patch_size) if self.config.patch_size > 1 else x)
         skips = []

@@ -11,11 +11,14 @@
     images = pipe.interpolate(embeddings=(pipe.embed(image="circle.png"), pipe.embed(text="a blue star")))
     images = pipe.render_expression('img:"circle.png" + 1.0*text:"hat"', num_images=4)
     prior_only = UnCLIP(clip, decoder=None, prior=prior)  # prior_sample / embed(text=) without a decoder
+    big = pipe.generate("a red circle", num_images=4, upsample=True)   # the cascade: + the upsampler (64 px)
+    big = pipe.upsample(small_images_tensor, steps=7)    # (N, 3, 32, 32) in [-1, 1] -> 64 px images
 
 A saved pipeline is one folder:
     unclip.json                 the CLIP reference (path + identity) and format version
     decoder/config.json, decoder/model.safetensors     (EMA weights: the ones used for sampling)
     prior/config.json,   prior/model.safetensors       (either may be missing, not both)
+    upsampler/config.json, upsampler/model.safetensors (optional: the super-resolution stage)
 
 Samplers: "ddim" and "ddpm" run the decoder on its own discrete schedule; "flow"
 runs Euler steps of the same model through clipkit.diffusion.FlowAdapter (each
@@ -35,15 +38,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler, NoiseSchedule, sample
+from clipkit.diffusion import (DDIMSampler, DDPMSampler, DynamicThreshold, FlowAdapter, FlowMatchSampler, NoiseSchedule,
+                               sample)
 from clipkit.io import atomic_directory, write_json
-from clipkit.unclip.decoder import DecoderConfig, DecoderUNet
+from clipkit.unclip.decoder import DecoderConfig, DecoderUNet, noise_low_res
 from clipkit.unclip.prior import DiffusionPrior, PriorConfig
 
 SAMPLERS = ("ddim", "ddpm", "flow")
 MANIFEST = "unclip.json"
 FORMAT = "clipkit-unclip"
-MODELS = {"decoder": (DecoderUNet, DecoderConfig), "prior": (DiffusionPrior, PriorConfig)}
+MODELS = {"decoder": (DecoderUNet, DecoderConfig), "prior": (DiffusionPrior, PriorConfig),
+          "upsampler": (DecoderUNet, DecoderConfig)}
 
 
 # ----------------------------------------------------------------------------- model folders
@@ -74,7 +79,7 @@ def load_model(directory: str | os.PathLike, kind: str):
     if data.get("kind", kind) != kind:
         raise ValueError(f"{str(directory)!r} holds a {data.get('kind')!r}, expected a {kind!r}")
     if kind not in MODELS:
-        raise ValueError(f"kind={kind!r}; expected 'decoder' or 'prior'")
+        raise ValueError(f"kind={kind!r}; expected one of {sorted(MODELS)}")
     module = MODELS[kind][0](MODELS[kind][1].from_json(data))
     module.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
     return module.eval()
@@ -82,17 +87,42 @@ def load_model(directory: str | os.PathLike, kind: str):
 
 # ----------------------------------------------------------------------------- samplers
 
-def make_sampler(name: str, schedule: NoiseSchedule, prediction: str, clip_x0=1.0):
+def noise_schedule(config) -> NoiseSchedule:
+    """The NoiseSchedule a decoder / prior / upsampler config was trained on."""
+    return NoiseSchedule(config.schedule, num_train_timesteps=config.num_train_timesteps,
+                         shift=getattr(config, "schedule_shift", 1.0))
+
+
+def pixel_clip(config, dynamic_threshold=None):
+    """The x0 clipping of a pixel model: `dynamic_threshold` (a percentile; False = the static clip) or
+    the config's default; a percentile gives Imagen's DynamicThreshold, else x0 is clamped to [-1, 1]."""
+    level = config.dynamic_threshold if dynamic_threshold is None else dynamic_threshold
+    return DynamicThreshold(float(level)) if level else 1.0
+
+
+def make_sampler(name: str, schedule: NoiseSchedule, prediction: str, clip_x0=1.0, timestep_spacing: str = "leading"):
     if name == "ddim":
-        return DDIMSampler(schedule, eta=0.0, prediction_type=prediction, clip_x0=clip_x0)
+        return DDIMSampler(schedule, eta=0.0, prediction_type=prediction, clip_x0=clip_x0,
+                           timestep_spacing=timestep_spacing)
     if name == "ddpm":
-        return DDPMSampler(schedule, prediction_type=prediction, clip_x0=clip_x0)
+        return DDPMSampler(schedule, prediction_type=prediction, clip_x0=clip_x0, timestep_spacing=timestep_spacing)
     if name == "flow":
         return FlowMatchSampler(clip_x0=clip_x0)
     raise ValueError(f"sampler={name!r} is not one of {SAMPLERS}")
 
 
 # ----------------------------------------------------------------------------- images
+
+def pil_to_tensor(images) -> torch.Tensor:
+    """N PIL images of one size -> (N, 3, H, W) float in [-1, 1] (the inverse of to_pil)."""
+    images = list(images)
+    if not images or not all(isinstance(im, Image.Image) for im in images):
+        raise TypeError("images must be an (N, 3, H, W) tensor in [-1, 1] or a non-empty list of PIL images")
+    if len({im.size for im in images}) != 1:
+        raise ValueError(f"images have several sizes {sorted({im.size for im in images})}; expected one")
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
 
 def to_pil(x: torch.Tensor) -> list[Image.Image]:
     """(N, 3, H, W) in [-1, 1] -> N RGB PIL images."""
@@ -114,28 +144,34 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- pipeline
 
 class UnCLIP:
-    """A frozen CLIP, a diffusion prior and a diffusion decoder (see the module docstring); either model may be None."""
+    """A frozen CLIP, a diffusion prior, a diffusion decoder and an upsampler (see the module docstring);
+    any of them may be None, not all."""
 
     def __init__(self, clip, decoder: DecoderUNet | None = None, prior: DiffusionPrior | None = None,
-                 clip_path: str | None = None):
-        if decoder is None and prior is None:
-            raise ValueError("UnCLIP needs a decoder, a prior or both; got neither")
+                 clip_path: str | None = None, upsampler: DecoderUNet | None = None):
+        if decoder is None and prior is None and upsampler is None:
+            raise ValueError("UnCLIP needs a decoder, a prior or an upsampler; got none")
         for name, model in (("decoder", decoder), ("prior", prior)):
             if model is not None and model.config.embed_dim != clip.embed_dim:
                 raise ValueError(f"{name} embed_dim {model.config.embed_dim} != CLIP embed_dim {clip.embed_dim}")
+        if upsampler is not None and not upsampler.config.low_res_size:
+            raise ValueError("upsampler= must be a DecoderUNet with low_res_size > 0 (a super-resolution stage)")
+        if upsampler is not None and upsampler.config.embed_dim not in (0, clip.embed_dim):
+            raise ValueError(f"upsampler embed_dim {upsampler.config.embed_dim}; expected 0 or the CLIP's {clip.embed_dim}")
         self.clip, self.clip_path = clip, clip_path
         self.decoder = None if decoder is None else decoder.eval()
         self.prior = None if prior is None else prior.eval()
-        self.decoder_schedule, self.prior_schedule = (
-            None if m is None else NoiseSchedule(m.config.schedule, num_train_timesteps=m.config.num_train_timesteps)
-            for m in (decoder, prior))
+        self.upsampler = None if upsampler is None else upsampler.eval()
+        self.decoder_schedule, self.prior_schedule, self.upsampler_schedule = (
+            None if m is None else noise_schedule(m.config) for m in (decoder, prior, upsampler))
 
     @property
     def device(self) -> torch.device:
-        return next((self.decoder if self.decoder is not None else self.prior).parameters()).device
+        model = next(m for m in (self.decoder, self.prior, self.upsampler) if m is not None)
+        return next(model.parameters()).device
 
     def to(self, device) -> "UnCLIP":
-        for model in (self.decoder, self.prior, self.clip):
+        for model in (self.decoder, self.prior, self.upsampler, self.clip):
             if model is not None:
                 model.to(device)
         return self
@@ -151,7 +187,7 @@ class UnCLIP:
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in ("decoder", "prior"):
+        for name in ("decoder", "prior", "upsampler"):
             model = getattr(self, name)
             if model is not None:
                 save_model(model, model.config, directory / name, name)
@@ -181,10 +217,10 @@ class UnCLIP:
             clip_path = str(found.resolve())
             clip = clipkit.load(found, device=device)
         check_clip(clip, ref["identity"], directory)
-        models = {name: load_model(directory / name, name) for name in ("decoder", "prior")
+        models = {name: load_model(directory / name, name) for name in ("decoder", "prior", "upsampler")
                   if (directory / name / "config.json").is_file()}
         if not models:
-            raise FileNotFoundError(f"{str(directory)!r} holds neither decoder/ nor prior/")
+            raise FileNotFoundError(f"{str(directory)!r} holds no decoder/, prior/ or upsampler/")
         return cls(clip, **models, clip_path=clip_path or ref.get("path")).to(device)
 
     # -------------------------------------------------------------- prior
@@ -214,11 +250,15 @@ class UnCLIP:
                guidance_scale: float = 3.0, negative_embeddings: torch.Tensor | None = None,
                generator: torch.Generator | None = None, seed: int | None = None,
                noise: torch.Tensor | None = None, return_trajectory: bool = False, output: str = "pil",
-               precision: str = "fp32"):
+               precision: str = "fp32", dynamic_threshold: float | bool | None = None, upsample: bool = False,
+               upsample_steps: int = 7, aug_level: float | None = None):
         """(N, D) CLIP image embeddings -> N images (PIL, or a (N, 3, H, W) tensor in [-1, 1] with output="tensor").
 
         `negative_embeddings` replace the null condition of guidance (push away from them);
-        precision="bf16" runs the decoder under bf16 autocast."""
+        precision="bf16" runs the decoder under bf16 autocast. `dynamic_threshold`: a percentile for
+        Imagen's dynamic thresholding of x0, False for the static clip, None for the decoder's default.
+        upsample=True adds the cascade's super-resolution stage (`upsample`, `upsample_steps` steps);
+        the trajectory, if asked for, is the base decoder's."""
         decoder = self._need("decoder")
         if output not in ("pil", "tensor"):
             raise ValueError(f"output={output!r}; expected 'pil' or 'tensor'")
@@ -231,24 +271,58 @@ class UnCLIP:
         shape = (emb.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size)
         uncond = decoder.null_embedding(1) if negative_embeddings is None else \
             F.normalize(torch.as_tensor(negative_embeddings).float().to(self.device), dim=-1)
-        s = make_sampler(sampler, self.decoder_schedule, cfg.prediction)
+        if upsample:
+            self._need("upsampler")
+        s = make_sampler(sampler, self.decoder_schedule, cfg.prediction, clip_x0=pixel_clip(cfg, dynamic_threshold))
         model_fn = FlowAdapter(decoder, self.decoder_schedule, cfg.prediction) if sampler == "flow" else decoder
         result = sample(model_fn, shape, s, steps, cond=emb, uncond=uncond, guidance_scale=guidance_scale,
                         generator=generator, noise=noise, return_trajectory=return_trajectory, device=self.device,
                         precision=precision)
         x, traj = result if return_trajectory else (result, None)
+        if upsample:
+            x = self.upsample(x.clamp(-1, 1), steps=upsample_steps, aug_level=aug_level, generator=generator,
+                              output="tensor", precision=precision)
         images = to_pil(x) if output == "pil" else x.clamp(-1, 1)
         return (images, traj) if return_trajectory else images
+
+    @torch.no_grad()
+    def upsample(self, images, steps: int = 7, aug_level: float | None = None, sampler: str = "ddim",
+                 generator: torch.Generator | None = None, seed: int | None = None, output: str = "pil",
+                 precision: str = "fp32"):
+        """Low-resolution images ((N, 3, h, w) tensor in [-1, 1] or PIL list, h = the upsampler's
+        low_res_size) -> N images at its image_size: the cascade's second stage. The low-resolution
+        input gets noise of level `aug_level` (default: the upsampler's) as in training (noise-
+        conditioning augmentation); sampling starts from pure noise ("trailing" timesteps) and takes
+        `steps` steps (Karlo uses 7)."""
+        up = self._need("upsampler")
+        cfg = up.config
+        if output not in ("pil", "tensor"):
+            raise ValueError(f"output={output!r}; expected 'pil' or 'tensor'")
+        low = images if isinstance(images, torch.Tensor) else pil_to_tensor(images)
+        if low.ndim != 4 or low.shape[1] != cfg.in_channels or tuple(low.shape[-2:]) != (cfg.low_res_size,) * 2:
+            raise ValueError(f"images have shape {tuple(low.shape)}; the upsampler takes (N, {cfg.in_channels}, "
+                             f"{cfg.low_res_size}, {cfg.low_res_size}) in [-1, 1]")
+        level = cfg.aug_level if aug_level is None else float(aug_level)
+        generator = make_generator(generator, seed)
+        low = noise_low_res(low.float().to(self.device), level, generator)
+        n = low.shape[0]
+        cond = {"low_res": low, "aug_level": torch.full((n,), level, device=self.device)}
+        s = make_sampler(sampler, self.upsampler_schedule, cfg.prediction, clip_x0=pixel_clip(cfg),
+                         timestep_spacing="trailing")
+        x = sample(lambda x, t, c: up(x, t, low_res=c["low_res"], aug_level=c["aug_level"]),
+                   (n, cfg.in_channels, cfg.image_size, cfg.image_size), s, steps, cond=cond, generator=generator,
+                   device=self.device, precision=precision)
+        return to_pil(x) if output == "pil" else x.clamp(-1, 1)
 
     # -------------------------------------------------------------- user-facing generation
     def generate(self, prompt: str | Sequence[str], num_images: int = 4, steps: int = 50, sampler: str = "ddim",
                  prior_guidance: float = 2.0, decoder_guidance: float = 3.0, negative_prompt: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, prior_steps: int = 32,
                  guidance_scale: float | None = None, return_trajectory: bool = False, output: str = "pil",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", upsample: bool = False, **decode_kwargs):
         """Text -> images: num_images per prompt. A negative prompt goes through the prior and its image
         embedding replaces the decoder's null branch (Kandinsky's recipe). `guidance_scale` is an alias
-        of `decoder_guidance`."""
+        of `decoder_guidance`; upsample=True adds the super-resolution stage; other keywords go to decode."""
         if guidance_scale is not None:
             decoder_guidance = guidance_scale
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -263,7 +337,8 @@ class UnCLIP:
             neg_text = self.clip.encode_texts([negative_prompt]).expand(len(emb), -1)
             negative = self.prior_sample(neg_text, prior_guidance, prior_steps, generator=g)
         return self.decode(emb, steps, sampler, decoder_guidance, negative, generator=g,
-                           return_trajectory=return_trajectory, output=output, precision=precision)
+                           return_trajectory=return_trajectory, output=output, precision=precision,
+                           upsample=upsample, **decode_kwargs)
 
     def embed(self, image=None, *, text: str | None = None, generator: torch.Generator | None = None,
               seed: int | None = None, prior_guidance: float = 2.0) -> torch.Tensor:
