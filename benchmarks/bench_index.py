@@ -5,6 +5,8 @@
      build time, peak memory of the building process, recall@10, and whether the answers are identical
   C. `add` of 10% more vectors to a built index vs rebuilding on all of them: time, recall@10
   D. clipkit `auto` vs autofaiss `build_index` with the same memory budget: build time, recall@10, QPS, memory
+  E. per-vector costs of one kind (train per training vector, add per vector, bytes per vector, recall, QPS):
+     the inputs of the README's "scale on paper" (e.g. --kind ivfpq --d 512 --parts E)
      (autofaiss runs from its own virtual env, as it pins numpy<2:
       python3 -m venv /tmp/autofaiss-venv && /tmp/autofaiss-venv/bin/pip install autofaiss "pyarrow<17")
 
@@ -161,9 +163,33 @@ def worker(args) -> None:
         from clipkit.index_pieces import build_in_pieces
 
         kind = {"auto": "auto", "once": args.kind, "pieces": args.kind, "pieces-disk": args.kind,
-                "add": args.kind}[args.variant]
+                "add": args.kind, "costs": args.kind}[args.variant]
         options = dict(kind=kind, max_memory=budget, train_size=args.train_on)
-        if args.variant.startswith("pieces"):
+        if args.variant == "costs":                      # per-vector costs for the README's scale on paper
+            from clipkit.embeddings import EmbeddingFolder
+            from clipkit.index import GroundTruth
+            from clipkit.index_tuning import _nlist_for
+
+            folder = EmbeddingFolder(root / "emb")
+            rows = args.train_on or 40 * _nlist_for(folder.count)
+            sample = np.concatenate([v for v, _ in folder.chunks("img", 65536, metadata=False)])[:rows]
+            t = time.perf_counter()
+            index = EmbeddingIndex.trained(sample, kind=args.kind, count=folder.count, train_size=len(sample))
+            out["train_s"], out["train_rows"] = time.perf_counter() - t, len(sample)
+            t, offset = time.perf_counter(), 0
+            for v, _ in folder.chunks("img", 65536, metadata=False):
+                index.index.add(v)
+            out["add_s"], out["count"] = time.perf_counter() - t, int(index.index.ntotal)
+            gt = GroundTruth(sample, 500, K, "ip")
+            for v, _ in folder.chunks("img", 65536, metadata=False):
+                gt.add(v, offset)
+                offset += len(v)
+            t = time.perf_counter()
+            index.manifest["params"].update(gt.tune(index.index, index.kind, 0.95))
+            index._apply_search_params()
+            out["tune_s"] = time.perf_counter() - t
+            out["build_s"] = out["train_s"] + out["add_s"]
+        elif args.variant.startswith("pieces"):
             work = Path(tempfile.mkdtemp(dir=root)) if args.variant == "pieces-disk" else None
             index = build_in_pieces(str(root / "emb"), pieces=args.pieces, on_disk=work, **options)
         elif args.variant == "add":
@@ -195,6 +221,8 @@ def worker(args) -> None:
     out["peak_gb"], out["peak_anon_gb"], out["base_gb"] = peak_rss_gb(), anon.gb(), before
     ids, out["qps_batched"], out["qps_single"] = timed_search(search, xq, 100)
     out["recall"] = recall(ids, truth)
+    if args.variant == "costs":       # what exact re-ranking of 100 candidates (raw vectors from the folder) can reach
+        out["recall_rerank100"] = recall(search(xq, 100)[1], truth)
     np.save(root / f"ids_{args.variant}.npy", ids)
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -259,7 +287,7 @@ def main() -> None:
               f"flat exact: {flat['qps_batched']:,.0f} QPS batched, {flat['qps_single']:,.0f} single", flush=True)
         results = {}
         for part, variants in (("A", ["auto"]), ("B", ["once", "pieces", "pieces-disk"]), ("C", ["add"]),
-                               ("D", ["autofaiss"])):
+                               ("D", ["autofaiss"]), ("E", ["costs"])):
             if part not in args.parts:
                 continue
             for v in variants:
@@ -286,6 +314,14 @@ def main() -> None:
         print(f"\nC. add 10% to an index built on 90% vs rebuild on 100% ({args.kind}): add {r['add_s']:.1f} s vs "
               f"rebuild {o['build_s']:.1f} s ({o['build_s'] / max(r['add_s'], 1e-9):.0f}x); recall@10 "
               f"{r['recall']:.4f} (grown) vs {o['recall']:.4f} (rebuilt)")
+    if "E" in args.parts and not results.get("costs", {}).get("failed", True):
+        r = results["costs"]
+        print(f"\nE. per-vector costs of {r['params']} ({conditions}): train {r['train_s']:.1f} s on "
+              f"{r['train_rows']:,} vectors ({1e3 * r['train_s'] / r['train_rows']:.2f} ms per training vector), add "
+              f"{1e6 * r['add_s'] / r['count']:.1f} us per vector, {r['bytes'] / r['count']:.1f} index bytes per "
+              f"vector, recall@10 {r['recall']:.4f} at the tuned parameter ({r['recall_rerank100']:.4f} of the true "
+              f"top 10 among the first 100: the reach of exact re-ranking), {r['qps_batched']:,.0f} QPS batched, "
+              f"{r['qps_single']:,.0f} single")
     if "D" in args.parts and "autofaiss" in results and "auto" in results:
         table([results["auto"], results["autofaiss"]], f"D. clipkit auto vs autofaiss build_index ({conditions})")
 

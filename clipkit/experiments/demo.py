@@ -202,7 +202,9 @@ def stage_unclip(out: Path, s: DemoSettings, data: Path, model_dir: Path, hat_ve
               columns=8, scale=3).save(out / "samples" / "blue_circle_plus_hat_vector.png")
     t2i = metrics["text_to_image"]
     return {"summary": f"prior {prior.get('train_seconds', 0):.0f} s + decoder {decoder.get('train_seconds', 0):.0f} s "
-                       f"of training; inversion agreement {metrics['inversion']['agreement']['mean']:.3f}, "
+                       f"of training; judged by the shapes judge: inversion agreement "
+                       f"{metrics['inversion']['agreement']['mean']:.3f} (sharpness "
+                       f"{metrics['inversion']['sharpness']['sharpness']:.2f}), "
                        f"text->image {t2i['with_prior']['mean']:.3f} with the prior vs "
                        f"{t2i['direct_text_embedding']['mean']:.3f} direct, hat arithmetic "
                        f"{metrics['hat_arithmetic']['judged_wearing_hat']:.3f}",

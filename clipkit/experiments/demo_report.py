@@ -74,17 +74,16 @@ def _unclip_section(r: dict) -> Section:
     m = r["metrics"]
     inv, t2i, hat = m["inversion"], m["text_to_image"], m["hat_arithmetic"]
     attrs = ("shape", "color", "size", "position", "hat")
-    rows = [("inversion: decoded vs source image", inv)] + [
-        (label, t2i["methods"][key]) for key, label in (
+    rows = [("inversion: decoded vs source image", inv, inv["clip"]["agreement"])] + [
+        (label, t2i["methods"][key], t2i["methods"][key]["clip_agreement"]) for key, label in (
             ("with_prior", "text -> prior -> decoder"), ("direct_text_embedding", "text embedding decoded directly"),
             ("with_prior_upsampled", "text -> prior -> decoder -> upsampler"),
             ("with_prior_bicubic_64", "text -> prior -> decoder, bicubic x2")) if key in t2i["methods"]]
     table = [{"measure": name, **{a: round(v["agreement"][a], 3) for a in attrs}, "mean": round(v["agreement"]["mean"], 3),
               "sharpness": round(v["sharpness"]["sharpness"], 3), "Frechet / floor": round(v["frechet"]["ratio"], 2),
-              "CLIP-judged mean": round(v.get("clip_agreement", v.get("clip", {}).get("agreement", {})).get("mean", 0), 3)}
-             for name, v in rows]
+              "CLIP-judged mean": round(clip["mean"], 3)} for name, v, clip in rows]
     samplers = {f"{name}: {field}": value for name, v in m["samplers"].items()
-                for field, value in v.items() if field in ("seconds_per_image", "agreement", "cosine")}
+                for field, value in v.items() if field in ("seconds_per_image", "agreement", "sharpness", "cosine")}
     figs = [Figure("unclip/samples/inversion.png", "Pairs: a held-out image, then the decoder's reconstruction "
                                                    "from its CLIP image embedding."),
             Figure("unclip/samples/text_to_image_prior.png", "Text -> prior -> decoder, one image per caption."),
@@ -96,8 +95,8 @@ def _unclip_section(r: dict) -> Section:
                                                                      "section 5, rendered 7 times (first: source)."),
             Figure("unclip/samples/variations.png", "Variations: one image's embedding decoded from 8 noises."),
             Figure("unclip/samples/interpolation.png", "Slerp between two images' embeddings, same starting noise."),
-            Figure("unclip/samples/guidance_sweep.png", "Decoder guidance scale vs attribute agreement and "
-                                                        "diversity.")]
+            Figure("unclip/samples/guidance_sweep.png", "Decoder guidance scale vs attribute agreement, "
+                                                        "sharpness and diversity.")]
     return Section(
         "6. unCLIP: from embeddings back to pixels",
         f"A diffusion prior maps text embeddings to image embeddings and a diffusion decoder (UNet, x0-prediction, "

@@ -107,3 +107,34 @@ class PriorConfig:
     @classmethod
     def from_json(cls, data: dict) -> "PriorConfig":
         return dataclass_from_json(cls, data, "prior")
+
+
+@dataclass(frozen=True)
+class ArPriorConfig:
+    """The autoregressive prior (clipkit.unclip.ar_prior): PCA components of the image embedding, each
+    quantised into `bins` levels, predicted one after another by a causal transformer (unCLIP §2.2)."""
+
+    embed_dim: int = 128
+    components: int = 32                # leading PCA components predicted (unCLIP: 319 of 1,024 dimensions)
+    bins: int = 1024                    # quantisation levels per component (unCLIP: 1,024)
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    cond_tokens: int = 4                # prefix tokens made from the text embedding
+
+    def __post_init__(self):
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
+        if not 1 <= self.components <= self.embed_dim:
+            raise ValueError(f"components={self.components}; expected 1..embed_dim ({self.embed_dim})")
+        if self.bins < 2 or self.cond_tokens < 1:
+            raise ValueError(f"bins={self.bins}, cond_tokens={self.cond_tokens}; expected bins >= 2, cond_tokens >= 1")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ArPriorConfig":
+        return dataclass_from_json(cls, data, "ar_prior")

@@ -150,7 +150,7 @@ class UnCLIP:
     def __init__(self, clip, decoder: DecoderUNet | None = None, prior: DiffusionPrior | None = None,
                  clip_path: str | None = None, upsampler: DecoderUNet | None = None):
         if decoder is None and prior is None and upsampler is None:
-            raise ValueError("UnCLIP needs a decoder, a prior or an upsampler; got none")
+            raise ValueError("UnCLIP needs a decoder, a prior or an upsampler; got neither of them")
         for name, model in (("decoder", decoder), ("prior", prior)):
             if model is not None and model.config.embed_dim != clip.embed_dim:
                 raise ValueError(f"{name} embed_dim {model.config.embed_dim} != CLIP embed_dim {clip.embed_dim}")
