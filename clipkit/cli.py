@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "eval", "export_benchmark", "interpolate",
     "arith",
     "spiral",
+    "genlab",
     "unclip",
     "serve",
 )

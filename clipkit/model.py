@@ -33,11 +33,12 @@ from PIL import Image
 
 from clipkit.hub import resolve_pretrained
 from clipkit.images import to_rgb
-from clipkit.io import atomic_directory, write_json
+from clipkit.io import atomic_directory, output_format, read_manifest, write_json, write_manifest
 
 PRESET_DIR = Path(__file__).parent / "configs"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+MODEL_FORMAT = "clipkit-model"           # manifest.json format of a saved model folder
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,8 @@ class ClipModel:
             write_json(tmp / CONFIG_NAME, {**self.config.to_json(), "identity": self.refresh_identity()})
             write_json(tmp / "open_clip_config.json",
                        {"model_cfg": self.config.model_cfg, "preprocess_cfg": self.config.preprocess_cfg})
+            write_manifest(tmp, MODEL_FORMAT, {WEIGHTS_NAME: None, CONFIG_NAME: None, "open_clip_config.json": None},
+                           model=self.identity)
         return directory
 
 
@@ -397,6 +400,8 @@ def _load_directory(path: Path, device) -> ClipModel:
     for f in (config_file, weights_file):
         if not f.is_file():
             raise FileNotFoundError(f"{str(path)!r} is not a clipkit model directory: {f.name} is missing")
+    if output_format(path) is not None:     # folders saved before manifests existed were written whole too
+        read_manifest(path, MODEL_FORMAT, fix="save the model again (ClipModel.save)", what="model")
     config = ClipConfig.from_json(json.loads(config_file.read_text()))
     module = _build_module(config.model_cfg)
     module.load_state_dict(load_file(str(weights_file)), strict=True)

@@ -57,8 +57,8 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, fresh_tiny_mo
     before_img = fresh_tiny_model.encode_images(images)
     before_txt = fresh_tiny_model.encode_texts(["a small blue square on the left"])
     fresh_tiny_model.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors",
-                                                                  "open_clip_config.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "manifest.json",
+                                                                  "model.safetensors", "open_clip_config.json"]
     loaded = clipkit.load(tmp_path / "m")
     assert torch.equal(loaded.encode_images(images), before_img)
     assert torch.equal(loaded.encode_texts(["a small blue square on the left"]), before_txt)
@@ -87,6 +87,14 @@ def test_identity_is_hashed_once_and_refreshed_by_save(fresh_tiny_model, tmp_pat
     fresh_tiny_model.save(tmp_path / "m")                          # saving re-hashes what it writes
     after = fresh_tiny_model.identity
     assert after != before and clipkit.load(tmp_path / "m").identity == after
+
+
+def test_a_damaged_model_folder_is_refused(tmp_path, fresh_tiny_model):
+    fresh_tiny_model.save(tmp_path / "m")
+    with open(tmp_path / "m" / "model.safetensors", "ab") as f:            # a copy cut or grown on the way
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="does not match its manifest.json: model.safetensors"):
+        clipkit.load(tmp_path / "m")
 
 
 def test_load_of_a_bare_architecture_points_at_create():

@@ -52,12 +52,29 @@ def test_export_dir_never_replaces_a_users_folder(shapes_dir, tmp_path):
     mine = tmp_path / "my-photos"
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(ValueError, match="my-photos.*not a saved model.*overwrite"):
+    with pytest.raises(ValueError, match="my-photos.*already exists and is a folder that clipkit did not write.*overwrite"):
         train_clip(_config(str(shapes_dir / "train"), tmp_path / "run", export_dir=str(mine), max_steps=1))
     assert (mine / "holiday.jpg").read_bytes() == b"precious" and sorted(p.name for p in mine.iterdir()) == ["holiday.jpg"]
     (tmp_path / "a-file").write_text("x")
-    with pytest.raises(ValueError, match="is a file"):
+    with pytest.raises(ValueError, match="already exists and is a file"):
         train_clip(_config(str(shapes_dir / "train"), tmp_path / "run", export_dir=str(tmp_path / "a-file")))
+    with pytest.raises(ValueError, match="inside the input"):                     # never into the training data
+        train_clip(_config(str(shapes_dir / "train"), tmp_path / "run", export_dir=str(shapes_dir / "train" / "m")))
+
+
+def test_one_run_at_a_time_per_out_dir(shapes_dir, tmp_path):
+    from clipkit.io import OutputInUseError, output_lock
+
+    with output_lock(tmp_path / "run"):                       # another writer holds the run folder
+        import subprocess
+        import sys
+        code = ("from clipkit.cli import main; raise SystemExit(main(['train', '--train-data', "
+                f"'{shapes_dir / 'train'}', '--out-dir', '{tmp_path / 'run'}', '--max-steps', '1', '--no-progress']))")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{str(tmp_path / 'run')!r} is being written by another process (pid {os.getpid()}" in proc.stderr
+    assert not (tmp_path / "run" / "config.json").exists()               # refused before writing anything
+    assert issubclass(OutputInUseError, ValueError)
 
 
 @pytest.mark.parametrize("field,value", [("lr", float("inf")), ("lr", float("nan")), ("weight_decay", float("nan")),

@@ -2,6 +2,8 @@
 
     clipkit train-decoder --config decoder/configs/shapes-decoder.json
     clipkit train-prior   --config decoder/configs/shapes-prior.json
+    clipkit train-ar-prior --clip runs/clip/model --train-data data/train --pipeline-dir runs/unclip   # AR prior
+    clipkit generate --pipeline runs/unclip --prior ar --prompt "a red circle" --out out/    # ... sampled with it
     clipkit train-upsampler --config shapes-upsampler --train-data data/train64 --clip runs/clip/model
     clipkit generate --pipeline runs/unclip --prompt "a red circle" --upsample --out out/    # the cascade
     clipkit generate --pipeline runs/unclip --prompt "a red circle wearing a hat" --num 8 --out out/
@@ -18,7 +20,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.train.config import add_config_arguments
-    from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
+    from clipkit.train.configs import ArPriorTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
 
     for name, cls, fn, what, data in (
             ("train-decoder", DecoderTrainConfig, run_train_decoder,
@@ -26,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             ("train-prior", PriorTrainConfig, run_train_prior,
              "the unCLIP diffusion prior (text embedding -> image embedding)",
              "shapes embedded by a frozen CLIP, or on image/caption pairs from `clipkit embed` (--embeddings)"),
+            ("train-ar-prior", ArPriorTrainConfig, run_train_ar_prior,
+             "unCLIP's autoregressive prior (text embedding -> PCA components of the image embedding, each "
+             "quantised into 1,024 bins, predicted in order by a causal transformer)",
+             "the same pairs as train-prior (shards embedded by a frozen CLIP, or --embeddings)"),
             ("train-upsampler", UpsamplerTrainConfig, run_train_upsampler,
              "the cascade's super-resolution stage (32 -> 64 px, conditioned on the low-resolution image)",
              "any image shards (each image is the target, its downsample the condition)")):
@@ -58,6 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--upsample", action="store_true", help="add the pipeline's upsampler (super-resolution stage)")
     p.add_argument("--upsample-steps", type=int, default=7, help="upsampler sampling steps [7]")
     p.add_argument("--clip", default=None, help="CLIP directory to use instead of the recorded one (same weights)")
+    p.add_argument("--prior", choices=("diffusion", "ar"), default=None,
+                   help="which prior of the pipeline folder: prior/ (diffusion) or ar_prior/ [prior/ when present]")
     p.set_defaults(func=run_generate)
 
 
@@ -65,10 +73,11 @@ def _train(args, kind: str) -> int:
     import json
 
     from clipkit.commands.train import config_from_args
-    from clipkit.train.unclip import train_decoder, train_prior, train_upsampler
+    from clipkit.train.unclip import train_ar_prior, train_decoder, train_prior, train_upsampler
 
     config = config_from_args(args.config_cls, args)
-    summary = {"decoder": train_decoder, "prior": train_prior, "upsampler": train_upsampler}[kind](config)
+    summary = {"decoder": train_decoder, "prior": train_prior, "upsampler": train_upsampler,
+               "ar_prior": train_ar_prior}[kind](config)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -85,6 +94,10 @@ def run_train_upsampler(args) -> int:
     return _train(args, "upsampler")
 
 
+def run_train_ar_prior(args) -> int:
+    return _train(args, "ar_prior")
+
+
 def run_generate(args) -> int:
     from pathlib import Path
 
@@ -92,7 +105,7 @@ def run_generate(args) -> int:
     from clipkit.images import make_grid
     from clipkit.unclip import trajectory_strip
 
-    pipe = clipkit.UnCLIP.load(args.pipeline, clip=args.clip)
+    pipe = clipkit.UnCLIP.load(args.pipeline, clip=args.clip, prior=getattr(args, "prior", None))
     decode = dict(steps=args.steps, sampler=args.sampler, guidance_scale=args.decoder_guidance, seed=args.seed,
                   return_trajectory=args.trajectory)
     if args.upsample:

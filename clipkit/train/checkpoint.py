@@ -29,7 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from clipkit.io import atomic_directory, atomic_file, write_json
+from clipkit.io import atomic_directory, atomic_file, read_manifest, write_json, write_manifest
+
+CHECKPOINT_FORMAT = "clipkit-checkpoint"
 
 
 def _rng_state() -> dict:
@@ -101,6 +103,7 @@ class CheckpointManager:
                     extra(tmp)
                 write_json(tmp / "state.json", {**state, "step": step, "world_size": accelerator.num_processes,
                                                 "time": time.time()})
+                write_manifest(tmp, CHECKPOINT_FORMAT, {name: None for name in sorted(os.listdir(tmp))}, step=step)
             for old in self.list()[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -130,6 +133,8 @@ class CheckpointManager:
             if resume == "latest":
                 accelerator.print(f"resume=latest: no checkpoint in {self.root}, starting fresh")
             return {}
+        read_manifest(path, CHECKPOINT_FORMAT, full=True, what="checkpoint",
+                      fix=f"resume from an earlier {self.root}/step_* folder or start over")
         state = json.loads((path / "state.json").read_text())
         accelerator.unwrap_model(model).load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)

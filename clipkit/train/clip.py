@@ -193,28 +193,30 @@ def _build_clip(config: ClipTrainConfig):
     return clip
 
 
-def _check_export_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to replace a folder that is not a saved model (a user's files) unless `overwrite`."""
-    if path.is_file():
-        raise ValueError(f"export_dir={str(path)!r} is a file; choose a folder path")
-    if path.is_dir() and any(path.iterdir()) and not (path / "model.safetensors").is_file() and not overwrite:
-        raise ValueError(f"export_dir={str(path)!r} holds files that are not a saved model; choose another "
-                         f"folder or pass overwrite=true (--overwrite) to replace it")
-
-
 def train_clip(config: ClipTrainConfig, evaluators: tuple[Callable, ...] = ()) -> dict:
     """Train, evaluate, checkpoint and export; returns the summary also written to out_dir/summary.json.
 
     evaluators: callables (clip, image_features (N, D), eval_set) -> {metric: value}, run on each
     evaluation split beside loss and recall (the shapes experiment passes its attribute accuracy).
+    One run at a time per out_dir (a second fails at once, naming the first); export_dir never
+    replaces a folder clipkit did not write, nor the training data, unless `overwrite`.
     """
+    from clipkit.data.shards import expand_urls
+    from clipkit.io import check_output_path
+
+    config.validate()
+    export = Path(config.export_dir) if config.export_dir else Path(config.out_dir) / "model"
+    inputs = [*config.train_data.split("::"), *expand_urls(config.train_data), config.model]
+    check_output_path(export, "clipkit-model", inputs=inputs, overwrite=config.overwrite, flag="overwrite=true")
+    with runtime.run_lock(config.out_dir):
+        return _train_clip(config, evaluators, export)
+
+
+def _train_clip(config: ClipTrainConfig, evaluators, export: Path) -> dict:
     from clipkit.data.shards import count_samples, expand_urls
     from clipkit.train.evaluate import evaluate_clip, load_eval_set
 
-    config.validate()
     started = time.time()
-    export = Path(config.export_dir) if config.export_dir else Path(config.out_dir) / "model"
-    _check_export_dir(export, config.overwrite)
     accelerator = runtime.make_accelerator(config)
     run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
     run.write_config(config)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from clipkit.diffusion.names import LOSS_WEIGHTINGS
 from clipkit.train.config import TrainConfig
-from clipkit.unclip.config import DecoderConfig, PriorConfig
+from clipkit.unclip.config import ArPriorConfig, DecoderConfig, PriorConfig
 
 LOSSES = ("clip", "siglip")
 
@@ -159,3 +159,17 @@ class PriorTrainConfig(UnclipTrainConfig):
     # Train on precomputed pairs instead of shards: an embedding folder written by `clipkit embed`
     # (clip-retrieval layout, image + caption embeddings) with the same CLIP.
     embeddings: str | None = None
+
+
+@dataclass
+class ArPriorTrainConfig(UnclipTrainConfig):
+    """unCLIP's autoregressive prior (clipkit.unclip.ar_prior): the same data, EMA and text dropout as the
+    diffusion prior; the PCA basis and bins are fitted on the training image embeddings first."""
+
+    out_dir: str = "runs/unclip-ar-prior"
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_steps: int | None = 1500
+    warmup_steps: int = 50
+    ar_prior: ArPriorConfig = field(default_factory=ArPriorConfig)  # embed_dim is taken from the CLIP
+    embeddings: str | None = None          # precomputed pairs from `clipkit embed`, as for the diffusion prior

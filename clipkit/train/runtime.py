@@ -71,6 +71,18 @@ def is_distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def run_lock(out_dir: str | os.PathLike):
+    """One training run per out_dir: rank 0 holds clipkit.io's advisory lock for the whole run (a second
+    run fails at once naming the first; a killed run's stale lock is taken over by `resume`)."""
+    import contextlib
+
+    from clipkit.io import output_lock
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return output_lock(out_dir)
+
+
 def seed_everything(seed: int, rank: int = 0) -> None:
     """Seed python, numpy and torch; ranks get different streams (seed + rank)."""
     s = int(seed) + 1009 * int(rank)

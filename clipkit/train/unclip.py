@@ -118,6 +118,11 @@ def _train(config, kind: str, clip, module: torch.nn.Module, train: dict, micro_
     """Train `module` with `micro_loss(net, idx, generator)` on random rows of `train`; EMA, checkpoints,
     export of the EMA weights into out_dir/<kind> (and pipeline_dir); `on_sample(ema_model, step)` every
     sample_every steps on rank 0. Returns {"final": the EMA model, "result", "run", "written", ...}."""
+    with runtime.run_lock(config.out_dir):
+        return _train_locked(config, kind, clip, module, train, micro_loss, on_sample)
+
+
+def _train_locked(config, kind, clip, module, train, micro_loss, on_sample) -> dict:
     accelerator = runtime.make_accelerator(config)
     run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
     run.write_config(config)
@@ -333,3 +338,45 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
         on_sample(out["final"], 0)
     return _summary(config, out, clip, {"read_seconds": round(read_s, 1), "train_images": len(train["pixels"]),
                                         "skipped_samples": skipped})
+
+
+# ----------------------------------------------------------------------------- autoregressive prior
+
+def train_ar_prior(config) -> dict:
+    """Train unCLIP's autoregressive prior (text embedding -> PCA components of the image embedding, each in
+    1,024 bins, predicted in order by a causal transformer) on the same pairs as `train_prior`; its folder
+    is ar_prior/ (out_dir and pipeline_dir), loaded by `UnCLIP.load(dir, prior="ar")`."""
+    from clipkit.train.configs import ArPriorTrainConfig
+    from clipkit.unclip.ar_prior import ArPrior
+    from clipkit.unclip.pipeline import UnCLIP
+
+    if not isinstance(config, ArPriorTrainConfig):
+        raise TypeError(f"train_ar_prior takes an ArPriorTrainConfig, got {type(config).__name__}")
+    config.validate()
+    t0 = time.time()
+    clip = load_clip(config.clip)
+    skipped = {}
+    if config.embeddings:
+        train, val = embedding_pairs(config.embeddings, clip, config.val_samples)
+    else:
+        train, val, skipped = read_training_data(config, clip, None, texts=True)
+    embed_s = time.time() - t0
+    model = ArPrior(dataclasses.replace(config.ar_prior, embed_dim=clip.embed_dim))
+    codebook = model.fit_codebook(train["image_emb"])          # before _train: the EMA copies the buffers
+    print(f"[ar_prior] {model.config.components} components keep {codebook['explained_variance']:.3f} of the "
+          f"variance; quantised and decoded, cosine {codebook['reconstruction_cosine']:.4f} to the embeddings")
+
+    def micro_loss(net, idx, g):
+        device = next(net.parameters()).device
+        drop = (torch.rand(len(idx), generator=g) < config.cond_drop).to(device)
+        return net.loss(train["image_emb"][idx].to(device), train["text_emb"][idx].to(device), drop=drop)
+
+    out = _train(config, ArPrior.KIND, clip, model, train, micro_loss)
+    sampled = UnCLIP(clip, None, out["final"]).prior_sample(val["text_emb"], guidance_scale=1.0,
+                                                            generator=torch.Generator().manual_seed(0))
+    cos_prior = float((sampled * val["image_emb"]).sum(-1).mean())
+    cos_text = float((val["text_emb"] * val["image_emb"]).sum(-1).mean())
+    out["run"].metrics.log({"step": out["total"], "val_cosine_prior": cos_prior, "val_cosine_text": cos_text})
+    return _summary(config, out, clip, {"embed_seconds": round(embed_s, 1), "train_pairs": len(train["image_emb"]),
+                                        "val_cosine_prior": cos_prior, "val_cosine_text_embedding": cos_text,
+                                        "codebook": codebook, "skipped_samples": skipped})

@@ -69,12 +69,15 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask, is_causal: bool, cache: KVCache | None, index: int):
+    def forward(self, x, mask, is_causal: bool, cache: KVCache | None, index: int, attend=None):
         b, t, w = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.update(index, k, v)                                  # (B, heads, past + t, w/heads)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        if attend is not None:
+            y = attend(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, t, w)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -89,10 +92,13 @@ class CausalTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
+                attend=None) -> torch.Tensor:
         """x (B, T, W): the new tokens. mask (T, past + T) bool, True = may attend (every row needs one True);
         None = causal: each new token sees the cached ones and the new ones up to itself.
-        cache: read, and extended with the new tokens' keys / values. Returns (B, T, W), normalised."""
+        cache: read, and extended with the new tokens' keys / values. Returns (B, T, W), normalised.
+        attend: a function (q, k, v) -> y, each (B, heads, T, head_dim), replacing the masked dense attention
+        (e.g. a chunked local attention that never builds the T x T scores); `mask` is then ignored."""
         past, t = (len(cache) if cache is not None else 0), x.shape[1]
         is_causal = False
         if mask is None:
@@ -104,7 +110,7 @@ class CausalTransformer(nn.Module):
             raise ValueError(f"mask has shape {tuple(mask.shape)}; expected ({t}, {past + t}) for {t} new tokens "
                              f"after {past} cached ones")
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, is_causal, cache, i)
+            x = block(x, mask, is_causal, cache, i, attend)
         return self.norm(x)
 
 

@@ -19,6 +19,8 @@ A saved pipeline is one folder:
     decoder/config.json, decoder/model.safetensors     (EMA weights: the ones used for sampling)
     prior/config.json,   prior/model.safetensors       (either may be missing, not both)
     upsampler/config.json, upsampler/model.safetensors (optional: the super-resolution stage)
+    ar_prior/config.json, ar_prior/model.safetensors   (optional: unCLIP's autoregressive prior, PCA basis and
+                                                        bins inside; UnCLIP.load(dir, prior="ar") uses it)
 
 Samplers: "ddim" and "ddpm" run the decoder on its own discrete schedule; "flow"
 runs Euler steps of the same model through clipkit.diffusion.FlowAdapter (each
@@ -42,13 +44,15 @@ from clipkit.diffusion import (DDIMSampler, DDPMSampler, DynamicThreshold, FlowA
                                sample)
 from clipkit.io import atomic_directory, write_json
 from clipkit.unclip.decoder import DecoderConfig, DecoderUNet, noise_low_res
+from clipkit.unclip.ar_prior import ArPrior, ArPriorConfig
 from clipkit.unclip.prior import DiffusionPrior, PriorConfig
 
 SAMPLERS = ("ddim", "ddpm", "flow")
 MANIFEST = "unclip.json"
 FORMAT = "clipkit-unclip"
 MODELS = {"decoder": (DecoderUNet, DecoderConfig), "prior": (DiffusionPrior, PriorConfig),
-          "upsampler": (DecoderUNet, DecoderConfig)}
+          "upsampler": (DecoderUNet, DecoderConfig), "ar_prior": (ArPrior, ArPriorConfig)}
+PRIORS = ("diffusion", "ar")       # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
 
 
 # ----------------------------------------------------------------------------- model folders
@@ -163,7 +167,7 @@ class UnCLIP:
         self.prior = None if prior is None else prior.eval()
         self.upsampler = None if upsampler is None else upsampler.eval()
         self.decoder_schedule, self.prior_schedule, self.upsampler_schedule = (
-            None if m is None else noise_schedule(m.config) for m in (decoder, prior, upsampler))
+            None if m is None or isinstance(m, ArPrior) else noise_schedule(m.config) for m in (decoder, prior, upsampler))
 
     @property
     def device(self) -> torch.device:
@@ -190,14 +194,19 @@ class UnCLIP:
         for name in ("decoder", "prior", "upsampler"):
             model = getattr(self, name)
             if model is not None:
-                save_model(model, model.config, directory / name, name)
+                kind = getattr(model, "KIND", name)                    # an ArPrior goes to ar_prior/
+                save_model(model, model.config, directory / kind, kind)
         write_manifest(directory, self.clip, self.clip_path)
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, clip=None, device: str | torch.device = "cpu") -> "UnCLIP":
+    def load(cls, directory: str | os.PathLike, clip=None, device: str | torch.device = "cpu",
+             prior: str | None = None) -> "UnCLIP":
         """Load a pipeline folder. `clip`: a ClipModel or a path to use instead of the recorded one
-        (it must be the same weights: the identity recorded at training is checked)."""
+        (it must be the same weights: the identity recorded at training is checked). `prior`: "diffusion"
+        (prior/) or "ar" (ar_prior/); None takes prior/ when present, else ar_prior/."""
+        if prior not in (None, *PRIORS):
+            raise ValueError(f"prior={prior!r}; expected one of {PRIORS} or None")
         import clipkit
 
         directory = Path(directory)
@@ -217,8 +226,15 @@ class UnCLIP:
             clip_path = str(found.resolve())
             clip = clipkit.load(found, device=device)
         check_clip(clip, ref["identity"], directory)
-        models = {name: load_model(directory / name, name) for name in ("decoder", "prior", "upsampler")
-                  if (directory / name / "config.json").is_file()}
+        models = {name: load_model(directory / name, name) for name in ("decoder", "prior", "upsampler", "ar_prior")
+                  if (directory / name / "config.json").is_file() and (name != "ar_prior" or prior != "diffusion")}
+        ar = models.pop("ar_prior", None)
+        if prior == "ar" or (prior is None and "prior" not in models and ar is not None):
+            if ar is None:
+                raise FileNotFoundError(f"{str(directory)!r} holds no ar_prior/ (train one with `clipkit train-ar-prior`)")
+            models["prior"] = ar
+        elif prior == "diffusion" and "prior" not in models:
+            raise FileNotFoundError(f"{str(directory)!r} holds no prior/ (train one with `clipkit train-prior`)")
         if not models:
             raise FileNotFoundError(f"{str(directory)!r} holds no decoder/, prior/ or upsampler/")
         return cls(clip, **models, clip_path=clip_path or ref.get("path")).to(device)
@@ -235,12 +251,15 @@ class UnCLIP:
         text = F.normalize(text_embeddings.float().to(self.device), dim=-1)
         n, d = text.shape
         rep = text.repeat_interleave(candidates, 0)
-        scale = prior.config.scale
-        sampler = make_sampler("ddim", self.prior_schedule, prior.config.prediction,
-                               clip_x0=lambda z: F.normalize(z, dim=-1) * scale)
-        z = sample(prior, (n * candidates, d), sampler, steps, cond=rep, uncond=prior.null_embedding(1),
-                   guidance_scale=guidance_scale, generator=generator, device=self.device)
-        z = prior.from_prior_space(z).view(n, candidates, d)
+        if isinstance(prior, ArPrior):                 # autoregressive: one component per step (`steps` unused)
+            z = prior.sample(rep, guidance_scale, generator=generator).view(n, candidates, d)
+        else:
+            scale = prior.config.scale
+            sampler = make_sampler("ddim", self.prior_schedule, prior.config.prediction,
+                                   clip_x0=lambda z: F.normalize(z, dim=-1) * scale)
+            z = sample(prior, (n * candidates, d), sampler, steps, cond=rep, uncond=prior.null_embedding(1),
+                       guidance_scale=guidance_scale, generator=generator, device=self.device)
+            z = prior.from_prior_space(z).view(n, candidates, d)
         best = (z * text[:, None]).sum(-1).argmax(1)                       # (N,)
         return z[torch.arange(n), best]
 

@@ -74,6 +74,8 @@ class PixelARConfig:
     cond_tokens: int = 4
     stencil: tuple = (1, 2, 4, 8)           # neighbour distances read as input features (() = none)
     block_sizes: tuple = (1, 4, 16, 64)     # k values trained (one per batch) and allowed at sampling
+    window: int | None = 64                 # pixel tokens attend to the prefix and ~window earlier tokens
+                                            # (None: all earlier tokens; the stencil carries the image beyond)
 
     def to_json(self) -> dict:
         return {**asdict(self), "stencil": list(self.stencil), "block_sizes": list(self.block_sizes)}
@@ -86,9 +88,11 @@ class PixelAR(nn.Module):
         super().__init__()
         self.config = cfg = config
         s, w, n = cfg.side, cfg.width, cfg.side ** 2
+        self.chunk = max(cfg.block_sizes)                 # local attention runs on chunks of this many tokens
         for k in cfg.block_sizes:
-            if n % k:
-                raise ValueError(f"block size {k} does not divide the {n} pixels; use powers of two")
+            if n % k or self.chunk % k:
+                raise ValueError(f"block size {k} does not divide the {n} pixels / the largest block; "
+                                 f"use powers of two")
         order = pixel_order(cfg.order, s, cfg.order_seed)
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("rank", torch.empty_like(order).scatter_(0, order, torch.arange(n)), persistent=False)
@@ -121,10 +125,21 @@ class PixelAR(nn.Module):
             known = self.rank[self.neighbours.clamp_max(n - 1)] < start[:, None]
             neighbours = torch.where(known & (self.neighbours < n), self.neighbours, n)
             content = torch.where(i >= k, self.order[(i - k).clamp_min(0)], n)
-            block = torch.cat([torch.full((cfg.cond_tokens,), -1, device=dev), i // k])
+            p, c = cfg.cond_tokens, self.chunk
+            block = torch.cat([torch.full((p,), -1, device=dev), i // k])
             visible = block[None, :] <= block[:, None]                            # block-causal, prefix first
-            visible[:cfg.cond_tokens] = torch.ones(cfg.cond_tokens, len(block), device=dev).tril().bool()
-            self._tables[k] = {"neighbours": neighbours, "content": content, "mask": visible}
+            if cfg.window is not None:                                            # ... within the window
+                seq = torch.cat([torch.full((p,), -1, device=dev), i])
+                lo = torch.cat([torch.full((p,), -1, device=dev), (i // c) * c - cfg.window])
+                visible &= (seq[None, :] >= lo[:, None]) | (block[None, :] < 0)
+            visible[:p] = torch.ones(p, len(block), device=dev).tril().bool()
+            table = {"neighbours": neighbours, "content": content, "mask": visible}
+            if cfg.window is not None:                    # the same pattern chunk by chunk: (n/c, c, p + window + c)
+                cols = torch.arange(-cfg.window, c, device=dev)[None, :] + torch.arange(0, n, c, device=dev)[:, None]
+                rows = torch.arange(n, device=dev).view(-1, c)
+                local = visible[p + rows[:, :, None], p + cols.clamp_min(0)[:, None, :]] & (cols >= 0)[:, None, :]
+                table["chunks"] = torch.cat([visible[p + rows, :p], local], 2)
+            self._tables[k] = table
         return self._tables[k]
 
     def _embed(self, pixels: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
@@ -144,6 +159,23 @@ class PixelAR(nn.Module):
             h = h + F.embedding_bag(bag.view(-1, bag.shape[-1]), self.stencil.weight, mode="sum").view(h.shape)
         return h
 
+    def _local_attention(self, k: int):
+        """Training attention over chunks: prefix rows causal among themselves, each chunk of pixel tokens
+        against the prefix and the window before it (never the T x T scores)."""
+        p, c, w, masks = self.config.cond_tokens, self.chunk, self.config.window, self._table(k)["chunks"]
+
+        def attend(q, key, value):
+            b, h, t, d = q.shape
+            n = t - p
+            out = [F.scaled_dot_product_attention(q[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True)]
+            kv = []
+            for z in (key, value):
+                local = F.pad(z[:, :, p:], (0, 0, w, 0)).unfold(2, w + c, c).transpose(-1, -2)  # (b,h,n/c,w+c,d)
+                kv.append(torch.cat([z[:, :, None, :p].expand(b, h, n // c, p, d), local], 3))
+            y = F.scaled_dot_product_attention(q[:, :, p:].reshape(b, h, n // c, c, d), *kv, attn_mask=masks)
+            return torch.cat(out + [y.reshape(b, h, n, d)], 2)
+        return attend
+
     def _prefix(self, cond: torch.Tensor) -> torch.Tensor:
         return self.cond(cond.float()).view(len(cond), self.config.cond_tokens, -1) + self.cond_pos
 
@@ -153,8 +185,16 @@ class PixelAR(nn.Module):
         in sequence order, every position predicted from earlier blocks only."""
         n, p = self.config.side ** 2, self.config.cond_tokens
         x = torch.cat([self._prefix(cond), self._embed(tokens, torch.arange(n, device=tokens.device), k)], 1)
+        if self.config.window is not None:
+            return self.head(self.trunk(x, attend=self._local_attention(k))[:, p:])
         mask = None if k == 1 else self._table(k)["mask"]                          # k = 1: the fused causal path
         return self.head(self.trunk(x, mask=mask)[:, p:])
+
+    def dense_forward(self, cond: torch.Tensor, tokens: torch.Tensor, k: int = 1) -> torch.Tensor:
+        """forward() with the dense (T, T) mask whatever the window: the reference the chunked path must match."""
+        n, p = self.config.side ** 2, self.config.cond_tokens
+        x = torch.cat([self._prefix(cond), self._embed(tokens, torch.arange(n, device=tokens.device), k)], 1)
+        return self.head(self.trunk(x, mask=self._table(k)["mask"])[:, p:])
 
     def loss(self, cond: torch.Tensor, tokens: torch.Tensor, k: int = 1) -> torch.Tensor:
         logits = self(cond, tokens, k)
@@ -187,7 +227,7 @@ class PixelAR(nn.Module):
                 if step == 0:
                     x, mask = torch.cat([prefix, x], 1), table["mask"][:p + k, :p + k]
                 else:
-                    mask = torch.ones(k, p + (step + 1) * k, dtype=torch.bool, device=cond.device)
+                    mask = table["mask"][p + idx, :p + (step + 1) * k]
                 h = self.trunk(x, mask=mask, cache=cache)[:, -k:]
             else:
                 end = (step + 1) * k
