@@ -9,13 +9,12 @@ or texts. Unit u becomes part u (img_emb/img_emb_{u:05d}.npy, text_emb/...,
 metadata/metadata_{u:05d}.parquet), so the output does not depend on how many
 processes wrote it: rank r of W embeds units r, r+W, r+2W, ...
 
-Everything is written into the staging folder `.OUT.partial` beside OUT (see
-clipkit.io.staged_output), under OUT's lock held by rank 0. A unit's parts are
-written first, then its record `units/{u:05d}.json` (the parts' sizes, sha256
-and rows, and its skipped samples). A run started again with the same arguments
-checks every record against its files (sha256) and skips the units that match;
-the others, including the one a kill interrupted, are done again. When every
-unit is recorded, rank 0 writes manifest.json and swaps the folder into OUT.
+Everything is written into `.OUT.partial` beside OUT (clipkit.io), under OUT's
+lock held by rank 0. A unit's parts are written first, then its record
+`units/{u:05d}.json` (sizes, sha256, rows, skipped samples). A run started again
+with the same arguments checks the records against their files (sha256), skips
+the units that match and redoes the rest; when every unit is recorded, rank 0
+writes manifest.json and swaps the folder into OUT.
 """
 
 from __future__ import annotations
@@ -122,17 +121,17 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _broadcast(obj, world: int):
-    if world == 1:
-        return obj
-    import torch.distributed as dist
+def _broadcast(obj, world: int):            # rank 0's obj on every rank
+    if world > 1:
+        import torch.distributed as dist
 
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj
 
 
-def _gather(obj, world: int) -> list:
+def _gather(obj, world: int) -> list:       # every rank's obj on every rank
     if world == 1:
         return [obj]
     import torch.distributed as dist
@@ -203,7 +202,7 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
 
 def _prepare(out: Path, plan: _Plan, overwrite: bool, stack: contextlib.ExitStack):
     """Rank 0: refuse what must be refused, take the lock, create or resume the staging folder."""
-    existing = check_output_path(out, FORMAT, plan.inputs, overwrite)
+    check_output_path(out, FORMAT, plan.inputs, overwrite)               # fail fast, then again under the lock
     stack.enter_context(output_lock(out))
     existing = check_output_path(out, FORMAT, plan.inputs, overwrite)
     if existing:
@@ -233,8 +232,8 @@ def _prepare(out: Path, plan: _Plan, overwrite: bool, stack: contextlib.ExitStac
 
 
 def _difference(a: dict, b: dict) -> str:
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in diff[:3]) or "unknown"
+    return ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now"
+                     for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "unknown"
 
 
 def _unit_record_path(stage_dir: Path, u: int) -> Path:
@@ -338,12 +337,11 @@ def _embed_unit(model, plan: _Plan, u: int) -> tuple[list[dict], np.ndarray | No
     if plan.source == "shards":
         return _embed_shard(model, plan, plan.units[u])
     if plan.source == "images":
-        start, paths, caps = plan.units[u]
-        return _embed_images(model, plan, paths, caps)
+        return _embed_images(model, plan, *plan.units[u][1:])
     start, texts = plan.units[u]
-    txt = _encode_texts(model, texts, plan.batch_size, [f"{start + i:09d}" for i in range(len(texts))])
-    rows = [{"key": f"{start + i:09d}", "path": None, "caption": t} for i, t in enumerate(texts)]
-    return rows, None, txt, {}
+    keys = [f"{start + i:09d}" for i in range(len(texts))]
+    rows = [{"key": k, "path": None, "caption": t} for k, t in zip(keys, texts)]
+    return rows, None, _encode_texts(model, texts, plan.batch_size, keys), {}
 
 
 def _encode_texts(model, texts, batch_size, keys) -> np.ndarray:
@@ -366,9 +364,7 @@ def _embed_shard(model, plan: _Plan, url: str):
         if plan.captions:
             txts.append(_encode_texts(model, texts, plan.batch_size, keys))
         rows += [{"key": k, "path": url, "caption": t, **_scalar_fields(m)} for k, t, m in zip(keys, texts, metas)]
-    img = np.concatenate(imgs) if imgs else None
-    txt = np.concatenate(txts) if txts else None
-    return rows, img, txt, {k: v for k, v in counter.summary().items() if v}
+    return rows, _cat(imgs), _cat(txts), {k: v for k, v in counter.summary().items() if v}
 
 
 def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
@@ -400,9 +396,11 @@ def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
                 txts.append(_encode_texts(model, [caps[i] for i in keep], plan.batch_size, keys))
             rows += [{"key": k, "path": paths[i], "caption": None if caps is None else caps[i]}
                      for k, i in zip(keys, keep)]
-    img = np.concatenate(imgs) if imgs else None
-    txt = np.concatenate(txts) if txts else None
-    return rows, img, txt, ({"bad_image": bad} if bad else {})
+    return rows, _cat(imgs), _cat(txts), ({"bad_image": bad} if bad else {})
+
+
+def _cat(arrays: list) -> np.ndarray | None:
+    return np.concatenate(arrays) if arrays else None
 
 
 def _key_for(path: str, root: Path | None) -> str:
@@ -417,7 +415,5 @@ def _key_for(path: str, root: Path | None) -> str:
 
 def _scalar_fields(meta: dict | None) -> dict:
     """The flat (str/number/bool) fields of a sample's json, minus the ones we set ourselves."""
-    if not isinstance(meta, dict):
-        return {}
-    return {k: v for k, v in meta.items()
+    return {k: v for k, v in (meta if isinstance(meta, dict) else {}).items()
             if k not in ("key", "path", "caption") and isinstance(v, (str, int, float, bool))}

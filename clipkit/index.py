@@ -273,55 +273,19 @@ class EmbeddingIndex:
                 out.append({"id": i, **{c: v[pos] for c, v in self.metadata.items()}})
         return out
 
-    # ---------------------------------------------------------------- changing
+    # ---------------------------------------------------------------- changing (clipkit.index_changes)
     def add(self, vectors, ids=None, metadata: dict | None = None, *, model=None, modality: str | None = None,
             batch_size: int = 65536) -> int:
-        """Add vectors (an array, an EmbeddingFolder or its path, or chunks) to this trained index; returns how many.
+        """Add vectors (an array, an EmbeddingFolder or its path, or chunks); returns how many (index_changes.add)."""
+        from clipkit.index_changes import add
 
-        ids default to the next numbers after the largest id; custom ids must be new. A
-        folder brings its metadata; embeddings of another model than the index's are
-        refused (the folder's manifest, or `model`, says which model made them). The
-        search parameter tuned at build time is kept (re-tune after large additions).
-        """
-        from clipkit.embeddings import EmbeddingFolder
+        return add(self, vectors, ids, metadata, model=model, modality=modality, batch_size=batch_size)
 
-        self._check_in_memory("add to")
-        if isinstance(vectors, (str, os.PathLike)):
-            vectors = EmbeddingFolder(vectors)
-        info = vectors.info if isinstance(vectors, EmbeddingFolder) else {}
-        self._check_same_model(_model_info(model, info, self.dim), getattr(vectors, "root", "the vectors"))
-        src = _Source(vectors, batch_size, 1, None, modality)
-        if src.dim != self.dim:
-            raise ValueError(f"vectors have dim {src.dim}; this index holds dim-{self.dim} vectors")
-        before = len(self)
-        chunks = list(src.chunks()) if src.n is None else None      # iterators: check all before adding any
-        for chunk in (chunks if chunks is not None else src.chunks()):
-            self.index.add(chunk)
-        added = len(self) - before
-        old_ids = self.ids if self.ids is not None else np.arange(before, dtype=np.int64)
-        if ids is None:                                   # never reuse the id of a removed vector
-            start = max(int(self.manifest.get("next_id", 0)), int(old_ids.max()) + 1 if before else 0)
-            new_ids = np.arange(start, start + added, dtype=np.int64)
-        else:
-            new_ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-            clash = np.isin(new_ids, old_ids)
-            if len(new_ids) != added or clash.any() or len(np.unique(new_ids)) != added:
-                self._truncate(before)
-                raise ValueError(f"ids for add(): expected {added} new, unique ids; got {len(new_ids)}"
-                                 + (f", {int(clash.sum())} already in the index (e.g. {int(new_ids[clash][0])})"
-                                    if clash.any() else ""))
-        self.ids = _checked_ids(np.concatenate([old_ids, new_ids]), before + added)
-        self.manifest["next_id"] = max(int(self.manifest.get("next_id", 0)), int(new_ids.max()) + 1 if added else 0)
-        meta = metadata if metadata is not None else src.metadata
-        if self.metadata is not None or meta is not None:
-            meta = _checked_metadata(meta, added) if meta is not None else {}
-            old = self.metadata or {}
-            self.metadata = {c: list(old.get(c, [None] * before)) + list(meta.get(c, [None] * added))
-                             for c in {**old, **meta}}
-        self._positions = None
-        self.manifest["count"] = len(self)
-        self.manifest.setdefault("added", []).append({"count": added, "time": round(time.time(), 1)})
-        return added
+    def remove(self, ids) -> int:
+        """Remove the vectors with these ids (flat and IVF kinds); returns how many (index_changes.remove)."""
+        from clipkit.index_changes import remove
+
+        return remove(self, ids)
 
     @classmethod
     def merge(cls, pieces) -> "EmbeddingIndex":
@@ -329,51 +293,6 @@ class EmbeddingIndex:
         from clipkit.index_pieces import merge
 
         return merge(pieces)
-
-    def _truncate(self, n: int) -> None:
-        """Undo an add() whose ids were refused (vectors past position n)."""
-        import faiss
-
-        self.index.remove_ids(faiss.IDSelectorRange(n, int(self.index.ntotal)))
-
-    def _check_in_memory(self, what: str) -> None:
-        if self.ivfdata is not None:
-            raise ValueError(f"cannot {what} an index whose inverted lists are on disk ({self.ivfdata}); build it "
-                             f"again with the new vectors (`clipkit index build --pieces N --on-disk`)")
-
-    def _check_same_model(self, other: dict | None, where) -> None:
-        mine = self.manifest.get("model") or {}
-        if other and mine.get("identity") and other.get("identity") != mine["identity"]:
-            raise ValueError(f"{where} holds embeddings of model {other.get('identity')}; this index holds model "
-                             f"{mine['identity']}'s. Embed with that model, or build a new index")
-
-    def remove(self, ids) -> int:
-        """Remove the vectors with these ids (flat and IVF kinds); returns how many were found and removed."""
-        import faiss
-
-        from clipkit.index_pieces import compact_ivf_labels
-
-        self._check_in_memory("remove from")
-        if self.kind == "hnsw":
-            raise ValueError("an HNSW index cannot delete vectors (FAISS graphs do not support removal); rebuild "
-                             "it without them, or build kind='flat' / 'ivf' / 'ivfpq' if you need remove()")
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        all_ids = self.ids if self.ids is not None else np.arange(len(self), dtype=np.int64)
-        positions = np.flatnonzero(np.isin(all_ids, ids))
-        if not len(positions):
-            return 0
-        self.manifest["next_id"] = max(int(self.manifest.get("next_id", 0)), int(all_ids.max()) + 1)
-        removed = int(self.index.remove_ids(faiss.IDSelectorBatch(positions.astype(np.int64))))
-        if self.kind != "flat":
-            compact_ivf_labels(self.index, positions)        # IVF keeps labels; renumber them 0..n-1 again
-        keep = np.ones(len(all_ids), dtype=bool)
-        keep[positions] = False
-        self.ids = all_ids[keep]                              # ids are no longer positions
-        if self.metadata is not None:
-            self.metadata = {c: [v for v, k in zip(col, keep) if k] for c, col in self.metadata.items()}
-        self._positions = None
-        self.manifest["count"] = len(self)
-        return removed
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipkit.cli import finite_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.commands.embed import add_model_args
@@ -29,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="k of recall@k [1 5 10]")
     p.add_argument("--train-dataset", default=None,
                    help="linear probe: training data (default: the dataset's train split, else half of it)")
-    p.add_argument("--val-proportion", type=float, default=0.2, help="linear probe: validation share for C [0.2]")
+    p.add_argument("--val-proportion", type=finite_float, default=0.2, help="linear probe: validation share for C [0.2]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipkit.cli import finite_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "default tasks) and write OUT/results.jsonl and OUT/tradeoff.png (first two datasets).")
     p.add_argument("a", help="saved model folder (alpha = 0), typically the pretrained / zero-shot model")
     p.add_argument("b", help="saved model folder (alpha = 1), typically its fine-tuned copy")
-    p.add_argument("--alpha", type=float, default=None, help="mixing weight of B in [0, 1]")
-    p.add_argument("--sweep", nargs="*", type=float, default=None, metavar="ALPHA",
+    p.add_argument("--alpha", type=finite_float, default=None, help="mixing weight of B in [0, 1]")
+    p.add_argument("--sweep", nargs="*", type=finite_float, default=None, metavar="ALPHA",
                    help="evaluate these alphas (default 0 0.25 0.5 0.75 1) instead of saving one model")
     p.add_argument("--dataset", action="append", default=[], help="evaluation dataset for --sweep (repeat)")
     p.add_argument("--task", default="auto", choices=["auto", "zeroshot", "retrieval", "linear-probe"])

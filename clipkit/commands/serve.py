@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipkit.cli import finite_float
+
 DESCRIPTION = """\
 Serve a search-and-generate web app over an index: open the printed address in a
 browser. The page searches by text, by an uploaded image, by "more like this" on a
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--no-batching", dest="batching", action="store_false",
                    help="encode and search each query on its own (the baseline of benchmarks/bench_serve.py)")
     b.add_argument("--max-batch", type=int, default=64, help="most queries in one forward / FAISS call [64]")
-    b.add_argument("--batch-window-ms", type=float, default=2.0,
+    b.add_argument("--batch-window-ms", type=finite_float, default=2.0,
                    help="how long a query waits for others to join its batch when the server is idle [2.0]")
     b.add_argument("--max-pending", type=int, default=1024,
                    help="queries allowed to wait for the encoder; more get 503 + Retry-After [1024]")
@@ -58,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lim = p.add_argument_group("limits: requests over them get a 4xx that says which")
     lim.add_argument("--max-k", type=int, default=1000, help="most results per search (also capped at the index size) [1000]")
     lim.add_argument("--max-query-chars", type=int, default=1000, help="longest text query or expression [1000]")
-    lim.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload, 413 beyond [10]")
-    lim.add_argument("--max-image-mpixels", type=float, default=16.8,
+    lim.add_argument("--max-upload-mb", type=finite_float, default=10.0, help="largest upload, 413 beyond [10]")
+    lim.add_argument("--max-image-mpixels", type=finite_float, default=16.8,
                      help="largest decoded image in megapixels; refuses decompression bombs [16.8 = 4096x4096]")
     lim.add_argument("--max-num-images", type=int, default=8, help="most images per /generate request [8]")
     lim.add_argument("--max-steps", type=int, default=250, help="most sampling steps per /generate request [250]")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from clipkit.cli import finite_float
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.train.config import add_config_arguments
@@ -56,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num", type=int, default=8, help="images (interpolation steps) [8]")
     p.add_argument("--steps", type=int, default=50, help="decoder sampling steps [50]")
     p.add_argument("--sampler", choices=("ddim", "ddpm", "flow"), default="ddim", help="[ddim]")
-    p.add_argument("--prior-guidance", type=float, default=2.0, help="[2.0]")
-    p.add_argument("--decoder-guidance", type=float, default=3.0, help="[3.0]")
+    p.add_argument("--prior-guidance", type=finite_float, default=2.0, help="[2.0]")
+    p.add_argument("--decoder-guidance", type=finite_float, default=3.0, help="[3.0]")
     p.add_argument("--negative-prompt", default=None, help="pushed away from (through the prior)")
     p.add_argument("--seed", type=int, default=0, help="[0]")
     p.add_argument("--trajectory", action="store_true", help="also save the denoising steps as trajectory.png")

@@ -7,11 +7,10 @@ and optionally `{key}.json`, with DIR/00000_stats.json giving the counts
 Reading never stops on a bad sample: a sample without an image, without a
 caption, with an empty caption, or whose image does not decode is skipped and
 counted per reason in a SkipCounter, which works across DataLoader workers.
-Lost samples are counted too: a tar that cannot be read at all (`bad_tar`) or
-that ends before tar's end-of-archive blocks (`truncated`: cut short by a kill,
-a full disk or a partial copy, which Python's tarfile would otherwise take as a
-normal end) counts the samples its `_stats.json` promised and did not deliver,
-or 1 when there is no stats file.
+Lost samples are counted too: a tar that cannot be read (`bad_tar`) or that ends
+before tar's end-of-archive blocks (`truncated`: a kill, a full disk, a partial
+copy; Python's tarfile takes that for a normal end) counts the samples its
+`_stats.json` promised and did not deliver (1 without a stats file).
 """
 
 from __future__ import annotations
@@ -230,10 +229,8 @@ def tar_samples(sources: Iterator[dict], counter: SkipCounter) -> Iterator[dict]
             reason = "bad_tar" if seen == 0 and current is None else "truncated"
             counter.note(f"{url}: {reason} ({str(e)[:80]})")
         finally:
-            stream = source.get("stream")
-            if stream is not None and hasattr(stream, "close"):
-                with contextlib.suppress(Exception):
-                    stream.close()
+            with contextlib.suppress(Exception):
+                source["stream"].close()
         if reason is None:
             if current is not None:
                 yield current

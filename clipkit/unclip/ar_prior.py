@@ -55,6 +55,11 @@ class KVCache:
             self.layers[layer] = (k, v)
         return k, v
 
+    def drop(self, start: int, end: int) -> None:
+        """Forget cached positions start..end-1 (ones no later token attends to, e.g. behind a sliding window)."""
+        self.layers = [(torch.cat([k[:, :, :start], k[:, :, end:]], 2), torch.cat([v[:, :, :start], v[:, :, end:]], 2))
+                       for k, v in self.layers]
+
 
 class Block(nn.Module):
     """Pre-norm self-attention + MLP (nanoGPT's block), with an optional mask and cache."""

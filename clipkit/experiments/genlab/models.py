@@ -220,15 +220,21 @@ class PixelAR(nn.Module):
         prefix = self._prefix(cond)
         pixels = torch.full((len(cond), n), UNKNOWN, dtype=torch.long, device=cond.device)
         cache = KVCache() if use_cache else None
+        kept = torch.arange(0, device=cond.device)          # sequence positions (prefix first) held in the cache
         for step in range(n // k):
             idx = torch.arange(step * k, (step + 1) * k, device=cond.device)
             if use_cache:
-                x = self._embed(pixels, idx, k)
+                x, rows = self._embed(pixels, idx, k), p + idx
                 if step == 0:
-                    x, mask = torch.cat([prefix, x], 1), table["mask"][:p + k, :p + k]
-                else:
-                    mask = table["mask"][p + idx, :p + (step + 1) * k]
-                h = self.trunk(x, mask=mask, cache=cache)[:, -k:]
+                    x, rows = torch.cat([prefix, x], 1), torch.arange(p + k, device=cond.device)
+                kept = torch.cat([kept, p + idx if step else rows])
+                h = self.trunk(x, mask=table["mask"][rows][:, kept], cache=cache)[:, -k:]
+                if cfg.window is not None and step + 1 < n // k:   # forget what the next tokens cannot see
+                    lo = ((step + 1) * k // self.chunk) * self.chunk - cfg.window
+                    stale = int(((kept >= p) & (kept < p + lo)).sum())
+                    if stale:
+                        cache.drop(p, p + stale)
+                        kept = torch.cat([kept[:p], kept[p + stale:]])
             else:
                 end = (step + 1) * k
                 x = torch.cat([prefix, self._embed(pixels, torch.arange(end, device=cond.device), k)], 1)

@@ -3,13 +3,16 @@
     cfg = LabTrainConfig(out_dir="runs/genlab/models/ar_raster", budget_seconds=90)
     model, stats = train_lab_model(PixelAR(...), lambda net, idx, g: ..., len(data), cfg)
 
-The loop needs its step count up front (the learning-rate schedule ends there),
-so a budget becomes steps by timing `calibration_steps` forward + backward
-passes first (no update is made; the time is reported, not charged), then the
-loop runs budget / seconds-per-step steps with AdamW, warm-up + cosine, EMA of
-the weights (the EMA model is returned and sampled), and its checkpoint. On a
-machine shared with other work the steps a budget buys vary: `stats` records
-the steps, the measured seconds per step and the training seconds the loop saw.
+A budget is wall clock, the same for every model, whatever the load of the
+machine does meanwhile. The loop counts steps and its learning-rate schedule
+ends at a step count, so: `calibration_steps` timed forward + backward passes
+(no update; not charged) estimate the steps the budget buys; the cosine
+schedule aims at that estimate and is re-aimed every few steps from the pace
+so far; the loop is given a generous upper bound and is stopped from its
+`after_step` hook once the budget is spent (the loop has no time stop of its
+own), then the EMA weights (what is returned and sampled) and a checkpoint are
+written as the loop would. With `max_steps` set instead, it runs exactly that.
+`stats` records steps, seconds and losses.
 """
 
 from __future__ import annotations
@@ -59,6 +62,10 @@ def _timed_steps(module: torch.nn.Module, micro_loss, n: int, config: LabTrainCo
     return (time.perf_counter() - start) / config.calibration_steps
 
 
+class _BudgetSpent(Exception):
+    """Raised from the loop's after_step hook when the wall-clock budget is spent."""
+
+
 def train_lab_model(module: torch.nn.Module, micro_loss: Callable, num_data: int, config: LabTrainConfig,
                     make_copy: Callable[[], torch.nn.Module] | None = None) -> tuple[torch.nn.Module, dict]:
     """Train `module` with `micro_loss(net, idx, generator) -> loss` on random rows idx of the data (seeded by
@@ -75,10 +82,11 @@ def train_lab_model(module: torch.nn.Module, micro_loss: Callable, num_data: int
     accelerator = runtime.make_accelerator(config)
     run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
     runtime.seed_everything(config.seed)
-    seconds_per_step = None
-    if config.max_steps is None:
+    seconds_per_step, on_clock = None, config.max_steps is None
+    if on_clock:
         seconds_per_step = _timed_steps(module, micro_loss, num_data, config)
-        config.max_steps = max(config.min_steps, int(config.budget_seconds / seconds_per_step))
+        estimate = max(config.min_steps, int(config.budget_seconds / seconds_per_step))
+        config.max_steps = 4 * estimate + config.min_steps        # an upper bound; the clock ends the run
     run.write_config(config)
     total = config.max_steps
     ema = EMA(module, config.ema_decay)
@@ -86,8 +94,14 @@ def train_lab_model(module: torch.nn.Module, micro_loss: Callable, num_data: int
         config, accelerator, run, module, total, final_lr=0.05,
         load_extra=lambda path: ema.load_state_dict(load_file(str(Path(path) / "ema.safetensors"))))
     step = [int(state.get("step", 0))]
+    cosine = scheduler.lr_lambdas[0]                             # optim.WarmupCosine, shared by the groups
+    if on_clock:
+        cosine.total = estimate
+    clock = {"start": None}
 
     def next_batches() -> list:
+        if clock["start"] is None:
+            clock["start"] = time.perf_counter()
         g = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + step[0])
         return [(torch.randint(0, num_data, (config.batch_size,), generator=g), g) for _ in range(config.grad_accum)]
 
@@ -98,6 +112,12 @@ def train_lab_model(module: torch.nn.Module, micro_loss: Callable, num_data: int
     def after_step(s: int) -> None:
         step[0] = s
         ema.update(accelerator.unwrap_model(model))
+        if on_clock:
+            elapsed = time.perf_counter() - clock["start"]
+            if elapsed >= config.budget_seconds and s >= config.min_steps:
+                raise _BudgetSpent(s)
+            if s % 5 == 0:                                        # re-aim the schedule's end at the budget
+                cosine.total = max(s + 1, int(s * config.budget_seconds / elapsed))
 
     def save_ema(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
@@ -105,11 +125,16 @@ def train_lab_model(module: torch.nn.Module, micro_loss: Callable, num_data: int
     task = loop.Task(next_batches=next_batches, step_losses=step_losses, after_step=after_step,
                      samples_per_step=config.batch_size * config.grad_accum, checkpoint_extra=save_ema,
                      desc=Path(config.out_dir).name)
-    result = loop.train_loop(config, accelerator, run, task, model, optimizer, scheduler, total, state)
+    try:
+        result = loop.train_loop(config, accelerator, run, task, model, optimizer, scheduler, total, state)
+        steps, seconds = result.step, result.train_seconds
+    except _BudgetSpent as spent:
+        steps, seconds = spent.args[0], time.perf_counter() - clock["start"]
+        run.checkpoints.save(steps, accelerator, model, optimizer, scheduler, task.data_state(), extra=save_ema)
     final = make_copy() if make_copy is not None else type(module)(module.config)
     ema.copy_to(final)
     rows = [r for r in run.metrics.rows() if "loss" in r]
-    stats = {"steps": result.step, "train_seconds": round(result.train_seconds, 1),
+    stats = {"steps": steps, "train_seconds": round(seconds, 1),
              "budget_seconds": config.budget_seconds, "batch_size": config.batch_size,
              "seconds_per_step_calibrated": None if seconds_per_step is None else round(seconds_per_step, 4),
              "first_loss": rows[0]["loss"] if rows else None, "final_loss": rows[-1]["loss"] if rows else None,
