@@ -139,6 +139,20 @@ def partial_dir_for(path: str | os.PathLike) -> Path:
     return path.parent / f".{path.name}.partial"
 
 
+def _dead_writer(holder: dict) -> bool:
+    """True when the lock's recorded writer ran on this host and no longer exists."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or holder.get("host") != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike):
     """Hold the advisory lock of output PATH (`.NAME.lock` beside it) for the block.
@@ -170,6 +184,12 @@ def output_lock(path: str | os.PathLike):
                 holder = json.loads(lock.read_text() or "{}")
             except (ValueError, OSError):
                 holder = {}
+            if _dead_writer(holder):
+                # The writer is gone but a process it forked (a DataLoader worker) still holds the
+                # flock on this file: retire the file; the orphan keeps a lock on nothing.
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+                continue
             raise OutputInUseError(
                 f"{str(path)!r} is being written by another process (pid {holder.get('pid', '?')} on "
                 f"{holder.get('host', '?')} since {holder.get('since', '?')}: {holder.get('command', '?')}); "
