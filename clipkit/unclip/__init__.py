@@ -12,8 +12,8 @@ Training lives in clipkit.train.unclip (`train_decoder`, `train_prior`), the CLI
 from importlib import import_module
 
 _EXPORTS = {
-    "UnCLIP": "pipeline", "SAMPLERS": "pipeline", "load_model": "pipeline", "save_model": "pipeline",
-    "slerp": "pipeline", "to_pil": "pipeline", "trajectory_strip": "pipeline",
+    "UnCLIP": "pipeline", "SAMPLERS": "pipeline", "load_model": "storage", "save_model": "storage",
+    "slerp": "pipeline", "to_pil": "images", "trajectory_strip": "images",
     "DecoderUNet": "decoder", "DiffusionPrior": "prior",
     "DecoderConfig": "config", "PriorConfig": "config",
 }

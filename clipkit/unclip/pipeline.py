@@ -42,51 +42,15 @@ from PIL import Image
 
 from clipkit.diffusion import (DDIMSampler, DDPMSampler, DynamicThreshold, FlowAdapter, FlowMatchSampler, NoiseSchedule,
                                sample)
-from clipkit.io import atomic_directory, write_json
-from clipkit.unclip.decoder import DecoderConfig, DecoderUNet, noise_low_res
-from clipkit.unclip.ar_prior import ArPrior, ArPriorConfig
-from clipkit.unclip.prior import DiffusionPrior, PriorConfig
+from clipkit.unclip.decoder import DecoderUNet, noise_low_res
+from clipkit.unclip.ar_prior import ArPrior
+from clipkit.unclip.prior import DiffusionPrior
+
+from clipkit.unclip.images import pil_to_tensor, to_pil, trajectory_strip  # noqa: F401 (public here too)
+from clipkit.unclip.storage import MANIFEST, check_clip, load_model, save_model, write_manifest  # noqa: F401
 
 SAMPLERS = ("ddim", "ddpm", "flow")
-MANIFEST = "unclip.json"
-FORMAT = "clipkit-unclip"
-MODELS = {"decoder": (DecoderUNet, DecoderConfig), "prior": (DiffusionPrior, PriorConfig),
-          "upsampler": (DecoderUNet, DecoderConfig), "ar_prior": (ArPrior, ArPriorConfig)}
 PRIORS = ("diffusion", "ar")       # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
-
-
-# ----------------------------------------------------------------------------- model folders
-
-def save_model(module: torch.nn.Module, config, directory: str | os.PathLike, kind: str) -> Path:
-    """config.json + model.safetensors, written atomically."""
-    from safetensors.torch import save_file
-
-    from clipkit import __version__
-
-    directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    with atomic_directory(directory) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "kind": kind})
-        write_json(tmp / "config.json", {"kind": kind, "clipkit_version": __version__, **config.to_json()})
-    return directory
-
-
-def load_model(directory: str | os.PathLike, kind: str):
-    """Rebuild a DecoderUNet ("decoder") or DiffusionPrior ("prior") from its folder."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{str(directory)!r} is not a saved unCLIP {kind}: {name} is missing")
-    data = json.loads((directory / "config.json").read_text())
-    if data.get("kind", kind) != kind:
-        raise ValueError(f"{str(directory)!r} holds a {data.get('kind')!r}, expected a {kind!r}")
-    if kind not in MODELS:
-        raise ValueError(f"kind={kind!r}; expected one of {sorted(MODELS)}")
-    module = MODELS[kind][0](MODELS[kind][1].from_json(data))
-    module.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
-    return module.eval()
 
 
 # ----------------------------------------------------------------------------- samplers
@@ -115,24 +79,7 @@ def make_sampler(name: str, schedule: NoiseSchedule, prediction: str, clip_x0=1.
     raise ValueError(f"sampler={name!r} is not one of {SAMPLERS}")
 
 
-# ----------------------------------------------------------------------------- images
-
-def pil_to_tensor(images) -> torch.Tensor:
-    """N PIL images of one size -> (N, 3, H, W) float in [-1, 1] (the inverse of to_pil)."""
-    images = list(images)
-    if not images or not all(isinstance(im, Image.Image) for im in images):
-        raise TypeError("images must be an (N, 3, H, W) tensor in [-1, 1] or a non-empty list of PIL images")
-    if len({im.size for im in images}) != 1:
-        raise ValueError(f"images have several sizes {sorted({im.size for im in images})}; expected one")
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
-
-
-def to_pil(x: torch.Tensor) -> list[Image.Image]:
-    """(N, 3, H, W) in [-1, 1] -> N RGB PIL images."""
-    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
-
+# ----------------------------------------------------------------------------- embeddings
 
 def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of unit vectors a, b (D,) at weights w (n,) -> (n, D), unit norm."""
@@ -432,31 +379,3 @@ def unit_vector(v, dim: int) -> torch.Tensor:
     if v.numel() != dim:
         raise ValueError(f"an embedding must have {dim} values; got {v.numel()}")
     return F.normalize(v.cpu(), dim=0)
-
-
-# ----------------------------------------------------------------------------- the CLIP reference
-
-def write_manifest(directory: Path, clip, clip_path: str | None) -> None:
-    ref = {"identity": clip.identity, "name": clip.config.name}
-    if clip_path:
-        ref["path"] = str(Path(clip_path).resolve())
-        ref["relative_path"] = os.path.relpath(Path(clip_path).resolve(), Path(directory).resolve())
-    write_json(Path(directory) / MANIFEST, {"format": FORMAT, "version": 1, "clip": ref})
-
-
-def check_clip(clip, identity: str, where) -> None:
-    if clip.identity != identity:
-        raise ValueError(f"CLIP model {clip.identity!r} does not match the one {str(where)!r} was trained "
-                         f"with ({identity!r}); embeddings of another CLIP mean nothing to its prior and decoder")
-
-
-def trajectory_strip(trajectory, columns: int = 10, field: str = "x0") -> Image.Image:
-    """One row per sample: `columns` evenly spaced denoising steps (x0 estimates or states) as a PNG-ready grid."""
-    from clipkit.images import make_grid
-
-    frames = getattr(trajectory, field)                                # (S, N, 3, H, W)
-    picks = np.unique(np.linspace(0, len(frames) - 1, columns).round().astype(int))
-    images = []
-    for i in range(frames.shape[1]):
-        images.extend(to_pil(frames[picks, i]))
-    return make_grid(images, columns=len(picks), scale=2)
