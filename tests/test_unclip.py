@@ -295,3 +295,82 @@ def test_bf16_sampling_stays_close_to_fp32(pipe):
     assert float((half - full).abs().mean()) < 0.05
     with pytest.raises(ValueError, match="precision='int8'"):
         pipe.decode(emb, steps=2, seed=0, precision="int8")
+
+
+# ----------------------------------------------------------------------------- decoder recipe levers (issue 12)
+
+def test_schedule_shift_divides_the_snr_by_shift_squared():
+    from clipkit.diffusion import NoiseSchedule
+
+    base, shifted = NoiseSchedule("cosine"), NoiseSchedule("cosine", shift=2.0)
+    t = torch.arange(0, 1000, 37)
+    assert torch.allclose(shifted.snr(t), base.snr(t) / 4, rtol=1e-9)
+    assert torch.equal(NoiseSchedule("cosine", shift=1.0).betas, base.betas)
+    assert bool((shifted.betas > 0).all()) and bool((shifted.betas < 1).all())
+    assert "shift=2.0" in repr(shifted)
+    with pytest.raises(ValueError, match="shift"):
+        NoiseSchedule("cosine", shift=0.0)
+    # the decoder config's shift is the schedule the pipeline samples with
+    from clipkit.unclip.pipeline import noise_schedule
+    assert noise_schedule(DecoderConfig(schedule_shift=2.0)).shift == 2.0
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
+def test_min_snr_weights_match_the_paper(prediction):
+    from clipkit.diffusion import NoiseSchedule, loss_weights
+
+    schedule = NoiseSchedule("cosine")
+    t = torch.tensor([0, 100, 400, 700, 999])
+    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])              # brute force, float64
+    capped = torch.minimum(snr, torch.full_like(snr, 5.0))
+    expected = {"epsilon": capped / snr, "v": capped / (snr + 1), "sample": capped}[prediction]
+    assert torch.allclose(loss_weights(schedule, t, prediction, "min_snr", 5.0), expected.float())
+    assert torch.equal(loss_weights(schedule, t, prediction), torch.ones(5))
+    # floor 1: the noisy end keeps the plain x0 weight, the clean end is capped at gamma (in x0 terms)
+    floored = loss_weights(schedule, t, "sample", "min_snr", 5.0, floor=1.0)
+    assert torch.allclose(floored, snr.clamp(1.0, 5.0).float()) and floored[-1] == 1.0 and floored[0] == 5.0
+    with pytest.raises(ValueError, match="weighting"):
+        loss_weights(schedule, t, prediction, "p2")
+    with pytest.raises(ValueError, match="floor"):
+        loss_weights(schedule, t, prediction, "min_snr", 5.0, floor=6.0)
+
+
+def test_weighted_mse_is_the_per_sample_weighted_mean():
+    from clipkit.diffusion import weighted_mse
+
+    out, target = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    assert torch.allclose(weighted_mse(out, target), F.mse_loss(out, target))
+    w = torch.tensor([0.0, 1.0, 3.0])
+    per = ((out - target) ** 2).flatten(1).mean(1)
+    assert torch.allclose(weighted_mse(out, target, w), (per * w).mean())
+    with pytest.raises(ValueError, match="differs"):
+        weighted_mse(out, target[:, :1])
+
+
+def test_dynamic_threshold_matches_imagen_reference():
+    from clipkit.diffusion import DynamicThreshold
+    from clipkit.diffusion.base import make_x0_transform
+    from clipkit.unclip.pipeline import pixel_clip
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.cat([torch.rand(1, 3, 8, 8, generator=g) * 1.8 - 0.9,           # inside [-1, 1]: untouched
+                    torch.randn(2, 3, 8, 8, generator=g) * 2.0])               # outside: rescaled
+    got = DynamicThreshold(0.995)(x0)
+    ref = []
+    for x in x0.numpy():                                                        # Imagen, eq. in section 2.3
+        s = max(np.percentile(np.abs(x).reshape(-1), 99.5), 1.0)
+        ref.append(np.clip(x, -s, s) / s)
+    assert torch.allclose(got, torch.from_numpy(np.stack(ref)), atol=1e-6)
+    assert torch.equal(got[0], x0[0]) and float(got.abs().max()) <= 1.0
+    assert isinstance(make_x0_transform("dynamic"), DynamicThreshold)
+    with pytest.raises(ValueError, match="percentile"):
+        DynamicThreshold(1.5)
+    # the decoder config's default and decode(dynamic_threshold=...) choose the clip
+    assert pixel_clip(DecoderConfig()) == 1.0 and pixel_clip(DecoderConfig(dynamic_threshold=0.99)).percentile == 0.99
+    assert pixel_clip(DecoderConfig(dynamic_threshold=0.99), False) == 1.0
+
+
+def test_decode_with_dynamic_threshold_stays_in_range(pipe):
+    emb = pipe.clip.encode_texts(["a red circle"])
+    x = pipe.decode(emb, steps=3, seed=0, output="tensor", dynamic_threshold=0.995, guidance_scale=8.0)
+    assert x.shape == (1, 3, 32, 32) and float(x.abs().max()) <= 1.0

@@ -33,7 +33,7 @@ Process = NoiseSchedule | FlowProcess
 
 
 def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str, weighting: str = "none",
-                 gamma: float = 5.0) -> torch.Tensor:
+                 gamma: float = 5.0, floor: float = 0.0) -> torch.Tensor:
     """(B,) float32 weights of each sample's squared error at timesteps t.
 
     "none": 1 (the plain MSE of the prediction target). "min_snr": the min-SNR-gamma
@@ -41,7 +41,9 @@ def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str,
     min(SNR, gamma) x |x0 - x0_hat|^2, i.e. eps-prediction by min(SNR, gamma) / SNR,
     v-prediction by min(SNR, gamma) / (SNR + 1), x0-prediction by min(SNR, gamma). The
     nearly clean timesteps (SNR >> gamma) stop dominating the gradient; for x0 it also
-    lowers the weight of the noisiest ones, where the best x0 is a blurred mean.
+    lowers the weight of the noisiest ones, where the best x0 is a blurred mean. `floor` > 0
+    weights x0 errors by clamp(SNR, floor, gamma) instead: with floor 1 the noisiest timesteps
+    keep the weight of the plain x0 loss (the layout of an image is decided there).
     """
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}")
@@ -49,10 +51,11 @@ def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str,
         return torch.ones(len(t), device=t.device)
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"min_snr weighting needs a NoiseSchedule, got {schedule!r}")
-    if not gamma > 0:
-        raise ValueError(f"gamma={gamma!r}; expected > 0 (5 in the paper)")
+    if not gamma > 0 or not 0 <= floor <= gamma:
+        raise ValueError(f"gamma={gamma!r}, floor={floor!r}; expected gamma > 0 (5 in the paper) and "
+                         f"0 <= floor <= gamma (0 in the paper)")
     snr = schedule.snr(t.cpu())                                           # float64 (B,)
-    clipped = snr.clamp(max=gamma)
+    clipped = snr.clamp(min=floor, max=gamma)
     per_type = {"epsilon": clipped / snr, "v": clipped / (snr + 1), "sample": clipped}
     if prediction_type not in per_type:
         raise ValueError(f"min_snr weighting is defined for {tuple(per_type)}, got {prediction_type!r}")

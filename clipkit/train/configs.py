@@ -98,14 +98,16 @@ class PixelTrainConfig(UnclipTrainConfig):
 
     loss_weighting: str = "none"                 # none | min_snr (min-SNR-gamma, Hang et al. 2023)
     snr_gamma: float = 5.0                       # gamma of min_snr
+    snr_floor: float = 0.0                       # min_snr weights x0 errors by clamp(SNR, floor, gamma); 0 = paper
     sample_every: int | None = None              # steps between sample grids (None: only at the end)
 
     def validate(self) -> None:
         super().validate()
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting={self.loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
-        if not self.snr_gamma > 0:
-            raise ValueError(f"snr_gamma={self.snr_gamma}; expected > 0 (5 in the paper)")
+        if not self.snr_gamma > 0 or not 0 <= self.snr_floor <= self.snr_gamma:
+            raise ValueError(f"snr_gamma={self.snr_gamma}, snr_floor={self.snr_floor}; expected snr_gamma > 0 "
+                             f"(5 in the paper) and 0 <= snr_floor <= snr_gamma")
 
 
 @dataclass

@@ -237,7 +237,8 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
         emb = train["image_emb"][idx].to(device)
         xt, t, target = training_batch(schedule, x0, model_config.prediction, generator=g)
         drop = (torch.rand(len(idx), generator=g) < config.cond_drop).to(device)
-        weights = loss_weights(schedule, t, model_config.prediction, config.loss_weighting, config.snr_gamma)
+        weights = loss_weights(schedule, t, model_config.prediction, config.loss_weighting, config.snr_gamma,
+                               config.snr_floor)
         return weighted_mse(net(xt, t, emb, drop=drop), target, weights)
 
     def on_sample(net, step):
@@ -322,7 +323,8 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
         level = torch.rand(len(idx), generator=g) * config.aug_level_max
         low = noise_low_res(downsample(x0, cfg.low_res_size), level.to(device), g)
         xt, t, target = training_batch(schedule, x0, cfg.prediction, generator=g)
-        weights = loss_weights(schedule, t, cfg.prediction, config.loss_weighting, config.snr_gamma)
+        weights = loss_weights(schedule, t, cfg.prediction, config.loss_weighting, config.snr_gamma,
+                               config.snr_floor)
         return weighted_mse(net(xt, t, low_res=low, aug_level=level.to(device)), target, weights)
 
     def on_sample(net, step):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,9 @@ def samples_figure(png, strips: list[tuple[str, "PIL.Image.Image"]], prompts: li
         if i == 0:
             width = strip.width / len(prompts)
             ax.set_xticks([width * (j + 0.5) for j in range(len(prompts))])
-            ax.set_xticklabels(prompts, rotation=35, ha="left", fontsize=6)
+            ax.set_xticklabels([textwrap.fill(p, 16) for p in prompts], fontsize=6)
             ax.xaxis.tick_top()
-    fig.subplots_adjust(left=0.16, right=0.99, top=0.86, bottom=0.01, hspace=0.08)
+    fig.subplots_adjust(left=0.16, right=0.99, top=1 - 1.0 / fig.get_figheight(), bottom=0.01, hspace=0.08)
     return _save(fig, png)
 
 

@@ -150,10 +150,14 @@ def _table(m: dict) -> list[dict]:
 
 def budget_text(m: dict) -> str:
     t = m.get("training") or {}
-    parts = [f"{name} {s['steps']} steps x {s['batch_size']} in {s['train_seconds']:.0f} s" for name, s in t.items()]
-    return (f"Every model trained for the same wall-clock budget, {m['config']['budget_seconds']:.0f} s, through "
-            f"clipkit.train.loop on {m['threads']} thread(s) of a machine shared with other work (steps follow "
-            f"from a timed calibration; actual: {'; '.join(parts) or 'models given, not trained here'}).")
+    clock = m["config"].get("clock", "wall")
+    parts = [f"{name} {s['steps']} steps x {s['batch_size']} ({s.get('wall_seconds', s['train_seconds']):.0f} s wall, "
+             f"{s.get('cpu_seconds', float('nan')):.0f} s CPU)" for name, s in t.items()]
+    return (f"Every model trained for the same time, {m['config']['budget_seconds']:.0f} s of "
+            f"{'wall clock' if clock == 'wall' else 'CPU time'}, through clipkit.train.loop on {m['threads']} thread, "
+            f"the loop stopped when the budget was spent. The machine was shared with other work, so the steps a "
+            f"budget bought varied with the neighbours' load (CPU seconds show the compute each model really got): "
+            f"{'; '.join(parts) or 'models given, not trained here'}.")
 
 
 def genlab_sections(m: dict, prefix: str = "", title: str = "Autoregression vs diffusion, measured on images") -> list:
