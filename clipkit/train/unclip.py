@@ -256,13 +256,9 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
 
 # ----------------------------------------------------------------------------- prior
 
-def train_prior(config: PriorTrainConfig) -> dict:
-    """Train the prior (text embedding -> image embedding) on caption/image embedding pairs."""
-    from clipkit.diffusion import NoiseSchedule, training_batch
-    from clipkit.unclip.pipeline import UnCLIP
-    from clipkit.unclip.prior import DiffusionPrior
-
-    config.validate()
+def _prior_pairs(config):
+    """(clip, train, val, skipped, seconds): text/image embedding pairs for a prior, from `clipkit embed`
+    output (`embeddings`) or from shards embedded once by the frozen CLIP."""
     t0 = time.time()
     clip = load_clip(config.clip)
     skipped = {}
@@ -270,7 +266,17 @@ def train_prior(config: PriorTrainConfig) -> dict:
         train, val = embedding_pairs(config.embeddings, clip, config.val_samples)
     else:
         train, val, skipped = read_training_data(config, clip, None, texts=True)
-    embed_s = time.time() - t0
+    return clip, train, val, skipped, time.time() - t0
+
+
+def train_prior(config: PriorTrainConfig) -> dict:
+    """Train the prior (text embedding -> image embedding) on caption/image embedding pairs."""
+    from clipkit.diffusion import NoiseSchedule, training_batch
+    from clipkit.unclip.pipeline import UnCLIP
+    from clipkit.unclip.prior import DiffusionPrior
+
+    config.validate()
+    clip, train, val, skipped, embed_s = _prior_pairs(config)
     model_config = dataclasses.replace(config.prior, embed_dim=clip.embed_dim)
     model = DiffusionPrior(model_config)
     schedule = NoiseSchedule(model_config.schedule, num_train_timesteps=model_config.num_train_timesteps)
@@ -355,14 +361,7 @@ def train_ar_prior(config) -> dict:
     if not isinstance(config, ArPriorTrainConfig):
         raise TypeError(f"train_ar_prior takes an ArPriorTrainConfig, got {type(config).__name__}")
     config.validate()
-    t0 = time.time()
-    clip = load_clip(config.clip)
-    skipped = {}
-    if config.embeddings:
-        train, val = embedding_pairs(config.embeddings, clip, config.val_samples)
-    else:
-        train, val, skipped = read_training_data(config, clip, None, texts=True)
-    embed_s = time.time() - t0
+    clip, train, val, skipped, embed_s = _prior_pairs(config)
     model = ArPrior(dataclasses.replace(config.ar_prior, embed_dim=clip.embed_dim))
     codebook = model.fit_codebook(train["image_emb"])          # before _train: the EMA copies the buffers
     print(f"[ar_prior] {model.config.components} components keep {codebook['explained_variance']:.3f} of the "
