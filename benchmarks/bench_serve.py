@@ -182,6 +182,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=100_000, help="index size [100000]")
     p.add_argument("--clients", default="1,8,32", help="client counts [1,8,32]")
     p.add_argument("--seconds", type=float, default=None, help="seconds a point [10, quick 3]")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="both servers' encoders [fp32]")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -191,7 +192,8 @@ def main() -> int:
     results: dict = {"search": [], "generate": [], "overload": None}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         world = build(Path(tmp), args.n)
-        servers = {"on": Server(world), "off": Server(world, "--no-batching")}
+        extra = ("--precision", args.precision)
+        servers = {"on": Server(world, *extra), "off": Server(world, "--no-batching", *extra)}
         try:
             texts = [{"text": t, "k": 10} for t in queries(4096, 0)]
             for server in servers.values():                                  # warm up both

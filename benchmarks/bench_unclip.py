@@ -26,8 +26,8 @@ METHODS = (("direct_text_embedding", "text embedding -> decoder"), ("with_prior"
 
 
 def _row(label: str, m: dict | None) -> str:
-    if m is None:      # the slot of a stage this pipeline does not have yet
-        return f"{label:32s} {'(no upsampler in this pipeline: slot for the upsampler task)':>60s}"
+    if m is None:      # a stage this pipeline does not have
+        return f"{label:32s} {'(no upsampler in this pipeline: clipkit train-upsampler adds one)':>60s}"
     a, s, f = m["agreement"], m["sharpness"], m["frechet"]
     per = " ".join(f"{a[k]:6.3f}" for k in ATTRS)
     return (f"{label:32s} {m['image_size']:4d} {a['mean']:6.3f} {per} {s['sharpness']:6.3f} {s['palette']:6.3f} "

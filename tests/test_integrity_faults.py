@@ -41,8 +41,11 @@ def _embed_args(shards: str, out: Path, *extra: str) -> list[str]:
 
 def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # Ctrl-C must reach the writer even when pytest itself runs with SIGINT ignored (a background job of a
+    # non-interactive shell, e.g. `make test &`): Python only installs its handler if SIGINT is not ignored.
     return subprocess.Popen([sys.executable, "-m", "clipkit", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:

@@ -481,6 +481,22 @@ def test_engine_batched_search_equals_one_by_one(engine):
         assert len(ids) == (q.k if q.exclude is None else q.k - 1)
 
 
+def test_bf16_encoders_return_the_fp32_query_vectors_within_tolerance(world):
+    from clipkit.serve import Query
+
+    texts = ["a red circle wearing a hat", "a small blue star on the left", "a green square"]
+    out = {}
+    for precision in ("fp32", "bf16"):
+        engine = load_engine(world, ServeConfig(precision=precision), pipeline=False)
+        queries = [Query(k=5, text=t) for t in texts]
+        engine._search_batch(queries)
+        out[precision] = np.stack([q.vector for q in queries])
+        engine.close()
+    assert out["bf16"].dtype == np.float32
+    np.testing.assert_allclose(out["bf16"], out["fp32"], atol=0.03)     # unit vectors; bf16 keeps ~3 digits
+    assert not np.array_equal(out["bf16"], out["fp32"])                  # bf16 really ran
+
+
 # ----------------------------------------------------------------------------- a real server
 
 @pytest.mark.slow                                       # a fresh interpreter imports torch + open_clip: 15-30 s here

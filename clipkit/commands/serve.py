@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = p.add_argument_group("throughput: concurrent queries share forward passes")
     b.add_argument("--no-batching", dest="batching", action="store_false",
                    help="encode and search each query on its own (the baseline of benchmarks/bench_serve.py)")
+    b.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="encoders' precision: bf16 autocast uses the CPU's bf16 matrix units / GPU tensor cores; "
+                        "vectors stay float32 [fp32]")
     b.add_argument("--max-batch", type=int, default=64, help="most queries in one forward / FAISS call [64]")
     b.add_argument("--batch-window-ms", type=finite_float, default=2.0,
                    help="how long a query waits for others to join its batch when the server is idle [2.0]")
@@ -82,7 +85,8 @@ def run(args) -> int:
     for flag in ("max_batch", "max_pending", "gen_workers", "max_k", "max_query_chars", "max_num_images", "max_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}; expected >= 1")
-    config = ServeConfig(batching=args.batching, max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+    config = ServeConfig(batching=args.batching, precision=args.precision, max_batch=args.max_batch,
+                         batch_window_ms=args.batch_window_ms,
                          max_pending=args.max_pending, gen_workers=args.gen_workers, gen_queue=args.gen_queue,
                          max_k=args.max_k, max_query_chars=args.max_query_chars,
                          max_upload_bytes=int(args.max_upload_mb * 2**20),

@@ -119,12 +119,22 @@ def _spiral_section(r: dict) -> Section:
     return section
 
 
+def _genlab_sections(r: dict) -> list[Section]:
+    from clipkit.experiments.genlab.report import genlab_sections
+
+    sections = genlab_sections(r["metrics"], prefix="genlab/", title="8. Autoregression vs diffusion, on images")
+    sections[0].text += " <a href='genlab/index.html'>Generation lab page</a>."
+    return sections
+
+
 def write_demo_report(out: Path, summary: dict) -> Path:
     stages = summary["stages"]
     builders = [("data", _data_section), ("clip", _clip_section), ("zeroshot", _zeroshot_section),
                 ("retrieval", _retrieval_section), ("hat_vector", _hat_section), ("unclip", _unclip_section),
                 ("spiral", _spiral_section)]
     sections = [build(stages[name]) for name, build in builders if name in stages]
+    if "genlab" in stages:
+        sections += _genlab_sections(stages["genlab"])
     headline = "<br>".join(f"<b>{name}</b>: {r.get('summary', '')} ({r.get('seconds', '?')} s)"
                            for name, r in stages.items())
     mode = "quick mode (tiny settings)" if summary.get("quick") else "full settings"

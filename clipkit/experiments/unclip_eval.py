@@ -160,8 +160,7 @@ def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guida
     via_prior = pipe.generate(captions, **gen)
     direct = pipe.decode(text_emb, steps=steps, guidance_scale=decoder_guidance, generator=g, output="tensor")
     images = {"direct_text_embedding": direct, "with_prior": via_prior}
-    # SLOT (upsampler task): prior + decoder + upsampler, once pipelines carry an upsampler stage.
-    if getattr(pipe, "upsampler", None) is not None:
+    if getattr(pipe, "upsampler", None) is not None:            # the cascade, judged at 64 px
         images["with_prior_upsampled"] = pipe.generate(captions, **gen, upsample=True)
     images["with_prior_bicubic_64"] = F.interpolate(via_prior, scale_factor=2, mode="bicubic",
                                                     align_corners=False).clamp(-1, 1)

@@ -49,6 +49,7 @@ class ServeConfig:
     """Limits and queue sizes of a server (the `clipkit serve` flags)."""
 
     batching: bool = True             # micro-batch concurrent queries (False: one at a time)
+    precision: str = "fp32"           # encoders' precision: fp32 | bf16 (autocast; float32 vectors out)
     max_batch: int = 64
     batch_window_ms: float = 2.0
     max_pending: int = 1024           # queued queries before 503
@@ -214,7 +215,8 @@ class Engine:
 
     # ------------------------------------------------------------------ vectors
     def _encode_images(self, images: list) -> list[np.ndarray]:
-        return list(self.model.encode_images(images, batch_size=max(1, len(images))).numpy())
+        return list(self.model.encode_images(images, batch_size=max(1, len(images)),
+                                             precision=self.config.precision).numpy())
 
     def item_image(self, item_id: int) -> Image.Image:
         row = self.row(item_id)
@@ -273,7 +275,8 @@ class Engine:
         """Encode the batch's texts in one forward, then search its unfiltered queries in one FAISS call."""
         texts = [q for q in queries if q.vector is None]
         if texts:
-            vectors = self.model.encode_texts([q.text for q in texts], batch_size=len(texts)).numpy()
+            vectors = self.model.encode_texts([q.text for q in texts], batch_size=len(texts),
+                                              precision=self.config.precision).numpy()
             for q, v in zip(texts, vectors):
                 q.vector = v
             self.texts_encoded += len(texts)

@@ -16,7 +16,8 @@ per micro-batch, see train/clip.py), check every loss is finite on every rank
 (collective) before its backward, clip the gradient norm, step, schedule, then
 the task's `after_step`. Gradients are all-reduced once per step: the backward
 passes before the last run under `no_sync`. Forward passes run under
-`accelerator.autocast()` (bf16 on CPU and GPU alike); the optimiser keeps fp32
+`accelerator.autocast()` (bf16 on CPU and GPU alike; on CPU attention then runs
+on torch's math backend, see clipkit.perf.attention_backend); the optimiser keeps fp32
 master weights. Metrics every `log_every` steps (loss, lr, samples/s of training
 time), evaluation every `eval_every`, a full-state checkpoint every
 `checkpoint_every` and at the end (weights checked finite first).
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from clipkit.perf import FlopCount
+from clipkit.perf import FlopCount, attention_backend
 from clipkit.train.optim import adamw, warmup_cosine
 from clipkit.train.runtime import NonFiniteLossError, check_finite
 
@@ -130,7 +131,8 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
         with FlopCount() if flops_per_step is None else contextlib.nullcontext() as counter:
             for i in range(len(micro)):
                 sync = i == len(micro) - 1
-                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast(), \
+                        attention_backend(accelerator.device.type, config.mixed_precision):
                     loss, share = next(losses)
                     window_loss += check_finite(accelerator, loss if share is None else share, step, last_checkpoint)
                     accelerator.backward(loss)
