@@ -63,9 +63,10 @@ class DemoSettings:
                    # 10k of the train split is plenty for prior and decoder (they see ~50k-380k samples
                    # in their step budgets) and halves the time spent embedding. Two threads: the
                    # demo runs nothing beside them (1.4x faster per decoder step here). The prior at
-                   # 3,000 of its preset's 4,000 steps and the upsampler at 1,000 of 1,500: the budget.
+                   # 3,000 of its preset's 4,000 steps, the decoder at 1,500 of 4,000 and the upsampler at
+                   # 1,000 of 1,500: the budget.
                    prior_overrides={"num_samples": 10_000, "num_threads": 2, "max_steps": 3_000},
-                   decoder_overrides={"num_samples": 10_000, "num_threads": 2},
+                   decoder_overrides={"num_samples": 10_000, "num_threads": 2, "max_steps": 1_500},
                    upsampler_overrides={"num_samples": 5_000, "num_threads": 2, "max_steps": 1_000},
                    upsampler_samples=5_000,
                    unclip_eval_images=32, unclip_steps=50)
