@@ -133,9 +133,11 @@ def bench_matmul_shapes() -> list[dict]:
     """GFLOP/s of the matmul shapes these models run (tokens x width), fp32 vs bf16, and of a Linear layer's
     forward + backward under CPU autocast with fp32 master weights (the cast copies included)."""
     rows = []
-    shapes = [(2048, 2048, 2048, "peak probe"), (16384, 256, 256, "CLIP attention proj (128 x 128 tok x 256)"),
-              (16384, 256, 1024, "CLIP MLP (128 x 128 tok x 256 -> 1024)"), (8192, 64, 64, "UNet 64 ch at 16 x 16 x 32"),
-              (2048, 128, 512, "decoder / prior width 128")]
+    shapes = [(2048, 2048, 2048, "peak probe"),
+              (3072, 128, 128, "CLIP text attention proj (128 captions x 24 tokens, width 128)"),
+              (3072, 128, 512, "CLIP text MLP (width 128 -> 512)"),
+              (8192, 64, 64, "UNet 64 channels at 16 x 16 tokens x 32 images"),
+              (2048, 128, 512, "width 128 -> 512 at 2048 rows (prior, decoder)")]
     for m, k, n, what in shapes:
         row = {"shape": f"{m}x{k} @ {k}x{n}", "what": what}
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
