@@ -32,7 +32,7 @@ def test_a_peak_measured_under_load_is_measured_again_when_quieter_and_the_highe
     monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path))
     key_part = "|fp32"
     monkeypatch.setattr(perf, "_load", lambda: 6.0)
-    measured = perf.matmul_peak("fp32", size=64, repeats=1)
+    perf.matmul_peak("fp32", size=64, repeats=1)                    # measured at load 6, cached
     cache = json.loads((tmp_path / "peak.json").read_text())
     (key,) = [k for k in cache if k.endswith(key_part)]
     assert cache[key]["load"] == 6.0
@@ -47,7 +47,6 @@ def test_a_peak_measured_under_load_is_measured_again_when_quieter_and_the_highe
     # An entry written as a bare number (older caches) still reads.
     (tmp_path / "peak.json").write_text(json.dumps({key: 123.0}))
     assert perf.matmul_peak("fp32", size=64, repeats=1) == 123.0
-    assert measured > 0
 
 
 def _attention_ops(context) -> set:
