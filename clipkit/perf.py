@@ -29,6 +29,24 @@ import torch
 PRECISIONS = {"fp32": torch.float32, "no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to n inside the block, the caller's again after it (None: unchanged).
+
+        with torch_threads(2):
+            train_small_models()
+    """
+    before = torch.get_num_threads()
+    if n is not None:
+        if int(n) < 1:
+            raise ValueError(f"threads={n!r}; expected a positive count")
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def attention_backend(device_type: str, precision: str):
     """The context a bf16 training step (forward and backward) runs in: on CPU, attention on torch's math backend.
 

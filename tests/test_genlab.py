@@ -138,9 +138,13 @@ def test_gen_lab_quick_runs_and_reports_the_claims(tmp_path):
     """`clipkit gen-lab --quick`: every family trains for the same budget, every method is judged."""
     from clipkit.cli import main
 
+    import torch
+
     out = tmp_path / "lab"
-    assert main(["gen-lab", "--quick", "--out", str(out)]) == 0
+    before = torch.get_num_threads()
+    assert main(["gen-lab", "--quick", "--out", str(out), "--threads", "2"]) == 0
     m = json.loads((out / "metrics.json").read_text())
+    assert m["threads"] == 2 and torch.get_num_threads() == before      # the lab's threads, then the caller's again
     for name in ("index.html", "quality_vs_evaluations.png", "samples.png", "training.png", "grids/real.png",
                  "grids/ar-spread-k16.png", "grids/ddim-8.png"):
         assert (out / name).is_file(), name
@@ -183,3 +187,33 @@ def test_prior_comparison_trains_both_priors_on_the_same_pairs(tiny_model_dir, s
     assert r["val_pairs"] == 64 and r["codebook"]["reconstruction_cosine"] > 0.99
     section = prior_section(r)
     assert "autoregressive prior" in section.title and len(section.table) == 4
+
+
+def _claims_metrics(diffusion_fd: float) -> dict:
+    """A hand-made lab result: AR at k = 1 sharp and right, diffusion as right in 8 evaluations."""
+    def row(curve, agreement, fd, sharpness=1.0, evaluations=2048, steps=None, seconds=0.1):
+        return {"curve": curve, "agreement": {"mean": agreement}, "frechet_ratio": fd, "sharpness": sharpness,
+                "palette": sharpness, "evaluations": evaluations, "steps": steps, "seconds_per_image": seconds}
+
+    results = {"real renders": row("real", 1.0, 1.0),
+               "one-shot": {**row("one-shot", 0.6, 20.0, 0.05, 1), "partial_prompts": 0.01, "full_prompts": 0.2}}
+    for order in ("raster", "spread"):
+        for k in (1, 16):
+            results[f"ar-{order}-k{k}"] = row(f"AR {order}", 0.8 if k == 1 else 0.7, 3.0 if k == 1 else 9.0,
+                                              evaluations=2048 // k, seconds=0.1 / k)
+    results["ddim-4"] = row("DDIM", 0.8, diffusion_fd, 0.5, evaluations=8, steps=4)
+    return {"results": results, "config": {"ks": [1, 16], "guidance": 2.0},
+            "prompts": [{"prompt": "a circle", "attributes": {"shape": "circle"}}],
+            "kv_cache": {"training_predictions_per_pass": 1024, "seconds_per_image_recompute": 1.0,
+                         "seconds_per_image_cache": 0.1, "tokens_equal": True, "k": 16, "positions_cache": 1028,
+                         "positions_recompute": 33536}}
+
+
+def test_diffusion_claim_needs_the_distribution_as_well_as_agreement():
+    """Claim 4 is reproduced only when the few-evaluation diffusion images are as near the real ones as AR's."""
+    from clipkit.experiments.genlab.report import PARTLY, REPRODUCED, claims
+
+    title, status, text = claims(_claims_metrics(diffusion_fd=3.2))[3]
+    assert title.startswith("Diffusion") and status == REPRODUCED
+    title, status, text = claims(_claims_metrics(diffusion_fd=6.0))[3]
+    assert status == PARTLY and "Frechet ratio 6.0 at best against 3.0" in text

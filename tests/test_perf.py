@@ -71,3 +71,22 @@ def test_bf16_training_attention_on_cpu_avoids_the_fused_kernel_and_matches_fp32
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     ref.sum().backward()
     assert torch.allclose(out.float(), ref, atol=3e-2) and torch.allclose(grad, q.grad, atol=5e-2)
+
+
+def test_torch_threads_sets_then_restores_even_on_error():
+    from clipkit.perf import torch_threads
+
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with torch_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with torch_threads(target):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads=0"):
+        with torch_threads(0):
+            pass

@@ -14,9 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder [runs/demo]")
     p.add_argument("--quick", action="store_true", help="tiny settings: the whole chain in a few minutes")
     p.add_argument("--force", action="store_true", help="redo every stage even if its outputs exist")
-    p.add_argument("--genlab", type=positive_float, nargs="?", const=60.0, default=None, metavar="SECONDS",
+    p.add_argument("--genlab", type=positive_float, nargs="?", const=90.0, default=None, metavar="SECONDS",
                    help="also run the generation lab (autoregression vs diffusion on images, and unCLIP's AR "
-                        "prior vs the diffusion prior) with SECONDS of training per model [60]; about 14 more "
+                        "prior vs the diffusion prior) with SECONDS of training per model [90]; about 15 more "
                         "minutes on 2 cores. `clipkit gen-lab` runs it alone")
     p.set_defaults(func=run)
 

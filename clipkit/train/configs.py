@@ -121,7 +121,7 @@ class DecoderTrainConfig(PixelTrainConfig):
 
 
 def _upsampler_default() -> DecoderConfig:
-    return DecoderConfig(embed_dim=0, image_size=64, low_res_size=32, patch_size=4, channels=(64, 96, 96),
+    return DecoderConfig(embed_dim=0, image_size=64, low_res_size=32, patch_size=2, channels=(32, 64, 96),
                          attention_levels=(False, False, False), aug_level=0.1)
 
 

@@ -7,7 +7,7 @@ A budget is time, the same for every model: wall clock by default. On a
 machine shared with other work the wall clock also measures the neighbours (a
 model trained while they are busy gets fewer steps than one trained while they
 rest), so `clock="cpu"` counts this process's CPU time instead (with one
-thread, what the wall clock would read on an idle machine; the run then takes
+thread, what the wall clock would read on an idle machine, with two about twice that; the run then takes
 longer than the budget when the machine is busy). Both are recorded. The loop
 counts steps and its learning-rate schedule
 ends at a step count, so: `calibration_steps` timed forward + backward passes
