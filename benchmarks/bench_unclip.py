@@ -81,8 +81,8 @@ def print_report(m: dict, out: str) -> None:
     """The tables of one run's metrics (what main() measured, or a saved metrics.json)."""
     print(f"\n{m['judge']['summary']}")
     t2i, inv, hat = m["text_to_image"], m["inversion"], m["hat_arithmetic"]
-    print(f"\ntext -> image, {t2i['methods']['with_prior']['frechet']['num']} captions naming {', '.join(ATTRS)}; judge agreement with the caption, "
-          f"sharpness (1.0 = real renders), Frechet / real-vs-real floor, CLIP-judged agreement last")
+    print(f"\ntext -> image, {t2i['methods']['with_prior']['frechet']['num']} captions naming {', '.join(ATTRS)}; "
+          f"judge agreement with the caption, sharpness (1.0 = real renders), Frechet / real-vs-real floor, CLIP-judged agreement last")
     print(f"{'method':32s} {'px':>4s} {'mean':>6s} " + " ".join(f"{a[:6]:>6s}" for a in ATTRS)
           + f" {'sharp':>6s} {'palet':>6s} {'edge':>6s} {'FD/flr':>7s} {'CLIP':>6s}")
     for key, label in METHODS:
@@ -127,6 +127,7 @@ def print_report(m: dict, out: str) -> None:
     for r in m["guidance_sweep"]:
         print(f"guidance {r['scale']:4.1f}: agreement {r['agreement']:.3f}  sharpness {r['sharpness']:.3f}  "
               f"diversity {r['diversity']:.4f}")
+    training = m.get("training", {})
     total = sum((t.get("train_seconds") or 0) + (t.get("embed_seconds") or 0) for t in training.values())
     print(f"training time (train + embed) of {list(training)}: {total / 60:.1f} min; benchmark "
           f"{m['benchmark_seconds']:.0f} s on a shared 2-core machine; outputs in {out}")
