@@ -3,8 +3,8 @@
     flops = count_flops(lambda: loss_fn(model, batch).backward())   # FLOPs of one call (torch FlopCounterMode)
     peak = matmul_peak("bf16")                                       # FLOP/s of a large matmul here (cached)
     utilisation(flops_per_sample=flops / batch_size, samples_per_s=316.0, precision="fp32")
-    with torch_threads(2): ...                                       # intra-op threads for a block, then restored
     # {"gflop_per_sample": 0.2, "achieved_gflops": 63.2, "peak_gflops": 328.0, "peak_fraction": 0.19, ...}
+    with torch_threads(2): ...                                       # intra-op threads for a block, then restored
 
 The peak is what this process's intra-op threads get from a 2048 x 2048 matmul in
 the given precision (the best of a few repeats), so "fraction of peak" reads the
