@@ -32,7 +32,7 @@ import time
 import torch
 
 import clipkit
-from clipkit.data.shapes import write_split
+from clipkit.shapes.world import write_split
 from clipkit.data.shards import shard_loader, shard_pipeline
 
 

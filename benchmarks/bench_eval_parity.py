@@ -5,7 +5,7 @@
 
 What it does:
 1. writes shapes-world datasets in CLIP_benchmark's webdataset layout
-   (clipkit.experiments.shapes_benchmark: `shapes_shape`, `shapes_color`
+   (clipkit.shapes.benchmark: `shapes_shape`, `shapes_color`
    for zero-shot classification, `shapes_captions` for retrieval);
 2. evaluates the model with `clipkit eval` (this checkout's .venv) and with
    `clip_benchmark eval --model local-dir:MODEL --pretrained '' --dataset
@@ -36,7 +36,7 @@ METRICS = {"zeroshot_classification": ("acc1", "acc5", "mean_per_class_recall"),
 
 
 def quick_model(work: Path, steps: int) -> str:
-    from clipkit.data.shapes import write_split
+    from clipkit.shapes.world import write_split
     from clipkit.train.clip import ClipTrainConfig, train_clip
 
     write_split(work / "train", "train", num=4000, seed=0, shard_size=4000)
@@ -68,7 +68,7 @@ def main() -> int:
     work = Path(args.out or tempfile.mkdtemp(prefix="clipkit-parity-"))
     model = str(Path(args.model or quick_model(work / "model", args.steps)).resolve())
 
-    from clipkit.experiments.shapes_benchmark import export_shapes_benchmark
+    from clipkit.shapes.benchmark import export_shapes_benchmark
 
     bench = export_shapes_benchmark(work / "bench", "val", args.num, seed=1, attributes=("shape", "color"))
     ours_file = work / "clipkit.jsonl"

@@ -36,8 +36,8 @@ def _rate(run: Path) -> float:
 
 
 def bench_clip(args, work: Path) -> list[dict]:
-    from clipkit.experiments import config_path
-    from clipkit.experiments.shapes_eval import clip_evaluator
+    from clipkit.shapes import config_path
+    from clipkit.shapes.evaluate import clip_evaluator
     from clipkit.train.clip import train_clip
     from clipkit.train.config import load_config
     from clipkit.train.configs import ClipTrainConfig
@@ -63,8 +63,8 @@ def bench_clip(args, work: Path) -> list[dict]:
 
 def bench_decoder(args, work: Path) -> list[dict]:
     import clipkit
-    from clipkit.experiments import config_path
-    from clipkit.experiments.judge import ShapesJudge, real_images
+    from clipkit.shapes import config_path
+    from clipkit.shapes.judge import ShapesJudge, real_images
     from clipkit.train.config import load_config
     from clipkit.train.configs import DecoderTrainConfig
     from clipkit.train.unclip import train_decoder
@@ -95,7 +95,7 @@ def bench_decoder(args, work: Path) -> list[dict]:
 
 def bench_prior_upsampler(args, work: Path) -> list[dict]:
     """Speed (and the trainer's own quality figure) of the prior and the upsampler, fp32 vs bf16."""
-    from clipkit.experiments import config_path
+    from clipkit.shapes import config_path
     from clipkit.train.config import load_config
     from clipkit.train.configs import PriorTrainConfig, UpsamplerTrainConfig
     from clipkit.train.unclip import train_prior, train_upsampler

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, sample
-from clipkit.experiments.spiral import QUICK, SpiralDenoiser, SpiralLabConfig, SpiralScorer, compare_samplers
-from clipkit.experiments.spiral.lab import train_lab_models
-from clipkit.experiments.spiral.spiral import NULL_CLASS
+from clipkit.labs.spiral import QUICK, SpiralDenoiser, SpiralLabConfig, SpiralScorer, compare_samplers
+from clipkit.labs.spiral.lab import train_lab_models
+from clipkit.labs.spiral.spiral import NULL_CLASS
 
 
 class WideMLP(nn.Module):

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_unclip.py --pipeline runs/unclip --out runs/bench-unclip [--num 64]
 
-Side by side on the same captions (clipkit/experiments/unclip_eval.py): the text
+Side by side on the same captions (clipkit/shapes/unclip_eval.py): the text
 embedding decoded directly, text -> prior -> decoder, prior + decoder + upsampler
 (when the pipeline has one) and bicubic x2 of the prior + decoder output. For each:
 the judge's agreement with the caption's attributes, sharpness (palette x edge
@@ -55,7 +55,7 @@ def main() -> None:
     import torch
 
     import clipkit
-    from clipkit.experiments.unclip_eval import evaluate_unclip
+    from clipkit.shapes.unclip_eval import evaluate_unclip
     from clipkit.io import write_json
 
     torch.set_num_threads(args.threads)

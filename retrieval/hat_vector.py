@@ -20,7 +20,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     from clipkit.model import resolve_model
-    from clipkit.experiments.shapes_eval import hat_vector_experiment
+    from clipkit.shapes.evaluate import hat_vector_experiment
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="saved model directory (or a preset, for a smoke run)")

@@ -4,15 +4,15 @@
     clipkit shapes --split holdout --num 1000 --seed 2 --out data/holdout
     python retrieval/shapes_zero_shot.py --model runs/shapes-small-clip/model data/val data/holdout
 
-Class prompts are clipkit.data.shapes.attribute_prompts (used whole: template "{}");
-labels come from each sample's json (clipkit.experiments.shapes_eval.attribute_accuracy).
+Class prompts are clipkit.shapes.world.attribute_prompts (used whole: template "{}");
+labels come from each sample's json (clipkit.shapes.evaluate.attribute_accuracy).
 """
 
 import argparse
 import json
 
 from clipkit.data.shards import read_samples
-from clipkit.experiments.shapes_eval import ATTRIBUTES, attribute_accuracy
+from clipkit.shapes.evaluate import ATTRIBUTES, attribute_accuracy
 from clipkit.model import resolve_model
 
 

@@ -23,7 +23,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
     """Small shapes splits as shards: train (600 in 3 shards), val (200), holdout (100), hat_pairs (40)."""
-    from clipkit.data.shapes import write_split
+    from clipkit.shapes.world import write_split
 
     root = tmp_path_factory.mktemp("shapes")
     for split, num, seed, shard_size in (("train", 600, 0, 200), ("val", 200, 1, 200),

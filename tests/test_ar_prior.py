@@ -78,7 +78,7 @@ def test_kv_cache_sampling_gives_the_same_tokens_as_recomputation(guidance):
 def test_ar_prior_learns_text_to_image_classes_through_the_loop(tmp_path):
     """Four texts, four clusters of image embeddings: after training through clipkit.train.loop, sampling
     a text lands next to its own cluster."""
-    from clipkit.experiments.genlab.train import LabTrainConfig, train_lab_model
+    from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
 
     g = torch.Generator().manual_seed(0)
     protos = F.normalize(torch.randn(4, 16, generator=g), dim=-1)
@@ -155,7 +155,7 @@ def test_train_ar_prior_saves_resumes_and_loads_beside_the_diffusion_prior(tiny_
 
 def test_cli_train_ar_prior_parses():
     from clipkit.cli import build_parser
-    from clipkit.commands.train import config_from_args
+    from clipkit.cli.commands.train import config_from_args
 
     args = build_parser().parse_args(["train-ar-prior", "--train-data", "x", "--ar-prior.components", "16",
                                       "--ar-prior.bins", "256", "--max-steps", "7"])

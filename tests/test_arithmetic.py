@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipkit.experiments.shapes_eval import hat_vector_experiment
+from clipkit.shapes.evaluate import hat_vector_experiment
 from clipkit.arithmetic import (ExpressionError, evaluate_expression, load_vocabulary,
                                 nearest_words, parse_expression, references)
 
@@ -117,7 +117,7 @@ def test_type_errors_and_missing_images(tmp_path):
 
 
 def test_vocabulary_and_nearest_words(tmp_path):
-    from clipkit.data.shapes import COLORS, SHAPES
+    from clipkit.shapes.world import COLORS, SHAPES
 
     words = load_vocabulary()
     assert len(words) >= 500 and {"hat", "cap", "helmet", *SHAPES, *COLORS} <= set(words)

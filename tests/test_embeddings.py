@@ -88,7 +88,7 @@ def test_refuses_to_overwrite_and_bad_inputs(shard_embeddings, tiny_model, tmp_p
 
 
 def test_image_folder_with_captions_and_texts_only(tmp_path, tiny_model):
-    from clipkit.data.shapes import generate
+    from clipkit.shapes.world import generate
 
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipkit.data import shapes
+from clipkit.shapes import world as shapes
 from clipkit.evaluation import (evaluate, evaluate_datasets, export_clip_benchmark, export_labelled_folder,
                                 open_dataset, read_rows, retrieval_metrics, write_rows)
 
@@ -22,7 +22,7 @@ COLORS3 = ("red", "green", "blue")
 
 
 def _samples(num, seed=1, where=None):
-    from clipkit.experiments.shapes_benchmark import slice_samples
+    from clipkit.shapes.benchmark import slice_samples
     return slice_samples("val", num, seed, where)
 
 
@@ -181,8 +181,8 @@ def test_exporter_round_trips_and_clip_benchmark_reads_it(tmp_path, layouts):
 
 
 def test_shapes_export_agrees_with_shapes_eval(tiny_model, tmp_path):
-    from clipkit.experiments.shapes_benchmark import export_shapes_benchmark
-    from clipkit.experiments.shapes_eval import attribute_accuracy
+    from clipkit.shapes.benchmark import export_shapes_benchmark
+    from clipkit.shapes.evaluate import attribute_accuracy
 
     paths = export_shapes_benchmark(tmp_path, num=40, attributes=("shape", "hat"))
     assert set(paths) == {"shapes_shape", "shapes_hat", "shapes_captions"}
@@ -281,7 +281,7 @@ def test_cli_eval_interpolate_and_sweep(tiny_model_dir, layouts, tmp_path):
 def test_finetune_experiment_quick(tmp_path):
     from dataclasses import replace
 
-    from clipkit.experiments.finetune import QUICK, run_finetune_experiment
+    from clipkit.labs.finetune import QUICK, run_finetune_experiment
 
     result = run_finetune_experiment(replace(QUICK, out_dir=str(tmp_path / "ft")))
     assert set(result["models"]) == {"pretrained", "full", "lock-image", "lock-text"}

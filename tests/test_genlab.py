@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from clipkit.experiments.genlab.models import EvalCounter, OneShot, PixelAR, PixelARConfig, unet_config
-from clipkit.experiments.genlab.world import (ATTRIBUTES, COND_DIM, condition, null_condition, pixel_order,
+from clipkit.labs.genlab.models import EvalCounter, OneShot, PixelAR, PixelARConfig, unet_config
+from clipkit.labs.genlab.world import (ATTRIBUTES, COND_DIM, condition, null_condition, pixel_order,
                                               prompt_labels, prompt_text, random_masks, world_data)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,7 +109,7 @@ def test_kv_cache_sampling_gives_exactly_the_tokens_of_full_recomputation(order,
 
 
 def test_network_evaluations_are_counted_exactly():
-    from clipkit.experiments.genlab.measure import Method, generate
+    from clipkit.labs.genlab.measure import Method, generate
     from clipkit.unclip.decoder import DecoderUNet
 
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def test_gen_lab_quick_runs_and_reports_the_claims(tmp_path):
     assert r["one-shot"]["palette"] < r["ar-raster-k1"]["palette"] == pytest.approx(1.0)
     assert r["real renders"]["agreement"]["mean"] > 0.95                            # the judge reads real renders
     assert m["kv_cache"]["tokens_equal"] and m["kv_cache"]["positions_recompute"] > 10 * m["kv_cache"]["positions_cache"]
-    from clipkit.experiments.genlab.report import NOT, PARTLY, REPRODUCED, UNMEASURABLE, claims
+    from clipkit.labs.genlab.report import NOT, PARTLY, REPRODUCED, UNMEASURABLE, claims
 
     found = claims(m)
     html = (out / "index.html").read_text()
@@ -173,7 +173,7 @@ def test_gen_lab_quick_runs_and_reports_the_claims(tmp_path):
 
 @pytest.mark.slow
 def test_prior_comparison_trains_both_priors_on_the_same_pairs(tiny_model_dir, shapes_dir, tmp_path):
-    from clipkit.experiments.genlab.priors import compare_priors, prior_section
+    from clipkit.labs.genlab.priors import compare_priors, prior_section
 
     r = compare_priors(str(tiny_model_dir), tmp_path / "priors", data=str(shapes_dir / "train"), quick=True,
                        steps=3, num_prompts=4)
@@ -211,7 +211,7 @@ def _claims_metrics(diffusion_fd: float) -> dict:
 
 def test_diffusion_claim_needs_the_distribution_as_well_as_agreement():
     """Claim 4 is reproduced only when the few-evaluation diffusion images are as near the real ones as AR's."""
-    from clipkit.experiments.genlab.report import PARTLY, REPRODUCED, claims
+    from clipkit.labs.genlab.report import PARTLY, REPRODUCED, claims
 
     title, status, text = claims(_claims_metrics(diffusion_fd=3.2))[3]
     assert title.startswith("Diffusion") and status == REPRODUCED

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def ten_shards(tmp_path_factory):
     """1,000 shapes samples in 10 shards of 100: enough parts to interrupt between them."""
-    from clipkit.data.shapes import write_split
+    from clipkit.shapes.world import write_split
 
     root = tmp_path_factory.mktemp("ten")
     write_split(root, split="train", num=1000, seed=5, shard_size=100)

@@ -213,7 +213,7 @@ def _cut(path, fraction: float) -> None:
 
 
 def test_truncated_and_empty_shards_are_counted(tmp_path, tiny_model):
-    from clipkit.data.shapes import write_split
+    from clipkit.shapes.world import write_split
 
     write_split(tmp_path, split="val", num=300, seed=1, shard_size=100)
     _cut(tmp_path / "00000.tar", 0.5)                        # cut in half

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from clipkit.data import shapes
-from clipkit.experiments import judge as J
+from clipkit.shapes import world as shapes
+from clipkit.shapes import judge as J
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_train_judge_is_seeded_learns_and_saves(tmp_path):
 # --- wired into the unCLIP evaluation -----------------------------------------------------------
 
 def test_evaluate_unclip_reports_judge_figures_with_clip_beside(tmp_path, tiny_model, tiny_model_dir, judge):
-    from clipkit.experiments.unclip_eval import evaluate_unclip
+    from clipkit.shapes.unclip_eval import evaluate_unclip
     from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
 
     torch.manual_seed(0)

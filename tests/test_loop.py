@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(model, n: int, seed: int):
-    from clipkit.data.shapes import generate
+    from clipkit.shapes.world import generate
 
     samples = list(generate("train", n, seed=seed))
     images = torch.stack([model.preprocess(s.image) for s in samples])

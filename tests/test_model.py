@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import clipkit
-from clipkit.data import shapes
+from clipkit.shapes import world as shapes
 from clipkit.model import list_presets, load_image
 
 

@@ -41,7 +41,7 @@ def build_world(root: Path, pipeline: bool = True) -> dict:
     import torch
 
     import clipkit
-    from clipkit.data.shapes import write_split
+    from clipkit.shapes.world import write_split
     from clipkit.embeddings import EmbeddingFolder, write_embeddings
     from clipkit.index import EmbeddingIndex
     from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from clipkit.data import shapes
-from clipkit.data.shapes import (BACKGROUNDS, COLORS, HAT_COLOR, HOLDOUT_COMBOS, POSITIONS, SHAPES, SIZES,
+from clipkit.shapes import world as shapes
+from clipkit.shapes.world import (BACKGROUNDS, COLORS, HAT_COLOR, HOLDOUT_COMBOS, POSITIONS, SHAPES, SIZES,
                                  ShapeAttributes, attribute_classes, attribute_label, attribute_prompts, render)
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from clipkit.cli import main as cli_main
-from clipkit.data import shapes
+from clipkit.shapes import world as shapes
 from clipkit.data.shards import count_samples, expand_urls, shard_loader, shard_pipeline
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from clipkit.train import checkpoint, config as cfg, metrics, optim, runtime
-from clipkit.experiments.shapes_eval import clip_evaluator
+from clipkit.shapes.evaluate import clip_evaluator
 from clipkit.train.clip import ClipTrainConfig, train_clip
 
 REPO = Path(__file__).resolve().parents[1]

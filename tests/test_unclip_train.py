@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from clipkit.data.shapes import ShapeAttributes, ShapeSample, render
+from clipkit.shapes.world import ShapeAttributes, ShapeSample, render
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,7 +106,7 @@ def test_pipeline_dir_refuses_another_clip(tiny_model_dir, shapes_dir, tmp_path)
 
 def test_cli_train_commands_parse(capsys):
     from clipkit.cli import build_parser
-    from clipkit.commands.train import config_from_args
+    from clipkit.cli.commands.train import config_from_args
 
     parser = build_parser()
     args = parser.parse_args(["train-decoder", "--config", "decoder/configs/shapes-decoder.json", "--max-steps", "5",

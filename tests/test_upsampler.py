@@ -86,7 +86,7 @@ def test_shapes_of_inputs_and_outputs():
 
 @pytest.fixture(scope="module")
 def shards64(tmp_path_factory):
-    from clipkit.data.shapes import write_split
+    from clipkit.shapes.world import write_split
 
     root = tmp_path_factory.mktemp("shapes64")
     write_split(root, split="train", num=160, seed=5, shard_size=80, image_size=64)
@@ -123,7 +123,7 @@ def test_training_loss_falls_and_the_pipeline_upsamples(tiny_model_dir, shards64
     images = pipe.generate("a red circle", num_images=2, steps=2, prior_steps=2, upsample=True, upsample_steps=3,
                            seed=0)
     assert [im.size for im in images] == [(64, 64)] * 2
-    from clipkit.data.shapes import ShapeAttributes, render
+    from clipkit.shapes.world import ShapeAttributes, render
 
     emb = pipe.clip.encode_images([render(ShapeAttributes("star", "red", "large", "center", "white", False))])
     big = pipe.decode(emb.expand(2, -1), steps=2, upsample=True, upsample_steps=3, seed=0)

@@ -24,7 +24,7 @@ def test_class_vectors_equal_open_clip(tiny_model, templates):
 
 
 def test_predict_and_proba_follow_the_logits(tiny_model):
-    from clipkit.data.shapes import generate
+    from clipkit.shapes.world import generate
 
     images = [s.image for s in generate("val", 6, seed=0)]
     clf = ZeroShotClassifier(tiny_model, CLASSES, "simple")
@@ -72,7 +72,7 @@ def test_templates_from_file_and_errors(tmp_path, tiny_model):
 
 def test_cli_folder_csv_and_labelled_folder(tmp_path, capsys):
     from clipkit.cli import main
-    from clipkit.data.shapes import generate
+    from clipkit.shapes.world import generate
 
     for s in generate("val", 8, seed=5):
         d = tmp_path / "root" / s.attributes.shape

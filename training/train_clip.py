@@ -9,7 +9,7 @@ Any config field can be overridden by a flag: --lr 1e-3 --epochs 2 --resume late
 (`clipkit train` runs the same function in-process.)
 """
 
-from clipkit.commands.train import script_main, train
+from clipkit.cli.commands.train import script_main, train
 from clipkit.train.configs import ClipTrainConfig
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
   so R@1 has a ceiling below 1: identical captions tie).
 - evaluators: callables (model, image_features, eval_set) -> {metric: value}
   for whatever the data's metadata allows (the shapes experiment's per-attribute
-  zero-shot accuracy is one: clipkit.experiments.shapes_eval.clip_evaluator).
+  zero-shot accuracy is one: clipkit.shapes.evaluate.clip_evaluator).
 """
 
 from __future__ import annotations

@@ -1,0 +1,55 @@
+"""`clipkit arith EXPR --words 5 [--search INDEX]`: embedding arithmetic, nearest words and images."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from clipkit.cli.types import nonnegative_int, positive_int
+
+    p = sub.add_parser("arith", help="evaluate embedding arithmetic: img:\"a.png\" - img:\"b.png\" + text:\"hat\"",
+                       description="Evaluate an expression over CLIP embeddings (img:\"path\", text:\"...\", "
+                                   "numbers, + - *, parentheses, normalize(...), mean(...)) and show the "
+                                   "nearest vocabulary words and, with --search, the nearest indexed items.")
+    p.add_argument("expression", metavar="EXPR")
+    p.add_argument("--model", default=None, help="model directory or preset [the --search index's model]")
+    p.add_argument("--words", type=nonnegative_int, default=5, help="how many nearest words to show [5]")
+    p.add_argument("--vocabulary", default=None, help="vocabulary file, one word a line [shipped list]")
+    p.add_argument("--search", default=None, metavar="INDEX", help="also search this index with the vector")
+    p.add_argument("-k", type=positive_int, default=10, help="results from --search [10]")
+    p.add_argument("--save", default=None, help="save the vector as .npy")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from clipkit.arithmetic import evaluate_expression, nearest_words
+    from clipkit.cli.commands.search import print_hits
+
+    index = None
+    if args.search:
+        from clipkit.index import EmbeddingIndex
+        index = EmbeddingIndex.load(args.search)
+        model = index.model(args.model)
+    elif args.model:
+        from clipkit.model import resolve_model
+        model = resolve_model(args.model)
+    else:
+        raise ValueError("pass --model DIR (or --search INDEX whose manifest records the model)")
+    vector = evaluate_expression(model, args.expression)
+    print(f"vector: dim {vector.shape[0]}, norm {np.linalg.norm(vector):.4f}")
+    if args.words > 0:
+        print("nearest words:")
+        for word, score in nearest_words(model, vector, args.words, args.vocabulary):
+            print(f"  {score:7.4f}  {word}")
+    if index is not None:
+        index.check_model(model)
+        unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        scores, ids = index.search(unit[None], args.k)
+        print_hits(scores[0], ids[0], index.lookup(ids[0]))
+    if args.save:
+        np.save(args.save, vector)
+        print(f"saved to {args.save}")
+    return 0

@@ -1,0 +1,104 @@
+"""`clipkit index build EMB_DIR OUT` / `clipkit index add IDX EMB_DIR`: FAISS indexes from `clipkit embed` output."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def memory_size(text: str) -> int:
+    """argparse type: bytes from '4G', '512M', '1.5T' or a plain number of bytes (finite, > 0)."""
+    from clipkit.cli.types import positive_float
+
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(t[-1:], 1)
+    try:
+        value = positive_float(t[:-1] if t[-1:] in units else t)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 4G, 512M or a number of bytes") from None
+    return int(value * scale)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from clipkit.cli.types import positive_float, positive_int, unit_interval
+
+    p = sub.add_parser("index", help="build / grow a FAISS index from embedding folders")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    b = actions.add_parser("build", help="EMB_DIR (clip-retrieval layout) -> index folder OUT",
+                           description="Build an EmbeddingIndex: kind 'auto' picks flat / HNSW / IVF-Flat / "
+                                       "OPQ-IVF-PQ by size and --max-memory and tunes nprobe / efSearch to --recall. "
+                                       "A previous index at OUT is replaced once the new one is complete; anything "
+                                       "else there needs --overwrite.")
+    b.add_argument("emb_dir", metavar="EMB_DIR", help="folder written by `clipkit embed`")
+    b.add_argument("out", metavar="OUT", help="index folder to write")
+    b.add_argument("--modality", choices=("img", "text"), default=None, help="which embeddings [img when present]")
+    b.add_argument("--kind", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"), default="auto", help="[auto]")
+    b.add_argument("--metric", choices=("ip", "l2"), default="ip", help="[ip]")
+    b.add_argument("--recall", type=unit_interval, default=0.95, help="recall@10 target for tuning [0.95]")
+    b.add_argument("--max-memory", type=memory_size, default=None,
+                   help="memory budget for auto and pieces, e.g. 4G [half the free RAM]")
+    b.add_argument("--max-memory-gb", type=positive_float, default=None, help=argparse.SUPPRESS)
+    b.add_argument("--train-on", type=positive_int, default=None, metavar="N",
+                   help="train the coarse quantizer / codes on N sampled vectors [max(40 x cells, 10000)]")
+    b.add_argument("--pieces", type=positive_int, default=1,
+                   help="fill the index as N pieces from one trained quantizer, then merge (IVF kinds) [1]")
+    b.add_argument("--on-disk", action="store_true",
+                   help="with --pieces: keep the merged inverted lists in OUT/index.ivfdata, memory-mapped "
+                        "(IVF kinds; no step holds all vectors in memory)")
+    b.add_argument("--overwrite", action="store_true", help="replace whatever is at OUT (once the index is complete)")
+    b.set_defaults(func=run_build)
+    a = actions.add_parser("add", help="add the embeddings of EMB_DIR (same model) to the index IDX, in place",
+                           description="Grow a saved index: the vectors of EMB_DIR get the next ids and bring their "
+                                       "metadata. Refused if EMB_DIR was embedded by another model than the index's.")
+    a.add_argument("index", metavar="IDX", help="index folder from `clipkit index build`")
+    a.add_argument("emb_dir", metavar="EMB_DIR", help="folder written by `clipkit embed` with the index's model")
+    a.add_argument("--modality", choices=("img", "text"), default=None, help="which embeddings [img when present]")
+    a.set_defaults(func=run_add)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def run_build(args) -> int:
+    from clipkit.embeddings import EmbeddingFolder
+    from clipkit.index import FORMAT, EmbeddingIndex
+    from clipkit.io import check_output_path
+
+    check_output_path(args.out, FORMAT, [args.emb_dir], args.overwrite)      # before hours of work, not after
+    folder = EmbeddingFolder(args.emb_dir)
+    budget = args.max_memory or (int(args.max_memory_gb * 2**30) if args.max_memory_gb else None)
+    options = dict(kind=args.kind, metric=args.metric, recall_target=args.recall, max_memory=budget,
+                   modality=args.modality, train_size=args.train_on, progress=True)
+    if args.on_disk and args.pieces < 2:
+        raise ValueError("--on-disk builds in pieces: pass --pieces N (N >= 2)")
+    workdir = None
+    if args.pieces > 1:
+        from pathlib import Path
+
+        from clipkit.index_pieces import build_in_pieces
+
+        if args.on_disk:
+            workdir = Path(args.out).parent / f".{Path(args.out).name}.pieces"
+        index = build_in_pieces(folder, pieces=args.pieces, on_disk=workdir, **options)
+    else:
+        index = EmbeddingIndex.build(folder, **options)
+    try:
+        index.save(args.out, overwrite=args.overwrite, inputs=[args.emb_dir])
+    finally:
+        if workdir is not None:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{index!r} built in {index.manifest['build_seconds']} s; saved to {args.out}")
+    return 0
+
+
+def run_add(args) -> int:
+    from clipkit.index import EmbeddingIndex
+    from clipkit.io import output_lock
+
+    with output_lock(args.index):             # load, add and save as one step: no concurrent add is lost
+        index = EmbeddingIndex.load(args.index)
+        before = len(index)
+        added = index.add(args.emb_dir, modality=args.modality)
+        index.save(args.index, inputs=[args.emb_dir])
+    print(f"added {added} vectors to {args.index}: {before} -> {len(index)}")
+    return 0
