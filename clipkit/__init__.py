@@ -10,7 +10,7 @@ The public names below are imported lazily so that `import clipkit` and the
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"      # the one version source (pyproject.toml reads it); CHANGELOG.md says what changed
 
 # public name -> module that defines it
 _EXPORTS = {

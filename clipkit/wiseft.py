@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from clipkit.io.figures import save_figure
+
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -142,8 +144,6 @@ def plot_tradeoff(rows: list[dict], path: str | os.PathLike, x_dataset: str | No
     """Two panels: dataset Y's metric against dataset X's along alpha (the trade-off curve), and both vs alpha."""
     from matplotlib.figure import Figure
 
-    from clipkit.io import atomic_file
-
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     if len(names) < 2 and (x_dataset is None or y_dataset is None):
         raise ValueError(f"a trade-off plot needs two datasets; the rows hold {names}")
@@ -179,7 +179,4 @@ def plot_tradeoff(rows: list[dict], path: str | os.PathLike, x_dataset: str | No
     right.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)

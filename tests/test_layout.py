@@ -13,34 +13,135 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "clipkit"
-ON_TOP = ("shapes", "labs", "cli", "__main__.py")        # may import anything
-FORBIDDEN = ("clipkit.shapes", "clipkit.labs", "clipkit.cli")
+ON_TOP_UNITS = ("shapes", "labs", "cli")
 
 
-def _imports(path: Path) -> list[str]:
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.append(node.module)
-            names += [f"{node.module}.{a.name}" for a in node.names]
-    return names
+# The packages in layers: a module imports only from its own layer or the ones below.
+# (Cycles, within a layer too, are refused by test_no_import_cycles.)
+LAYERS = (
+    {"__init__", "io", "perf", "images", "losses", "config"},      # foundations: no model, no data
+    {"hub", "model", "data", "diffusion"},                          # models and data
+    {"retrieval", "unclip"},                                        # embeddings, indexes, generation
+    {"train", "evaluation", "wiseft"},                              # training runs and measuring models
+    {"serve"},                                                      # the web layer over the library
+    {"shapes", "labs"},                                             # the experiments' homes
+    {"cli", "__main__"},                                            # the command line on top
+)
+# Imports inside functions hide the dependency graph; they are allowed where they buy start-up time:
+# the CLI (its commands import torch & co. only when they run) and the package's lazy __getattr__.
+LAZY_ALLOWED = ("cli/", "__init__.py", "__main__.py")
 
 
-def _core_modules() -> list[Path]:
-    return [p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in ON_TOP]
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def test_the_core_never_imports_the_shapes_world_experiments_or_cli():
-    bad = [(str(p.relative_to(ROOT)), name) for p in _core_modules() for name in _imports(p)
-           if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _target(name: str) -> str | None:
+    """The clipkit module an imported name lives in (`clipkit.a.b.func` -> `clipkit.a.b`)."""
+    while name:
+        if name in MODULES:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _edges(path: Path) -> list[tuple[str, bool, int]]:
+    """(imported clipkit module, inside a function?, line) for every import statement of `path`."""
+    tree = ast.parse(path.read_text(), str(path))
+    out = []
+
+    def visit(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                # `from pkg import submodule` depends on the submodule; `from mod import name` on mod.
+                names = [f"{child.module}.{a.name}" if f"{child.module}.{a.name}" in MODULES else child.module
+                         for a in child.names]
+            else:
+                visit(child, inner)
+                continue
+            out.extend((t, in_function, child.lineno) for n in names if n.startswith("clipkit")
+                       and (t := _target(n)) is not None)
+    visit(tree, False)
+    return out
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _layer(module: str) -> int:
+    unit = _unit(module)
+    for i, layer in enumerate(LAYERS):
+        if unit in layer:
+            return i
+    raise AssertionError(f"{module}: its package {unit!r} has no layer in tests/test_layout.py LAYERS; add it")
+
+
+def test_every_package_has_a_layer_and_imports_only_its_layer_or_below():
+    bad = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)}) at line {line}"
+           for m, path in MODULES.items() for t, _, line in _edges(path) if _layer(t) > _layer(m)]
+    assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def test_no_import_cycles():
+    """Tarjan's strongly connected components over every clipkit -> clipkit import (in functions too)."""
+    graph = {m: sorted({t for t, _, _ in _edges(p) if t != m}) for m, p in MODULES.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            connect(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_clipkit_imports_inside_functions_only_where_they_buy_start_up_time():
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {t}" for m, path in MODULES.items()
+           if not str(path.relative_to(PACKAGE)).startswith(LAZY_ALLOWED)
+           for t, inside, line in _edges(path) if inside]
+    assert not bad, "clipkit imports inside functions (move them to the top):\n" + "\n".join(bad)
+
+
+def test_the_core_never_imports_the_shapes_world_labs_or_cli():
+    core = [m for m in MODULES if _layer(m) < _layer("clipkit.shapes")]
+    bad = [(m, t) for m in core for t, _, _ in _edges(MODULES[m]) if _unit(t) in ON_TOP_UNITS]
     assert not bad, f"core modules importing experiment / CLI code: {bad}"
 
 
-def test_modules_stay_readable_in_one_sitting():
-    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
-    assert not long, f"modules over ~400 lines: {long}"
+def test_every_png_goes_through_save_figure():
+    """One figure writer (clipkit/io/figures.py: Agg canvas, atomic write), not one per module."""
+    bad = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+           if ".savefig(" in p.read_text() and p != PACKAGE / "io" / "figures.py"]
+    assert not bad, f"figures saved outside clipkit.io.figures.save_figure: {bad}"
 
 
 def test_cli_help_builds_without_torch():

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from browser import chromium_binary, image_load_report
-from clipkit.report import Figure, Section, write_report
+from clipkit.io.report import Figure, Section, write_report
 
 
 def _png(path, color):

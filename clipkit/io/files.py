@@ -7,10 +7,14 @@ import ctypes
 import errno
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
+
+from clipkit.io.errors import DamagedFileError
 
 
 # ----------------------------------------------------------------------------- small primitives
@@ -35,6 +39,57 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def process_alive(pid: int) -> bool:
+    """True unless process `pid` of this host is known to be gone (a pid we may not signal is alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------- temporary siblings
+
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.NAME~PID~HOST~` : a temporary sibling names its writer, so a later writer can tell a stale one."""
+    return f".{path.name}~{os.getpid()}~{_HOST}~"
+
+
+def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary siblings of PATH (`.NAME~PID~HOST~*.tmp`) left by writers of this host that died.
+
+    A kill -9 between creating a temporary sibling and renaming it leaves it
+    behind; the next write of the same output removes it. Siblings of a live
+    process, of another host or of another name are never touched.
+    """
+    path = Path(path)
+    removed = []
+    head = f".{path.name}~"
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(head) and name.endswith(".tmp")):
+            continue
+        fields = name[len(head):-len(".tmp")].split("~")
+        if len(fields) != 3 or not fields[0].isdigit() or fields[1] != _HOST or process_alive(int(fields[0])):
+            continue
+        stale = path.parent / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        removed.append(stale)
+    return removed
+
+
 def _named(e: OSError, path: Path) -> OSError:
     """`e` with `path` as its filename when it has none (a failed write names no file)."""
     if e.filename is None and e.errno is not None:
@@ -44,11 +99,15 @@ def _named(e: OSError, path: Path) -> OSError:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temporary sibling of `path` for writing; rename it onto `path` on success."""
+    """Open a temporary sibling of `path` for writing; rename it onto `path` on success.
+
+    Stale temporary siblings of `path` (a writer killed with -9) are removed first.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        clean_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~current_umask())          # mkstemp makes 0600; a plain open() would not
     except OSError as e:
         raise _named(e, path) from e
@@ -86,15 +145,17 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file"):
-    """Parse a JSON file; a malformed one raises ValueError naming the file, the place and what it is."""
+    """Parse a JSON file; a malformed one raises DamagedFileError (a ValueError) naming the file and the place."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-                         f"it is damaged or was not written by clipkit") from None
+        raise DamagedFileError(f"{what} {str(path)!r} is not valid JSON (line {e.lineno}, column {e.colno}: "
+                               f"{e.msg}); it is damaged or was not written by clipkit") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{what} {str(path)!r} is not UTF-8 text; it is damaged or not a {what}") from None
+        raise DamagedFileError(f"{what} {str(path)!r} is not UTF-8 text; it is damaged or not a {what}") from None
+    except RecursionError:
+        raise DamagedFileError(f"{what} {str(path)!r} nests too deeply to be a {what}") from None
 
 
 _RENAME_EXCHANGE = 2
@@ -156,7 +217,8 @@ def atomic_directory(path: str | os.PathLike):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        clean_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~current_umask())
     except OSError as e:
         raise _named(e, path) from e

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from clipkit.shapes import world as shapes
+from clipkit.io.figures import save_figure
 
 VARIANTS = {"full": {}, "lock-image": {"lock_image": True}, "lock-text": {"lock_text": True}}
 
@@ -151,8 +152,6 @@ def plot_experiment(results: dict, path) -> Path:
     """Left: slice / rest zero-shot per model; right: the WiSE-FT curve with the locked variants beside it."""
     from matplotlib.figure import Figure
 
-    from clipkit.io import atomic_file
-
     names = list(results["models"])
     fig = Figure(figsize=(11, 4.3))
     left, right = fig.subplots(1, 2)
@@ -181,14 +180,11 @@ def plot_experiment(results: dict, path) -> Path:
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _write_report(results: dict, root: Path) -> None:
-    from clipkit.report import Figure, Section, write_report
+    from clipkit.io.report import Figure, Section, write_report
 
     cfg = results["config"]
     table = [{"model": n, "slice": round(m["slice"], 4), "rest": round(m["rest"], 4)}

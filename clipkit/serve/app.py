@@ -352,8 +352,9 @@ class BodyLimit:
 def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A listening TCP socket (port 0: a free one; read it back with sock.getsockname()[1])."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:

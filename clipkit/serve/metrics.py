@@ -1,50 +1,106 @@
-"""Request counts and latency percentiles per route (GET /metrics shows them).
+"""Prometheus metrics of a server (GET /metrics) and one log line per request.
 
-    metrics = Metrics()
-    app.add_middleware(MetricsMiddleware, metrics=metrics)   # times every HTTP request by route and status
-    metrics.snapshot()     # {"uptime_s", "requests", "routes": {"POST /search": {"count", "status", "p50_ms", ...}}}
+    stages = stage_histogram()                 # the engine times encode / search / metadata / generate with it
+    with stages.labels("search").time(): ...
+    metrics = Metrics(engine)                  # one CollectorRegistry per app: tests and several apps never collide
+    app.add_middleware(RequestMetrics, metrics=metrics)   # counts and times every request by route and status
+    metrics.exposition()                       # (bytes in Prometheus' text format, its content type)
+
+What a scrape shows (all names start with clipkit_serve_):
+  requests_total{method, route, status}       counter of answered requests (route = the route template)
+  request_duration_seconds{method, route}     histogram of whole-request latency
+  stage_duration_seconds{stage}               histogram per stage: encode_text, encode_image (one forward of
+                                              a micro-batch), search (one FAISS call), metadata (the hits'
+                                              rows), generate (one unCLIP job)
+  batches_total, batch_items_total, batch_largest, batch_pending, batch_rejected_total {batcher}
+  texts_encoded_total, generation_{running,waiting} and generation_jobs_total{outcome}
+  process_* (CPU seconds, memory, start time) of the serving process
+
+The request log line goes to the `clipkit.serve.requests` logger at INFO, as key=value pairs
+(`method=POST path=/search status=200 ms=6.91`), with the same fields in the record's extras.
 """
 
 from __future__ import annotations
 
-import collections
-import threading
+import logging
 import time
 
-import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-WINDOW = 4096          # latencies kept per route for the percentiles
+PREFIX = "clipkit_serve"
+# Seconds: a stage is ~0.1 ms (a FAISS call on a small index) to a minute (generation on a CPU).
+BUCKETS = (.0002, .0005, .001, .0025, .005, .0075, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+request_log = logging.getLogger("clipkit.serve.requests")
+
+
+def stage_histogram() -> Histogram:
+    """An unregistered stage-latency histogram: its owner (the engine) observes, each app's registry exposes it."""
+    return Histogram(f"{PREFIX}_stage_duration_seconds", "Latency of one stage of serving a request "
+                     "(encode_*: one forward of a micro-batch; search: one FAISS call)", ["stage"],
+                     buckets=BUCKETS, registry=None)
+
+
+class EngineCollector:
+    """Reads the engine's queue counters at scrape time (they live in the batchers, not in Prometheus objects)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def collect(self):
+        e = self.engine
+        batchers = [b for b in (e.searcher, e.image_encoder) if b is not None]
+        families = {
+            "batches": CounterMetricFamily(f"{PREFIX}_batches", "Micro-batches run", labels=["batcher"]),
+            "items": CounterMetricFamily(f"{PREFIX}_batch_items", "Items run in micro-batches", labels=["batcher"]),
+            "largest": GaugeMetricFamily(f"{PREFIX}_batch_largest", "Largest micro-batch so far", labels=["batcher"]),
+            "pending": GaugeMetricFamily(f"{PREFIX}_batch_pending", "Items waiting for a batch", labels=["batcher"]),
+            "rejected": CounterMetricFamily(f"{PREFIX}_batch_rejected", "Items refused with 503 (queue full)",
+                                            labels=["batcher"]),
+        }
+        for b in batchers:
+            s = b.stats()
+            families["batches"].add_metric([b.name], s["batches"])
+            families["items"].add_metric([b.name], s["items"])
+            families["largest"].add_metric([b.name], s["largest_batch"])
+            families["pending"].add_metric([b.name], s["pending"])
+            families["rejected"].add_metric([b.name], s["rejected"])
+        yield from families.values()
+        yield CounterMetricFamily(f"{PREFIX}_texts_encoded", "Text queries encoded", value=e.texts_encoded)
+        if e.generator is not None:
+            g = e.generator.stats()
+            yield GaugeMetricFamily(f"{PREFIX}_generation_running", "Generation jobs running", value=g["running"])
+            yield GaugeMetricFamily(f"{PREFIX}_generation_waiting", "Generation jobs waiting", value=g["waiting"])
+            jobs = CounterMetricFamily(f"{PREFIX}_generation_jobs", "Generation jobs by outcome", labels=["outcome"])
+            for outcome in ("completed", "failed", "rejected"):
+                jobs.add_metric([outcome], g[outcome])
+            yield jobs
 
 
 class Metrics:
-    def __init__(self):
-        self.started = time.time()
-        self._lock = threading.Lock()
-        self._count: collections.Counter = collections.Counter()
-        self._status: dict = collections.defaultdict(collections.Counter)
-        self._latency: dict = collections.defaultdict(lambda: collections.deque(maxlen=WINDOW))
+    """One app's registry: request counters and latencies, the engine's stage histogram and queues, the process."""
 
-    def record(self, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self._count[route] += 1
-            self._status[route][str(status)] += 1
-            self._latency[route].append(seconds)
+    def __init__(self, engine):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(f"{PREFIX}_requests", "HTTP requests answered", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram(f"{PREFIX}_request_duration_seconds", "HTTP request latency, first byte in to "
+                                 "last byte out", ["method", "route"], buckets=BUCKETS, registry=self.registry)
+        self.registry.register(engine.stage_seconds)
+        self.registry.register(EngineCollector(engine))
+        ProcessCollector(registry=self.registry)
 
-    def snapshot(self) -> dict:
-        with self._lock:
-            routes = {}
-            for route in sorted(self._count):
-                ms = np.asarray(self._latency[route]) * 1000
-                p50, p90, p99 = np.percentile(ms, [50, 90, 99]).round(2).tolist()
-                routes[route] = {"count": self._count[route], "status": dict(self._status[route]),
-                                 "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": round(float(ms.mean()), 2),
-                                 "window": len(ms)}
-            total = sum(self._count.values())
-        return {"uptime_s": round(time.time() - self.started, 1), "requests": total, "routes": routes}
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class MetricsMiddleware:
-    """Pure ASGI (no per-request task like BaseHTTPMiddleware): times requests by route template."""
+class RequestMetrics:
+    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): times, counts and logs every HTTP request."""
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
@@ -53,17 +109,23 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = [500]
+        status = 500
 
-        async def send_and_note(message):
+        async def noting_send(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, noting_send)
         finally:
+            seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None)
             if route is None:
                 route = "/static" if scope["path"].startswith("/static/") else "(unrouted)"
-            self.metrics.record(f"{scope['method']} {route}", status[0], time.perf_counter() - start)
+            self.metrics.record(scope["method"], route, status, seconds)
+            if request_log.isEnabledFor(logging.INFO):
+                ms = round(seconds * 1000, 2)
+                request_log.info("method=%s path=%s status=%d ms=%.2f", scope["method"], scope["path"], status, ms,
+                                 extra={"method": scope["method"], "path": scope["path"], "status": status, "ms": ms})

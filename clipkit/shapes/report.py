@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipkit.report import Figure, Section, write_report
+from clipkit.io.report import Figure, Section, write_report
 
 
 def _pct(x) -> str:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from clipkit.shapes import world as shapes
 from clipkit.shapes.judge import ShapesJudge
 from clipkit.io import atomic_file, write_json
+from clipkit.io.figures import save_figure
 
 ATTRS = ("shape", "color", "size", "position", "hat")
 
@@ -266,5 +267,4 @@ def _plot_sweep(rows, png: Path):
     ax2.set_ylabel("diversity")
     fig.legend(loc="lower center", fontsize=7, ncol=3)
     fig.tight_layout()
-    with atomic_file(png) as f:
-        fig.savefig(f, format="png", dpi=110)
+    save_figure(fig, png, dpi=110)

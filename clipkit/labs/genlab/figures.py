@@ -12,19 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clipkit.io import atomic_file
+from clipkit.io.figures import save_figure
 
 _STYLE = {"one-shot": ("tab:red", "*"), "AR raster": ("tab:purple", "s"), "AR spread": ("tab:pink", "D"),
           "DDIM": ("tab:blue", "o"), "flow": ("tab:green", "^"), "DDPM": ("tab:cyan", "v"),
           "DDIM, noise target": ("tab:gray", "o")}
-
-
-def _save(fig, png) -> Path:
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(png, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    return png
 
 
 def quality_figure(png, rows: list[dict], reference: dict) -> Path:
@@ -57,7 +49,7 @@ def quality_figure(png, rows: list[dict], reference: dict) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def samples_figure(png, strips: list[tuple[str, "PIL.Image.Image"]], prompts: list[str]) -> Path:
@@ -77,7 +69,7 @@ def samples_figure(png, strips: list[tuple[str, "PIL.Image.Image"]], prompts: li
             ax.set_xticklabels([textwrap.fill(p, 16) for p in prompts], fontsize=6)
             ax.xaxis.tick_top()
     fig.subplots_adjust(left=0.16, right=0.99, top=1 - 1.0 / fig.get_figheight(), bottom=0.01, hspace=0.08)
-    return _save(fig, png)
+    return save_figure(fig, png)
 
 
 def training_figure(png, curves: dict[str, list[tuple[float, float]]]) -> Path:
@@ -96,4 +88,4 @@ def training_figure(png, curves: dict[str, list[tuple[float, float]]]) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, png)
+    return save_figure(fig, png)

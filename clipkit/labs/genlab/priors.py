@@ -127,7 +127,7 @@ def compare_priors(clip_dir: str, out_dir, data: str | None = None, pipeline: st
 
 def prior_section(r: dict, prefix: str = ""):
     """The comparison as a report Section: a sentence per measure and the table."""
-    from clipkit.report import Section
+    from clipkit.io.report import Section
 
     rows = r["rows"]
     d, a = rows["diffusion@1"], rows["ar@1"]

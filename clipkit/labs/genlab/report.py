@@ -1,6 +1,6 @@
 """The lab's report: the five claims, each judged on this run's numbers, the figures and the table.
 
-    sections = genlab_sections(metrics, prefix="genlab/")  # clipkit.report Sections (a chapter of the demo report)
+    sections = genlab_sections(metrics, prefix="genlab/")  # clipkit.io.report Sections (a chapter of the demo report)
     write_index("runs/genlab/index.html", metrics)         # the lab's own page
 
 The claims (from the issue that asked for this lab):
@@ -169,7 +169,7 @@ def budget_text(m: dict) -> str:
 
 def genlab_sections(m: dict, prefix: str = "", title: str = "Autoregression vs diffusion, measured on images") -> list:
     """The lab as report Sections: the lab itself, and the AR-vs-diffusion prior comparison when it ran."""
-    from clipkit.report import Figure, Section
+    from clipkit.io.report import Figure, Section
 
     items = "".join(f"<li><b>{c}</b> ({status}): {text}</li>" for c, status, text in claims(m))
     text = (f"Three ways to turn a prompt into a 32x32 shapes image, trained on the same world and judged by the "
@@ -200,6 +200,6 @@ def _GRID_PICKS(m: dict) -> set:                                                
 
 
 def write_index(path: Path, metrics: dict) -> None:
-    from clipkit.report import write_report
+    from clipkit.io.report import write_report
 
     write_report(path, "clipkit generation lab", genlab_sections(metrics))

@@ -7,12 +7,11 @@ Every function takes plain tensors and writes one PNG atomically.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import torch
 
-from clipkit.io import atomic_file
+from clipkit.io.figures import save_figure
 from clipkit.labs.spiral.spiral import CLASSES, spiral_curve
 
 CLASS_COLOURS = ("#1f77b4", "#2ca02c", "#d62728")     # person, dog, cat
@@ -32,17 +31,6 @@ def _figure(ncols: int, nrows: int = 1, size: float = 3.2):
         ax.set_xticks([])
         ax.set_yticks([])
     return fig, axes
-
-
-def _save(fig, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    with atomic_file(path) as f:
-        f.write(buf.getvalue())
-    return path
 
 
 def _spiral(ax, coloured: bool = False, colour: str = "0.75", lw: float = 1.5) -> None:
@@ -70,7 +58,7 @@ def vector_field_figure(path: Path, grid: torch.Tensor, fields: list[tuple[float
         ax.set_title(f"t = {t:.2f}  ({frac:.0%} towards spiral)", fontsize=9)
     fig.suptitle("The learned field (-epsilon): towards the centre at high noise, towards the spiral at low noise",
                  fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=None, tight=True)
 
 
 def trajectory_figure(path: Path, means: torch.Tensor, states: torch.Tensor, final_cloud: torch.Tensor) -> Path:
@@ -91,7 +79,7 @@ def trajectory_figure(path: Path, means: torch.Tensor, states: torch.Tensor, fin
     ax.scatter(*states[-1], s=80, marker="*", color="gold", edgecolor="black", zorder=5, label="end")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"One DDPM trajectory, {len(means)} steps: model steps vs noise steps", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=None, tight=True)
 
 
 def clouds_figure(path: Path, clouds: list[tuple[str, torch.Tensor, dict]]) -> Path:
@@ -101,7 +89,7 @@ def clouds_figure(path: Path, clouds: list[tuple[str, torch.Tensor, dict]]) -> P
         ax.scatter(x[:, 0].clamp(-LIMIT, LIMIT), x[:, 1].clamp(-LIMIT, LIMIT), s=4, color="black", zorder=2)
         ax.set_title(f"{title}\ndist {m['distance']:.3f}  cover {m['coverage']:.0%}", fontsize=9)
     fig.suptitle(f"{len(clouds[0][1])} samples per sampler (grey: the spiral)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=None, tight=True)
 
 
 def guidance_figure(path: Path, runs: list[tuple[float, torch.Tensor, torch.Tensor, dict]]) -> Path:
@@ -118,7 +106,7 @@ def guidance_figure(path: Path, runs: list[tuple[float, torch.Tensor, torch.Tens
     axes[0].legend(loc="lower right", fontsize=7, markerscale=2)
     fig.suptitle("Class-conditional samples (colour = class asked for; bands = where that class lives)",
                  fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=None, tight=True)
 
 
 def cfg_field_figure(path: Path, grid: torch.Tensor, v_cond: torch.Tensor, v_uncond: torch.Tensor,
@@ -138,4 +126,4 @@ def cfg_field_figure(path: Path, grid: torch.Tensor, v_cond: torch.Tensor, v_unc
               scale=5.0, width=0.004, label=f"conditional: {class_name}")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"Vector fields at t = {t:.2f}: conditional (yellow) vs unconditional (grey)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=None, tight=True)

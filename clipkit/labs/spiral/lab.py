@@ -240,7 +240,7 @@ _CAPTIONS = {
 def spiral_section(metrics: dict, prefix: str = "", title: str = "The spiral lab: diffusion you can see"):
     """The lab as one report Section (its own page, and the demo report's chapter): each figure with one
     sentence filled with this run's numbers, then the metrics table. `prefix`: the figures' folder."""
-    from clipkit.report import Figure, Section
+    from clipkit.io.report import Figure, Section
 
     s, g = metrics["samplers"], metrics["guidance"]
     nonoise = next(v for k, v in s.items() if k.endswith("no_noise"))
@@ -262,7 +262,7 @@ def spiral_section(metrics: dict, prefix: str = "", title: str = "The spiral lab
 
 
 def write_index(path: Path, metrics: dict) -> None:
-    """The lab's own page (clipkit.report, like the demo's)."""
-    from clipkit.report import write_report
+    """The lab's own page (clipkit.io.report, like the demo's)."""
+    from clipkit.io.report import write_report
 
     write_report(path, "clipkit spiral lab", [spiral_section(metrics)])

@@ -1,0 +1,48 @@
+"""Errors a user causes and can fix: each message names the file or value, what was expected, and the fix.
+
+    try:
+        clipkit.load("runs/clip/model")
+    except DamagedFileError as e:       # also a ValueError, so `except ValueError` keeps working
+        print(e)                        # 'runs/clip/model/model.safetensors' has another sha256 than ...
+
+Every class here derives from `UserError` *and* from the builtin a caller would
+expect (ValueError, or RuntimeError for a run that stopped), so library users
+catch them as before while the CLI's one error policy (clipkit.cli.main.user_error)
+prints any UserError as one line and exits 2. Raise them where the failure is
+detected, never by matching messages afterwards.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Base of the failures a user caused (bad input, damaged file, a path that may not be written)."""
+
+
+class OutputError(UserError, ValueError):
+    """An output we refuse to write or read; the message names the path and the fix."""
+
+
+class IncompleteOutputError(OutputError):
+    """A multi-file output whose manifest is missing or does not match its parts."""
+
+
+class OutputInUseError(OutputError):
+    """Another live process holds the output's lock."""
+
+
+class DamagedFileError(UserError, ValueError):
+    """A file whose bytes are not what they should be: another sha256 than its manifest records, a weights file
+    that is not safetensors (a pickle renamed, a cut download), a JSON file that does not parse."""
+
+
+class WeightsMismatchError(UserError, ValueError):
+    """Weights that do not fit the model they are loaded into (other shapes or names: another model's file)."""
+
+
+class BadImageError(UserError, ValueError):
+    """An image that cannot be used: it does not decode, is empty (0 pixels) or too large (a decompression bomb)."""
+
+
+class NonFiniteError(UserError, RuntimeError):
+    """A value became NaN or inf (a loss, a tensor a user passed); nothing was written from it."""
