@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipkit.config import config_from_dict
 from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
 from clipkit.unclip.pipeline import slerp
 
@@ -68,7 +69,7 @@ def test_decoder_rejects_bad_input_and_config():
     with pytest.raises(ValueError, match="attention_levels"):
         DecoderConfig(channels=(8, 16), attention_levels=(True,))
     cfg = DecoderConfig(embed_dim=8, **TINY_DECODER)
-    assert DecoderConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    assert config_from_dict(DecoderConfig, json.loads(json.dumps(cfg.to_json()))) == cfg
 
 
 def test_prior_shapes_and_null():
@@ -133,7 +134,7 @@ def test_guidance_scale_one_is_the_conditional_branch(pipe):
     assert torch.allclose(plain, batched, atol=1e-4)
     # and it is the bare network conditioned on emb, sampled by hand
     from clipkit.diffusion import sample
-    from clipkit.unclip.pipeline import make_sampler
+    from clipkit.unclip.samplers import make_sampler
 
     by_hand = sample(pipe.decoder, (2, 3, 32, 32), make_sampler("ddim", pipe.decoder_schedule, "sample"), 4,
                      cond=F.normalize(emb, dim=-1), generator=torch.Generator().manual_seed(3))
@@ -217,7 +218,7 @@ def test_prior_sample_unit_norm_and_best_candidate(pipe):
     g = torch.Generator().manual_seed(0)
     rep = F.normalize(text, dim=-1).repeat_interleave(3, 0)
     from clipkit.diffusion import sample
-    from clipkit.unclip.pipeline import make_sampler
+    from clipkit.unclip.samplers import make_sampler
 
     s = make_sampler("ddim", pipe.prior_schedule, "sample",
                      clip_x0=lambda z: F.normalize(z, dim=-1) * pipe.prior.config.scale)
@@ -311,7 +312,7 @@ def test_schedule_shift_divides_the_snr_by_shift_squared():
     with pytest.raises(ValueError, match="shift"):
         NoiseSchedule("cosine", shift=0.0)
     # the decoder config's shift is the schedule the pipeline samples with
-    from clipkit.unclip.pipeline import noise_schedule
+    from clipkit.unclip.samplers import noise_schedule
     assert noise_schedule(DecoderConfig(schedule_shift=2.0)).shift == 2.0
 
 
@@ -350,7 +351,7 @@ def test_weighted_mse_is_the_per_sample_weighted_mean():
 def test_dynamic_threshold_matches_imagen_reference():
     from clipkit.diffusion import DynamicThreshold
     from clipkit.diffusion.base import make_x0_transform
-    from clipkit.unclip.pipeline import pixel_clip
+    from clipkit.unclip.samplers import pixel_clip
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.cat([torch.rand(1, 3, 8, 8, generator=g) * 1.8 - 0.9,           # inside [-1, 1]: untouched

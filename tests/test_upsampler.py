@@ -15,23 +15,23 @@ TINY_UP = dict(embed_dim=0, image_size=64, low_res_size=32, patch_size=4, channe
 
 
 def _config(**kw):
-    from clipkit.unclip.config import DecoderConfig
+    from clipkit.unclip.config import UpsamplerConfig
 
-    return DecoderConfig(**{**TINY_UP, **kw})
+    return UpsamplerConfig(**{**TINY_UP, **kw})
 
 
 def test_config_round_trip_and_checks():
-    from clipkit.train.config import config_from_dict
-    from clipkit.train.configs import UpsamplerTrainConfig
-    from clipkit.unclip.config import DecoderConfig
+    from clipkit.config import config_from_dict
+    from clipkit.train.config import UpsamplerTrainConfig
+    from clipkit.unclip.config import DecoderConfig, UpsamplerConfig
 
     cfg = _config()
-    assert DecoderConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    assert config_from_dict(UpsamplerConfig, json.loads(json.dumps(cfg.to_json()))) == cfg
     train = config_from_dict(UpsamplerTrainConfig, {"train_data": "x", "upsampler": TINY_UP, "aug_level_max": 0.4})
     assert train.upsampler == cfg and train.aug_level_max == 0.4
     assert config_from_dict(UpsamplerTrainConfig, train.to_json()).to_json() == train.to_json()
     with pytest.raises(ValueError, match="low_res_size"):
-        DecoderConfig(image_size=64, low_res_size=64)
+        UpsamplerConfig(image_size=64, low_res_size=64)
     with pytest.raises(ValueError, match="embed_dim"):
         DecoderConfig(embed_dim=0)                       # a base decoder needs its condition
     with pytest.raises(ValueError, match="aug_level_max"):

@@ -2,16 +2,20 @@
 
 Each subcommand lives in clipkit/cli/commands/<module>.py with two functions:
 `register(subparsers)` adds its parser and sets `func`, and the `func` does
-the work, importing heavy libraries only when it runs. (The training commands
-build their flags from the training config dataclasses, whose modules import
-torch: that is most of the ~3 s `clipkit --help` takes.)
+the work, importing heavy libraries only when it runs: building the parser
+(`clipkit --help`) imports no torch (tests/test_layout.py checks it).
 The scripts in training/, retrieval/ and decoder/ call the same functions.
 
-Error policy (one place, `main`): a user-caused failure (bad value, missing or
-damaged file, an output that may not be written, a full / read-only disk, a
-busy path, malformed JSON, a FAISS refusal) prints one line naming the file and
-the fix and exits 2; Ctrl-C exits 130; anything else is a bug and prints its
-traceback (exit 1). CLIPKIT_DEBUG=1 prints the traceback of user errors too.
+Error policy (one place, `main` and `user_error`): a user-caused failure prints
+one line naming the file and the fix and exits 2. The classes: any
+clipkit.io.errors.UserError raised at its source (an output that may not be
+written, a busy output, a damaged or pickled weights file, weights of another
+model, a bad or bomb image, a non-finite loss), a bad value (ValueError /
+TypeError), an OS error with an errno (full / read-only disk, permissions,
+a missing file: `_OS_FIXES` says what to do), and a FAISS refusal. Ctrl-C
+exits 130 with the command's own resume hint (`interrupted_hint`, set by the
+command's parser); anything else is a bug and prints its traceback (exit 1).
+CLIPKIT_DEBUG=1 prints the traceback of user errors too.
 Float options use `finite_float` & co. (clipkit/cli/types.py), so nan / inf never get past parsing.
 """
 
@@ -24,9 +28,11 @@ import sys
 import traceback
 from importlib import import_module
 
+from clipkit.io.errors import UserError
+
 # Order here is the order in `clipkit --help`.
 COMMAND_MODULES = (
-    "shapes",
+    "shapes", "icons", "judge",
     "demo",
     "train",
     "embed",
@@ -65,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print(f"clipkit {args.command}: interrupted; outputs are as they were (an interrupted `clipkit embed` "
-              f"resumes when run again with the same arguments)", file=sys.stderr)
+        hint = getattr(args, "interrupted_hint", None)
+        print(f"clipkit {args.command}: interrupted; outputs are as they were" + (f" ({hint})" if hint else ""),
+              file=sys.stderr)
         code = 130
     except Exception as e:  # the one error policy: a user's mistake is one line, a bug a traceback
         message = user_error(e)
@@ -101,6 +108,8 @@ _OS_FIXES = {
 
 def user_error(e: BaseException) -> str | None:
     """One line (naming the file and the fix) for an error the user caused, or None for a bug."""
+    if isinstance(e, UserError):
+        return str(e)
     if isinstance(e, OSError) and e.errno is not None:
         where = e.filename if e.filename is not None else "?"
         fix = _OS_FIXES.get(e.errno)

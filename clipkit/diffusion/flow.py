@@ -24,15 +24,16 @@ import torch
 
 from clipkit.diffusion.base import ClipSpec, Sampler, check_steps
 from clipkit.diffusion.names import SIGMA_DISTRIBUTIONS, check_prediction_type
-from clipkit.diffusion.parameterization import from_x0_eps, per_sample, to_x0_eps
+from clipkit.diffusion.parameterization import ForwardProcess, from_x0_eps, per_sample, to_x0_eps
 from clipkit.diffusion.schedule import NoiseSchedule
 
 
-class FlowProcess:
+class FlowProcess(ForwardProcess):
     """The flow-matching forward process, with NoiseSchedule's interface (sample_t, signal_noise, add_noise,
     target). sigma_distribution: "uniform" or "logit_normal" (SD3, Esser et al. 2024: sigmoid(mean + std z))."""
 
-    default_prediction_type = "velocity"
+    default_prediction_type = "velocity"      # the velocity noise - x0; or x0 itself ("sample")
+    flow = True
 
     def __init__(self, sigma_distribution: str = "uniform", mean: float = 0.0, std: float = 1.0):
         if sigma_distribution not in SIGMA_DISTRIBUTIONS:
@@ -51,18 +52,6 @@ class FlowProcess:
         """(1 - sigma, sigma) broadcastable against x; sigma a float or a (B,) tensor in [0, 1]."""
         s = per_sample(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x, "sigma")
         return 1 - s, s
-
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
-        """x_sigma = (1 - sigma) x0 + sigma noise."""
-        if x0.shape != noise.shape:
-            raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
-        a, s = self.signal_noise(sigma, x0)
-        return a * x0 + s * noise
-
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, sigma, prediction_type: str | None = None) -> torch.Tensor:
-        """What a flow model outputs: the velocity noise - x0 (default), or x0 itself ("sample")."""
-        prediction_type = check_prediction_type(prediction_type or self.default_prediction_type, flow=True)
-        return from_x0_eps(x0, noise, *self.signal_noise(sigma, x0), prediction_type)
 
 
 class FlowMatchSampler(Sampler):

@@ -50,3 +50,31 @@ def to_x0_eps(model_output, x_t, a, s, prediction_type: str):
         return (a * x_t - s * model_output) / norm, (s * x_t + a * model_output) / norm
     x0 = (x_t - s * model_output) / (a + s)                # velocity; a + s = 1 on the flow path
     return x0, x0 + model_output
+
+
+class ForwardProcess:
+    """What NoiseSchedule (discrete DDPM timesteps) and FlowProcess (flow-matching sigmas) share.
+
+    A subclass defines `signal_noise(t, x) -> (a, s)` with x_t = a * x0 + s * noise, `sample_t`,
+    `default_prediction_type` and `flow` (which prediction types it accepts); noising a batch and
+    the training target follow from (a, s) in one place.
+    """
+
+    default_prediction_type: str = "epsilon"
+    flow: bool = False
+
+    def signal_noise(self, t, x):
+        raise NotImplementedError
+
+    def add_noise(self, x0, noise, t):
+        """x_t = a_t x0 + s_t noise (t: a timestep / sigma, or a (B,) tensor of them)."""
+        if x0.shape != noise.shape:
+            raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
+        a, s = self.signal_noise(t, x0)
+        return a * x0 + s * noise
+
+    def target(self, x0, noise, t, prediction_type: str | None = None):
+        """What a model with this `prediction_type` (default: the process's) should output for add_noise(x0, noise, t)."""
+        prediction_type = check_prediction_type(prediction_type or self.default_prediction_type,
+                                                discrete=not self.flow, flow=self.flow)
+        return from_x0_eps(x0, noise, *self.signal_noise(t, x0), prediction_type)

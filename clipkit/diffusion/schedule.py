@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from clipkit.diffusion.names import SCHEDULE_KINDS, check_prediction_type
-from clipkit.diffusion.parameterization import from_x0_eps, per_sample
+from clipkit.diffusion.names import SCHEDULE_KINDS
+from clipkit.diffusion.parameterization import ForwardProcess, per_sample
 
 
 def _cosine_betas(n: int, max_beta: float = 0.999, s: float = 0.008) -> torch.Tensor:
@@ -31,7 +31,7 @@ def _cosine_betas(n: int, max_beta: float = 0.999, s: float = 0.008) -> torch.Te
                         dtype=torch.float64)
 
 
-class NoiseSchedule:
+class NoiseSchedule(ForwardProcess):
     """Betas and cumulative alphas of a discrete diffusion process with `num_train_timesteps` steps.
 
     kind: "linear" (betas linspace(beta_start, beta_end), DDPM's 1e-4 -> 0.02),
@@ -107,18 +107,6 @@ class NoiseSchedule:
         """(B,) long training timesteps, uniform in 0..N-1."""
         t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
         return t.to(device) if device is not None else t
-
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise. t: an int or a (B,) tensor of ints."""
-        if x0.shape != noise.shape:
-            raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
-        a, s = self.signal_noise(t, x0)
-        return a * x0 + s * noise
-
-    def target(self, x0: torch.Tensor, noise: torch.Tensor, t, prediction_type: str | None = None) -> torch.Tensor:
-        """What a model with this `prediction_type` (default "epsilon") should output for add_noise(x0, noise, t)."""
-        prediction_type = check_prediction_type(prediction_type or self.default_prediction_type, discrete=True)
-        return from_x0_eps(x0, noise, *self.signal_noise(t, x0), prediction_type)
 
     def timestep_of(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
         """The fractional timesteps whose abar (linearly interpolated in the table) equals `alphas_cumprod`;

@@ -98,6 +98,37 @@ def _named(e: OSError, path: Path) -> OSError:
 
 
 @contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield the Path of a fresh temporary sibling of `path` to write by name; rename it onto `path` on success.
+
+    For libraries that only take file names (safetensors, FAISS, matplotlib). The
+    sibling honours the umask, is fsynced before the rename, and is removed on
+    failure; stale siblings of a killed writer are removed first (clean_stale_temps).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())          # mkstemp makes 0600; a plain open() would not
+        os.close(fd)
+    except OSError as e:
+        raise _named(e, path) from e
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())          # a library that re-created the file made it 0600
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as e:
+        _cleanup_failed(e, Path(tmp), path)
+
+
+@contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb"):
     """Open a temporary sibling of `path` for writing; rename it onto `path` on success.
 
@@ -119,14 +150,19 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb"):
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
-        full = isinstance(e, OSError) and e.errno is None and _device_full(path.parent)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if full:        # numpy & co report a short write without an errno
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
-        if isinstance(e, OSError):
-            raise _named(e, path) from e
-        raise
+        _cleanup_failed(e, Path(tmp), path)
+
+
+def _cleanup_failed(e: BaseException, tmp: Path, path: Path) -> None:
+    """Remove the temporary sibling of a failed write and re-raise, naming `path` (ENOSPC when the disk is full)."""
+    full = isinstance(e, OSError) and e.errno is None and _device_full(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    if full:        # numpy & co report a short write without an errno
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+    if isinstance(e, OSError):
+        raise _named(e, path) from e
+    raise e
 
 
 def _device_full(folder: Path) -> bool:
@@ -230,20 +266,3 @@ def atomic_directory(path: str | os.PathLike):
         if isinstance(e, OSError):
             raise _named(e, path) from e
         raise
-
-
-# ----------------------------------------------------------------------------- configs read back
-
-# Keys a saved model's config.json may carry beside the dataclass fields.
-SAVED_CONFIG_EXTRAS = frozenset({"kind", "clipkit_version"})
-
-
-def dataclass_from_json(cls, data: dict, what: str):
-    """`cls(**data)` for a model config read back from JSON; unknown keys raise, naming them and `what`."""
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known - SAVED_CONFIG_EXTRAS
-    if unknown:
-        raise ValueError(f"unknown {what} config keys {sorted(unknown)}; expected some of {sorted(known)}")
-    return cls(**{k: v for k, v in data.items() if k in known})

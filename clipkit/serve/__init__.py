@@ -6,16 +6,20 @@
 
 A thin layer over the library: `engine` (the same index / encoder / arithmetic /
 zero-shot / unCLIP calls the CLI makes, plus the checks a public endpoint needs),
-`batching` (micro-batched encoders and search, a bounded generation pool), `app`
-(FastAPI routes, the page in static/), `metrics`. Names load lazily: importing
-clipkit.serve does not import FastAPI or torch.
+`errors` (ClientError -> 4xx, anything else -> 500), `batching` (micro-batched
+encoders and search, a bounded generation pool), `app` (the FastAPI app) over
+`routes/` (one router each) and `bodies` (request models), `metrics` (Prometheus,
+request log), the page in static/. Names load lazily: importing clipkit.serve does
+not import FastAPI or torch.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "Engine": "engine", "ServeConfig": "engine", "Query": "engine", "TooLarge": "engine", "UnknownId": "engine",
+    "Engine": "engine", "ServeConfig": "engine", "Query": "engine",
+    "ClientError": "errors", "TooLarge": "errors", "UnknownId": "errors",
     "MicroBatcher": "batching", "BoundedPool": "batching", "Overloaded": "batching",
+    "Metrics": "metrics",
     "create_app": "app", "bind_socket": "app", "run_server": "app", "make_server": "app",
 }
 __all__ = list(_EXPORTS)

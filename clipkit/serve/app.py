@@ -10,290 +10,52 @@
     POST /zero-shot   multipart: image + classes="circle, square, star"   or JSON {"id": 42, "classes": [...]}
     POST /generate    {"text": ..., "num_images": 4, "steps": 25, "sampler": "ddim", "guidance": 3.0,
                        "negative_prompt": ..., "seed": 0}   (or expression / id / an uploaded image)
-    GET  /image/{id}  the indexed image (PNG)     GET /health, /info, /metrics
+    GET  /image/{id}  the indexed image (PNG)     GET /health, /info, /metrics (Prometheus)
 
-JSON bodies are validated strictly (a string where a number belongs is refused); form
-fields are strings by nature and converted. Every refusal is a JSON {"error": "..."}
-with a 4xx status that names the problem; a full queue is 503 with Retry-After.
+The routes live in serve/routes/ (one router each), request bodies in serve/bodies.py.
+Every refusal is a JSON {"error": "..."} with a 4xx status that names the problem (a
+`ClientError` from the engine's checks); a full queue is 503 with Retry-After; anything
+else is a 500 with a generic message and a logged traceback (serve/errors.py).
+
+The listening socket is made TCP_NODELAY (`bind_socket`): uvicorn writes a response's
+headers and body in two writes, and with Nagle's algorithm on, the body waits for the
+client's delayed ACK of the headers: 40 ms on every kept-alive request.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import io
 import json
 import socket
-import time
-from pathlib import Path
-from typing import Optional, Union
 
-from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+import uvicorn
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi_offline import FastAPIOffline
 
-from clipkit.serve.batching import Overloaded
-from clipkit.serve.engine import Engine, Query, TooLarge, UnknownId
-from clipkit.serve.metrics import Metrics, MetricsMiddleware
+from clipkit import __version__
+from clipkit.serve.engine import Engine
+from clipkit.serve.errors import InternalErrors, install_error_handlers
+from clipkit.serve.metrics import Metrics, RequestMetrics
+from clipkit.serve.routes import generate, items, pages, search, status, zero_shot
+from clipkit.serve.routes.pages import STATIC
 
-STATIC = Path(__file__).parent / "static"
-Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool]
-
-
-class Unsupported(Exception):
-    """A Content-Type the endpoint does not read (HTTP 415)."""
-
-
-# ----------------------------------------------------------------------------- request bodies
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SearchBody(_Body):
-    text: Optional[str] = Field(None, description="text query", examples=["a red circle wearing a hat"])
-    id: Optional[int] = Field(None, description="id of an indexed item: more like this (the item itself left out)")
-    expression: Optional[str] = Field(None, description='arithmetic: text:"...", img:"42" (an indexed id), '
-                                      'img:"upload" (the uploaded image), numbers, + - *, mean(), normalize()')
-    k: int = Field(20, ge=1, description="number of results (capped at the index size and --max-k)")
-    filters: Optional[dict[str, Union[Scalar, list[Scalar]]]] = Field(
-        None, description="metadata filters {column: value or [values]}; GET /info lists the columns")
-
-
-class ZeroShotBody(_Body):
-    classes: list[str] = Field(description="class names (a form field takes them comma-separated)")
-    templates: str = Field("simple", description="prompt templates: simple | openai | none")
-    id: Optional[int] = Field(None, description="classify this indexed item instead of an uploaded image")
-
-
-class GenerateBody(_Body):
-    text: Optional[str] = Field(None, description="prompt: text -> prior -> decoder")
-    expression: Optional[str] = Field(None, description="an arithmetic expression, decoded as an image embedding")
-    id: Optional[int] = Field(None, description="variations of an indexed item")
-    negative_prompt: Optional[str] = Field(None, description="pushed away from (text prompts only)")
-    num_images: int = Field(4, description="images to make (1..--max-num-images)")
-    steps: int = Field(25, description="decoder sampling steps")
-    sampler: str = Field("ddim", description="ddim | ddpm | flow")
-    guidance: float = Field(3.0, description="decoder classifier-free guidance scale")
-    seed: int = Field(0, description="random seed (same seed, same images)")
-
-
-def _body_doc(cls: type[BaseModel], upload: str | None) -> dict:
-    """OpenAPI text for an endpoint reading JSON or (with `upload`) a multipart form."""
-    content = {"application/json": {"schema": cls.model_json_schema()}}
-    if upload:
-        fields = {name: {"type": "string", "description": f.description or ""} for name, f in cls.model_fields.items()}
-        content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
-            "image": {"type": "string", "format": "binary", "description": upload}, **fields}}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-def _form_value(name: str, value: str):
-    """Form fields are strings: JSON for filters / lists, comma- or line-separated class names."""
-    text = value.strip()
-    if name == "filters":
-        try:
-            return json.loads(text) if text else None
-        except ValueError as e:
-            raise ValueError(f"form field filters is not JSON ({e}); send e.g. {{\"shape\": \"circle\"}}") from None
-    if name == "classes":
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except ValueError as e:
-                raise ValueError(f"form field classes is not a JSON list ({e})") from None
-        return [c.strip() for c in text.replace("\n", ",").split(",") if c.strip()]
-    return value
-
-
-async def read_body(request: Request, cls: type[BaseModel]) -> tuple[BaseModel, bytes | None]:
-    """(validated body, uploaded image bytes or None) from a JSON body or a multipart form."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    upload = None
-    if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=32, max_part_size=256 * 1024)
-        data: dict = {}
-        for name, value in form.multi_items():
-            if name == "image":
-                if isinstance(value, str):
-                    raise TypeError("form field image must be a file upload, not text")
-                upload = await value.read()
-            elif name in data:
-                raise ValueError(f"form field {name!r} is given twice")
-            elif not isinstance(value, str):
-                raise TypeError(f"form field {name!r} must be text, not a file (only `image` is a file)")
-            else:
-                data[name] = _form_value(name, value)
-        strict = False
-    elif ctype in ("application/json", ""):
-        raw = await request.body()
-        try:
-            data = json.loads(raw) if raw.strip() else {}
-        except ValueError as e:
-            raise ValueError(f"the request body is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise TypeError(f"the request body must be a JSON object; got a JSON {type(data).__name__}")
-        strict = True
-    else:
-        raise Unsupported(f"Content-Type {ctype!r} is not read here; send application/json or multipart/form-data")
-    return cls.model_validate(data, strict=strict), upload
-
-
-def _one_source(body: BaseModel, upload: bytes | None, names: tuple[str, ...]) -> str:
-    given = [n for n in names if getattr(body, n) is not None]
-    if upload is not None and not (getattr(body, "expression", None) is not None):
-        given.append("image")
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of {', '.join(names)} or an image upload; got "
-                         f"{', '.join(given) if given else 'none'}")
-    return given[0]
-
-
-def _describe(errors: list[dict], cls: type[BaseModel] | None = None) -> str:
-    parts = []
-    for e in errors:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-        got = repr(e.get("input"))
-        parts.append(f"{loc}: {e.get('msg')} (got {got[:60] + '...' if len(got) > 60 else got})")
-    if cls is not None and any(e.get("type") == "extra_forbidden" for e in errors):
-        parts.append(f"known fields: {', '.join(cls.model_fields)}")
-    return "; ".join(parts)
-
-
-def _png_data_url(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-# ----------------------------------------------------------------------------- the app
 
 def create_app(engine: Engine) -> FastAPI:
-    from clipkit import __version__
-
-    from fastapi_offline import FastAPIOffline
-
-    metrics = Metrics()
+    """The FastAPI app over `engine`: routers, error handlers, body limit, Prometheus metrics and request log."""
     # FastAPIOffline: the same FastAPI app, but /docs loads Swagger UI from the package, not from a CDN.
     app = FastAPIOffline(title="clipkit serve", version=__version__, redoc_url=None,
-                  description="Search a CLIP index by text, image, id or embedding arithmetic; zero-shot "
-                              "classify; generate images with an unCLIP pipeline. Errors are JSON "
-                              '{"error": "..."}; a full queue answers 503 with Retry-After.')
-    app.state.engine, app.state.metrics = engine, metrics
+                         description="Search a CLIP index by text, image, id or embedding arithmetic; zero-shot "
+                                     "classify; generate images with an unCLIP pipeline. Errors are JSON "
+                                     '{"error": "..."}; a full queue answers 503 with Retry-After.')
+    app.state.engine, app.state.metrics = engine, Metrics(engine)
+    # Outermost last: the metrics see every answer (500s included), InternalErrors sees what BodyLimit does not.
     app.add_middleware(BodyLimit, max_bytes=engine.config.max_upload_bytes + 256 * 1024)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)               # outermost: sees every answer
-
-    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    app.add_exception_handler(Overloaded, lambda r, e: error(503, str(e), {"Retry-After": str(e.retry_after)}))
-    app.add_exception_handler(TooLarge, lambda r, e: error(413, str(e)))
-    app.add_exception_handler(UnknownId, lambda r, e: error(404, str(e.args[0] if e.args else e)))
-    app.add_exception_handler(Unsupported, lambda r, e: error(415, str(e)))
-    app.add_exception_handler(ValidationError, lambda r, e: error(422, _describe(e.errors(), getattr(
-        r.scope.get("route"), "body_model", None))))
-    app.add_exception_handler(RequestValidationError, lambda r, e: error(422, _describe(list(e.errors()))))
-    app.add_exception_handler(ValueError, lambda r, e: error(400, str(e)))
-    app.add_exception_handler(TypeError, lambda r, e: error(422, str(e)))
-    app.add_exception_handler(StarletteHTTPException, lambda r, e: error(e.status_code, str(e.detail), e.headers))
-
-    wait = asyncio.wrap_future
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
+    app.add_middleware(InternalErrors)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    install_error_handlers(app)
+    for module in (pages, status, items, search, zero_shot, generate):
+        app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/health", summary="liveness and what is loaded")
-    def health():
-        return {"status": "ok", "count": len(engine.index), "model": engine.model.identity,
-                "unclip": engine.pipeline is not None}
-
-    @app.get("/info", summary="index, model, filterable metadata columns and limits (for the page)")
-    def info():
-        return engine.info()
-
-    @app.get("/metrics", summary="request counts, latency percentiles, batching and generation queues")
-    def get_metrics():
-        batching = {b.name: b.stats() for b in (engine.searcher, engine.image_encoder)}
-        batching["search"]["texts_encoded"] = engine.texts_encoded
-        return {**metrics.snapshot(), "batching": batching,
-                "generation": engine.generator.stats() if engine.generator else None}
-
-    @app.get("/image/{item_id}", summary="the indexed image of an id (PNG, at most 512 px a side)",
-             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown id or no image"}})
-    def image(item_id: int):
-        return Response(engine.image_png(item_id), media_type="image/png",
-                        headers={"Cache-Control": "public, max-age=3600"})
-
-    @app.post("/search", summary="nearest items to a text, an image, an indexed id or an expression",
-              openapi_extra=_body_doc(SearchBody, "an image to search with (or img:\"upload\" in expression)"))
-    async def search(request: Request):
-        start = time.perf_counter()
-        body, upload = await read_body(request, SearchBody)
-        kind = _one_source(body, upload, ("text", "id", "expression"))
-        k = engine.check_k(body.k)
-        mask = await run_in_threadpool(engine.filter_mask, body.filters) if body.filters else None
-        words, exclude, vector, text = None, None, None, None
-        if kind == "text":
-            text = engine.check_text(body.text)                       # encoded in the search batch
-        elif kind == "id":
-            exclude = body.id
-            vector = await run_in_threadpool(engine.item_vector, body.id)
-        elif kind == "expression":
-            image = await run_in_threadpool(engine.read_image, upload) if upload is not None else None
-            vector = await run_in_threadpool(engine.expression_vector, body.expression, None, image)
-            words = await run_in_threadpool(engine.nearest_words, vector)
-        else:
-            vector = await wait(engine.image_encoder.submit(await run_in_threadpool(engine.read_image, upload)))
-        scores, ids = await wait(engine.searcher.submit(Query(k, vector, text, mask, exclude)))
-        results = engine.hits(scores, ids)
-        return {"query": kind, "k": k, "count": len(results), "words": words,
-                "took_ms": round((time.perf_counter() - start) * 1000, 2), "results": results}
-
-    @app.post("/zero-shot", summary="class probabilities of an uploaded image (or an indexed id)",
-              openapi_extra=_body_doc(ZeroShotBody, "the image to classify"))
-    async def zero_shot(request: Request):
-        start = time.perf_counter()
-        body, upload = await read_body(request, ZeroShotBody)
-        _one_source(body, upload, ("id",))
-        if upload is not None:
-            vector = await wait(engine.image_encoder.submit(await run_in_threadpool(engine.read_image, upload)))
-        else:
-            vector = await run_in_threadpool(engine.item_vector, body.id)
-        ranked = await run_in_threadpool(engine.zero_shot, vector, body.classes, body.templates)
-        return {"classes": ranked, "templates": body.templates, "took_ms": round((time.perf_counter() - start) * 1000, 2)}
-
-    @app.post("/generate", summary="images from the unCLIP pipeline (text, expression, id or image)",
-              openapi_extra=_body_doc(GenerateBody, "an image to make variations of"))
-    async def generate(request: Request):
-        start = time.perf_counter()
-        body, upload = await read_body(request, GenerateBody)
-        engine.check_generation(body.num_images, body.steps, body.sampler, body.guidance)
-        kind = _one_source(body, upload, ("text", "expression", "id"))
-        options = dict(num_images=body.num_images, steps=body.steps, sampler=body.sampler, guidance=body.guidance,
-                       seed=body.seed)
-        if body.negative_prompt is not None:
-            options["negative_prompt"] = engine.check_text(body.negative_prompt, "negative_prompt")
-        if kind == "text":
-            options["text"] = engine.check_text(body.text)
-        else:
-            image = await run_in_threadpool(engine.read_image, upload) if upload is not None else None
-            options["vector"] = await run_in_threadpool(engine.generation_vector, body.expression, body.id, image)
-        images = await wait(engine.generator.submit(engine.generate, **options))
-        encoded = await run_in_threadpool(lambda: [_png_data_url(im) for im in images])
-        return {"source": kind, "images": encoded, "seconds": round(time.perf_counter() - start, 3)}
-
-    for route in app.routes:                                  # for the 422 message's list of known fields
-        model = {"/search": SearchBody, "/zero-shot": ZeroShotBody, "/generate": GenerateBody}.get(
-            getattr(route, "path", None))
-        if model is not None:
-            route.body_model = model
     return app
 
 
@@ -352,6 +114,8 @@ class BodyLimit:
 def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A listening TCP socket (port 0: a free one; read it back with sock.getsockname()[1])."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (accepted ones inherit it);
+    # the explicit option covers the listener itself (Linux copies it to accepted sockets).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -365,10 +129,12 @@ def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     return sock
 
 
-def make_server(app, log_level: str = "warning"):
-    import uvicorn
+def make_server(app, log_level: str = "warning") -> uvicorn.Server:
+    """A uvicorn server for `app`; its own loggers at `log_level`, formatted by whoever configured logging.
 
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=log_level == "debug",
+    uvicorn's access log stays off: RequestMetrics logs one line per request (clipkit.serve.requests).
+    """
+    return uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=log_level, access_log=False,
                                          timeout_keep_alive=30, lifespan="off"))
 
 

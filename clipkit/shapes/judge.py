@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipkit.shapes import world as shapes
-from clipkit.io import atomic_directory, dataclass_from_json, write_json
+from clipkit.config import SAVED_METADATA, config_from_dict
+from clipkit.io import atomic_directory, write_json
 
 WEIGHTS_DIR = Path(__file__).with_name("judge_weights")
 KIND = "shapes-judge"
@@ -206,7 +207,7 @@ class ShapesJudge:
         data = json.loads((directory / "config.json").read_text())
         if data.get("kind") != KIND:
             raise ValueError(f"{str(directory)!r} holds a {data.get('kind')!r}, expected a {KIND!r}")
-        net = JudgeNet(dataclass_from_json(JudgeConfig, data, "judge"))
+        net = JudgeNet(config_from_dict(JudgeConfig, data, "judge", ignore=SAVED_METADATA))
         net.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
         training = directory / "training.json"
         return cls(net, json.loads(training.read_text()) if training.is_file() else None)

@@ -1,32 +1,28 @@
-"""Typed training configs: a dataclass per loop, read from JSON and overridden by command-line flags.
+"""The training configs: what every loop shares (TrainConfig) and each model's own, torch-free.
 
-    @dataclass
-    class DecoderTrainConfig(TrainConfig):        # every field needs a default
-        decoder: DecoderConfig = field(default_factory=DecoderConfig)   # a nested model config
-        cond_drop: float = 0.1
+    TrainConfig          out_dir, seed, steps, batch, optimiser, precision, logging, checkpoints, resume
+    ClipTrainConfig      contrastive CLIP / SigLIP training on image-caption shards   (train/clip.py)
+    DecoderTrainConfig   the unCLIP decoder on a frozen CLIP                          (train/unclip.py)
+    UpsamplerTrainConfig the cascade's super-resolution stage (32 -> 64 px)           (train/unclip.py)
+    PriorTrainConfig     the unCLIP prior on a frozen CLIP                            (train/unclip.py)
+    ArPriorTrainConfig   unCLIP's autoregressive prior                                (train/unclip.py)
 
-    config = load_config(DecoderTrainConfig, "cfg.json", {"lr": 1e-3})
-    config = parse_config(DecoderTrainConfig, ["--config", "cfg.json", "--lr", "1e-3", "--decoder.channels", "32", "64"])
+    config = load_config(DecoderTrainConfig, "cfg.json", {"lr": 1e-3})      # clipkit.config: the one reader
+    config = parse_config(DecoderTrainConfig, ["--config", "cfg.json", "--decoder.channels", "32", "64"])
 
-Strict on purpose: an unknown key, a wrong type or a non-finite number raises
-ValueError / TypeError naming the field. A field whose type is a dataclass (the
-model config a training run builds) is given as a JSON object of its fields, or
-field by field on the command line (`--decoder.channels 32 64`). Keys starting
-with "_" and "description" are comments. Torch-free: `clipkit --help` builds its
-flags from these classes without importing torch.
+A model's own fields are nested, not re-declared: `{"decoder": {"channels": [32, 64, 64]}}`
+in JSON, `--decoder.channels 32 64 64` on the command line. Every field needs a default;
+`validate()` runs after reading and names the first bad field. Subclass TrainConfig (as a
+@dataclass) for a new loop. Torch-free: `clipkit --help` builds its flags from these classes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
-import os
-import types
-import typing
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+
+from clipkit.config import to_json
+from clipkit.diffusion.names import LOSS_WEIGHTINGS
+from clipkit.unclip.config import ArPriorConfig, DecoderConfig, PriorConfig, UpsamplerConfig
 
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
@@ -60,15 +56,6 @@ class TrainConfig:
     num_threads: int | None = None        # intra-op threads per process (None: OMP_NUM_THREADS, else cores / local processes)
     compile: bool = False                 # torch.compile the prepared model (Accelerate's dynamo_backend inductor)
 
-    def __post_init__(self) -> None:
-        # A nested model config may be given as a dict of its fields (as in JSON).
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            base, _ = _base_type(hints[f.name])
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(base) and isinstance(value, dict):
-                setattr(self, f.name, config_from_dict(base, value, what=f.name))
-
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
         for name in ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -89,172 +76,154 @@ class TrainConfig:
         return to_json(self)
 
 
-def to_json(config) -> dict:
-    """A (nested) config dataclass as plain JSON data; nested model configs use their own to_json."""
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            value = value.to_json() if hasattr(value, "to_json") else to_json(value)
-        out[f.name] = value
-    return out
+LOSSES = ("clip", "siglip")
 
 
-# ----------------------------------------------------------------------------- types
+@dataclass
+class ClipTrainConfig(TrainConfig):
+    # An architecture preset (clipkit/presets/architectures), an open_clip architecture, an open_clip-style
+    # model config (a JSON file, or an object here: embed_dim, vision_cfg, text_cfg) or a saved model directory.
+    model: str | dict = "shapes-tiny"
+    pretrained: str | None = None          # open_clip tag or weights file for `model` (fine-tuning)
+    train_data: str = ""                   # shard urls: brace pattern, '::'-separated, or a folder of .tar
+    train_num_samples: int | None = None   # samples per epoch; default: from the *_stats.json files
+    val_data: str | None = None            # evaluation split: loss, retrieval recall@k (+ evaluators)
+    holdout_data: str | None = None        # a second evaluation split, reported as holdout/*
+    val_max_samples: int = 2000
+    eval_batch_size: int = 500
+    zeroshot_eval: list[str] = field(default_factory=list)   # zero-shot datasets (clipkit.evaluation layouts)
+    resampled: bool = False                # draw shards with replacement (every rank sees all shards)
+    shuffle_buffer: int = 2000             # samples in the shuffle buffer per worker (0 = off)
+    crop_scale: float | None = None        # augment with open_clip's train transform: RandomResizedCrop of
+                                           # (crop_scale..1) of the area (open_clip uses 0.9); null = none
+    loss: str = "clip"                     # clip | siglip (siglip needs a model with a logit_bias)
+    logit_scale_max: float = 100.0
+    grad_checkpointing: bool = False
+    # Fine-tuning: freeze towers as open_clip's --lock-image / --lock-text do.
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0    # last layer groups of the image tower left trainable
+    lock_image_freeze_bn_stats: bool = False
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    lock_text_freeze_layer_norm: bool = True
+    export_dir: str | None = None          # also save the final model here (default: out_dir/model)
+    overwrite: bool = False                # let export_dir replace an existing folder that is not a model
 
-def _base_type(tp) -> tuple[Any, bool]:
-    """(scalar type, optional?) of an annotation like `int | None`; lists and tuples are (list, ...)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) != 1:
-            raise TypeError(f"unsupported config annotation {tp!r}")
-        return _base_type(args[0])[0], True
-    if origin in (list, tuple) or tp in (list, tuple):
-        return list, False
-    return tp, False
-
-
-def _coerce(name: str, tp, value):
-    base, optional = _base_type(tp)
-    if value is None:
-        if not optional:
-            raise ValueError(f"config field {name!r} may not be null")
-        return None
-    if dataclasses.is_dataclass(base):
-        if dataclasses.is_dataclass(value):
-            return value
-        if not isinstance(value, dict):
-            raise TypeError(f"config field {name!r} = {value!r}; expected an object of {base.__name__} fields")
-        return config_from_dict(base, value, what=name)
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError(f"config field {name!r} = {value!r}; expected true/false")
-    if base is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise TypeError(f"config field {name!r} = {value!r}; expected an integer")
-        return int(value)
-    if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"config field {name!r} = {value!r}; expected a number")
-        if not math.isfinite(value):
-            raise ValueError(f"config field {name!r} = {value!r}; expected a finite number")
-        return float(value)
-    if base is str:
-        if not isinstance(value, str):
-            raise TypeError(f"config field {name!r} = {value!r}; expected a string")
-        return value
-    if base is list:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"config field {name!r} = {value!r}; expected a list")
-        return list(value)
-    return value
+    def validate(self) -> None:
+        super().validate()
+        if not self.train_data:
+            raise ValueError("train_data is empty; expected shard urls such as 'data/train/{00000..00003}.tar'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r} is not one of {LOSSES}")
+        if self.logit_scale_max <= 1:
+            raise ValueError(f"logit_scale_max={self.logit_scale_max}; expected > 1")
+        if self.crop_scale is not None and not 0 < self.crop_scale <= 1:
+            raise ValueError(f"crop_scale={self.crop_scale}; expected a fraction of the image area in (0, 1] or null")
+        if self.train_num_samples is not None and self.train_num_samples < 1:
+            raise ValueError(f"train_num_samples={self.train_num_samples}; expected >= 1")
+        if self.lock_image_unlocked_groups < 0 or self.lock_text_unlocked_layers < 0:
+            raise ValueError("lock_image_unlocked_groups / lock_text_unlocked_layers; expected >= 0")
 
 
-def config_from_dict(cls, data: dict, what: str | None = None):
-    """Build a config dataclass from a dict; unknown keys and wrong types raise, naming the key."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in data if k not in known and not k.startswith("_") and k != "description")
-    if unknown:
-        raise ValueError(f"unknown config field(s) {unknown} for {what or cls.__name__}; valid: {sorted(known)}")
-    prefix = f"{what}." if what else ""
-    kwargs = {k: _coerce(prefix + k, hints[k], v) for k, v in data.items() if k in known}
-    try:
-        config = cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        if what is None:
-            raise
-        raise type(e)(f"{what}: {e}") from e
-    if hasattr(config, "validate"):
-        config.validate()
-    return config
+@dataclass
+class UnclipTrainConfig(TrainConfig):
+    """What the decoder and the prior share: the frozen CLIP, the data, EMA and condition dropout."""
+
+    weight_decay: float = 0.0
+    beta2: float = 0.99
+    clip: str = "runs/shapes-small-clip/model"   # a directory saved by ClipModel.save (frozen, recorded by identity)
+    pipeline_dir: str | None = None              # also write the trained model into this UnCLIP folder
+    train_data: str = ""                         # image(-caption) shards: brace pattern, '::' list or a folder
+    num_samples: int = 20_000                    # samples read from train_data (embedded once, held in memory)
+    val_samples: int = 256                       # the last ones are held out (sample grids, the prior's cosine)
+    # Keep samples whose JSON metadata matches, e.g. ["color=red,blue", "hat=true"] (default: all).
+    filter: list[str] = field(default_factory=list)
+    ema_decay: float = 0.995
+    cond_drop: float = 0.1                       # condition dropout: the null branch of classifier-free guidance
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.cond_drop < 1 or not 0 <= self.ema_decay < 1:
+            raise ValueError(f"cond_drop={self.cond_drop}, ema_decay={self.ema_decay}; expected both in [0, 1)")
+        if getattr(self, "embeddings", None) is not None:        # the prior may read `clipkit embed` output
+            return
+        if not self.train_data:
+            raise ValueError("train_data is empty; expected shard urls such as 'data/train/{00000..00003}.tar'")
+        if self.num_samples <= self.val_samples:
+            raise ValueError(f"num_samples={self.num_samples} must exceed val_samples={self.val_samples}")
 
 
-def load_config(cls, path: str | os.PathLike, overrides: dict | None = None):
-    """A config from a JSON file plus overrides (nested objects merge field by field)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"config file {str(path)!r} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} holds a {type(data).__name__}; expected a JSON object")
-    return config_from_dict(cls, _merge(data, overrides or {}))
+@dataclass
+class PixelTrainConfig(UnclipTrainConfig):
+    """What the decoder and the upsampler share: the loss weighting over timesteps and sample grids."""
+
+    loss_weighting: str = "none"                 # none | min_snr (min-SNR-gamma, Hang et al. 2023)
+    snr_gamma: float = 5.0                       # gamma of min_snr
+    snr_floor: float = 0.0                       # min_snr weights x0 errors by clamp(SNR, floor, gamma); 0 = paper
+    sample_every: int | None = None              # steps between sample grids (None: only at the end)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting={self.loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
+        if not self.snr_gamma > 0 or not 0 <= self.snr_floor <= self.snr_gamma:
+            raise ValueError(f"snr_gamma={self.snr_gamma}, snr_floor={self.snr_floor}; expected snr_gamma > 0 "
+                             f"(5 in the paper) and 0 <= snr_floor <= snr_gamma")
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for k, v in overrides.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+@dataclass
+class DecoderTrainConfig(PixelTrainConfig):
+    out_dir: str = "runs/unclip-decoder"
+    lr: float = 2e-3
+    batch_size: int = 64
+    max_steps: int | None = 3000
+    warmup_steps: int = 100
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)   # embed_dim is taken from the CLIP
 
 
-# ----------------------------------------------------------------------------- command line
+@dataclass
+class UpsamplerTrainConfig(PixelTrainConfig):
+    """The super-resolution stage: the target is each shard image at upsampler.image_size, its low-resolution
+    input the same image area-averaged to upsampler.low_res_size, noised at a random level in
+    [0, aug_level_max] (noise-conditioning augmentation). The CLIP only ties it to its pipeline folder."""
 
-def _flag_fields(cls, prefix: str = ""):
-    """(dotted name, type, default) for every scalar field, nested dataclass fields included."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        base, _ = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(base):
-            yield from _flag_fields(base, f"{prefix}{f.name}.")
-        else:
-            yield prefix + f.name, hints[f.name], default
+    out_dir: str = "runs/unclip-upsampler"
+    lr: float = 2e-3
+    batch_size: int = 32
+    max_steps: int | None = 2000
+    warmup_steps: int = 100
+    num_samples: int = 10_000
+    aug_level_max: float = 0.5
+    upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)   # checks its geometry when read
 
-
-def add_config_arguments(parser, cls) -> None:
-    """`--config FILE` and one `--field-name VALUE` flag per field (`--model.field` for nested ones)."""
-    import argparse
-
-    parser.add_argument("--config", help="JSON config file (flags below override its fields)")
-    group = parser.add_argument_group(f"{cls.__name__} fields (override the config file)")
-    for name, tp, default in _flag_fields(cls):
-        base, optional = _base_type(tp)
-        flag = "--" + name.replace("_", "-")
-        help_ = f"[{default}]"
-        if base is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif base is list:
-            group.add_argument(flag, dest=name, nargs="*", default=None, help=help_)
-        else:
-            def parse(text, _base=base, _optional=optional, _flag=flag):
-                if _optional and text.lower() in ("none", "null"):
-                    return None
-                try:
-                    value = _base(text)
-                except ValueError:
-                    raise argparse.ArgumentTypeError(f"{_flag} {text!r}: expected {_base.__name__}") from None
-                if _base is float and not math.isfinite(value):
-                    raise argparse.ArgumentTypeError(f"{_flag} {text!r}: expected a finite number")
-                return value
-            group.add_argument(flag, dest=name, type=parse, default=None, metavar=base.__name__.upper(), help=help_)
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.aug_level_max < 1:
+            raise ValueError(f"aug_level_max={self.aug_level_max}; expected a noise level in [0, 1)")
 
 
-def config_from_args(cls, args) -> Any:
-    """Parsed flags (from add_config_arguments) -> a config: the file first, then the flags that were given."""
-    overrides: dict = {}
-    for name, _, _ in _flag_fields(cls):
-        value = getattr(args, name, None)
-        if value is not None:
-            node = overrides
-            *parents, leaf = name.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-    if getattr(args, "config", None):
-        return load_config(cls, args.config, overrides)
-    return config_from_dict(cls, overrides)
+@dataclass
+class PriorTrainConfig(UnclipTrainConfig):
+    out_dir: str = "runs/unclip-prior"
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_steps: int | None = 1500
+    warmup_steps: int = 50
+    prior: PriorConfig = field(default_factory=PriorConfig)         # embed_dim is taken from the CLIP
+    # Train on precomputed pairs instead of shards: an embedding folder written by `clipkit embed`
+    # (clip-retrieval layout, image + caption embeddings) with the same CLIP.
+    embeddings: str | None = None
 
 
-def parse_config(cls, argv: list[str] | None = None, description: str | None = None):
-    """Parse `--config FILE --field value ...` (sys.argv by default) into a `cls` instance."""
-    import argparse
+@dataclass
+class ArPriorTrainConfig(UnclipTrainConfig):
+    """unCLIP's autoregressive prior (clipkit.unclip.ar_prior): the same data, EMA and text dropout as the
+    diffusion prior; the PCA basis and bins are fitted on the training image embeddings first."""
 
-    parser = argparse.ArgumentParser(description=description or cls.__doc__)
-    add_config_arguments(parser, cls)
-    return config_from_args(cls, parser.parse_args(argv))
+    out_dir: str = "runs/unclip-ar-prior"
+    lr: float = 1e-3
+    batch_size: int = 256
+    max_steps: int | None = 1500
+    warmup_steps: int = 50
+    ar_prior: ArPriorConfig = field(default_factory=ArPriorConfig)  # embed_dim is taken from the CLIP
+    embeddings: str | None = None          # precomputed pairs from `clipkit embed`, as for the diffusion prior

@@ -12,10 +12,10 @@ Training lives in clipkit.train.unclip (`train_decoder`, `train_prior`), the CLI
 from importlib import import_module
 
 _EXPORTS = {
-    "UnCLIP": "pipeline", "SAMPLERS": "pipeline", "load_model": "storage", "save_model": "storage",
+    "UnCLIP": "pipeline", "SAMPLERS": "samplers", "load_model": "storage", "save_model": "storage",
     "slerp": "pipeline", "to_pil": "images", "trajectory_strip": "images",
     "DecoderUNet": "decoder", "DiffusionPrior": "prior",
-    "DecoderConfig": "config", "PriorConfig": "config",
+    "DecoderConfig": "config", "UpsamplerConfig": "config", "PriorConfig": "config",
 }
 __all__ = list(_EXPORTS)
 

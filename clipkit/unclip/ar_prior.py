@@ -221,6 +221,12 @@ class ArPrior(nn.Module):
         logits = self(tokens, text_embed, drop)
         return F.cross_entropy(logits.float().reshape(-1, self.config.bins), tokens.reshape(-1))
 
+    def sample_embeddings(self, text_embed: torch.Tensor, guidance_scale: float = 1.0, steps: int | None = None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """The prior protocol (DiffusionPrior has the same): (N, D) text -> (N, D) unit image embeddings.
+        One network evaluation per PCA component, so `steps` does not apply."""
+        return self.sample(text_embed, guidance_scale, generator=generator)
+
     @torch.no_grad()
     def sample(self, text_embed: torch.Tensor, guidance_scale: float = 1.0, generator: torch.Generator | None = None,
                temperature: float = 1.0, use_cache: bool = True, return_tokens: bool = False):

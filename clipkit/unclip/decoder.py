@@ -30,7 +30,7 @@ levels (noise-conditioning augmentation) so the upsampler learns not to trust th
 low-resolution pixels blindly: at sampling they come from the base decoder, with
 its mistakes, under a small fixed level (`config.aug_level`).
 
-    up = DecoderUNet(DecoderConfig(embed_dim=0, image_size=64, low_res_size=32))
+    up = DecoderUNet(UpsamplerConfig(image_size=64, low_res_size=32))   # clipkit.unclip.config
     low = noise_low_res(x32, level=0.1, generator=g)                  # (B, 3, 32, 32)
     out = up(x_t, t, low_res=low, aug_level=torch.full((B,), 0.1))    # (B, 3, 64, 64)
 """

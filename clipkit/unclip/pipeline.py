@@ -40,43 +40,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipkit.diffusion import (DDIMSampler, DDPMSampler, DynamicThreshold, FlowAdapter, FlowMatchSampler, NoiseSchedule,
-                               sample)
+from clipkit.diffusion import FlowAdapter, sample
 from clipkit.unclip.decoder import DecoderUNet, noise_low_res
 from clipkit.unclip.ar_prior import ArPrior
+from clipkit.unclip.samplers import make_sampler, noise_schedule, pixel_clip
 from clipkit.unclip.prior import DiffusionPrior
 
 from clipkit.unclip.images import pil_to_tensor, to_pil, trajectory_strip  # noqa: F401 (public here too)
 from clipkit.unclip.storage import MANIFEST, check_clip, load_model, save_model, write_manifest  # noqa: F401
 
-SAMPLERS = ("ddim", "ddpm", "flow")
 PRIORS = ("diffusion", "ar")       # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
-
-
-# ----------------------------------------------------------------------------- samplers
-
-def noise_schedule(config) -> NoiseSchedule:
-    """The NoiseSchedule a decoder / prior / upsampler config was trained on."""
-    return NoiseSchedule(config.schedule, num_train_timesteps=config.num_train_timesteps,
-                         shift=getattr(config, "schedule_shift", 1.0))
-
-
-def pixel_clip(config, dynamic_threshold=None):
-    """The x0 clipping of a pixel model: `dynamic_threshold` (a percentile; False = the static clip) or
-    the config's default; a percentile gives Imagen's DynamicThreshold, else x0 is clamped to [-1, 1]."""
-    level = config.dynamic_threshold if dynamic_threshold is None else dynamic_threshold
-    return DynamicThreshold(float(level)) if level else 1.0
-
-
-def make_sampler(name: str, schedule: NoiseSchedule, prediction: str, clip_x0=1.0, timestep_spacing: str = "leading"):
-    if name == "ddim":
-        return DDIMSampler(schedule, eta=0.0, prediction_type=prediction, clip_x0=clip_x0,
-                           timestep_spacing=timestep_spacing)
-    if name == "ddpm":
-        return DDPMSampler(schedule, prediction_type=prediction, clip_x0=clip_x0, timestep_spacing=timestep_spacing)
-    if name == "flow":
-        return FlowMatchSampler(clip_x0=clip_x0)
-    raise ValueError(f"sampler={name!r} is not one of {SAMPLERS}")
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -98,7 +71,7 @@ class UnCLIP:
     """A frozen CLIP, a diffusion prior, a diffusion decoder and an upsampler (see the module docstring);
     any of them may be None, not all."""
 
-    def __init__(self, clip, decoder: DecoderUNet | None = None, prior: DiffusionPrior | None = None,
+    def __init__(self, clip, decoder: DecoderUNet | None = None, prior: DiffusionPrior | ArPrior | None = None,
                  clip_path: str | None = None, upsampler: DecoderUNet | None = None):
         if decoder is None and prior is None and upsampler is None:
             raise ValueError("UnCLIP needs a decoder, a prior or an upsampler; got neither of them")
@@ -113,8 +86,9 @@ class UnCLIP:
         self.decoder = None if decoder is None else decoder.eval()
         self.prior = None if prior is None else prior.eval()
         self.upsampler = None if upsampler is None else upsampler.eval()
-        self.decoder_schedule, self.prior_schedule, self.upsampler_schedule = (
-            None if m is None or isinstance(m, ArPrior) else noise_schedule(m.config) for m in (decoder, prior, upsampler))
+        self.decoder_schedule, self.upsampler_schedule = (
+            None if m is None else noise_schedule(m.config) for m in (decoder, upsampler))
+        self.prior_schedule = getattr(prior, "schedule", None)         # a diffusion prior's; an AR prior has none
 
     @property
     def device(self) -> torch.device:
@@ -198,15 +172,8 @@ class UnCLIP:
         text = F.normalize(text_embeddings.float().to(self.device), dim=-1)
         n, d = text.shape
         rep = text.repeat_interleave(candidates, 0)
-        if isinstance(prior, ArPrior):                 # autoregressive: one component per step (`steps` unused)
-            z = prior.sample(rep, guidance_scale, generator=generator).view(n, candidates, d)
-        else:
-            scale = prior.config.scale
-            sampler = make_sampler("ddim", self.prior_schedule, prior.config.prediction,
-                                   clip_x0=lambda z: F.normalize(z, dim=-1) * scale)
-            z = sample(prior, (n * candidates, d), sampler, steps, cond=rep, uncond=prior.null_embedding(1),
-                       guidance_scale=guidance_scale, generator=generator, device=self.device)
-            z = prior.from_prior_space(z).view(n, candidates, d)
+        z = prior.sample_embeddings(rep, guidance_scale=guidance_scale, steps=steps, generator=generator)
+        z = z.view(n, candidates, d)
         best = (z * text[:, None]).sum(-1).argmax(1)                       # (N,)
         return z[torch.arange(n), best]
 

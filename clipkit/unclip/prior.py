@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipkit.diffusion import timestep_embedding
+from clipkit.diffusion import sample, timestep_embedding
 from clipkit.unclip.config import PriorConfig
+from clipkit.unclip.samplers import make_sampler, noise_schedule
 
 
 class DiffusionPrior(nn.Module):
@@ -50,6 +51,7 @@ class DiffusionPrior(nn.Module):
         self.out = nn.Linear(cfg.width, cfg.embed_dim)
         self.register_buffer("causal", torch.triu(torch.full((self.SEQUENCE, self.SEQUENCE), float("-inf")), 1),
                              persistent=False)
+        self.schedule = noise_schedule(cfg)
 
     def null_embedding(self, batch: int) -> torch.Tensor:
         """(batch, D) unit-norm text condition meaning "no text" (the guidance null branch)."""
@@ -81,3 +83,15 @@ class DiffusionPrior(nn.Module):
         ], dim=1) + self.pos                                                  # (B, 4, W)
         h = self.transformer(tokens, mask=self.causal, is_causal=True)
         return self.out(self.norm(h[:, -1]))                                  # (B, D)
+
+    @torch.no_grad()
+    def sample_embeddings(self, text_embed: torch.Tensor, guidance_scale: float = 2.0, steps: int = 32,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """The prior protocol (ArPrior has the same): (N, D) unit text embeddings -> (N, D) unit image
+        embeddings, DDIM with `steps` steps, every x0 estimate renormalised onto the prior's sphere."""
+        scale = self.config.scale
+        sampler = make_sampler("ddim", self.schedule, self.config.prediction,
+                               clip_x0=lambda z: F.normalize(z, dim=-1) * scale)
+        z = sample(self, tuple(text_embed.shape), sampler, steps, cond=text_embed, uncond=self.null_embedding(1),
+                   guidance_scale=guidance_scale, generator=generator, device=text_embed.device)
+        return self.from_prior_space(z)

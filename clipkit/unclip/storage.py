@@ -8,21 +8,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from clipkit.config import SAVED_METADATA, config_from_dict, read_json_object
 from clipkit.io import atomic_directory, write_json
 from clipkit.unclip.ar_prior import ArPrior, ArPriorConfig
+from clipkit.unclip.config import UpsamplerConfig
 from clipkit.unclip.decoder import DecoderConfig, DecoderUNet
 from clipkit.unclip.prior import DiffusionPrior, PriorConfig
 
 MANIFEST = "unclip.json"
 FORMAT = "clipkit-unclip"
 MODELS = {"decoder": (DecoderUNet, DecoderConfig), "prior": (DiffusionPrior, PriorConfig),
-          "upsampler": (DecoderUNet, DecoderConfig), "ar_prior": (ArPrior, ArPriorConfig)}
+          "upsampler": (DecoderUNet, UpsamplerConfig), "ar_prior": (ArPrior, ArPriorConfig)}
 
 
 def save_model(module: torch.nn.Module, config, directory: str | os.PathLike, kind: str) -> Path:
@@ -47,12 +48,13 @@ def load_model(directory: str | os.PathLike, kind: str):
     for name in ("config.json", "model.safetensors"):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{str(directory)!r} is not a saved unCLIP {kind}: {name} is missing")
-    data = json.loads((directory / "config.json").read_text())
+    data = read_json_object(directory / "config.json", f"{kind} config")
     if data.get("kind", kind) != kind:
         raise ValueError(f"{str(directory)!r} holds a {data.get('kind')!r}, expected a {kind!r}")
     if kind not in MODELS:
         raise ValueError(f"kind={kind!r}; expected one of {sorted(MODELS)}")
-    module = MODELS[kind][0](MODELS[kind][1].from_json(data))
+    network, config_cls = MODELS[kind]
+    module = network(config_from_dict(config_cls, data, kind, ignore=SAVED_METADATA))
     module.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
     return module.eval()
 

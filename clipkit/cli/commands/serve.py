@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
+import clipkit
 from clipkit.cli.types import finite_float
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 DESCRIPTION = """\
 Serve a search-and-generate web app over an index: open the printed address in a
@@ -44,8 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="threads inside each torch / FAISS operation [1: encoders, search and generation already "
                         "run side by side, and on a busy machine extra threads per operation mostly spin]")
-    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
-                   help="uvicorn log level; debug also logs every request [warning]")
+    p.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
+                   help="log level of the server (clipkit.serve and uvicorn); info and debug log one line per "
+                        "request (method, path, status, ms) [warning]")
     b = p.add_argument_group("throughput: concurrent queries share forward passes")
     b.add_argument("--no-batching", dest="batching", action="store_false",
                    help="encode and search each query on its own (the baseline of benchmarks/bench_serve.py)")
@@ -71,8 +77,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def configure_logging(level: str) -> None:
+    """One format for the server's lines; only clipkit.serve and uvicorn go below WARNING (not every library)."""
+    logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING)
+    for name in ("clipkit.serve", "uvicorn"):
+        logging.getLogger(name).setLevel(level.upper())
+
+
 def run(args) -> int:
-    from clipkit.index import EmbeddingIndex
+    # Lazy: the CLI imports a command's heavy dependencies (torch, FAISS, FastAPI) only when it runs.
     from clipkit.serve import Engine, ServeConfig, bind_socket, create_app, run_server
 
     if args.threads < 1:
@@ -92,14 +105,13 @@ def run(args) -> int:
                          max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_image_pixels=int(args.max_image_mpixels * 1e6),
                          max_num_images=args.max_num_images, max_steps=args.max_steps)
+    configure_logging(args.log_level)
     sock = bind_socket(args.host, args.port)               # fail fast on a busy port, before loading models
-    index = EmbeddingIndex.load(args.index, mmap=args.mmap)
+    index = clipkit.EmbeddingIndex.load(args.index, mmap=args.mmap)
     model = index.model(args.model)
     pipeline = None
     if args.unclip:
-        from clipkit.unclip import UnCLIP
-
-        pipeline = UnCLIP.load(args.unclip)
+        pipeline = clipkit.UnCLIP.load(args.unclip)
     engine = Engine(index, model, pipeline, config)
     engine.warmup()
     host, port = sock.getsockname()[:2]

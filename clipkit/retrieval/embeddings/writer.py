@@ -1,6 +1,6 @@
 """`write_embeddings` (CLI `clipkit embed`): resumable, distributed, and complete or absent.
 
-    from clipkit.embeddings import write_embeddings
+    from clipkit.retrieval.embeddings.writer import write_embeddings
     write_embeddings(model, "emb", shards="data/{00000..00099}.tar", model_source="runs/clip")
     # torchrun --nproc_per_node 2 -m clipkit embed ...   (the same call on every rank, gloo on CPU)
 
@@ -14,7 +14,7 @@ lock held by rank 0. A unit's parts are written first, then its record
 `units/{u:05d}.json` (sizes, sha256, rows, skipped samples). A run started again
 with the same arguments checks the records against their files (sha256), skips
 the units that match and redoes the rest; when every unit is recorded, rank 0
-writes manifest.json and swaps the folder into OUT.
+writes manifest.json and swaps the folder into OUT. The layout is layout.py's.
 """
 
 from __future__ import annotations
@@ -28,10 +28,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
 
-from clipkit.embeddings import FORMAT, FIX, MODALITIES, part_path, require_finite
+from clipkit.data.folders import list_images, read_caption
+from clipkit.data.shards import SkipCounter, expand_urls, shard_pipeline
 from clipkit.io import (MANIFEST_NAME, OutputError, Stage, atomic_file, begin_stage, check_output_path, file_record,
                         output_lock, partial_dir_for, publish_stage, read_json, verify_parts, write_json, write_manifest)
+from clipkit.model import load_image
+from clipkit.retrieval.embeddings.layout import FIX, FORMAT, MODALITIES, part_path, require_finite
 
 RUN_NAME, UNITS_DIR = "run.json", "units"
 
@@ -64,8 +72,6 @@ class _Plan:
                 raise ValueError(f"texts file {str(path)!r} holds no text (every line is empty); nothing to embed")
         self.root_dir = None
         if shards is not None:
-            from clipkit.data.shards import expand_urls
-
             self.source, self.units = "shards", expand_urls(shards)
             for url in self.units:
                 if "://" not in url and not url.startswith("pipe:"):
@@ -74,8 +80,6 @@ class _Plan:
                     self.inputs.append(url)
             keys = list(self.units)
         elif images is not None:
-            from clipkit.data.folders import list_images, read_caption
-
             paths = list_images(images)
             if isinstance(images, (str, os.PathLike)):
                 self.inputs.append(images)
@@ -109,13 +113,9 @@ def _distributed() -> tuple[int, int]:
     """(rank, world size); joins the process group a launcher (torchrun, accelerate) prepared, over gloo."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group("gloo")
         if "OMP_NUM_THREADS" not in os.environ:           # ranks on one machine share its cores
-            import torch
-
             local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dist.get_rank(), dist.get_world_size()
@@ -123,8 +123,6 @@ def _distributed() -> tuple[int, int]:
 
 def _broadcast(obj, world: int):            # rank 0's obj on every rank
     if world > 1:
-        import torch.distributed as dist
-
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         obj = box[0]
@@ -134,8 +132,6 @@ def _broadcast(obj, world: int):            # rank 0's obj on every rank
 def _gather(obj, world: int) -> list:       # every rank's obj on every rank
     if world == 1:
         return [obj]
-    import torch.distributed as dist
-
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
@@ -147,7 +143,7 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
                      captions: bool = True, batch_size: int = 256, part_size: int = 100_000,
                      dtype: str = "float32", overwrite: bool = False, allow_empty: bool = False,
                      progress: bool = True, model_source: str | None = None) -> dict:
-    """Embed images and/or texts with `model` into `out_dir` (layout: clipkit.embeddings docstring).
+    """Embed images and/or texts with `model` into `out_dir` (the layout of layout.py).
 
     Sources (give one of images / shards, and/or texts):
       images  an image folder, a file list (.txt, one path a line) or a list of paths;
@@ -260,12 +256,10 @@ def _sig_hash(signature: dict) -> str:
 
 
 def _embed_units(model, plan: _Plan, stage_dir: Path, rank: int, world: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     mine = list(range(rank, len(plan.units), world))
     todo = [u for u in mine if _record_ok(stage_dir, u, plan.signature) is None]
     if rank == 0 and len(todo) < len(mine):
-        print(f"resuming: {len(mine) - len(todo)} of {len(mine)} part(s) already complete (checked)", flush=True)
+        tqdm.write(f"resuming: {len(mine) - len(todo)} of {len(mine)} part(s) already complete (checked)")
     bar = tqdm(total=len(todo), disable=not progress or rank != 0, unit="part", desc="embed")
     for u in todo:
         rows, img, txt, skipped = _embed_unit(model, plan, u)
@@ -290,9 +284,6 @@ def _write_npy(stage_dir: Path, modality: str, u: int, arr: np.ndarray) -> str:
 
 
 def _write_parquet(stage_dir: Path, u: int, rows: list[dict]) -> str:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = part_path(stage_dir, "metadata", u)
     with atomic_file(path, "wb") as f:
         pq.write_table(pa.Table.from_pylist(rows), f)
@@ -351,8 +342,6 @@ def _encode_texts(model, texts, batch_size, keys) -> np.ndarray:
 
 
 def _embed_shard(model, plan: _Plan, url: str):
-    from clipkit.data.shards import SkipCounter, shard_pipeline
-
     counter = SkipCounter()
     pipeline, _ = shard_pipeline([url], image_transform=model.preprocess, batch_size=plan.batch_size,
                                  counter=counter, fields=("image", "text", "__key__", "json"), split_by_node=False)
@@ -368,10 +357,6 @@ def _embed_shard(model, plan: _Plan, url: str):
 
 
 def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
-    import torch
-
-    from clipkit.model import load_image
-
     def load(i):
         try:
             return model.preprocess(load_image(paths[i], i))

@@ -3,14 +3,20 @@
     src = Source(vectors_or_folder_or_chunks, batch_size, buffer_rows, count)
     src.pool        # the first rows (training sample, tuning queries); src.chunks() streams everything
     check_finite(x, "queries")      # ValueError naming the count of NaN/inf rows and the first one
+    checked_ids(ids, n), checked_metadata(metadata, n)    # one per vector, or ValueError
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Iterable, Iterator
 
+import faiss
 import numpy as np
+
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+from clipkit.retrieval.index.kinds import available_memory, nlist_for
 
 
 def as_matrix(x, what: str = "vectors", dim: int | None = None) -> np.ndarray:
@@ -45,8 +51,6 @@ class Source:
     """
 
     def __init__(self, source, batch_size: int, buffer_rows: int, count: int | None, modality: str | None = None):
-        from clipkit.embeddings import EmbeddingFolder
-
         self.metadata, self.info, self.array, self.what = None, {}, None, "vectors"
         if isinstance(source, (str, os.PathLike)):
             source = EmbeddingFolder(source)
@@ -99,10 +103,6 @@ class Source:
 
 def trained_fingerprint(index) -> str:
     """sha256 of the empty trained index (quantizer, transforms, codebooks): pieces must share it to merge."""
-    import hashlib
-
-    import faiss
-
     empty = faiss.clone_index(index)
     empty.reset()
     return hashlib.sha256(faiss.serialize_index(empty).tobytes()).hexdigest()[:16]
@@ -145,19 +145,15 @@ def checked_metadata(metadata: dict | None, n: int) -> dict | None:
 def training_rows(vectors, count: int | None, kind: str, train_size: int | None, max_memory: int | None) -> int:
     """How many first rows to keep for training and tuning: `train_size` if given, else enough for FAISS's
     39-40 points per IVF cell (40 x nlist for the size) within a quarter of the memory budget, at least 200,000."""
-    from clipkit.index_tuning import _nlist_for, available_memory
-
     if train_size is not None:
         return max(train_size, 1)
     n, d = count, None
     if hasattr(vectors, "shape") and len(getattr(vectors, "shape", ())) == 2:
         n, d = vectors.shape
-    elif isinstance(vectors, (str, os.PathLike)) or type(vectors).__name__ == "EmbeddingFolder":
-        from clipkit.embeddings import EmbeddingFolder
-
+    elif isinstance(vectors, (str, os.PathLike, EmbeddingFolder)):
         folder = vectors if not isinstance(vectors, (str, os.PathLike)) else EmbeddingFolder(vectors)
         n, d = folder.count, (folder.dim if folder.modalities else None)
     if not n or not d or kind in ("flat", "hnsw"):
         return 200_000
     budget = max_memory if max_memory is not None else available_memory() // 2
-    return max(200_000, min(40 * _nlist_for(n), budget // 4 // (4 * d)))
+    return max(200_000, min(40 * nlist_for(n), budget // 4 // (4 * d)))

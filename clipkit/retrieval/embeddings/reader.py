@@ -1,26 +1,6 @@
-"""Embeddings on disk in clip-retrieval's inference layout, written in parts and read back in chunks.
+"""Reading an embedding folder (layout.py) back in chunks: our streaming reader.
 
-Layout (what clip-retrieval's `inference` writes, so autofaiss and embedding-reader read it):
-
-    OUT/img_emb/img_emb_00000.npy          (n0, D) image embeddings, L2-normalised
-    OUT/text_emb/text_emb_00000.npy        (n0, D) caption embeddings of the same rows (when there are captions)
-    OUT/metadata/metadata_00000.parquet    n0 rows: key, path, caption (+ scalar fields of a shard's json)
-    OUT/img_emb/img_emb_00001.npy ...      the next part, and so on (zero-padded: name order = row order)
-    OUT/manifest.json                      written last: every part with rows, bytes, sha256; the model
-                                           identity, embed dim, dtype, count, skipped samples (ours)
-
-Row i of part p is the same sample in all three files. Rows are numbered
-globally in part order (part 0 first); that number is the id an index built
-from this folder returns.
-
-Writing: `write_embeddings` (CLI `clipkit embed`; clipkit/embedding_writer.py):
-one part per shard or per `part_size` images / texts, resumable after a kill,
-split across torchrun / accelerate processes, published whole or not at all.
-
-Reading, our streaming reader, which refuses a folder whose manifest is missing
-or does not match its parts (an interrupted or mixed output):
-
-    from clipkit.embeddings import EmbeddingFolder, read_embeddings
+    from clipkit.retrieval.embeddings.reader import EmbeddingFolder, read_embeddings
     folder = EmbeddingFolder("OUT")
     folder.count, folder.dim, folder.modalities, folder.info     # 20000, 128, ("img", "text"), {manifest}
     for vectors, meta in folder.chunks("img", chunk_size=65536):  # float32 (n, D), {"key": [...], "caption": [...], ...}
@@ -31,54 +11,26 @@ or does not match its parts (an interrupted or mixed output):
     folder.metadata(columns=["key", "caption"])                   # all metadata as {column: list}
     read_embeddings("OUT", "img")                                  # = EmbeddingFolder("OUT").chunks("img")
 
-Chunks never span two parts (a chunk has at most `chunk_size` rows).
+It refuses a folder whose manifest is missing or does not match its parts (an
+interrupted or mixed output). Chunks never span two parts (a chunk has at most
+`chunk_size` rows).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from clipkit.io import read_manifest
+from clipkit.retrieval.embeddings.layout import FIX, FORMAT, MODALITIES, PART_NAME
 
-MODALITIES = ("img", "text")
-FORMAT = "clipkit-embeddings"
-FIX = "re-run the same `clipkit embed` command to finish it (it resumes), or embed into a new folder"
-_PART = re.compile(r"^(img_emb|text_emb|metadata)_(\d+)\.(npy|parquet)$")
-
-
-def part_path(root: Path, kind: str, index: int) -> Path:
-    """OUT/img_emb/img_emb_00003.npy, OUT/text_emb/..., OUT/metadata/metadata_00003.parquet."""
-    if kind == "metadata":
-        return root / "metadata" / f"metadata_{index:05d}.parquet"
-    return root / f"{kind}_emb" / f"{kind}_emb_{index:05d}.npy"
-
-
-def require_finite(vectors: np.ndarray, what: str, keys: Sequence | None = None) -> None:
-    """Raise ValueError naming how many rows of `vectors` hold NaN/inf and the first one (by key when given)."""
-    bad = ~np.isfinite(vectors).all(axis=tuple(range(1, vectors.ndim))) if vectors.ndim > 1 else ~np.isfinite(vectors)
-    if bad.any():
-        first = int(np.argmax(bad))
-        name = f"row {first}" + (f" (key {keys[first]!r})" if keys is not None and first < len(keys) else "")
-        raise ValueError(f"{what}: {int(bad.sum())} of {len(bad)} rows hold NaN or inf, the first is {name}; "
-                         f"non-finite vectors cannot be indexed or compared (a model with NaN weights makes them)")
-
-
-def write_embeddings(model, out_dir, **kwargs) -> dict:
-    """Embed images / shards / texts with `model` into `out_dir`; see clipkit.embedding_writer.write_embeddings."""
-    from clipkit.embedding_writer import write_embeddings as write
-
-    return write(model, out_dir, **kwargs)
-
-
-# ----------------------------------------------------------------------------- reading
 
 class EmbeddingFolder:
-    """A folder in clip-retrieval's layout: counts, dims, and chunked reads (see module docstring)."""
+    """A folder in clip-retrieval's layout (layout.py): counts, dims, and chunked reads (see module docstring)."""
 
     def __init__(self, path: str | os.PathLike):
         self.root = Path(path)
@@ -86,7 +38,7 @@ class EmbeddingFolder:
         listed: dict[str, dict[int, int]] = {"img": {}, "text": {}, "metadata": {}}   # kind -> part -> rows
         self._files: dict[tuple[str, int], Path] = {}
         for rel, record in self.info["parts"].items():
-            m = _PART.match(Path(rel).name)
+            m = PART_NAME.match(Path(rel).name)
             if not m or Path(rel).parent.as_posix() != m.group(1):
                 raise ValueError(f"{str(self.root)!r}: its manifest lists {rel!r}, which is not an embedding part; {FIX}")
             kind, i = m.group(1).replace("_emb", ""), int(m.group(2))
@@ -94,7 +46,7 @@ class EmbeddingFolder:
             self._files[(kind, i)] = self.root / rel
         for sub in ("img_emb", "text_emb", "metadata"):
             for p in (self.root / sub).glob("*"):
-                if _PART.match(p.name) and p.relative_to(self.root).as_posix() not in self.info["parts"]:
+                if PART_NAME.match(p.name) and p.relative_to(self.root).as_posix() not in self.info["parts"]:
                     raise ValueError(f"{str(self.root)!r} holds {p.relative_to(self.root).as_posix()!r}, which its "
                                      f"manifest does not list (files from another run mixed in?); remove it or {FIX}")
         self.modalities = tuple(m for m in MODALITIES if listed[m])
@@ -121,8 +73,6 @@ class EmbeddingFolder:
     def _file_rows(self, kind: str, i: int) -> int:
         path = self._files[(kind, i)]
         if kind == "metadata":
-            import pyarrow.parquet as pq
-
             return pq.ParquetFile(path).metadata.num_rows
         arr = np.load(path, mmap_mode="r")
         if arr.ndim != 2:
@@ -151,12 +101,6 @@ class EmbeddingFolder:
         if modality not in self.modalities:
             raise ValueError(f"modality={modality!r} is not in {str(self.root)!r}; available: {self.modalities}")
 
-    def _read_meta(self, part: int, start: int, stop: int, columns) -> dict:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(self._files[("metadata", part)], columns=columns)
-        return table.slice(start, stop - start).to_pydict()
-
     def chunks(self, modality: str = "img", chunk_size: int = 65536, metadata: bool = True,
                columns: Sequence[str] | None = None) -> Iterator[tuple[np.ndarray, dict | None]]:
         """Yield (float32 (n, D) vectors, {column: list} or None) chunks in row order."""
@@ -184,7 +128,6 @@ class EmbeddingFolder:
                 meta = None
                 if metadata:
                     if table is None:
-                        import pyarrow.parquet as pq
                         table = pq.read_table(self._files[("metadata", part)], columns=columns)
                     meta = table.slice(start, stop - start).to_pydict()
                 yield [np.ascontiguousarray(a[start:stop], dtype=np.float32) for a in arrays], meta
@@ -201,8 +144,6 @@ class EmbeddingFolder:
 
     def metadata(self, columns: Sequence[str] | None = None) -> dict[str, list]:
         """All metadata rows as {column: list} (columns missing in some part are filled with None)."""
-        import pyarrow.parquet as pq
-
         if not self.has_metadata:
             raise ValueError(f"{str(self.root)!r} has no metadata parts")
         out: dict[str, list] = {}
@@ -222,8 +163,3 @@ def read_embeddings(path: str | os.PathLike, modality: str = "img", chunk_size: 
     """Stream (float32 vectors, metadata) chunks from an embedding folder."""
     return EmbeddingFolder(path).chunks(modality, chunk_size=chunk_size, metadata=metadata)
 
-
-def iterate_arrays(chunks: Iterable) -> Iterator[np.ndarray]:
-    """Vectors only, from an iterator of arrays or of (vectors, metadata) tuples."""
-    for item in chunks:
-        yield item[0] if isinstance(item, tuple) else item
