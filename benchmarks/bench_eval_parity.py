@@ -12,8 +12,12 @@ What it does:
    wds/NAME --dataset_root DIR` (its own venv: clip_benchmark pins its own
    packages), once in fp32 (`--no_amp`, what clipkit computes) and once with
    its default autocast (bf16 on CPU);
-3. prints every metric side by side with the difference in points and exits 1
-   if an fp32 difference exceeds --tolerance (0.5 points).
+3. prints every metric side by side with the difference in points, writes the table to
+   benchmarks/results/eval-parity.json / .md, and exits 1 if an fp32 difference exceeds
+   --tolerance (0.5 points).
+
+It compares numbers, not times (both sides are deterministic on the same data), so it
+runs once: no interleaved rounds.
 
 Without --model it trains a shapes-tiny CLIP for --steps steps first (an
 untrained model makes degenerate, trivially equal numbers).
@@ -28,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = {"zeroshot_classification": ("acc1", "acc5", "mean_per_class_recall"),
@@ -92,10 +98,7 @@ def main() -> int:
                  *(["--no_amp"] if mode == "fp32" else [])])
             theirs[mode][name] = json.loads(out.read_text())["metrics"]
 
-    print(f"\nsame model ({model}), same data ({args.num} images a dataset); machine shared with other "
-          f"agents ({env_note}); differences in points (x100)")
-    print(f"{'dataset':<18}{'metric':<28}{'clipkit':>9}{'cb fp32':>9}{'diff':>7}{'cb amp':>9}{'diff':>7}")
-    worst = 0.0
+    worst, rows = 0.0, []
     for name in bench:
         task = "zeroshot_retrieval" if name.endswith("captions") else "zeroshot_classification"
         for metric in METRICS[task]:
@@ -105,13 +108,23 @@ def main() -> int:
                 continue
             d32, damp = 100 * abs(a - b), 100 * abs(a - c)
             worst = max(worst, d32)
-            print(f"{name:<18}{metric:<28}{a:>9.4f}{b:>9.4f}{d32:>7.2f}{c:>9.4f}{damp:>7.2f}")
+            rows.append([name, metric, f"{a:.4f}", f"{b:.4f}", f"{d32:.2f}", f"{c:.4f}", f"{damp:.2f}"])
     verdict = "PASS" if worst <= args.tolerance else "FAIL"
-    print(f"\nlargest fp32 difference: {worst:.3f} points (tolerance {args.tolerance}) -> {verdict}")
+    table = (f"**`clipkit eval` vs LAION's clip_benchmark** — same model ({Path(model).name}), same data ({args.num} "
+             f"shapes-world images a dataset, clip_benchmark's webdataset layout), CPU ({env_note}). Metrics as "
+             f"fractions; diff = |clipkit - clip_benchmark| in points (x100); clip_benchmark in fp32 (--no_amp, what "
+             f"clipkit computes) and with its default autocast (bf16 on CPU). Largest fp32 difference "
+             f"{worst:.3f} points (tolerance {args.tolerance}): {verdict}.\n\n")
+    table += protocol.markdown_table(["dataset", "metric", "clipkit", "clip_benchmark fp32", "diff (points)",
+                                      "clip_benchmark amp", "diff (points)"], rows)
+    print("\n" + table)
     from clipkit.io import write_json
 
-    write_json(work / "parity.json", {"model": model, "clipkit": ours, "clip_benchmark": theirs,
-                                      "max_fp32_diff_points": worst})
+    results = {"model": model, "clipkit": ours, "clip_benchmark": theirs, "max_fp32_diff_points": worst,
+               "tolerance": args.tolerance, "verdict": verdict}
+    write_json(work / "parity.json", results)
+    path = protocol.write_results("eval-parity", results, table)
+    print(f"written: {path} and {path.with_suffix('.md')}")
     return 0 if verdict == "PASS" else 1
 
 

@@ -1,22 +1,30 @@
-"""Training throughput: clipkit.train vs open_clip_train, side by side, same work.
+"""Training throughput: clipkit.train vs open_clip_train, side by side, same work, interleaved.
 
-Same architecture (the clipkit preset's open_clip model config, registered for
-open_clip_train through open_clip.add_model_config), same shards, batch size,
-precision, number of processes, DataLoader workers and steps, on this CPU.
-Warm-up is excluded: both loops log every `--log-every` steps, and we average
-the windows after the first one (ours: metrics.jsonl samples_per_s; theirs:
-the "Batch (t)" window averages of open_clip_train's log).
+Same architecture (a clipkit preset's open_clip model config, registered for
+open_clip_train through open_clip.add_model_config, or an open_clip architecture
+such as ViT-B-32), same shards, batch size, precision, number of processes,
+DataLoader workers and steps. The two trainers alternate (clipkit, open_clip_train;
+open_clip_train, clipkit; ...) for --rounds rounds through benchmarks/protocol.py,
+each run timed inside a window that notes the CPU other processes took; the table
+gives each trainer's median samples/s with its range, and the ratio of the two runs
+of each round with its range. Warm-up is excluded: both loops log every
+`--log-every` steps, and we average the windows after the first one (ours:
+metrics.jsonl samples_per_s; theirs: the "Batch (t)" window averages of
+open_clip_train's log).
 
     python benchmarks/bench_train.py --data 'runs/data/shapes-train/{00000..00003}.tar'
+    python benchmarks/bench_train.py ... --precision amp_bf16 --rounds 5 --strict
     python benchmarks/bench_train.py ... --procs 2            # 2 gloo processes each
     python benchmarks/bench_train.py ... --only ours --procs 1 2   # our 1 vs 2 process scaling
 
-Prints samples/s for each and the ratio; `--json FILE` keeps the numbers.
+Prints the table and writes it to benchmarks/results/train-<precision>.json / .md
+(--results-name to change).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -26,7 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import protocol
+
 REPO = Path(__file__).resolve().parents[1]
+CONTENDERS = {"ours": "clipkit", "open_clip": "open_clip_train"}
+_RUN_IDS = itertools.count()            # every run gets its own output folder (no resume of a previous round)
 
 
 def _launcher(procs: int) -> list[str]:
@@ -47,15 +59,23 @@ def _windows_after_warmup(values: list[float], what: str) -> list[float]:
     return values[1:]
 
 
+def open_clip_model_cfg(model: str) -> dict:
+    """The open_clip model config of a clipkit preset or an open_clip architecture (clipkit's own resolver)."""
+    from clipkit.model import model_config     # here: the parent process loads torch only for this lookup
+
+    return model_config(model).model_cfg
+
+
 def run_ours(args, procs: int, work: Path) -> dict:
-    out = work / f"ours-{procs}"
+    out = work / f"ours-{procs}-{next(_RUN_IDS)}"
     cmd = [*_launcher(procs), str(REPO / "training" / "train_clip.py"),
            "--model", args.model, "--train-data", args.data, "--out-dir", str(out),
            "--batch-size", str(args.batch), "--max-steps", str(args.steps), "--log-every", str(args.log_every),
            "--mixed-precision", "bf16" if args.precision == "amp_bf16" else "no", "--num-workers", str(args.workers),
-           "--lr", "1e-3", "--warmup-steps", "10", "--no-progress", "--shuffle-buffer", "1000"]
+           "--lr", "1e-3", "--warmup-steps", "10", "--no-progress", "--shuffle-buffer", "1000",
+           *(["--resampled"] if args.resampled else [])]
     started = time.time()
-    proc = subprocess.run(cmd, env=_env(procs, args.threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=_env(procs, args.threads), capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"clipkit run failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -66,16 +86,17 @@ def run_ours(args, procs: int, work: Path) -> dict:
 
 
 def run_open_clip(args, procs: int, work: Path) -> dict:
-    preset = json.loads((REPO / "clipkit" / "configs" / f"{args.model}.json").read_text())
+    run_id = next(_RUN_IDS)
     cfg_dir = work / "open_clip_configs"
     cfg_dir.mkdir(exist_ok=True)
     name = f"clipkit-{args.model}"
-    (cfg_dir / f"{name}.json").write_text(json.dumps(preset["model_cfg"]))
-    from clipkit.data.shards import count_samples
+    (cfg_dir / f"{name}.json").write_text(json.dumps(open_clip_model_cfg(args.model)))
+    from clipkit.data.shards import count_samples     # here: as above
 
     total = count_samples(args.data) or 0
-    samples = min(total, args.steps * args.batch * procs)       # one epoch = `steps` steps
-    logs = work / f"openclip-{procs}"
+    # One epoch = `steps` steps: from the data once through, or drawn with replacement (--resampled).
+    samples = args.steps * args.batch * procs if args.resampled else min(total, args.steps * args.batch * procs)
+    logs = work / f"openclip-{procs}-{run_id}"
     # Two compatibility shims, no change to the work done: open_clip_train imports pandas for
     # its CSV datasets only (the venv has none; the webdataset path never uses it), and its
     # group_by_keys_nothrow predates webdataset 1.0's end-of-shard marker (a dict without
@@ -92,9 +113,9 @@ def run_open_clip(args, procs: int, work: Path) -> dict:
             "--dataset-type", "webdataset", "--batch-size", str(args.batch), "--precision", args.precision,
             "--workers", str(args.workers), "--model", name, "--epochs", "1", "--lr", "1e-3", "--warmup", "10",
             "--logs", str(logs), "--name", "bench", "--save-frequency", "0", "--log-every-n-steps", str(args.log_every),
-            "--report-to", "", "--seed", "0", "--wd", "0.1"]
+            "--report-to", "", "--seed", "0", "--wd", "0.1", *(["--dataset-resampled"] if args.resampled else [])]
     started = time.time()
-    proc = subprocess.run(cmd, env=_env(procs, args.threads), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=_env(procs, args.threads), capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"open_clip_train failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     text = (logs / "bench" / "out.log").read_text()
@@ -105,10 +126,64 @@ def run_open_clip(args, procs: int, work: Path) -> dict:
     return {"samples_per_s": sum(rates) / len(rates), "windows": len(rates), "wall_s": round(time.time() - started, 1)}
 
 
+def compare(args, procs: int, work: Path, log=print) -> protocol.Interleaved:
+    """The trainers asked for (--only), interleaved over --rounds rounds at `procs` processes each."""
+    runners = {"ours": run_ours, "open_clip": run_open_clip}
+    sides = list(runners) if args.only == "both" else [args.only]
+    contenders = {CONTENDERS[s]: (lambda f=runners[s]: f(args, procs, work)) for s in sides}
+    return protocol.interleave(contenders, rounds=args.rounds, strict=args.strict, log=log)
+
+
+def peak_percent(gflop_per_sample, peak_gflops, rate, procs: int) -> str:
+    """% of the machine's matmul peak in the run's precision (same architecture and batch: the FLOPs per
+    sample counted in our run hold for theirs too)."""
+    if not (gflop_per_sample and peak_gflops and rate):
+        return "-"
+    return f"{100 * gflop_per_sample * rate / (peak_gflops * procs):.1f}%"
+
+
+def report(args, results: dict[int, protocol.Interleaved]) -> tuple[dict, str]:
+    headers = ["processes", "trainer", "samples/s: median (range)", "spread", "clean rounds", "% of matmul peak"]
+    rows, data = [], {}
+    for procs, runs in results.items():
+        summary = runs.summary("samples_per_s")
+        ours = [m for n, _, m, _ in runs.runs if n == "clipkit"]
+        g = next((m.get("gflop_per_sample") for m in ours if m.get("gflop_per_sample")), None)
+        peak = next((m.get("peak_gflops") for m in ours if m.get("peak_gflops")), None)
+        for row in protocol.contender_rows(runs, "samples_per_s"):
+            rows.append([procs, *row, peak_percent(g, peak, summary[row[0]]["median"], procs)])
+        entry = {"summary": summary, "contended_windows": runs.contended_windows(),
+                 "runs": [{"trainer": n, "round": r + 1, **m, "foreign_cores": w.foreign_cores}
+                          for n, r, m, w in runs.runs],
+                 "gflop_per_sample": g, "peak_gflops": peak}
+        if len(summary) == 2:
+            ratio = runs.ratio("samples_per_s", "clipkit", "open_clip_train")
+            entry["ratio_clipkit_over_open_clip_train"] = ratio
+            rows.append([procs, "**ratio clipkit / open_clip_train** (per round)", protocol.median_range(ratio, "x"),
+                         "", f"{ratio['rounds']}/{args.rounds}", ""])
+        data[str(procs)] = entry
+    ours = {p: r.summary("samples_per_s").get("clipkit") for p, r in results.items()}
+    base_procs = min(ours)
+    if len(ours) > 1 and all(ours.values()):
+        for procs in sorted(ours)[1:]:
+            rows.append([procs, f"clipkit {procs} vs {base_procs} process(es)",
+                         f"{ours[procs]['median'] / ours[base_procs]['median']:.2f}x (ratio of medians)", "", "", ""])
+    caption = (f"**Training throughput, clipkit vs open_clip_train** — model `{args.model}`, batch {args.batch} per "
+               f"process, {args.precision}, {args.workers} DataLoader worker(s) per process, {args.steps} steps a run "
+               f"(first {args.log_every}-step window excluded as warm-up), data {'drawn with replacement' if args.resampled else 'read in order'}; "
+               f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS {args.threads or 'cores / processes'}. "
+               f"The trainers alternate over {args.rounds} round(s); samples/s is the median over clean rounds with "
+               f"its range, spread = (max - min) / median, a round is clean when other processes took under "
+               f"0.25 of a core during it. The ratio pairs the two runs of each round. % of matmul peak: this "
+               f"machine's matmul FLOP/s in the run's precision with one process's threads (clipkit.perf.matmul_peak), "
+               f"x processes.\n\n")
+    return data, caption + protocol.markdown_table(headers, rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO / "runs/data/shapes-train/{00000..00003}.tar"), help="train shards")
-    p.add_argument("--model", default="shapes-small", help="clipkit preset [shapes-small]")
+    p.add_argument("--model", default="shapes-small", help="clipkit preset or open_clip architecture [shapes-small]")
     p.add_argument("--batch", type=int, default=128, help="per-process batch [128]")
     p.add_argument("--precision", choices=("fp32", "amp_bf16"), default="fp32", help="[fp32]")
     p.add_argument("--steps", type=int, default=60, help="steps per run [60]")
@@ -117,45 +192,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="intra-op threads per process, both trainers [cores / procs]")
     p.add_argument("--procs", type=int, nargs="+", default=[1], help="process counts to run [1]")
     p.add_argument("--only", choices=("ours", "open_clip", "both"), default="both")
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--resampled", action="store_true",
+                   help="both trainers draw shards with replacement (little data, many steps)")
+    p.add_argument("--timeout", type=float, help="seconds one training run may take before it is stopped [none]")
+    p.add_argument("--results-name", help="benchmarks/results/NAME.json/.md [train-fp32 or train-bf16]")
+    protocol.add_arguments(p)
     args = p.parse_args()
 
-    results = []
+    results = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        work = Path(tmp)
         for procs in args.procs:
-            load = os.getloadavg()[0]
-            row = {"procs": procs, "load_before": round(load, 2)}
-            if args.only in ("ours", "both"):
-                row["clipkit"] = run_ours(args, procs, work)
-            if args.only in ("open_clip", "both"):
-                row["open_clip_train"] = run_open_clip(args, procs, work)
-            row["load_after"] = round(os.getloadavg()[0], 2)
-            results.append(row)
-    print(f"\n{args.model}, batch {args.batch}/process, {args.precision}, {args.workers} worker(s)/process, "
-          f"{args.steps} steps, CPU ({os.cpu_count()} cores, OMP_NUM_THREADS {args.threads or 'cores/procs'}), "
-          f"warm-up window excluded")
-    print(f"{'procs':>5} {'clipkit samples/s':>18} {'open_clip_train samples/s':>26} {'ratio':>6}  "
-          f"{'GFLOP/sample':>12} {'% of peak (ours / theirs)':>26}  load 1-min")
-    for row in results:
-        ours = row.get("clipkit", {}).get("samples_per_s")
-        theirs = row.get("open_clip_train", {}).get("samples_per_s")
-        ratio = f"{ours / theirs:.2f}x" if ours and theirs else "-"
-        # Same architecture and batch: the FLOPs per sample counted in our run hold for theirs too.
-        g, peak = row.get("clipkit", {}).get("gflop_per_sample"), row.get("clipkit", {}).get("peak_gflops")
-        frac = lambda rate: f"{100 * g * rate / (peak * row['procs']):.1f}%" if g and peak and rate else "-"
-        print(f"{row['procs']:>5} {ours or float('nan'):>18.1f} {theirs or float('nan'):>26.1f} {ratio:>6}  "
-              f"{g or float('nan'):>12.3f} {frac(ours) + ' / ' + frac(theirs):>26}  "
-              f"{row['load_before']} -> {row['load_after']}")
-    print("peak: this machine's matmul FLOP/s in the run's precision with one process's threads "
-          "(clipkit.perf.matmul_peak); with N processes the machine's peak is N x that")
-    if len(results) > 1 and all("clipkit" in r for r in results):
-        base = results[0]["clipkit"]["samples_per_s"]
-        for row in results[1:]:
-            print(f"clipkit {row['procs']} vs {results[0]['procs']} process(es): "
-                  f"{row['clipkit']['samples_per_s'] / base:.2f}x")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+            results[procs] = compare(args, procs, Path(tmp))
+    data, table = report(args, results)
+    print("\n" + table)
+    name = args.results_name or ("train-bf16" if args.precision == "amp_bf16" else "train-fp32")
+    path = protocol.write_results(name, {"args": vars(args), "processes": data}, table)
+    print(f"written: {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

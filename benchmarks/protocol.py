@@ -115,13 +115,18 @@ class Interleaved:
                          "contended": sum(1 for n, _, _, w in self.runs if n == name and w.contended)}
         return out
 
-    def ratio(self, key: str, a: str, b: str) -> dict:
-        """a / b per round (each round's A beside that round's B), with the median and the range."""
+    def ratio(self, key: str, a: str, b: str, clean_only: bool = True) -> dict:
+        """a / b per round (each round's A beside that round's B), with the median and the range.
+
+        Rounds where either window was contended are left out; when no round is clean, all rounds
+        are used and the result says "contended": True (as values() does)."""
         by_round: dict[int, dict[str, float]] = {}
         for n, r, m, w in self.runs:
-            if n in (a, b) and key in m and not w.contended:
+            if n in (a, b) and key in m and not (clean_only and w.contended):
                 by_round.setdefault(r, {})[n] = m[key]
         ratios = [v[a] / v[b] for v in by_round.values() if a in v and b in v and v[b]]
+        if not ratios and clean_only:
+            return {**self.ratio(key, a, b, clean_only=False), "contended": True}
         if not ratios:
             return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "rounds": 0}
         return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
@@ -153,17 +158,45 @@ def interleave(contenders: dict[str, Callable[[], dict]], rounds: int = 3, *, st
     return result
 
 
+def add_arguments(parser, rounds: int = 3) -> None:
+    """The flags every side-by-side benchmark takes: --rounds N and --strict."""
+    parser.add_argument("--rounds", type=int, default=rounds,
+                        help=f"rounds of the interleaved contenders (A B, B A, ...); medians over rounds [{rounds}]")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop when another process takes CPU during a timed window (default: mark the window "
+                             "and leave it out of the medians)")
+
+
+def median_range(stats: dict | None, suffix: str = "") -> str:
+    """'412 (398–420)': a summary() entry's or a ratio()'s median, then its range over the rounds."""
+    if not stats or not stats.get("rounds"):
+        return "n/a"
+    median, low, high = (_cell(float(stats[k])) for k in ("median", "min", "max"))
+    return f"{median}{suffix} ({low}–{high}{suffix})"
+
+
+def contender_rows(runs: Interleaved, key: str, suffix: str = "") -> list[list[str]]:
+    """Per contender: [name, 'median (min–max)', 'spread %', 'clean rounds / rounds'] for a Markdown table."""
+    rows = []
+    for name, s in runs.summary(key).items():
+        total = sum(1 for n, _, m, _ in runs.runs if n == name and key in m)
+        rows.append([name, median_range(s, suffix), f"{100 * s['spread']:.1f}%", f"{total - s['contended']}/{total}"])
+    return rows
+
+
 def _short(measures: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in measures.items())
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     """A GitHub Markdown table; floats keep 3 significant decimals."""
-    def cell(v) -> str:
-        return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1000 else (f"{v:,.0f}" if isinstance(v, float) else str(v))
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1000 else (f"{v:,.0f}" if isinstance(v, float) else str(v))
 
 
 def machine() -> dict:

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+from clipkit.io import claim_output
 from clipkit.io.figures import save_figure
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SWEEP_FORMAT = "clipkit-wiseft-sweep"          # the marker of a folder wiseft_sweep wrote
 
 
 def _as_model(model):
@@ -103,15 +105,19 @@ def interpolate(a, b, alpha: float = 0.5):
 
 def wiseft_sweep(a, b, datasets: list, alphas=DEFAULT_ALPHAS, task: str = "auto", batch_size: int = 256,
                  max_samples: int | None = None, out_dir: str | os.PathLike | None = None,
-                 progress: bool = False) -> list[dict]:
+                 progress: bool = False, overwrite: bool = False) -> list[dict]:
     """Evaluate interpolate(a, b, alpha) on every dataset for every alpha; rows as clipkit.evaluation writes them,
-    each with an "alpha" field. With `out_dir`: results.jsonl and tradeoff.png (first two datasets) in it."""
+    each with an "alpha" field. With `out_dir` (claimed first: new, ours, or `overwrite`): results.jsonl and
+    tradeoff.png (first two datasets) in it."""
     from tqdm.auto import tqdm
 
     from clipkit.evaluation import evaluate, open_dataset, write_rows
 
     if len(datasets) < 1:
         raise ValueError("wiseft_sweep needs at least one dataset (two for the trade-off plot)")
+    if out_dir is not None:
+        inputs = [m for m in (a, b) if isinstance(m, (str, os.PathLike))] + list(datasets)
+        out_dir = claim_output(out_dir, SWEEP_FORMAT, inputs, overwrite)
     alphas = sorted({float(x) for x in alphas})
     a, b = _as_model(a), _as_model(b)
     check_compatible(a, b)
@@ -124,8 +130,7 @@ def wiseft_sweep(a, b, datasets: list, alphas=DEFAULT_ALPHAS, task: str = "auto"
                            model_name=f"wise-ft@{alpha:g}")
             rows.append({**row, "alpha": alpha})
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_rows(rows, out_dir / "results.jsonl", append=False)
+        write_rows(rows, out_dir / "results.jsonl", append=False, overwrite=overwrite)
         if len({r["dataset"] for r in rows}) >= 2:
             plot_tradeoff(rows, out_dir / "tradeoff.png")
     return rows

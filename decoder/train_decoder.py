@@ -7,7 +7,7 @@ Same code as `clipkit train-decoder`; see clipkit/train/unclip.py.
 """
 
 from clipkit.cli.commands.train import script_main
-from clipkit.train.configs import DecoderTrainConfig
+from clipkit.train.config import DecoderTrainConfig
 from clipkit.train.unclip import train_decoder
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Same code as `clipkit train-prior`; see clipkit/train/unclip.py.
 """
 
 from clipkit.cli.commands.train import script_main
-from clipkit.train.configs import PriorTrainConfig
+from clipkit.train.config import PriorTrainConfig
 from clipkit.train.unclip import train_prior
 
 if __name__ == "__main__":

@@ -128,8 +128,8 @@ def test_unclip_takes_the_ar_prior_as_a_drop_in(tiny_model, tmp_path):
 
 def test_train_ar_prior_saves_resumes_and_loads_beside_the_diffusion_prior(tiny_model_dir, shapes_dir, tmp_path):
     import clipkit
-    from clipkit.train.config import config_from_dict
-    from clipkit.train.configs import ArPriorTrainConfig, PriorTrainConfig
+    from clipkit.config import config_from_dict
+    from clipkit.train.config import ArPriorTrainConfig, PriorTrainConfig
     from clipkit.train.unclip import train_ar_prior, train_prior
     from clipkit.unclip.prior import DiffusionPrior
 

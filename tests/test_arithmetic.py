@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipkit.shapes.evaluate import hat_vector_experiment
-from clipkit.arithmetic import (ExpressionError, evaluate_expression, load_vocabulary,
+from clipkit.retrieval.arithmetic import (ExpressionError, evaluate_expression, load_vocabulary,
                                 nearest_words, parse_expression, references)
 
 

@@ -55,3 +55,21 @@ def test_results_are_written_as_json_and_markdown(tmp_path):
     data = json.loads(path.read_text())
     assert data["results"] == {"rate": 1.5} and data["machine"]["cores"] >= 1 and "command" in data
     assert (tmp_path / "demo.md").read_text().endswith(table)
+
+
+def test_table_cells_give_the_median_its_range_and_the_clean_rounds(monkeypatch):
+    busy = iter([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 50.0])    # the 4th window (round 2, a) was hit
+    monkeypatch.setattr(protocol, "_machine_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(protocol, "_own_cpu_seconds", lambda: 0.0)
+    values = {"a": iter([10.0, 30.0]), "b": iter([4.0, 5.0])}
+    runs = protocol.interleave({"a": lambda: {"r": next(values["a"])}, "b": lambda: {"r": next(values["b"])}},
+                               rounds=2, log=None)
+    assert protocol.contender_rows(runs, "r") == [["a", "10 (10–10)", "0.0%", "1/2"],
+                                                  ["b", "4.5 (4–5)", "22.2%", "2/2"]]
+    assert protocol.median_range(runs.ratio("r", "a", "b"), "x") == "2.5x (2.5–2.5x)"   # round 2 left out
+    assert protocol.median_range({"rounds": 0}) == "n/a"
+
+    busy = iter([0.0, 50.0] * 2)                               # every window hit: the ratio says so, not NaN
+    monkeypatch.setattr(protocol, "_machine_busy_seconds", lambda: next(busy))
+    runs = protocol.interleave({"a": lambda: {"r": 6.0}, "b": lambda: {"r": 3.0}}, rounds=1, log=None)
+    assert runs.ratio("r", "a", "b") == {"median": 2.0, "min": 2.0, "max": 2.0, "rounds": 1, "contended": True}

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipkit.embeddings import EmbeddingFolder, read_embeddings, write_embeddings
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder, read_embeddings
+from clipkit.retrieval.embeddings.writer import write_embeddings
 
 
 @pytest.fixture(scope="module")

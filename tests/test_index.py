@@ -1,5 +1,6 @@
-"""EmbeddingIndex: exact search equals brute force, approximate kinds reach their recall target,
-save/load round trips, and the manifest refuses mismatched queries and models."""
+"""EmbeddingIndex: exact search equals brute force, approximate kinds keep their recall promise on fresh
+queries, filtered search equals brute force on the allowed rows, save/load round trips, and the manifest
+refuses mismatched queries and models."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from clipkit.index import EmbeddingIndex, choose_index, recall_at_k
+from clipkit.retrieval.embeddings.writer import write_embeddings
+from clipkit.retrieval.index import filters
+from clipkit.retrieval.index.core import EmbeddingIndex
+from clipkit.retrieval.index.kinds import choose_index
+from clipkit.retrieval.index.pieces import build_in_pieces
+from clipkit.retrieval.index.tuning import per_query_recall, recall_at_k, recall_lower_bound
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +40,11 @@ def clustered(n: int, d: int, seed: int, centres: int = 100) -> tuple[np.ndarray
 
 
 def brute_force(xb, xq, k):
+    """Exact (scores, row ids) of the k largest inner products, by numpy."""
     scores = xq @ xb.T
-    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, ids, axis=1), ids
+    top = np.argpartition(-scores, k, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(len(xb)), (len(xq), 1))
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
+    return np.take_along_axis(scores, top, axis=1), top
 
 
 def test_flat_equals_brute_force_with_custom_ids():
@@ -62,15 +70,95 @@ def test_iterator_input_matches_array_input():
     np.testing.assert_array_equal(a.search(xq, 4)[1], b.search(xq, 4)[1])
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
-def test_approximate_kinds_reach_recall_target(kind):
-    xb, xq = clustered(20_000, 32, seed=2)
-    index = EmbeddingIndex.build(xb, kind=kind, recall_target=0.95, num_queries=200)
-    _, truth = brute_force(xb, xq, 10)
-    _, found = index.search(xq, 10)
-    assert index.params["tuned_recall"] >= 0.95
-    assert recall_at_k(found, truth) >= 0.93          # held-out queries, not the tuning ones
-    assert ("nprobe" if kind == "ivf" else "efSearch") in index.params
+def pareto_mixture(n: int, d: int, seed: int, centres: int = 512, noise: float = 1.5):
+    """(database, 2,000 fresh queries): bench_index.py's generator (uneven cluster sizes, wide clusters), small.
+
+    Here leave-one-out tuning on indexed rows, the method before issue 28, picked HNSW efSearch 32 for a
+    0.95 target, which delivers 0.88 on fresh queries."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    w = rng.pareto(1.5, centres) + 1
+    w /= w.sum()
+
+    def draw(m):
+        x = c[rng.choice(centres, m, p=w)] + (noise / np.sqrt(d)) * rng.standard_normal((m, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    return draw(n), draw(2000)
+
+
+@pytest.mark.parametrize("budget,kind,target", [(1 << 30, "hnsw", 0.95), (10 << 20, "ivf", 0.99)])
+def test_auto_keeps_its_recall_promise_on_fresh_queries(budget, kind, target, tmp_path):
+    xb, xq = pareto_mixture(25_000, 64, seed=0)
+    index = EmbeddingIndex.build(xb, kind="auto", max_memory=budget, recall_target=target)
+    assert index.kind == kind                                   # the budget makes auto choose it
+    fresh = per_query_recall(index.search(xq, 10)[1], brute_force(xb, xq, 10)[1])
+    assert fresh.mean() >= target                               # the promise, on queries it never saw
+    p = index.params
+    assert p["tuning_queries"] == 1_000 and "held-out" in p["tuning_method"] and p["recall_target"] == target
+    assert p["tuned_recall_lower"] >= target and p["tuned_recall"] > p["tuned_recall_lower"]
+    assert abs(p["tuned_recall"] - fresh.mean()) < 0.015        # held-out rows measure what fresh queries get
+    assert len(index) == 25_000                                 # the held-out rows were indexed too
+    index.save(tmp_path / "idx")
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["params"] == p
+
+
+def test_recall_bound_widens_with_spread_and_few_queries():
+    assert per_query_recall(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [-1, -1, -1]])).tolist() == \
+        [pytest.approx(2 / 3), 1.0]
+    perfect, mixed = np.ones(1000), np.repeat([0.9, 1.0], 500)
+    with_pseudo = np.r_[perfect, 0.0, 1.0]                     # one pseudo-query at each end
+    assert recall_lower_bound(perfect) == pytest.approx(with_pseudo.mean() - 1.645 * with_pseudo.std(ddof=1)
+                                                        / np.sqrt(1002))
+    assert recall_lower_bound(np.ones(10)) < 0.85 < recall_lower_bound(perfect)      # 10 perfect queries prove little
+    assert recall_lower_bound(mixed) < mixed.mean() - 0.003
+
+
+def test_hnsw_puts_held_out_rows_back_in_row_order():
+    xb, xq = clustered(3_000, 16, seed=11)
+    for index in (EmbeddingIndex.build(xb, kind="hnsw", num_queries=200),
+                  build_in_pieces(xb, pieces=1, kind="hnsw", num_queries=200)):
+        np.testing.assert_array_equal(index.index.reconstruct_n(0, 3_000), xb)    # position p holds row p
+        assert index.params["tuning_queries"] == 200 and index.ids is None
+    assert index.params == EmbeddingIndex.build(xb, kind="hnsw", num_queries=200).params
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_filtered_search_equals_brute_force_on_the_allowed_rows(kind, monkeypatch):
+    # A small exact-search threshold, so that a 6,000-row index takes every path: widened, exact, padded.
+    monkeypatch.setattr(filters, "FLAT_BELOW", 500)
+    xb, xq = pareto_mixture(6_000, 32, seed=12, centres=128)
+    xq = xq[:200]
+    ids = np.arange(6_000, dtype=np.int64) * 3 + 1                 # the mask is over positions, not ids
+    index = EmbeddingIndex.build(xb, ids=ids, kind=kind, num_queries=200, train_size=2_000,
+                                 recall_target=0.5 if kind == "ivfpq" else 0.95)
+    unfiltered = per_query_recall(index.search(xq, 10)[1], ids[brute_force(xb, xq, 10)[1]]).mean()
+    rng = np.random.default_rng(0)
+    for allowed in (3_000, 1_200, 300, 3):                         # widened search, exact on the rows, padded
+        mask = np.zeros(6_000, dtype=bool)
+        mask[rng.choice(6_000, allowed, replace=False)] = True
+        scores, found = index.search(xq, 10, mask=mask)
+        rows, m = np.flatnonzero(mask), min(10, allowed)
+        want_scores, want = brute_force(xb[rows], xq, m)
+        want, got = ids[rows[want]], found[:, :m]
+        assert np.isin(found[found >= 0], ids[rows]).all()                     # nothing outside the filter
+        recall = per_query_recall(got, want).mean()
+        if kind != "ivfpq" and (kind == "flat" or allowed <= 500):  # exact: brute force's answer (up to float ties)
+            np.testing.assert_allclose(scores[:, :m], want_scores, atol=1e-5)
+            np.testing.assert_allclose(np.einsum("qd,qkd->qk", xq, xb[index.positions(got)]), want_scores, atol=1e-5)
+            assert recall >= 0.999
+        else:                                                      # widened: filtering costs no recall
+            assert recall >= unfiltered - 0.01
+        if allowed < 10:                                           # fewer rows than k: all of them, then -1
+            assert recall == 1.0 and (found[:, allowed:] == -1).all() and np.isneginf(scores[:, allowed:]).all()
+    assert (index.search(xq[:2], 4, mask=np.zeros(6_000, dtype=bool))[1] == -1).all()
+    np.testing.assert_array_equal(index.search(xq, 10, mask=np.ones(6_000, dtype=bool))[1], index.search(xq, 10)[1])
+    np.testing.assert_array_equal(index.positions(ids[[5, 0, 5_999]].tolist() + [2, -1]), [5, 0, 5_999, -1, -1])
+    with pytest.raises(ValueError, match=r"shape \(6000,\)"):
+        index.search(xq, 10, mask=np.ones(10, dtype=bool))
+    with pytest.raises(ValueError, match="boolean"):
+        index.search(xq, 10, mask=np.ones(6_000, dtype=np.int64))
 
 
 def test_ivfpq_trains_from_an_iterator_and_tunes():
@@ -204,7 +292,6 @@ def test_remove_drops_exactly_those_ids(kind):
 
 def test_hnsw_remove_and_other_models_are_refused(tmp_path, tiny_model, shapes_dir):
     import clipkit
-    from clipkit.embeddings import write_embeddings
 
     xb, _ = clustered(1_000, 64, seed=8)
     with pytest.raises(ValueError, match="HNSW index cannot delete"):
@@ -222,8 +309,6 @@ def test_hnsw_remove_and_other_models_are_refused(tmp_path, tiny_model, shapes_d
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
 def test_pieces_from_one_trained_index_merge_into_the_same_index(kind, tmp_path):
-    from clipkit.index_pieces import build_in_pieces
-
     xb, xq = clustered(4_000, 16, seed=9, centres=40)
     meta = {"key": [f"k{i}" for i in range(len(xb))]}
     options = dict(kind=kind, num_queries=100, recall_target=0.7, train_size=2_000)
@@ -239,8 +324,11 @@ def test_pieces_from_one_trained_index_merge_into_the_same_index(kind, tmp_path)
     parts[1].add(xb[2_500:], ids=np.arange(2_500, 4_000), metadata={"key": meta["key"][2_500:]})
     merged = EmbeddingIndex.merge(parts)
     assert len(merged) == 4_000 and merged.lookup([3_999])[0]["key"] == "k3999"
-    merged.set_search_params(**{n: v for n, v in whole.params.items() if n in ("nprobe", "efSearch")})
-    np.testing.assert_array_equal(merged.search(xq, 10)[1], whole.search(xq, 10)[1])
+    at_once = trained.empty_copy()                              # the same trained index, filled in one go
+    at_once.add(xb)
+    for index in (merged, at_once):
+        index.set_search_params(**{n: v for n, v in whole.params.items() if n in ("nprobe", "efSearch")})
+    np.testing.assert_array_equal(merged.search(xq, 10)[1], at_once.search(xq, 10)[1])
     if kind != "flat":   # on-disk inverted lists (faiss contrib merge_ondisk): same answers, saved and loaded
         disk = build_in_pieces(xb, pieces=3, batch_size=700, on_disk=tmp_path / "work", **options)
         np.testing.assert_array_equal(disk.search(xq, 10)[1], whole.search(xq, 10)[1])

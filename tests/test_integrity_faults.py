@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from clipkit.cli import main
-from clipkit.embeddings import EmbeddingFolder, write_embeddings
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+from clipkit.retrieval.embeddings.writer import write_embeddings
 from clipkit.io import lock_path_for, partial_dir_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,7 +177,7 @@ def test_full_filesystem_leaves_the_previous_output_intact(tmp_path, capsys):
         assert rc == 2 and "no space left on the device" in err and str(fs) in err and "Traceback" not in err
         assert (out / "manifest.json").read_bytes() == before[0]
         assert EmbeddingFolder(out).count == 3
-        from clipkit.index import EmbeddingIndex
+        from clipkit.retrieval.index.core import EmbeddingIndex
 
         shutil.rmtree(partial_dir_for(out), ignore_errors=True)     # what a user frees before retrying
         filler = fs / "filler"

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from clipkit.cli import main, user_error
-from clipkit.embeddings import EmbeddingFolder, write_embeddings
-from clipkit.index import EmbeddingIndex
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+from clipkit.retrieval.embeddings.writer import write_embeddings
+from clipkit.retrieval.index.core import EmbeddingIndex
 from clipkit.io import OutputInUseError, lock_path_for, output_lock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,7 +166,7 @@ def test_non_finite_vectors_are_refused_with_count_and_first_row(tiny_model):
     with pytest.raises(ValueError, match="first is row 2"):
         index.add(x[5:10])
     assert len(index) == 500                                 # nothing of the refused batch was added
-    from clipkit.arithmetic import nearest_words
+    from clipkit.retrieval.arithmetic import nearest_words
 
     with pytest.raises(ValueError, match="NaN/inf"):
         nearest_words(tiny_model, np.full(64, np.nan, np.float32))

@@ -51,8 +51,8 @@ def test_contrastive_accumulation_equals_one_big_batch(fresh_tiny_model, n_micro
 
 
 def _tiny_clip_config(shapes_dir, out, **overrides):
-    from clipkit.train.config import config_from_dict
-    from clipkit.train.configs import ClipTrainConfig
+    from clipkit.config import config_from_dict
+    from clipkit.train.config import ClipTrainConfig
 
     base = dict(model="shapes-tiny", train_data=str(shapes_dir / "train"), out_dir=str(out), batch_size=16,
                 lr=3e-3, warmup_steps=2, log_every=1, num_workers=0, progress=False, num_threads=1,
@@ -92,8 +92,8 @@ def test_clip_bf16_trains_and_resumes(shapes_dir, tmp_path):
     weights = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.float32}
     # resume from the step-24 checkpoint: the same final weights as the uninterrupted run
-    from clipkit.train.config import config_from_dict
-    from clipkit.train.configs import ClipTrainConfig
+    from clipkit.config import config_from_dict
+    from clipkit.train.config import ClipTrainConfig
 
     step12 = tmp_path / "run" / "checkpoints" / "step_00000024"
     again = config_from_dict(ClipTrainConfig, {**config.to_json(), "out_dir": str(tmp_path / "again"),
@@ -109,8 +109,8 @@ def test_clip_bf16_trains_and_resumes(shapes_dir, tmp_path):
 def test_unclip_bf16_and_accumulation(kind, tiny_model_dir, shapes_dir, tmp_path):
     """Decoder and prior train in bf16 with 2 micro-batches a step: finite loss, EMA export, resumable."""
     import clipkit
-    from clipkit.train.config import config_from_dict
-    from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig
+    from clipkit.config import config_from_dict
+    from clipkit.train.config import DecoderTrainConfig, PriorTrainConfig
     from clipkit.train.unclip import train_decoder, train_prior
 
     cls, fn = (DecoderTrainConfig, train_decoder) if kind == "decoder" else (PriorTrainConfig, train_prior)

@@ -234,3 +234,139 @@ def test_bf16_inference_stays_close_to_fp32(tiny_model, images):
         assert float((full * half).sum(-1).min()) > 0.99
     with pytest.raises(ValueError, match="precision='fp8'"):
         tiny_model.encode_texts(["x"], precision="fp8")
+
+
+# ----------------------------------------------------------------------------- your own architecture
+
+# An open_clip model config at 64 px, as a user writes it (open_clip's model_configs/*.json format).
+MY_64PX = {"description": "a 64 px CLIP of my own",
+           "embed_dim": 32,
+           "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+           "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def test_create_takes_a_config_dict_or_its_json_file(tmp_path):
+    import json
+
+    path = tmp_path / "my-64px.json"
+    path.write_text(json.dumps(MY_64PX))
+    from_dict, from_file = clipkit.create(MY_64PX, seed=0), clipkit.create(path, seed=0)
+    assert (from_dict.config.name, from_file.config.name) == ("custom", "my-64px")
+    state = from_file.model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in from_dict.model.state_dict().items())
+    for m in (from_dict, from_file):
+        assert (m.embed_dim, m.image_size, m.context_length) == (32, 64, 24)
+        assert m.model.visual.conv1.kernel_size == (16, 16) and m.model.visual.conv1.out_channels == 32
+        assert m.tokenizer(["a red circle"]).shape == (1, 24)            # the context length of text_cfg
+        assert m.encode_images([Image.new("RGB", (64, 64), "red")]).shape == (1, 32)
+    # open_clip_config.json's format (model_cfg + preprocess_cfg) is the same architecture
+    wrapped = clipkit.create({"model_cfg": {k: v for k, v in MY_64PX.items() if k != "description"},
+                              "preprocess_cfg": {"size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}}, seed=0)
+    assert all(torch.equal(v, state[k]) for k, v in wrapped.model.state_dict().items())
+    assert wrapped.preprocess.mean.flatten().tolist() == [127.5] * 3
+
+
+def test_a_64px_clip_is_one_shipped_json_file_away():
+    m = clipkit.create("small-64px", seed=0)
+    assert (m.image_size, m.model.visual.conv1.kernel_size, m.context_length) == (64, (8, 8), 32)
+    assert m.model.visual.positional_embedding.shape[0] == (64 // 8) ** 2 + 1
+
+
+def test_own_architecture_saves_and_loads_exactly(tmp_path, images):
+    model = clipkit.create(MY_64PX, seed=3)
+    texts = ["a small blue square on the left", "a hat"]
+    before_img, before_txt = model.encode_images(images), model.encode_texts(texts)
+    model.save(tmp_path / "m")
+    loaded = clipkit.load(tmp_path / "m")
+    assert loaded.config == model.config
+    assert loaded.config.model_cfg == {k: v for k, v in MY_64PX.items() if k != "description"}
+    assert torch.equal(loaded.encode_images(images), before_img)
+    assert torch.equal(loaded.encode_texts(texts), before_txt)
+    assert loaded.identity == model.identity
+    # the saved folder names its architecture for open_clip too, and for --model
+    again = clipkit.create(tmp_path / "m" / "open_clip_config.json", seed=3)
+    assert all(torch.equal(v, again.model.state_dict()[k]) for k, v in model.model.state_dict().items())
+
+
+def _without(cfg: dict, *path) -> dict:
+    import copy
+
+    out = copy.deepcopy(cfg)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return out
+
+
+def _with(cfg: dict, value, *path) -> dict:
+    import copy
+
+    out = copy.deepcopy(cfg)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+@pytest.mark.parametrize("cfg,error,match", [
+    (_without(MY_64PX, "embed_dim"), ValueError, r"'embed_dim' is missing; add \"embed_dim\": 512"),
+    (_without(MY_64PX, "text_cfg"), ValueError, r"'text_cfg' is missing; add \"text_cfg\": \{"),
+    (_with(MY_64PX, 8.5, "vision_cfg", "patch_size"), TypeError, r"vision_cfg.patch_size = 8.5; expected an integer"),
+    (_with(MY_64PX, 60, "vision_cfg", "image_size"), ValueError,
+     r"vision_cfg.image_size=60 is not a multiple of vision_cfg.patch_size=16; choose an image_size .* \(e.g. 64\)"),
+    (_with(MY_64PX, 3, "text_cfg", "heads"), ValueError, r"text_cfg.width=32 is not divisible by text_cfg.heads=3"),
+    (_with(MY_64PX, 1, "vision_cfg", "patch"), ValueError, r"unknown field\(s\) \['patch'\] in vision_cfg; valid.*patch_size"),
+    (_with(MY_64PX, 1, "towers"), ValueError, r"unknown model config key\(s\) \['towers'\]; valid keys: .*embed_dim"),
+    (_with(MY_64PX, float("nan"), "text_cfg", "mlp_ratio"), ValueError, r"text_cfg.mlp_ratio = nan; expected a finite"),
+    (_with(MY_64PX, "128", "embed_dim"), TypeError, r"embed_dim = '128'; expected a positive integer"),
+])
+def test_a_bad_model_config_is_one_line_naming_the_field_and_the_fix(cfg, error, match):
+    with pytest.raises(error, match=match) as raised:
+        clipkit.create(cfg)
+    assert "\n" not in str(raised.value) and str(raised.value).startswith("the model config: ")
+
+
+def test_create_names_the_types_it_takes():
+    for bad in (None, 3, ["shapes-tiny"]):
+        with pytest.raises(TypeError, match=r"expected an architecture preset .*name \(str\), an open_clip-style "
+                                            r"model config \(dict.*\.json file"):
+            clipkit.create(bad)
+    with pytest.raises(FileNotFoundError, match="model config file 'missing.json' does not exist"):
+        clipkit.create("missing.json")
+
+
+def test_every_open_clip_architecture_passes_the_config_check():
+    """The check reads open_clip's own config classes: every architecture open_clip ships is accepted
+    (built from the same dict as open_clip's registry holds, never through the registry)."""
+    import open_clip
+
+    from clipkit.model import model_config
+
+    for name in open_clip.list_models():
+        config = model_config(name)
+        expected = open_clip.get_model_config(name)
+        expected.pop("preprocess_cfg", None)
+        assert config.model_cfg == expected, name
+
+
+def test_clipkit_train_takes_a_model_config_file(shapes_dir, tmp_path):
+    """`clipkit train --model my-64px.json`: trains that architecture and exports it with its config."""
+    import json
+
+    from clipkit.cli import main
+
+    path = tmp_path / "my-64px.json"
+    path.write_text(json.dumps(MY_64PX))
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(path), "--train-data", str(shapes_dir / "train" / "{00000..00002}.tar"),
+                 "--out-dir", str(out), "--max-steps", "3", "--batch-size", "16", "--warmup-steps", "1",
+                 "--num-workers", "0", "--num-threads", "1", "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    trained = clipkit.load(out / "model")
+    assert trained.config.name == "my-64px" and (trained.image_size, trained.context_length) == (64, 24)
+    assert trained.config.model_cfg == {k: v for k, v in MY_64PX.items() if k != "description"}
+    fresh = clipkit.create(path, seed=0).model.state_dict()
+    changed = [k for k, v in trained.model.state_dict().items() if not torch.equal(v, fresh[k])]
+    assert "visual.conv1.weight" in changed                    # the 64 px tower is the one that trained

@@ -8,10 +8,13 @@ tests/test_serve_browser.py builds the same world with `build_world`.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
+import logging
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -24,12 +27,35 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from clipkit.serve import BoundedPool, Engine, MicroBatcher, Overloaded, ServeConfig, create_app  # noqa: E402
+import clipkit  # noqa: E402
+from clipkit.data.shards import read_member_image  # noqa: E402
+from clipkit.retrieval.arithmetic import evaluate_expression, nearest_words  # noqa: E402
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder  # noqa: E402
+from clipkit.retrieval.embeddings.writer import write_embeddings  # noqa: E402
+from clipkit.retrieval.index.core import EmbeddingIndex  # noqa: E402
+from clipkit.retrieval.zeroshot import ZeroShotClassifier  # noqa: E402
+from clipkit.serve import (  # noqa: E402
+    BoundedPool,
+    ClientError,
+    Engine,
+    MicroBatcher,
+    Overloaded,
+    Query,
+    ServeConfig,
+    bind_socket,
+    create_app,
+    make_server,
+)
+from clipkit.serve.errors import INTERNAL  # noqa: E402
+from clipkit.shapes.world import write_split  # noqa: E402
+from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ITEMS = 48
@@ -38,14 +64,6 @@ TINY_DECODER = dict(channels=(16, 32), attention_levels=(False, True), heads=2, 
 
 def build_world(root: Path, pipeline: bool = True) -> dict:
     """Shards, a saved shapes-tiny model, its embeddings, a flat index (and a tiny unCLIP pipeline) under root."""
-    import torch
-
-    import clipkit
-    from clipkit.shapes.world import write_split
-    from clipkit.embeddings import EmbeddingFolder, write_embeddings
-    from clipkit.index import EmbeddingIndex
-    from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
-
     write_split(root / "shards", split="val", num=ITEMS, seed=5, shard_size=ITEMS)
     model = clipkit.create("shapes-tiny", seed=0)
     model.save(root / "model")
@@ -65,13 +83,10 @@ def build_world(root: Path, pipeline: bool = True) -> dict:
     return world
 
 
-def load_engine(world: dict, config: ServeConfig = ServeConfig(), pipeline: bool = True) -> Engine:
-    from clipkit.index import EmbeddingIndex
-    from clipkit.unclip import UnCLIP
-
+def load_engine(world: dict, config: ServeConfig | None = None, pipeline: bool = True) -> Engine:
     index = EmbeddingIndex.load(world["index"])
     pipe = UnCLIP.load(world["unclip"]) if pipeline and world["unclip"] else None
-    return Engine(index, index.model(str(world["model"])), pipe, config)
+    return Engine(index, index.model(str(world["model"])), pipe, config or ServeConfig())
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +109,6 @@ def client(engine):
 
 @pytest.fixture(scope="module")
 def vectors(world):
-    from clipkit.embeddings import EmbeddingFolder
 
     return EmbeddingFolder(world["emb"]).load("img")
 
@@ -151,7 +165,6 @@ def test_image_upload_finds_itself_first(client):
 
 
 def test_filters_search_only_matching_rows(client, engine, vectors, world):
-    from clipkit.embeddings import EmbeddingFolder
 
     meta = EmbeddingFolder(world["emb"]).metadata()
     allowed = np.array([s in ("circle", "star") and h for s, h in zip(meta["shape"], meta["hat"])])
@@ -163,12 +176,12 @@ def test_filters_search_only_matching_rows(client, engine, vectors, world):
     form = client.post("/search", files={"image": ("x.png", client.get("/image/0").content, "image/png")},
                        data={"k": "5", "filters": json.dumps({"shape": "circle"})}).json()
     assert form["results"] and all(h["metadata"]["shape"] == "circle" for h in form["results"])
+    mask = engine.filter_mask({"shape": "circle"})                     # one cached, read-only mask per filter set
+    assert mask is engine.filter_mask({"shape": ["circle"]}) and not mask.flags.writeable
+    assert np.array_equal(mask, np.asarray(meta["shape"]) == "circle")
 
 
 def test_expression_search_equals_the_library(client, engine, vectors, world):
-    from clipkit.arithmetic import evaluate_expression, nearest_words
-    from clipkit.data.shards import read_member_image
-
     expression = 'text:"a red circle" + 0.8 * text:"a hat" - 0.5 * img:"3"'
     image3 = world["root"] / "three.png"
     read_member_image(world["root"] / "shards" / "00000.tar", "00000003").save(image3)
@@ -188,8 +201,6 @@ def test_k_is_capped_at_the_index_size(client):
 
 
 def test_image_endpoint_serves_indexed_images_by_id_only(client, world):
-    from clipkit.data.shards import read_member_image
-
     r = client.get("/image/7")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     served = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
@@ -220,10 +231,10 @@ def test_a_missing_shard_is_a_404_not_a_crash(world):
 # ----------------------------------------------------------------------------- zero-shot and generation
 
 def test_zero_shot_equals_the_classifier(client, engine):
-    from clipkit.zeroshot import ZeroShotClassifier
 
     png = client.get("/image/2").content
-    r = client.post("/zero-shot", files={"image": ("x.png", png, "image/png")}, data={"classes": "circle, square, star"})
+    r = client.post("/zero-shot", files={"image": ("x.png", png, "image/png")},
+                    data={"classes": "circle, square, star"})
     assert r.status_code == 200, r.text
     got = {c["class"]: c["probability"] for c in r.json()["classes"]}
     clf = ZeroShotClassifier(engine.model, ["circle", "square", "star"], templates="simple")
@@ -376,16 +387,132 @@ def test_bad_zero_shot_and_generate_bodies(client, path, body, message):
     assert 400 <= r.status_code < 500 and message in r.json()["error"], r.text
 
 
+def scrape(client) -> dict:
+    """GET /metrics parsed by prometheus_client: {(sample name, sorted labels): value}."""
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:200]
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def stage_counts(samples: dict) -> dict[str, float]:
+    return {dict(labels)["stage"]: v for (name, labels), v in samples.items()
+            if name == "clipkit_serve_stage_duration_seconds_count"}
+
+
 def test_the_server_stays_up_and_counts_everything(client):
+    before = scrape(client)
+    key = ("clipkit_serve_requests_total", (("method", "POST"), ("route", "/search"), ("status", "{}")))
+
+    def count(samples, status):
+        return samples.get((key[0], tuple((n, v.format(status)) for n, v in key[1])), 0)
+
     client.post("/search", json={"text": ""})
     client.post("/search", json={"text": "a circle"})
-    assert client.get("/health").json() == {"status": "ok", "count": ITEMS, "model": client.get("/info").json()["model"],
-                                             "unclip": True}
-    m = client.get("/metrics").json()
-    route = m["routes"]["POST /search"]
-    assert route["count"] >= 2 and route["status"]["200"] >= 1 and route["status"]["400"] >= 1
-    assert 0 < route["p50_ms"] <= route["p90_ms"] <= route["p99_ms"]
-    assert m["batching"]["search"]["texts_encoded"] >= 1 and m["generation"]["workers"] == 1
+    client.get("/no-such-page")
+    model = client.get("/info").json()["model"]
+    assert client.get("/health").json() == {"status": "ok", "count": ITEMS, "model": model, "unclip": True}
+    after = scrape(client)
+    assert count(after, 200) - count(before, 200) == 1 and count(after, 400) - count(before, 400) == 1
+    unrouted = ("clipkit_serve_requests_total", (("method", "GET"), ("route", "(unrouted)"), ("status", "404")))
+    assert after[unrouted] - before.get(unrouted, 0) == 1
+    latency = ("clipkit_serve_request_duration_seconds_count", (("method", "POST"), ("route", "/search")))
+    assert after[latency] - before[latency] == 2
+    assert after[("clipkit_serve_texts_encoded_total", ())] - before[("clipkit_serve_texts_encoded_total", ())] == 1
+    assert after[("clipkit_serve_batches_total", (("batcher", "search"),))] >= 1
+    assert ("clipkit_serve_generation_running", ()) in after and ("process_cpu_seconds_total", ()) in after
+
+
+def test_metrics_histograms_count_each_stage_of_a_search(client):
+    """One text search = one encode_text, one search, one metadata observation; an upload encodes an image instead."""
+    png = client.get("/image/5").content
+    before = stage_counts(scrape(client))
+    assert client.post("/search", json={"text": "a blue star", "k": 3}).status_code == 200
+    after_text = stage_counts(scrape(client))
+    assert client.post("/search", files={"image": ("x.png", png, "image/png")}, data={"k": "3"}).status_code == 200
+    after_image = stage_counts(scrape(client))
+
+    def delta(a, b):
+        return {stage: b.get(stage, 0) - a.get(stage, 0) for stage in ("encode_text", "encode_image", "search",
+                                                                         "metadata", "generate")}
+    assert delta(before, after_text) == {"encode_text": 1, "encode_image": 0, "search": 1, "metadata": 1, "generate": 0}
+    assert delta(after_text, after_image) == {"encode_text": 0, "encode_image": 1, "search": 1, "metadata": 1,
+                                              "generate": 0}
+    assert client.post("/generate", json={"text": "a red star", "num_images": 1, "steps": 1}).status_code == 200
+    assert stage_counts(scrape(client))["generate"] - after_image.get("generate", 0) == 1
+
+
+def test_two_apps_keep_their_own_registries(engine):
+    with TestClient(create_app(engine)) as a, TestClient(create_app(engine)) as b:
+        a.get("/health")
+        a.get("/health")
+        b.get("/health")
+        key = ("clipkit_serve_requests_total", (("method", "GET"), ("route", "/health"), ("status", "200")))
+        assert scrape(a)[key] == 2 and scrape(b)[key] == 1
+
+
+def test_one_log_line_per_request(client, caplog):
+    with caplog.at_level(logging.INFO, logger="clipkit.serve.requests"):
+        client.post("/search", json={"text": "a red star", "k": 2})
+        client.get("/image/999999")
+    lines = [r for r in caplog.records if r.name == "clipkit.serve.requests"]
+    assert [(r.method, r.path, r.status) for r in lines] == [("POST", "/search", 200), ("GET", "/image/999999", 404)]
+    assert lines[0].getMessage().startswith("method=POST path=/search status=200 ms=") and lines[0].ms > 0
+
+
+# ----------------------------------------------------------------------------- client errors vs server errors
+
+@pytest.mark.parametrize("error", [ValueError("secret detail: column 7 of a numpy array"),
+                                   TypeError("secret detail: NoneType is not subscriptable"),
+                                   RuntimeError("secret detail: FAISS said no")])
+def test_a_library_error_is_a_500_with_a_generic_message_and_a_logged_traceback(world, caplog, error):
+    """Only ClientError becomes a 4xx: a ValueError from inside the library is a bug, not the client's fault."""
+    engine = load_engine(world, pipeline=False)
+
+    def broken(*args, **kwargs):
+        raise error
+
+    engine.hits = broken
+    try:
+        with TestClient(create_app(engine)) as c, caplog.at_level(logging.ERROR, logger="clipkit.serve"):
+            r = c.post("/search", json={"text": "a red star"})
+            assert r.status_code == 500 and r.json() == {"error": INTERNAL}
+            assert "secret" not in r.text
+            assert c.get("/health").status_code == 200                # and the server goes on
+    finally:
+        engine.close()
+    logged = [rec for rec in caplog.records if rec.name == "clipkit.serve" and rec.exc_info]
+    assert len(logged) == 1 and logged[0].exc_info[1] is error and "POST /search" in logged[0].getMessage()
+
+
+@pytest.mark.parametrize("content,ctype", [
+    (b"[" * 100_000, "application/json"),
+    (b'{"text": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "application/json"),
+])
+def test_deeply_nested_json_gets_a_json_400(client, content, ctype):
+    r = client.post("/search", content=content, headers={"content-type": ctype})
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json", r.text[:200]
+    assert "nested too deeply" in r.json()["error"]
+    form = client.post("/search", files={"image": ("x.png", b"x", "image/png")},
+                       data={"filters": "[" * 100_000})
+    assert form.status_code == 400 and "nested too deeply" in form.json()["error"]
+
+
+def test_unknown_routes_and_methods_answer_json(client):
+    assert client.get("/nope").json() == {"error": "Not Found"}
+    r = client.get("/search")
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}
+
+
+def test_client_error_is_what_the_engine_checks_raise(engine):
+    for call, status in ((lambda: engine.check_k(0), 422), (lambda: engine.check_text(" "), 400),
+                         (lambda: engine.filter_mask({"colour": "red"}), 400), (lambda: engine.row(10**6), 404),
+                         (lambda: engine.read_image(b"not an image"), 400)):
+        with pytest.raises(ClientError) as info:
+            call()
+        assert info.value.status == status
+    with pytest.raises(ValueError, match="400..499"):
+        ClientError(500, "a server error is not a client error")
 
 
 def test_openapi_documents_json_and_upload_bodies(client):
@@ -455,6 +582,34 @@ def test_micro_batcher_isolates_a_bad_item_and_bounds_its_queue():
     stuck.close()
 
 
+def test_micro_batcher_waits_only_for_expected_company():
+    """A window of a minute: a lone query (nothing else expected) runs at once; with two expected, the batch
+    waits for the second and runs both in one call."""
+    calls, expected = [], [1]
+    batcher = MicroBatcher(lambda items: calls.append(list(items)) or items, max_batch=8, window_ms=60_000,
+                           expected=lambda: expected[0])
+    assert batcher.submit("alone").result(timeout=20) == "alone"
+    expected[0] = 2
+    first = batcher.submit("a")
+    while batcher.stats()["pending"]:                 # the worker took "a" and waits for company
+        time.sleep(0.001)
+    second = batcher.submit("b")
+    assert (first.result(timeout=20), second.result(timeout=20)) == ("a", "b")
+    assert calls == [["alone"], ["a", "b"]]
+    batcher.close()
+
+
+def test_queries_in_flight_are_counted_while_they_run(client, engine):
+    seen = []
+    original = engine.hits
+    engine.hits = lambda scores, ids: seen.append(engine.in_flight) or original(scores, ids)
+    try:
+        assert client.post("/search", json={"text": "a red star", "k": 2}).status_code == 200
+    finally:
+        del engine.hits
+    assert seen == [1] and engine.in_flight == 0
+
+
 def test_bounded_pool_refuses_beyond_workers_plus_queue():
     pool, release = BoundedPool(workers=1, queue=2), threading.Event()
     jobs = [pool.submit(release.wait, 10) for _ in range(3)]
@@ -468,10 +623,9 @@ def test_bounded_pool_refuses_beyond_workers_plus_queue():
 
 
 def test_engine_batched_search_equals_one_by_one(engine):
-    from clipkit.serve import Query
-
     rng = np.random.default_rng(0)
-    queries = [Query(k, v.astype(np.float32)) for v, k in zip(rng.normal(size=(6, engine.index.dim)), (1, 3, 5, 48, 2, 9))]
+    vectors = rng.normal(size=(6, engine.index.dim)).astype(np.float32)
+    queries = [Query(k, v) for v, k in zip(vectors, (1, 3, 5, 48, 2, 9))]
     queries[2].mask = engine.filter_mask({"size": "small"})
     queries[3].exclude = 4
     batched = engine._search_batch(queries)
@@ -482,8 +636,6 @@ def test_engine_batched_search_equals_one_by_one(engine):
 
 
 def test_bf16_encoders_return_the_fp32_query_vectors_within_tolerance(world):
-    from clipkit.serve import Query
-
     texts = ["a red circle wearing a hat", "a small blue star on the left", "a green square"]
     out = {}
     for precision in ("fp32", "bf16"):
@@ -499,16 +651,56 @@ def test_bf16_encoders_return_the_fp32_query_vectors_within_tolerance(world):
 
 # ----------------------------------------------------------------------------- a real server
 
+@pytest.fixture
+def real_server(engine):
+    """(port, uvicorn server) of the app on a free 127.0.0.1 port, uvicorn in a thread (as `clipkit serve` runs)."""
+    sock = bind_socket("127.0.0.1", 0)
+    uv = make_server(create_app(engine))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.01)
+    assert uv.started, "uvicorn did not start"
+    yield sock.getsockname()[1], uv
+    uv.should_exit = True
+    thread.join(15)
+    sock.close()
+
+
+def test_kept_alive_answers_are_not_held_back_by_nagle(real_server):
+    """The 40 ms stall: uvicorn writes headers and body in two send()s; with Nagle's algorithm on the
+    server socket the body waits for the client's delayed ACK of the headers on a kept-alive connection.
+    So every accepted socket must be TCP_NODELAY, and answers sized (Content-Length), never chunked."""
+    port, uv = real_server
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    body = json.dumps({"text": "a red circle", "k": 3}).encode()
+    sockets = set()
+    for _ in range(3):
+        conn.request("POST", "/search", body, {"content-type": "application/json"})
+        response = conn.getresponse()
+        data = response.read()
+        assert response.status == 200 and json.loads(data)["count"] == 3
+        assert response.getheader("content-length") == str(len(data))
+        assert response.getheader("transfer-encoding") is None
+        assert not response.will_close
+        sockets.add(id(conn.sock))
+    assert len(sockets) == 1                                              # one kept-alive connection ...
+    accepted = [p.transport.get_extra_info("socket") for p in uv.server_state.connections]
+    assert len(accepted) == 1                                             # ... one accepted socket, and it
+    assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1     # sends small writes at once
+    conn.close()
+
+
 @pytest.mark.slow                                       # a fresh interpreter imports torch + open_clip: 15-30 s here
 def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path):
     """`clipkit serve --port 0` on an index whose manifest records its model: concurrent clients, then Ctrl-C."""
-    from clipkit.embeddings import EmbeddingFolder
-    from clipkit.index import EmbeddingIndex
 
     EmbeddingIndex.build(EmbeddingFolder(world["emb"]), kind="flat").save(tmp_path / "index")  # records model_source
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "clipkit", "serve", "--index", str(tmp_path / "index"), "--port", "0",
-                             "--batch-window-ms", "100", "--threads", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "clipkit", "serve", "--index", str(tmp_path / "index"),
+                             "--port", "0",
+                             "--batch-window-ms", "100", "--threads", "1", "--log-level", "info"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         url, lines = None, []
@@ -523,7 +715,8 @@ def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path
         assert url, "".join(lines)
 
         def post(body):
-            req = urllib.request.Request(url + "/search", json.dumps(body).encode(), {"content-type": "application/json"})
+            req = urllib.request.Request(url + "/search", json.dumps(body).encode(),
+                                         {"content-type": "application/json"})
             try:
                 with urllib.request.urlopen(req, timeout=30) as r:
                     return r.status, json.loads(r.read())
@@ -538,9 +731,11 @@ def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path
             assert data["results"] == post({"text": text, "k": 3})[1]["results"]
         assert post({"text": ""})[0] == 400 and post({"k": "x"})[0] == 422
         with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-            metrics = json.loads(r.read())
-        assert metrics["batching"]["search"]["largest_batch"] >= 2
-        assert metrics["routes"]["POST /search"]["status"]["200"] >= 16
+            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                       for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
+        assert samples[("clipkit_serve_batch_largest", (("batcher", "search"),))] >= 2
+        ok = ("clipkit_serve_requests_total", (("method", "POST"), ("route", "/search"), ("status", "200")))
+        assert samples[ok] >= 16
     finally:
         proc.send_signal(2)                                  # Ctrl-C: uvicorn shuts down cleanly
         try:
@@ -548,3 +743,6 @@ def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode == 0
+    rest = proc.stdout.read()
+    line = r"INFO clipkit\.serve\.requests: method=POST path=/search status=200 ms=[\d.]+\n"
+    assert re.search(line, rest), rest[-2000:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 import urllib.request
@@ -36,7 +37,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from test_serve import ITEMS, build_world, load_engine  # noqa: E402
 
-from clipkit.embeddings import EmbeddingFolder  # noqa: E402
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder  # noqa: E402
 from clipkit.serve import bind_socket, create_app, make_server  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(url, engine) of a uvicorn server in a thread on a free 127.0.0.1 port."""
+    """(url, engine, world, uvicorn server) of a uvicorn server in a thread on a free 127.0.0.1 port."""
     world = build_world(tmp_path_factory.mktemp("serve-browser"))
     engine = load_engine(world)
     engine.warmup()
@@ -56,7 +57,7 @@ def server(tmp_path_factory):
     while not uv.started and time.time() < deadline:
         time.sleep(0.05)
     assert uv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine, world
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine, world, uv
     uv.should_exit = True
     thread.join(15)
     engine.close()
@@ -100,7 +101,7 @@ def images_loaded(driver, selector: str) -> list:
 
 
 def test_the_page_works_in_chromium(server, browser, tmp_path):
-    url, engine, world = server
+    url, engine, world, uv = server
     d = browser
     d.get(url + "/")
     wait(d, lambda d: f"{ITEMS} items" in d.find_element(By.ID, "stats").text, message="index info never shown")
@@ -110,7 +111,8 @@ def test_the_page_works_in_chromium(server, browser, tmp_path):
     d.find_element(By.ID, "q").send_keys("a red circle wearing a hat")
     d.find_element(By.CSS_SELECTOR, "#search-form button").click()
     wait(d, lambda d: len(shown_ids(d)) == 24, message="text results never shown")
-    assert shown_ids(d) == [h["id"] for h in api(url, "/search", {"text": "a red circle wearing a hat", "k": 24})["results"]]
+    expected = api(url, "/search", {"text": "a red circle wearing a hat", "k": 24})["results"]
+    assert shown_ids(d) == [h["id"] for h in expected]
     widths = wait(d, lambda d: images_loaded(d, "#grid img"), message="hit images never finished loading")
     assert len(widths) == 24 and all(w > 0 for w in widths), widths
 
@@ -166,6 +168,12 @@ def test_the_page_works_in_chromium(server, browser, tmp_path):
     d.find_element(By.CSS_SELECTOR, "#search-form button").click()
     wait(d, lambda d: not d.find_element(By.ID, "error").is_displayed() and
          d.find_element(By.ID, "result-title").text == "“a purple square”")
+
+    # Chromium keeps its connections alive (a few sockets carried every request of the page), and each
+    # accepted socket sends small writes at once: no 40 ms delayed-ACK stall per kept-alive request.
+    connections = [c.transport.get_extra_info("socket") for c in uv.server_state.connections]
+    assert 0 < len(connections) <= 6 and uv.server_state.total_requests >= 5 * len(connections)
+    assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1 for s in connections)
 
     # screenshots: laptop and phone width (looked at by a person when the page changes)
     d.execute_script("window.scrollTo(0, 0)")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from clipkit.train.clip import train_clip
-from clipkit.train.config import config_from_dict
-from clipkit.train.configs import ClipTrainConfig
+from clipkit.config import config_from_dict
+from clipkit.train.config import ClipTrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -65,7 +65,7 @@ def test_prior_training_resume_and_pipeline_folder(tiny_model_dir, shapes_dir, t
     ckpts = sorted(p.name for p in (tmp_path / "prior" / "checkpoints").iterdir())
     assert ckpts[-1] == "step_00000004" and "ema.safetensors" in {p.name for p in (tmp_path / "prior" / "checkpoints" / ckpts[-1]).iterdir()}
     # resume continues from the latest checkpoint up to the new max_steps
-    from clipkit.train.config import config_from_dict
+    from clipkit.config import config_from_dict
     cfg2 = config_from_dict(PriorTrainConfig, {**cfg.to_json(), "max_steps": 6, "resume": "latest"})
     train_prior(cfg2)
     steps = [json.loads(line)["step"] for line in (tmp_path / "prior" / "metrics.jsonl").read_text().splitlines()
@@ -78,7 +78,7 @@ def test_prior_training_resume_and_pipeline_folder(tiny_model_dir, shapes_dir, t
 
 def test_prior_trains_on_clipkit_embed_output(tiny_model, tiny_model_dir, shapes_dir, tmp_path):
     import clipkit
-    from clipkit.embeddings import write_embeddings
+    from clipkit.retrieval.embeddings.writer import write_embeddings
     from clipkit.train.unclip import PriorTrainConfig, train_prior
 
     write_embeddings(tiny_model, tmp_path / "emb", shards=str(shapes_dir / "val" / "00000.tar"))

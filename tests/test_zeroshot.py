@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from clipkit.zeroshot import ZeroShotClassifier, get_templates, metrics_from_logits
+from clipkit.retrieval.zeroshot import ZeroShotClassifier, get_templates, metrics_from_logits
 
 CLASSES = ["circle", "square", "triangle", "star"]
 

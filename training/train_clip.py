@@ -10,7 +10,7 @@ Any config field can be overridden by a flag: --lr 1e-3 --epochs 2 --resume late
 """
 
 from clipkit.cli.commands.train import script_main, train
-from clipkit.train.configs import ClipTrainConfig
+from clipkit.train.config import ClipTrainConfig
 
 if __name__ == "__main__":
     script_main(ClipTrainConfig, train, __doc__.splitlines()[0])

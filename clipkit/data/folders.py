@@ -6,14 +6,29 @@
     paths, labels, classes = labelled_folder("root")   # root/<class>/*.png -> class indices
     read_caption("photos/cat.jpg")          # photos/cat.txt if it exists (clip-retrieval's convention)
 
-Paths are returned as strings; nothing here decodes images (ClipModel.load_image does).
+    skipped = Counter()
+    for i, path, image in read_images(paths, skipped): ...        # decoded RGB images; junk skipped, counted
+    for indices, paths_kept, images in image_batches(paths, 256, skipped): ...
+    print(skipped_note(skipped))                                  # "skipped 3 unusable images (bad_image: 2, ...)"
+
+The folder policy is the shards' policy: a file that does not decode, an empty
+image or a decompression bomb (clipkit.images.open_image) is skipped and counted
+by reason in `skipped`, and the run goes on; every command that reads a folder
+(embed --images, eval, zero-shot --images / --labelled-folder, export-benchmark)
+reads it through `read_images` and reports the count.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+from PIL import Image
+
+from clipkit.images import MAX_IMAGE_PIXELS, open_image
+from clipkit.io.errors import BadImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -100,3 +115,45 @@ def labelled_folder(root: str | os.PathLike, classes: list[str] | None = None) -
     if not paths:
         raise ValueError(f"no images found in the class folders of {str(root)!r}")
     return paths, labels, list(classes)
+
+
+def read_images(paths: Iterable[str | os.PathLike], skipped: Counter | None = None,
+                max_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[tuple[int, str, Image.Image]]:
+    """(index, path, RGB image) for each path that decodes; the others are counted in `skipped` by reason
+    and skipped: "bad_image" (does not decode, or 0 pixels: the shards' name), "too_large" (over
+    `max_pixels`: a decompression bomb), "missing" (deleted meanwhile). Nothing stops the iteration but a bug."""
+    skipped = Counter() if skipped is None else skipped
+    for i, path in enumerate(paths):
+        try:
+            image = open_image(path, max_pixels=max_pixels)
+        except BadImageError as e:
+            skipped["too_large" if getattr(e, "reason", "") == "too_large" else "bad_image"] += 1
+            continue
+        except FileNotFoundError:                   # deleted while we read the folder
+            skipped["missing"] += 1
+            continue
+        yield i, str(path), image
+
+
+def image_batches(paths: Iterable[str | os.PathLike], batch_size: int, skipped: Counter | None = None,
+                  max_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[tuple[list[int], list[str], list]]:
+    """read_images in batches of `batch_size` decoded images: (indices, paths, images) each."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; expected a positive int")
+    batch: tuple[list, list, list] = ([], [], [])
+    for item in read_images(paths, skipped, max_pixels):
+        for column, value in zip(batch, item):
+            column.append(value)
+        if len(batch[0]) == batch_size:
+            yield batch
+            batch = ([], [], [])
+    if batch[0]:
+        yield batch
+
+
+def skipped_note(skipped: Counter, what: str = "images") -> str:
+    """'' when nothing was skipped, else 'skipped 3 unusable images (bad_image: 2, too_large: 1)'."""
+    total = sum(skipped.values())
+    if not total:
+        return ""
+    return f"skipped {total} unusable {what} ({', '.join(f'{k}: {v}' for k, v in sorted(skipped.items()))})"

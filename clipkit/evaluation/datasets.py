@@ -30,13 +30,16 @@ it never stops an evaluation.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
+
+from clipkit.data.folders import read_caption, read_images
+from clipkit.images import open_image
+from clipkit.io.errors import BadImageError
 
 LAYOUTS = ("clip_benchmark", "labelled_folder", "caption_shards")
 DATASET_TYPES = ("classification", "retrieval")
@@ -69,7 +72,7 @@ class BenchmarkTemplate:
 def resolve_templates(spec) -> list:
     """Templates from clipkit's specs ('openai', 'simple', 'none', a file, a list) where a file or string
     may also use CLIP_benchmark's "{c}" placeholder."""
-    from clipkit.zeroshot import get_templates
+    from clipkit.retrieval.zeroshot import get_templates
 
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
         lines = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -130,11 +133,10 @@ class EvalDataset:
 
     def samples(self) -> Iterator[Sample]:
         if self.layout == "labelled_folder":
-            from clipkit.data.folders import read_caption
-
-            for path, label in self.files:
+            # the folder policy (clipkit.data.folders): an image that does not decode is skipped and counted
+            for i, path, image in read_images((p for p, _ in self.files), self.skipped):
                 caption = read_caption(path)
-                yield Sample(path, label, [caption] if caption else None)
+                yield Sample(image, self.files[i][1], [caption] if caption else None)
             return
         for raw in _raw_samples(self.urls, self.skipped):
             sample = self._decode(raw)
@@ -142,21 +144,16 @@ class EvalDataset:
                 yield sample
 
     def _decode(self, raw: dict) -> Sample | None:
-        from PIL import Image
-
         from clipkit.data.shards import IMAGE_EXTENSIONS
-        from clipkit.images import to_rgb
 
         ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
         if ext is None:
             self.skipped["no_image"] += 1
             return None
         try:
-            with Image.open(io.BytesIO(raw[ext])) as im:
-                im.load()
-                image = to_rgb(im)
-        except Exception:  # PIL raises many types on corrupt data
-            self.skipped["bad_image"] += 1
+            image = open_image(raw[ext], what=f"sample {raw.get('__key__', '?')}")
+        except BadImageError as e:
+            self.skipped["too_large" if getattr(e, "reason", "") == "too_large" else "bad_image"] += 1
             return None
         captions = None
         if "txt" in raw:

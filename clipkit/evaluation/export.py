@@ -17,12 +17,16 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 from clipkit.evaluation.datasets import (CLASSNAMES_FILE, DATASET_TYPES, TEMPLATES_FILE, TYPE_FILE, Sample,
                                          resolve_templates, template_text)
-from clipkit.io import atomic_directory, atomic_file
+from clipkit.data.folders import labelled_folder, read_caption, read_images, skipped_note
+from clipkit.io import atomic_directory, atomic_file, claim_output
+
+BENCHMARK_FORMAT = "clipkit-benchmark"      # the .clipkit-output.json marker of a folder export_* wrote
 
 _COPY_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 
@@ -63,13 +67,17 @@ def _as_sample(item, index: int) -> Sample:
 
 def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classnames: list[str] | None = None,
                           templates=None, split: str = "test", dataset_type: str = "classification",
-                          shard_size: int = 10_000, progress: bool = False) -> dict:
+                          shard_size: int = 10_000, progress: bool = False, *, overwrite: bool = False,
+                          inputs=()) -> dict:
     """Write (image, label[, captions]) samples as split `split` of a CLIP_benchmark dataset in `out_dir`.
 
     Classification data needs a class index per sample (and `classnames`,
     `templates` for zero-shot); retrieval data needs captions (`cls` is kept
     when given, so one dataset can serve both in clipkit). Returns
-    {"path", "split", "count", "shards"}.
+    {"path", "split", "count", "shards"}. `out_dir` must be new, empty or a
+    folder this function wrote (clipkit.io.claim_output); anything else is
+    refused unless `overwrite`, and so is a folder that is, is inside or
+    contains one of `inputs` (checked before any sample is read).
     """
     from tqdm.auto import tqdm
 
@@ -85,8 +93,7 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
         if bad:
             raise ValueError(f"class names {bad!r} are empty or span lines; classnames.txt holds one a line")
     lines = [template_text(t) for t in resolve_templates(templates)] if templates is not None else None
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_output(out_dir, BENCHMARK_FORMAT, inputs, overwrite)
     count, shards = 0, 0
     bar = tqdm(disable=not progress, unit="samples", desc=f"export {out_dir.name}/{split}")
     with atomic_directory(out_dir / split) as tmp:
@@ -137,21 +144,26 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
 
 def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, templates="openai",
                            split: str = "test", classnames: list[str] | None = None, captions: bool = True,
-                           shard_size: int = 10_000, progress: bool = False) -> dict:
+                           shard_size: int = 10_000, progress: bool = False, *, overwrite: bool = False) -> dict:
     """ROOT/<class>/* (captions from `<stem>.txt` beside images when `captions`) -> CLIP_benchmark's layout.
 
     `classnames` gives the class order (every sub-folder must be one of them);
     by default the sorted sub-folder names. `templates`: 'openai' (CLIP's 80
     ImageNet ones), 'simple', a file, or a list of "{c}" / "{}" templates.
+    An image that does not decode (or a decompression bomb) is skipped and
+    counted (the folder policy, clipkit.data.folders); the summary's "skipped" says how many.
     """
-    from clipkit.data.folders import labelled_folder, read_caption
-
     paths, labels, classes = labelled_folder(root, classnames)
+    skipped = Counter()
 
     def samples():
-        for path, label in zip(paths, labels):
+        for i, path, _ in read_images(paths, skipped):        # decoded once to refuse junk; bytes copied as they are
             caption = read_caption(path) if captions else None
-            yield Sample(path, label, [caption] if caption else None)
+            yield Sample(path, labels[i], [caption] if caption else None)
 
-    return export_clip_benchmark(samples(), out_dir, classes, templates, split, "classification",
-                                 shard_size, progress)
+    summary = export_clip_benchmark(samples(), out_dir, classes, templates, split, "classification",
+                                    shard_size, progress, overwrite=overwrite, inputs=[root])
+    summary["skipped"] = dict(skipped)
+    if skipped:
+        summary["skipped_note"] = skipped_note(skipped)
+    return summary

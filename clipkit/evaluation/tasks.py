@@ -8,7 +8,7 @@
 Metric definitions (those of LAION-AI/CLIP_benchmark, so numbers agree with `clip_benchmark eval`):
 
 - zeroshot (`zeroshot_classification`): class vectors by open_clip's recipe
-  (clipkit.zeroshot.class_vectors), logits 100 * image . class; `acc1`, `acc5`
+  (clipkit.retrieval.zeroshot.class_vectors), logits 100 * image . class; `acc1`, `acc5`
   (NaN with fewer than 5 classes, as CLIP_benchmark reports it) and
   `mean_per_class_recall` (balanced accuracy over the classes present).
 - retrieval (`zeroshot_retrieval`): scores text x image; each text's positive is
@@ -127,7 +127,7 @@ def _label_indices(dataset: EvalDataset, labels: list) -> np.ndarray:
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """acc1, acc5 (NaN below 5 classes) and mean_per_class_recall, as CLIP_benchmark reports them."""
-    from clipkit.zeroshot import metrics_from_logits
+    from clipkit.retrieval.zeroshot import metrics_from_logits
 
     report = metrics_from_logits(np.asarray(logits), np.asarray(labels), [str(i) for i in range(num_classes)])
     return {"acc1": report["top1"], "acc5": report["top5"] if num_classes >= 5 else float("nan"),
@@ -167,7 +167,7 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
 def zeroshot(model, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
              progress: bool = False) -> tuple[dict, int]:
     """(metrics, samples evaluated) of zero-shot classification."""
-    from clipkit.zeroshot import class_vectors
+    from clipkit.retrieval.zeroshot import class_vectors
 
     features = embed_dataset(model, dataset, "labels", batch_size, max_samples, progress)
     classnames, templates = _classes_and_templates(dataset)
@@ -321,19 +321,31 @@ def json_safe(value):
     return value
 
 
-def write_rows(rows: list[dict], path: str | os.PathLike, append: bool = True) -> Path:
-    """Write rows as JSON lines (atomically; appended to what `path` holds unless append=False)."""
-    from clipkit.io import atomic_file
+ROWS_FORMAT = "clipkit-eval-rows"
 
-    path = Path(path)
-    before = path.read_text(encoding="utf-8") if append and path.is_file() else ""
-    if before and not before.endswith("\n"):
-        before += "\n"
-    with atomic_file(path, "w") as f:
-        f.write(before)
+
+def is_rows_file(path: str | os.PathLike) -> str | None:
+    """ROWS_FORMAT when `path` holds JSON lines of evaluation rows (each with dataset, task and metrics), else None."""
+    try:
+        rows = read_rows(path)
+    except (ValueError, OSError, RecursionError):
+        return None
+    ok = all(isinstance(r, dict) and {"dataset", "task", "metrics"} <= set(r) for r in rows)
+    return ROWS_FORMAT if ok else None
+
+
+def write_rows(rows: list[dict], path: str | os.PathLike, append: bool = True, *, overwrite: bool = False,
+               inputs=()) -> Path:
+    """Write rows as JSON lines (atomically; appended to what `path` holds unless append=False).
+
+    `path` must be new or a rows file of ours (clipkit.io.check_output_path; a JSON-lines file of
+    evaluation rows counts as ours); anything else is refused unless `overwrite` (then replaced)."""
+    from clipkit.io import output_file
+
+    with output_file(path, ROWS_FORMAT, inputs, overwrite, mode="w", append=append, recognise=is_rows_file) as f:
         for row in rows:
             f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
-    return path
+    return Path(path)
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:

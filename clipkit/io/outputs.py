@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+import braceexpand
+
 from clipkit.io.errors import DamagedFileError, IncompleteOutputError, OutputError, OutputInUseError  # noqa: F401
 from clipkit.io.files import _named, _swap_into_place, atomic_file, current_umask, process_alive, read_json, write_json
 
@@ -62,22 +64,26 @@ def file_record(path: str | os.PathLike, rows: int | None = None, checksum: bool
     return record
 
 
-def verify_file(path: str | os.PathLike, record: Mapping, *, verify: bool = True, where: str | None = None,
+def verify_file(path: str | os.PathLike, record: Mapping, *, verify: bool = True, folder: str | os.PathLike | None = None,
                 fix: str = "") -> None:
     """The one check of a file against what its manifest recorded: it exists, has its size, and (unless
     `verify=False`) its sha256. Raises IncompleteOutputError (missing / other size) or DamagedFileError
-    (same size, other bytes: the damage a size check cannot see), naming the file and `fix`."""
+    (same size, other bytes: the damage a size check cannot see), naming the file (within `folder`,
+    the output whose manifest lists it) and `fix`."""
     path = Path(path)
-    shown = str(path) if where is None else where
+    if folder is not None:
+        where, rel = str(folder), path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
+    else:
+        where, rel = str(path.parent), path.name
     if not path.is_file():
-        raise IncompleteOutputError(f"{shown!r} is missing, though its {MANIFEST_NAME} lists it; {fix}")
+        raise IncompleteOutputError(f"{where!r} is incomplete: {rel} listed in its {MANIFEST_NAME} is missing; {fix}")
     size = path.stat().st_size
     if record.get("bytes") is not None and size != record["bytes"]:
-        raise IncompleteOutputError(f"{shown!r} has {size} bytes, its {MANIFEST_NAME} says {record['bytes']} "
-                                    f"(cut or changed); {fix}")
+        raise IncompleteOutputError(f"{where!r} does not match its {MANIFEST_NAME}: {rel} has {size} bytes, the "
+                                    f"manifest says {record['bytes']}; {fix}")
     if verify and record.get("sha256") and sha256_file(path) != record["sha256"]:
-        raise DamagedFileError(f"{shown!r} has another sha256 than its {MANIFEST_NAME} records (damaged or "
-                               f"changed after it was written); {fix}")
+        raise DamagedFileError(f"{where!r} does not match its {MANIFEST_NAME}: {rel} has another sha256 than the "
+                               f"manifest records (damaged or changed since it was written); {fix}")
 
 
 # ----------------------------------------------------------------------------- manifests
@@ -122,7 +128,7 @@ def verify_parts(folder: str | os.PathLike, manifest: dict, verify: bool = True,
     verify = verify if full is None else full
     folder = Path(folder)
     for rel, record in manifest.get("parts", {}).items():
-        verify_file(folder / rel, record, verify=verify, where=str(folder / rel), fix=fix)
+        verify_file(folder / rel, record, verify=verify, folder=folder, fix=fix)
 
 
 def read_manifest(folder: str | os.PathLike, format: str, fix: str, what: str = "output",
@@ -311,14 +317,14 @@ def _resolved(p) -> Path:
 
 
 def _input_paths(item) -> list[str]:
-    """The local paths an input argument names: '::' lists and brace patterns expanded (at most 10,000)."""
-    import braceexpand
-
+    """The existing local paths an input argument names: '::' lists and brace patterns expanded (the first
+    10,000); URLs, pipes and names that are no path (a preset such as 'shapes-tiny') are left out."""
     out = []
     for part in str(item).split("::"):
         if not part or "://" in part or part.startswith("pipe:"):
             continue
-        out.extend(itertools.islice(braceexpand.braceexpand(part), 10_000) if "{" in part else [part])
+        names = itertools.islice(braceexpand.braceexpand(part), 10_000) if "{" in part else [part]
+        out.extend(name for name in names if os.path.lexists(os.path.expanduser(name)))
     return out
 
 
@@ -332,13 +338,15 @@ def _files_registry(folder: Path) -> dict:
     return files if isinstance(files, dict) else {}
 
 
-def output_owner(path: str | os.PathLike, kind: str = "folder") -> str | None:
+def output_owner(path: str | os.PathLike, kind: str = "folder", recognise: Callable[[Path], str | None] | None = None
+                 ) -> str | None:
     """The clipkit format that wrote PATH, or None when clipkit did not (or it changed since).
 
     A folder is ours by its manifest.json (a complete staged output) or its
     .clipkit-output.json marker (a folder of loose files we claimed); a file is
     ours when the .clipkit-files.json beside it records it with the sha256 it
-    still has (a file the user edited or replaced is theirs again).
+    still has (a file the user edited or replaced is theirs again), or when `recognise(path)` names
+    its format (a format whose content says it is ours, e.g. JSON lines of evaluation rows).
     """
     path = Path(path)
     if path.is_symlink() or not path.exists():
@@ -350,16 +358,16 @@ def output_owner(path: str | os.PathLike, kind: str = "folder") -> str | None:
     if not path.is_file():
         return None
     record = _files_registry(path.parent).get(path.name)
-    if not isinstance(record, dict) or record.get("bytes") != path.stat().st_size:
-        return None
-    with contextlib.suppress(OSError):
-        if sha256_file(path) == record.get("sha256"):
-            return record.get("format")
-    return None
+    if isinstance(record, dict) and record.get("bytes") == path.stat().st_size:
+        with contextlib.suppress(OSError):
+            if sha256_file(path) == record.get("sha256"):
+                return record.get("format")
+    return recognise(path) if recognise is not None else None
 
 
 def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (), overwrite: bool = False,
-                      flag: str = "--overwrite", *, kind: str = "folder") -> bool:
+                      flag: str = "--overwrite", *, kind: str = "folder",
+                      recognise: Callable[[Path], str | None] | None = None) -> bool:
     """The one rule of every writer: may output PATH (a `kind` "folder" or "file" of `format`) be written?
 
     Returns True when PATH holds a previous output of ours of the same format, False when it is new
@@ -392,7 +400,7 @@ def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (
             break
     if not os.path.lexists(path):
         return False
-    found = output_owner(path, kind)
+    found = output_owner(path, kind, recognise)
     if found == format:
         return True
     if kind == "folder" and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
@@ -453,7 +461,8 @@ def register_file(path: str | os.PathLike, format: str) -> None:
 
 @contextlib.contextmanager
 def output_file(path: str | os.PathLike, format: str, inputs: Iterable = (), overwrite: bool = False,
-                flag: str = "--overwrite", mode: str = "wb", append: bool = False):
+                flag: str = "--overwrite", mode: str = "wb", append: bool = False,
+                recognise: Callable[[Path], str | None] | None = None):
     """Claim a single-file output, write it atomically, record it as ours.
 
         with output_file("predictions.csv", "clipkit-predictions", inputs=[images], mode="w") as f:
@@ -462,8 +471,10 @@ def output_file(path: str | os.PathLike, format: str, inputs: Iterable = (), ove
     `append=True` starts the new file with the previous one's content (which must be ours).
     """
     path = Path(path)
-    ours = check_output_path(path, format, inputs, overwrite, flag, kind="file")
+    ours = check_output_path(path, format, inputs, overwrite, flag, kind="file", recognise=recognise)
     before = path.read_bytes() if append and ours else b""
+    if before and "b" not in mode and not before.endswith(b"\n"):
+        before += b"\n"                                      # text appends go on a line of their own
     with atomic_file(path, mode) as f:
         if before:
             f.write(before if "b" in mode else before.decode("utf-8"))

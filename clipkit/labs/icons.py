@@ -15,10 +15,11 @@ Emoji fonts are deliberately not used: a pictogram set is kept aside to check th
 work independently.
 
 What is a picture: one distinct SVG (symlinked aliases and byte-identical copies
-count once), in the size folder closest to (at or above) the render size. Its
+count once, named by the file rather than an alias), in the size folder closest to
+(at or above) the render size. Its
 caption is its name made readable (`name_caption`: "folder-music" -> "folder music",
 "-symbolic" dropped, "org.gnome.Nautilus" -> "nautilus", "AdobePhotoshop" -> "adobe
-photoshop"); two pictures with one caption keep the first (categories in sorted
+photoshop", 25+-letter ids dropped); two pictures with one caption keep the first (categories in sorted
 order), so caption and picture are one to one. Its category (apps, places, ...) is
 the theme folder it lives in. Each picture is rendered `renders_per_icon` times at
 `size` px: a background colour from BACKGROUNDS, the icon scaled to one of
@@ -81,7 +82,8 @@ def name_caption(name: str) -> str:
     if len(parts) >= 3 and parts[0].lower() in _REVERSE_DNS:
         name = parts[-1]                               # reverse-DNS app ids: "org.gnome.Nautilus" -> "Nautilus"
     name = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", name)   # camelCase words
-    return " ".join(w for w in re.split(r"[-_.+\s]+", name.lower()) if w)
+    # Words of 25+ letters are ids, not words (browser web-app icons carry 32-letter extension ids).
+    return " ".join(w for w in re.split(r"[-_.+\s]+", name.lower()) if w and len(w) <= 24)
 
 
 def resolve_theme(theme: str | os.PathLike) -> Path:
@@ -134,10 +136,13 @@ def find_pictures(theme_dir: str | os.PathLike, size: int = 64, categories=None,
         if (categories and category not in categories) or category in exclude or not svg.is_file():
             continue
         variants.setdefault((category, file[:-4]), []).append((nominal, svg))
-    pictures, seen_bytes, seen_captions = [], set(), set()
-    for (category, name), options in sorted(variants.items()):
+    chosen = {}
+    for key, options in variants.items():
         above = [o for o in options if o[0] >= size]
-        path = min(above)[1] if above else max(options)[1]          # smallest at or above `size`, else largest
+        chosen[key] = min(above)[1] if above else max(options)[1]   # smallest at or above `size`, else largest
+    pictures, seen_bytes, seen_captions = [], set(), set()
+    # Real files before symlinks: a picture is named by its file, not by an alias pointing at it.
+    for (category, name), path in sorted(chosen.items(), key=lambda kv: (kv[1].is_symlink(), kv[0])):
         digest = hashlib.sha1(path.read_bytes()).hexdigest()
         caption = name_caption(name)
         if digest in seen_bytes or caption in seen_captions or not re.search("[a-z]", caption):

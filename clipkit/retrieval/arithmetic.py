@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-VOCABULARY_PATH = Path(__file__).parent / "data" / "vocabulary.txt"
+VOCABULARY_PATH = Path(__file__).resolve().parents[1] / "data" / "vocabulary.txt"   # clipkit/data/
 FUNCTIONS = ("normalize", "mean")
 MAX_LENGTH, MAX_DEPTH = 10_000, 64
 

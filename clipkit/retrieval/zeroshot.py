@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch.nn.functional as F
+
+from clipkit.io.figures import new_figure, save_figure
 
 SIMPLE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.", "a drawing of a {}.")
 
@@ -32,7 +35,7 @@ def get_templates(spec: str | os.PathLike | Sequence[str | Callable] = "simple")
     if isinstance(spec, (str, os.PathLike)):
         name = str(spec)
         if name == "openai":
-            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES   # open_clip is slow to import
             return list(OPENAI_IMAGENET_TEMPLATES)
         if name == "simple":
             return list(SIMPLE_TEMPLATES)
@@ -59,8 +62,6 @@ def get_templates(spec: str | os.PathLike | Sequence[str | Callable] = "simple")
 
 def class_vectors(model, classnames: Sequence[str], templates, batch_size: int = 256):
     """(C, D) float32 torch tensor of unit class vectors (open_clip's recipe, see module docstring)."""
-    import torch.nn.functional as F
-
     templates = get_templates(templates)
     texts = [t.format(c) if isinstance(t, str) else t(c) for c in classnames for t in templates]
     emb = model.encode_texts(texts, batch_size=batch_size)                 # (C*T, D), unit norm
@@ -151,14 +152,10 @@ def metrics_from_logits(logits: np.ndarray, y: np.ndarray, classnames: Sequence[
 
 def save_confusion_png(confusion: np.ndarray, classnames: Sequence[str], path, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, as a PNG."""
-    from matplotlib.figure import Figure
-
-    from clipkit.io import atomic_file
-
     c = len(classnames)
     norm = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.5 * c + 2)
-    fig = Figure(figsize=(size, size * 0.9))
+    fig = new_figure(figsize=(size, size * 0.9))
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(c), labels=classnames, rotation=45, ha="right")
@@ -174,10 +171,7 @@ def save_confusion_png(confusion: np.ndarray, classnames: Sequence[str], path, t
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_file(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def format_report(report: dict, title: str = "") -> str:

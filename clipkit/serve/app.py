@@ -123,7 +123,8 @@ def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port (0 = any free one)") from None
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port (0 = any free one)") \
+            from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -9,7 +9,10 @@ Why: a CPU forward pass of a small text tower costs nearly the same for 1 text
 as for 32, and FAISS answers 32 queries in one call far faster than in 32. So
 concurrent queries are collected for a few milliseconds (or until `max_batch`
 are waiting) and run together; under load the worker is busy, queries pile up
-meanwhile and the next batch takes them all without waiting at all.
+meanwhile and the next batch takes them all without waiting at all. When the
+caller says how many items can still come (`expected`, the server's queries in
+flight) and all of them are in the batch, it runs at once: a lone query never
+waits for company that does not exist.
 `enabled=False` runs the very same worker one item at a time: the baseline
 `benchmarks/bench_serve.py` compares against.
 
@@ -25,8 +28,8 @@ import collections
 import math
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Sequence
 
 
 class Overloaded(RuntimeError):
@@ -41,11 +44,15 @@ class MicroBatcher:
     """Run `fn(list_of_items) -> list_of_results` on batches of items submitted from many threads.
 
     max_batch: largest batch; window_ms: how long the first item of a batch waits for company;
-    max_pending: items allowed to wait before `submit` raises Overloaded; enabled=False: batches of one.
+    max_pending: items allowed to wait before `submit` raises Overloaded; enabled=False: batches of one;
+    expected: how many items may be on their way (e.g. requests in flight that will submit one), read
+    when a batch forms: once the batch holds that many, it runs without waiting out the window. A lone
+    query (1 client) then pays no window at all; None: always wait the window.
     """
 
     def __init__(self, fn: Callable[[list], Sequence], max_batch: int = 64, window_ms: float = 2.0,
-                 max_pending: int = 1024, enabled: bool = True, name: str = "batch"):
+                 max_pending: int = 1024, enabled: bool = True, name: str = "batch",
+                 expected: Callable[[], int] | None = None):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch={max_batch!r}; expected a positive int")
         if window_ms < 0 or max_pending < 1:
@@ -53,7 +60,7 @@ class MicroBatcher:
         self.fn, self.name, self.enabled = fn, name, bool(enabled)
         self.max_batch = max_batch if enabled else 1
         self.window = window_ms / 1000.0 if enabled else 0.0
-        self.max_pending = max_pending
+        self.max_pending, self.expected = max_pending, expected
         self._queue: collections.deque = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
@@ -90,7 +97,7 @@ class MicroBatcher:
                     batch.append(self._queue.popleft())
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                if remaining <= 0 or self._closed or (self.expected is not None and len(batch) >= self.expected()):
                     break
                 self._cv.wait(remaining)
             return batch

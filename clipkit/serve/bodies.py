@@ -12,14 +12,13 @@ Content-Type), 422 (a field of the wrong type or an unknown field, with the know
 from __future__ import annotations
 
 import json
-from typing import Optional, Union
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from clipkit.serve.errors import ClientError, Unsupported, describe
 
-Scalar = Union[StrictStr, StrictInt, StrictFloat, StrictBool]
+Scalar = StrictStr | StrictInt | StrictFloat | StrictBool
 
 
 class _Body(BaseModel):
@@ -27,26 +26,26 @@ class _Body(BaseModel):
 
 
 class SearchBody(_Body):
-    text: Optional[str] = Field(None, description="text query", examples=["a red circle wearing a hat"])
-    id: Optional[int] = Field(None, description="id of an indexed item: more like this (the item itself left out)")
-    expression: Optional[str] = Field(None, description='arithmetic: text:"...", img:"42" (an indexed id), '
-                                      'img:"upload" (the uploaded image), numbers, + - *, mean(), normalize()')
+    text: str | None = Field(None, description="text query", examples=["a red circle wearing a hat"])
+    id: int | None = Field(None, description="id of an indexed item: more like this (the item itself left out)")
+    expression: str | None = Field(None, description='arithmetic: text:"...", img:"42" (an indexed id), '
+                                   'img:"upload" (the uploaded image), numbers, + - *, mean(), normalize()')
     k: int = Field(20, ge=1, description="number of results (capped at the index size and --max-k)")
-    filters: Optional[dict[str, Union[Scalar, list[Scalar]]]] = Field(
+    filters: dict[str, Scalar | list[Scalar]] | None = Field(
         None, description="metadata filters {column: value or [values]}; GET /info lists the columns")
 
 
 class ZeroShotBody(_Body):
     classes: list[str] = Field(description="class names (a form field takes them comma-separated)")
     templates: str = Field("simple", description="prompt templates: simple | openai | none")
-    id: Optional[int] = Field(None, description="classify this indexed item instead of an uploaded image")
+    id: int | None = Field(None, description="classify this indexed item instead of an uploaded image")
 
 
 class GenerateBody(_Body):
-    text: Optional[str] = Field(None, description="prompt: text -> prior -> decoder")
-    expression: Optional[str] = Field(None, description="an arithmetic expression, decoded as an image embedding")
-    id: Optional[int] = Field(None, description="variations of an indexed item")
-    negative_prompt: Optional[str] = Field(None, description="pushed away from (text prompts only)")
+    text: str | None = Field(None, description="prompt: text -> prior -> decoder")
+    expression: str | None = Field(None, description="an arithmetic expression, decoded as an image embedding")
+    id: int | None = Field(None, description="variations of an indexed item")
+    negative_prompt: str | None = Field(None, description="pushed away from (text prompts only)")
     num_images: int = Field(4, description="images to make (1..--max-num-images)")
     steps: int = Field(25, description="decoder sampling steps")
     sampler: str = Field("ddim", description="ddim | ddpm | flow")

@@ -31,15 +31,21 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from clipkit import __version__
-from clipkit.arithmetic import ExpressionError, evaluate_expression, nearest_words, parse_expression, references
-from clipkit.arithmetic import vocabulary_embeddings
 from clipkit.images import to_rgb
 from clipkit.io import atomic_file
+from clipkit.retrieval.arithmetic import (
+    ExpressionError,
+    evaluate_expression,
+    nearest_words,
+    parse_expression,
+    references,
+    vocabulary_embeddings,
+)
+from clipkit.retrieval.zeroshot import ZeroShotClassifier
 from clipkit.serve.batching import BoundedPool, MicroBatcher
 from clipkit.serve.errors import ClientError, TooLarge, UnknownId
 from clipkit.serve.metrics import stage_histogram
 from clipkit.unclip import SAMPLERS
-from clipkit.zeroshot import ZeroShotClassifier
 
 TEMPLATE_PRESETS = ("simple", "openai", "none")
 HIDDEN_COLUMNS = ("path",)                    # never sent to clients (server file paths)
@@ -68,13 +74,14 @@ class ServeConfig:
 
 @dataclass
 class Query:
-    """One search: a text to encode or a (D,) vector, k, an optional allowed-rows mask and an id to leave out."""
+    """One search: a (D,) vector, a text or an image to encode, k, an optional allowed-rows mask, an id to leave out."""
 
     k: int
     vector: np.ndarray | None = None
     text: str | None = None
     mask: np.ndarray | None = None
     exclude: int | None = None
+    image: Image.Image | None = None
 
 
 class Engine:
@@ -86,9 +93,11 @@ class Engine:
             raise ValueError("the index is empty; build it from some embeddings first")
         self.index, self.model, self.pipeline, self.config = index, model, pipeline, config
         self.stage_seconds = stage_histogram()
-        batch = dict(max_batch=config.max_batch, window_ms=config.batch_window_ms,
-                     max_pending=config.max_pending, enabled=config.batching)
-        # Text queries are encoded inside the search batch: one hand-off between threads, not two.
+        self.in_flight = 0                # queries being served (the web layer counts them): who may join a batch
+        batch = dict(max_batch=config.max_batch, window_ms=config.batch_window_ms, max_pending=config.max_pending,
+                     enabled=config.batching, expected=lambda: self.in_flight)
+        # Text and image queries are encoded inside the search batch: one hand-off between threads, not two.
+        # The image encoder alone serves zero-shot and generation.
         self.image_encoder = MicroBatcher(self._encode_images, name="image-encoder", **batch)
         self.searcher = MicroBatcher(self._search_batch, name="search", **batch)
         self.generator = BoundedPool(config.gen_workers, config.gen_queue) if pipeline is not None else None
@@ -218,10 +227,10 @@ class Engine:
     # ------------------------------------------------------------------ items
     def row(self, item_id: int) -> dict:
         """The metadata row of an indexed id; UnknownId (404) for any other."""
-        row = self.index.lookup(np.array([item_id], dtype=np.int64))[0] if isinstance(item_id, int) else None
-        if row is None:
+        ids = np.array([item_id], dtype=np.int64) if isinstance(item_id, int) and abs(item_id) < 2**63 else None
+        if ids is None or self.index.positions(ids)[0] < 0:
             raise UnknownId(f"id {item_id} is not in the index (search results show the ids it holds)")
-        return row
+        return self.index.lookup(ids)[0]
 
     def item_image(self, item_id: int) -> Image.Image:
         row = self.row(item_id)
@@ -236,8 +245,10 @@ class Engine:
     def item_vector(self, item_id: int) -> np.ndarray:
         """The indexed vector of an item, or its image re-encoded where the index cannot give it back."""
         self.row(item_id)
-        vector = self.index.vector(item_id)
-        return self.image_encoder(self.item_image(item_id)) if vector is None else vector
+        try:
+            return self.index.vectors([item_id])[0]
+        except RuntimeError:                                    # an IVF index without a direct map
+            return self.image_encoder(self.item_image(item_id))
 
     def image_png(self, item_id: int, max_side: int = 512) -> bytes:
         """An indexed image as PNG bytes, at most `max_side` a side (the last 2,048 are cached)."""
@@ -295,8 +306,8 @@ class Engine:
 
     # ------------------------------------------------------------------ search
     def _search_batch(self, queries: list[Query]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Encode the batch's texts in one forward, then one index search per distinct filter mask."""
-        texts = [q for q in queries if q.vector is None]
+        """Encode the batch's texts in one forward, its images in another, then one index search per filter."""
+        texts = [q for q in queries if q.vector is None and q.text is not None]
         if texts:
             with self._stage("encode_text"):
                 vectors = self.model.encode_texts([q.text for q in texts], batch_size=len(texts),
@@ -304,6 +315,10 @@ class Engine:
             for q, v in zip(texts, vectors):
                 q.vector = v
             self.texts_encoded += len(texts)
+        images = [q for q in queries if q.vector is None and q.image is not None]
+        if images:
+            for q, v in zip(images, self._encode_images([q.image for q in images])):
+                q.vector = v
         groups: dict[int, list[int]] = {}                  # the same filters share one cached mask object
         for i, q in enumerate(queries):
             groups.setdefault(id(q.mask), []).append(i)

@@ -65,7 +65,8 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
 
 
 def describe(errors: list[dict], fields=None) -> str:
-    """Pydantic's errors as one line: `k: Input should be a valid integer (got 'ten')`; known fields if one is unknown."""
+    """Pydantic's errors in one line, `k: Input should be a valid integer (got 'ten')`; the known fields if one is
+    unknown."""
     parts = []
     for e in errors:
         loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"

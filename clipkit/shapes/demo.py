@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 from clipkit.shapes import config_path
-from clipkit.io import write_json
+from clipkit.io import claim_output, write_json
+
+DEMO_FORMAT = "clipkit-demo"                # the marker of a folder the demo writes into
 
 ATTRIBUTE_ORDER = ("shape", "color", "size", "position", "hat")
 
@@ -30,7 +32,7 @@ class DemoSettings:
     holdout_samples: int
     hat_pairs: int          # images (pairs x 2)
     shard_size: int
-    clip_config: str        # a packaged config (clipkit/shapes/presets), paths replaced by the demo's
+    clip_config: str        # a packaged recipe (clipkit/shapes/recipes), paths replaced by the demo's
     clip_overrides: dict
     eval_samples: int       # val / holdout images for the zero-shot report
     unclip_quick: bool      # tiny prior / decoder configs (configs/*-tiny.json)
@@ -100,7 +102,7 @@ def _shards(folder: Path) -> str:
 def stage_clip(out: Path, s: DemoSettings, data: Path) -> dict:
     from clipkit.shapes.evaluate import clip_evaluator
     from clipkit.train.clip import ClipTrainConfig, train_clip
-    from clipkit.train.config import load_config
+    from clipkit.config import load_config
 
     config_file = config_path(s.clip_config)
     overrides = {"train_data": _shards(data / "train"), "val_data": _shards(data / "val"),
@@ -144,9 +146,10 @@ SEARCH_QUERIES = ("a red circle", "a blue star wearing a hat", "a small green sq
 
 def stage_retrieval(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
     import clipkit
-    from clipkit.embeddings import EmbeddingFolder, write_embeddings
+    from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+    from clipkit.retrieval.embeddings.writer import write_embeddings
     from clipkit.images import make_grid
-    from clipkit.index import EmbeddingIndex
+    from clipkit.retrieval.index.core import EmbeddingIndex
 
     model = clipkit.load(model_dir)
     emb_dir = out / "embeddings"
@@ -190,7 +193,7 @@ def stage_unclip(out: Path, s: DemoSettings, data: Path, model_dir: Path, hat_ve
     then draw and measure (clipkit.shapes.unclip_eval)."""
     import clipkit
     from clipkit.shapes.world import write_split
-    from clipkit.train.config import load_config
+    from clipkit.config import load_config
     from clipkit.train.unclip import (DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig, train_decoder,
                                       train_prior, train_upsampler)
     from clipkit.shapes.unclip_eval import evaluate_unclip
@@ -307,12 +310,14 @@ def _run_stage(name: str, folder: Path, fn: Callable[[], dict], force: bool) -> 
     return result
 
 
-def run_demo(out: str | Path, quick: bool = False, force: bool = False, genlab: float | None = None) -> dict:
+def run_demo(out: str | Path, quick: bool = False, force: bool = False, genlab: float | None = None,
+             overwrite: bool = False) -> dict:
     """Every stage into `out`, then report.html. genlab: also run the generation lab with that many training
-    seconds per model (its own stage and report section; off by default to keep the demo in budget)."""
+    seconds per model (its own stage and report section; off by default to keep the demo in budget).
+    `out` must be new, empty or a previous demo's (clipkit.io.claim_output); anything else needs `overwrite`."""
     from clipkit.shapes.report import write_demo_report
 
-    out = Path(out)
+    out = claim_output(out, DEMO_FORMAT, overwrite=overwrite)
     s = replace(DemoSettings.for_mode(quick), genlab_budget=genlab)
     start = time.time()
     r: dict[str, dict] = {}

@@ -6,7 +6,7 @@
     result = shapes_eval.hat_vector_experiment(model, "data/hat_pairs")      # "hat" is the nearest word?
 
 Zero-shot uses the short prompts of clipkit.shapes.world.attribute_prompts ("a photo of
-a circle"), whole (template "{}"), through clipkit.zeroshot.ZeroShotClassifier: class
+a circle"), whole (template "{}"), through clipkit.retrieval.zeroshot.ZeroShotClassifier: class
 vectors are the normalised prompt embeddings, accuracy is top-1 against the true
 attribute in each sample's metadata.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipkit.arithmetic import nearest_words, vocabulary_embeddings
+from clipkit.retrieval.arithmetic import nearest_words, vocabulary_embeddings
 from clipkit.shapes import world as shapes
 from clipkit.data.shards import read_samples
 
@@ -31,7 +31,7 @@ def attribute_accuracy(model, images, metas, attributes=ATTRIBUTES, confusion_di
     or (N, D) image embeddings); `metas`: ShapeAttributes or metadata dicts. Attributes missing from the
     metadata are skipped. With `confusion_dir`, one confusion-matrix PNG per attribute
     (confusion_{prefix}{attribute}.png)."""
-    from clipkit.zeroshot import ZeroShotClassifier
+    from clipkit.retrieval.zeroshot import ZeroShotClassifier
 
     if len(metas) and not hasattr(images, "shape"):
         images = model.encode_images(list(images)).numpy()                                # embed once

@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from clipkit.io import atomic_directory, atomic_file, read_manifest, write_json, write_manifest
 
@@ -83,8 +84,6 @@ class CheckpointManager:
     def save(self, step: int, accelerator, model, optimizer, scheduler, state: dict,
              extra: Callable[[Path], None] | None = None) -> Path:
         """Collective: every rank contributes its RNG; rank 0 writes. `extra(tmpdir)` may add files."""
-        from safetensors.torch import save_file
-
         rngs = [_rng_state()]
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
@@ -126,8 +125,6 @@ class CheckpointManager:
 
         Returns {} when there is nothing to resume from.
         """
-        from safetensors.torch import load_file
-
         path = self.resolve(resume)
         if path is None:
             if resume == "latest":

@@ -36,9 +36,15 @@ from typing import Callable
 
 import torch
 
-from clipkit.train import loop, runtime
-from clipkit.train.configs import ClipTrainConfig
-from clipkit.train.metrics import RunDir
+from clipkit.data.shards import SKIP_REASONS, SkipCounter, count_samples, expand_urls, shard_loader, shard_pipeline
+from clipkit.evaluation import evaluate_datasets
+from clipkit.io import check_output_path
+from clipkit import losses
+from clipkit.model import resolve_model
+from clipkit.train import loop
+from clipkit.train.config import ClipTrainConfig
+from clipkit.train.evaluate import evaluate_clip, load_eval_set
+from clipkit.train.trainer import Trainer
 
 __all__ = ["ClipTrainConfig", "train_clip", "train_preprocess", "contrastive_losses"]
 
@@ -53,7 +59,7 @@ def train_preprocess(clip, crop_scale: float | None):
     """
     if crop_scale is None:
         return clip.preprocess
-    import open_clip
+    import open_clip        # lazy: seconds of imports, paid only when the augmenting transform is asked for
 
     cfg = clip.config.preprocess_cfg
     return open_clip.image_transform(clip.preprocess.size, is_train=True, mean=cfg.get("mean"), std=cfg.get("std"),
@@ -63,12 +69,10 @@ def train_preprocess(clip, crop_scale: float | None):
 
 def contrastive_losses(model, micro: list, loss: str = "clip"):
     """The loop's step_losses for CLIP / SigLIP: one (loss, log share) per micro-batch (see the module doc)."""
-    from clipkit.losses import clip_loss, siglip_loss
-
     def compute(img, txt, out):
         if loss == "siglip":
-            return siglip_loss(img, txt, out["logit_scale"], out["logit_bias"])
-        return clip_loss(img, txt, out["logit_scale"])
+            return losses.siglip_loss(img, txt, out["logit_scale"], out["logit_bias"])
+        return losses.clip_loss(img, txt, out["logit_scale"])
 
     if len(micro) == 1:
         images, texts = micro[0]
@@ -100,8 +104,6 @@ class ShardBatches:
     """Training micro-batches from shards, epoch after epoch; resumable at (epoch, micro_in_epoch)."""
 
     def __init__(self, config: ClipTrainConfig, clip, accelerator, micro_per_epoch: int, state: dict):
-        from clipkit.data.shards import SkipCounter, expand_urls
-
         self.config, self.clip, self.accelerator = config, clip, accelerator
         self.urls = expand_urls(config.train_data)
         self.micro_per_epoch = micro_per_epoch
@@ -114,8 +116,6 @@ class ShardBatches:
         self._first_pass_skips: dict | None = None          # a bad sample is met again on every pass
 
     def _open(self):
-        from clipkit.data.shards import shard_loader, shard_pipeline
-
         c = self.config
         pipeline, _ = shard_pipeline(
             self.urls, self.transform, self.clip.tokenizer, batch_size=c.batch_size, shuffle=c.shuffle_buffer,
@@ -164,8 +164,6 @@ class ShardBatches:
     def skipped(self) -> dict[str, int]:
         """Samples skipped in one pass over the data, by reason, summed over ranks (and their workers).
         Collective when distributed."""
-        from clipkit.data.shards import SKIP_REASONS
-
         seen = self._first_pass_skips or self.counter.summary()
         counts = torch.tensor([seen.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64,
                               device=self.accelerator.device)
@@ -175,8 +173,6 @@ class ShardBatches:
 
 
 def _build_clip(config: ClipTrainConfig):
-    from clipkit.model import resolve_model
-
     clip = resolve_model(config.model, pretrained=config.pretrained, device="cpu", seed=config.seed)
     module = clip.model
     if config.loss == "siglip" and getattr(module, "logit_bias", None) is None:
@@ -201,42 +197,26 @@ def train_clip(config: ClipTrainConfig, evaluators: tuple[Callable, ...] = ()) -
     One run at a time per out_dir (a second fails at once, naming the first); export_dir never
     replaces a folder clipkit did not write, nor the training data, unless `overwrite`.
     """
-    from clipkit.data.shards import expand_urls
-    from clipkit.io import check_output_path
-
     config.validate()
     export = Path(config.export_dir) if config.export_dir else Path(config.out_dir) / "model"
-    inputs = [*config.train_data.split("::"), *expand_urls(config.train_data), config.model]
+    model_inputs = [config.model] if isinstance(config.model, str) else []
+    inputs = [*config.train_data.split("::"), *expand_urls(config.train_data), *model_inputs]
     check_output_path(export, "clipkit-model", inputs=inputs, overwrite=config.overwrite, flag="overwrite=true")
-    with runtime.run_lock(config.out_dir):
-        return _train_clip(config, evaluators, export)
+    with Trainer(config, "clip") as trainer:
+        return _train_clip(trainer, evaluators, export)
 
 
-def _train_clip(config: ClipTrainConfig, evaluators, export: Path) -> dict:
-    from clipkit.data.shards import count_samples, expand_urls
-    from clipkit.train.evaluate import evaluate_clip, load_eval_set
-
+def _train_clip(trainer: Trainer, evaluators, export: Path) -> dict:
+    config, accelerator, run = trainer.config, trainer.accelerator, trainer.run
     started = time.time()
-    accelerator = runtime.make_accelerator(config)
-    run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
-    run.write_config(config)
-    world, rank = accelerator.num_processes, accelerator.process_index
-
-    runtime.seed_everything(config.seed)                    # same init on every rank
-    clip = _build_clip(config)
+    clip = _build_clip(config)                              # after the trainer's seed: the same init on every rank
     module = clip.model
-    runtime.seed_everything(config.seed, rank)
     num_samples = config.train_num_samples or count_samples(expand_urls(config.train_data))
     if not num_samples:
         raise ValueError(f"cannot tell how many samples {config.train_data!r} holds (no *_stats.json); "
                          f"set train_num_samples")
-    global_batch = config.batch_size * world * config.grad_accum
-    steps_per_epoch, total_steps = loop.steps_for(num_samples, global_batch, config.epochs, config.max_steps)
-    model, optimizer, scheduler, state = loop.prepare(config, accelerator, run, module, total_steps)
-    if config.tensorboard:
-        accelerator.init_trackers("clip", config={k: v for k, v in config.to_json().items()
-                                                  if isinstance(v, (int, float, str, bool))})
-    data = ShardBatches(config, clip, accelerator, steps_per_epoch * config.grad_accum, state)
+    trainer.prepare(module, num_samples, model=clip.config.name)
+    data = ShardBatches(config, clip, accelerator, trainer.steps_per_epoch * config.grad_accum, trainer.state)
 
     eval_sets = {}
     if accelerator.is_main_process:
@@ -251,7 +231,6 @@ def _train_clip(config: ClipTrainConfig, evaluators, export: Path) -> dict:
                 metrics = evaluate_clip(clip, eval_set, config.eval_batch_size, evaluators)
                 row.update({f"{name}/{k}": v for k, v in metrics.items()})
             if config.zeroshot_eval:
-                from clipkit.evaluation import evaluate_datasets
                 row.update({f"zs/{k}": v for k, v in evaluate_datasets(
                     clip, list(config.zeroshot_eval), config.eval_batch_size, config.val_max_samples).items()})
             row["epoch"] = data.epoch
@@ -268,24 +247,21 @@ def _train_clip(config: ClipTrainConfig, evaluators, export: Path) -> dict:
         with torch.no_grad():
             module.logit_scale.clamp_(0, max_log_scale)
 
-    accelerator.print(f"training {config.model} on {num_samples} samples x {config.epochs} epoch(s): "
-                      f"{total_steps} steps of {global_batch} samples ({world} process(es), "
-                      f"{accelerator.distributed_type}, precision {config.mixed_precision})")
     task = loop.Task(
         next_batches=data.next_batches, on_epoch_end=data.end_epoch, data_state=data.state,
         step_losses=lambda m, micro: contrastive_losses(m, micro, config.loss),
-        samples_per_step=global_batch, after_step=clamp_temperature, evaluate=evaluate,
-        on_checkpoint=export_model, desc="clip",
+        after_step=clamp_temperature, evaluate=evaluate, on_checkpoint=export_model, desc="clip",
         log_extra=lambda: {"epoch": data.epoch, "logit_scale": float(module.logit_scale.detach().exp())})
-    result = loop.train_loop(config, accelerator, run, task, model, optimizer, scheduler, total_steps, state)
+    result = trainer.fit(task)
 
     skipped = data.skipped()
     if accelerator.is_main_process and export != run.path / "model":
         clip.save(export)
     rows = run.metrics.rows()
-    summary = {"steps": result.step, "epochs_completed": result.step / steps_per_epoch, "data_passes": data.passes,
-               "samples_seen": result.step * global_batch, "processes": world,
-               "seconds": round(time.time() - started, 1), "train_seconds": round(result.train_seconds, 1),
+    summary = {"steps": result.step, "epochs_completed": result.step / trainer.steps_per_epoch,
+               "data_passes": data.passes, "samples_seen": result.step * trainer.global_batch,
+               "processes": trainer.world, "seconds": round(time.time() - started, 1),
+               "train_seconds": round(result.train_seconds, 1), "stopped_by": result.stopped_by,
                "skipped_samples": sum(skipped.values()), "skipped_by_reason": skipped,
                "final_loss": next((r["loss"] for r in reversed(rows) if "loss" in r), None),
                "eval": result.eval, "checkpoint": result.checkpoint, "model_dir": str(export),
@@ -295,12 +271,10 @@ def _train_clip(config: ClipTrainConfig, evaluators, export: Path) -> dict:
         run.metrics.plot(run.path / "curves.png", {
             "contrastive loss": ["loss", "val/loss", "holdout/loss"],
             "zero-shot accuracy": zs_keys,
-            "retrieval R@5": ["val/i2t_r5", "val/t2i_r5"]}, title=f"{config.model} - {Path(config.out_dir).name}")
+            "retrieval R@5": ["val/i2t_r5", "val/t2i_r5"]}, title=f"{clip.config.name} - {Path(config.out_dir).name}")
         summary["curves"] = str(run.path / "curves.png")
-        run.write_summary(summary)
+        trainer.write_summary(summary)
         if summary["skipped_samples"]:
             print(f"skipped {summary['skipped_samples']} unreadable sample(s): "
                   + ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()          # trackers closed, process group destroyed (after the barrier above)
     return summary

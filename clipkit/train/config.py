@@ -18,9 +18,11 @@ in JSON, `--decoder.channels 32 64 64` on the command line. Every field needs a 
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 
-from clipkit.config import to_json
+from clipkit.config import config_from_dict, to_json
 from clipkit.diffusion.names import LOSS_WEIGHTINGS
 from clipkit.unclip.config import ArPriorConfig, DecoderConfig, PriorConfig, UpsamplerConfig
 
@@ -35,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 1                       # passes over the data (an epoch is num_samples // global batch steps)
     max_steps: int | None = None          # stop after this many optimiser steps (overrides epochs)
+    time_budget: float | None = None      # stop after this many seconds of training (wall clock), as at max_steps
     batch_size: int = 64                  # per process, per micro-batch (open_clip's convention)
     grad_accum: int = 1                   # micro-batches per optimiser step
     lr: float = 5e-4
@@ -55,6 +58,14 @@ class TrainConfig:
     progress: bool = True                 # tqdm bar on rank 0
     num_threads: int | None = None        # intra-op threads per process (None: OMP_NUM_THREADS, else cores / local processes)
     compile: bool = False                 # torch.compile the prepared model (Accelerate's dynamo_backend inductor)
+
+    def __post_init__(self) -> None:
+        # Built in Python, a nested model config may be given as a dict of its fields (as in JSON).
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, tp = getattr(self, f.name), hints[f.name]
+            if isinstance(value, dict) and dataclasses.is_dataclass(tp):
+                setattr(self, f.name, config_from_dict(tp, value, f.name))
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
@@ -198,6 +209,9 @@ class UpsamplerTrainConfig(PixelTrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.upsampler.embed_dim:
+            raise ValueError(f"upsampler.embed_dim={self.upsampler.embed_dim}; this trainer conditions the upsampler "
+                             f"on the low-resolution image only: set embed_dim 0")
         if not 0 <= self.aug_level_max < 1:
             raise ValueError(f"aug_level_max={self.aug_level_max}; expected a noise level in [0, 1)")
 

@@ -1,11 +1,15 @@
 """The one training loop: every model (CLIP, prior, decoder, ...) trains through `train_loop`.
 
-    model, optimizer, scheduler, state = prepare(config, accelerator, run, module, total_steps)
-    result = train_loop(config, accelerator, run, Task(
-        next_batches=lambda: [next(it) for _ in range(config.grad_accum)],   # micro-batches of one step
-        step_losses=lambda model, micro: ((loss_fn(model, b) / len(micro), None) for b in micro),  # (backward, log share)
-        after_step=lambda step: ema.update(module),                           # EMA, logit-scale clamp ...
-    ), model, optimizer, scheduler, total_steps, state)
+It is driven by train/trainer.py (the one run setup), which builds the
+accelerator, run folder, optimiser and schedule and hands the loop a Task:
+
+    with Trainer(config, "prior") as trainer:
+        trainer.prepare(module, num_samples=n, ema_decay=0.995)
+        result = trainer.fit(Task(
+            next_batches=trainer.random_rows(n),                    # micro-batches of one step
+            step_losses=lambda model, micro: ((loss_fn(model, b) / len(micro), None) for b in micro),  # (backward, log share)
+            after_step=lambda step: clamp(module),                  # logit-scale clamp ...
+        ))
 
 One optimiser step: take the step's micro-batches from `next_batches` (None:
 the data ran out, the loop ends the epoch and asks again; `on_epoch_end` raises
@@ -21,6 +25,15 @@ on torch's math backend, see clipkit.perf.attention_backend); the optimiser keep
 master weights. Metrics every `log_every` steps (loss, lr, samples/s of training
 time), evaluation every `eval_every`, a full-state checkpoint every
 `checkpoint_every` and at the end (weights checked finite first).
+
+Stopping: at `total_steps`, or earlier when `should_stop(step, elapsed)` names a
+reason (the trainer's time budget is one). It is asked after every step with
+`elapsed` = seconds on the task's clock since the loop started, plus those of the
+run it resumed (saved in each checkpoint); when distributed every rank is given
+rank 0's `elapsed` and the ranks' answers are all-reduced, so all stop at the
+same step. A stopped run ends exactly as a finished one: its last metrics row,
+a checkpoint, the evaluation; `LoopResult.stopped_by` says why (None: it reached
+total_steps).
 """
 
 from __future__ import annotations
@@ -32,9 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
-from clipkit.perf import FlopCount, attention_backend
-from clipkit.train.optim import adamw, warmup_cosine
+from clipkit.perf import FlopCount, attention_backend, utilisation
 from clipkit.train.runtime import NonFiniteLossError, check_finite
 
 
@@ -53,6 +66,9 @@ class Task:
     checkpoint_extra: Callable[[Path], None] | None = None       # add files (EMA weights) to a checkpoint
     on_checkpoint: Callable[[int], None] | None = None           # after a checkpoint: export the model
     log_extra: Callable[[], dict] | None = None      # more columns for each metrics row (logit scale)
+    # after each step, on every rank: a reason to stop now ("time_budget", ...) or None to go on
+    should_stop: Callable[[int, float], str | None] | None = None
+    clock: Callable[[], float] = time.perf_counter   # the seconds `should_stop` is given (process_time: CPU time)
     desc: str = "train"
 
 
@@ -63,23 +79,8 @@ class LoopResult:
     checkpoint: str | None
     eval: dict
     utilisation: dict = field(default_factory=dict)   # clipkit.perf.utilisation of this run's training steps
-
-
-def prepare(config, accelerator, run, module: torch.nn.Module, total_steps: int, final_lr: float = 0.0,
-            load_extra: Callable[[Path], None] | None = None):
-    """AdamW + warm-up/cosine schedule, `accelerator.prepare`, and resume from `config.resume`.
-
-    Returns (model, optimizer, scheduler, state): state is the checkpoint's state.json ({} when fresh);
-    `load_extra(checkpoint_dir)` reads what `Task.checkpoint_extra` wrote.
-    """
-    optimizer = adamw(module, config)
-    scheduler = warmup_cosine(optimizer, config.warmup_steps, total_steps, final=final_lr)
-    model, optimizer = accelerator.prepare(module, optimizer)
-    state = run.checkpoints.resume(config.resume, accelerator, model, optimizer, scheduler)
-    if state and load_extra is not None:
-        load_extra(Path(state["path"]))
-    run.metrics.truncate_after(int(state.get("step", 0)))
-    return model, optimizer, scheduler, state
+    stopped_by: str | None = None                     # should_stop's reason; None: total_steps was reached
+    elapsed: float = 0.0                              # seconds on the task's clock, resumed runs included
 
 
 def check_weights_finite(module: torch.nn.Module, step: int) -> None:
@@ -92,16 +93,21 @@ def check_weights_finite(module: torch.nn.Module, step: int) -> None:
 
 def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler, total_steps: int,
                state: dict | None = None) -> LoopResult:
-    """Optimise until `total_steps`; returns the last step, training seconds, last checkpoint and evaluation."""
+    """Optimise until `total_steps` or `task.should_stop`; returns the last step, training seconds, last
+    checkpoint, evaluation and why it stopped."""
     state = state or {}
     step = int(state.get("step", 0))
     last_checkpoint, last_eval = state.get("path"), {}
     module = accelerator.unwrap_model(model)
+    started, elapsed_before = task.clock(), float(state.get("elapsed", 0.0))
+
+    def elapsed() -> float:
+        return elapsed_before + task.clock() - started
 
     def checkpoint() -> str:
         check_weights_finite(module, step)
-        path = run.checkpoints.save(step, accelerator, model, optimizer, scheduler, task.data_state(),
-                                    extra=task.checkpoint_extra)
+        path = run.checkpoints.save(step, accelerator, model, optimizer, scheduler,
+                                    {**task.data_state(), "elapsed": elapsed()}, extra=task.checkpoint_extra)
         if task.on_checkpoint is not None:
             task.on_checkpoint(step)
         return str(path)
@@ -118,7 +124,7 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
 
     bar = _progress(accelerator, total_steps, step, task.desc, config.progress)
     window_loss, window_steps, window_start, train_seconds = 0.0, 0, time.time(), 0.0
-    first_step, flops_per_step = step, None
+    first_step, flops_per_step, stopped_by = step, None, None
     model.train()
     while step < total_steps:
         micro = task.next_batches()
@@ -148,7 +154,9 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
         if task.after_step is not None:
             task.after_step(step)
         bar.update(1)
-        if step % config.log_every == 0 or step == total_steps:
+        if task.should_stop is not None and step < total_steps:
+            stopped_by = _agreed_stop(accelerator, task.should_stop, step, elapsed())
+        if step % config.log_every == 0 or step == total_steps or stopped_by:
             seconds = time.time() - window_start
             train_seconds += seconds
             row = {"step": step, "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
@@ -157,6 +165,8 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
             run.metrics.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
             window_loss, window_steps, window_start = 0.0, 0, time.time()
+        if stopped_by:
+            break
         if step < total_steps:
             busy = False
             if config.eval_every and step % config.eval_every == 0:
@@ -170,30 +180,27 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
     last_eval = evaluate() or last_eval
     usage = {}
     if flops_per_step and train_seconds > 0 and task.samples_per_step:
-        from clipkit.perf import utilisation
-
         per_sample = flops_per_step * accelerator.num_processes / task.samples_per_step
         rate = (step - first_step) * task.samples_per_step / train_seconds
         usage = utilisation(per_sample, rate, config.mixed_precision, accelerator.device)
         accelerator.print(f"[{task.desc}] {usage['gflop_per_sample']} GFLOP/sample x {rate:.0f} samples/s = "
                           f"{usage['achieved_gflops']} GFLOP/s, {100 * usage['peak_fraction']:.1f}% of this "
                           f"machine's {usage['precision']} matmul peak ({usage['peak_gflops']} GFLOP/s)")
-    return LoopResult(step, train_seconds, last_checkpoint, last_eval, usage)
+    return LoopResult(step, train_seconds, last_checkpoint, last_eval, usage, stopped_by, elapsed())
 
+
+def _agreed_stop(accelerator, should_stop, step: int, elapsed: float) -> str | None:
+    """should_stop's answer, the same on every rank: each is asked with rank 0's clock, and one rank's
+    reason stops them all (collective when distributed: two scalars per step)."""
+    if accelerator.num_processes == 1:
+        return should_stop(step, elapsed)
+    clock = torch.tensor([elapsed], dtype=torch.float64, device=accelerator.device)
+    torch.distributed.broadcast(clock, src=0)
+    reason = should_stop(step, float(clock))
+    votes = accelerator.reduce(torch.tensor([1.0 if reason else 0.0], device=accelerator.device), reduction="sum")
+    return reason or ("should_stop" if float(votes) > 0 else None)
 
 
 def _progress(accelerator, total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                 disable=not (enabled and accelerator.is_main_process))
-
-
-def steps_for(num_samples: int, global_batch: int, epochs: int, max_steps: int | None) -> tuple[int, int]:
-    """(steps per epoch, total steps) for `num_samples` in global batches of `global_batch` (drop-last)."""
-    per_epoch = num_samples // global_batch
-    if per_epoch == 0:
-        raise ValueError(f"{num_samples} samples make no full step of {global_batch} samples (batch_size x "
-                         f"processes x grad_accum); lower batch_size")
-    return per_epoch, max_steps or epochs * per_epoch
-

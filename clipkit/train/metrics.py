@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipkit.config import to_json
 from clipkit.io import atomic_file, write_json
+from clipkit.io.figures import new_figure, save_figure
 from clipkit.train.checkpoint import CheckpointManager
-from clipkit.train.config import to_json
 
 
 class MetricsLog:
@@ -59,11 +60,8 @@ class MetricsLog:
 
 
 def plot_curves(rows: list[dict], png: str | os.PathLike, groups: dict[str, list[str]], title: str = "") -> Path:
-    from matplotlib.figure import Figure
-
-    png = Path(png)
     groups = {name: keys for name, keys in groups.items() if any(k in r for r in rows for k in keys)}
-    fig = Figure(figsize=(5 * max(1, len(groups)), 3.6))
+    fig = new_figure(figsize=(5 * max(1, len(groups)), 3.6))
     axes = fig.subplots(1, max(1, len(groups)), squeeze=False)
     for ax, (name, keys) in zip(axes[0], groups.items()):
         for key in keys:
@@ -78,9 +76,7 @@ def plot_curves(rows: list[dict], png: str | os.PathLike, groups: dict[str, list
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_file(png, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    return png
+    return save_figure(fig, png)
 
 
 class RunDir:
@@ -101,10 +97,3 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         if self.accelerator.is_main_process:
             write_json(self.path / "summary.json", summary)
-
-
-def progress_bar(accelerator, total: int, initial: int = 0, desc: str = "train", enabled: bool = True):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                disable=not (enabled and accelerator.is_main_process))

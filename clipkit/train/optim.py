@@ -44,23 +44,35 @@ def adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 class WarmupCosine:
     """LR multiplier: linear warmup from 0 to 1, then cosine down to `final` at `total` steps.
 
-    A plain class (not a lambda) so LambdaLR's state_dict stays small and JSON-able.
+    With a `time_budget` (seconds) the cosine spans whichever ends the run first: its progress is
+    max(steps done / steps planned, elapsed / time_budget), `elapsed` being told by the trainer at
+    every step (train/trainer.py), so a run stopped by its budget ends with its learning rate
+    decayed as at its last planned step. A plain class (not a lambda) so LambdaLR's state_dict stays
+    small and JSON-able (elapsed included: a resumed run continues the same schedule).
     """
 
-    def __init__(self, warmup: int, total: int, final: float = 0.0):
+    def __init__(self, warmup: int, total: int, final: float = 0.0, time_budget: float | None = None):
         if total < 1:
             raise ValueError(f"total steps={total}; expected >= 1")
+        if time_budget is not None and not time_budget > 0:
+            raise ValueError(f"time_budget={time_budget}; expected seconds > 0 or None")
         self.warmup, self.total, self.final = int(warmup), int(total), float(final)
+        self.time_budget = time_budget
+        self.elapsed = 0.0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.time_budget is not None:
+            progress = max(progress, self.elapsed / self.time_budget)
+        progress = min(1.0, progress)
         return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, final: float = 0.0):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, final))
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, final: float = 0.0,
+                  time_budget: float | None = None):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, final, time_budget))
 
 
 class EMA:

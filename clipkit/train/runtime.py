@@ -15,6 +15,7 @@ over gloo) or `torchrun --standalone --nproc_per_node N script.py ...`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -26,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from clipkit.io import output_lock
 from clipkit.train.config import TrainConfig
 
 
@@ -36,6 +38,7 @@ def make_accelerator(config: TrainConfig, project_dir: str | os.PathLike | None 
     OMP_NUM_THREADS was set explicitly. Gradient accumulation and mixed
     precision come from the config; TensorBoard when `config.tensorboard`.
     """
+    # lazy: Accelerate's import costs about a second, paid only by what starts a run
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -74,10 +77,6 @@ def is_distributed() -> bool:
 def run_lock(out_dir: str | os.PathLike):
     """One training run per out_dir: rank 0 holds clipkit.io's advisory lock for the whole run (a second
     run fails at once naming the first; a killed run's stale lock is taken over by `resume`)."""
-    import contextlib
-
-    from clipkit.io import output_lock
-
     if int(os.environ.get("RANK", "0")) != 0:
         return contextlib.nullcontext()
     return output_lock(out_dir)

@@ -35,33 +35,41 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
-from clipkit.train import loop, runtime
-from clipkit.train.configs import DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
-from clipkit.train.metrics import RunDir
-from clipkit.train.optim import EMA
+from clipkit.data.shards import SkipCounter, parse_filters, read_samples
+from clipkit.diffusion import NoiseSchedule, loss_weights, training_batch, weighted_mse
+from clipkit.images import make_grid
+from clipkit.model import load as load_clip_model
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+from clipkit.train import loop
+from clipkit.train.config import ArPriorTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
+from clipkit.train.trainer import Trainer, row_losses
+from clipkit.unclip.ar_prior import ArPrior
+from clipkit.unclip.decoder import DecoderUNet, downsample, noise_low_res
+from clipkit.unclip.images import to_pil
+from clipkit.unclip.pipeline import UnCLIP
+from clipkit.unclip.prior import DiffusionPrior
+from clipkit.unclip.samplers import noise_schedule
+from clipkit.unclip.storage import save_model, write_manifest
 
-__all__ = ["DecoderTrainConfig", "PriorTrainConfig", "UpsamplerTrainConfig", "train_decoder", "train_prior",
-           "train_upsampler", "read_training_data", "embedding_pairs", "load_clip"]
+__all__ = ["DecoderTrainConfig", "PriorTrainConfig", "UpsamplerTrainConfig", "ArPriorTrainConfig", "train_decoder",
+           "train_prior", "train_upsampler", "train_ar_prior", "read_training_data", "embedding_pairs", "load_clip"]
 
 
 # ----------------------------------------------------------------------------- data
 
 def load_clip(path: str):
     """The frozen CLIP a decoder / prior is trained on (a saved directory: it is recorded by identity)."""
-    import clipkit
-
     if not Path(path).is_dir():
         raise FileNotFoundError(f"clip={path!r} is not a directory saved by ClipModel.save (train one with "
                                 f"`clipkit train`, or save clipkit.create('shapes-small', seed=0))")
-    clip = clipkit.load(path, device="cpu")
+    clip = load_clip_model(path, device="cpu")
     clip.model.requires_grad_(False)
     return clip
 
 
 def _fit(image, size: int):
-    from PIL import Image, ImageOps
-
     if image.size == (size, size):
         return image
     return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)     # centre crop, then resize
@@ -70,8 +78,6 @@ def _fit(image, size: int):
 def read_training_data(config, clip, image_size: int | None, texts: bool, embed: bool = True) -> tuple[dict, dict, dict]:
     """(train, val, skipped) from config.train_data: uint8 "pixels" (N, 3, S, S) when image_size is given,
     unit "image_emb" (N, D) when embed, and "text_emb" (N, D) when texts. The last val_samples are held out."""
-    from clipkit.data.shards import SkipCounter, parse_filters, read_samples
-
     counter = SkipCounter()
     fields = ("image", "text") if texts else ("image",)
     samples = read_samples(config.train_data, fields, config.num_samples, parse_filters(config.filter), counter)
@@ -91,8 +97,6 @@ def read_training_data(config, clip, image_size: int | None, texts: bool, embed:
 
 def embedding_pairs(folder_path: str, clip, val_samples: int) -> tuple[dict, dict]:
     """(train, val) {"image_emb", "text_emb"} tensors from a `clipkit embed` folder made by `clip`."""
-    from clipkit.embeddings import EmbeddingFolder
-
     folder = EmbeddingFolder(folder_path)
     recorded = (folder.info or {}).get("model")
     if recorded != clip.identity:
@@ -114,71 +118,28 @@ def _pixels_to_x(pixels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the shared part
 
-def _train(config, kind: str, clip, module: torch.nn.Module, train: dict, micro_loss, on_sample=None) -> dict:
-    """Train `module` with `micro_loss(net, idx, generator)` on random rows of `train`; EMA, checkpoints,
-    export of the EMA weights into out_dir/<kind> (and pipeline_dir); `on_sample(ema_model, step)` every
-    sample_every steps on rank 0. Returns {"final": the EMA model, "result", "run", "written", ...}."""
-    with runtime.run_lock(config.out_dir):
-        return _train_locked(config, kind, clip, module, train, micro_loss, on_sample)
-
-
-def _train_locked(config, kind, clip, module, train, micro_loss, on_sample) -> dict:
-    accelerator = runtime.make_accelerator(config)
-    run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
-    run.write_config(config)
-    runtime.seed_everything(config.seed, accelerator.process_index)
-    accelerator.print(f"[{kind}] torch threads {torch.get_num_threads()}, processes {accelerator.num_processes}")
+def _fit_rows(trainer: Trainer, kind: str, build, train: dict, micro_loss, on_sample=None) -> dict:
+    """Build the module (after the trainer's seed), train it with `micro_loss(net, idx, generator)` on random
+    rows of `train` with an EMA of its weights; `on_sample(ema_model, step)` every sample_every steps on rank 0.
+    Returns {"final": the EMA model, "result": the loop's result}."""
+    config = trainer.config
     n = len(next(iter(train.values())))
-    total = config.max_steps or config.epochs * max(1, n // config.batch_size)
-    ema = EMA(module, config.ema_decay)
+    module = build()
+    trainer.prepare(module, n, final_lr=0.05, ema_decay=config.ema_decay, replacement=True)
+    every = getattr(config, "sample_every", None)
 
-    def load_ema(path: Path) -> None:
-        from safetensors.torch import load_file
-        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+    def after_step(step: int) -> None:
+        if on_sample and every and step % every == 0 and trainer.accelerator.is_main_process:
+            on_sample(trainer.ema_model(), step)
 
-    def save_ema(tmp: Path) -> None:
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
-
-    model, optimizer, scheduler, state = loop.prepare(config, accelerator, run, module, total, final_lr=0.05,
-                                                      load_extra=load_ema)
-    step = [int(state.get("step", 0))]
-    rank = accelerator.process_index
-
-    def next_batches() -> list:
-        g = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + rank * 10_007 + step[0])
-        return [(torch.randint(0, n, (config.batch_size,), generator=g), g) for _ in range(config.grad_accum)]
-
-    def step_losses(net, micro):
-        for idx, g in micro:
-            yield micro_loss(net, idx, g) / len(micro), None
-
-    def ema_model() -> torch.nn.Module:
-        net = type(module)(module.config)
-        ema.copy_to(net)
-        return net
-
-    def after_step(s: int) -> None:
-        step[0] = s
-        ema.update(accelerator.unwrap_model(model))
-        every = getattr(config, "sample_every", None)
-        if on_sample and every and s % every == 0 and accelerator.is_main_process:
-            on_sample(ema_model(), s)
-
-    task = loop.Task(next_batches=next_batches, step_losses=step_losses, after_step=after_step, desc=kind,
-                     samples_per_step=config.batch_size * accelerator.num_processes * config.grad_accum,
-                     checkpoint_extra=save_ema)
-    result = loop.train_loop(config, accelerator, run, task, model, optimizer, scheduler, total, state)
-    final = ema_model()
+    result = trainer.fit(loop.Task(next_batches=trainer.random_rows(n), step_losses=row_losses(micro_loss),
+                                   after_step=after_step, desc=kind))
+    final = trainer.ema_model()
     loop.check_weights_finite(final, result.step)
-    written = _export(config, kind, accelerator, clip, final, run.path)
-    return {"final": final, "result": result, "run": run, "accelerator": accelerator, "written": written,
-            "total": total}
+    return {"final": final, "result": result}
 
 
 def _export(config, kind, accelerator, clip, module, out_dir: Path) -> list[str]:
-    from clipkit.unclip.pipeline import save_model, write_manifest
-
     written = []
     if accelerator.is_main_process:
         save_model(module, module.config, out_dir / kind, kind)
@@ -198,28 +159,23 @@ def _export(config, kind, accelerator, clip, module, out_dir: Path) -> list[str]
     return written
 
 
-def _summary(config, out: dict, clip, extra: dict) -> dict:
-    rows = [r for r in out["run"].metrics.rows() if "loss" in r]
-    summary = {"steps": out["total"], "train_seconds": round(out["result"].train_seconds, 1),
+def _summary(trainer: Trainer, out: dict, clip, written: list[str], extra: dict) -> dict:
+    run, result = trainer.run, out["result"]
+    rows = [r for r in run.metrics.rows() if "loss" in r]
+    summary = {"steps": result.step, "train_seconds": round(result.train_seconds, 1),
                "final_loss": rows[-1]["loss"] if rows else None,
                "params": sum(p.numel() for p in out["final"].parameters()), "clip_identity": clip.identity,
-               "written": out["written"], "utilisation": out["result"].utilisation, **extra}
-    if out["accelerator"].is_main_process:
-        out["run"].metrics.plot(out["run"].path / "curves.png", {"loss": ["loss"], "lr": ["lr"]},
-                                title=Path(config.out_dir).name)
-    out["run"].write_summary(summary)
-    return summary
+               "written": written, "utilisation": result.utilisation, **extra}
+    if trainer.accelerator.is_main_process:
+        run.metrics.plot(run.path / "curves.png", {"loss": ["loss"], "lr": ["lr"]},
+                         title=Path(trainer.config.out_dir).name)
+    return trainer.write_summary(summary)
 
 
 # ----------------------------------------------------------------------------- decoder
 
 def train_decoder(config: DecoderTrainConfig) -> dict:
     """Train the decoder (image embedding -> pixels). Returns the summary (also out_dir/summary.json)."""
-    from clipkit.diffusion import loss_weights, training_batch, weighted_mse
-    from clipkit.images import make_grid
-    from clipkit.unclip.decoder import DecoderUNet
-    from clipkit.unclip.pipeline import UnCLIP, noise_schedule, to_pil
-
     config.validate()
     t0 = time.time()
     clip = load_clip(config.clip)
@@ -227,9 +183,12 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
     embed_s = time.time() - t0
     print(f"[decoder] embedded {len(train['pixels'])} images in {embed_s:.1f} s")
     model_config = dataclasses.replace(config.decoder, embed_dim=clip.embed_dim)
-    model = DecoderUNet(model_config)
-    model.set_embedding_stats(train["image_emb"])
     schedule = noise_schedule(model_config)
+
+    def build() -> DecoderUNet:
+        model = DecoderUNet(model_config)
+        model.set_embedding_stats(train["image_emb"])
+        return model
 
     def micro_loss(net, idx, g):
         device = next(net.parameters()).device
@@ -247,11 +206,13 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
         make_grid(to_pil(_pixels_to_x(val["pixels"][:8])) + recon, columns=8, scale=3).save(
             Path(config.out_dir) / (f"samples_{step:06d}.png" if step else "samples.png"))
 
-    out = _train(config, "decoder", clip, model, train, micro_loss, on_sample)
-    if out["accelerator"].is_main_process:
-        on_sample(out["final"], 0)
-    return _summary(config, out, clip, {"embed_seconds": round(embed_s, 1), "train_images": len(train["pixels"]),
-                                        "skipped_samples": skipped})
+    with Trainer(config, "decoder") as trainer:
+        out = _fit_rows(trainer, "decoder", build, train, micro_loss, on_sample)
+        written = _export(config, "decoder", trainer.accelerator, clip, out["final"], trainer.run.path)
+        if trainer.accelerator.is_main_process:
+            on_sample(out["final"], 0)
+        return _summary(trainer, out, clip, written, {"embed_seconds": round(embed_s, 1),
+                                                      "train_images": len(train["pixels"]), "skipped_samples": skipped})
 
 
 # ----------------------------------------------------------------------------- prior
@@ -271,14 +232,9 @@ def _prior_pairs(config):
 
 def train_prior(config: PriorTrainConfig) -> dict:
     """Train the prior (text embedding -> image embedding) on caption/image embedding pairs."""
-    from clipkit.diffusion import NoiseSchedule, training_batch
-    from clipkit.unclip.pipeline import UnCLIP
-    from clipkit.unclip.prior import DiffusionPrior
-
     config.validate()
     clip, train, val, skipped, embed_s = _prior_pairs(config)
     model_config = dataclasses.replace(config.prior, embed_dim=clip.embed_dim)
-    model = DiffusionPrior(model_config)
     schedule = NoiseSchedule(model_config.schedule, num_train_timesteps=model_config.num_train_timesteps)
     scale = model_config.scale
 
@@ -290,16 +246,23 @@ def train_prior(config: PriorTrainConfig) -> dict:
         drop = (torch.rand(len(idx), generator=g) < config.cond_drop).to(device)
         return F.mse_loss(net(zt, t, text, drop=drop).float(), target)
 
-    out = _train(config, "prior", clip, model, train, micro_loss)
-    # Held-out check: cosine of sampled image embeddings to the true ones, vs the text embedding itself.
-    sampled = UnCLIP(clip, None, out["final"]).prior_sample(val["text_emb"], guidance_scale=1.0,
-                                                            generator=torch.Generator().manual_seed(0))
+    with Trainer(config, "prior") as trainer:
+        out = _fit_rows(trainer, "prior", lambda: DiffusionPrior(model_config), train, micro_loss)
+        written = _export(config, "prior", trainer.accelerator, clip, out["final"], trainer.run.path)
+        extra = _prior_check(trainer, clip, out["final"], val)
+        return _summary(trainer, out, clip, written, {"embed_seconds": round(embed_s, 1),
+                                                      "train_pairs": len(train["image_emb"]), **extra,
+                                                      "skipped_samples": skipped})
+
+
+def _prior_check(trainer: Trainer, clip, prior, val: dict) -> dict:
+    """Held-out check: cosine of sampled image embeddings to the true ones, vs the text embedding itself."""
+    sampled = UnCLIP(clip, None, prior).prior_sample(val["text_emb"], guidance_scale=1.0,
+                                                     generator=torch.Generator().manual_seed(0))
     cos_prior = float((sampled * val["image_emb"]).sum(-1).mean())
     cos_text = float((val["text_emb"] * val["image_emb"]).sum(-1).mean())
-    out["run"].metrics.log({"step": out["total"], "val_cosine_prior": cos_prior, "val_cosine_text": cos_text})
-    return _summary(config, out, clip, {"embed_seconds": round(embed_s, 1), "train_pairs": len(train["image_emb"]),
-                                        "val_cosine_prior": cos_prior, "val_cosine_text_embedding": cos_text,
-                                        "skipped_samples": skipped})
+    trainer.run.metrics.log({"step": trainer.step, "val_cosine_prior": cos_prior, "val_cosine_text": cos_text})
+    return {"val_cosine_prior": cos_prior, "val_cosine_text_embedding": cos_text}
 
 
 # ----------------------------------------------------------------------------- upsampler
@@ -308,11 +271,6 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
     """Train the super-resolution stage (low-resolution image -> image) on any image shards: each image at
     upsampler.image_size is the target, the same image area-averaged to low_res_size the condition,
     noised at a random level in [0, aug_level_max] (noise-conditioning augmentation)."""
-    from clipkit.diffusion import loss_weights, training_batch, weighted_mse
-    from clipkit.images import make_grid
-    from clipkit.unclip.decoder import DecoderUNet, downsample, noise_low_res
-    from clipkit.unclip.pipeline import UnCLIP, noise_schedule, to_pil
-
     config.validate()
     t0 = time.time()
     clip = load_clip(config.clip)
@@ -320,7 +278,6 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
     train, val, skipped = read_training_data(config, clip, cfg.image_size, texts=False, embed=False)
     read_s = time.time() - t0
     print(f"[upsampler] read {len(train['pixels'])} images at {cfg.image_size} px in {read_s:.1f} s")
-    model = DecoderUNet(cfg)
     schedule = noise_schedule(cfg)
 
     def micro_loss(net, idx, g):
@@ -341,11 +298,13 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
         make_grid(to_pil(real) + to_pil(bicubic) + to_pil(x), columns=8, scale=2).save(
             Path(config.out_dir) / (f"samples_{step:06d}.png" if step else "samples.png"))
 
-    out = _train(config, "upsampler", clip, model, train, micro_loss, on_sample)
-    if out["accelerator"].is_main_process:
-        on_sample(out["final"], 0)
-    return _summary(config, out, clip, {"read_seconds": round(read_s, 1), "train_images": len(train["pixels"]),
-                                        "skipped_samples": skipped})
+    with Trainer(config, "upsampler") as trainer:
+        out = _fit_rows(trainer, "upsampler", lambda: DecoderUNet(cfg), train, micro_loss, on_sample)
+        written = _export(config, "upsampler", trainer.accelerator, clip, out["final"], trainer.run.path)
+        if trainer.accelerator.is_main_process:
+            on_sample(out["final"], 0)
+        return _summary(trainer, out, clip, written, {"read_seconds": round(read_s, 1),
+                                                      "train_images": len(train["pixels"]), "skipped_samples": skipped})
 
 
 # ----------------------------------------------------------------------------- autoregressive prior
@@ -354,30 +313,28 @@ def train_ar_prior(config) -> dict:
     """Train unCLIP's autoregressive prior (text embedding -> PCA components of the image embedding, each in
     1,024 bins, predicted in order by a causal transformer) on the same pairs as `train_prior`; its folder
     is ar_prior/ (out_dir and pipeline_dir), loaded by `UnCLIP.load(dir, prior="ar")`."""
-    from clipkit.train.configs import ArPriorTrainConfig
-    from clipkit.unclip.ar_prior import ArPrior
-    from clipkit.unclip.pipeline import UnCLIP
-
     if not isinstance(config, ArPriorTrainConfig):
         raise TypeError(f"train_ar_prior takes an ArPriorTrainConfig, got {type(config).__name__}")
     config.validate()
     clip, train, val, skipped, embed_s = _prior_pairs(config)
-    model = ArPrior(dataclasses.replace(config.ar_prior, embed_dim=clip.embed_dim))
-    codebook = model.fit_codebook(train["image_emb"])          # before _train: the EMA copies the buffers
-    print(f"[ar_prior] {model.config.components} components keep {codebook['explained_variance']:.3f} of the "
-          f"variance; quantised and decoded, cosine {codebook['reconstruction_cosine']:.4f} to the embeddings")
+    codebook: dict = {}
+
+    def build() -> ArPrior:
+        model = ArPrior(dataclasses.replace(config.ar_prior, embed_dim=clip.embed_dim))
+        codebook.update(model.fit_codebook(train["image_emb"]))   # before the EMA copies the buffers
+        print(f"[ar_prior] {model.config.components} components keep {codebook['explained_variance']:.3f} of the "
+              f"variance; quantised and decoded, cosine {codebook['reconstruction_cosine']:.4f} to the embeddings")
+        return model
 
     def micro_loss(net, idx, g):
         device = next(net.parameters()).device
         drop = (torch.rand(len(idx), generator=g) < config.cond_drop).to(device)
         return net.loss(train["image_emb"][idx].to(device), train["text_emb"][idx].to(device), drop=drop)
 
-    out = _train(config, ArPrior.KIND, clip, model, train, micro_loss)
-    sampled = UnCLIP(clip, None, out["final"]).prior_sample(val["text_emb"], guidance_scale=1.0,
-                                                            generator=torch.Generator().manual_seed(0))
-    cos_prior = float((sampled * val["image_emb"]).sum(-1).mean())
-    cos_text = float((val["text_emb"] * val["image_emb"]).sum(-1).mean())
-    out["run"].metrics.log({"step": out["total"], "val_cosine_prior": cos_prior, "val_cosine_text": cos_text})
-    return _summary(config, out, clip, {"embed_seconds": round(embed_s, 1), "train_pairs": len(train["image_emb"]),
-                                        "val_cosine_prior": cos_prior, "val_cosine_text_embedding": cos_text,
-                                        "codebook": codebook, "skipped_samples": skipped})
+    with Trainer(config, ArPrior.KIND) as trainer:
+        out = _fit_rows(trainer, ArPrior.KIND, build, train, micro_loss)
+        written = _export(config, ArPrior.KIND, trainer.accelerator, clip, out["final"], trainer.run.path)
+        extra = _prior_check(trainer, clip, out["final"], val)
+        return _summary(trainer, out, clip, written, {"embed_seconds": round(embed_s, 1),
+                                                      "train_pairs": len(train["image_emb"]), **extra,
+                                                      "codebook": codebook, "skipped_samples": skipped})

@@ -30,7 +30,6 @@ so one trained decoder serves all three.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +46,8 @@ from clipkit.unclip.samplers import make_sampler, noise_schedule, pixel_clip
 from clipkit.unclip.prior import DiffusionPrior
 
 from clipkit.unclip.images import pil_to_tensor, to_pil, trajectory_strip  # noqa: F401 (public here too)
-from clipkit.unclip.storage import MANIFEST, check_clip, load_model, save_model, write_manifest  # noqa: F401
+from clipkit.unclip.storage import (MANIFEST, check_clip, claim_pipeline, load_model, read_pipeline_manifest,  # noqa: F401
+                                    save_model, write_manifest)
 
 PRIORS = ("diffusion", "ar")       # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
 
@@ -109,33 +109,31 @@ class UnCLIP:
         return model
 
     # -------------------------------------------------------------- persistence
-    def save(self, directory: str | os.PathLike) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write each model into its sub-folder (complete or absent, with a manifest) and unclip.json.
+        DIRECTORY must be new, empty or a pipeline of the same CLIP; anything else needs `overwrite`."""
+        directory = claim_pipeline(directory, self.clip, overwrite=overwrite)
         for name in ("decoder", "prior", "upsampler"):
             model = getattr(self, name)
             if model is not None:
                 kind = getattr(model, "KIND", name)                    # an ArPrior goes to ar_prior/
-                save_model(model, model.config, directory / kind, kind)
+                save_model(model, model.config, directory / kind, kind, overwrite=overwrite)
         write_manifest(directory, self.clip, self.clip_path)
         return directory
 
     @classmethod
     def load(cls, directory: str | os.PathLike, clip=None, device: str | torch.device = "cpu",
-             prior: str | None = None) -> "UnCLIP":
+             prior: str | None = None, verify: bool = True) -> "UnCLIP":
         """Load a pipeline folder. `clip`: a ClipModel or a path to use instead of the recorded one
         (it must be the same weights: the identity recorded at training is checked). `prior`: "diffusion"
-        (prior/) or "ar" (ar_prior/); None takes prior/ when present, else ar_prior/."""
+        (prior/) or "ar" (ar_prior/); None takes prior/ when present, else ar_prior/. Every model is
+        verified against its manifest (sha256; `verify=False`: sizes only)."""
         if prior not in (None, *PRIORS):
             raise ValueError(f"prior={prior!r}; expected one of {PRIORS} or None")
         import clipkit
 
         directory = Path(directory)
-        manifest_file = directory / MANIFEST
-        if not manifest_file.is_file():
-            raise FileNotFoundError(f"{str(directory)!r} is not an unCLIP pipeline folder: {MANIFEST} is missing")
-        manifest = json.loads(manifest_file.read_text())
-        ref = manifest["clip"]
+        ref = read_pipeline_manifest(directory)
         clip_path = None
         if clip is None or isinstance(clip, (str, os.PathLike)):
             recorded = [directory / ref.get("relative_path", ""), Path(ref.get("path", ""))]
@@ -145,9 +143,9 @@ class UnCLIP:
                 raise FileNotFoundError(f"the pipeline's CLIP model is not at {[str(p) for p in candidates]}; "
                                         f"pass clip=<ClipModel or directory> (identity {ref['identity']})")
             clip_path = str(found.resolve())
-            clip = clipkit.load(found, device=device)
+            clip = clipkit.load(found, device=device, verify=verify)
         check_clip(clip, ref["identity"], directory)
-        models = {name: load_model(directory / name, name) for name in ("decoder", "prior", "upsampler", "ar_prior")
+        models = {name: load_model(directory / name, name, verify) for name in ("decoder", "prior", "upsampler", "ar_prior")
                   if (directory / name / "config.json").is_file() and (name != "ar_prior" or prior != "diffusion")}
         ar = models.pop("ar_prior", None)
         if prior == "ar" or (prior is None and "prior" not in models and ar is not None):

@@ -19,18 +19,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search", default=None, metavar="INDEX", help="also search this index with the vector")
     p.add_argument("-k", type=positive_int, default=10, help="results from --search [10]")
     p.add_argument("--save", default=None, help="save the vector as .npy")
+    p.add_argument("--overwrite", action="store_true", help="replace a --save file that clipkit did not write")
     p.set_defaults(func=run)
+
+
+VECTOR = "clipkit-vector"
+
+
+def _save_path(args):
+    """--save as numpy would name it (.npy added), claimed before any work; None without --save."""
+    import re
+
+    from clipkit.io import check_output_path
+
+    if not args.save:
+        return None
+    path = args.save if args.save.endswith(".npy") else args.save + ".npy"
+    images = re.findall(r'img:\s*"([^"]*)"', args.expression)          # the expression's own inputs
+    check_output_path(path, VECTOR, [args.search, args.vocabulary, *images], args.overwrite, kind="file")
+    return path
 
 
 def run(args) -> int:
     import numpy as np
 
-    from clipkit.arithmetic import evaluate_expression, nearest_words
+    from clipkit.retrieval.arithmetic import evaluate_expression, nearest_words
     from clipkit.cli.commands.search import print_hits
+    from clipkit.io import output_file
 
+    save = _save_path(args)
     index = None
     if args.search:
-        from clipkit.index import EmbeddingIndex
+        from clipkit.retrieval.index.core import EmbeddingIndex
         index = EmbeddingIndex.load(args.search)
         model = index.model(args.model)
     elif args.model:
@@ -49,7 +69,8 @@ def run(args) -> int:
         unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
         scores, ids = index.search(unit[None], args.k)
         print_hits(scores[0], ids[0], index.lookup(ids[0]))
-    if args.save:
-        np.save(args.save, vector)
-        print(f"saved to {args.save}")
+    if save:
+        with output_file(save, VECTOR, overwrite=args.overwrite) as f:
+            np.save(f, vector)
+        print(f"saved to {save}")
     return 0

@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder [runs/demo]")
     p.add_argument("--quick", action="store_true", help="tiny settings: the whole chain in a few minutes")
     p.add_argument("--force", action="store_true", help="redo every stage even if its outputs exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a folder clipkit did not write (same-named files replaced)")
     p.add_argument("--genlab", type=positive_float, nargs="?", const=90.0, default=None, metavar="SECONDS",
                    help="also run the generation lab (autoregression vs diffusion on images, and unCLIP's AR "
                         "prior vs the diffusion prior) with SECONDS of training per model [90]; about 15 more "
@@ -24,5 +26,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     from clipkit.shapes.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, force=args.force, genlab=args.genlab)
+    run_demo(args.out, quick=args.quick, force=args.force, genlab=args.genlab, overwrite=args.overwrite)
     return 0

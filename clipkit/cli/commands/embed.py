@@ -58,13 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace embeddings (or anything else) at --out, once the new ones are complete")
     p.add_argument("--allow-empty", action="store_true", help="write the folder even if no input was readable")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted_hint="the finished parts are kept: run the same command again to resume")
 
 
 def run(args) -> int:
     import os
 
-    from clipkit.embeddings import write_embeddings
+    from clipkit.retrieval.embeddings.writer import write_embeddings
 
     model = load_model(args)
     summary = write_embeddings(model, args.out, images=args.images, shards=args.shards, texts=args.texts,

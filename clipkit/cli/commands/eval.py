@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipkit.cli.types import finite_float
+from clipkit.cli.types import finite_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classnames", default=None, help="file of class names, one a line (overrides the dataset's)")
     p.add_argument("--templates", default=None,
                    help="openai | simple | none | FILE ('{c}' or '{}' templates); default: the dataset's, else openai")
-    p.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10], help="k of recall@k [1 5 10]")
+    p.add_argument("--recall-k", type=positive_int, nargs="+", default=[1, 5, 10], help="k of recall@k [1 5 10]")
     p.add_argument("--train-dataset", default=None,
                    help="linear probe: training data (default: the dataset's train split, else half of it)")
     p.add_argument("--val-proportion", type=finite_float, default=0.2, help="linear probe: validation share for C [0.2]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-samples", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --output file that is not evaluation rows (instead of refusing)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +51,12 @@ def run(args) -> int:
 
     from clipkit.cli.commands.embed import load_model
     from clipkit.evaluation import evaluate, open_dataset, write_rows
+    from clipkit.evaluation.tasks import ROWS_FORMAT, is_rows_file
+    from clipkit.io import check_output_path
 
+    if args.output:                               # refused before any work: a file that is not rows of ours
+        check_output_path(args.output, ROWS_FORMAT, [*args.dataset, args.train_dataset], args.overwrite,
+                          kind="file", recognise=is_rows_file)
     model = load_model(args)
     rows = []
     for path in args.dataset:
@@ -62,6 +69,6 @@ def run(args) -> int:
         _print_row(row)
         rows.append(row)
     if args.output:
-        write_rows(rows, args.output)
+        write_rows(rows, args.output, overwrite=args.overwrite, inputs=[*args.dataset, args.train_dataset])
         print(f"appended {len(rows)} row(s) to {args.output}")
     return 0

@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from clipkit.cli.types import positive_int
+
     p = sub.add_parser("export-benchmark", help="write a labelled folder in CLIP_benchmark's webdataset layout",
                        description="ROOT/<class>/*.jpg (captions from <stem>.txt beside images, if any) -> "
                                    "OUT/classnames.txt, OUT/zeroshot_classification_templates.txt, "
@@ -18,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--templates", default="openai",
                    help="openai | simple | none | FILE of '{c}' or '{}' templates [openai]")
     p.add_argument("--no-captions", action="store_true", help="do not store <stem>.txt captions as `txt`")
-    p.add_argument("--shard-size", type=int, default=10_000, help="samples per tar [10000]")
+    p.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per tar [10000]")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a folder clipkit did not write (its split is replaced)")
     p.set_defaults(func=run)
 
 
@@ -26,6 +30,8 @@ def run(args) -> int:
     from clipkit.evaluation import export_labelled_folder
 
     summary = export_labelled_folder(args.root, args.out, templates=args.templates, split=args.split,
-                                     captions=not args.no_captions, shard_size=args.shard_size, progress=True)
-    print(f"wrote {summary['count']} samples in {summary['shards']} shard(s) to {summary['path']}/{summary['split']}")
+                                     captions=not args.no_captions, shard_size=args.shard_size, progress=True,
+                                     overwrite=args.overwrite)
+    print(f"wrote {summary['count']} samples in {summary['shards']} shard(s) to {summary['path']}/{summary['split']}"
+          + (f"; {summary['skipped_note']}" if summary.get("skipped_note") else ""))
     return 0

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "judge; write PNG figures, sample grids, metrics.json and index.html. With "
                                    "--prior-clip, also compare unCLIP's autoregressive and diffusion priors.")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a folder clipkit did not write (same-named files replaced)")
     p.add_argument("--quick", action="store_true", help="seconds of training per model (for tests and smoke runs)")
     p.add_argument("--budget", type=positive_float, default=None,
                    help="training seconds per model [90; quick: 8]")
@@ -39,8 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     from dataclasses import replace
 
+    from clipkit.io import claim_output
     from clipkit.labs.genlab import QUICK, GenLabConfig, run_gen_lab
+    from clipkit.labs.genlab.lab import LAB_FORMAT
     from clipkit.perf import torch_threads
+
+    # claimed before any work (the prior comparison writes into it first)
+    claim_output(args.out, LAB_FORMAT, [args.prior_clip, args.prior_data, args.prior_pipeline], args.overwrite)
 
     config = QUICK if args.quick else GenLabConfig()
     config = replace(config, clock=args.clock, threads=args.threads or config.threads)
@@ -54,7 +61,8 @@ def run(args) -> int:
             priors = compare_priors(args.prior_clip, f"{args.out}/priors", data=args.prior_data,
                                     pipeline=args.prior_pipeline, quick=args.quick, steps=args.prior_steps,
                                     seed=args.seed)
-    m = run_gen_lab(args.out, config=config, quick=args.quick, seed=args.seed, prior_comparison=priors)
+    m = run_gen_lab(args.out, config=config, quick=args.quick, seed=args.seed, prior_comparison=priors,
+                    overwrite=args.overwrite)
     from clipkit.labs.genlab.report import claims
 
     print(f"{'method':<16}{'evals':>8}{'s/image':>9}{'agree':>7}{'sharp':>7}{'FD/fl':>7}")

@@ -34,7 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--modality", choices=("img", "text"), default=None, help="which embeddings [img when present]")
     b.add_argument("--kind", choices=("auto", "flat", "hnsw", "ivf", "ivfpq"), default="auto", help="[auto]")
     b.add_argument("--metric", choices=("ip", "l2"), default="ip", help="[ip]")
-    b.add_argument("--recall", type=unit_interval, default=0.95, help="recall@10 target for tuning [0.95]")
+    b.add_argument("--recall", type=unit_interval, default=0.95,
+                   help="recall@10 that queries like the data get on average, e.g. 0.99: nprobe / efSearch are tuned "
+                        "on rows held out of the index, to a 95%% lower confidence bound [0.95]")
     b.add_argument("--max-memory", type=memory_size, default=None,
                    help="memory budget for auto and pieces, e.g. 4G [half the free RAM]")
     b.add_argument("--max-memory-gb", type=positive_float, default=None, help=argparse.SUPPRESS)
@@ -57,42 +59,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
+PIECES = "clipkit-index-pieces"             # the marker of --on-disk's work folder .OUT.pieces
+
+
+def _claim_workdir(args):
+    """The work folder of --on-disk beside OUT: new, or one a killed build left (ours); never a user's folder."""
+    from pathlib import Path
+
+    from clipkit.io import OutputError, claim_output
+
+    workdir = Path(args.out).parent / f".{Path(args.out).name}.pieces"
+    try:
+        return claim_output(workdir, PIECES, [args.emb_dir])
+    except OutputError:
+        raise OutputError(f"{str(workdir)!r} exists and clipkit did not make it; `clipkit index build --on-disk` "
+                          f"works in that folder and removes it after: move it away or choose another OUT") from None
+
+
 def run_build(args) -> int:
-    from clipkit.embeddings import EmbeddingFolder
-    from clipkit.index import FORMAT, EmbeddingIndex
+    from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+    from clipkit.retrieval.index.core import FORMAT, EmbeddingIndex
     from clipkit.io import check_output_path
 
     check_output_path(args.out, FORMAT, [args.emb_dir], args.overwrite)      # before hours of work, not after
-    folder = EmbeddingFolder(args.emb_dir)
-    budget = args.max_memory or (int(args.max_memory_gb * 2**30) if args.max_memory_gb else None)
-    options = dict(kind=args.kind, metric=args.metric, recall_target=args.recall, max_memory=budget,
-                   modality=args.modality, train_size=args.train_on, progress=True)
     if args.on_disk and args.pieces < 2:
         raise ValueError("--on-disk builds in pieces: pass --pieces N (N >= 2)")
-    workdir = None
-    if args.pieces > 1:
-        from pathlib import Path
-
-        from clipkit.index_pieces import build_in_pieces
-
-        if args.on_disk:
-            workdir = Path(args.out).parent / f".{Path(args.out).name}.pieces"
-        index = build_in_pieces(folder, pieces=args.pieces, on_disk=workdir, **options)
-    else:
-        index = EmbeddingIndex.build(folder, **options)
+    workdir = _claim_workdir(args) if args.on_disk else None
     try:
+        folder = EmbeddingFolder(args.emb_dir)
+        budget = args.max_memory or (int(args.max_memory_gb * 2**30) if args.max_memory_gb else None)
+        options = dict(kind=args.kind, metric=args.metric, recall_target=args.recall, max_memory=budget,
+                       modality=args.modality, train_size=args.train_on, progress=True)
+        if args.pieces > 1:
+            from clipkit.retrieval.index.pieces import build_in_pieces
+
+            index = build_in_pieces(folder, pieces=args.pieces, on_disk=workdir, **options)
+        else:
+            index = EmbeddingIndex.build(folder, **options)
         index.save(args.out, overwrite=args.overwrite, inputs=[args.emb_dir])
     finally:
         if workdir is not None:
             import shutil
 
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)          # ours: claimed above (never a user's folder)
     print(f"{index!r} built in {index.manifest['build_seconds']} s; saved to {args.out}")
     return 0
 
 
 def run_add(args) -> int:
-    from clipkit.index import EmbeddingIndex
+    from clipkit.retrieval.index.core import EmbeddingIndex
     from clipkit.io import output_lock
 
     with output_lock(args.index):             # load, add and save as one step: no concurrent add is lost

@@ -23,23 +23,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", required=True, help="output model folder (--alpha) or results folder (--sweep)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what is at --out even if clipkit did not write it (once the new output is complete)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from clipkit.wiseft import DEFAULT_ALPHAS, interpolate, wiseft_sweep
+    from clipkit.io import check_output_path
+    from clipkit.model import MODEL_FORMAT
+    from clipkit.wiseft import DEFAULT_ALPHAS, SWEEP_FORMAT, interpolate, wiseft_sweep
 
     if (args.alpha is None) == (args.sweep is None):
         raise ValueError("give exactly one of --alpha A (save one mixed model) or --sweep [ALPHA ...]")
     if args.alpha is not None:
+        # refused before any work: a user's folder or file at --out, or --out that is / holds A or B
+        check_output_path(args.out, MODEL_FORMAT, [args.a, args.b], args.overwrite)
         model = interpolate(args.a, args.b, args.alpha)
-        model.save(args.out)
+        model.save(args.out, overwrite=args.overwrite, inputs=[args.a, args.b])
         print(f"saved (1 - {args.alpha:g}) * {args.a} + {args.alpha:g} * {args.b} to {args.out} ({model.identity})")
         return 0
     if not args.dataset:
         raise ValueError("--sweep needs --dataset PATH (twice for the trade-off plot)")
+    check_output_path(args.out, SWEEP_FORMAT, [args.a, args.b, *args.dataset], args.overwrite)
     rows = wiseft_sweep(args.a, args.b, args.dataset, args.sweep or DEFAULT_ALPHAS, task=args.task,
-                        batch_size=args.batch_size, max_samples=args.max_samples, out_dir=args.out, progress=True)
+                        batch_size=args.batch_size, max_samples=args.max_samples, out_dir=args.out, progress=True,
+                        overwrite=args.overwrite)
     for row in rows:
         metrics = "  ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items() if isinstance(v, float))
         print(f"alpha={row['alpha']:.2f}  {row['dataset']}: {metrics}")

@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model directory or preset [the one recorded by `clipkit embed`]")
     p.add_argument("--grid", default=None, help="save the query image and hits as a PNG grid")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of loading it")
+    p.add_argument("--overwrite", action="store_true", help="replace a --grid file that clipkit did not write")
     p.set_defaults(func=run)
+
+
+GRID = "clipkit-search-grid"
 
 
 def print_hits(scores, ids, rows) -> None:
@@ -32,9 +36,12 @@ def print_hits(scores, ids, rows) -> None:
 
 
 def run(args) -> int:
-    from clipkit.images import make_grid
-    from clipkit.index import EmbeddingIndex
+    from clipkit.images import make_grid, open_image
+    from clipkit.io import check_output_path, output_file
+    from clipkit.retrieval.index.core import EmbeddingIndex
 
+    if args.grid:                                  # refused before any work
+        check_output_path(args.grid, GRID, [args.index, args.image], args.overwrite, kind="file")
     index = EmbeddingIndex.load(args.index, mmap=args.mmap)
     model = index.model(args.model)
     if args.text is not None:
@@ -44,12 +51,12 @@ def run(args) -> int:
     rows = index.lookup(ids[0])
     print_hits(scores[0], ids[0], rows)
     if args.grid:
-        from PIL import Image
-
-        images = [Image.open(args.image).convert("RGB")] if args.image else []
+        images = [open_image(args.image)] if args.image else []
         images += [im for im in (index.image(r) for r in rows) if im is not None]
         if not images:
             raise ValueError("no hit images could be found from the metadata paths; no grid written")
-        make_grid(images, columns=min(len(images), 11), scale=max(1, 96 // images[0].height)).save(args.grid)
+        grid = make_grid(images, columns=min(len(images), 11), scale=max(1, 96 // images[0].height))
+        with output_file(args.grid, GRID, overwrite=args.overwrite) as f:
+            grid.save(f, format="PNG")
         print(f"grid saved to {args.grid}")
     return 0

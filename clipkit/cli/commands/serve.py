@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--gen-queue", type=int, default=4,
                    help="generation jobs allowed to wait; more get 503 + Retry-After at once [4]")
     lim = p.add_argument_group("limits: requests over them get a 4xx that says which")
-    lim.add_argument("--max-k", type=int, default=1000, help="most results per search (also capped at the index size) [1000]")
+    lim.add_argument("--max-k", type=int, default=1000,
+                     help="most results per search (also capped at the index size) [1000]")
     lim.add_argument("--max-query-chars", type=int, default=1000, help="longest text query or expression [1000]")
     lim.add_argument("--max-upload-mb", type=finite_float, default=10.0, help="largest upload, 413 beyond [10]")
     lim.add_argument("--max-image-mpixels", type=finite_float, default=16.8,

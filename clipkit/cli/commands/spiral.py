@@ -11,6 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "its arm), sample with DDPM, DDPM without noise, DDIM and flow matching, "
                                    "with and without guidance; write PNG figures, metrics.json and index.html.")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it is a folder clipkit did not write (same-named files replaced)")
     p.add_argument("--quick", action="store_true", help="shorter training (for tests and smoke runs)")
     p.add_argument("--seed", type=int, default=0, help="random seed [0]")
     p.add_argument("--threads", type=int, default=1,
@@ -23,10 +25,14 @@ def run(args) -> int:
 
     from clipkit.labs.spiral import run_spiral_lab
 
+    from clipkit.io import check_output_path
+    from clipkit.labs.spiral.lab import LAB_FORMAT
+
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_output_path(args.out, LAB_FORMAT, overwrite=args.overwrite)      # refused before training
     torch.set_num_threads(args.threads)
-    m = run_spiral_lab(args.out, quick=args.quick, seed=args.seed)
+    m = run_spiral_lab(args.out, quick=args.quick, seed=args.seed, overwrite=args.overwrite)
     print(f"{'run':<24}{'distance':>10}{'coverage':>10}{'arm':>8}")
     rows = [("data", m["data"])] + list(m["samplers"].items()) + \
            [(f"guidance {k.split('_')[1]}", v) for k, v in m["guidance"].items()]

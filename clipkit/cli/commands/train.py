@@ -11,8 +11,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from clipkit.train.config import add_config_arguments
-    from clipkit.train.configs import ClipTrainConfig
+    from clipkit.config import add_config_arguments
+    from clipkit.train.config import ClipTrainConfig
 
     p = sub.add_parser("train", help="train a CLIP model on image-caption shards (Accelerate; resumable)",
                        description="Train a CLIP dual encoder. Give a JSON config (training/configs/*.json, or a "
@@ -20,14 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "flag. For several processes launch training/train_clip.py with "
                                    "`accelerate launch` or `torchrun` instead.")
     add_config_arguments(p, ClipTrainConfig)
-    p.set_defaults(func=run, config_cls=ClipTrainConfig)
+    p.set_defaults(func=run, config_cls=ClipTrainConfig,
+                   interrupted_hint="the run folder keeps its last checkpoint: run the same command with "
+                                    "--resume latest to go on")
 
 
 def config_from_args(cls, args):
     """The config of a training command: a packaged config name is accepted for --config."""
     from pathlib import Path
 
-    from clipkit.train.config import config_from_args as from_args
+    from clipkit.config import config_from_args as from_args
 
     if getattr(args, "config", None) and not Path(args.config).exists() and "/" not in args.config:
         from clipkit.shapes import config_path
@@ -60,7 +62,7 @@ def run(args) -> int:
 
 def script_main(cls, fn, description: str) -> None:
     """Entry point of the thin scripts in training/ and decoder/: parse flags, run, exit cleanly."""
-    from clipkit.train.config import add_config_arguments
+    from clipkit.config import add_config_arguments
     from clipkit.train.runtime import exit_cleanly, main_guard
 
     parser = argparse.ArgumentParser(description=description)

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 
-from clipkit.cli.types import finite_float
+from clipkit.cli.types import finite_float, positive_int
+
+RESUME_HINT = "the run folder keeps its last checkpoint: run the same command with --resume latest to go on"
+IMAGES = "clipkit-generated-images"         # the manifest format of a `clipkit generate --out` folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from clipkit.train.config import add_config_arguments
-    from clipkit.train.configs import ArPriorTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
+    from clipkit.config import add_config_arguments
+    from clipkit.train.config import ArPriorTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
 
     for name, cls, fn, what, data in (
             ("train-decoder", DecoderTrainConfig, run_train_decoder,
@@ -40,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=f"train {what}",
                            description=f"Train {what} on {data}; --pipeline-dir collects it into an UnCLIP folder.")
         add_config_arguments(p, cls)
-        p.set_defaults(func=fn, config_cls=cls)
+        p.set_defaults(func=fn, config_cls=cls, interrupted_hint=RESUME_HINT)
 
     p = sub.add_parser("generate", help="generate images with an unCLIP pipeline (text, image, expression)",
                        description="Text -> prior -> decoder (--prompt), variations of an image (--variations), "
@@ -54,9 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="slerp between two image paths or text:PROMPT")
     p.add_argument("--add-vector", metavar="NPY", default=None,
                    help="with --expr: add this (D,) .npy vector (e.g. the mean hat vector) to the expression")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--num", type=int, default=8, help="images (interpolation steps) [8]")
-    p.add_argument("--steps", type=int, default=50, help="decoder sampling steps [50]")
+    p.add_argument("--out", required=True, help="output directory (written whole when every image is done)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what is at --out even if clipkit did not write it (once the images are done)")
+    p.add_argument("--num", type=positive_int, default=8, help="images (interpolation steps) [8]")
+    p.add_argument("--steps", type=positive_int, default=50, help="decoder sampling steps [50]")
     p.add_argument("--sampler", choices=("ddim", "ddpm", "flow"), default="ddim", help="[ddim]")
     p.add_argument("--prior-guidance", type=finite_float, default=2.0, help="[2.0]")
     p.add_argument("--decoder-guidance", type=finite_float, default=3.0, help="[3.0]")
@@ -64,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="[0]")
     p.add_argument("--trajectory", action="store_true", help="also save the denoising steps as trajectory.png")
     p.add_argument("--upsample", action="store_true", help="add the pipeline's upsampler (super-resolution stage)")
-    p.add_argument("--upsample-steps", type=int, default=7, help="upsampler sampling steps [7]")
+    p.add_argument("--upsample-steps", type=positive_int, default=7, help="upsampler sampling steps [7]")
     p.add_argument("--clip", default=None, help="CLIP directory to use instead of the recorded one (same weights)")
     p.add_argument("--prior", choices=("diffusion", "ar"), default=None,
                    help="which prior of the pipeline folder: prior/ (diffusion) or ar_prior/ [prior/ when present]")
@@ -107,6 +112,11 @@ def run_generate(args) -> int:
     from clipkit.images import make_grid
     from clipkit.unclip import trajectory_strip
 
+    from clipkit.io import check_output_path, staged_output, write_manifest
+
+    inputs = [args.pipeline, args.clip, args.add_vector, args.variations,
+              *[e for e in args.interpolate or () if not e.startswith("text:")]]
+    check_output_path(args.out, IMAGES, inputs, args.overwrite)            # refused before any work
     pipe = clipkit.UnCLIP.load(args.pipeline, clip=args.clip, prior=getattr(args, "prior", None))
     decode = dict(steps=args.steps, sampler=args.sampler, guidance_scale=args.decoder_guidance, seed=args.seed,
                   return_trajectory=args.trajectory)
@@ -129,11 +139,16 @@ def run_generate(args) -> int:
         result = pipe.interpolate(embeddings=ends, n=args.num, **decode)
     images, traj = result if args.trajectory else (result, None)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, im in enumerate(images):
-        im.save(out / f"{i:03d}.png")
-    make_grid(images, columns=min(8, len(images)), scale=4).save(out / "grid.png")
-    if traj is not None:
-        trajectory_strip(traj).save(out / "trajectory.png")
+    with staged_output(out, IMAGES, inputs=inputs, overwrite=args.overwrite) as stage:   # complete or absent
+        names = [f"{i:03d}.png" for i in range(len(images))]
+        for name, im in zip(names, images):
+            im.save(stage.dir / name)
+        make_grid(images, columns=min(8, len(images)), scale=4).save(stage.dir / "grid.png")
+        names.append("grid.png")
+        if traj is not None:
+            trajectory_strip(traj).save(stage.dir / "trajectory.png")
+            names.append("trajectory.png")
+        write_manifest(stage.dir, IMAGES, dict.fromkeys(names), count=len(images), pipeline=str(Path(args.pipeline).resolve()),
+                       query={k: getattr(args, k) for k in ("prompt", "expr", "variations", "interpolate", "seed")})
     print(f"wrote {len(images)} images and grid.png{' and trajectory.png' if traj is not None else ''} to {out}")
     return 0

@@ -25,7 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confusion", default=None, help="confusion-matrix PNG (evaluation modes)")
     p.add_argument("--json", default=None, help="write the evaluation report as JSON")
     p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out / --confusion / --json files that clipkit did not write")
     p.set_defaults(func=run)
+
+
+PREDICTIONS = "clipkit-zero-shot-predictions"
+CONFUSION = "clipkit-confusion-matrix"
+REPORT = "clipkit-zero-shot-report"
 
 
 def _labels(arg: str | None) -> list[str] | None:
@@ -56,46 +63,91 @@ def labelled_shards(urls: str, field: str, classes: list[str] | None = None):
     return images, labels
 
 
+def _outputs(args) -> list[tuple[str, str]]:
+    """(path, format) of every file this run writes, claimed before any work (clipkit.io.check_output_path)."""
+    from clipkit.io import check_output_path
+
+    outputs = [(args.out or "predictions.csv", PREDICTIONS)] if args.images else []
+    outputs += [(path, fmt) for path, fmt in ((args.confusion, CONFUSION), (args.json, REPORT)) if path]
+    inputs = [args.images, args.labelled_folder, args.shards, args.templates]
+    for path, fmt in outputs:
+        check_output_path(path, fmt, inputs, args.overwrite, kind="file")
+    return outputs
+
+
+def _embed_folder(clf, paths: list[str], batch_size: int, source: str):
+    """(N, D) embeddings of the paths that decode, their indices; the rest skipped, counted and reported."""
+    from collections import Counter
+
+    import numpy as np
+
+    from clipkit.data.folders import image_batches, skipped_note
+
+    skipped, kept, chunks = Counter(), [], []
+    for indices, _, images in image_batches(paths, batch_size, skipped):
+        kept.extend(indices)
+        chunks.append(clf.embed(images))
+    if skipped:
+        print(f"{source}: {skipped_note(skipped)}")
+    if not kept:
+        raise ValueError(f"no image in {source!r} could be read ({skipped_note(skipped)}); check the folder")
+    return np.concatenate(chunks), kept
+
+
 def run(args) -> int:
     import csv
-    from pathlib import Path
 
-    from clipkit.io import atomic_file, write_json
+    from clipkit.io import output_file, register_file
 
     from clipkit.cli.commands.embed import load_model
-    from clipkit.zeroshot import ZeroShotClassifier, format_report
+    from clipkit.retrieval.zeroshot import ZeroShotClassifier, format_report, save_confusion_png
 
     labels = _labels(args.labels)
+    if args.images and labels is None:
+        raise ValueError("--images needs --labels 'class1,class2,...'")
+    if not args.images and not args.labelled_folder and not args.label_field:
+        raise ValueError("--shards needs --label-field (the json field that holds the class)")
+    outputs = dict((fmt, path) for path, fmt in _outputs(args))       # refused before the model is loaded
     model = load_model(args)
     if args.images:
         from clipkit.data.folders import list_images
 
-        if labels is None:
-            raise ValueError("--images needs --labels 'class1,class2,...'")
         paths = list_images(args.images)
         clf = ZeroShotClassifier(model, labels, args.templates, batch_size=args.batch_size)
-        proba = clf.predict_proba(paths)
-        out = Path(args.out or "predictions.csv")
-        with atomic_file(out, "w") as f:
+        embeddings, kept = _embed_folder(clf, paths, args.batch_size, args.images)
+        proba = clf.predict_proba(embeddings)
+        out = outputs[PREDICTIONS]
+        with output_file(out, PREDICTIONS, overwrite=args.overwrite, mode="w") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "probability", *[f"p_{c}" for c in labels]])
-            for path, row in zip(paths, proba):
-                writer.writerow([path, labels[int(row.argmax())], f"{row.max():.4f}", *[f"{x:.4f}" for x in row]])
-        print(f"classified {len(paths)} images into {labels}; predictions in {out}")
+            for i, row in zip(kept, proba):
+                writer.writerow([paths[i], labels[int(row.argmax())], f"{row.max():.4f}", *[f"{x:.4f}" for x in row]])
+        print(f"classified {len(kept)} images into {labels}; predictions in {out}")
         return 0
     if args.labelled_folder:
         from clipkit.data.folders import labelled_folder
 
-        images, y, classes = labelled_folder(args.labelled_folder, labels)
+        paths, y, classes = labelled_folder(args.labelled_folder, labels)
+        clf = ZeroShotClassifier(model, classes, args.templates, batch_size=args.batch_size)
+        images, kept = _embed_folder(clf, paths, args.batch_size, args.labelled_folder)
+        y = [y[i] for i in kept]
     else:
-        if not args.label_field:
-            raise ValueError("--shards needs --label-field (the json field that holds the class)")
         images, names = labelled_shards(args.shards, args.label_field)
         classes = labels or sorted(set(names))
         y = names
-    clf = ZeroShotClassifier(model, classes, args.templates, batch_size=args.batch_size)
-    report = clf.evaluate(images, y, confusion_png=args.confusion)
+        clf = ZeroShotClassifier(model, classes, args.templates, batch_size=args.batch_size)
+    report = clf.evaluate(images, y)
     print(format_report(report, title=f"zero-shot on {args.labelled_folder or args.shards} ({len(classes)} classes)"))
-    if args.json:
-        write_json(args.json, report)
+    if CONFUSION in outputs:
+        import numpy as np
+
+        save_confusion_png(np.asarray(report["confusion"]), classes, outputs[CONFUSION],
+                           title=f"zero-shot top-1 {report['top1']:.3f}")
+        register_file(outputs[CONFUSION], CONFUSION)
+    if REPORT in outputs:
+        import json
+
+        with output_file(outputs[REPORT], REPORT, overwrite=args.overwrite, mode="w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
     return 0

@@ -2,7 +2,7 @@
 
     metrics = run_gen_lab("runs/genlab", quick=False)   # figures, grids, metrics.json, index.html in the folder
 
-Each model trains through clipkit.train.loop for the same time budget
+Each model trains through clipkit.train.trainer (the one run setup) for the same time budget
 (`budget_seconds` of wall clock, or of CPU time with clock="cpu"), then every method draws `samples_per_prompt` images for each
 prompt of PROMPTS and the shapes judge (clipkit.shapes.judge, trained on
 the world's true attributes, never on these models) scores them: agreement with
@@ -27,7 +27,9 @@ from clipkit.labs.genlab.models import OneShot, PixelAR, PixelARConfig, unet_con
 from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
 from clipkit.labs.genlab.world import (condition, palette_tokens, prompt_labels, prompt_text, random_masks,
                                               tokens_to_images, world_data)
-from clipkit.io import write_json
+from clipkit.io import claim_output, write_json
+
+LAB_FORMAT = "clipkit-gen-lab"              # the marker of a folder the lab writes into
 
 PROMPTS = (
     {"shape": "circle"},
@@ -80,7 +82,7 @@ def train_models(cfg: GenLabConfig, out: Path, data) -> tuple[dict, dict]:
     from clipkit.unclip.decoder import DecoderUNet
 
     def lab_config(name, batch, lr) -> LabTrainConfig:
-        return LabTrainConfig(out_dir=str(out / "models" / name), budget_seconds=cfg.budget_seconds, clock=cfg.clock,
+        return LabTrainConfig(out_dir=str(out / "models" / name), time_budget=cfg.budget_seconds, clock=cfg.clock,
                               batch_size=batch,
                               lr=lr, seed=cfg.seed, warmup_steps=10 if cfg.budget_seconds < 30 else 20,
                               num_threads=cfg.threads)
@@ -149,14 +151,16 @@ def cache_check(model: PixelAR, conds: torch.Tensor, k: int, seed: int) -> dict:
 
 
 def run_gen_lab(out_dir, quick: bool = False, seed: int = 0, config: GenLabConfig | None = None,
-                models: dict | None = None, prior_comparison: dict | None = None) -> dict:
+                models: dict | None = None, prior_comparison: dict | None = None, overwrite: bool = False) -> dict:
     """Train, sample, judge and draw; writes PNGs, grids/, metrics.json and index.html to out_dir.
-    models: already trained models by name (skips training). Returns the metrics."""
+    models: already trained models by name (skips training). Returns the metrics. out_dir must be new,
+    empty or a previous lab's (clipkit.io.claim_output); anything else needs `overwrite`."""
     from clipkit.perf import torch_threads
 
     cfg = replace(config or (QUICK if quick else GenLabConfig()), seed=seed)
+    out = claim_output(out_dir, LAB_FORMAT, overwrite=overwrite)
     with torch_threads(cfg.threads):
-        return _run(cfg, Path(out_dir), quick, models, prior_comparison)
+        return _run(cfg, out, quick, models, prior_comparison)
 
 
 def _run(cfg: GenLabConfig, out: Path, quick: bool, models: dict | None, prior_comparison: dict | None) -> dict:

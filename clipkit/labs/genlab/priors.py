@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipkit.io import write_json
+from clipkit.io import claim_output, write_json
 
 EVAL_ATTRIBUTES = ("shape", "color", "size", "position", "hat")
 COMPONENTS = 32                    # PCA components the AR prior predicts (of the CLIP's 128 dimensions)
@@ -31,7 +31,7 @@ COMPONENTS = 32                    # PCA components the AR prior predicts (of th
 def _pairs(clip, clip_dir: str, out: Path, data: str | None, num: int, seed: int, val: int) -> tuple[str, dict]:
     """Shards (written into out/data unless given) embedded once into out/embeddings; (folder, held-out pairs)."""
     from clipkit.shapes.world import write_split
-    from clipkit.embeddings import write_embeddings
+    from clipkit.retrieval.embeddings.writer import write_embeddings
     from clipkit.train.unclip import embedding_pairs
 
     if data is None:
@@ -64,12 +64,11 @@ def compare_priors(clip_dir: str, out_dir, data: str | None = None, pipeline: st
     from clipkit.shapes import world as shapes
     from clipkit.shapes.judge import ATTRIBUTES, CLASSES, ShapesJudge
     from clipkit.shapes.unclip_eval import full_caption
-    from clipkit.train.configs import ArPriorTrainConfig, PriorTrainConfig
+    from clipkit.train.config import ArPriorTrainConfig, PriorTrainConfig
     from clipkit.train.unclip import load_clip, train_ar_prior, train_prior
     from clipkit.unclip.pipeline import UnCLIP
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output(out_dir, "clipkit-prior-comparison", inputs=[clip_dir, data, pipeline])   # new or ours
     clip = load_clip(clip_dir)
     val_n = 64 if quick else 256
     folder, val = _pairs(clip, clip_dir, out, data, 1_000 if quick else 10_000, seed, val_n)

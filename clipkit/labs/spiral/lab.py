@@ -11,6 +11,7 @@ What it reproduces (the CLIP / diffusion explainer's 2-D experiments):
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,10 +19,12 @@ from pathlib import Path
 import torch
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, sample
-from clipkit.io import write_json
+from clipkit.io import claim_output, write_json
 from clipkit.labs.spiral import figures
 from clipkit.labs.spiral.model import SpiralDenoiser, ToyTrainConfig, train_spiral_model
 from clipkit.labs.spiral.spiral import CLASSES, NULL_CLASS, SpiralScorer, sample_spiral
+
+LAB_FORMAT = "clipkit-spiral-lab"           # the marker of a folder the lab writes into
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,17 @@ def _timed(fn):
     return out, round(time.perf_counter() - t0, 3)
 
 
-def train_lab_models(cfg: SpiralLabConfig) -> tuple[SpiralDenoiser, SpiralDenoiser, dict]:
-    """(epsilon model, flow model, training stats) for one lab config."""
+def train_lab_models(cfg: SpiralLabConfig, out_dir=None) -> tuple[SpiralDenoiser, SpiralDenoiser, dict]:
+    """(epsilon model, flow model, training stats) for one lab config; their run folders are
+    out_dir/ddpm and out_dir/flow (None: a temporary folder, removed afterwards)."""
+    if out_dir is None:
+        with tempfile.TemporaryDirectory(prefix="spiral-models-") as tmp:
+            return train_lab_models(cfg, tmp)
     common = dict(batch_size=cfg.batch_size, seed=cfg.seed)
-    eps_model, eps_stats = train_spiral_model(ToyTrainConfig(process="ddpm", steps=cfg.train_steps, **common))
-    flow_model, flow_stats = train_spiral_model(ToyTrainConfig(process="flow", steps=cfg.flow_train_steps, **common))
+    eps_model, eps_stats = train_spiral_model(ToyTrainConfig(
+        process="ddpm", max_steps=cfg.train_steps, out_dir=str(Path(out_dir) / "ddpm"), **common))
+    flow_model, flow_stats = train_spiral_model(ToyTrainConfig(
+        process="flow", max_steps=cfg.flow_train_steps, out_dir=str(Path(out_dir) / "flow"), **common))
     return eps_model, flow_model, {"ddpm": eps_stats, "flow": flow_stats}
 
 
@@ -158,20 +167,20 @@ def vector_field_study(eps_model, cfg: SpiralLabConfig, scorer: SpiralScorer):
 
 
 def run_spiral_lab(out_dir, quick: bool = False, seed: int = 0, config: SpiralLabConfig | None = None,
-                   models: tuple[SpiralDenoiser, SpiralDenoiser] | None = None) -> dict:
+                   models: tuple[SpiralDenoiser, SpiralDenoiser] | None = None, overwrite: bool = False) -> dict:
     """Train, sample, measure and draw; writes PNGs, metrics.json and index.html to out_dir. Returns the metrics.
 
     models: an already trained (epsilon model, flow model) pair to skip training (tests reuse one).
+    out_dir must be new, empty or a previous lab's (clipkit.io.claim_output); anything else needs `overwrite`.
     """
     cfg = config or (QUICK if quick else SpiralLabConfig())
     cfg = replace(cfg, seed=seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output(out_dir, LAB_FORMAT, overwrite=overwrite)
     t_start = time.perf_counter()
     scorer = SpiralScorer()
 
     if models is None:
-        eps_model, flow_model, train_stats = train_lab_models(cfg)
+        eps_model, flow_model, train_stats = train_lab_models(cfg, out / "models")
     else:
         (eps_model, flow_model), train_stats = models, {}
     data = sample_spiral(cfg.num_points, torch.Generator().manual_seed(seed + 3))[0]

@@ -1,12 +1,16 @@
-"""A tiny MLP denoiser for 2-D points, conditioned on time and class, and its few-second training loop.
+"""A tiny MLP denoiser for 2-D points, conditioned on time and class, and its few-second training.
 
 One network serves both guidance branches: during training the class is
 replaced by NULL_CLASS with probability `p_uncond`, so model(x, t, NULL_CLASS)
-is the unconditional model and model(x, t, class) the conditional one.
+is the unconditional model and model(x, t, class) the conditional one. It trains
+through the one run setup (clipkit.train.trainer) like every model: fresh spiral
+points each step, AdamW at a high lr cosine-decayed to 0, no gradient clipping,
+a run folder with its metrics (every step's loss) and a final checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 
@@ -15,6 +19,11 @@ from torch import nn
 
 from clipkit.diffusion import FlowProcess, NoiseSchedule, diffusion_loss, timestep_embedding
 from clipkit.labs.spiral.spiral import CLASSES, NULL_CLASS, sample_spiral
+from clipkit.train import loop
+from clipkit.train.config import TrainConfig
+from clipkit.train.trainer import Trainer
+
+PROCESSES = ("ddpm", "flow")
 
 
 class SpiralDenoiser(nn.Module):
@@ -51,44 +60,69 @@ class SpiralDenoiser(nn.Module):
         return self.out(h)
 
 
-@dataclass(frozen=True)
-class ToyTrainConfig:
+@dataclass
+class ToyTrainConfig(TrainConfig):
+    out_dir: str = "runs/spiral/models/ddpm"
     process: str = "ddpm"        # "ddpm" (a linear NoiseSchedule) or "flow" (a FlowProcess)
     prediction_type: str | None = None   # None: the process's own (epsilon for ddpm, velocity for flow)
-    steps: int = 1000
+    max_steps: int | None = 1000
     batch_size: int = 512
     lr: float = 1e-2             # high, then cosine-decayed: a 2-D toy converges in ~1000 steps
+    weight_decay: float = 0.0
+    beta2: float = 0.999         # torch's AdamW defaults
+    eps: float = 1e-8
+    warmup_steps: int = 0        # cosine decay to 0 from the first step: the last steps at a small lr act
+                                 # like the EMA a bigger model would use
+    grad_clip: float | None = None
+    log_every: int = 1           # every step's loss is in metrics.jsonl
+    keep_checkpoints: int = 1
+    progress: bool = False
     p_uncond: float = 0.3        # condition dropout, so the same model is also unconditional
     hidden: int = 128
     depth: int = 5
     coord_dim: int = 32          # 0: raw coordinates only
     num_train_timesteps: int = 1000
-    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.process not in PROCESSES:
+            raise ValueError(f"unknown toy process {self.process!r}; choose one of {PROCESSES}")
+        if self.max_steps is None:
+            raise ValueError("max_steps is null; the spiral draws fresh points every step, so give it max_steps")
 
 
-def train_spiral_model(cfg: ToyTrainConfig = ToyTrainConfig()) -> tuple[SpiralDenoiser, dict]:
-    """Train a class-conditional spiral denoiser; returns (model in eval mode, stats with the loss curve)."""
-    if cfg.process not in ("ddpm", "flow"):
-        raise ValueError(f"unknown toy process {cfg.process!r}; choose 'ddpm' or 'flow'")
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    process = NoiseSchedule("linear", cfg.num_train_timesteps) if cfg.process == "ddpm" else FlowProcess()
-    model = SpiralDenoiser(cfg.hidden, cfg.depth, time_scale=1.0 if cfg.process == "ddpm" else 1000.0,
-                           coord_dim=cfg.coord_dim)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    # Cosine decay to 0: the last steps at a small lr act like the EMA a bigger model would use.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
-    losses, t0 = [], time.perf_counter()
-    model.train()
-    for _ in range(cfg.steps):
-        x0, labels = sample_spiral(cfg.batch_size, g)
-        loss = diffusion_loss(model, process, x0, labels, prediction_type=cfg.prediction_type,
-                              p_uncond=cfg.p_uncond, null_cond=NULL_CLASS, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+def train_spiral_model(cfg: ToyTrainConfig | None = None) -> tuple[SpiralDenoiser, dict]:
+    """Train a class-conditional spiral denoiser; returns (model in eval mode, stats with the loss curve).
+
+    The run folder is cfg.out_dir; num_threads None keeps the caller's torch threads."""
+    cfg = cfg or ToyTrainConfig()
+    cfg.validate()
+    if cfg.num_threads is None:
+        cfg = dataclasses.replace(cfg, num_threads=torch.get_num_threads())
+    t0 = time.perf_counter()
+    with Trainer(cfg, f"spiral-{cfg.process}") as trainer:
+        process = NoiseSchedule("linear", cfg.num_train_timesteps) if cfg.process == "ddpm" else FlowProcess()
+        model = SpiralDenoiser(cfg.hidden, cfg.depth, time_scale=1.0 if cfg.process == "ddpm" else 1000.0,
+                               coord_dim=cfg.coord_dim)          # after the trainer's seed
+        trainer.prepare(model, num_samples=None)
+        device = trainer.accelerator.device
+        g = torch.Generator().manual_seed(cfg.seed)             # the points and the noise, in one stream
+        if "generator" in trainer.state:                        # resumed: continue the stream
+            g.set_state(torch.tensor(trainer.state["generator"], dtype=torch.uint8))
+
+        def next_batches() -> list:
+            return [tuple(t.to(device) for t in sample_spiral(cfg.batch_size, g)) for _ in range(cfg.grad_accum)]
+
+        def step_losses(net, micro):
+            for x0, labels in micro:
+                loss = diffusion_loss(net, process, x0, labels, prediction_type=cfg.prediction_type,
+                                      p_uncond=cfg.p_uncond, null_cond=NULL_CLASS, generator=g)
+                yield loss / len(micro), None
+
+        trainer.fit(loop.Task(next_batches=next_batches, step_losses=step_losses, desc=trainer.desc,
+                              data_state=lambda: {"generator": g.get_state().tolist()}))
+        losses = [r["loss"] for r in trainer.run.metrics.rows() if "loss" in r]
+        trainer.write_summary({"steps": trainer.step, "final_loss": losses[-1] if losses else None})
     model.eval()
     stats = {"config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 2),
              "final_loss": round(sum(losses[-100:]) / min(100, len(losses)), 5), "losses": losses}

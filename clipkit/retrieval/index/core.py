@@ -1,15 +1,17 @@
 """EmbeddingIndex: a FAISS index with ids, metadata and a manifest that refuses to mix models.
 
-    index = EmbeddingIndex.build(vectors)                      # float32 (n, d); kind="auto"
+    index = EmbeddingIndex.build(vectors)                      # float32 (n, d); kind="auto", recall_target=0.95
     index = EmbeddingIndex.build(EmbeddingFolder("emb"))       # or a folder / path written by `clipkit embed`
     index = EmbeddingIndex.build(chunk_iterator, count=10**8)  # or an iterator of (n_i, d) chunks
     scores, ids = index.search(queries, k=10)                  # (nq, k) float32, (nq, k) int64; -1 = no hit
+    scores, ids = index.search(queries, k=10, mask=allowed)    # only rows with allowed[position] True
     scores, ids = index.search_text(model, "a red circle", k=10)
     index.lookup(ids[0])                                       # metadata rows of the hits
+    index.positions(ids)                                       # row positions of ids (for masks); -1 = absent
     index.add(more_vectors) ; index.add(EmbeddingFolder("emb2"))  # grows (same model); ids continue
     index.remove([3, 17])                                      # flat / IVF kinds (HNSW cannot delete)
     index.save("idx"); EmbeddingIndex.load("idx", mmap=True)
-    merged = EmbeddingIndex.merge([piece_a, piece_b])          # pieces from one trained index (index_pieces.py)
+    merged = EmbeddingIndex.merge([piece_a, piece_b])          # pieces of one trained index (pieces.py)
 
 The saved folder is a complete-or-absent output (clipkit.io): manifest.json,
 written last, lists index.faiss / ids.npy / metadata.parquet with sizes, sha256
@@ -19,48 +21,54 @@ refused with their count and first row.
 
 Kinds: "flat" (exact), "hnsw" (HNSW32 graph), "ivf" (IVF-Flat), "ivfpq"
 (OPQ + IVF + PQ codes, for sets whose raw vectors do not fit in memory).
-"auto" picks as autofaiss does, by size and by a memory budget (index_tuning.py).
-
-Approximate kinds are trained on a sample (the first rows of an iterator),
-filled in batches, then their search parameter (nprobe / efSearch) is tuned to
-the smallest value whose recall@k reaches `recall_target` on held-out queries:
-rows of the data searched leave-one-out (the query's own row is ignored in
-both the exact and the approximate answer), ground truth computed exactly
-while the vectors stream in. The achieved recall is kept in the manifest.
+"auto" picks as autofaiss does, by size and by a memory budget (kinds.py);
+the approximate kinds are then tuned to `recall_target` on held-out queries
+(tuning.py). How an index is built: build.py; filtered search: filters.py;
+what add / remove / merge do to the parts: changes.py.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from clipkit.index_tuning import (KINDS, GroundTruth, available_memory, choose_index,  # noqa: F401
-                                  estimate_memory, factory_for, kind_of, recall_at_k)
-from clipkit.index_sources import Source as _Source
-from clipkit.index_sources import as_matrix as _as_matrix
-from clipkit.index_sources import check_finite, checked_ids as _checked_ids, checked_metadata as _checked_metadata  # noqa: F401
-from clipkit.index_sources import model_info as _model_info, trained_fingerprint as _trained_fingerprint
-from clipkit.index_sources import training_rows
+from clipkit.data.shards import read_member_image
 from clipkit.io import MANIFEST_NAME, read_manifest, staged_output, write_manifest
+from clipkit.model import resolve_model
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+from clipkit.retrieval.index.build import FORMAT_VERSION, BuildPlan, train_index
+from clipkit.retrieval.index.changes import (appended_ids, appended_metadata, check_mergeable, check_same_model,
+                                             concatenated_rows, kept_metadata, merge_faiss, remove_positions,
+                                             truncate)
+from clipkit.retrieval.index.filters import filtered_search
+from clipkit.retrieval.index.kinds import factory_for
+from clipkit.retrieval.index.sources import (Source, as_matrix, check_finite, checked_ids, checked_metadata,
+                                             model_info)
 
-METRICS = ("ip", "l2")
-FORMAT, FORMAT_VERSION = "clipkit-index", 2
+FORMAT = "clipkit-index"
 INDEX_NAME, IDS_NAME, METADATA_NAME, IVFDATA_NAME = "index.faiss", "ids.npy", "metadata.parquet", "index.ivfdata"
 FIX = "rebuild it with `clipkit index build` (or EmbeddingIndex.build(...).save(...))"
+SEARCH_PARAMS = ("nprobe", "efSearch")
 
-
-# ----------------------------------------------------------------------------- the index
 
 class EmbeddingIndex:
-    """FAISS index + manifest (+ optional ids and metadata). Build with `build`, or `load` a saved one."""
+    """FAISS index + manifest (+ optional ids and metadata). Build with `build`, or `load` a saved one.
+
+    Position p of the FAISS index is row p: its id is ids[p] (p itself when `ids` is None)
+    and its metadata row p of every column.
+    """
 
     def __init__(self, index, manifest: dict, ids: np.ndarray | None = None, metadata: dict | None = None):
         self.index, self.manifest, self.ids, self.metadata = index, manifest, ids, metadata
-        self._positions: dict | None = None
-        self.ivfdata: Path | None = None          # the file of on-disk inverted lists, if any (index_pieces)
+        self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None   # (order, ids[order]) for positions()
+        self.ivfdata: Path | None = None          # the file of on-disk inverted lists, if any (pieces.py)
         self._apply_search_params()
 
     # ---------------------------------------------------------------- properties
@@ -84,66 +92,29 @@ class EmbeddingIndex:
         """An empty index of `kind` for `count` vectors, trained on (a random subset of) the (n, d) `sample`.
 
         The starting point of build-in-pieces: every piece is `trained.empty_copy()` filled
-        with its own vectors, and pieces of one trained index merge (clipkit.index_pieces).
+        with its own vectors, and pieces of one trained index merge (`merge`).
         """
-        import faiss
-
-        if metric not in METRICS:
-            raise ValueError(f"metric={metric!r} is not one of {METRICS}")
-        if kind not in KINDS:
-            raise ValueError(f"kind={kind!r} is not one of {KINDS}")
-        sample = _as_matrix(sample, "training sample")
-        check_finite(sample, "training sample")
-        n, d = max(count or 0, len(sample)), sample.shape[1]
-        factory = factory_for(kind, n, d, max_memory)
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
-        rng = np.random.default_rng(seed)
-        if not index.is_trained:
-            want = train_size or min(len(sample), max(40 * getattr(faiss.extract_index_ivf(index), "nlist", 1), 10_000))
-            train = sample[np.sort(rng.choice(len(sample), size=min(want, len(sample)), replace=False))]
-            ivf = faiss.extract_index_ivf(index)
-            ivf.cp.niter = 10
-            if len(train) < ivf.nlist:
-                raise ValueError(f"{len(train)} training vectors for {ivf.nlist} IVF cells; give more data "
-                                 f"(--train-on / train_size) or kind='flat'")
-            ivf = faiss.downcast_index(ivf)
-            if hasattr(ivf, "do_polysemous_training"):
-                if len(train) < 256:
-                    raise ValueError(f"{len(train)} training vectors; PQ codes need at least 256 (and ~10,000 "
-                                     f"for good codes); give more data or use kind='ivf' / 'flat'")
-                ivf.do_polysemous_training = False     # on by default in the factory, and very slow
-                ivf.pq.cp.niter = 10
-            if factory.startswith("OPQ"):
-                faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0)).niter = 5
-            index.train(train)
-        chosen = kind_of(factory)
-        if chosen == "hnsw":
-            faiss.downcast_index(index).hnsw.efConstruction = 40
-        params: dict = {"factory": factory}
-        if "IVF" in factory:
-            params["nlist"] = int(faiss.extract_index_ivf(index).nlist)
-        from clipkit import __version__
-
-        manifest = {"format_version": FORMAT_VERSION, "dim": d, "metric": metric, "kind": chosen,
-                    "requested_kind": kind, "params": params, "count": 0, "model": model_info,
-                    "clipkit_version": __version__, "trained_sha256": _trained_fingerprint(index)}
-        return cls(index, manifest)
+        sample = as_matrix(sample, "training sample")
+        factory = factory_for(kind, max(count or 0, len(sample)), sample.shape[1], max_memory)
+        return cls(*train_index(sample, factory, metric, requested_kind=kind, train_size=train_size, seed=seed,
+                                model_info=model_info))
 
     def empty_copy(self) -> "EmbeddingIndex":
         """The same trained index with no vectors (a piece to fill), same manifest, no ids or metadata."""
-        import faiss
-
         index = faiss.clone_index(self.index)
         index.reset()
         return EmbeddingIndex(index, {**self.manifest, "params": dict(self.manifest["params"]), "count": 0})
 
     @classmethod
     def build(cls, vectors, ids=None, kind: str = "auto", metric: str = "ip", *, model=None,
-              metadata: dict | None = None, recall_target: float = 0.95, k: int = 10, num_queries: int = 500,
+              metadata: dict | None = None, recall_target: float = 0.95, k: int = 10, num_queries: int = 1000,
               max_memory: int | None = None, count: int | None = None, batch_size: int = 65536,
               train_size: int | None = None, seed: int = 0, progress: bool = False,
               modality: str | None = None) -> "EmbeddingIndex":
         """Build an index from an array, an EmbeddingFolder (or its path) or an iterator of chunks.
+
+            index = EmbeddingIndex.build(vectors, kind="auto", recall_target=0.99)
+            index.params   # {"factory": "HNSW32", "efSearch": 192, "tuned_recall": 0.995, ...}
 
         ids: int64 per row (default: row numbers). model: a ClipModel whose identity and
         embed dim are recorded (for a folder, the one recorded by `clipkit embed` is used).
@@ -152,70 +123,107 @@ class EmbeddingIndex:
         train_size: vectors the coarse quantizer / codes train on (a random sample of the first rows).
         max_memory: bytes `auto` may plan for (default: half the free RAM).
         modality: "img" or "text" embeddings of a folder (default: img when present).
-        """
-        from tqdm.auto import tqdm
 
-        if not 0 < recall_target <= 1:
-            raise ValueError(f"recall_target={recall_target}; expected a number in (0, 1]")
-        if k < 1 or num_queries < 1 or batch_size < 1:
-            raise ValueError(f"k={k}, num_queries={num_queries}, batch_size={batch_size}; expected positive ints")
-        if train_size is not None and train_size < 1:
-            raise ValueError(f"train_size={train_size}; expected a positive int")
-        start_time = time.time()
-        rows = training_rows(vectors, count, kind, train_size, max_memory)
-        src = _Source(vectors, batch_size, rows, count, modality)
-        self = cls.trained(src.pool, kind, metric, count=src.size_hint, max_memory=max_memory,
-                           train_size=train_size, seed=seed, model_info=_model_info(model, src.info, src.dim))
-        tuning = self.kind != "flat"
-        truth = GroundTruth(src.pool, num_queries, k, metric, seed) if tuning else None
-        with tqdm(total=src.n, disable=not progress, unit="vec", desc=f"add {self.params['factory']}") as bar:
-            for chunk in src.chunks():
-                if truth is not None:
-                    truth.add(chunk, int(self.index.ntotal))
-                self.index.add(chunk)
-                bar.update(len(chunk))
-        added = len(self)
-        self.ids = _checked_ids(ids, added)
-        self.metadata = _checked_metadata(metadata if metadata is not None else src.metadata, added)
-        if truth is not None:
-            self.manifest["params"].update(truth.tune(self.index, self.kind, recall_target))
-            self._apply_search_params()
-        self.manifest.update(count=added, build_seconds=round(time.time() - start_time, 2))
+        recall_target (approximate kinds): what a query drawn from the same distribution
+        as the indexed vectors gets, on average, as recall@k against exact search. It is
+        measured, not assumed: `num_queries` random rows of the data (at most one in ten
+        of the first rows) are held out of the index while it is tuned, their exact top-k
+        among the other rows is computed as the vectors stream in, and the smallest
+        nprobe / efSearch is kept whose recall on them reaches the target with 95%
+        confidence (the lower bound of a one-sided interval over the per-query recalls;
+        clipkit.retrieval.index.tuning). The held-out rows are then indexed like the
+        others. The manifest's params record `tuned_recall` (held-out mean),
+        `tuned_recall_lower` (its bound), `tuning_queries` and `tuning_method`. Queries
+        unlike the data (another modality, another domain) are not covered by the
+        promise; if the index cannot reach the target at its largest setting, a
+        RuntimeWarning says so. "flat" is exact (recall 1).
+        """
+        plan = BuildPlan(vectors, kind, metric, model=model, recall_target=recall_target, k=k,
+                         num_queries=num_queries, max_memory=max_memory, count=count, batch_size=batch_size,
+                         train_size=train_size, seed=seed, modality=modality)
+        self = cls(plan.index, plan.manifest)
+        for chunk in plan.chunks(progress):
+            self.index.add(chunk)
+        self.manifest.update(plan.finish(self.index))       # tuned: the index now searches with its parameter
+        self.ids = checked_ids(ids, len(self))
+        self.metadata = checked_metadata(metadata if metadata is not None else plan.source.metadata, len(self))
         return self
 
     # ---------------------------------------------------------------- searching
     def _apply_search_params(self) -> None:
-        import faiss
-
         ps = faiss.ParameterSpace()
-        for name in ("nprobe", "efSearch"):
+        for name in SEARCH_PARAMS:
             if name in self.manifest.get("params", {}):
                 ps.set_index_parameter(self.index, name, int(self.manifest["params"][name]))
 
     def set_search_params(self, **params) -> None:
         """Override nprobe / efSearch (kept in the manifest, so save() keeps them)."""
         for name, value in params.items():
-            if name not in ("nprobe", "efSearch"):
+            if name not in SEARCH_PARAMS:
                 raise ValueError(f"unknown search parameter {name!r}; expected nprobe or efSearch")
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}; expected a positive int")
             self.manifest["params"][name] = value
         self._apply_search_params()
 
-    def search(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k nearest vectors per query row, k capped at the index size.
 
-        Both arrays are (nq, min(k, len(index))); ids are -1 where an approximate index found fewer.
+        Both arrays are (nq, min(k, len(index))). mask: a boolean array of shape (len(index),)
+        over row positions (`positions(ids)` maps ids to them); only rows where it is True
+        are returned (filters.py). Where fewer rows were found or allowed, ids are -1 and
+        scores the worst possible (-inf for "ip", +inf for "l2").
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k={k!r}; expected a positive int")
-        q = _as_matrix(queries, "queries", self.dim)
+        q = as_matrix(queries, "queries", self.dim)
         check_finite(q, "queries")
-        scores, positions = self.index.search(q, int(min(k, len(self)))) if len(self) else \
-            (np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64))
+        kk = int(min(k, len(self)))
+        if kk == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if mask is None:
+            scores, positions = self.index.search(q, kk)
+        else:
+            scores, positions = filtered_search(self.index, self.kind, q, kk, self._checked_mask(mask))
+        missing = positions < 0
+        if missing.any():
+            scores = np.where(missing, np.float32(-np.inf if self.metric == "ip" else np.inf), scores)
         if self.ids is None:
             return scores, positions
-        return scores, np.where(positions >= 0, self.ids[np.maximum(positions, 0)], -1)
+        return scores, np.where(missing, -1, self.ids[np.maximum(positions, 0)])
+
+    def _checked_mask(self, mask) -> np.ndarray:
+        m = np.asarray(mask)
+        if m.dtype != np.bool_ or m.shape != (len(self),):
+            raise ValueError(f"mask of dtype {m.dtype} and shape {m.shape}; expected a boolean array of shape "
+                             f"({len(self)},), True at the row positions that may be returned "
+                             f"(index.positions(ids) gives the positions of ids)")
+        return m
+
+    def positions(self, ids) -> np.ndarray:
+        """Row positions (int64, same shape as `ids`) of these ids; -1 for an id not in the index."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.ids is None:
+            return np.where((ids >= 0) & (ids < len(self)), ids, -1)
+        if self._sorted_ids is None:
+            order = np.argsort(self.ids, kind="stable")
+            self._sorted_ids = (order, self.ids[order])
+        order, sorted_ids = self._sorted_ids
+        if not len(sorted_ids):
+            return np.full(ids.shape, -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[at] == ids, order[at], -1)
+
+    def vectors(self, ids) -> np.ndarray:
+        """The stored (n, d) float32 vectors of these ids (PQ kinds: decoded from their codes).
+
+        ValueError for an id not in the index; RuntimeError where FAISS cannot give vectors
+        back (an IVF index without a direct map)."""
+        positions = self.positions(np.atleast_1d(ids))
+        if (positions < 0).any():
+            missing = np.atleast_1d(np.asarray(ids))[positions < 0]
+            raise ValueError(f"ids {missing[:5].tolist()} are not in the index")
+        return self.index.reconstruct_batch(positions)
 
     def check_model(self, model) -> None:
         """Raise ValueError unless `model` is the one the indexed embeddings came from."""
@@ -229,8 +237,6 @@ class EmbeddingIndex:
 
     def model(self, override: str | None = None, device: str = "auto"):
         """The model to query with: `override` (a directory or preset), else the one the manifest records."""
-        from clipkit.model import resolve_model
-
         source = override or (self.manifest.get("model") or {}).get("source")
         if not source:
             raise ValueError("this index does not record its model; pass --model DIR")
@@ -238,22 +244,20 @@ class EmbeddingIndex:
 
     def image(self, row: dict | None):
         """The indexed image behind a `lookup` row (an image file, or `key` inside a local shard), or None."""
-        from clipkit.data.shards import read_member_image
-
         if not row or not row.get("path"):
             return None
         return read_member_image(row["path"], row.get("key"))
 
-    def search_text(self, model, text: str | list[str], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search_text(self, model, text: str | list[str], k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
         self.check_model(model)
         texts = [text] if isinstance(text, str) else list(text)
-        return self.search(model.encode_texts(texts).numpy(), k)
+        return self.search(model.encode_texts(texts).numpy(), k, mask=mask)
 
-    def search_image(self, model, image, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def search_image(self, model, image, k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
         """`image`: a path, PIL image or uint8 array, or a list of them."""
         self.check_model(model)
         images = image if isinstance(image, (list, tuple)) else [image]
-        return self.search(model.encode_images(images).numpy(), k)
+        return self.search(model.encode_images(images).numpy(), k, mask=mask)
 
     def lookup(self, ids) -> list:
         """Metadata rows ({column: value}) for ids (1-D -> list, 2-D -> list of lists); None for -1."""
@@ -262,37 +266,89 @@ class EmbeddingIndex:
             return [self.lookup(row) for row in ids]
         if self.metadata is None:
             return [None if i < 0 else {"id": int(i)} for i in ids]
-        if self.ids is not None and self._positions is None:
-            self._positions = {int(v): p for p, v in enumerate(self.ids)}
-        out = []
-        for i in ids.tolist():
-            pos = i if self.ids is None else self._positions.get(i, -1)
-            if i < 0 or pos < 0 or pos >= len(self):
-                out.append(None)
-            else:
-                out.append({"id": i, **{c: v[pos] for c, v in self.metadata.items()}})
-        return out
+        return [None if p < 0 else {"id": int(i), **{c: v[p] for c, v in self.metadata.items()}}
+                for i, p in zip(ids.tolist(), self.positions(ids).tolist())]
 
-    # ---------------------------------------------------------------- changing (clipkit.index_changes)
+    # ---------------------------------------------------------------- changing (changes.py)
     def add(self, vectors, ids=None, metadata: dict | None = None, *, model=None, modality: str | None = None,
             batch_size: int = 65536) -> int:
-        """Add vectors (an array, an EmbeddingFolder or its path, or chunks); returns how many (index_changes.add)."""
-        from clipkit.index_changes import add
+        """Add vectors (an array, an EmbeddingFolder or its path, or chunks); returns how many.
 
-        return add(self, vectors, ids, metadata, model=model, modality=modality, batch_size=batch_size)
+        ids default to the next numbers after the largest id ever given; custom ids must be
+        new. A folder brings its metadata; embeddings of another model than the index's are
+        refused (the folder's manifest, or `model`, says which model made them). The search
+        parameter tuned at build time is kept (re-tune after large additions). A refused
+        batch leaves the index as it was.
+        """
+        self._check_in_memory("add to")
+        if isinstance(vectors, (str, os.PathLike)):
+            vectors = EmbeddingFolder(vectors)
+        info = vectors.info if isinstance(vectors, EmbeddingFolder) else {}
+        check_same_model(self.manifest, model_info(model, info, self.dim), getattr(vectors, "root", "the vectors"))
+        src = Source(vectors, batch_size, 1, None, modality)
+        if src.dim != self.dim:
+            raise ValueError(f"vectors have dim {src.dim}; this index holds dim-{self.dim} vectors")
+        before, next_id = len(self), int(self.manifest.get("next_id", 0))
+        if self.kind == "hnsw":          # a graph cannot delete: check every vector and id before adding any
+            chunks = list(src.chunks())
+            all_ids, next_id = appended_ids(self.ids, before, sum(map(len, chunks)), ids, next_id)
+            for chunk in chunks:
+                self.index.add(chunk)
+        else:
+            try:
+                for chunk in src.chunks():
+                    self.index.add(chunk)
+                all_ids, next_id = appended_ids(self.ids, before, len(self) - before, ids, next_id)
+            except Exception:
+                truncate(self.index, before)
+                raise
+        added = len(self) - before
+        self.ids, self.manifest["next_id"] = all_ids, next_id
+        self.metadata = appended_metadata(self.metadata, before, metadata if metadata is not None else src.metadata,
+                                          added)
+        self._sorted_ids = None
+        self.manifest["count"] = len(self)
+        self.manifest.setdefault("added", []).append({"count": added, "time": round(time.time(), 1)})
+        return added
 
     def remove(self, ids) -> int:
-        """Remove the vectors with these ids (flat and IVF kinds); returns how many (index_changes.remove)."""
-        from clipkit.index_changes import remove
-
-        return remove(self, ids)
+        """Remove the vectors with these ids (flat and IVF kinds); returns how many were found and removed."""
+        self._check_in_memory("remove from")
+        if self.kind == "hnsw":
+            raise ValueError("an HNSW index cannot delete vectors (FAISS graphs do not support removal); rebuild "
+                             "it without them, or build kind='flat' / 'ivf' / 'ivfpq' if you need remove()")
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        all_ids = self.ids if self.ids is not None else np.arange(len(self), dtype=np.int64)
+        positions = np.flatnonzero(np.isin(all_ids, ids))
+        if not len(positions):
+            return 0
+        self.manifest["next_id"] = max(int(self.manifest.get("next_id", 0)), int(all_ids.max()) + 1)
+        removed = remove_positions(self.index, self.kind, positions)
+        keep = np.ones(len(all_ids), dtype=bool)
+        keep[positions] = False
+        self.ids = all_ids[keep]                              # ids are no longer positions
+        self.metadata = kept_metadata(self.metadata, keep)
+        self._sorted_ids = None
+        self.manifest["count"] = len(self)
+        return removed
 
     @classmethod
     def merge(cls, pieces) -> "EmbeddingIndex":
-        """One index from pieces filled from the same trained index (see clipkit.index_pieces)."""
-        from clipkit.index_pieces import merge
+        """One index holding every piece's vectors, ids and metadata, in order; the pieces come from one
+        trained index (`trained(...).empty_copy()`, filled separately) and are emptied by the merge."""
+        pieces = list(pieces)
+        check_mergeable([p.manifest for p in pieces])
+        sizes = [len(p) for p in pieces]                     # before merging: merge_from empties its source
+        index = merge_faiss([p.index for p in pieces], pieces[0].kind)
+        ids, metadata = concatenated_rows([p.ids for p in pieces], [p.metadata for p in pieces], sizes)
+        first = pieces[0].manifest
+        manifest = {**first, "params": dict(first["params"]), "count": int(index.ntotal), "pieces": len(pieces)}
+        return cls(index, manifest, ids, metadata)
 
-        return merge(pieces)
+    def _check_in_memory(self, what: str) -> None:
+        if self.ivfdata is not None:
+            raise ValueError(f"cannot {what} an index whose inverted lists are on disk ({self.ivfdata}); build it "
+                             f"again with the new vectors (`clipkit index build --pieces N --on-disk`)")
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Path:
@@ -302,8 +358,6 @@ class EmbeddingIndex:
         anything else there is refused unless `overwrite`. `inputs`: paths the index was
         built from, which `directory` must not be, be inside of, or contain.
         """
-        import faiss
-
         directory = Path(directory)
         with staged_output(directory, FORMAT, inputs=inputs, overwrite=overwrite) as stage:
             tmp = stage.dir
@@ -316,8 +370,6 @@ class EmbeddingIndex:
                 np.save(tmp / IDS_NAME, self.ids)
                 parts[IDS_NAME] = len(self.ids)
             if self.metadata is not None:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
                 pq.write_table(pa.table(self.metadata), tmp / METADATA_NAME)
                 parts[METADATA_NAME] = len(self)
             fields = {k: v for k, v in self.manifest.items() if k not in ("parts", "complete", "format", "written")}
@@ -331,8 +383,6 @@ class EmbeddingIndex:
         Refuses a folder whose manifest is missing or does not match its files (sizes, rows;
         sha256 too with `full_check`).
         """
-        import faiss
-
         directory = Path(directory)
         manifest = read_manifest(directory, FORMAT, fix=FIX, what="index", full=full_check)
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -352,7 +402,6 @@ class EmbeddingIndex:
         if IDS_NAME in parts:
             ids = np.load(directory / IDS_NAME)
         if METADATA_NAME in parts:
-            import pyarrow.parquet as pq
             metadata = pq.read_table(directory / METADATA_NAME).to_pydict()
         for name, rows in ((IDS_NAME, None if ids is None else len(ids)),
                            (METADATA_NAME, None if metadata is None else len(next(iter(metadata.values()), [])))):
@@ -366,8 +415,6 @@ class EmbeddingIndex:
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """A hard link (no copy of a large file on the same filesystem), else a copy."""
-    import shutil
-
     if Path(src).resolve() == Path(dst).resolve():
         return
     try:

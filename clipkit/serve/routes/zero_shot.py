@@ -9,14 +9,14 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from clipkit.serve.bodies import ZeroShotBody, body_doc, one_source, read_body
-from clipkit.serve.routes import EngineDep
+from clipkit.serve.routes import QueryEngineDep
 
 router = APIRouter()
 
 
 @router.post("/zero-shot", summary="class probabilities of an uploaded image (or an indexed id)",
              openapi_extra=body_doc(ZeroShotBody, "the image to classify"))
-async def zero_shot(request: Request, engine: EngineDep):
+async def zero_shot(request: Request, engine: QueryEngineDep):
     start = time.perf_counter()
     body, upload = await read_body(request, ZeroShotBody)
     one_source(body, upload, ("id",))
