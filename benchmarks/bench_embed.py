@@ -85,7 +85,7 @@ def data_path(args) -> tuple[dict, str]:
         for row in protocol.contender_rows(runs, "images_per_s"):
             rows.append([name, num, *row])
         rows.append([name, num, "**shards / bare** (goal >= 0.9)", protocol.median_range(ratio, "x"), "",
-                     f"{ratio['rounds']}/{args.rounds}"])
+                     protocol.clean_rounds(ratio, args.rounds)])
         data[name] = {"images": num, "summary": runs.summary("images_per_s"), "ratio_shards_over_bare": ratio,
                       "contended_windows": runs.contended_windows()}
     caption = (f"**Embedding: the data path against the bare forward** — `encode_images` fed from webdataset "
@@ -166,7 +166,7 @@ def compare_processes(args, model: str, num: int, batch_size: int) -> tuple[dict
     wall = runs.summary("images_per_s_wall")
     rows = [[*row, protocol.median_range(wall.get(row[0]))] for row in protocol.contender_rows(runs, "images_per_s")]
     rows.append(["**2 processes / 1** (goal >= 1.7x)", protocol.median_range(ratio, "x"), "",
-                 f"{ratio['rounds']}/{args.rounds}", protocol.median_range(ratio_wall, "x")])
+                 protocol.clean_rounds(ratio, args.rounds), protocol.median_range(ratio_wall, "x")])
     caption = (f"**`clipkit embed`: 1 process x 2 threads vs 2 processes x 1 thread (torchrun, gloo)** — model "
                f"`{model}`, {num} images in 4 shards, batch {batch_size}, no captions; both outputs hold the same "
                f"rows: {same}. images/s of the embedding phase (the manifest's embed_seconds, start-up excluded) "

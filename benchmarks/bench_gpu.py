@@ -144,17 +144,16 @@ def clip_training(size: Size, work: Path, rounds: int) -> list[list]:
                               strict=False, only="both")
     runs = bench_train.compare(args, 1, work / "clip-runs")
     summary = runs.summary("samples_per_s")
+    g = next((m["gflop_per_sample"] for _, _, m, _ in runs.runs if m.get("gflop_per_sample")), None)
     rows = []
-    for name in ("clipkit", "open_clip_train"):
-        s = summary.get(name)
-        note = f"median (range) {protocol.median_range(s)} over {s['rounds']} round(s); {size.clip_steps} steps a run"
-        g = next((m.get("gflop_per_sample") for n, _, m, _ in runs.runs if m.get("gflop_per_sample")), None)
+    for name, cell, spread, clean in protocol.contender_rows(runs, "samples_per_s"):
+        note = f"median (range) {cell}, spread {spread}, clean rounds {clean}; {size.clip_steps} steps a run"
         if g:
-            note += f"; {g * s['median']:.4g} GFLOP/s of model FLOPs ({g:.3g} GFLOP a sample, counted by torch)"
-        rows.append([section, name, s["median"], "samples/s", note])
+            note += f"; {g * summary[name]['median']:.4g} GFLOP/s of model FLOPs ({g:.3g} GFLOP a sample)"
+        rows.append([section, name, summary[name]["median"], "samples/s", note])
     ratio = runs.ratio("samples_per_s", "clipkit", "open_clip_train")
     rows.append([section, "ratio clipkit / open_clip_train", ratio["median"], "x",
-                 f"per round: {protocol.median_range(ratio, 'x')} over {ratio['rounds']} round(s)"])
+                 f"per round: {protocol.median_range(ratio, 'x')}, clean rounds {protocol.clean_rounds(ratio, rounds)}"])
     return rows
 
 
@@ -217,11 +216,12 @@ def embedding(size: Size, work: Path, rounds: int) -> list[list]:
     runs = protocol.interleave({p: (lambda p=p: run(p)) for p in ("fp32", "bf16")}, rounds=max(rounds, size.embed_rounds))
     summary = runs.summary("images_per_s")
     rows = [[section, f"encode_images {p}", summary[p]["median"], "images/s",
-             f"median (range) {protocol.median_range(summary[p])} over {summary[p]['rounds']} round(s) of "
-             f"{size.embed_images} images already on the {size.device}; embeddings returned on the CPU"]
-            for p in ("fp32", "bf16")]
+             f"median (range) {cell}, spread {spread}, clean rounds {clean}; {size.embed_images} images already on "
+             f"the {size.device}, embeddings returned on the CPU"]
+            for p, cell, spread, clean in protocol.contender_rows(runs, "images_per_s")]
     ratio = runs.ratio("images_per_s", "bf16", "fp32")
-    rows.append([section, "ratio bf16 / fp32", ratio["median"], "x", f"per round: {protocol.median_range(ratio, 'x')}"])
+    rows.append([section, "ratio bf16 / fp32", ratio["median"], "x", f"per round: {protocol.median_range(ratio, 'x')}, "
+                 f"clean rounds {protocol.clean_rounds(ratio, max(rounds, size.embed_rounds))}"])
     return rows
 
 

@@ -1,18 +1,24 @@
-"""FAISS indexes on N x 256 clustered vectors (default 1,000,000), side by side in one run:
+"""FAISS indexes on N x 256 clustered vectors: clipkit's `auto` against autofaiss on the recall-speed curve.
 
-  A. exact flat search vs clipkit's `auto` index (build time, recall@10, QPS batched / single, size)
+  A. (also D) clipkit `auto` vs autofaiss `build_index`, same memory budget. Each builds once in its own process
+     (build time, peak memory, the search parameter it chose); then both are searched over one range of their
+     parameter (efSearch for HNSW, nprobe for IVF), the contenders interleaved A B A B over --rounds rounds
+     (benchmarks/protocol.py): recall@10 on fresh queries (drawn from the data's distribution, not in the index)
+     against queries/s, batched and one at a time (median and spread over the rounds). Writes
+     results/index_curve_<N>.json, .md (rows at recall 0.95 and 0.99, and each contender's own choice) and .png.
   B. build-in-pieces + merge (in memory, and with on-disk inverted lists) vs build-at-once, same kind:
      build time, peak memory of the building process, recall@10, and whether the answers are identical
   C. `add` of 10% more vectors to a built index vs rebuilding on all of them: time, recall@10
-  D. clipkit `auto` vs autofaiss `build_index` with the same memory budget: build time, recall@10, QPS, memory
-  E. per-vector costs of one kind (train per training vector, add per vector, bytes per vector, recall, QPS):
+  E. per-vector costs of one kind (train, add, tune, bytes per vector, recall, QPS):
      the inputs of the README's "scale on paper" (e.g. --kind ivfpq --d 512 --parts E)
-     (autofaiss runs from its own virtual env, as it pins numpy<2:
-      python3 -m venv /tmp/autofaiss-venv && /tmp/autofaiss-venv/bin/pip install autofaiss "pyarrow<17")
 
-    python benchmarks/bench_index.py                      # the full run (~1 GB of vectors; many minutes)
-    python benchmarks/bench_index.py --n 200000           # a quicker look
-    python benchmarks/bench_index.py --parts B C          # only some parts
+    python benchmarks/bench_index.py --n 200000                  # part A at 200k (many minutes on 2 cores)
+    python benchmarks/bench_index.py --n 1000000 --parts A B C
+    python benchmarks/bench_index.py --n 5000 --rounds 3 --results-dir /tmp/r   # a smoke run
+
+autofaiss runs from its own virtual env (it pins numpy<2), given by --autofaiss-python:
+    python3 -m venv /tmp/autofaiss-venv && /tmp/autofaiss-venv/bin/pip install autofaiss "pyarrow<17"
+Without it, part A measures clipkit alone.
 
 Memory: peak RSS (VmHWM) of each build process, and peak anonymous memory (sampled RssAnon +
 RssShmem), which leaves out file-backed pages such as memory-mapped on-disk inverted lists.
@@ -20,9 +26,8 @@ RssShmem), which leaves out file-backed pages such as memory-mapped on-disk inve
 Data: a Gaussian mixture on the unit sphere (4,096 centres of uneven popularity,
 per-point noise), like CLIP embeddings of a large, clumpy collection, written as an
 embedding folder (parts of 100,000 rows) that every builder streams from; the
-queries are 1,000 fresh draws from the same mixture (not in the index). Uniform
-random vectors are not used: no approximate index can work on them. Builds that
-report peak memory run in their own process (VmHWM of that process).
+queries are --queries fresh draws from the same mixture (not in the index).
+Uniform random vectors are not used: no approximate index can work on them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,8 +43,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from protocol import RESULTS, interleave, markdown_table, write_results
+
+# clipkit is imported inside the functions that use it: the autofaiss workers run this file from
+# autofaiss's own virtual env, where clipkit (numpy 2) is not installed.
 
 K = 10
+EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
+NPROBE = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096, 8192)
+TARGETS = (0.95, 0.99)
 
 
 def clustered(n: int, d: int, centres: np.ndarray, weights: np.ndarray, rng, noise: float = 0.6,
@@ -100,8 +113,8 @@ def make_data(root: Path, n: int, d: int, queries: int, seed: int) -> None:
     """root/emb (an embedding folder of our format), root/queries.npy, root/truth.npy (exact top-10)."""
     import faiss
 
-    from clipkit.embeddings import FORMAT
     from clipkit.io import write_manifest
+    from clipkit.retrieval.embeddings.layout import FORMAT
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((4096, d), dtype=np.float32)
@@ -131,105 +144,130 @@ def make_data(root: Path, n: int, d: int, queries: int, seed: int) -> None:
                                                 "bytes": flat.ntotal * d * 4}))
 
 
-# ----------------------------------------------------------------------------- one build per process
+# ----------------------------------------------------------------------------- workers (one process each)
 
 def worker(args) -> None:
-    """Build one variant from root/emb, search the queries, print one JSON line."""
+    """One build or one sweep, in its own process; prints one RESULT line of JSON."""
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
     root = Path(args.root)
-    xq, truth = np.load(root / "queries.npy"), np.load(root / "truth.npy")
-    before = peak_rss_gb()
-    anon = PeakMemory()
-    budget = int(args.max_memory_gb * 2**30)
-    t = time.perf_counter()
-    out: dict = {"variant": args.variant}
-    if args.variant == "autofaiss":
-        from autofaiss import build_index
-
-        with tempfile.TemporaryDirectory() as tmp:
-            index, infos = build_index(embeddings=str(root / "emb" / "img_emb"), index_path=f"{tmp}/i.index",
-                                       index_infos_path=f"{tmp}/infos.json", metric_type="ip",
-                                       max_index_memory_usage=f"{args.max_memory_gb}G",
-                                       current_memory_available=f"{2 * args.max_memory_gb}G",
-                                       nb_cores=args.threads, verbose=40)
-            out["build_s"] = time.perf_counter() - t
-            out["params"] = (infos or {}).get("index_key", "") + " " + (infos or {}).get("index_param", "")
-            out["bytes"] = os.path.getsize(f"{tmp}/i.index")
-        search = index.search
+    if args.variant.startswith("sweep-"):
+        out = sweep(args, root)
+    elif args.variant == "build-autofaiss":
+        out = build_autofaiss(args, root)
     else:
-        from clipkit.index import EmbeddingIndex
-        from clipkit.index_pieces import build_in_pieces
-
-        kind = {"auto": "auto", "once": args.kind, "pieces": args.kind, "pieces-disk": args.kind,
-                "add": args.kind, "costs": args.kind}[args.variant]
-        options = dict(kind=kind, max_memory=budget, train_size=args.train_on)
-        if args.variant == "costs":                      # per-vector costs for the README's scale on paper
-            from clipkit.embeddings import EmbeddingFolder
-            from clipkit.index import GroundTruth
-            from clipkit.index_tuning import _nlist_for
-
-            folder = EmbeddingFolder(root / "emb")
-            rows = args.train_on or 40 * _nlist_for(folder.count)
-            sample = np.concatenate([v for v, _ in folder.chunks("img", 65536, metadata=False)])[:rows]
-            t = time.perf_counter()
-            index = EmbeddingIndex.trained(sample, kind=args.kind, count=folder.count, train_size=len(sample))
-            out["train_s"], out["train_rows"] = time.perf_counter() - t, len(sample)
-            t, offset = time.perf_counter(), 0
-            for v, _ in folder.chunks("img", 65536, metadata=False):
-                index.index.add(v)
-            out["add_s"], out["count"] = time.perf_counter() - t, int(index.index.ntotal)
-            gt = GroundTruth(sample, 500, K, "ip")
-            for v, _ in folder.chunks("img", 65536, metadata=False):
-                gt.add(v, offset)
-                offset += len(v)
-            t = time.perf_counter()
-            index.manifest["params"].update(gt.tune(index.index, index.kind, 0.95))
-            index._apply_search_params()
-            out["tune_s"] = time.perf_counter() - t
-            out["build_s"] = out["train_s"] + out["add_s"]
-        elif args.variant.startswith("pieces"):
-            work = Path(tempfile.mkdtemp(dir=root)) if args.variant == "pieces-disk" else None
-            index = build_in_pieces(str(root / "emb"), pieces=args.pieces, on_disk=work, **options)
-        elif args.variant == "add":
-            from clipkit.embeddings import EmbeddingFolder
-
-            folder = EmbeddingFolder(root / "emb")
-            n90 = int(folder.count * 0.9)
-            head, tail, seen = [], [], 0
-            for v, _ in folder.chunks("img", 65536, metadata=False):
-                cut = max(0, min(len(v), n90 - seen))
-                head.append(v[:cut]) if cut else None
-                tail.append(v[cut:]) if cut < len(v) else None
-                seen += len(v)
-            index = EmbeddingIndex.build(iter(head), count=n90, **options)
-            out["build90_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            index.add(iter(tail))
-            out["add_s"] = time.perf_counter() - t
-        else:
-            index = EmbeddingIndex.build(str(root / "emb"), **options)
-        out["build_s"] = time.perf_counter() - t if args.variant != "add" else out["build90_s"] + out["add_s"]
-        p = index.params
-        out["params"] = p["factory"] + "".join(f" {n}={p[n]}" for n in ("nprobe", "efSearch") if n in p)
-        out["tuned_recall"] = p.get("tuned_recall")
-        with tempfile.NamedTemporaryFile(suffix=".faiss", dir=root) as f:
-            faiss.write_index(index.index, f.name)
-            out["bytes"] = os.path.getsize(f.name) + (os.path.getsize(index.ivfdata) if index.ivfdata else 0)
-        search = index.search
-    out["peak_gb"], out["peak_anon_gb"], out["base_gb"] = peak_rss_gb(), anon.gb(), before
-    ids, out["qps_batched"], out["qps_single"] = timed_search(search, xq, 100)
-    out["recall"] = recall(ids, truth)
-    if args.variant == "costs":       # what exact re-ranking of 100 candidates (raw vectors from the folder) can reach
-        out["recall_rerank100"] = recall(search(xq, 100)[1], truth)
-    np.save(root / f"ids_{args.variant}.npy", ids)
+        out = build_clipkit(args, root)
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_variant(root: Path, variant: str, args, python: str = sys.executable) -> dict:
+def build_autofaiss(args, root: Path) -> dict:
+    from autofaiss import build_index
+
+    before, anon, t = peak_rss_gb(), PeakMemory(), time.perf_counter()
+    _, infos = build_index(embeddings=str(root / "emb" / "img_emb"), index_path=str(root / "autofaiss.index"),
+                           index_infos_path=str(root / "autofaiss.json"), metric_type="ip",
+                           max_index_memory_usage=f"{args.max_memory_gb}G",
+                           current_memory_available=f"{2 * args.max_memory_gb}G", nb_cores=args.threads, verbose=40)
+    return {"variant": "autofaiss", "build_s": time.perf_counter() - t, "peak_gb": peak_rss_gb(),
+            "peak_anon_gb": anon.gb(), "base_gb": before, "factory": (infos or {}).get("index_key", ""),
+            "chosen": (infos or {}).get("index_param", ""), "bytes": os.path.getsize(root / "autofaiss.index")}
+
+
+def build_clipkit(args, root: Path) -> dict:
+    """Variants: auto (part A, saved for the sweep), once / pieces / pieces-disk (B), add (C), costs (E)."""
+    import faiss
+
+    from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+    from clipkit.retrieval.index.build import BuildPlan
+    from clipkit.retrieval.index.core import EmbeddingIndex
+    from clipkit.retrieval.index.pieces import build_in_pieces
+
+    xq, truth = np.load(root / "queries.npy"), np.load(root / "truth.npy")
+    before, anon = peak_rss_gb(), PeakMemory()
+    budget = int(args.max_memory_gb * 2**30)
+    options = dict(kind="auto" if args.variant == "auto" else args.kind, max_memory=budget, train_size=args.train_on)
+    out: dict = {"variant": args.variant}
+    t = time.perf_counter()
+    if args.variant == "costs":                      # per-vector costs for the README's scale on paper
+        plan = BuildPlan(str(root / "emb"), **options)
+        out["train_s"], out["train_rows"] = time.perf_counter() - t, len(plan.source.pool)
+        t = time.perf_counter()
+        for chunk in plan.chunks():
+            plan.index.add(chunk)
+        out["add_s"], out["count"] = time.perf_counter() - t, int(plan.index.ntotal)   # + the held-out truth
+        t = time.perf_counter()
+        plan.manifest.update(plan.finish(plan.index))
+        out["tune_s"] = time.perf_counter() - t
+        out["build_s"] = out["train_s"] + out["add_s"]
+        index = EmbeddingIndex(plan.index, plan.manifest)
+    elif args.variant.startswith("pieces"):
+        work = Path(tempfile.mkdtemp(dir=root)) if args.variant == "pieces-disk" else None
+        index = build_in_pieces(str(root / "emb"), pieces=args.pieces, on_disk=work, **options)
+    elif args.variant == "add":
+        folder = EmbeddingFolder(root / "emb")
+        n90 = int(folder.count * 0.9)
+        head, tail, seen = [], [], 0
+        for v, _ in folder.chunks("img", 65536, metadata=False):
+            cut = max(0, min(len(v), n90 - seen))
+            head.append(v[:cut]) if cut else None
+            tail.append(v[cut:]) if cut < len(v) else None
+            seen += len(v)
+        index = EmbeddingIndex.build(iter(head), count=n90, **options)
+        out["build90_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        index.add(iter(tail))
+        out["add_s"] = time.perf_counter() - t
+    else:
+        index = EmbeddingIndex.build(str(root / "emb"), recall_target=args.recall, **options)
+    out.setdefault("build_s", time.perf_counter() - t if args.variant != "add" else out["build90_s"] + out["add_s"])
+    p = index.params
+    out["factory"], out["kind"] = p["factory"], index.kind
+    out["chosen"] = ",".join(f"{n}={p[n]}" for n in ("nprobe", "efSearch") if n in p)
+    out["tuned_recall"], out["tuned_recall_lower"] = p.get("tuned_recall"), p.get("tuned_recall_lower")
+    with tempfile.NamedTemporaryFile(suffix=".faiss", dir=root) as f:
+        faiss.write_index(index.index, f.name)
+        out["bytes"] = os.path.getsize(f.name) + (os.path.getsize(index.ivfdata) if index.ivfdata else 0)
+    out["peak_gb"], out["peak_anon_gb"], out["base_gb"] = peak_rss_gb(), anon.gb(), before
+    ids, out["qps_batched"], out["qps_single"] = timed_search(index.search, xq, 100)
+    out["recall"] = recall(ids, truth)
+    if args.variant == "costs":       # what exact re-ranking of 100 candidates (raw vectors from the folder) can reach
+        out["recall_rerank100"] = recall(index.search(xq, 100)[1], truth)
+    if args.variant == "auto":
+        index.save(root / "clipkit_idx")
+    np.save(root / f"ids_{args.variant}.npy", ids)
+    return out
+
+
+def sweep(args, root: Path) -> dict:
+    """Search the saved index at every value of the range: {"recall@v", "qps_batched@v", "qps_single@v"}."""
+    import faiss
+
+    xq, truth = np.load(root / "queries.npy"), np.load(root / "truth.npy")
+    name, values = args.param, [int(v) for v in args.values.split(",")]
+    if args.variant == "sweep-clipkit":
+        from clipkit.retrieval.index.core import EmbeddingIndex
+
+        index = EmbeddingIndex.load(root / "clipkit_idx")
+        set_value, search = (lambda v: name != "none" and index.set_search_params(**{name: v})), index.search
+    else:
+        index = faiss.read_index(str(root / "autofaiss.index"))
+        ps = faiss.ParameterSpace()
+        set_value, search = (lambda v: name != "none" and ps.set_index_parameter(index, name, v)), index.search
+    out: dict = {}
+    for v in values:
+        set_value(v)
+        ids, out[f"qps_batched@{v}"], out[f"qps_single@{v}"] = timed_search(search, xq, args.single)
+        out[f"recall@{v}"] = recall(ids, truth)
+        if out[f"recall@{v}"] >= args.stop_at and v >= int(args.must or 0):   # the builder's own value is measured
+            break
+    return out
+
+
+def run_worker(root: Path, variant: str, args, python: str = sys.executable, extra: list | None = None) -> dict:
     cmd = [python, __file__, "--worker", "--root", str(root), "--variant", variant, "--kind", args.kind,
-           "--pieces", str(args.pieces), "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb)]
+           "--pieces", str(args.pieces), "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb),
+           "--recall", str(args.recall), "--single", str(args.single), "--stop-at", str(args.stop_at), *(extra or [])]
     if args.train_on:
         cmd += ["--train-on", str(args.train_on)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
@@ -238,46 +276,179 @@ def run_variant(root: Path, variant: str, args, python: str = sys.executable) ->
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
-        print(f"  {variant}: failed (rc {done.returncode})\n{done.stderr[-1500:]}", flush=True)
-        return {"variant": variant, "failed": True}
-    result = json.loads(line[len("RESULT "):])
-    print(f"  {variant}: {result}", flush=True)
-    return result
+        raise RuntimeError(f"{variant} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
+
+# ----------------------------------------------------------------------------- part A: the curve
+
+def search_range(factory: str, chosen: str) -> tuple[str, list[int]]:
+    """(parameter, values) for an index of this factory string; the value the builder chose is included."""
+    own = dict(re.findall(r"(\w+)=(\d+)", chosen))
+    if "IVF" not in factory and not factory.startswith("HNSW"):     # exact (Flat): nothing to vary
+        return "none", [0]
+    if factory.startswith("HNSW"):
+        return "efSearch", sorted({*(v for v in EF_SEARCH if v >= K), *([int(own["efSearch"])] if "efSearch" in own
+                                                                        else [])})
+    nlist = int(re.search(r"IVF(\d+)", factory).group(1))
+    return "nprobe", sorted({*(v for v in NPROBE if v < nlist), nlist, *([int(own["nprobe"])] if "nprobe" in own
+                                                                         else [])})
+
+
+def curve_rows(name: str, build: dict, param: str, runs) -> list[dict]:
+    """One row per value of the range: recall, median + spread of QPS batched and single."""
+    rows = []
+    for key in sorted({k.split("@")[1] for n, _, m, _ in runs.runs if n == name for k in m}, key=int):
+        b, s = runs.summary(f"qps_batched@{key}").get(name), runs.summary(f"qps_single@{key}").get(name)
+        r = runs.values(f"recall@{key}", name)
+        if b is None or not r:
+            continue
+        rows.append({"contender": name, "factory": build["factory"], "param": param, "value": int(key),
+                     "recall": r[0], "qps_batched": b["median"], "qps_batched_spread": b["spread"],
+                     "qps_single": s["median"], "qps_single_spread": s["spread"], "rounds": b["rounds"]})
+    return rows
+
+
+def part_curve(root: Path, args, flat: dict) -> None:
+    from clipkit.io.figures import new_figure, save_figure
+
+    builds = {"clipkit": run_worker(root, "auto", args)}
+    print(f"  clipkit auto: {builds['clipkit']}", flush=True)
+    if Path(args.autofaiss_python).is_file():
+        builds["autofaiss"] = run_worker(root, "build-autofaiss", args, args.autofaiss_python)
+        print(f"  autofaiss: {builds['autofaiss']}", flush=True)
+    else:
+        print(f"  autofaiss: skipped, no {args.autofaiss_python} (see the module docstring)", flush=True)
+    ranges = {name: search_range(b["factory"], b["chosen"]) for name, b in builds.items()}
+    if len({p for p, _ in ranges.values()}) == 1:            # one kind of parameter: search both over one range
+        union = sorted({v for _, vs in ranges.values() for v in vs})
+        ranges = {name: (p, [v for v in union if p == "efSearch" or v <= max(vs)]) for name, (p, vs) in ranges.items()}
+
+    def contender(name: str):
+        param, values = ranges[name]
+        python = args.autofaiss_python if name == "autofaiss" else sys.executable
+        own = dict(re.findall(r"(\w+)=(\d+)", builds[name]["chosen"])).get(param, "0")
+        extra = ["--param", param, "--values", ",".join(map(str, values)), "--must", own]
+        return lambda: run_worker(root, f"sweep-{name}", args, python, extra)
+
+    runs = interleave({name: contender(name) for name in builds}, rounds=args.rounds)
+    rows = [row for name in builds for row in curve_rows(name, builds[name], ranges[name][0], runs)]
+    table_rows = []
+    for name, b in builds.items():
+        mine = [r for r in rows if r["contender"] == name]
+        own = dict(re.findall(r"(\w+)=(\d+)", b["chosen"]))
+        built = next((r for r in mine if r["param"] == "none" or str(r["value"]) == own.get(r["param"])), None)
+        picks = [("as built", built)]
+        picks += [(f"recall >= {t}", next((r for r in mine if r["recall"] >= t), None)) for t in TARGETS]
+        for label, r in picks:
+            if r is None:
+                best = max((x["recall"] for x in mine), default=float("nan"))
+                table_rows.append([name, b["factory"], label, "not reached", f"{best:.4f} (best)", "", ""])
+                continue
+            table_rows.append([name, b["factory"], label, f"{r['param']}={r['value']}", f"{r['recall']:.4f}",
+                               f"{r['qps_batched']:,.0f} (±{r['qps_batched_spread']:.0%})",
+                               f"{r['qps_single']:,.0f} (±{r['qps_single_spread']:.0%})"])
+    conditions = (f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, recall@{K}, {args.threads} FAISS "
+                  f"threads, budget {args.max_memory_gb} GiB, {args.rounds} interleaved rounds (median, ±spread)")
+    table = (f"Recall@{K} on fresh queries vs queries/s ({conditions}); exact flat search: "
+             f"{flat['qps_batched']:,.0f} QPS batched, {flat['qps_single']:,.0f} single.\n\n"
+             + markdown_table(["index", "factory", "row", "parameter", f"recall@{K}", "QPS batched", "QPS single"],
+                              table_rows))
+    name = f"index_curve_{args.n // 1000}k"
+    path = write_results(name, {"conditions": conditions, "builds": builds, "curve": rows, "flat": flat,
+                                "contended_windows": runs.contended_windows()}, table, results_dir=args.results_dir)
+    fig = new_figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    for contender_name, colour in zip(builds, ("tab:blue", "tab:orange")):
+        mine = [r for r in rows if r["contender"] == contender_name]
+        for key, style, label in (("qps_batched", "-o", "batched"), ("qps_single", "--s", "single")):
+            ax.plot([r["recall"] for r in mine], [r[key] for r in mine], style, color=colour, markersize=3,
+                    label=f"{contender_name} {builds[contender_name]['factory']} ({label})")
+        own = next((r for r in mine if r["param"] == "none"
+                    or f"{r['param']}={r['value']}" in builds[contender_name]["chosen"].split(",")), None)
+        if own is not None:
+            ax.plot([own["recall"]], [own["qps_batched"]], "*", color=colour, markersize=12)
+    for t in TARGETS:
+        ax.axvline(t, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"recall@{K} on fresh queries")
+    ax.set_ylabel("queries / s")
+    ax.set_title(f"{args.n:,} x {args.d}, budget {args.max_memory_gb} GiB (star: the builder's own choice)", fontsize=9)
+    ax.legend(fontsize=7)
+    save_figure(fig, Path(args.results_dir) / f"{name}.png")
+    print("\n" + table + f"\nwritten: {path}, {path.with_suffix('.md')}, {path.with_suffix('.png')}")
+
+
+# ----------------------------------------------------------------------------- parts B, C, E
 
 def table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    print("| build | params | build s | peak RSS GiB | peak anon GiB | recall@10 | QPS batched | QPS single | index MiB |")
+    print("| build | params | build s | peak RSS GiB | peak anon GiB | recall@10 | QPS batched | QPS single "
+          "| index MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        if r.get("failed"):
-            print(f"| {r['variant']} | failed | | | | | | | |")
-            continue
-        print(f"| {r['variant']} | {r.get('params', '')} | {r['build_s']:.1f} | {r['peak_gb']:.2f} | "
-              f"{r['peak_anon_gb']:.2f} | "
-              f"{r['recall']:.4f} | {r['qps_batched']:,.0f} | {r['qps_single']:,.0f} | {r['bytes'] / 2**20:,.0f} |")
+        print(f"| {r['variant']} | {r['factory']} {r['chosen']} | {r['build_s']:.1f} | {r['peak_gb']:.2f} | "
+              f"{r['peak_anon_gb']:.2f} | {r['recall']:.4f} | {r['qps_batched']:,.0f} | {r['qps_single']:,.0f} | "
+              f"{r['bytes'] / 2**20:,.0f} |")
+
+
+def other_parts(root: Path, args, conditions: str) -> None:
+    results = {}
+    for part, variants in (("B", ["once", "pieces", "pieces-disk"]), ("C", ["once", "add"]), ("E", ["costs"])):
+        if part in args.parts:
+            for v in variants:
+                if v not in results:
+                    results[v] = run_worker(root, v, args)
+                    print(f"  {v}: {results[v]}", flush=True)
+    if "B" in args.parts:
+        same = {v: bool(np.array_equal(np.load(root / f"ids_{v}.npy"), np.load(root / "ids_once.npy")))
+                for v in ("pieces", "pieces-disk")}
+        table([results[v] for v in ("once", "pieces", "pieces-disk")],
+              f"B. {args.kind} built at once vs in {args.pieces} pieces + merge ({conditions}); "
+              f"same answers as at once: {same}")
+    if "C" in args.parts:
+        r, o = results["add"], results["once"]
+        print(f"\nC. add 10% to an index built on 90% vs rebuild on 100% ({args.kind}): add {r['add_s']:.1f} s vs "
+              f"rebuild {o['build_s']:.1f} s ({o['build_s'] / max(r['add_s'], 1e-9):.0f}x); recall@10 "
+              f"{r['recall']:.4f} (grown) vs {o['recall']:.4f} (rebuilt)")
+    if "E" in args.parts:
+        r = results["costs"]
+        print(f"\nE. per-vector costs of {r['factory']} {r['chosen']} ({conditions}): train {r['train_s']:.1f} s on "
+              f"{r['train_rows']:,} vectors ({1e3 * r['train_s'] / r['train_rows']:.2f} ms per training vector), add "
+              f"{1e6 * r['add_s'] / r['count']:.1f} us per vector, tune {r['tune_s']:.1f} s, "
+              f"{r['bytes'] / r['count']:.1f} index bytes per vector, recall@10 {r['recall']:.4f} at the tuned "
+              f"parameter ({r['recall_rerank100']:.4f} of the true top 10 among the first 100: the reach of exact "
+              f"re-ranking), {r['qps_batched']:,.0f} QPS batched, {r['qps_single']:,.0f} single")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--queries", type=int, default=1000, help="fresh queries (not in the index) [1000]")
+    ap.add_argument("--single", type=int, default=100, help="queries timed one at a time [100]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--kind", default="ivf", help="kind of the pieces / add comparisons [ivf]")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of part A (>= 3 for a spread) [3]")
+    ap.add_argument("--recall", type=float, default=0.95, help="clipkit's recall_target in part A [0.95]")
+    ap.add_argument("--stop-at", type=float, default=0.999, help="stop a sweep once recall@10 reaches this [0.999]")
+    ap.add_argument("--kind", default="ivf", help="kind of parts B, C, E [ivf]")
     ap.add_argument("--pieces", type=int, default=4)
     ap.add_argument("--train-on", type=int, default=None)
     ap.add_argument("--max-memory-gb", type=float, default=2.0, help="budget of clipkit auto and autofaiss [2]")
-    ap.add_argument("--autofaiss-python", default="/tmp/autofaiss-venv/bin/python")
-    ap.add_argument("--parts", nargs="+", default=["A", "B", "C", "D"])
+    ap.add_argument("--autofaiss-python", default="/tmp/autofaiss-venv/bin/python",
+                    help="python of a venv with autofaiss (it pins numpy<2) [/tmp/autofaiss-venv/bin/python]")
+    ap.add_argument("--results-dir", default=str(RESULTS),
+                    help="where part A writes json / md / png [benchmarks/results]")
+    ap.add_argument("--parts", nargs="+", default=["A"], help="A (= D), B, C, E [A]")
+    for hidden in ("--root", "--variant", "--param", "--values", "--must"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--root", help=argparse.SUPPRESS)
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    print(f"load average before: {os.getloadavg()} (shared machine: compare side by side, not across runs)")
+    args.parts = ["A" if p == "D" else p for p in args.parts]
+    print(f"load average before: {os.getloadavg()} (shared machine: read the interleaved medians)")
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
@@ -285,45 +456,11 @@ def main() -> None:
         flat = json.loads((root / "flat.json").read_text())
         print(f"data: {args.n:,} x {args.d} as an embedding folder + exact truth in {time.perf_counter() - t:.1f} s; "
               f"flat exact: {flat['qps_batched']:,.0f} QPS batched, {flat['qps_single']:,.0f} single", flush=True)
-        results = {}
-        for part, variants in (("A", ["auto"]), ("B", ["once", "pieces", "pieces-disk"]), ("C", ["add"]),
-                               ("D", ["autofaiss"]), ("E", ["costs"])):
-            if part not in args.parts:
-                continue
-            for v in variants:
-                if v in results:
-                    continue
-                if v == "autofaiss" and not Path(args.autofaiss_python).is_file():
-                    print(f"  autofaiss: skipped, no {args.autofaiss_python} (see the module docstring)")
-                    continue
-                results[v] = run_variant(root, v, args, args.autofaiss_python if v == "autofaiss" else sys.executable)
-        same = {v: bool(np.array_equal(np.load(root / f"ids_{v}.npy"), np.load(root / "ids_once.npy")))
-                for v in ("pieces", "pieces-disk") if (root / f"ids_{v}.npy").is_file() and
-                (root / "ids_once.npy").is_file()}
-    conditions = (f"{args.n:,} x {args.d} clustered, {args.queries} held-out queries, k={K}, {args.threads} FAISS "
-                  f"threads, budget {args.max_memory_gb} GiB; load average after: {os.getloadavg()}")
-    if "A" in args.parts and "auto" in results:
-        table([results["auto"]], f"A. clipkit auto ({conditions}); flat exact: {flat['qps_batched']:,.0f} QPS "
-                                 f"batched, {flat['qps_single']:,.0f} single, {flat['bytes'] / 2**20:,.0f} MiB")
-    if "B" in args.parts:
-        table([results[v] for v in ("once", "pieces", "pieces-disk") if v in results],
-              f"B. {args.kind} built at once vs in {args.pieces} pieces + merge ({conditions}); "
-              f"same answers as at once: {same}")
-    if "C" in args.parts and "add" in results and "once" in results:
-        r, o = results["add"], results["once"]
-        print(f"\nC. add 10% to an index built on 90% vs rebuild on 100% ({args.kind}): add {r['add_s']:.1f} s vs "
-              f"rebuild {o['build_s']:.1f} s ({o['build_s'] / max(r['add_s'], 1e-9):.0f}x); recall@10 "
-              f"{r['recall']:.4f} (grown) vs {o['recall']:.4f} (rebuilt)")
-    if "E" in args.parts and not results.get("costs", {}).get("failed", True):
-        r = results["costs"]
-        print(f"\nE. per-vector costs of {r['params']} ({conditions}): train {r['train_s']:.1f} s on "
-              f"{r['train_rows']:,} vectors ({1e3 * r['train_s'] / r['train_rows']:.2f} ms per training vector), add "
-              f"{1e6 * r['add_s'] / r['count']:.1f} us per vector, {r['bytes'] / r['count']:.1f} index bytes per "
-              f"vector, recall@10 {r['recall']:.4f} at the tuned parameter ({r['recall_rerank100']:.4f} of the true "
-              f"top 10 among the first 100: the reach of exact re-ranking), {r['qps_batched']:,.0f} QPS batched, "
-              f"{r['qps_single']:,.0f} single")
-    if "D" in args.parts and "autofaiss" in results and "auto" in results:
-        table([results["auto"], results["autofaiss"]], f"D. clipkit auto vs autofaiss build_index ({conditions})")
+        if "A" in args.parts:
+            part_curve(root, args, flat)
+        conditions = (f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, k={K}, {args.threads} FAISS "
+                      f"threads, budget {args.max_memory_gb} GiB")
+        other_parts(root, args, conditions)
 
 
 if __name__ == "__main__":

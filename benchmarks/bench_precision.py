@@ -194,7 +194,7 @@ def train_models(args, work: Path) -> tuple[dict, str]:
                          f"{100 * med['peak_fraction']:.1f}%", quality])
         ratio = runs.ratio("samples_per_s", "bf16", "fp32")
         rows.append([model, "**bf16 / fp32** (per round)", protocol.median_range(ratio, "x"), "",
-                     f"{ratio['rounds']}/{args.rounds}", "", "", "", ""])
+                     protocol.clean_rounds(ratio, args.rounds), "", "", "", ""])
         data[model] = {"summary": summary, "ratio_bf16_over_fp32": ratio, "contended_windows": runs.contended_windows(),
                        "runs": [{"precision": n, "round": r + 1, **m, "foreign_cores": w.foreign_cores}
                                 for n, r, m, w in runs.runs]}

@@ -160,7 +160,7 @@ def report(args, results: dict[int, protocol.Interleaved]) -> tuple[dict, str]:
             ratio = runs.ratio("samples_per_s", "clipkit", "open_clip_train")
             entry["ratio_clipkit_over_open_clip_train"] = ratio
             rows.append([procs, "**ratio clipkit / open_clip_train** (per round)", protocol.median_range(ratio, "x"),
-                         "", f"{ratio['rounds']}/{args.rounds}", ""])
+                         "", protocol.clean_rounds(ratio, args.rounds), ""])
         data[str(procs)] = entry
     ours = {p: r.summary("samples_per_s").get("clipkit") for p, r in results.items()}
     base_procs = min(ours)

@@ -101,11 +101,14 @@ def sampler_speed(pipe, emb, args) -> dict:
         pipe.decode(emb, steps=steps, sampler=kind, guidance_scale=args.decoder_guidance, seed=0, output="tensor")
         return {"s_per_image": (time.perf_counter() - t0) / len(emb)}
 
+    run("ddim", 2)                                             # warm-up, untimed
     runs = protocol.interleave({k: (lambda v=v: run(*v)) for k, v in contenders.items()}, rounds=args.rounds,
                                strict=args.strict)
+    speedup = {k: runs.ratio("s_per_image", "ddpm-1000", k) for k in contenders}
+    rows = [[name, cell, protocol.median_range(speedup[name], "x"), spread, clean]
+            for name, cell, spread, clean in protocol.contender_rows(runs, "s_per_image")]
     return {"images": len(emb), "rounds": args.rounds, "summary": runs.summary("s_per_image"),
-            "speedup_over_ddpm_1000": {k: runs.ratio("s_per_image", "ddpm-1000", k) for k in contenders},
-            "contended_windows": runs.contended_windows()}
+            "speedup_over_ddpm_1000": speedup, "contended_windows": runs.contended_windows(), "table_rows": rows}
 
 
 def _method_row(label: str, m: dict | None) -> list:
@@ -164,12 +167,11 @@ def report(m: dict, out: str) -> str:
               protocol.markdown_table(["sampler", "images", "judge agreement", "sharpness", "CLIP cosine"], rows)]
     speed = m.get("sampler_speed")
     if speed:
-        rows = [[name, protocol.median_range(s), protocol.median_range(speed["speedup_over_ddpm_1000"][name], "x"),
-                 f"{100 * s['spread']:.1f}%", f"{s['rounds']}/{speed['rounds']}"] for name, s in speed["summary"].items()]
         lines += [f"**Samplers: speed** — {speed['images']} images a run, decoder guidance on; seconds per image, "
                   f"median over {speed['rounds']} interleaved round(s) with its range; speed-up over DDPM-1000 paired "
                   f"round by round.", "",
-                  protocol.markdown_table(["sampler", "s / image", "speed-up", "spread", "clean rounds"], rows)]
+                  protocol.markdown_table(["sampler", "s / image", "speed-up", "spread", "clean rounds"],
+                                          speed["table_rows"])]
     training = m.get("training", {})
     total = sum((t.get("train_seconds") or 0) + (t.get("embed_seconds") or 0) for t in training.values())
     foreign = m.get("evaluation_foreign_cores")

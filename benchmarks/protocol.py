@@ -184,6 +184,11 @@ def contender_rows(runs: Interleaved, key: str, suffix: str = "") -> list[list[s
     return rows
 
 
+def clean_rounds(ratio: dict, rounds: int) -> str:
+    """'k/n' for a ratio(): the clean rounds it pairs (0 when every round was contended and it used them all)."""
+    return f"{0 if ratio.get('contended') else ratio['rounds']}/{rounds}"
+
+
 def _short(measures: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in measures.items())
 

@@ -77,8 +77,7 @@ class ClipConfig:
 
     def __post_init__(self):
         check_model_cfg(self.model_cfg)
-        if self.preprocess_cfg:
-            config_from_dict(_open_clip().transform.PreprocessCfg, self.preprocess_cfg, "preprocess_cfg")
+        _read_tower(_open_clip().transform.PreprocessCfg, self.preprocess_cfg, "preprocess_cfg")
 
     def to_json(self) -> dict:
         return {"clipkit_version": __version__, **to_json(self)}
@@ -118,7 +117,9 @@ def check_model_cfg(model_cfg: Mapping) -> None:
         _read_tower(open_clip.coca_model.MultimodalCfg, model_cfg["multimodal_cfg"], "multimodal_cfg")
     if not vision.timm_model_name and isinstance(vision.layers, int):         # open_clip's ViT
         sides = (vision.image_size,) * 2 if isinstance(vision.image_size, int) else vision.image_size
-        if vision.patch_size < 1 or any(s % vision.patch_size for s in sides):
+        if vision.patch_size < 1:
+            raise ValueError(f"vision_cfg.patch_size={vision.patch_size}; expected a positive number of pixels (e.g. 8)")
+        if any(s % vision.patch_size for s in sides):
             raise ValueError(f"vision_cfg.image_size={vision.image_size} is not a multiple of vision_cfg.patch_size="
                              f"{vision.patch_size}; choose an image_size that the patch size divides (e.g. "
                              f"{-(-sides[0] // vision.patch_size) * vision.patch_size}) or another patch_size")
@@ -131,8 +132,8 @@ def check_model_cfg(model_cfg: Mapping) -> None:
 
 
 def _read_tower(cls, cfg, what: str):
-    """One of open_clip's tower configs through the strict reader. open_clip's own configs write null for
-    "not used here" whatever the annotation (RN50's patch_size), so null reads as the default."""
+    """One of open_clip's config classes (a tower, preprocessing) through the strict reader. open_clip's own
+    configs write null for "not used here" whatever the annotation (RN50's patch_size): null reads as the default."""
     if not isinstance(cfg, Mapping):
         raise TypeError(f"{what} = {cfg!r:.60}; expected an object of {cls.__name__} fields")
     return config_from_dict(cls, {k: v for k, v in cfg.items() if v is not None}, what)

@@ -23,7 +23,8 @@ def _prior(d=16, p=4, bins=32, seed=0) -> ArPrior:
 
 def _low_rank(n=2048, d=16, rank=4, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g), dim=-1)   # in a 4-D subspace
+    # in a 4-D subspace
+    return F.normalize(torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g), dim=-1)
 
 
 def test_codebook_keeps_a_low_rank_world_and_buckets_hold_equal_mass():
@@ -63,7 +64,8 @@ def test_kv_cache_sampling_gives_the_same_tokens_as_recomputation(guidance):
     prior.fit_codebook(_low_rank())
     text = F.normalize(torch.randn(5, 16), dim=-1)
     a, ta = prior.sample(text, guidance, generator=torch.Generator().manual_seed(1), return_tokens=True)
-    b, tb = prior.sample(text, guidance, generator=torch.Generator().manual_seed(1), use_cache=False, return_tokens=True)
+    b, tb = prior.sample(text, guidance, generator=torch.Generator().manual_seed(1), use_cache=False,
+                         return_tokens=True)
     assert torch.equal(ta, tb) and torch.equal(a, b)
     torch.testing.assert_close(a.norm(dim=-1), torch.ones(5))
     # a later component never changes the logits of an earlier one (teacher forcing is causal)
@@ -76,7 +78,7 @@ def test_kv_cache_sampling_gives_the_same_tokens_as_recomputation(guidance):
 
 
 def test_ar_prior_learns_text_to_image_classes_through_the_loop(tmp_path):
-    """Four texts, four clusters of image embeddings: after training through clipkit.train.loop, sampling
+    """Four texts, four clusters of image embeddings: after training through clipkit.train.trainer, sampling
     a text lands next to its own cluster."""
     from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
 
@@ -92,7 +94,8 @@ def test_ar_prior_learns_text_to_image_classes_through_the_loop(tmp_path):
         drop = torch.rand(len(idx), generator=gen) < 0.1
         return net.loss(images[idx], texts[label[idx]], drop=drop)
     trained, stats = train_lab_model(prior, loss, len(images), LabTrainConfig(
-        out_dir=str(tmp_path / "run"), max_steps=150, batch_size=64, lr=5e-3, warmup_steps=5, ema_decay=0.9))
+        out_dir=str(tmp_path / "run"), max_steps=150, time_budget=None, batch_size=64, lr=5e-3, warmup_steps=5,
+        ema_decay=0.9))
     assert stats["final_loss"] < stats["first_loss"] - 0.3      # the floor is the noise within a cluster (~log 8)
     z = trained.sample(texts.repeat_interleave(8, 0), guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
     nearest = (z @ protos.T).argmax(1)
@@ -105,7 +108,8 @@ def test_unclip_takes_the_ar_prior_as_a_drop_in(tiny_model, tmp_path):
     from clipkit.unclip.pipeline import UnCLIP
 
     prior = _prior(d=tiny_model.embed_dim, p=8, bins=16)
-    prior.fit_codebook(tiny_model.encode_texts([f"a {c} circle number {i}" for c in ("red", "blue") for i in range(12)]))
+    captions = [f"a {c} circle number {i}" for c in ("red", "blue") for i in range(12)]
+    prior.fit_codebook(tiny_model.encode_texts(captions))
     pipe = UnCLIP(tiny_model, None, prior)
     text = tiny_model.encode_texts(["a red circle", "a blue star"])
     z = pipe.prior_sample(text, guidance_scale=2.0, candidates=3, generator=torch.Generator().manual_seed(0))
@@ -142,7 +146,8 @@ def test_train_ar_prior_saves_resumes_and_loads_beside_the_diffusion_prior(tiny_
     assert summary["codebook"]["reconstruction_cosine"] > 0.9
     assert (tmp_path / "ar" / "ar_prior" / "model.safetensors").is_file()
     train_ar_prior(config_from_dict(ArPriorTrainConfig, {**cfg.to_json(), "max_steps": 6, "resume": "latest"}))
-    steps = [r["step"] for r in map(json.loads, (tmp_path / "ar" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    rows = map(json.loads, (tmp_path / "ar" / "metrics.jsonl").read_text().splitlines())
+    steps = [r["step"] for r in rows if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]
     train_prior(PriorTrainConfig(out_dir=str(tmp_path / "diff"), max_steps=2, prior=dict(width=32, layers=1, heads=2),
                                  **common))

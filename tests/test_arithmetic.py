@@ -9,9 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clipkit.retrieval.arithmetic import (
+    ExpressionError,
+    evaluate_expression,
+    load_vocabulary,
+    nearest_words,
+    parse_expression,
+    references,
+)
 from clipkit.shapes.evaluate import hat_vector_experiment
-from clipkit.retrieval.arithmetic import (ExpressionError, evaluate_expression, load_vocabulary,
-                                nearest_words, parse_expression, references)
 
 
 class FakeModel:

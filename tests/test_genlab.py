@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from clipkit.labs.genlab.models import EvalCounter, OneShot, PixelAR, PixelARConfig, unet_config
-from clipkit.labs.genlab.world import (ATTRIBUTES, COND_DIM, condition, null_condition, pixel_order,
-                                              prompt_labels, prompt_text, random_masks, world_data)
+from clipkit.labs.genlab.world import (
+    ATTRIBUTES,
+    COND_DIM,
+    condition,
+    null_condition,
+    pixel_order,
+    prompt_labels,
+    prompt_text,
+    random_masks,
+    world_data,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,14 +140,60 @@ def test_network_evaluations_are_counted_exactly():
         assert method.family == {"oneshot": "one-shot", "ar_raster": "autoregressive"}.get(method.model, "diffusion")
 
 
+# ----------------------------------------------------------------------------- training
+
+def test_lab_models_train_on_the_shared_rows_with_rank_and_every_process(tmp_path, monkeypatch):
+    """train_lab_model draws its rows through Trainer.random_rows (seeded by seed, rank and step) and counts
+    samples per step over every process; a budget ends it through the loop's should_stop, not an exception."""
+    from types import SimpleNamespace
+
+    from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
+    from clipkit.train import trainer as trainer_module
+    from clipkit.train.trainer import Trainer
+
+    drawn = []
+    real_rows = Trainer.random_rows
+
+    def spy(self, num_rows):
+        rows = real_rows(self, num_rows)
+
+        def next_batches():
+            micro = rows()
+            drawn.append(micro[0][0].clone())
+            return micro
+        return next_batches
+
+    monkeypatch.setattr(Trainer, "random_rows", spy)
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(trainer_module, "wall_clock", lambda: 10.0 * next(ticks))      # +10 s at every look
+    net = OneShot(unet_config("sample", (8, 16, 16)))
+    data = world_data(32)
+    loss = lambda m, idx, g: (m(condition(data.labels[idx])).float() - data.images[idx]).pow(2).mean()
+    _, stats = train_lab_model(net, loss, len(data), LabTrainConfig(out_dir=str(tmp_path / "m"), batch_size=4,
+                                                                    time_budget=25.0, grad_accum=2, warmup_steps=1))
+    assert stats["stopped_by"] == "time_budget" and stats["steps"] == 3 == len(drawn)     # 10, 20, 30 s
+    assert stats["samples_per_step"] == 4 * 2 and stats["train_seconds"] >= 25.0
+
+    # the shared code path itself: rank 1 of 2 draws other rows than rank 0, and a step counts both ranks
+    config = LabTrainConfig(out_dir=str(tmp_path / "x"), batch_size=4, grad_accum=2)
+    per_rank = []
+    for rank in (0, 1):
+        trainer = Trainer(config, "x")
+        trainer.accelerator, trainer.step = SimpleNamespace(process_index=rank, num_processes=2), 0
+        per_rank.append(real_rows(trainer, len(data))())
+        assert trainer.global_batch == 4 * 2 * 2
+    assert torch.equal(per_rank[0][0][0], drawn[0])                  # one process = rank 0 of many
+    assert not torch.equal(per_rank[0][0][0], per_rank[1][0][0])
+
+
 # ----------------------------------------------------------------------------- the lab, end to end
 
 @pytest.mark.slow
 def test_gen_lab_quick_runs_and_reports_the_claims(tmp_path):
     """`clipkit gen-lab --quick`: every family trains for the same budget, every method is judged."""
-    from clipkit.cli import main
-
     import torch
+
+    from clipkit.cli import main
 
     out = tmp_path / "lab"
     before = torch.get_num_threads()
@@ -150,7 +205,8 @@ def test_gen_lab_quick_runs_and_reports_the_claims(tmp_path):
         assert (out / name).is_file(), name
     budget = m["config"]["budget_seconds"]
     assert set(m["training"]) == {"oneshot", "ar_raster", "ar_spread", "diffusion"}
-    assert all(s["train_seconds"] >= budget for s in m["training"].values())      # the clock, not a step count
+    assert all(s["train_seconds"] >= budget for s in m["training"].values())   # the clock, not a step count
+    assert all(s["stopped_by"] == "time_budget" for s in m["training"].values())
     r = m["results"]
     # evaluations per image, counted (guidance 2 doubles every conditional step)
     assert r["one-shot"]["evaluations"] == 1 and r["ar-raster-k1"]["evaluations"] == 2 * 1024
@@ -159,7 +215,8 @@ def test_gen_lab_quick_runs_and_reports_the_claims(tmp_path):
     assert r["one-shot"]["sharpness"] < 0.5 < r["ar-raster-k1"]["sharpness"]
     assert r["one-shot"]["palette"] < r["ar-raster-k1"]["palette"] == pytest.approx(1.0)
     assert r["real renders"]["agreement"]["mean"] > 0.95                            # the judge reads real renders
-    assert m["kv_cache"]["tokens_equal"] and m["kv_cache"]["positions_recompute"] > 10 * m["kv_cache"]["positions_cache"]
+    cache = m["kv_cache"]
+    assert cache["tokens_equal"] and cache["positions_recompute"] > 10 * cache["positions_cache"]
     from clipkit.labs.genlab.report import NOT, PARTLY, REPRODUCED, UNMEASURABLE, claims
 
     found = claims(m)

@@ -42,7 +42,10 @@ def clustered(n: int, d: int, seed: int, centres: int = 100) -> tuple[np.ndarray
 def brute_force(xb, xq, k):
     """Exact (scores, row ids) of the k largest inner products, by numpy."""
     scores = xq @ xb.T
-    top = np.argpartition(-scores, k, axis=1)[:, :k] if k < scores.shape[1] else np.tile(np.arange(len(xb)), (len(xq), 1))
+    if k < scores.shape[1]:
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+    else:
+        top = np.tile(np.arange(len(xb)), (len(xq), 1))
     top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), axis=1)
     return np.take_along_axis(scores, top, axis=1), top
 

@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from clipkit.cli import build_parser, main
-from clipkit.io import FILES_MARKER, OUTPUT_MARKER, lock_path_for, outputs as io_outputs
+from clipkit.io import FILES_MARKER, OUTPUT_MARKER, lock_path_for
+from clipkit.io import outputs as io_outputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +63,7 @@ def env(tmp_path_factory, tiny_model, tiny_model_dir):
     root = tmp_path_factory.mktemp("inputs")
     write_split(root / "shards", split="val", num=8, seed=1, shard_size=8)
     (root / "texts.txt").write_text("a red circle\na blue square\n")
-    samples = generate("val", 4, seed=2)
+    samples = list(generate("val", 4, seed=2))
     (root / "images").mkdir()
     for i, s in enumerate(samples):
         s.image.save(root / "images" / f"{i}.png")
@@ -79,8 +81,10 @@ def env(tmp_path_factory, tiny_model, tiny_model_dir):
     UnCLIP(tiny_model, decoder, prior, clip_path=str(tiny_model_dir)).save(root / "pipe")
     (root / "theme" / "64x64" / "apps").mkdir(parents=True)
     (root / "theme" / "64x64" / "apps" / "text-editor.svg").write_text(
-        '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="40" height="40" fill="red"/></svg>')
-    return {"THEME": str(root / "theme"), "root": root, "SHARDS": str(root / "shards"), "MODEL": str(tiny_model_dir), "TEXTS": str(root / "texts.txt"),
+        '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+        '<rect width="40" height="40" fill="red"/></svg>')
+    return {"THEME": str(root / "theme"), "root": root, "SHARDS": str(root / "shards"), "MODEL": str(tiny_model_dir),
+            "TEXTS": str(root / "texts.txt"),
             "EMB": str(root / "emb"), "IDX": str(root / "idx"), "IMAGES": str(root / "images"),
             "IMAGE": str(root / "images" / "0.png"), "LABELLED": str(root / "labelled"), "PIPE": str(root / "pipe")}
 
@@ -109,15 +113,19 @@ OUTPUTS = {
     ("gen-lab", "--out"): (["gen-lab", "--out", "OUT", "--quick", "--prior-clip", "MODEL"], "MODEL", False),
     ("generate", "--out"): (["generate", "--pipeline", "PIPE", "--prompt", "a red circle", "--num", "1",
                              "--steps", "1", "--out", "OUT"], "PIPE", True),
+    ("judge train", "--out"): (["judge", "train", "--train-data", "SHARDS", "--label-field", "shape", "--max-steps",
+                                "1", "--val-samples", "2", "--out", "OUT"], "SHARDS", False),
+    ("judge score", "--out"): (["judge", "score", "--judge", "MODEL", "--images", "IMAGES", "--labels", "TEXTS",
+                                "--real-data", "SHARDS", "--out", "OUT"], "IMAGES", False),
     ("train", "--out-dir"): (["train", "--train-data", "SHARDS", "--model", "shapes-tiny", "--max-steps", "1",
-                              "--batch-size", "4", "--progress", "false", "--out-dir", "OUT"], "SHARDS", False),
+                              "--batch-size", "4", "--no-progress", "--out-dir", "OUT"], "SHARDS", True),
     ("train", "--export-dir"): (["train", "--train-data", "SHARDS", "--model", "shapes-tiny", "--max-steps", "1",
-                                 "--batch-size", "4", "--progress", "false", "--out-dir", "RUN", "--export-dir", "OUT"],
+                                 "--batch-size", "4", "--no-progress", "--out-dir", "RUN", "--export-dir", "OUT"],
                                 "SHARDS", False),
-    **{(cmd, arg): ([cmd, "--clip", "MODEL", "--train-data", "SHARDS", "--num-samples", "8", "--max-steps", "1",
-                     "--batch-size", "4", "--progress", "false",
+    **{(cmd, arg): ([cmd, "--clip", "MODEL", "--train-data", "SHARDS", "--num-samples", "8", "--val-samples", "2", "--max-steps", "1",
+                     "--batch-size", "4", "--no-progress",
                      *(["--out-dir", "OUT"] if arg == "--out-dir" else ["--out-dir", "RUN", "--pipeline-dir", "OUT"])],
-                    "MODEL", False)
+                    "MODEL", (cmd, arg) == ("train-prior", "--pipeline-dir"))
        for cmd in ("train-decoder", "train-prior", "train-upsampler", "train-ar-prior")
        for arg in ("--out-dir", "--pipeline-dir")},
 }
@@ -216,7 +224,8 @@ def lock_spy(monkeypatch):
 @pytest.mark.parametrize("key", CHEAP, ids=lambda k: f"{k[0]} {k[1]}")
 def test_a_fresh_output_is_written_then_recognised_as_ours(key, env, tmp_path, capsys, lock_spy):
     """The table's arguments are valid (exit 0), a second run replaces its own output without --overwrite,
-    and every lock the command takes refuses a symbolic link planted at its name (the victim keeps its bytes)."""
+    and every lock the command takes refuses a symbolic link planted at its name in a copy of that output
+    (the victim keeps its bytes; the link is refused before it is opened)."""
     template, _, _ = OUTPUTS[key]
     out = tmp_path / "first" / "out.x"
     assert main(_argv(template, env, out)) == 0, capsys.readouterr().err
@@ -228,12 +237,12 @@ def test_a_fresh_output_is_written_then_recognised_as_ours(key, env, tmp_path, c
     victim.write_text("precious")
     for rel in locks:
         again = tmp_path / f"again-{len(list(tmp_path.iterdir()))}"
-        (again / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(tmp_path / "first", again, symlinks=True)     # our output: the run goes on to each lock
         os.symlink(victim, again / rel)
         capsys.readouterr()
         rc = main(_argv(template, env, again / "out.x"))
         err = capsys.readouterr().err.strip()
-        assert rc == 2 and "is a symbolic link" in err and len(err.splitlines()) == 1, (key, rel, err)
+        assert rc == 2 and "is a symbolic link" in err and len(err.splitlines()) == 1, (key, rel, err)   # at once
         assert victim.read_text() == "precious" and (again / rel).is_symlink()
 
 
@@ -268,12 +277,12 @@ def test_library_writers_claim_like_the_cli(env, tiny_model, tmp_path):
     pipe = clipkit.UnCLIP.load(env["PIPE"])
     with pytest.raises(OutputError, match="refusing to replace it"):
         pipe.save(folder)
-    (tmp_path / "p" / "prior").mkdir(parents=True)
-    (tmp_path / "p" / "prior" / "mine.txt").write_text("mine")
+    (tmp_path / "P" / "prior").mkdir(parents=True)
+    (tmp_path / "P" / "prior" / "mine.txt").write_text("mine")
     with pytest.raises(OutputError, match="refusing to replace it"):
-        pipe.save(tmp_path / "p")                                   # P/prior/ holds a file clipkit did not write
-    assert (tmp_path / "p" / "prior" / "mine.txt").read_text() == "mine"
-    assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith(str(tmp_path / "p"))} == before
+        pipe.save(tmp_path / "P")                                   # P/prior/ holds a file clipkit did not write
+    assert (tmp_path / "P" / "prior" / "mine.txt").read_text() == "mine"
+    assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith(str(tmp_path / "P"))} == before
     tiny_model.save(tmp_path / "m")
     tiny_model.save(tmp_path / "m")                                 # ours: replaced whole
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "manifest.json", "model.safetensors",

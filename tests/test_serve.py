@@ -176,8 +176,8 @@ def test_filters_search_only_matching_rows(client, engine, vectors, world):
     form = client.post("/search", files={"image": ("x.png", client.get("/image/0").content, "image/png")},
                        data={"k": "5", "filters": json.dumps({"shape": "circle"})}).json()
     assert form["results"] and all(h["metadata"]["shape"] == "circle" for h in form["results"])
-    mask = engine.filter_mask({"shape": "circle"})                     # one cached, read-only mask per filter set
-    assert mask is engine.filter_mask({"shape": ["circle"]}) and not mask.flags.writeable
+    mask = engine.catalog.mask({"shape": "circle"})                     # one cached, read-only mask per filter set
+    assert mask is engine.catalog.mask({"shape": ["circle"]}) and not mask.flags.writeable
     assert np.array_equal(mask, np.asarray(meta["shape"]) == "circle")
 
 
@@ -295,6 +295,7 @@ BAD_SEARCHES = [
     ({"text": "a", "k": -3}, 422, "k:"),
     ({"id": 10**6}, 404, "not in the index"),
     ({"id": -1}, 404, "not in the index"),
+    ({"id": 10**30}, 404, "not in the index"),
     ({"expression": 'text:"a" +'}, 400, "position"),
     ({"expression": 'text:"a" * text:"b"'}, 400, "multiply two vectors"),
     ({"expression": 'img:"/etc/passwd"'}, 400, "never a path"),
@@ -472,7 +473,7 @@ def test_a_library_error_is_a_500_with_a_generic_message_and_a_logged_traceback(
     def broken(*args, **kwargs):
         raise error
 
-    engine.hits = broken
+    engine.catalog.hits = broken
     try:
         with TestClient(create_app(engine)) as c, caplog.at_level(logging.ERROR, logger="clipkit.serve"):
             r = c.post("/search", json={"text": "a red star"})
@@ -506,8 +507,10 @@ def test_unknown_routes_and_methods_answer_json(client):
 
 def test_client_error_is_what_the_engine_checks_raise(engine):
     for call, status in ((lambda: engine.check_k(0), 422), (lambda: engine.check_text(" "), 400),
-                         (lambda: engine.filter_mask({"colour": "red"}), 400), (lambda: engine.row(10**6), 404),
-                         (lambda: engine.read_image(b"not an image"), 400)):
+                         (lambda: engine.catalog.mask({"colour": "red"}), 400),
+                         (lambda: engine.catalog.row(10**6), 404), (lambda: engine.catalog.row(2**70), 404),
+                         (lambda: engine.read_image(b"not an image"), 400),
+                         (lambda: engine.expression_vector('text:"a" *'), 400)):
         with pytest.raises(ClientError) as info:
             call()
         assert info.value.status == status
@@ -601,12 +604,12 @@ def test_micro_batcher_waits_only_for_expected_company():
 
 def test_queries_in_flight_are_counted_while_they_run(client, engine):
     seen = []
-    original = engine.hits
-    engine.hits = lambda scores, ids: seen.append(engine.in_flight) or original(scores, ids)
+    original = engine.catalog.hits
+    engine.catalog.hits = lambda scores, ids: seen.append(engine.in_flight) or original(scores, ids)
     try:
         assert client.post("/search", json={"text": "a red star", "k": 2}).status_code == 200
     finally:
-        del engine.hits
+        del engine.catalog.hits
     assert seen == [1] and engine.in_flight == 0
 
 
@@ -626,7 +629,7 @@ def test_engine_batched_search_equals_one_by_one(engine):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(6, engine.index.dim)).astype(np.float32)
     queries = [Query(k, v) for v, k in zip(vectors, (1, 3, 5, 48, 2, 9))]
-    queries[2].mask = engine.filter_mask({"size": "small"})
+    queries[2].mask = engine.catalog.mask({"size": "small"})
     queries[3].exclude = 4
     batched = engine._search_batch(queries)
     for q, (scores, ids) in zip(queries, batched):

@@ -259,7 +259,8 @@ def test_resume_after_kill_9_continues_with_identical_state(shapes_dir, tmp_path
     rows = [r for r in metrics.MetricsLog(tmp_path / "killed" / "metrics.jsonl").rows() if "loss" in r]
     assert [r["step"] for r in rows] == list(range(2, steps + 1, 2))
     straight_rows = [r for r in metrics.MetricsLog(tmp_path / "straight" / "metrics.jsonl").rows() if "loss" in r]
-    assert [r["loss"] for r in rows[resumed_from // 2:]] == pytest.approx([r["loss"] for r in straight_rows[resumed_from // 2:]])
+    assert [r["loss"] for r in rows[resumed_from // 2:]] == pytest.approx(
+        [r["loss"] for r in straight_rows[resumed_from // 2:]])
     assert summary["steps"] == steps
 
 
@@ -297,3 +298,160 @@ def test_resampled_shards_run_the_planned_steps(shapes_dir, tmp_path):
                          resampled=True, epochs=2, batch_size=40, val_data=None, num_workers=1)
     summary = train_clip(config)
     assert summary["steps"] == 2 * (200 // 40) and summary["epochs_completed"] == 2
+
+
+# ---------------------------------------------------------------------------- the one run setup
+
+def _tiny_unclip(kind: str, tiny_model_dir: Path, shapes_dir: Path, out: Path, **overrides):
+    """A decoder / prior / upsampler / AR prior config of a few steps on 48 shapes images."""
+    from clipkit.config import config_from_dict
+    from clipkit.train.config import ArPriorTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
+
+    cls, model = {
+        "decoder": (DecoderTrainConfig, {"decoder": dict(channels=[16, 32], attention_levels=[False, False], heads=2,
+                                                         context_tokens=2)}),
+        "prior": (PriorTrainConfig, {"prior": dict(width=32, layers=1, heads=2)}),
+        "upsampler": (UpsamplerTrainConfig, {"upsampler": dict(embed_dim=0, image_size=32, low_res_size=16,
+                                                               patch_size=2, channels=[16, 32],
+                                                               attention_levels=[False, False])}),
+        "ar_prior": (ArPriorTrainConfig, {"ar_prior": dict(width=32, layers=1, heads=2, cond_tokens=2,
+                                                           components=8, bins=16)}),
+    }[kind]
+    base = dict(clip=str(tiny_model_dir), train_data=str(shapes_dir / "train"), out_dir=str(out), num_samples=48,
+                val_samples=8, batch_size=8, max_steps=2, warmup_steps=1, log_every=1, progress=False,
+                num_threads=1, **model)
+    return config_from_dict(cls, {**base, **overrides})
+
+
+def test_every_trainer_goes_through_the_one_run_setup(shapes_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """CLIP, decoder, prior, upsampler, AR prior, a generation-lab model and the spiral's toy model: each run is
+    set up, trained and ended by clipkit.train.trainer.Trainer, and its summary says what ended it."""
+    from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
+    from clipkit.labs.spiral.model import ToyTrainConfig, train_spiral_model
+    from clipkit.train import trainer as trainer_module
+    from clipkit.train.unclip import train_ar_prior, train_decoder, train_prior, train_upsampler
+
+    runs = []
+    real_fit = trainer_module.Trainer.fit
+
+    def spy(self, task):
+        result = real_fit(self, task)
+        runs.append((self.desc, type(self.module).__name__, result.step, result.stopped_by))
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", spy)
+    train_clip(tiny_config(shapes_dir, tmp_path / "clip", max_steps=2, batch_size=16, val_data=None))
+    train_decoder(_tiny_unclip("decoder", tiny_model_dir, shapes_dir, tmp_path / "decoder"))
+    train_prior(_tiny_unclip("prior", tiny_model_dir, shapes_dir, tmp_path / "prior"))
+    train_upsampler(_tiny_unclip("upsampler", tiny_model_dir, shapes_dir, tmp_path / "upsampler"))
+    train_ar_prior(_tiny_unclip("ar_prior", tiny_model_dir, shapes_dir, tmp_path / "ar_prior"))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 1)
+
+    data = torch.randn(64, 2)
+    train_lab_model(Tiny(), lambda net, idx, g: net.net(data[idx]).pow(2).mean(), len(data),
+                    LabTrainConfig(out_dir=str(tmp_path / "lab"), max_steps=2, time_budget=None), make_copy=Tiny)
+    train_spiral_model(ToyTrainConfig(out_dir=str(tmp_path / "spiral"), max_steps=2, batch_size=16))
+    assert runs == [("clip", "CLIP", 2, "max_steps"), ("decoder", "DecoderUNet", 2, "max_steps"),
+                    ("prior", "DiffusionPrior", 2, "max_steps"), ("upsampler", "DecoderUNet", 2, "max_steps"),
+                    ("ar_prior", "ArPrior", 2, "max_steps"), ("lab", "Tiny", 2, "max_steps"),
+                    ("spiral-ddpm", "SpiralDenoiser", 2, "max_steps")]
+    for name in ("clip", "decoder", "prior", "upsampler", "ar_prior", "lab", "spiral"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["stopped_by"] == "max_steps" and summary["resumes"] == [], name
+        assert (tmp_path / name / "checkpoints" / "step_00000002" / "state.json").is_file(), name
+
+
+def test_no_module_but_the_trainer_sets_up_a_run():
+    """Read the code: the accelerator, the run lock and folder, the seeds and the loop are started in
+    clipkit/train/trainer.py only (runtime.py defines the first three)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "clipkit"
+    names = {"make_accelerator", "run_lock", "seed_everything", "train_loop", "RunDir"}
+    allowed = {package / "train" / "trainer.py", package / "train" / "runtime.py"}
+    found = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            called = node.func if isinstance(node, ast.Call) else None
+            name = getattr(called, "attr", None) or getattr(called, "id", None)
+            if name in names and path not in allowed:
+                found.append(f"{path.relative_to(package)}:{node.lineno} {name}")
+    assert not found, found
+
+
+def _fake_clock(monkeypatch, seconds_per_call: float = 10.0):
+    """The trainer's wall clock, advancing `seconds_per_call` each time it is read (no sleeping)."""
+    from clipkit.train import trainer as trainer_module
+
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(trainer_module, "wall_clock", lambda: next(ticks) * seconds_per_call)
+
+
+@pytest.mark.parametrize("kind", ["prior", "clip"])
+def test_a_time_budget_stops_the_run_as_max_steps_would(kind, shapes_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """A fake clock that reads 10 s more at every look: with a 35 s budget the loop stops after step 4 of 50
+    (10, 20, 30, then 40 s), writes its checkpoint and exports its model as at max_steps, and the cosine
+    schedule, which spans the budget, has decayed the learning rate to its end by then."""
+    from clipkit.train.unclip import train_prior
+
+    _fake_clock(monkeypatch)
+    out = tmp_path / kind
+    if kind == "prior":
+        summary = train_prior(_tiny_unclip("prior", tiny_model_dir, shapes_dir, out, max_steps=50, time_budget=35.0))
+        export, final_lr = out / "prior" / "model.safetensors", 1e-3 * 0.05
+    else:
+        summary = train_clip(tiny_config(shapes_dir, out, max_steps=50, batch_size=16, val_data=None,
+                                         time_budget=35.0, warmup_steps=1, log_every=1))
+        export, final_lr = out / "model" / "model.safetensors", 0.0
+    assert summary["stopped_by"] == "time_budget" and summary["steps"] == 4
+    assert (out / "checkpoints" / "step_00000004" / "model.safetensors").is_file() and export.is_file()
+    state = json.loads((out / "checkpoints" / "step_00000004" / "state.json").read_text())
+    assert state["elapsed"] >= 35.0
+    rows = [r for r in metrics.MetricsLog(out / "metrics.jsonl").rows() if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["lr"] == pytest.approx(final_lr, abs=1e-12)
+    assert rows[1]["lr"] > rows[2]["lr"] > rows[-1]["lr"]            # decaying with the clock, not the 50 steps
+
+
+def test_the_start_line_says_what_will_run(shapes_dir, tmp_path, capsys):
+    """max_steps=2 of 16 samples over 600 samples: 2 steps, 0.0533 of an epoch, ended by max_steps."""
+    train_clip(tiny_config(shapes_dir, tmp_path / "run", max_steps=2, batch_size=16, val_data=None, epochs=8))
+    out = capsys.readouterr().out
+    assert "[clip] training shapes-tiny: 2 steps of 16 samples = 0.0533 epoch(s) of 600 samples (max_steps=2)" in out
+    train_clip(tiny_config(shapes_dir, tmp_path / "run2", batch_size=300, val_data=None, epochs=2, time_budget=600))
+    assert ("4 steps of 300 samples = 2 epoch(s) of 600 samples (epochs=2, or time_budget=600 s if that comes "
+            "first)") in capsys.readouterr().out
+
+
+def test_resume_refuses_another_model_and_records_a_changed_run(shapes_dir, tiny_model_dir, tmp_path, caplog):
+    """Resuming with another architecture fails in one line naming both, before the finished run's files are
+    touched; resuming with another batch size warns and is recorded in resumes.json and the summary."""
+    import logging
+
+    from clipkit.train.unclip import train_prior
+
+    out = tmp_path / "prior"
+    train_prior(_tiny_unclip("prior", tiny_model_dir, shapes_dir, out))
+    config_before = (out / "config.json").read_bytes()
+    wider = _tiny_unclip("prior", tiny_model_dir, shapes_dir, out, resume="latest", max_steps=4,
+                         prior=dict(width=48, layers=1, heads=2))
+    with pytest.raises(ValueError, match=r"holds a checkpoint of DiffusionPrior \(width=32\), but this run trains "
+                                         r"DiffusionPrior \(width=48\)"):
+        train_prior(wider)
+    with pytest.raises(FileNotFoundError, match="is not a checkpoint directory"):
+        train_prior(_tiny_unclip("prior", tiny_model_dir, shapes_dir, out, resume=str(tmp_path / "nothing")))
+    assert (out / "config.json").read_bytes() == config_before and not (out / "resumes.json").exists()
+
+    with caplog.at_level(logging.WARNING, logger="clipkit.train.trainer"):
+        summary = train_prior(_tiny_unclip("prior", tiny_model_dir, shapes_dir, out, resume="latest", max_steps=4,
+                                           batch_size=16))
+    assert "batch_size 8 -> 16" in caplog.text and "max_steps" not in caplog.text    # a longer run is no change
+    resumes = json.loads((out / "resumes.json").read_text())
+    assert [(r["step"], r["changed"]) for r in resumes] == [(2, {"batch_size": [8, 16], "max_steps": [2, 4],
+                                                                 "resume": [None, "latest"]})]
+    assert summary["resumes"] == resumes and summary["steps"] == 4
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 16

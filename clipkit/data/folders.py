@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from PIL import Image
 
@@ -89,7 +89,8 @@ def read_caption(image_path: str | os.PathLike) -> str | None:
     return None
 
 
-def labelled_folder(root: str | os.PathLike, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+def labelled_folder(root: str | os.PathLike,
+                    classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
     """A folder of class folders (root/<class>/*.png) -> (paths, label indices, class names).
 
     Class names are the sub-folder names in sorted order unless `classes`

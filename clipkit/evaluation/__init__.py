@@ -15,8 +15,17 @@ import math
 
 from clipkit.evaluation.datasets import EvalDataset, open_dataset, resolve_templates
 from clipkit.evaluation.export import export_clip_benchmark, export_labelled_folder
-from clipkit.evaluation.tasks import (TASKS, classification_metrics, evaluate, linear_probe, read_rows, retrieval,
-                                      retrieval_metrics, write_rows, zeroshot)
+from clipkit.evaluation.tasks import (
+    TASKS,
+    classification_metrics,
+    evaluate,
+    linear_probe,
+    read_rows,
+    retrieval,
+    retrieval_metrics,
+    write_rows,
+    zeroshot,
+)
 
 __all__ = ["EvalDataset", "open_dataset", "resolve_templates", "export_clip_benchmark", "export_labelled_folder",
            "TASKS", "classification_metrics", "evaluate", "evaluate_datasets", "linear_probe", "read_rows",

@@ -37,9 +37,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
-from clipkit.data.folders import read_caption, read_images
+from clipkit.data.folders import labelled_folder, read_caption, read_images
+from clipkit.data.shards import IMAGE_EXTENSIONS, expand_urls
 from clipkit.images import open_image
 from clipkit.io.errors import BadImageError
+from clipkit.retrieval.zeroshot import get_templates
 
 LAYOUTS = ("clip_benchmark", "labelled_folder", "caption_shards")
 DATASET_TYPES = ("classification", "retrieval")
@@ -72,8 +74,6 @@ class BenchmarkTemplate:
 def resolve_templates(spec) -> list:
     """Templates from clipkit's specs ('openai', 'simple', 'none', a file, a list) where a file or string
     may also use CLIP_benchmark's "{c}" placeholder."""
-    from clipkit.retrieval.zeroshot import get_templates
-
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
         lines = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines() if ln.strip()]
         if any("{c}" in ln for ln in lines):
@@ -97,7 +97,7 @@ def template_text(template) -> str:
 
 @dataclass
 class Sample:
-    image: object                      # RGB PIL image, or a path to one
+    image: object                      # RGB PIL image (decoded by the reader; unreadable files were skipped)
     label: int | str | None            # class index, or a label string (caption shards' json field)
     captions: list[str] | None
 
@@ -144,8 +144,6 @@ class EvalDataset:
                 yield sample
 
     def _decode(self, raw: dict) -> Sample | None:
-        from clipkit.data.shards import IMAGE_EXTENSIONS
-
         ext = next((e for e in IMAGE_EXTENSIONS if e in raw), None)
         if ext is None:
             self.skipped["no_image"] += 1
@@ -229,8 +227,6 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
     resolve_templates) override what the dataset carries; `label_field` names
     the json field holding the class of image-caption shards.
     """
-    from clipkit.data.shards import expand_urls
-
     text = str(path)
     root = Path(text)
     if isinstance(classnames, (str, os.PathLike)):
@@ -252,8 +248,6 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
         urls = [str(p) for p in sorted(root.glob("*.tar"))]
         return _caption_shards(name or root.name, text, urls, label_field, classnames, templates)
     if root.is_dir():
-        from clipkit.data.folders import labelled_folder
-
         if classnames is None and (root / CLASSNAMES_FILE).is_file():
             classnames = _read_lines(root / CLASSNAMES_FILE)
         paths, labels, classes = labelled_folder(root, classnames)

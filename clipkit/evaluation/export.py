@@ -21,10 +21,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from clipkit.evaluation.datasets import (CLASSNAMES_FILE, DATASET_TYPES, TEMPLATES_FILE, TYPE_FILE, Sample,
-                                         resolve_templates, template_text)
+from PIL import Image
+
 from clipkit.data.folders import labelled_folder, read_caption, read_images, skipped_note
-from clipkit.io import atomic_directory, atomic_file, claim_output
+from clipkit.evaluation.datasets import (
+    CLASSNAMES_FILE,
+    DATASET_TYPES,
+    TEMPLATES_FILE,
+    TYPE_FILE,
+    Sample,
+    resolve_templates,
+    template_text,
+)
+from clipkit.images import open_image, to_rgb
+from clipkit.io import atomic_directory, atomic_file, claim_output, output_lock
 
 BENCHMARK_FORMAT = "clipkit-benchmark"      # the .clipkit-output.json marker of a folder export_* wrote
 
@@ -33,10 +43,6 @@ _COPY_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp
 
 def _image_member(image) -> tuple[str, bytes]:
     """(extension, bytes) of a path (copied when CLIP_benchmark decodes its format) or a PIL image (PNG)."""
-    from PIL import Image
-
-    from clipkit.images import to_rgb
-
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
@@ -44,8 +50,7 @@ def _image_member(image) -> tuple[str, bytes]:
         ext = _COPY_EXTENSIONS.get(path.suffix.lower())
         if ext is not None:
             return ext, path.read_bytes()
-        with Image.open(path) as im:
-            image = to_rgb(im)
+        image = open_image(path)                     # bombs and junk: one line naming the file
     if not isinstance(image, Image.Image):
         raise TypeError(f"image is {type(image).__name__}; expected a path or a PIL image")
     buf = io.BytesIO()
@@ -94,52 +99,53 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
             raise ValueError(f"class names {bad!r} are empty or span lines; classnames.txt holds one a line")
     lines = [template_text(t) for t in resolve_templates(templates)] if templates is not None else None
     out_dir = claim_output(out_dir, BENCHMARK_FORMAT, inputs, overwrite)
-    count, shards = 0, 0
-    bar = tqdm(disable=not progress, unit="samples", desc=f"export {out_dir.name}/{split}")
-    with atomic_directory(out_dir / split) as tmp:
-        tar = raw = None
-        for index, item in enumerate(samples):
-            sample = _as_sample(item, index)
-            members = {}
-            if sample.label is not None:
-                label = int(sample.label)
-                if label < 0 or (classnames is not None and label >= len(classnames)):
-                    raise ValueError(f"samples[{index}] has label {label}; expected a class index in "
-                                     f"[0, {len(classnames) if classnames else 'n'})")
-                members["cls"] = str(label).encode()
-            elif dataset_type == "classification":
-                raise ValueError(f"samples[{index}] has no label; a classification dataset needs one per sample")
-            if sample.captions:
-                members["txt"] = "\n".join(c.replace("\n", " ").strip() for c in sample.captions).encode("utf-8")
-            elif dataset_type == "retrieval":
-                raise ValueError(f"samples[{index}] has no caption; a retrieval dataset needs at least one")
-            ext, payload = _image_member(sample.image)
-            if count % shard_size == 0:
-                if tar is not None:
-                    tar.close()
-                    raw.close()
-                raw = open(tmp / f"{shards}.tar", "wb")
-                tar = tarfile.open(fileobj=raw, mode="w")
-                shards += 1
-            key = f"s{count:07d}"
-            for member_ext, data in ((ext, payload), *members.items()):
-                info = tarfile.TarInfo(f"{key}.{member_ext}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                tar.addfile(info, io.BytesIO(data))
-            count += 1
-            bar.update(1)
-        if tar is not None:
-            tar.close()
-            raw.close()
-        if count == 0:
-            raise ValueError(f"no samples to export into {str(out_dir)!r}")
-        (tmp / "nshards.txt").write_text(f"{shards}\n")
-    bar.close()
-    for name, content in ((CLASSNAMES_FILE, classnames), (TEMPLATES_FILE, lines), (TYPE_FILE, [dataset_type])):
-        if content is not None:
-            with atomic_file(out_dir / name, "w") as f:
-                f.write("".join(f"{line}\n" for line in content))
-    return {"path": str(out_dir), "split": split, "count": count, "shards": shards}
+    with output_lock(out_dir):                  # one export into a folder at a time
+        count, shards = 0, 0
+        bar = tqdm(disable=not progress, unit="samples", desc=f"export {out_dir.name}/{split}")
+        with atomic_directory(out_dir / split) as tmp:
+            tar = raw = None
+            for index, item in enumerate(samples):
+                sample = _as_sample(item, index)
+                members = {}
+                if sample.label is not None:
+                    label = int(sample.label)
+                    if label < 0 or (classnames is not None and label >= len(classnames)):
+                        raise ValueError(f"samples[{index}] has label {label}; expected a class index in "
+                                         f"[0, {len(classnames) if classnames else 'n'})")
+                    members["cls"] = str(label).encode()
+                elif dataset_type == "classification":
+                    raise ValueError(f"samples[{index}] has no label; a classification dataset needs one per sample")
+                if sample.captions:
+                    members["txt"] = "\n".join(c.replace("\n", " ").strip() for c in sample.captions).encode("utf-8")
+                elif dataset_type == "retrieval":
+                    raise ValueError(f"samples[{index}] has no caption; a retrieval dataset needs at least one")
+                ext, payload = _image_member(sample.image)
+                if count % shard_size == 0:
+                    if tar is not None:
+                        tar.close()
+                        raw.close()
+                    raw = open(tmp / f"{shards}.tar", "wb")
+                    tar = tarfile.open(fileobj=raw, mode="w")
+                    shards += 1
+                key = f"s{count:07d}"
+                for member_ext, data in ((ext, payload), *members.items()):
+                    info = tarfile.TarInfo(f"{key}.{member_ext}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+                count += 1
+                bar.update(1)
+            if tar is not None:
+                tar.close()
+                raw.close()
+            if count == 0:
+                raise ValueError(f"no samples to export into {str(out_dir)!r}")
+            (tmp / "nshards.txt").write_text(f"{shards}\n")
+        bar.close()
+        for name, content in ((CLASSNAMES_FILE, classnames), (TEMPLATES_FILE, lines), (TYPE_FILE, [dataset_type])):
+            if content is not None:
+                with atomic_file(out_dir / name, "w") as f:
+                    f.write("".join(f"{line}\n" for line in content))
+        return {"path": str(out_dir), "split": split, "count": count, "shards": shards}
 
 
 def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, templates="openai",

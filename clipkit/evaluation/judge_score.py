@@ -18,7 +18,8 @@ meant to show, as CSV or JSON:
 Figures (each beside the judge's own accuracy on real held-out images):
 identification top-1 / top-5 per label field (labels the judge never saw, e.g. unseen
 names, are counted and left out); Frechet distance in the judge's features as a
-multiple of the real-vs-real floor; noise and sharpness against real images
+multiple of the real-vs-real floor (real images other than the sources, cut in two
+halves); noise and sharpness against real images
 (image_stats.noise_sharpness: 1.0 = as real; the same measures of one real half against
 the other are given beside); and, when sources are given, the model-free pixel
 nearest-source identification among `num_candidates` real images.
@@ -28,10 +29,12 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
 
+from clipkit.data.folders import read_images, skipped_note
 from clipkit.evaluation.image_stats import nearest_source, noise_sharpness, resize_to
 from clipkit.evaluation.judge import Judge, as_tensor, pixels_to_x
 from clipkit.evaluation.judge_train import read_labelled
@@ -66,35 +69,30 @@ def read_label_file(path, fields: tuple) -> tuple[list, dict, list | None]:
     return [r["file"] for r in rows], {f: [str(r[f]) for r in rows] for f in given}, sources
 
 
-def load_images(folder, files: list) -> torch.Tensor:
-    """The named images of `folder` as (N, 3, S, S) in [-1, 1] (one size for all)."""
-    from PIL import Image
-
+def load_images(folder, files: list, skipped: Counter | None = None) -> tuple[torch.Tensor, list[int]]:
+    """The named images of `folder` that decode, as (N, 3, S, S) in [-1, 1] (one size for all), and their
+    indices in `files`; a file that does not decode (or a decompression bomb) is skipped and counted in
+    `skipped` (the folder policy, clipkit.data.folders)."""
     folder = Path(folder)
     absent = [f for f in files if not (folder / f).is_file()]
     if absent:
         raise FileNotFoundError(f"{len(absent)} image(s) named in the labels file are not in {str(folder)!r}, "
                                 f"e.g. {absent[0]!r}")
-    images = []
-    for f in files:
-        with Image.open(folder / f) as im:
-            images.append(im.convert("RGB"))
-    return as_tensor(images)
+    kept, images = [], []
+    for i, _, image in read_images([folder / f for f in files], skipped):
+        kept.append(i)
+        images.append(image)
+    if not images:
+        raise ValueError(f"none of the {len(files)} images named in the labels file decodes "
+                         f"({skipped_note(skipped or Counter())}); check {str(folder)!r}")
+    return as_tensor(images), kept
 
 
 def score_images(judge: Judge, images: torch.Tensor, labels: dict, real: dict, sources: list | None = None,
                  num_candidates: int = 100, seed: int = 0) -> dict:
     """Every figure for `images` (N, 3, S, S) meant to show `labels`, against `real` (read_labelled's dict)."""
     real_x = pixels_to_x(real["pixels"])
-    if len(real_x) < 4:
-        raise ValueError(f"{len(real_x)} real images; the real-vs-real floors need at least 4 (two halves)")
-    order = torch.randperm(len(real_x), generator=torch.Generator().manual_seed(seed))
-    half_a, half_b = real_x[order[:len(order) // 2]], real_x[order[len(order) // 2:]]
-    report = {"num_images": len(images), "image_size": int(images.shape[-1]), "num_real": len(real_x),
-              "judge": {"held_out": judge.training.get("real_accuracy"), "line": judge.accuracy_line(),
-                        "on_real_data": judge.identify(real_x, {f: real["labels"][f] for f in labels})},
-              "identification": judge.identify(images, labels), "frechet": judge.frechet(images, real_x, seed=seed)}
-    reference = half_a
+    index = None
     if sources is not None:
         where = {k: i for i, k in enumerate(real["keys"])}
         absent = [s for s in sources if s not in where]
@@ -102,6 +100,19 @@ def score_images(judge: Judge, images: torch.Tensor, labels: dict, real: dict, s
             raise ValueError(f"{len(absent)} source key(s) are not in the real data, e.g. {absent[0]!r}; give the "
                              f"shards the images were made from as --real-data")
         index = [where[s] for s in sources]
+    # The distribution references leave the sources out: a copy of its own source must not look like the floor.
+    rest = sorted(set(range(len(real_x))) - set(index or ()))
+    pool = real_x[rest] if len(rest) >= 4 else real_x
+    if len(pool) < 4:
+        raise ValueError(f"{len(real_x)} real images; the real-vs-real floors need at least 4 (two halves)")
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    half_a, half_b = pool[order[:len(order) // 2]], pool[order[len(order) // 2:]]
+    report = {"num_images": len(images), "image_size": int(images.shape[-1]), "num_real": len(real_x),
+              "judge": {"held_out": judge.training.get("real_accuracy"), "line": judge.accuracy_line(),
+                        "on_real_data": judge.identify(real_x, {f: real["labels"][f] for f in labels})},
+              "identification": judge.identify(images, labels), "frechet": judge.frechet(images, pool, seed=seed)}
+    reference = half_a
+    if index is not None:
         report["nearest_source"] = nearest_source(images, real_x, index, num_candidates, seed)
         reference = real_x[index]
     ns = noise_sharpness(images, reference)
@@ -116,10 +127,14 @@ def score_folder(judge: Judge, folder, label_file, real_data: str, real_limit: i
                  num_candidates: int = 100, seed: int = 0) -> dict:
     """read_label_file + load_images + read the real shards (up to real_limit) + score_images."""
     files, labels, sources = read_label_file(label_file, judge.fields)
-    images = load_images(folder, files)
+    skipped: Counter = Counter()
+    images, kept = load_images(folder, files, skipped)
+    labels = {f: [values[i] for i in kept] for f, values in labels.items()}
+    sources = [sources[i] for i in kept] if sources is not None else None
     real = read_labelled(real_data, list(labels), None, real_limit)
     report = score_images(judge, images, labels, real, sources, num_candidates, seed)
-    report.update({"images": str(folder), "labels": str(label_file), "real_data": real_data})
+    report.update({"images": str(folder), "labels": str(label_file), "real_data": real_data,
+                   "skipped": dict(skipped)})
     return report
 
 

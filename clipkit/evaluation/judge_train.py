@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
+from clipkit.data.shards import SkipCounter, read_samples
+from clipkit.evaluation.judge import CORRUPTIONS, Judge, JudgeConfig, JudgeNet, default_architecture, pixels_to_x
 from clipkit.io import write_json
-from clipkit.evaluation.judge import CORRUPTIONS, Judge, JudgeConfig, JudgeNet, default_widths, pixels_to_x
 from clipkit.train import loop
 from clipkit.train.config import TrainConfig
 from clipkit.train.trainer import Trainer, row_losses
@@ -50,7 +52,9 @@ class JudgeTrainConfig(TrainConfig):
     num_samples: int | None = None       # read at most this many training samples
     val_samples: int = 500               # held out of train_data when val_data is not given; val_data's cap
     image_size: int | None = None        # default: the data's own size
-    widths: list | None = None           # conv widths (default: judge.default_widths(image_size))
+    widths: list | None = None           # conv widths (default: judge.default_architecture(image_size))
+    stem_stride: int | None = None       # first convolution's stride (default: 2 from 64 px, else 1)
+    norm: bool = True                    # BatchNorm after each convolution: without it 1,000+ classes barely move
     feature_dim: int = 128
     corruptions: bool = True             # also learn to name blur / noise / wash (keeps them in the features)
     epochs: int = 8
@@ -77,10 +81,6 @@ class JudgeTrainConfig(TrainConfig):
 
 def read_labelled(urls: str, label_fields, image_size: int | None, limit: int | None = None) -> dict:
     """{"pixels": uint8 (N, 3, S, S), "labels": {field: [str]}, "keys": [str], "skipped": {...}} from shards."""
-    from PIL import Image, ImageOps
-
-    from clipkit.data.shards import SkipCounter, read_samples
-
     counter = SkipCounter()
     rows = read_samples(urls, ("image", "json", "__key__"), limit=limit, counter=counter)
     kept = [r for r in rows if isinstance(r[1], dict) and all(f in r[1] for f in label_fields)]
@@ -196,8 +196,10 @@ def train_judge(config: JudgeTrainConfig) -> dict:
         train = {**train, "pixels": train["pixels"][kept],
                  "labels": {f: [v[i] for i in kept.tolist()] for f, v in train["labels"].items()}}
     classes = {f: tuple(sorted(set(train["labels"][f]))) for f in fields}
-    judge_config = JudgeConfig(widths=tuple(config.widths or default_widths(size)), feature_dim=config.feature_dim,
-                               image_size=size, classes=classes, corruptions=config.corruptions)
+    arch = default_architecture(size)
+    judge_config = JudgeConfig(widths=tuple(config.widths or arch["widths"]), feature_dim=config.feature_dim,
+                               image_size=size, classes=classes, corruptions=config.corruptions, norm=config.norm,
+                               stem_stride=config.stem_stride or (arch["stem_stride"] if not config.widths else 1))
     targets = {f: [classes[f].index(v) for v in train["labels"][f]] for f in fields}
     lookup = {f: {c: i for i, c in enumerate(classes[f])} for f in fields}
     val_targets = {f: [lookup[f].get(v, -1) for v in val["labels"][f]] for f in fields}

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from clipkit.evaluation.datasets import EvalDataset, open_dataset
+from clipkit.io import output_file
+from clipkit.retrieval.zeroshot import class_vectors, metrics_from_logits
 
 # CLI task name -> CLIP_benchmark's task name (what the JSON rows say).
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval", "linear-probe": "linear_probe"}
@@ -127,8 +129,6 @@ def _label_indices(dataset: EvalDataset, labels: list) -> np.ndarray:
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """acc1, acc5 (NaN below 5 classes) and mean_per_class_recall, as CLIP_benchmark reports them."""
-    from clipkit.retrieval.zeroshot import metrics_from_logits
-
     report = metrics_from_logits(np.asarray(logits), np.asarray(labels), [str(i) for i in range(num_classes)])
     return {"acc1": report["top1"], "acc5": report["top5"] if num_classes >= 5 else float("nan"),
             "mean_per_class_recall": report["balanced_accuracy"]}
@@ -167,8 +167,6 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
 def zeroshot(model, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
              progress: bool = False) -> tuple[dict, int]:
     """(metrics, samples evaluated) of zero-shot classification."""
-    from clipkit.retrieval.zeroshot import class_vectors
-
     features = embed_dataset(model, dataset, "labels", batch_size, max_samples, progress)
     classnames, templates = _classes_and_templates(dataset)
     weights = class_vectors(model, classnames, templates, batch_size=batch_size)       # (C, D)
@@ -340,8 +338,6 @@ def write_rows(rows: list[dict], path: str | os.PathLike, append: bool = True, *
 
     `path` must be new or a rows file of ours (clipkit.io.check_output_path; a JSON-lines file of
     evaluation rows counts as ours); anything else is refused unless `overwrite` (then replaced)."""
-    from clipkit.io import output_file
-
     with output_file(path, ROWS_FORMAT, inputs, overwrite, mode="w", append=append, recognise=is_rows_file) as f:
         for row in rows:
             f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")

@@ -51,15 +51,51 @@ Errors (clipkit.io.errors): every failure a user can fix is a `UserError`
 Every file we create honours the umask, as a plain open() would.
 """
 
-from clipkit.io.errors import (BadImageError, DamagedFileError, IncompleteOutputError, NonFiniteError,  # noqa: F401
-                               OutputError, OutputInUseError, UserError, WeightsMismatchError)
-from clipkit.io.files import (atomic_directory, atomic_file, atomic_path, clean_stale_temps,  # noqa: F401
-                              current_umask, exchange_paths, read_json, write_json)
-from clipkit.io.outputs import (FILES_MARKER, MANIFEST_NAME, OUTPUT_MARKER, PARTIAL_MARKER, Stage,  # noqa: F401
-                                begin_stage, check_output_path, claim_output, file_record, lock_path_for,
-                                output_file, output_format, output_lock, output_owner, partial_dir_for,
-                                publish_stage, read_manifest, register_file, sha256_file, staged_output,
-                                verify_file, verify_parts, write_manifest)
+from clipkit.io.errors import (  # noqa: F401
+                               BadImageError,
+                               DamagedFileError,
+                               IncompleteOutputError,
+                               NonFiniteError,
+                               OutputError,
+                               OutputInUseError,
+                               UserError,
+                               WeightsMismatchError,
+)
+from clipkit.io.files import (  # noqa: F401
+                               atomic_directory,
+                               atomic_file,
+                               atomic_path,
+                               clean_stale_temps,
+                               current_umask,
+                               exchange_paths,
+                               read_json,
+                               write_json,
+)
+from clipkit.io.outputs import (  # noqa: F401
+                               FILES_MARKER,
+                               MANIFEST_NAME,
+                               OUTPUT_MARKER,
+                               PARTIAL_MARKER,
+                               Stage,
+                               begin_stage,
+                               check_output_path,
+                               claim_output,
+                               file_record,
+                               lock_path_for,
+                               output_file,
+                               output_format,
+                               output_lock,
+                               output_owner,
+                               partial_dir_for,
+                               publish_stage,
+                               read_manifest,
+                               register_file,
+                               sha256_file,
+                               staged_output,
+                               verify_file,
+                               verify_parts,
+                               write_manifest,
+)
 
 __all__ = ["BadImageError", "DamagedFileError", "FILES_MARKER", "IncompleteOutputError", "MANIFEST_NAME",
            "NonFiniteError", "OUTPUT_MARKER", "OutputError", "OutputInUseError", "PARTIAL_MARKER",

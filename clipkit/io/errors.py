@@ -6,7 +6,7 @@
         print(e)                        # 'runs/clip/model/model.safetensors' has another sha256 than ...
 
 Every class here derives from `UserError` *and* from the builtin a caller would
-expect (ValueError, or RuntimeError for a run that stopped), so library users
+expect (ValueError for a bad input or file), so library users
 catch them as before while the CLI's one error policy (clipkit.cli.main.user_error)
 prints any UserError as one line and exits 2. Raise them where the failure is
 detected, never by matching messages afterwards.
@@ -44,5 +44,6 @@ class BadImageError(UserError, ValueError):
     """An image that cannot be used: it does not decode, is empty (0 pixels) or too large (a decompression bomb)."""
 
 
-class NonFiniteError(UserError, RuntimeError):
-    """A value became NaN or inf (a loss, a tensor a user passed); nothing was written from it."""
+class NonFiniteError(UserError, ValueError):
+    """NaN or inf where a finite value is needed (a tensor a user passed); nothing was computed or written from it.
+    (A training loss that becomes NaN is clipkit.train.runtime.NonFiniteLossError, a UserError too.)"""

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from clipkit.io.errors import DamagedFileError
 
-
 # ----------------------------------------------------------------------------- small primitives
 
 def current_umask() -> int:

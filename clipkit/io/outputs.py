@@ -21,11 +21,12 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import braceexpand
 
+from clipkit import __version__
 from clipkit.io.errors import DamagedFileError, IncompleteOutputError, OutputError, OutputInUseError  # noqa: F401
 from clipkit.io.files import _named, _swap_into_place, atomic_file, current_umask, process_alive, read_json, write_json
 
@@ -64,8 +65,8 @@ def file_record(path: str | os.PathLike, rows: int | None = None, checksum: bool
     return record
 
 
-def verify_file(path: str | os.PathLike, record: Mapping, *, verify: bool = True, folder: str | os.PathLike | None = None,
-                fix: str = "") -> None:
+def verify_file(path: str | os.PathLike, record: Mapping, *, verify: bool = True,
+                folder: str | os.PathLike | None = None, fix: str = "") -> None:
     """The one check of a file against what its manifest recorded: it exists, has its size, and (unless
     `verify=False`) its sha256. Raises IncompleteOutputError (missing / other size) or DamagedFileError
     (same size, other bytes: the damage a size check cannot see), naming the file (within `folder`,
@@ -99,8 +100,6 @@ def write_manifest(folder: str | os.PathLike, format: str, parts: Mapping[str, i
     records = {}
     for rel, value in sorted(parts.items()):
         records[rel] = dict(value) if isinstance(value, dict) else file_record(folder / rel, value)
-    from clipkit import __version__  # clipkit/__init__ imports clipkit.io lazily; at module top it is a cycle
-
     manifest = {"format": format, **fields, "parts": records, "complete": True, "written": time.time(),
                 "clipkit_version": __version__}
     write_json(folder / MANIFEST_NAME, manifest)
@@ -188,10 +187,26 @@ def _not_ours(lock: Path, what: str) -> OutputError:
                        f"Remove it (or choose another output path)")
 
 
+def check_lock_name(lock: Path) -> None:
+    """Refuse, before any work, a lock name taken by something clipkit never creates there (a symbolic link,
+    a hard link, a folder or a device): output_lock would refuse it anyway, only later."""
+    try:
+        st = os.lstat(lock)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise _not_ours(lock, "is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_ours(lock, "is not a plain file")
+    if st.st_nlink != 1:
+        raise _not_ours(lock, "has other names (a hard link)")
+
+
 def _open_existing_lock(lock: Path) -> int | None:
     """An fd on the existing lock file (no link followed), or None when it vanished meanwhile."""
+    check_lock_name(lock)                             # a FIFO would block the open; a link is never followed
     try:
-        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -392,6 +407,7 @@ def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (
             if target in src.parents:
                 raise OutputError(f"output {str(path)!r} contains the input {str(name)!r}; replacing it would "
                                   f"destroy the input. Choose another output path")
+    check_lock_name(lock_path_for(path) if kind == "folder" else lock_path_for(path.parent / FILES_MARKER))
     for parent in Path(os.path.abspath(path)).parents:
         if os.path.lexists(parent):
             if not parent.is_dir():

@@ -52,6 +52,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clipkit.data.shards import write_shards
+from clipkit.io import staged_output, write_json, write_manifest
+
 FORMAT = "clipkit-icons"
 SPLITS = ("train", "val", "unseen")
 ICON_DIRS = ("/usr/share/icons", "~/.local/share/icons", "~/.icons")
@@ -168,8 +171,12 @@ def assign_splits(captions: list[str], unseen_fraction: float, seed: int) -> lis
 # ----------------------------------------------------------------------------- rendering
 
 def _rasterise(path: Path, side: int) -> Image.Image:
-    import cairosvg   # optional heavy dependency (cairo), needed only by this maker
-
+    try:
+        import cairosvg  # a heavy dependency (the cairo library), needed only by this maker
+    except ImportError as e:
+        raise ImportError(f"rendering SVG icons needs cairosvg ({e}); `pip install cairosvg`") from e
+    except OSError as e:            # cairocffi could not load libcairo
+        raise OSError(f"cairosvg needs the cairo library ({e}); install it with `apt-get install libcairo2`") from e
     png = cairosvg.svg2png(bytestring=path.read_bytes(), output_width=side, output_height=side)
     with Image.open(io.BytesIO(png)) as im:
         return im.convert("RGBA")
@@ -220,9 +227,6 @@ def make_icon_set(theme: str | os.PathLike, out: str | os.PathLike, size: int = 
                   categories=None, shard_size: int = 5_000, overwrite: bool = False, progress: bool = True) -> dict:
     """Render a theme into OUT/{train,val,unseen}/ shards + pictures.json + manifest.json; returns the stats."""
     from tqdm.auto import tqdm
-
-    from clipkit.data.shards import write_shards
-    from clipkit.io import staged_output, write_json, write_manifest
 
     if size < 16:
         raise ValueError(f"size={size}; expected >= 16 px")

@@ -19,8 +19,8 @@ line containing "{}", or a list of format strings / callables.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ def get_templates(spec: str | os.PathLike | Sequence[str | Callable] = "simple")
     if isinstance(spec, (str, os.PathLike)):
         name = str(spec)
         if name == "openai":
-            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES   # open_clip is slow to import
+            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES  # open_clip is slow to import
             return list(OPENAI_IMAGENET_TEMPLATES)
         if name == "simple":
             return list(SIMPLE_TEMPLATES)

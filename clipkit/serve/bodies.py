@@ -12,6 +12,7 @@ Content-Type), 422 (a field of the wrong type or an unknown field, with the know
 from __future__ import annotations
 
 import json
+from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
@@ -84,7 +85,10 @@ def _form_value(name: str, value: str):
     return value
 
 
-async def read_body(request: Request, cls: type[BaseModel]) -> tuple[BaseModel, bytes | None]:
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def read_body(request: Request, cls: type[Body]) -> tuple[Body, bytes | None]:
     """(validated body, uploaded image bytes or None) from a JSON body or a multipart form."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     upload = None
@@ -119,12 +123,12 @@ async def read_body(request: Request, cls: type[BaseModel]) -> tuple[BaseModel, 
         raise ClientError(400, "the request body is nested too deeply to read; send flat JSON values") from None
 
 
-def one_source(body: BaseModel, upload: bytes | None, names: tuple[str, ...]) -> str:
-    """Which one of `names` (or "image") the request gives; exactly one is required."""
+def one_source(body: BaseModel, upload: bytes | None, names: tuple[str, ...]) -> tuple[str, Any]:
+    """(name, value) of the one of `names` (or "image", the upload's bytes) the request gives; exactly one, or a 400."""
     given = [n for n in names if getattr(body, n) is not None]
     if upload is not None and getattr(body, "expression", None) is None:
         given.append("image")
     if len(given) != 1:
         raise ClientError(400, f"give exactly one of {', '.join(names)} or an image upload; got "
                                f"{', '.join(given) if given else 'none'}")
-    return given[0]
+    return given[0], upload if given[0] == "image" else getattr(body, given[0])

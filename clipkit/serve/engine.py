@@ -3,14 +3,15 @@
     engine = Engine(EmbeddingIndex.load("idx"), model, pipeline=None, config=ServeConfig())
     scores, ids = engine.searcher(Query(k=10, text="a red circle"))   # concurrent queries: one forward,
     scores, ids = engine.searcher(Query(k=10, vector=v))              # one index search (micro-batched)
-    engine.hits(scores, ids)                                          # [{id, score, caption, metadata, image_url}]
+    engine.catalog.hits(scores, ids)                                  # [{id, score, caption, metadata, image_url}]
+    engine.catalog.mask({"shape": "circle"})                          # Query(..., mask=...) searches those rows
 
-Everything a request can name is checked here, and only these checks raise
-`ClientError` (serve/errors.py: the web layer answers it with its 4xx and message);
-any other exception is a bug and becomes a 500. Nothing a request says can reach a
-file outside the index's own data: images are looked up by id through
-`EmbeddingIndex.image`, `img:` references of an expression may only name an id or
-the uploaded image, zero-shot templates are named presets, never paths.
+Everything a request can name is checked here or in the catalog (ids, filters:
+serve/catalog.py), and only these checks raise `ClientError` (serve/errors.py: the
+web layer answers it with its 4xx and message); any other exception is a bug and
+becomes a 500. Nothing a request says can reach a file outside the index's own
+data: images are looked up by id, `img:` references of an expression may only name
+an id or the uploaded image, zero-shot templates are named presets, never paths.
 
 Each stage (encode_text, encode_image, search, metadata, generate) is timed into
 `engine.stage_seconds`, a Prometheus histogram that every app over this engine exposes.
@@ -18,11 +19,13 @@ Each stage (encode_text, encode_image, search, metadata, generate) is timed into
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +46,12 @@ from clipkit.retrieval.arithmetic import (
 )
 from clipkit.retrieval.zeroshot import ZeroShotClassifier
 from clipkit.serve.batching import BoundedPool, MicroBatcher
-from clipkit.serve.errors import ClientError, TooLarge, UnknownId
+from clipkit.serve.catalog import Catalog
+from clipkit.serve.errors import ClientError, TooLarge
 from clipkit.serve.metrics import stage_histogram
 from clipkit.unclip import SAMPLERS
 
 TEMPLATE_PRESETS = ("simple", "openai", "none")
-HIDDEN_COLUMNS = ("path",)                    # never sent to clients (server file paths)
 _ID_REF = re.compile(r"^#?(\d{1,18})$")
 
 
@@ -93,21 +96,18 @@ class Engine:
             raise ValueError("the index is empty; build it from some embeddings first")
         self.index, self.model, self.pipeline, self.config = index, model, pipeline, config
         self.stage_seconds = stage_histogram()
-        self.in_flight = 0                # queries being served (the web layer counts them): who may join a batch
-        batch = dict(max_batch=config.max_batch, window_ms=config.batch_window_ms, max_pending=config.max_pending,
-                     enabled=config.batching, expected=lambda: self.in_flight)
+        self.in_flight = 0                # queries being served (`serving()`): who may still join a batch
+        batching = functools.partial(MicroBatcher, max_batch=config.max_batch, window_ms=config.batch_window_ms,
+                                     max_pending=config.max_pending, enabled=config.batching,
+                                     expected=lambda: self.in_flight)
         # Text and image queries are encoded inside the search batch: one hand-off between threads, not two.
         # The image encoder alone serves zero-shot and generation.
-        self.image_encoder = MicroBatcher(self._encode_images, name="image-encoder", **batch)
-        self.searcher = MicroBatcher(self._search_batch, name="search", **batch)
+        self.image_encoder = batching(self._encode_images, name="image-encoder")
+        self.searcher = batching(self._search_batch, name="search")
         self.generator = BoundedPool(config.gen_workers, config.gen_queue) if pipeline is not None else None
-        self._columns = {c: np.asarray(v, dtype=object) for c, v in (index.metadata or {}).items()
-                         if c not in HIDDEN_COLUMNS}
+        self.catalog = Catalog(index, timer=self.stage_seconds.labels("metadata"))
         self.texts_encoded = 0
-        # Per-engine caches (functools: one mechanism; a failed call, e.g. an unknown column, is not cached).
-        self._mask = functools.lru_cache(maxsize=64)(self._build_mask)
-        self._png = functools.lru_cache(maxsize=2048)(self._render_png)
-        self._classifier = functools.lru_cache(maxsize=16)(self._build_classifier)
+        self._classifier = functools.lru_cache(maxsize=16)(self._build_classifier)   # one per class list
 
     def close(self) -> None:
         for worker in (self.image_encoder, self.searcher, self.generator):
@@ -122,19 +122,21 @@ class Engine:
     def _stage(self, name: str):
         return self.stage_seconds.labels(name).time()
 
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count a query in `in_flight` while it is served (call from the event loop thread, the only writer)."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
     # ------------------------------------------------------------------ info
     def info(self) -> dict:
         """What the page needs: counts, model, filterable columns with their values, limits."""
-        filters = {}
-        for name, column in sorted(self._columns.items()):
-            if name in ("id", "key", "caption"):
-                continue
-            values = set(column[:200_000].tolist())
-            if 1 < len(values) <= 24 and all(isinstance(v, (str, int, float, bool)) for v in values):
-                filters[name] = sorted(values, key=str)
         c = self.config
         return {"count": len(self.index), "dim": self.index.dim, "kind": self.index.kind, "model": self.model.identity,
-                "images": "path" in (self.index.metadata or {}), "filters": filters,
+                "images": self.catalog.has_images, "filters": self.catalog.filters(),
                 "unclip": self.pipeline is not None, "samplers": list(SAMPLERS) if self.pipeline else [],
                 "clipkit_version": __version__,
                 "limits": {"max_k": min(c.max_k, len(self.index)), "max_query_chars": c.max_query_chars,
@@ -197,71 +199,15 @@ class Engine:
             raise ClientError(400, f"the uploaded image could not be decoded: {e}") from None
         return to_rgb(image)
 
-    def filter_mask(self, filters: dict | None) -> np.ndarray | None:
-        """Rows whose metadata matches every {column: value or [values]} (None: no filter); read-only, cached."""
-        if not filters:
-            return None
-        if not isinstance(filters, dict):
-            raise ClientError(422, f"filters must be an object {{column: value}}; got {type(filters).__name__}")
-        key = []
-        for column in sorted(filters):
-            if column not in self._columns:
-                raise ClientError(400, f"filter on unknown column {column!r}; this index has {sorted(self._columns)}")
-            wanted = filters[column]
-            values = tuple(wanted) if isinstance(wanted, list) else (wanted,)
-            for v in values:
-                if not isinstance(v, (str, int, float, bool)):
-                    raise ClientError(422, f"filter {column!r}: values must be strings, numbers or booleans; "
-                                           f"got {v!r}")
-            key.append((column, values))
-        return self._mask(tuple(key))
-
-    def _build_mask(self, key: tuple) -> np.ndarray:
-        mask = np.ones(len(self.index), dtype=bool)
-        for column, values in key:
-            allowed = set(values)
-            mask &= np.fromiter((x in allowed for x in self._columns[column]), dtype=bool, count=len(mask))
-        mask.flags.writeable = False                       # shared by every query with these filters
-        return mask
-
-    # ------------------------------------------------------------------ items
-    def row(self, item_id: int) -> dict:
-        """The metadata row of an indexed id; UnknownId (404) for any other."""
-        ids = np.array([item_id], dtype=np.int64) if isinstance(item_id, int) and abs(item_id) < 2**63 else None
-        if ids is None or self.index.positions(ids)[0] < 0:
-            raise UnknownId(f"id {item_id} is not in the index (search results show the ids it holds)")
-        return self.index.lookup(ids)[0]
-
-    def item_image(self, item_id: int) -> Image.Image:
-        row = self.row(item_id)
-        try:
-            image = self.index.image(row)
-        except (OSError, ValueError) as e:                      # a moved or damaged shard / file
-            raise UnknownId(f"the image of id {item_id} could not be read: {e}") from None
-        if image is None:
-            raise UnknownId(f"id {item_id} has no stored image (the index's metadata records no readable path)")
-        return image
-
+    # ------------------------------------------------------------------ items and vectors
     def item_vector(self, item_id: int) -> np.ndarray:
         """The indexed vector of an item, or its image re-encoded where the index cannot give it back."""
-        self.row(item_id)
+        self.catalog.row(item_id)
         try:
             return self.index.vectors([item_id])[0]
         except RuntimeError:                                    # an IVF index without a direct map
-            return self.image_encoder(self.item_image(item_id))
+            return self.image_encoder(self.catalog.image(item_id))
 
-    def image_png(self, item_id: int, max_side: int = 512) -> bytes:
-        """An indexed image as PNG bytes, at most `max_side` a side (the last 2,048 are cached)."""
-        return self._png(item_id, max_side)
-
-    def _render_png(self, item_id: int, max_side: int) -> bytes:
-        image = self.item_image(item_id)
-        image.thumbnail((max_side, max_side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    # ------------------------------------------------------------------ vectors
     def _encode_images(self, images: list) -> list[np.ndarray]:
         with self._stage("encode_image"):
             return list(self.model.encode_images(images, batch_size=max(1, len(images)),
@@ -285,7 +231,7 @@ class Engine:
                                                f"request")
                     image = upload
                 elif (match := _ID_REF.match(value)) is not None:
-                    image = self.item_image(int(match.group(1)))
+                    image = self.catalog.image(int(match.group(1)))
                 else:
                     raise ClientError(400, f"img:{value!r} at position {pos}: the server reads only indexed items "
                                            f'by id (img:"42") or the uploaded image (img:"upload"), never a path')
@@ -325,27 +271,15 @@ class Engine:
         out: list = [None] * len(queries)
         for members in groups.values():
             kk = max(queries[i].k + (queries[i].exclude is not None) for i in members)
+            vectors = [queries[i].vector for i in members]
+            assert all(v is not None for v in vectors), "every query was encoded above"
             with self._stage("search"):
-                scores, ids = self.index.search(np.stack([queries[i].vector for i in members]), kk,
-                                                mask=queries[members[0]].mask)
+                scores, ids = self.index.search(np.stack(vectors), kk, mask=queries[members[0]].mask)
             for row, i in enumerate(members):
                 q = queries[i]
                 keep = (ids[row] >= 0) & (ids[row] != (-1 if q.exclude is None else q.exclude))
                 out[i] = scores[row][keep][:q.k], ids[row][keep][:q.k]
         return out
-
-    def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[dict]:
-        with self._stage("metadata"):
-            rows = self.index.lookup(ids)
-            has_images = "path" in (self.index.metadata or {})
-            out = []
-            for score, item_id, row in zip(scores.tolist(), ids.tolist(), rows):
-                row = dict(row or {"id": item_id})
-                shown = {c: v for c, v in row.items() if c not in HIDDEN_COLUMNS + ("id", "caption", "key")}
-                out.append({"id": int(item_id), "score": round(float(score), 5), "key": row.get("key"),
-                            "caption": row.get("caption"), "metadata": shown,
-                            "image_url": f"/image/{item_id}" if has_images and row.get("path") else None})
-            return out
 
     # ------------------------------------------------------------------ zero-shot
     def zero_shot(self, vector: np.ndarray, classes: list[str], templates: str = "simple") -> list[dict]:
@@ -374,7 +308,7 @@ class Engine:
         if item_id is not None:
             if same:
                 return self.item_vector(item_id)
-            image = self.item_image(item_id)
+            image = self.catalog.image(item_id)
         return self.image_encoder(image) if same else clip.encode_images([image]).numpy()[0]
 
     def generate(self, *, text: str | None = None, vector: np.ndarray | None = None, num_images: int = 4,

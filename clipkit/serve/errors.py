@@ -15,6 +15,8 @@ internal text leaks into an answer, and no bug hides behind a 4xx.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -64,7 +66,7 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def describe(errors: list[dict], fields=None) -> str:
+def describe(errors: Sequence[Mapping[str, Any]], fields: Iterable[str] | None = None) -> str:
     """Pydantic's errors in one line, `k: Input should be a valid integer (got 'ten')`; the known fields if one is
     unknown."""
     parts = []

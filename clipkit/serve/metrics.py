@@ -57,22 +57,20 @@ class EngineCollector:
     def collect(self):
         e = self.engine
         batchers = [b for b in (e.searcher, e.image_encoder) if b is not None]
-        families = {
-            "batches": CounterMetricFamily(f"{PREFIX}_batches", "Micro-batches run", labels=["batcher"]),
-            "items": CounterMetricFamily(f"{PREFIX}_batch_items", "Items run in micro-batches", labels=["batcher"]),
-            "largest": GaugeMetricFamily(f"{PREFIX}_batch_largest", "Largest micro-batch so far", labels=["batcher"]),
-            "pending": GaugeMetricFamily(f"{PREFIX}_batch_pending", "Items waiting for a batch", labels=["batcher"]),
-            "rejected": CounterMetricFamily(f"{PREFIX}_batch_rejected", "Items refused with 503 (queue full)",
-                                            labels=["batcher"]),
-        }
+        families: list[tuple[CounterMetricFamily | GaugeMetricFamily, str]] = [
+            (CounterMetricFamily(f"{PREFIX}_batches", "Micro-batches run", labels=["batcher"]), "batches"),
+            (CounterMetricFamily(f"{PREFIX}_batch_items", "Items run in micro-batches", labels=["batcher"]), "items"),
+            (GaugeMetricFamily(f"{PREFIX}_batch_largest", "Largest micro-batch so far", labels=["batcher"]),
+             "largest_batch"),
+            (GaugeMetricFamily(f"{PREFIX}_batch_pending", "Items waiting for a batch", labels=["batcher"]), "pending"),
+            (CounterMetricFamily(f"{PREFIX}_batch_rejected", "Items refused with 503 (queue full)", labels=["batcher"]),
+             "rejected"),
+        ]
         for b in batchers:
-            s = b.stats()
-            families["batches"].add_metric([b.name], s["batches"])
-            families["items"].add_metric([b.name], s["items"])
-            families["largest"].add_metric([b.name], s["largest_batch"])
-            families["pending"].add_metric([b.name], s["pending"])
-            families["rejected"].add_metric([b.name], s["rejected"])
-        yield from families.values()
+            stats = b.stats()
+            for family, key in families:
+                family.add_metric([b.name], stats[key])
+        yield from (family for family, _ in families)
         yield CounterMetricFamily(f"{PREFIX}_texts_encoded", "Text queries encoded", value=e.texts_encoded)
         if e.generator is not None:
             g = e.generator.stats()

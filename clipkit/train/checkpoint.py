@@ -23,14 +23,14 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from clipkit.io import atomic_directory, atomic_file, read_manifest, write_json, write_manifest
+from clipkit.io.weights import fit_weights, load_weights, save_weights
 
 CHECKPOINT_FORMAT = "clipkit-checkpoint"
 
@@ -93,7 +93,7 @@ class CheckpointManager:
             unwrapped = accelerator.unwrap_model(model)
             weights = {k: v.detach().contiguous().cpu() for k, v in unwrapped.state_dict().items()}
             with atomic_directory(path) as tmp:
-                save_file(weights, str(tmp / "model.safetensors"))
+                save_weights(weights, tmp / "model.safetensors")
                 with atomic_file(tmp / "trainer.pt", "wb") as f:
                     torch.save({"optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict() if scheduler is not None else None}, f)
@@ -133,7 +133,9 @@ class CheckpointManager:
         read_manifest(path, CHECKPOINT_FORMAT, full=True, what="checkpoint",
                       fix=f"resume from an earlier {self.root}/step_* folder or start over")
         state = json.loads((path / "state.json").read_text())
-        accelerator.unwrap_model(model).load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+        fix = f"resume from another {self.root}/step_* folder, or start a new out_dir"
+        fit_weights(accelerator.unwrap_model(model), load_weights(path / "model.safetensors", fix=fix),
+                    path / "model.safetensors", fix=fix)
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(trainer["optimizer"])
         if scheduler is not None and trainer["scheduler"] is not None:

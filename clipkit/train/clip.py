@@ -31,20 +31,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from clipkit import losses
 from clipkit.data.shards import SKIP_REASONS, SkipCounter, count_samples, expand_urls, shard_loader, shard_pipeline
 from clipkit.evaluation import evaluate_datasets
 from clipkit.io import check_output_path
-from clipkit import losses
 from clipkit.model import resolve_model
 from clipkit.train import loop
 from clipkit.train.config import ClipTrainConfig
 from clipkit.train.evaluate import evaluate_clip, load_eval_set
-from clipkit.train.trainer import Trainer
+from clipkit.train.trainer import Trainer, claim_run
 
 __all__ = ["ClipTrainConfig", "train_clip", "train_preprocess", "contrastive_losses"]
 
@@ -59,7 +59,7 @@ def train_preprocess(clip, crop_scale: float | None):
     """
     if crop_scale is None:
         return clip.preprocess
-    import open_clip        # lazy: seconds of imports, paid only when the augmenting transform is asked for
+    import open_clip  # lazy: seconds of imports, paid only when the augmenting transform is asked for
 
     cfg = clip.config.preprocess_cfg
     return open_clip.image_transform(clip.preprocess.size, is_train=True, mean=cfg.get("mean"), std=cfg.get("std"),
@@ -201,7 +201,9 @@ def train_clip(config: ClipTrainConfig, evaluators: tuple[Callable, ...] = ()) -
     export = Path(config.export_dir) if config.export_dir else Path(config.out_dir) / "model"
     model_inputs = [config.model] if isinstance(config.model, str) else []
     inputs = [*config.train_data.split("::"), *expand_urls(config.train_data), *model_inputs]
-    check_output_path(export, "clipkit-model", inputs=inputs, overwrite=config.overwrite, flag="overwrite=true")
+    claim_run(config, check_only=True)                      # refused before any work, not after the training
+    check_output_path(export, "clipkit-model", inputs=inputs, overwrite=config.overwrite)
+    claim_run(config)
     with Trainer(config, "clip") as trainer:
         return _train_clip(trainer, evaluators, export)
 
@@ -256,7 +258,7 @@ def _train_clip(trainer: Trainer, evaluators, export: Path) -> dict:
 
     skipped = data.skipped()
     if accelerator.is_main_process and export != run.path / "model":
-        clip.save(export)
+        clip.save(export, overwrite=trainer.config.overwrite)
     rows = run.metrics.rows()
     summary = {"steps": result.step, "epochs_completed": result.step / trainer.steps_per_epoch,
                "data_passes": data.passes, "samples_seen": result.step * trainer.global_batch,

@@ -58,6 +58,8 @@ class TrainConfig:
     progress: bool = True                 # tqdm bar on rank 0
     num_threads: int | None = None        # intra-op threads per process (None: OMP_NUM_THREADS, else cores / local processes)
     compile: bool = False                 # torch.compile the prepared model (Accelerate's dynamo_backend inductor)
+    overwrite: bool = False               # write into out_dir / export_dir / pipeline_dir even where clipkit did not
+                                          # write (clipkit.io.check_output_path); their own earlier outputs need no flag
 
     def __post_init__(self) -> None:
         # Built in Python, a nested model config may be given as a dict of its fields (as in JSON).
@@ -118,7 +120,6 @@ class ClipTrainConfig(TrainConfig):
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = True
     export_dir: str | None = None          # also save the final model here (default: out_dir/model)
-    overwrite: bool = False                # let export_dir replace an existing folder that is not a model
 
     def validate(self) -> None:
         super().validate()

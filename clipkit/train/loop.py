@@ -7,7 +7,7 @@ accelerator, run folder, optimiser and schedule and hands the loop a Task:
         trainer.prepare(module, num_samples=n, ema_decay=0.995)
         result = trainer.fit(Task(
             next_batches=trainer.random_rows(n),                    # micro-batches of one step
-            step_losses=lambda model, micro: ((loss_fn(model, b) / len(micro), None) for b in micro),  # (backward, log share)
+            step_losses=row_losses(micro_loss),                      # (loss to backward, log share) each
             after_step=lambda step: clamp(module),                  # logit-scale clamp ...
         ))
 
@@ -17,9 +17,9 @@ if an epoch yielded nothing), run `step_losses`, which yields one loss per
 backward pass (ordinary accumulation: each micro-batch's loss / N; the
 contrastive loss's cached-feature accumulation yields the full-batch loss once
 per micro-batch, see train/clip.py), check every loss is finite on every rank
-(collective) before its backward, clip the gradient norm, step, schedule, then
-the task's `after_step`. Gradients are all-reduced once per step: the backward
-passes before the last run under `no_sync`. Forward passes run under
+(collective) before its backward, clip the gradient norm, step, the task's
+`after_step`, `should_stop` (see below), then the schedule. Gradients are
+all-reduced once per step: the backward passes before the last run under `no_sync`. Forward passes run under
 `accelerator.autocast()` (bf16 on CPU and GPU alike; on CPU attention then runs
 on torch's math backend, see clipkit.perf.attention_backend); the optimiser keeps fp32
 master weights. Metrics every `log_every` steps (loss, lr, samples/s of training
@@ -40,9 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -148,14 +149,14 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
         step += 1
         window_steps += 1
         if task.after_step is not None:
             task.after_step(step)
-        bar.update(1)
-        if task.should_stop is not None and step < total_steps:
+        if task.should_stop is not None and step < total_steps:   # before the schedule, which may use the clock
             stopped_by = _agreed_stop(accelerator, task.should_stop, step, elapsed())
+        scheduler.step()
+        bar.update(1)
         if step % config.log_every == 0 or step == total_steps or stopped_by:
             seconds = time.time() - window_start
             train_seconds += seconds

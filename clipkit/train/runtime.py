@@ -22,12 +22,13 @@ import random
 import sys
 import traceback
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from clipkit.io import output_lock
+from clipkit.io import UserError, output_lock
 from clipkit.train.config import TrainConfig
 
 
@@ -90,8 +91,9 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(s)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became nan or inf; the run stopped before the update, checkpoints untouched."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss became nan or inf; the run stopped before the update, checkpoints untouched (a UserError: the
+    CLI says it in one line, exit 2 — a learning rate too high is the usual cause)."""
 
 
 def check_finite(accelerator, loss: torch.Tensor, step: int, last_checkpoint: str | None = None) -> float:
@@ -105,7 +107,8 @@ def check_finite(accelerator, loss: torch.Tensor, step: int, last_checkpoint: st
         value = accelerator.reduce(value, reduction="mean")
     v = float(value)
     if not math.isfinite(v):
-        where = f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint else "; no checkpoint was written yet"
+        where = (f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint
+                 else "; no checkpoint was written yet")
         raise NonFiniteLossError(
             f"loss is {v} at step {step + 1} (before the update); stopping{where}. Lower the lr, "
             f"enable grad_clip, or use mixed_precision='no' to find the cause")

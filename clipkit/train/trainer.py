@@ -49,15 +49,16 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from clipkit.config import to_json
-from clipkit.io import write_json
+from clipkit.io import check_output_path, claim_output, write_json
 from clipkit.train import loop, runtime
 from clipkit.train.config import TrainConfig
 from clipkit.train.metrics import RunDir
@@ -74,6 +75,24 @@ RUN_CONTROL = frozenset({
     "zeroshot_eval", "val_samples"})
 
 
+UNBOUNDED_STEPS = 10**9          # the step bound of a run only its time budget ends (prepare(until_budget=True))
+
+
+RUN_FORMAT = "clipkit-run"                 # the .clipkit-output.json marker of a run folder
+INPUT_FIELDS = ("train_data", "val_data", "holdout_data", "model", "clip", "embeddings")   # a run never writes there
+
+
+def claim_run(config: TrainConfig, check_only: bool = False) -> Path:
+    """clipkit.io's one output rule for a run folder, before any work: out_dir must be new, a run of ours
+    (resumed or re-run) or allowed by `overwrite`; never one of the run's inputs, inside or around one.
+    Then it is created and marked ours (`check_only`: refused or not, nothing is created)."""
+    inputs = [v for v in (getattr(config, f, None) for f in INPUT_FIELDS) if isinstance(v, str)]
+    if check_only:
+        check_output_path(config.out_dir, RUN_FORMAT, inputs, config.overwrite)
+        return Path(config.out_dir)
+    return claim_output(config.out_dir, RUN_FORMAT, inputs, config.overwrite)
+
+
 def wall_clock() -> float:
     """The clock of `time_budget` (tests replace it with a fake one)."""
     return time.perf_counter()
@@ -86,15 +105,16 @@ class Trainer:
     clock: what `time_budget` is measured on (wall clock; the generation lab may count CPU time).
     """
 
+    accelerator: Any           # from `with Trainer(...)` on
+    run: RunDir
+    module: torch.nn.Module    # from prepare() on
+
     def __init__(self, config: TrainConfig, desc: str = "train", clock: Callable[[], float] | None = None):
         budget = config.time_budget
         if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
             raise ValueError(f"time_budget={budget!r}; expected seconds > 0 (e.g. 2700 for 45 minutes) or null")
         self.config, self.desc = config, desc
         self.clock = clock or wall_clock
-        self.accelerator: Any = None
-        self.run: RunDir | None = None
-        self.module: torch.nn.Module | None = None
         self.ema: EMA | None = None
         self.state: dict = {}
         self.step = 0
@@ -106,6 +126,7 @@ class Trainer:
 
     def __enter__(self) -> Trainer:
         with self._stack as stack:
+            claim_run(self.config)                               # the one place a run folder is created
             stack.enter_context(runtime.run_lock(self.config.out_dir))
             self.accelerator = runtime.make_accelerator(self.config)
             self.run = RunDir(self.config.out_dir, self.accelerator, self.config.keep_checkpoints)
@@ -135,17 +156,23 @@ class Trainer:
     # ------------------------------------------------------------------------- optimiser, schedule, resume
 
     def prepare(self, module: torch.nn.Module, num_samples: int | None, *, final_lr: float = 0.0,
-                ema_decay: float | None = None, replacement: bool = False, model: str | dict | None = None):
+                ema_decay: float | None = None, replacement: bool = False, until_budget: bool = False,
+                model: str | dict | None = None) -> torch.nn.Module:
         """Steps, per-rank seed, AdamW + schedule, `accelerator.prepare`, EMA, resume; returns the prepared model.
 
         num_samples: samples in an epoch (None: fresh data every step; max_steps is then required).
         replacement: rows are drawn at random (`random_rows`), so an epoch is a count, not a pass, and
-        data smaller than one global batch is fine. model: what the weights are, for the resume check
+        data smaller than one global batch is fine. until_budget: only time_budget ends the run (no step
+        count; the schedule follows the clock alone). model: what the weights are, for the resume check
         (default: the module's class and its `config` dataclass).
         """
         c = self.config
-        self.module, self.num_samples = module, num_samples
+        self.module, self.num_samples, self.until_budget = module, num_samples, until_budget
         self.steps_per_epoch, self.total_steps = self._steps(num_samples, replacement)
+        if until_budget:
+            if c.time_budget is None:
+                raise ValueError(f"{self.desc}: until_budget needs a time_budget (seconds); got null")
+            self.total_steps = UNBOUNDED_STEPS
         runtime.seed_everything(c.seed, self.rank)             # ranks draw different data from here on
         optimizer = adamw(module, c)
         self.schedule = WarmupCosine(c.warmup_steps, self.total_steps, final_lr, c.time_budget)
@@ -273,7 +300,7 @@ class Trainer:
         acc.print(self.start_line())
         result = loop.train_loop(c, acc, self.run, task, self.model, self.optimizer, self.scheduler,
                                  self.total_steps, self.state)
-        if result.stopped_by is None:
+        if result.stopped_by is None:                            # it ran the steps it planned
             result.stopped_by = "max_steps" if c.max_steps else "epochs"
         self.result = result
         return result
@@ -281,17 +308,22 @@ class Trainer:
     def start_line(self) -> str:
         """What will run: steps, the epochs they cover, what ends the run, where."""
         c, acc = self.config, self.accelerator
-        ends = f"max_steps={c.max_steps}" if c.max_steps else f"epochs={c.epochs}"
-        if c.time_budget is not None:
-            ends += f", or time_budget={c.time_budget:g} s if that comes first"
-        todo = self.total_steps - self.step
-        covers = ("fresh samples every step" if self.num_samples is None else
-                  f"{todo * self.global_batch / self.num_samples:.3g} epoch(s) of {self.num_samples} samples")
         resumed = f" from step {self.step} (resumed)" if self.step else ""
         name = self.model_identity if isinstance(self.model_identity, str) else self.model_identity.get("class")
-        return (f"[{self.desc}] training {name}: {todo} steps{resumed} of {self.global_batch} samples = {covers} "
-                f"({ends}); {self.world} process(es), {acc.distributed_type}, precision {c.mixed_precision}, "
-                f"{torch.get_num_threads()} torch thread(s)")
+        if self.until_budget:
+            epoch = f", an epoch being {self.steps_per_epoch} steps" if self.num_samples else ""
+            what = (f"steps{resumed} of {self.global_batch} samples until time_budget={c.time_budget:g} s is "
+                    f"spent{epoch}")
+        else:
+            ends = f"max_steps={c.max_steps}" if c.max_steps else f"epochs={c.epochs}"
+            if c.time_budget is not None:
+                ends += f", or time_budget={c.time_budget:g} s if that comes first"
+            todo = self.total_steps - self.step
+            covers = ("fresh samples every step" if self.num_samples is None else
+                      f"{todo * self.global_batch / self.num_samples:.3g} epoch(s) of {self.num_samples} samples")
+            what = f"{todo} steps{resumed} of {self.global_batch} samples = {covers} ({ends})"
+        return (f"[{self.desc}] training {name}: {what}; {self.world} process(es), {acc.distributed_type.value}, "
+                f"precision {c.mixed_precision}, {torch.get_num_threads()} torch thread(s)")
 
     # ------------------------------------------------------------------------- after the loop
 

@@ -28,7 +28,6 @@ written into that UnCLIP folder together with the CLIP reference (unclip.json).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -43,15 +42,21 @@ from clipkit.images import make_grid
 from clipkit.model import load as load_clip_model
 from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 from clipkit.train import loop
-from clipkit.train.config import ArPriorTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
-from clipkit.train.trainer import Trainer, row_losses
+from clipkit.train.config import (
+    ArPriorTrainConfig,
+    DecoderTrainConfig,
+    PriorTrainConfig,
+    UnclipTrainConfig,
+    UpsamplerTrainConfig,
+)
+from clipkit.train.trainer import Trainer, claim_run, row_losses
 from clipkit.unclip.ar_prior import ArPrior
 from clipkit.unclip.decoder import DecoderUNet, downsample, noise_low_res
 from clipkit.unclip.images import to_pil
 from clipkit.unclip.pipeline import UnCLIP
 from clipkit.unclip.prior import DiffusionPrior
 from clipkit.unclip.samplers import noise_schedule
-from clipkit.unclip.storage import save_model, write_manifest
+from clipkit.unclip.storage import claim_pipeline, save_model, write_manifest
 
 __all__ = ["DecoderTrainConfig", "PriorTrainConfig", "UpsamplerTrainConfig", "ArPriorTrainConfig", "train_decoder",
            "train_prior", "train_upsampler", "train_ar_prior", "read_training_data", "embedding_pairs", "load_clip"]
@@ -75,7 +80,8 @@ def _fit(image, size: int):
     return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)     # centre crop, then resize
 
 
-def read_training_data(config, clip, image_size: int | None, texts: bool, embed: bool = True) -> tuple[dict, dict, dict]:
+def read_training_data(config, clip, image_size: int | None, texts: bool,
+                       embed: bool = True) -> tuple[dict, dict, dict]:
     """(train, val, skipped) from config.train_data: uint8 "pixels" (N, 3, S, S) when image_size is given,
     unit "image_emb" (N, D) when embed, and "text_emb" (N, D) when texts. The last val_samples are held out."""
     counter = SkipCounter()
@@ -107,9 +113,10 @@ def embedding_pairs(folder_path: str, clip, val_samples: int) -> tuple[dict, dic
     img, txt = (np.concatenate(parts) for parts in zip(*[(i, t) for i, t, _ in folder.pairs()]))
     if len(img) <= val_samples:
         raise ValueError(f"embeddings={folder_path!r} holds {len(img)} pairs; need more than val_samples={val_samples}")
-    img, txt = torch.from_numpy(np.ascontiguousarray(img, np.float32)), torch.from_numpy(np.ascontiguousarray(txt, np.float32))
-    cut = len(img) - val_samples
-    return ({"image_emb": img[:cut], "text_emb": txt[:cut]}, {"image_emb": img[cut:], "text_emb": txt[cut:]})
+    image = torch.from_numpy(np.ascontiguousarray(img, np.float32))
+    text = torch.from_numpy(np.ascontiguousarray(txt, np.float32))
+    cut = len(image) - val_samples
+    return ({"image_emb": image[:cut], "text_emb": text[:cut]}, {"image_emb": image[cut:], "text_emb": text[cut:]})
 
 
 def _pixels_to_x(pixels: torch.Tensor) -> torch.Tensor:
@@ -122,7 +129,7 @@ def _fit_rows(trainer: Trainer, kind: str, build, train: dict, micro_loss, on_sa
     """Build the module (after the trainer's seed), train it with `micro_loss(net, idx, generator)` on random
     rows of `train` with an EMA of its weights; `on_sample(ema_model, step)` every sample_every steps on rank 0.
     Returns {"final": the EMA model, "result": the loop's result}."""
-    config = trainer.config
+    config: UnclipTrainConfig = trainer.config      # type: ignore[assignment]
     n = len(next(iter(train.values())))
     module = build()
     trainer.prepare(module, n, final_lr=0.05, ema_decay=config.ema_decay, replacement=True)
@@ -139,20 +146,23 @@ def _fit_rows(trainer: Trainer, kind: str, build, train: dict, micro_loss, on_sa
     return {"final": final, "result": result}
 
 
+def _claim(config, clip) -> None:
+    """Before any work: the run folder and the pipeline folder must be new, ours (a pipeline of this CLIP)
+    or allowed by `overwrite` (clipkit.io's one output rule)."""
+    claim_run(config, check_only=True)
+    if config.pipeline_dir:
+        claim_pipeline(config.pipeline_dir, clip, overwrite=config.overwrite, inputs=[config.clip, config.train_data])
+    claim_run(config)
+
+
 def _export(config, kind, accelerator, clip, module, out_dir: Path) -> list[str]:
     written = []
     if accelerator.is_main_process:
         save_model(module, module.config, out_dir / kind, kind)
         written.append(str(out_dir / kind))
         if config.pipeline_dir:
-            pipe = Path(config.pipeline_dir)
-            manifest = pipe / "unclip.json"
-            if manifest.is_file():
-                recorded = json.loads(manifest.read_text())["clip"]["identity"]
-                if recorded != clip.identity:
-                    raise ValueError(f"pipeline_dir={str(pipe)!r} was built with CLIP {recorded!r}, this run used "
-                                     f"{clip.identity!r}; use another pipeline_dir or retrain its other model")
-            save_model(module, module.config, pipe / kind, kind)
+            pipe = claim_pipeline(config.pipeline_dir, clip, overwrite=config.overwrite)   # checked again: same CLIP
+            save_model(module, module.config, pipe / kind, kind, overwrite=config.overwrite)
             write_manifest(pipe, clip, config.clip)
             written.append(str(pipe / kind))
     accelerator.wait_for_everyone()
@@ -179,6 +189,7 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
     config.validate()
     t0 = time.time()
     clip = load_clip(config.clip)
+    _claim(config, clip)
     train, val, skipped = read_training_data(config, clip, config.decoder.image_size, texts=False)
     embed_s = time.time() - t0
     print(f"[decoder] embedded {len(train['pixels'])} images in {embed_s:.1f} s")
@@ -222,7 +233,8 @@ def _prior_pairs(config):
     output (`embeddings`) or from shards embedded once by the frozen CLIP."""
     t0 = time.time()
     clip = load_clip(config.clip)
-    skipped = {}
+    _claim(config, clip)
+    skipped: dict = {}
     if config.embeddings:
         train, val = embedding_pairs(config.embeddings, clip, config.val_samples)
     else:
@@ -274,6 +286,7 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
     config.validate()
     t0 = time.time()
     clip = load_clip(config.clip)
+    _claim(config, clip)
     cfg = config.upsampler
     train, val, skipped = read_training_data(config, clip, cfg.image_size, texts=False, embed=False)
     read_s = time.time() - t0

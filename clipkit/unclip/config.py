@@ -140,6 +140,8 @@ class PriorConfig:
         if self.width % self.heads:
             raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
         check_prediction_type(self.prediction, discrete=True)
+        if self.schedule not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule={self.schedule!r} is not one of {SCHEDULE_KINDS}")
 
     @property
     def scale(self) -> float:

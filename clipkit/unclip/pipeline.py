@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipkit.diffusion import FlowAdapter, sample
+from clipkit.model import load as load_clip_model
 from clipkit.unclip.decoder import DecoderUNet, noise_low_res
 from clipkit.unclip.ar_prior import ArPrior
 from clipkit.unclip.samplers import make_sampler, noise_schedule, pixel_clip
@@ -130,8 +131,6 @@ class UnCLIP:
         verified against its manifest (sha256; `verify=False`: sizes only)."""
         if prior not in (None, *PRIORS):
             raise ValueError(f"prior={prior!r}; expected one of {PRIORS} or None")
-        import clipkit
-
         directory = Path(directory)
         ref = read_pipeline_manifest(directory)
         clip_path = None
@@ -143,9 +142,10 @@ class UnCLIP:
                 raise FileNotFoundError(f"the pipeline's CLIP model is not at {[str(p) for p in candidates]}; "
                                         f"pass clip=<ClipModel or directory> (identity {ref['identity']})")
             clip_path = str(found.resolve())
-            clip = clipkit.load(found, device=device, verify=verify)
+            clip = load_clip_model(found, device=device, verify=verify)
         check_clip(clip, ref["identity"], directory)
-        models = {name: load_model(directory / name, name, verify) for name in ("decoder", "prior", "upsampler", "ar_prior")
+        models = {name: load_model(directory / name, name, verify)
+                  for name in ("decoder", "prior", "upsampler", "ar_prior")
                   if (directory / name / "config.json").is_file() and (name != "ar_prior" or prior != "diffusion")}
         ar = models.pop("ar_prior", None)
         if prior == "ar" or (prior is None and "prior" not in models and ar is not None):

@@ -19,9 +19,19 @@ from pathlib import Path
 
 import torch
 
+from clipkit import __version__
 from clipkit.config import SAVED_METADATA, config_from_dict, read_json_object
-from clipkit.io import (DamagedFileError, MANIFEST_NAME, OutputError, check_output_path, claim_output,
-                        read_manifest, staged_output, write_json, write_manifest as write_parts_manifest)
+from clipkit.io import (
+    MANIFEST_NAME,
+    DamagedFileError,
+    OutputError,
+    check_output_path,
+    claim_output,
+    read_manifest,
+    staged_output,
+    write_json,
+)
+from clipkit.io import write_manifest as write_parts_manifest
 from clipkit.io.weights import fit_weights, load_weights, save_weights
 from clipkit.unclip.ar_prior import ArPrior, ArPriorConfig
 from clipkit.unclip.config import UpsamplerConfig
@@ -43,8 +53,6 @@ def save_model(module: torch.nn.Module, config, directory: str | os.PathLike, ki
                inputs=()) -> Path:
     """config.json + model.safetensors + manifest.json, complete or absent (a previous `kind` model there is
     replaced; anything else only with `overwrite`)."""
-    from clipkit import __version__  # clipkit/__init__ is the version's one source; a cycle at module top
-
     directory = Path(directory)
     with staged_output(directory, model_format(kind), inputs=inputs, overwrite=overwrite) as stage:
         save_weights(module.state_dict(), stage.dir / "model.safetensors", metadata={"format": "pt", "kind": kind})

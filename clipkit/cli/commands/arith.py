@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocabulary", default=None, help="vocabulary file, one word a line [shipped list]")
     p.add_argument("--search", default=None, metavar="INDEX", help="also search this index with the vector")
     p.add_argument("-k", type=positive_int, default=10, help="results from --search [10]")
-    p.add_argument("--save", default=None, help="save the vector as .npy")
+    p.add_argument("--save", default=None, help="save the vector to this .npy file")
     p.add_argument("--overwrite", action="store_true", help="replace a --save file that clipkit did not write")
     p.set_defaults(func=run)
 
@@ -27,14 +27,14 @@ VECTOR = "clipkit-vector"
 
 
 def _save_path(args):
-    """--save as numpy would name it (.npy added), claimed before any work; None without --save."""
+    """--save, claimed before any work (the path as given: nothing added to it); None without --save."""
     import re
 
     from clipkit.io import check_output_path
 
     if not args.save:
         return None
-    path = args.save if args.save.endswith(".npy") else args.save + ".npy"
+    path = args.save
     images = re.findall(r'img:\s*"([^"]*)"', args.expression)          # the expression's own inputs
     check_output_path(path, VECTOR, [args.search, args.vocabulary, *images], args.overwrite, kind="file")
     return path

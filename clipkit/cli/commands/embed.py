@@ -7,7 +7,8 @@ import argparse
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="a saved clipkit model directory, a clipkit preset or an open_clip architecture")
+                   help="a saved clipkit model directory, a clipkit preset, an open_clip architecture or "
+                        "an open_clip-style model config file (my-model.json: embed_dim, vision_cfg, text_cfg)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local weights file")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto [auto]")
 

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--precision", choices=("no", "bf16"), default="bf16", help="mixed precision [bf16]")
     t.add_argument("--seed", type=nonnegative_int, default=0, help="[0]")
     t.add_argument("--resume", help="'latest' or a checkpoint folder of this run")
+    t.add_argument("--overwrite", action="store_true", help="write into --out even if clipkit did not write it")
     t.set_defaults(func=run_train)
 
     s = actions.add_parser("score", help="score a folder of generated images against real ones",
@@ -53,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--candidates", type=positive_int, default=100, help="nearest-source candidates [100]")
     s.add_argument("--seed", type=nonnegative_int, default=0, help="[0]")
     s.add_argument("--out", help="also write the report as JSON here")
+    s.add_argument("--overwrite", action="store_true", help="replace an --out file that clipkit did not write")
     s.set_defaults(func=run_score)
+
+
+REPORT = "clipkit-judge-report"
 
 
 def run_train(args) -> int:
@@ -63,7 +68,8 @@ def run_train(args) -> int:
                               out_dir=args.out, image_size=args.image_size, epochs=args.epochs,
                               max_steps=args.max_steps, time_budget=args.time_budget, batch_size=args.batch_size,
                               lr=args.lr, num_samples=args.num_samples, val_samples=args.val_samples,
-                              mixed_precision=args.precision, seed=args.seed, resume=args.resume)
+                              mixed_precision=args.precision, seed=args.seed, resume=args.resume,
+                              overwrite=args.overwrite)
     record = train_judge(config)
     print(f"trained {record['steps']} steps in {record['train_seconds']} s on {record['train_samples']} real images "
           f"({', '.join(f'{f}: {n} classes' for f, n in record['classes'].items())}); judge in {args.out}/judge")
@@ -81,12 +87,25 @@ def _accuracy_line(record: dict) -> str:
 def run_score(args) -> int:
     from clipkit.evaluation.judge import Judge
     from clipkit.evaluation.judge_score import report_lines, score_folder
-    from clipkit.io import write_json
+    from clipkit.io import check_output_path, output_file
 
+    if args.out:                                  # refused before any work
+        check_output_path(args.out, REPORT, [args.judge, args.images, args.labels, args.real_data], args.overwrite,
+                          kind="file")
     report = score_folder(Judge.load(args.judge), args.images, args.labels, args.real_data,
                           real_limit=args.real_limit, num_candidates=args.candidates, seed=args.seed)
     for line in report_lines(report):
         print(line)
+    if report.get("skipped"):
+        from collections import Counter
+
+        from clipkit.data.folders import skipped_note
+
+        print(f"{args.images}: {skipped_note(Counter(report['skipped']))}")
     if args.out:
-        write_json(args.out, report)
+        import json
+
+        with output_file(args.out, REPORT, overwrite=args.overwrite, mode="w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 import clipkit
-from clipkit.cli.types import finite_float
+from clipkit.cli.types import finite_float, port_number
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on [127.0.0.1 = this machine only; 0.0.0.0 opens it to your network, "
                         "which has no login: do that only on a network you trust]")
-    p.add_argument("--port", type=int, default=8000, help="TCP port [8000]; 0 picks a free one and prints it")
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port [8000]; 0 picks a free one and prints it")
     p.add_argument("--mmap", action="store_true", help="memory-map the FAISS index instead of reading it into RAM")
     p.add_argument("--threads", type=int, default=1,
                    help="threads inside each torch / FAISS operation [1: encoders, search and generation already "
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "vectors stay float32 [fp32]")
     b.add_argument("--max-batch", type=int, default=64, help="most queries in one forward / FAISS call [64]")
     b.add_argument("--batch-window-ms", type=finite_float, default=2.0,
-                   help="how long a query waits for others to join its batch when the server is idle [2.0]")
+                   help="how long a query waits for others to join its batch, when other queries are in flight [2.0]")
     b.add_argument("--max-pending", type=int, default=1024,
                    help="queries allowed to wait for the encoder; more get 503 + Retry-After [1024]")
     b.add_argument("--gen-workers", type=int, default=1, help="generation jobs run at once [1]")

@@ -148,7 +148,8 @@ def run_generate(args) -> int:
         if traj is not None:
             trajectory_strip(traj).save(stage.dir / "trajectory.png")
             names.append("trajectory.png")
-        write_manifest(stage.dir, IMAGES, dict.fromkeys(names), count=len(images), pipeline=str(Path(args.pipeline).resolve()),
+        write_manifest(stage.dir, IMAGES, dict.fromkeys(names), count=len(images),
+                       pipeline=str(Path(args.pipeline).resolve()),
                        query={k: getattr(args, k) for k in ("prompt", "expr", "variations", "interpolate", "seed")})
     print(f"wrote {len(images)} images and grid.png{' and trajectory.png' if traj is not None else ''} to {out}")
     return 0

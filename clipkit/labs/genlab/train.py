@@ -13,17 +13,17 @@ Both are recorded. The budget is the trainer's: the loop's `should_stop` hook
 ends the run after the step on which it is spent, then the checkpoint is written
 and the EMA weights (what is returned and sampled) are taken as at a last step,
 and the learning rate's cosine spans the budget rather than a step count (see
-clipkit.train.trainer). With `max_steps` set and `time_budget=None` it runs
-exactly that many steps. `stats` records steps, seconds and losses.
+clipkit.train.trainer). With `max_steps` and `time_budget=None` it runs exactly
+that many steps; with both, whichever ends first. `stats` records steps, seconds,
+what stopped the run and the losses.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -31,14 +31,14 @@ from clipkit.train import loop
 from clipkit.train.config import TrainConfig
 from clipkit.train.trainer import Trainer, row_losses
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
-UNBOUNDED_STEPS = 10**7            # max_steps when only the budget ends a run (never reached in practice)
+CLOCKS = {"cpu": time.process_time, "wall": None}      # None: the trainer's wall clock
 
 
 @dataclass
 class LabTrainConfig(TrainConfig):
     out_dir: str = "runs/genlab/models/model"
-    time_budget: float | None = 60.0    # training seconds of this model on `clock` (the loop stops there)
+    # Training seconds of this model on `clock`; with max_steps too, whichever ends the run first (null: steps only).
+    time_budget: float | None = 60.0
     lr: float = 2e-3
     weight_decay: float = 0.0
     beta2: float = 0.99
@@ -65,10 +65,9 @@ def train_lab_model(module: torch.nn.Module, micro_loss: Callable, num_data: int
     (seed, rank, step), so a resumed run continues the same stream); returns (EMA model in eval mode, stats).
     make_copy: a fresh module of the same architecture (default: type(module)(module.config))."""
     config.validate()
-    if config.max_steps is None:                     # only the budget ends the run; the caller's config is kept
-        config = dataclasses.replace(config, max_steps=UNBOUNDED_STEPS)
     with Trainer(config, Path(config.out_dir).name, clock=CLOCKS[config.clock]) as trainer:
-        trainer.prepare(module, num_data, final_lr=0.05, ema_decay=config.ema_decay, replacement=True)
+        trainer.prepare(module, num_data, final_lr=0.05, ema_decay=config.ema_decay, replacement=True,
+                        until_budget=config.max_steps is None)
         wall, cpu = time.perf_counter(), time.process_time()
         result = trainer.fit(loop.Task(next_batches=trainer.random_rows(num_data), step_losses=row_losses(micro_loss),
                                        desc=Path(config.out_dir).name))

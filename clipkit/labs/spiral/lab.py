@@ -20,6 +20,7 @@ import torch
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, sample
 from clipkit.io import claim_output, write_json
+from clipkit.io.report import Figure, Section, write_report
 from clipkit.labs.spiral import figures
 from clipkit.labs.spiral.model import SpiralDenoiser, ToyTrainConfig, train_spiral_model
 from clipkit.labs.spiral.spiral import CLASSES, NULL_CLASS, SpiralScorer, sample_spiral
@@ -54,9 +55,9 @@ def _null(n: int) -> torch.Tensor:
     return torch.full((n,), NULL_CLASS, dtype=torch.long)
 
 
-def _timed(fn):
+def _timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return out, round(time.perf_counter() - t0, 3)
 
 
@@ -66,11 +67,12 @@ def train_lab_models(cfg: SpiralLabConfig, out_dir=None) -> tuple[SpiralDenoiser
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="spiral-models-") as tmp:
             return train_lab_models(cfg, tmp)
-    common = dict(batch_size=cfg.batch_size, seed=cfg.seed)
     eps_model, eps_stats = train_spiral_model(ToyTrainConfig(
-        process="ddpm", max_steps=cfg.train_steps, out_dir=str(Path(out_dir) / "ddpm"), **common))
+        process="ddpm", max_steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+        out_dir=str(Path(out_dir) / "ddpm")))
     flow_model, flow_stats = train_spiral_model(ToyTrainConfig(
-        process="flow", max_steps=cfg.flow_train_steps, out_dir=str(Path(out_dir) / "flow"), **common))
+        process="flow", max_steps=cfg.flow_train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+        out_dir=str(Path(out_dir) / "flow")))
     return eps_model, flow_model, {"ddpm": eps_stats, "flow": flow_stats}
 
 
@@ -91,7 +93,7 @@ def compare_samplers(eps_model, flow_model, cfg: SpiralLabConfig, scorer: Spiral
     metrics, clouds = {}, {}
     for name, (model, sampler, steps) in runs.items():
         g = torch.Generator().manual_seed(cfg.seed + 1)
-        x, secs = _timed(lambda: sample(model, (n, 2), sampler, steps, cond=_null(n), generator=g))
+        x, secs = _timed(sample, model, (n, 2), sampler, steps, cond=_null(n), generator=g)
         metrics[name] = {**scorer.score(x), "steps": steps, "seconds": secs}
         clouds[name] = x
     return metrics, clouds
@@ -112,8 +114,8 @@ def guidance_experiment(eps_model, cfg: SpiralLabConfig, scorer: SpiralScorer | 
     metrics, runs = {}, []
     for s in scales if scales is not None else (0.0, *cfg.guidance_scales):
         g = torch.Generator().manual_seed(cfg.seed + 2)
-        x, secs = _timed(lambda: sample(eps_model, (n, 2), sampler, cfg.guidance_steps, cond=requested,
-                                        uncond=_null(1), guidance_scale=s, generator=g))
+        x, secs = _timed(sample, eps_model, (n, 2), sampler, cfg.guidance_steps, cond=requested,
+                         uncond=_null(1), guidance_scale=s, generator=g)
         m = {**scorer.score(x, requested), "seconds": secs}
         metrics[f"scale_{s:g}"] = m
         runs.append((s, x, requested, m))
@@ -249,8 +251,6 @@ _CAPTIONS = {
 def spiral_section(metrics: dict, prefix: str = "", title: str = "The spiral lab: diffusion you can see"):
     """The lab as one report Section (its own page, and the demo report's chapter): each figure with one
     sentence filled with this run's numbers, then the metrics table. `prefix`: the figures' folder."""
-    from clipkit.io.report import Figure, Section
-
     s, g = metrics["samplers"], metrics["guidance"]
     nonoise = next(v for k, v in s.items() if k.endswith("no_noise"))
     fill = {"switch": metrics["vector_field"]["switch_t"], "nonoise": nonoise["coverage"],
@@ -272,6 +272,4 @@ def spiral_section(metrics: dict, prefix: str = "", title: str = "The spiral lab
 
 def write_index(path: Path, metrics: dict) -> None:
     """The lab's own page (clipkit.io.report, like the demo's)."""
-    from clipkit.io.report import write_report
-
     write_report(path, "clipkit spiral lab", [spiral_section(metrics)])

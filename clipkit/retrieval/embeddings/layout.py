@@ -21,8 +21,8 @@ the streaming reader `reader.py`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -3,7 +3,7 @@
     from clipkit.retrieval.embeddings.reader import EmbeddingFolder, read_embeddings
     folder = EmbeddingFolder("OUT")
     folder.count, folder.dim, folder.modalities, folder.info     # 20000, 128, ("img", "text"), {manifest}
-    for vectors, meta in folder.chunks("img", chunk_size=65536):  # float32 (n, D), {"key": [...], "caption": [...], ...}
+    for vectors, meta in folder.chunks("img", chunk_size=65536):  # float32 (n, D), {"key": [...], "caption": ...}
         ...
     for img, txt, meta in folder.pairs(chunk_size=4096):          # aligned image / caption embeddings (prior training)
         ...
@@ -19,8 +19,8 @@ interrupted or mixed output). Chunks never span two parts (a chunk has at most
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -40,7 +40,8 @@ class EmbeddingFolder:
         for rel, record in self.info["parts"].items():
             m = PART_NAME.match(Path(rel).name)
             if not m or Path(rel).parent.as_posix() != m.group(1):
-                raise ValueError(f"{str(self.root)!r}: its manifest lists {rel!r}, which is not an embedding part; {FIX}")
+                raise ValueError(f"{str(self.root)!r}: its manifest lists {rel!r}, which is not an embedding part; "
+                                 f"{FIX}")
             kind, i = m.group(1).replace("_emb", ""), int(m.group(2))
             listed[kind][i] = record.get("rows")
             self._files[(kind, i)] = self.root / rel
@@ -95,7 +96,8 @@ class EmbeddingFolder:
         return self.count
 
     def __repr__(self) -> str:
-        return f"EmbeddingFolder({str(self.root)!r}, count={self.count}, modalities={self.modalities}, parts={len(self.parts)})"
+        return (f"EmbeddingFolder({str(self.root)!r}, count={self.count}, modalities={self.modalities}, "
+                f"parts={len(self.parts)})")
 
     def _check_modality(self, modality: str) -> None:
         if modality not in self.modalities:

@@ -36,8 +36,22 @@ from tqdm.auto import tqdm
 
 from clipkit.data.folders import list_images, read_caption
 from clipkit.data.shards import SkipCounter, expand_urls, shard_pipeline
-from clipkit.io import (MANIFEST_NAME, OutputError, Stage, atomic_file, begin_stage, check_output_path, file_record,
-                        output_lock, partial_dir_for, publish_stage, read_json, verify_parts, write_json, write_manifest)
+from clipkit.io import (
+    MANIFEST_NAME,
+    OutputError,
+    Stage,
+    atomic_file,
+    begin_stage,
+    check_output_path,
+    file_record,
+    output_lock,
+    partial_dir_for,
+    publish_stage,
+    read_json,
+    verify_parts,
+    write_json,
+    write_manifest,
+)
 from clipkit.model import load_image
 from clipkit.retrieval.embeddings.layout import FIX, FORMAT, MODALITIES, part_path, require_finite
 
@@ -85,7 +99,8 @@ class _Plan:
                 self.inputs.append(images)
                 self.root_dir = Path(images) if Path(images).is_dir() else None
             if texts is not None and len(texts) != len(paths):
-                raise ValueError(f"{len(texts)} texts for {len(paths)} images; captions must match the images one to one")
+                raise ValueError(f"{len(texts)} texts for {len(paths)} images; captions must match the images one "
+                                 f"to one")
             if texts is None:
                 found = [read_caption(p) for p in paths]
                 texts = found if all(c is not None for c in found) else None
@@ -209,7 +224,8 @@ def _prepare(out: Path, plan: _Plan, overwrite: bool, stack: contextlib.ExitStac
         if not overwrite:
             raise OutputError(f"{str(out)!r} already holds embeddings made with other arguments or another model "
                               f"({_difference(manifest.get('signature') or {}, plan.signature)}); pass --overwrite "
-                              f"(overwrite=True) to replace them once the new ones are complete, or choose another folder")
+                              f"(overwrite=True) to replace them once the new ones are complete, or choose another "
+                              f"folder")
     partial = partial_dir_for(out)
     run_file = partial / RUN_NAME
     if partial.is_dir() and run_file.is_file():

@@ -14,7 +14,7 @@ parameter is tuned on the held-out queries (tuning.py).
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -22,8 +22,14 @@ from tqdm.auto import tqdm
 
 from clipkit import __version__
 from clipkit.retrieval.index.kinds import KINDS, factory_for, kind_of
-from clipkit.retrieval.index.sources import (Source, as_matrix, check_finite, model_info, trained_fingerprint,
-                                             training_rows)
+from clipkit.retrieval.index.sources import (
+    Source,
+    as_matrix,
+    check_finite,
+    model_info,
+    trained_fingerprint,
+    training_rows,
+)
 from clipkit.retrieval.index.tuning import HeldOut
 
 METRICS = ("ip", "l2")

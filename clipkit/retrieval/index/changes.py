@@ -18,14 +18,13 @@ Flat, IVF-Flat and (OPQ-)IVF-PQ merge (FAISS's merge_from); HNSW graphs cannot.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
 from faiss.contrib.ondisk import merge_ondisk
 
 from clipkit.retrieval.index.sources import checked_ids, checked_metadata
-
 
 # ----------------------------------------------------------------------------- add
 
@@ -37,7 +36,8 @@ def check_same_model(manifest: dict, other: dict | None, where) -> None:
                          f"{mine['identity']}'s. Embed with that model, or build a new index")
 
 
-def appended_ids(old_ids: np.ndarray | None, before: int, added: int, ids, next_id: int) -> tuple[np.ndarray | None, int]:
+def appended_ids(old_ids: np.ndarray | None, before: int, added: int, ids,
+                 next_id: int) -> tuple[np.ndarray | None, int]:
     """(ids of all rows, new next_id) after `added` rows joined `before` rows; ValueError for bad new ids.
 
     Default new ids continue after the largest id ever given (`next_id`), so the id of a

@@ -44,13 +44,20 @@ from clipkit.io import MANIFEST_NAME, read_manifest, staged_output, write_manife
 from clipkit.model import resolve_model
 from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 from clipkit.retrieval.index.build import FORMAT_VERSION, BuildPlan, train_index
-from clipkit.retrieval.index.changes import (appended_ids, appended_metadata, check_mergeable, check_same_model,
-                                             concatenated_rows, kept_metadata, merge_faiss, remove_positions,
-                                             truncate)
+from clipkit.retrieval.index.changes import (
+    appended_ids,
+    appended_metadata,
+    check_mergeable,
+    check_same_model,
+    concatenated_rows,
+    kept_metadata,
+    merge_faiss,
+    remove_positions,
+    truncate,
+)
 from clipkit.retrieval.index.filters import filtered_search
 from clipkit.retrieval.index.kinds import factory_for
-from clipkit.retrieval.index.sources import (Source, as_matrix, check_finite, checked_ids, checked_metadata,
-                                             model_info)
+from clipkit.retrieval.index.sources import Source, as_matrix, check_finite, checked_ids, checked_metadata, model_info
 
 FORMAT = "clipkit-index"
 INDEX_NAME, IDS_NAME, METADATA_NAME, IVFDATA_NAME = "index.faiss", "ids.npy", "metadata.parquet", "index.ivfdata"
@@ -88,7 +95,7 @@ class EmbeddingIndex:
     @classmethod
     def trained(cls, sample, kind: str = "auto", metric: str = "ip", *, count: int | None = None,
                 max_memory: int | None = None, train_size: int | None = None, seed: int = 0,
-                model_info: dict | None = None) -> "EmbeddingIndex":
+                model_info: dict | None = None) -> EmbeddingIndex:
         """An empty index of `kind` for `count` vectors, trained on (a random subset of) the (n, d) `sample`.
 
         The starting point of build-in-pieces: every piece is `trained.empty_copy()` filled
@@ -99,7 +106,7 @@ class EmbeddingIndex:
         return cls(*train_index(sample, factory, metric, requested_kind=kind, train_size=train_size, seed=seed,
                                 model_info=model_info))
 
-    def empty_copy(self) -> "EmbeddingIndex":
+    def empty_copy(self) -> EmbeddingIndex:
         """The same trained index with no vectors (a piece to fill), same manifest, no ids or metadata."""
         index = faiss.clone_index(self.index)
         index.reset()
@@ -110,7 +117,7 @@ class EmbeddingIndex:
               metadata: dict | None = None, recall_target: float = 0.95, k: int = 10, num_queries: int = 1000,
               max_memory: int | None = None, count: int | None = None, batch_size: int = 65536,
               train_size: int | None = None, seed: int = 0, progress: bool = False,
-              modality: str | None = None) -> "EmbeddingIndex":
+              modality: str | None = None) -> EmbeddingIndex:
         """Build an index from an array, an EmbeddingFolder (or its path) or an iterator of chunks.
 
             index = EmbeddingIndex.build(vectors, kind="auto", recall_target=0.99)
@@ -333,7 +340,7 @@ class EmbeddingIndex:
         return removed
 
     @classmethod
-    def merge(cls, pieces) -> "EmbeddingIndex":
+    def merge(cls, pieces) -> EmbeddingIndex:
         """One index holding every piece's vectors, ids and metadata, in order; the pieces come from one
         trained index (`trained(...).empty_copy()`, filled separately) and are emptied by the merge."""
         pieces = list(pieces)
@@ -377,7 +384,7 @@ class EmbeddingIndex:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = False, full_check: bool = False) -> "EmbeddingIndex":
+    def load(cls, directory: str | os.PathLike, mmap: bool = False, full_check: bool = False) -> EmbeddingIndex:
         """Load a saved index; `mmap=True` maps the FAISS file instead of reading it into memory.
 
         Refuses a folder whose manifest is missing or does not match its files (sizes, rows;

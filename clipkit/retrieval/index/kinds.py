@@ -94,4 +94,6 @@ def factory_for(kind: str, n: int, d: int, max_memory: int | None = None) -> str
 
 def kind_of(factory: str) -> str:
     """The kind ("flat", "hnsw", "ivf", "ivfpq") a FAISS factory string builds."""
-    return "flat" if factory == "Flat" else "hnsw" if factory.startswith("HNSW") else "ivfpq" if "PQ" in factory else "ivf"
+    if factory == "Flat":
+        return "flat"
+    return "hnsw" if factory.startswith("HNSW") else "ivfpq" if "PQ" in factory else "ivf"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import faiss
 import numpy as np
@@ -115,7 +115,8 @@ def model_info(model, info: dict, d: int) -> dict | None:
             raise ValueError(f"model {model.identity} has embed dim {model.embed_dim}; the vectors have dim {d}")
         return {"identity": model.identity, "embed_dim": model.embed_dim, "source": None}
     if info.get("model"):
-        return {"identity": info["model"], "embed_dim": int(info.get("embed_dim", d)), "source": info.get("model_source")}
+        return {"identity": info["model"], "embed_dim": int(info.get("embed_dim", d)),
+                "source": info.get("model_source")}
     return None
 
 
