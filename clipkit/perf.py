@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from clipkit.io import write_json
 
 PRECISIONS = {"fp32": torch.float32, "no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -136,7 +137,6 @@ def matmul_peak(precision: str = "fp32", device: str | torch.device = "cpu", siz
         best = min(best, time.perf_counter() - start)
     peak = max(2 * size ** 3 / best, entry["flops"] if entry is not None else 0.0)
     if cache:
-        from clipkit.io import write_json
 
         write_json(path, {**known, key: {"flops": peak, "load": round(load, 2)}})
     return peak

@@ -26,13 +26,15 @@ import torch
 
 from clipkit.io import claim_output
 from clipkit.io.figures import save_figure
+from clipkit.model import ClipModel, resolve_model
+from clipkit.model import ClipConfig
+from clipkit.evaluation import evaluate, open_dataset, write_rows
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SWEEP_FORMAT = "clipkit-wiseft-sweep"          # the marker of a folder wiseft_sweep wrote
 
 
 def _as_model(model):
-    from clipkit.model import ClipModel, resolve_model
 
     if isinstance(model, ClipModel):
         return model
@@ -78,7 +80,6 @@ def interpolate(a, b, alpha: float = 0.5):
     """A new ClipModel with weights (1 - alpha) * A + alpha * B (module docstring); A and B are unchanged."""
     import copy
 
-    from clipkit.model import ClipConfig, ClipModel
 
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha={alpha!r}; expected a number in [0, 1] (0 = the first model, 1 = the second)")
@@ -111,7 +112,6 @@ def wiseft_sweep(a, b, datasets: list, alphas=DEFAULT_ALPHAS, task: str = "auto"
     tradeoff.png (first two datasets) in it."""
     from tqdm.auto import tqdm
 
-    from clipkit.evaluation import evaluate, open_dataset, write_rows
 
     if len(datasets) < 1:
         raise ValueError("wiseft_sweep needs at least one dataset (two for the trade-off plot)")

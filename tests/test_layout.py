@@ -178,3 +178,14 @@ def test_wheel_runs_the_quick_demo_outside_the_checkout(tmp_path):
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (work / "demo" / "report.html").is_file() and (work / "demo" / "clip" / "model").is_dir()
+
+
+def test_the_shapes_command_offers_every_split_of_the_world():
+    """The parser names the splits without importing the world (and torch); they must stay the world's."""
+    from clipkit.cli import build_parser
+    from clipkit.shapes.world import SPLITS
+
+    parser = build_parser()
+    shapes = parser._subparsers._group_actions[0].choices["shapes"]
+    split = next(a for a in shapes._actions if a.dest == "split")
+    assert tuple(split.choices) == SPLITS

@@ -30,6 +30,15 @@ from pathlib import Path
 
 from clipkit.shapes import world as shapes
 from clipkit.io.figures import save_figure
+from clipkit.data.shards import write_shards
+from clipkit.shapes.benchmark import export_shapes_benchmark, slice_samples
+from clipkit.evaluation.tasks import json_safe
+from clipkit.io import write_json
+from clipkit.train.clip import ClipTrainConfig, train_clip
+import clipkit
+from clipkit.evaluation import evaluate, write_rows
+from clipkit.wiseft import plot_tradeoff, wiseft_sweep
+from clipkit.io.report import Figure, Section, write_report
 
 VARIANTS = {"full": {}, "lock-image": {"lock_image": True}, "lock-text": {"lock_text": True}}
 
@@ -64,8 +73,6 @@ def _in_slice(colors):
 
 
 def _write_data(cfg: FinetuneExperiment, root: Path) -> dict:
-    from clipkit.data.shards import write_shards
-    from clipkit.shapes.benchmark import export_shapes_benchmark, slice_samples
 
     for color in cfg.slice_colors:
         if color not in shapes.COLOR_NAMES:
@@ -88,15 +95,12 @@ def _write_data(cfg: FinetuneExperiment, root: Path) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    from clipkit.evaluation.tasks import json_safe
-    from clipkit.io import write_json
 
     write_json(path, json_safe(obj))
 
 
 def _train(cfg: FinetuneExperiment, out: Path, **fields) -> str:
     """Run train_clip unless out/summary.json says it finished; the model folder."""
-    from clipkit.train.clip import ClipTrainConfig, train_clip
 
     if not (out / "summary.json").is_file():
         train_clip(ClipTrainConfig(out_dir=str(out), batch_size=cfg.batch_size, num_workers=0,
@@ -114,9 +118,6 @@ def _scores(rows: list[dict]) -> dict:
 
 def run_finetune_experiment(cfg: FinetuneExperiment = FinetuneExperiment()) -> dict:
     """Run (or resume) the experiment; returns what results.json holds."""
-    import clipkit
-    from clipkit.evaluation import evaluate, write_rows
-    from clipkit.wiseft import plot_tradeoff, wiseft_sweep
 
     root = Path(cfg.out_dir)
     bench = _write_data(cfg, root)
@@ -184,7 +185,6 @@ def plot_experiment(results: dict, path) -> Path:
 
 
 def _write_report(results: dict, root: Path) -> None:
-    from clipkit.io.report import Figure, Section, write_report
 
     cfg = results["config"]
     table = [{"model": n, "slice": round(m["slice"], 4), "rest": round(m["rest"], 4)}

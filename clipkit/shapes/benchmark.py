@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from clipkit.shapes import world as shapes
+from clipkit.evaluation import export_clip_benchmark
 
 
 def slice_samples(split: str, num: int, seed: int, where: Callable | None = None, image_size: int = 32) -> list:
@@ -44,7 +45,6 @@ def export_shapes_benchmark(out_dir: str | os.PathLike, split: str = "val", num:
 
     `train_num` > 0 also writes a `train` split (from the world's train split) for linear probes.
     """
-    from clipkit.evaluation import export_clip_benchmark
 
     for attribute in attributes:
         if attribute not in shapes.ATTRIBUTES:

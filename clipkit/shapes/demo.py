@@ -19,6 +19,29 @@ from typing import Callable
 
 from clipkit.shapes import config_path
 from clipkit.io import claim_output, write_json
+from clipkit.shapes.world import generate, write_split
+from clipkit.images import make_grid
+from clipkit.shapes.evaluate import clip_evaluator
+from clipkit.train.clip import ClipTrainConfig, train_clip
+from clipkit.config import load_config
+import clipkit
+from clipkit.shapes.world import attribute_classes
+from clipkit.data.shards import read_samples
+from clipkit.shapes.evaluate import attribute_accuracy
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+from clipkit.retrieval.embeddings.writer import write_embeddings
+from clipkit.retrieval.index.core import EmbeddingIndex
+from clipkit.shapes.evaluate import hat_vector_experiment
+from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig, train_decoder, train_prior, train_upsampler
+from clipkit.shapes.unclip_eval import evaluate_unclip
+from clipkit.shapes.world import ShapeAttributes, render
+from clipkit.unclip.pipeline import to_pil
+from clipkit.labs.spiral import run_spiral_lab
+from clipkit.perf import torch_threads
+from clipkit.labs.genlab import GenLabConfig, run_gen_lab
+from clipkit.labs.genlab.priors import compare_priors
+from clipkit.labs.genlab.report import REPRODUCED, claims
+from clipkit.shapes.report import write_demo_report
 
 DEMO_FORMAT = "clipkit-demo"                # the marker of a folder the demo writes into
 
@@ -77,8 +100,6 @@ class DemoSettings:
 # ----------------------------------------------------------------------------- stages
 
 def stage_data(out: Path, s: DemoSettings) -> dict:
-    from clipkit.shapes.world import generate, write_split
-    from clipkit.images import make_grid
 
     counts = {}
     for split, num, seed in (("train", s.train_samples, 0), ("val", s.val_samples, 1),
@@ -100,9 +121,6 @@ def _shards(folder: Path) -> str:
 
 
 def stage_clip(out: Path, s: DemoSettings, data: Path) -> dict:
-    from clipkit.shapes.evaluate import clip_evaluator
-    from clipkit.train.clip import ClipTrainConfig, train_clip
-    from clipkit.config import load_config
 
     config_file = config_path(s.clip_config)
     overrides = {"train_data": _shards(data / "train"), "val_data": _shards(data / "val"),
@@ -120,10 +138,6 @@ def stage_clip(out: Path, s: DemoSettings, data: Path) -> dict:
 
 
 def stage_zeroshot(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
-    import clipkit
-    from clipkit.shapes.world import attribute_classes
-    from clipkit.data.shards import read_samples
-    from clipkit.shapes.evaluate import attribute_accuracy
 
     model = clipkit.load(model_dir)
     table = []
@@ -145,11 +159,6 @@ SEARCH_QUERIES = ("a red circle", "a blue star wearing a hat", "a small green sq
 
 
 def stage_retrieval(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
-    import clipkit
-    from clipkit.retrieval.embeddings.reader import EmbeddingFolder
-    from clipkit.retrieval.embeddings.writer import write_embeddings
-    from clipkit.images import make_grid
-    from clipkit.retrieval.index.core import EmbeddingIndex
 
     model = clipkit.load(model_dir)
     emb_dir = out / "embeddings"
@@ -176,8 +185,6 @@ def stage_retrieval(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> 
 def stage_hat_vector(out: Path, s: DemoSettings, data: Path, model_dir: Path) -> dict:
     import numpy as np
 
-    import clipkit
-    from clipkit.shapes.evaluate import hat_vector_experiment
 
     model = clipkit.load(model_dir)
     result = hat_vector_experiment(model, str(data / "hat_pairs"))
@@ -191,12 +198,6 @@ def stage_hat_vector(out: Path, s: DemoSettings, data: Path, model_dir: Path) ->
 def stage_unclip(out: Path, s: DemoSettings, data: Path, model_dir: Path, hat_vector: Path) -> dict:
     """Train the prior, the decoder and the upsampler (the cascade's 32 -> 64 px stage) on the frozen CLIP,
     then draw and measure (clipkit.shapes.unclip_eval)."""
-    import clipkit
-    from clipkit.shapes.world import write_split
-    from clipkit.config import load_config
-    from clipkit.train.unclip import (DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig, train_decoder,
-                                      train_prior, train_upsampler)
-    from clipkit.shapes.unclip_eval import evaluate_unclip
 
     suffix = "-tiny" if s.unclip_quick else ""
     common = {"clip": str(model_dir), "train_data": str(data / "train"), "pipeline_dir": str(out / "pipeline"),
@@ -222,8 +223,6 @@ def stage_unclip(out: Path, s: DemoSettings, data: Path, model_dir: Path, hat_ve
     cascade_figure(pipe, out / "samples" / "cascade.png", steps=s.unclip_steps)
     times["evaluation"] = round(time.time() - start, 1)
     # Arithmetic to pixels with the hat vector measured by the hat-vector stage.
-    from clipkit.shapes.world import ShapeAttributes, render
-    from clipkit.images import make_grid
 
     source = out / "samples" / "blue_circle.png"
     render(ShapeAttributes("circle", "blue", "large", "center", "white", False)).save(source)
@@ -253,8 +252,6 @@ def cascade_figure(pipe, path: Path, steps: int = 50) -> None:
     """Rows: the 32 px decoder output (pixels doubled), bicubic to 64 px, and the upsampler's 64 px."""
     import torch.nn.functional as F
 
-    from clipkit.images import make_grid
-    from clipkit.unclip.pipeline import to_pil
 
     low = pipe.generate(list(CASCADE_PROMPTS), num_images=2, steps=steps, seed=0, output="tensor")
     rows = [F.interpolate(low, scale_factor=2, mode="nearest"),
@@ -264,8 +261,6 @@ def cascade_figure(pipe, path: Path, steps: int = 50) -> None:
 
 
 def stage_spiral(out: Path, s: DemoSettings) -> dict:
-    from clipkit.labs.spiral import run_spiral_lab
-    from clipkit.perf import torch_threads
 
     # The spiral models are tiny MLPs: one thread is fastest (several only add synchronisation).
     with torch_threads(1):
@@ -278,10 +273,6 @@ def stage_spiral(out: Path, s: DemoSettings) -> dict:
 def stage_genlab(out: Path, s: DemoSettings, clip_dir: Path, pipeline: Path) -> dict:
     """Autoregression vs diffusion on images (clipkit.labs.genlab), plus unCLIP's AR prior against the
     diffusion prior on the demo's CLIP and decoder."""
-    from clipkit.labs.genlab import GenLabConfig, run_gen_lab
-    from clipkit.labs.genlab.priors import compare_priors
-    from clipkit.labs.genlab.report import REPRODUCED, claims
-    from clipkit.perf import torch_threads
 
     config = replace(GenLabConfig(), budget_seconds=s.genlab_budget)
     with torch_threads(config.threads):
@@ -315,7 +306,6 @@ def run_demo(out: str | Path, quick: bool = False, force: bool = False, genlab: 
     """Every stage into `out`, then report.html. genlab: also run the generation lab with that many training
     seconds per model (its own stage and report section; off by default to keep the demo in budget).
     `out` must be new, empty or a previous demo's (clipkit.io.claim_output); anything else needs `overwrite`."""
-    from clipkit.shapes.report import write_demo_report
 
     out = claim_output(out, DEMO_FORMAT, overwrite=overwrite)
     s = replace(DemoSettings.for_mode(quick), genlab_budget=genlab)

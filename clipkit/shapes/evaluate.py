@@ -21,6 +21,7 @@ import numpy as np
 from clipkit.retrieval.arithmetic import nearest_words, vocabulary_embeddings
 from clipkit.shapes import world as shapes
 from clipkit.data.shards import read_samples
+from clipkit.retrieval.zeroshot import ZeroShotClassifier
 
 ATTRIBUTES = shapes.ATTRIBUTES
 
@@ -31,7 +32,6 @@ def attribute_accuracy(model, images, metas, attributes=ATTRIBUTES, confusion_di
     or (N, D) image embeddings); `metas`: ShapeAttributes or metadata dicts. Attributes missing from the
     metadata are skipped. With `confusion_dir`, one confusion-matrix PNG per attribute
     (confusion_{prefix}{attribute}.png)."""
-    from clipkit.retrieval.zeroshot import ZeroShotClassifier
 
     if len(metas) and not hasattr(images, "shape"):
         images = model.encode_images(list(images)).numpy()                                # embed once

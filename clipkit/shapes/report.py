@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipkit.io.report import Figure, Section, write_report
+from clipkit.labs.spiral.lab import spiral_section
+from clipkit.labs.genlab.report import genlab_sections
 
 
 def _pct(x) -> str:
@@ -112,7 +114,6 @@ def _unclip_section(r: dict) -> Section:
 
 
 def _spiral_section(r: dict) -> Section:
-    from clipkit.labs.spiral.lab import spiral_section
 
     section = spiral_section(r["metrics"], prefix="spiral/", title="7. The spiral lab: diffusion you can see")
     section.text += " <a href='spiral/index.html'>Spiral lab page</a>."
@@ -120,7 +121,6 @@ def _spiral_section(r: dict) -> Section:
 
 
 def _genlab_sections(r: dict) -> list[Section]:
-    from clipkit.labs.genlab.report import genlab_sections
 
     sections = genlab_sections(r["metrics"], prefix="genlab/", title="8. Autoregression vs diffusion, on images")
     sections[0].text += " <a href='genlab/index.html'>Generation lab page</a>."

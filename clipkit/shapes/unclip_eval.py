@@ -38,6 +38,8 @@ from clipkit.shapes import world as shapes
 from clipkit.shapes.judge import ShapesJudge
 from clipkit.io import atomic_file, write_json
 from clipkit.io.figures import save_figure
+from clipkit.unclip.pipeline import to_pil
+from clipkit.images import make_grid
 
 ATTRS = ("shape", "color", "size", "position", "hat")
 
@@ -50,7 +52,6 @@ class AttributeJudge:
         self.heads = {a: clip.encode_texts(shapes.attribute_prompts(a)) for a in ATTRS}
 
     def embed(self, images) -> torch.Tensor:
-        from clipkit.unclip.pipeline import to_pil
 
         if isinstance(images, torch.Tensor):
             images = to_pil(images)
@@ -88,8 +89,6 @@ def _mean_diversity(rows: list) -> dict:
 
 
 def _save_grid(images, path: Path, columns: int = 8):
-    from clipkit.images import make_grid
-    from clipkit.unclip.pipeline import to_pil
 
     if isinstance(images, torch.Tensor):
         images = to_pil(images)
@@ -107,7 +106,6 @@ def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guida
     {"ddpm-1000": ("ddpm", 1000, 16)}; DDIM at `steps` is always measured. judge: a ShapesJudge
     (default: the shipped one); judge_clip: the CLIP of the secondary figures (default: the pipeline's).
     """
-    from clipkit.unclip.pipeline import to_pil
 
     if num < 2:
         raise ValueError(f"num={num}; the Frechet distance needs at least 2 images per set")

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
+from clipkit.data.shards import write_shards
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross", "heart")
 COLORS = {
@@ -283,7 +284,6 @@ def attribute_label(attrs: ShapeAttributes | dict, attribute: str) -> int:
 def write_split(out_dir, split: str = "train", num: int = 20_000, seed: int = 0, shard_size: int = 5_000,
                 image_size: int = 32, progress: bool = False) -> dict:
     """Write one split as img2dataset-style shards in `out_dir` (see clipkit.data.shards)."""
-    from clipkit.data.shards import write_shards
 
     return write_shards(generate(split, num, seed, image_size), out_dir, shard_size=shard_size,
                         progress=progress, total=num)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from clipkit.losses import clip_loss
+from clipkit.data.shards import read_samples
 
 
 @dataclass
@@ -37,7 +38,6 @@ class EvalSet:
 
 def load_eval_set(urls, model, max_samples: int | None = 2000, counter=None) -> EvalSet:
     """Read up to `max_samples` samples of shards `urls` (every process reads all; no rank splitting)."""
-    from clipkit.data.shards import read_samples
 
     samples = read_samples(urls, ("image", "text", "json"), max_samples, counter=counter)
     if not samples:

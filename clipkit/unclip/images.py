@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+from clipkit.images import make_grid
 
 
 def pil_to_tensor(images) -> torch.Tensor:
@@ -26,7 +27,6 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
 
 def trajectory_strip(trajectory, columns: int = 10, field: str = "x0") -> Image.Image:
     """One row per sample: `columns` evenly spaced denoising steps (x0 estimates or states) as a PNG-ready grid."""
-    from clipkit.images import make_grid
 
     frames = getattr(trajectory, field)                                # (S, N, 3, H, W)
     picks = np.unique(np.linspace(0, len(frames) - 1, columns).round().astype(int))

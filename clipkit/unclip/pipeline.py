@@ -49,6 +49,7 @@ from clipkit.unclip.prior import DiffusionPrior
 from clipkit.unclip.images import pil_to_tensor, to_pil, trajectory_strip  # noqa: F401 (public here too)
 from clipkit.unclip.storage import (MANIFEST, check_clip, claim_pipeline, load_model, read_pipeline_manifest,  # noqa: F401
                                     save_model, write_manifest)
+from clipkit import evaluate_expression
 
 PRIORS = ("diffusion", "ar")       # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
 
@@ -317,7 +318,6 @@ class UnCLIP:
     def render_expression(self, expression: str, num_images: int = 4, add_vector=None, **decode_kwargs):
         """Decode the vector an embedding expression evaluates to (clipkit.evaluate_expression syntax),
         plus `add_vector` (a (D,) array or a .npy path, e.g. the mean hat vector of retrieval/hat_vector.py)."""
-        from clipkit import evaluate_expression
 
         vector = np.asarray(evaluate_expression(self.clip, expression), dtype=np.float32)
         if add_vector is not None:

@@ -7,14 +7,13 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.cli.types import nonnegative_int, positive_int
-    from clipkit.shapes.world import SPLITS
 
     p = sub.add_parser("shapes", help="write the synthetic shapes dataset as webdataset shards",
                        description="Write N shapes samples (PNG + caption + JSON attributes) as "
                                    "DIR/00000.tar ... with img2dataset-style DIR/00000_stats.json counts.")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num", type=positive_int, default=20_000, help="number of samples (images) [20000]")
-    p.add_argument("--split", choices=SPLITS, default="train", help="which split [train]")
+    p.add_argument("--split", choices=("train", "val", "holdout", "hat_pairs"), default="train", help="which split [train]")
     p.add_argument("--shard-size", type=positive_int, default=5_000, help="samples per tar [5000]")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed [0]")
     p.add_argument("--image-size", type=positive_int, default=32, help="image side in pixels [32]")

@@ -28,6 +28,13 @@ from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
 from clipkit.labs.genlab.world import (condition, palette_tokens, prompt_labels, prompt_text, random_masks,
                                               tokens_to_images, world_data)
 from clipkit.io import claim_output, write_json
+from clipkit.diffusion import NoiseSchedule, training_batch
+from clipkit.unclip.decoder import DecoderUNet
+from clipkit.perf import torch_threads
+from clipkit.labs.genlab.report import write_index
+from clipkit.shapes.judge import ShapesJudge
+from clipkit.images import make_grid
+from clipkit.unclip.pipeline import to_pil
 
 LAB_FORMAT = "clipkit-gen-lab"              # the marker of a folder the lab writes into
 
@@ -78,8 +85,6 @@ QUICK = GenLabConfig(budget_seconds=8.0, samples_per_prompt=2, ks=(1, 16), ddim_
 
 def train_models(cfg: GenLabConfig, out: Path, data) -> tuple[dict, dict]:
     """Every model of the lab, each trained for cfg.budget_seconds; returns (models, training stats)."""
-    from clipkit.diffusion import NoiseSchedule, training_batch
-    from clipkit.unclip.decoder import DecoderUNet
 
     def lab_config(name, batch, lr) -> LabTrainConfig:
         return LabTrainConfig(out_dir=str(out / "models" / name), time_budget=cfg.budget_seconds, clock=cfg.clock,
@@ -155,7 +160,6 @@ def run_gen_lab(out_dir, quick: bool = False, seed: int = 0, config: GenLabConfi
     """Train, sample, judge and draw; writes PNGs, grids/, metrics.json and index.html to out_dir.
     models: already trained models by name (skips training). Returns the metrics. out_dir must be new,
     empty or a previous lab's (clipkit.io.claim_output); anything else needs `overwrite`."""
-    from clipkit.perf import torch_threads
 
     cfg = replace(config or (QUICK if quick else GenLabConfig()), seed=seed)
     out = claim_output(out_dir, LAB_FORMAT, overwrite=overwrite)
@@ -164,10 +168,6 @@ def run_gen_lab(out_dir, quick: bool = False, seed: int = 0, config: GenLabConfi
 
 
 def _run(cfg: GenLabConfig, out: Path, quick: bool, models: dict | None, prior_comparison: dict | None) -> dict:
-    from clipkit.labs.genlab.report import write_index
-    from clipkit.shapes.judge import ShapesJudge
-    from clipkit.images import make_grid
-    from clipkit.unclip.pipeline import to_pil
 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

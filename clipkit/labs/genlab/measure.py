@@ -20,6 +20,9 @@ import torch
 
 from clipkit.labs.genlab.models import EvalCounter
 from clipkit.labs.genlab.world import ATTRIBUTES, CLASSES, null_condition, tokens_to_images
+from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler
+from clipkit.diffusion import NoiseSchedule, sample
+from clipkit.shapes.judge import frechet_distance
 
 SAMPLERS = ("ddim", "ddpm", "flow")
 
@@ -41,7 +44,6 @@ class Method:
 def diffusion_sampler(name: str, schedule, prediction: str):
     """The clipkit.diffusion sampler for `name`, and how to call the model with it (flow runs the discrete
     model through FlowAdapter). Discrete samplers use "trailing" spacing: few steps still start at pure noise."""
-    from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler
 
     if name == "ddim":
         return DDIMSampler(schedule, eta=0.0, prediction_type=prediction, clip_x0=1.0, timestep_spacing="trailing"), None
@@ -56,7 +58,6 @@ def diffusion_sampler(name: str, schedule, prediction: str):
 def generate(method: Method, models: dict, conds: torch.Tensor, guidance: float, generator: torch.Generator,
              use_cache: bool = True) -> tuple[torch.Tensor, float, float]:
     """(images (N, 3, S, S) in [-1, 1], network evaluations per image, seconds per image) for `conds`."""
-    from clipkit.diffusion import NoiseSchedule, sample
 
     model = models[method.model]
     counter = EvalCounter()
@@ -101,7 +102,6 @@ def score(judge, images: torch.Tensor, labels: torch.Tensor, prompt_of: torch.Te
     labels (N, 6) the prompted classes (-1 = free); prompt_of (N,) which prompt each image answers;
     real / real_floor: two independent sets of real renders answering the same prompts in the same order
     (the Frechet reference and the real-vs-real floor)."""
-    from clipkit.shapes.judge import frechet_distance
 
     pred = judge.predict(images)
     sharp = judge.sharpness(images)

@@ -23,6 +23,20 @@ import numpy as np
 import torch
 
 from clipkit.io import claim_output, write_json
+from clipkit.shapes.world import write_split
+from clipkit.retrieval.embeddings.writer import write_embeddings
+from clipkit.train.unclip import embedding_pairs
+from clipkit.labs.genlab.world import world_data
+from clipkit.shapes.judge import ATTRIBUTES
+from clipkit.unclip.pipeline import to_pil
+import clipkit
+from clipkit.shapes import world as shapes
+from clipkit.shapes.judge import CLASSES, ShapesJudge
+from clipkit.shapes.unclip_eval import full_caption
+from clipkit.train.config import ArPriorTrainConfig, PriorTrainConfig
+from clipkit.train.unclip import load_clip, train_ar_prior, train_prior
+from clipkit.unclip.pipeline import UnCLIP
+from clipkit.io.report import Section
 
 EVAL_ATTRIBUTES = ("shape", "color", "size", "position", "hat")
 COMPONENTS = 32                    # PCA components the AR prior predicts (of the CLIP's 128 dimensions)
@@ -30,9 +44,6 @@ COMPONENTS = 32                    # PCA components the AR prior predicts (of th
 
 def _pairs(clip, clip_dir: str, out: Path, data: str | None, num: int, seed: int, val: int) -> tuple[str, dict]:
     """Shards (written into out/data unless given) embedded once into out/embeddings; (folder, held-out pairs)."""
-    from clipkit.shapes.world import write_split
-    from clipkit.retrieval.embeddings.writer import write_embeddings
-    from clipkit.train.unclip import embedding_pairs
 
     if data is None:
         data = str(out / "data")
@@ -47,9 +58,6 @@ def _pairs(clip, clip_dir: str, out: Path, data: str | None, num: int, seed: int
 
 
 def _nearest_render_bank(clip):
-    from clipkit.labs.genlab.world import world_data
-    from clipkit.shapes.judge import ATTRIBUTES
-    from clipkit.unclip.pipeline import to_pil
 
     data = world_data(32)
     bank = clip.encode_images(to_pil(data.images), batch_size=512)
@@ -60,13 +68,6 @@ def _nearest_render_bank(clip):
 def compare_priors(clip_dir: str, out_dir, data: str | None = None, pipeline: str | None = None,
                    quick: bool = False, steps: int | None = None, seed: int = 0, num_prompts: int | None = None) -> dict:
     """Train both priors (same pairs, steps, batch, size), measure them; writes out_dir/priors.json."""
-    import clipkit
-    from clipkit.shapes import world as shapes
-    from clipkit.shapes.judge import ATTRIBUTES, CLASSES, ShapesJudge
-    from clipkit.shapes.unclip_eval import full_caption
-    from clipkit.train.config import ArPriorTrainConfig, PriorTrainConfig
-    from clipkit.train.unclip import load_clip, train_ar_prior, train_prior
-    from clipkit.unclip.pipeline import UnCLIP
 
     out = claim_output(out_dir, "clipkit-prior-comparison", inputs=[clip_dir, data, pipeline])   # new or ours
     clip = load_clip(clip_dir)
@@ -126,7 +127,6 @@ def compare_priors(clip_dir: str, out_dir, data: str | None = None, pipeline: st
 
 def prior_section(r: dict, prefix: str = ""):
     """The comparison as a report Section: a sentence per measure and the table."""
-    from clipkit.io.report import Section
 
     rows = r["rows"]
     d, a = rows["diffusion@1"], rows["ar@1"]

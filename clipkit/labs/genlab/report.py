@@ -14,6 +14,10 @@ The claims (from the issue that asked for this lab):
 from __future__ import annotations
 
 from pathlib import Path
+from clipkit.shapes.judge import CLASSES
+from clipkit.io.report import Figure, Section
+from clipkit.labs.genlab.priors import prior_section
+from clipkit.io.report import write_report
 
 REPRODUCED, PARTLY, NOT = "reproduced", "partly reproduced", "not reproduced"
 UNMEASURABLE = "not measurable at this budget"
@@ -21,7 +25,6 @@ UNMEASURABLE = "not measurable at this budget"
 
 def chance(m: dict) -> float:
     """Agreement of images with random attributes: 1 / classes, averaged over the named attributes."""
-    from clipkit.shapes.judge import CLASSES
 
     named = [a for p in m["prompts"] for a in p["attributes"]]
     return sum(1 / len(CLASSES[a]) for a in named) / len(named)
@@ -169,7 +172,6 @@ def budget_text(m: dict) -> str:
 
 def genlab_sections(m: dict, prefix: str = "", title: str = "Autoregression vs diffusion, measured on images") -> list:
     """The lab as report Sections: the lab itself, and the AR-vs-diffusion prior comparison when it ran."""
-    from clipkit.io.report import Figure, Section
 
     items = "".join(f"<li><b>{c}</b> ({status}): {text}</li>" for c, status, text in claims(m))
     text = (f"Three ways to turn a prompt into a 32x32 shapes image, trained on the same world and judged by the "
@@ -187,7 +189,6 @@ def genlab_sections(m: dict, prefix: str = "", title: str = "Autoregression vs d
                     f"samples each") for name in m["grids"] if name in _GRID_PICKS(m)]
     sections = [Section(title, text, figs, table=_table(m))]
     if "priors" in m:
-        from clipkit.labs.genlab.priors import prior_section
         sections.append(prior_section(m["priors"], prefix))
     return sections
 
@@ -200,6 +201,5 @@ def _GRID_PICKS(m: dict) -> set:                                                
 
 
 def write_index(path: Path, metrics: dict) -> None:
-    from clipkit.io.report import write_report
 
     write_report(path, "clipkit generation lab", genlab_sections(metrics))
