@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export MPLCONFIGDIR ?= $(CURDIR)/.venv/cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-quick test test-fast clean
+.PHONY: demo demo-quick test test-fast docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,5 +32,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The documentation site (mkdocs.yml, docs/) built strictly into site/: a broken link, a
+# missing page or an unrendered docstring fails it. Open site/index.html.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -42,10 +42,11 @@ import numpy as np
 import torch
 
 import clipkit
-import protocol
 from clipkit.data.shards import shard_loader, shard_pipeline
 from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 from clipkit.shapes.world import write_split
+
+import protocol
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import bench_train
+
 import protocol
 
 NO_GPU = "no CUDA GPU here; bench_gpu.py measures nothing on CPU"
@@ -109,7 +110,7 @@ DRY = replace(GPU, device="cpu", threads=1, rounds=1,
 
 def _write_shard(job: tuple) -> None:
     """One shard of the shapes world (a process-pool job: rendering at 224 px is CPU work)."""
-    from clipkit.shapes.world import write_split      # here: the pool's workers import only what they use
+    from clipkit.shapes.world import write_split  # here: the pool's workers import only what they use
 
     folder, index, num, image_size = job
     part = Path(folder) / f"part-{index}"
@@ -165,7 +166,7 @@ def _windows_rate(run: Path) -> float:
 
 
 def unclip_training(size: Size, work: Path, rounds: int) -> list[list]:
-    import clipkit                                          # here: after main() settled CUDA_VISIBLE_DEVICES
+    import clipkit  # here: after main() settled CUDA_VISIBLE_DEVICES
     from clipkit.config import load_config
     from clipkit.shapes import config_path
     from clipkit.train.config import DecoderTrainConfig, PriorTrainConfig
@@ -198,7 +199,7 @@ def unclip_training(size: Size, work: Path, rounds: int) -> list[list]:
 
 
 def embedding(size: Size, work: Path, rounds: int) -> list[list]:
-    import torch                                            # here: after main() settled CUDA_VISIBLE_DEVICES
+    import torch  # here: after main() settled CUDA_VISIBLE_DEVICES
 
     import clipkit
 
@@ -273,7 +274,7 @@ def _search(conn: http.client.HTTPConnection, text: str) -> float:
 
 
 def serve_latency(size: Size, work: Path, rounds: int, deadline_s: float = 120.0) -> list[list]:
-    import numpy as np                                      # here: after main() settled CUDA_VISIBLE_DEVICES
+    import numpy as np  # here: after main() settled CUDA_VISIBLE_DEVICES
 
     import clipkit
 
@@ -343,7 +344,7 @@ def run_sections(size: Size, sections: list[str], rounds: int) -> list[list]:
 
 
 def device_line(size: Size) -> str:
-    import torch                                            # here: after main() settled CUDA_VISIBLE_DEVICES
+    import torch  # here: after main() settled CUDA_VISIBLE_DEVICES
 
     if size.device == "cuda":
         p = torch.cuda.get_device_properties(0)
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.dry_run:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""          # before torch: this process and its children see no GPU
-    import torch                                         # here: after CUDA_VISIBLE_DEVICES is settled
+    import torch  # here: after CUDA_VISIBLE_DEVICES is settled
 
     size = DRY if args.dry_run else GPU
     if not args.dry_run and not torch.cuda.is_available():

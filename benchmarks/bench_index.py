@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from protocol import RESULTS, interleave, markdown_table, write_results
 
 # clipkit is imported inside the functions that use it: the autofaiss workers run this file from

@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 
 import clipkit
-import protocol
 from clipkit.config import load_config
 from clipkit.shapes import config_path
 from clipkit.shapes.evaluate import clip_evaluator
@@ -42,6 +41,8 @@ from clipkit.shapes.judge import ShapesJudge, real_images
 from clipkit.train.clip import train_clip
 from clipkit.train.config import ClipTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
 from clipkit.train.unclip import train_decoder, train_prior, train_upsampler
+
+import protocol
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}          # table name -> Accelerate's mixed_precision
 _RUN_IDS = itertools.count()
@@ -137,32 +138,40 @@ MATMUL_SHAPES = [(2048, 2048, 2048, "peak probe"),
                  (2048, 128, 512, "width 128 -> 512 at 2048 rows (prior, decoder)")]
 
 
+def _probe_shape(args, m: int, k: int, n: int, what: str) -> tuple[list, dict]:
+    """One MATMUL_SHAPES entry: its table row and its data record."""
+    mats = {name: (torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype))
+            for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    layer, x = torch.nn.Linear(k, n), torch.randn(m, k, requires_grad=True)
+
+    def step(autocast: bool):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = layer(x)
+        y.float().sum().backward()
+
+    mm = protocol.interleave({name: (lambda a=a, b=b: {"gflops": _gflops(lambda: torch.mm(a, b), 2 * m * k * n)})
+                              for name, (a, b) in mats.items()}, rounds=args.rounds, strict=args.strict, log=None)
+    lin = protocol.interleave({name: (lambda flag=flag: {"gflops": _gflops(lambda: step(flag), 6 * m * k * n)})
+                               for name, flag in (("fp32", False), ("bf16 autocast", True))},
+                              rounds=args.rounds, strict=args.strict, log=None)
+    mm_s, lin_s = mm.summary("gflops"), lin.summary("gflops")
+    ratio = mm.ratio("gflops", "bf16", "fp32")
+    row = [f"{m}x{k} @ {k}x{n}", what, protocol.median_range(mm_s.get("fp32")),
+           protocol.median_range(mm_s.get("bf16")), protocol.median_range(ratio, "x"),
+           protocol.median_range(lin_s.get("fp32")), protocol.median_range(lin_s.get("bf16 autocast"))]
+    datum = {"shape": [m, k, n], "what": what, "matmul": mm_s, "matmul_ratio_bf16_over_fp32": ratio,
+             "linear_fwd_bwd": lin_s, "contended_windows": mm.contended_windows() + lin.contended_windows()}
+    return row, datum
+
+
 def matmul_probe(args) -> tuple[list, str]:
     """GFLOP/s of the matmul shapes these models run (tokens x width), fp32 vs bf16, and of a Linear layer's
     forward + backward under CPU autocast with fp32 master weights (the cast copies included)."""
     rows, data = [], []
     for m, k, n, what in MATMUL_SHAPES:
-        mats = {name: (torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype))
-                for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-        layer, x = torch.nn.Linear(k, n), torch.randn(m, k, requires_grad=True)
-
-        def step(autocast: bool):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                y = layer(x)
-            y.float().sum().backward()
-
-        mm = protocol.interleave({name: (lambda a=a, b=b: {"gflops": _gflops(lambda: torch.mm(a, b), 2 * m * k * n)})
-                                  for name, (a, b) in mats.items()}, rounds=args.rounds, strict=args.strict, log=None)
-        lin = protocol.interleave({name: (lambda flag=flag: {"gflops": _gflops(lambda: step(flag), 6 * m * k * n)})
-                                   for name, flag in (("fp32", False), ("bf16 autocast", True))},
-                                  rounds=args.rounds, strict=args.strict, log=None)
-        mm_s, lin_s = mm.summary("gflops"), lin.summary("gflops")
-        ratio = mm.ratio("gflops", "bf16", "fp32")
-        rows.append([f"{m}x{k} @ {k}x{n}", what, protocol.median_range(mm_s.get("fp32")),
-                     protocol.median_range(mm_s.get("bf16")), protocol.median_range(ratio, "x"),
-                     protocol.median_range(lin_s.get("fp32")), protocol.median_range(lin_s.get("bf16 autocast"))])
-        data.append({"shape": [m, k, n], "what": what, "matmul": mm_s, "matmul_ratio_bf16_over_fp32": ratio,
-                     "linear_fwd_bwd": lin_s, "contended_windows": mm.contended_windows() + lin.contended_windows()})
+        row, datum = _probe_shape(args, m, k, n, what)
+        rows.append(row)
+        data.append(datum)
     caption = (f"**Matmul GFLOP/s at these models' shapes, fp32 vs bf16** — {args.threads} threads, CPU; "
                f"each cell is the median over {args.rounds} interleaved round(s) (5 calls a round) with its range. "
                f"Linear fwd+bwd: an nn.Linear's forward and backward, fp32 vs bf16 autocast with fp32 weights "
@@ -182,8 +191,9 @@ def train_models(args, work: Path) -> tuple[dict, str]:
         jobs += prior_upsampler_jobs(args, work)
     rows, data = [], {}
     for model, run in jobs:
-        runs = protocol.interleave({name: (lambda mp=mp: run(mp)) for name, mp in PRECISIONS.items()},
-                                   rounds=args.rounds, strict=args.strict, log=lambda line: print(f"{model}: {line}"))
+        runs = protocol.interleave({name: (lambda mp=mp, run=run: run(mp)) for name, mp in PRECISIONS.items()},
+                                   rounds=args.rounds, strict=args.strict,
+                                   log=lambda line, model=model: print(f"{model}: {line}"))
         summary = runs.summary("samples_per_s")
         for name, cell, spread, clean in protocol.contender_rows(runs, "samples_per_s"):
             mine = [m for n, _, m, w in runs.runs if n == name and not w.contended] or \

@@ -29,11 +29,12 @@ import time
 import torch
 from torch import nn
 
-import protocol
 from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, sample
 from clipkit.labs.spiral import QUICK, SpiralDenoiser, SpiralLabConfig, SpiralScorer
 from clipkit.labs.spiral.lab import train_lab_models
 from clipkit.labs.spiral.spiral import NULL_CLASS
+
+import protocol
 
 
 class WideMLP(nn.Module):
@@ -74,6 +75,15 @@ def _overhead(ratio: dict) -> str:
     return f"{100 * (ratio['median'] - 1):+.1f}% ({100 * (ratio['min'] - 1):+.1f}% to {100 * (ratio['max'] - 1):+.1f}%)"
 
 
+def _contenders(model, sampler, x, c, t_batches, ready, shape, cond, neg, scale, steps) -> dict:
+    """Part A's three contenders for one case: bare model calls, the loop, the loop around a free model."""
+    return {
+        "bare": lambda: bare_calls(model, x, c, t_batches),
+        "loop": lambda: loop(model, sampler, shape, cond, neg, scale, steps),
+        "free": lambda: loop(lambda x, t, c: ready, sampler, shape, cond, neg, scale, steps),
+    }
+
+
 def overhead_part(args) -> tuple[list, str]:
     torch.manual_seed(0)
     cases = [("spiral MLP", SpiralDenoiser().eval(), (256, 2),
@@ -92,11 +102,7 @@ def overhead_part(args) -> tuple[list, str]:
         t_batches = [torch.full((batch,), int(t)) for t in samplers[kind].timesteps]
         ready = torch.zeros(batch, *shape[1:])
         scale, neg = (3.0, uncond) if guided else (1.0, None)
-        contenders = {
-            "bare": lambda: bare_calls(model, x, c, t_batches),
-            "loop": lambda: loop(model, samplers[kind], shape, cond, neg, scale, steps),
-            "free": lambda: loop(lambda x, t, c: ready, samplers[kind], shape, cond, neg, scale, steps),
-        }
+        contenders = _contenders(model, samplers[kind], x, c, t_batches, ready, shape, cond, neg, scale, steps)
         for warm_up in contenders.values():             # allocator, first kernels: not in round 1's first window
             warm_up()
         runs = protocol.interleave(contenders, rounds=args.rounds, strict=args.strict, log=None)

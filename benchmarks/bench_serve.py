@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
 from protocol import interleave, markdown_table, write_results
 
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "brown")

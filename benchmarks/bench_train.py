@@ -61,7 +61,7 @@ def _windows_after_warmup(values: list[float], what: str) -> list[float]:
 
 def open_clip_model_cfg(model: str) -> dict:
     """The open_clip model config of a clipkit preset or an open_clip architecture (clipkit's own resolver)."""
-    from clipkit.model import model_config     # here: the parent process loads torch only for this lookup
+    from clipkit.model import model_config  # here: the parent process loads torch only for this lookup
 
     return model_config(model).model_cfg
 
@@ -91,7 +91,7 @@ def run_open_clip(args, procs: int, work: Path) -> dict:
     cfg_dir.mkdir(exist_ok=True)
     name = f"clipkit-{args.model}"
     (cfg_dir / f"{name}.json").write_text(json.dumps(open_clip_model_cfg(args.model)))
-    from clipkit.data.shards import count_samples     # here: as above
+    from clipkit.data.shards import count_samples  # here: as above
 
     total = count_samples(args.data) or 0
     # One epoch = `steps` steps: from the data once through, or drawn with replacement (--resampled).
@@ -170,7 +170,8 @@ def report(args, results: dict[int, protocol.Interleaved]) -> tuple[dict, str]:
                          f"{ours[procs]['median'] / ours[base_procs]['median']:.2f}x (ratio of medians)", "", "", ""])
     caption = (f"**Training throughput, clipkit vs open_clip_train** — model `{args.model}`, batch {args.batch} per "
                f"process, {args.precision}, {args.workers} DataLoader worker(s) per process, {args.steps} steps a run "
-               f"(first {args.log_every}-step window excluded as warm-up), data {'drawn with replacement' if args.resampled else 'read in order'}; "
+               f"(first {args.log_every}-step window excluded as warm-up), "
+               f"data {'drawn with replacement' if args.resampled else 'read in order'}; "
                f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS {args.threads or 'cores / processes'}. "
                f"The trainers alternate over {args.rounds} round(s); samples/s is the median over clean rounds with "
                f"its range, spread = (max - min) / median, a round is clean when other processes took under "

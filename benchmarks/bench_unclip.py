@@ -58,7 +58,7 @@ def main() -> None:
         print(report(json.loads((Path(args.out) / "metrics.json").read_text()), args.out))
         return
 
-    import torch            # here: --print-only needs neither torch nor the pipeline
+    import torch  # here: --print-only needs neither torch nor the pipeline
 
     import clipkit
     from clipkit.io import write_json
@@ -150,7 +150,8 @@ def report(m: dict, out: str) -> str:
     div = t2i["diversity"]
     notes = [f"diversity over {div['samples_per_prompt']} samples of each of {div['prompts']} prompts: pixel distance "
              f"{div['generated']['pixel_distance']:.3f} (real renders {div['real']['pixel_distance']:.3f}), distinct "
-             f"backgrounds {div['generated']['distinct']['background']:.2f} (real {div['real']['distinct']['background']:.2f})",
+             f"backgrounds {div['generated']['distinct']['background']:.2f} "
+             f"(real {div['real']['distinct']['background']:.2f})",
              f"inversion: judge agreement with the source's attributes {inv['agreement']['mean']:.3f} ("
              + ", ".join(f"{a} {inv['agreement'][a]:.3f}" for a in (*ATTRS, "background"))
              + f"); sharpness {inv['sharpness']['sharpness']:.3f}; Frechet / floor {inv['frechet']['ratio']:.2f}; "

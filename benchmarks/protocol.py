@@ -36,9 +36,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,7 +68,7 @@ class CpuWindow:
     own_cpu: float = 0.0
     foreign_cores: float | None = None
 
-    def __enter__(self) -> "CpuWindow":
+    def __enter__(self) -> CpuWindow:
         self._t, self._own, self._busy = time.perf_counter(), _own_cpu_seconds(), _machine_busy_seconds()
         return self
 

@@ -9,6 +9,7 @@ The public names below are imported lazily so that `import clipkit` and the
 """
 
 from importlib import import_module
+from typing import Any
 
 __version__ = "0.3.0"      # the one version source (pyproject.toml reads it); CHANGELOG.md says what changed
 
@@ -28,11 +29,11 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'clipkit' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_EXPORTS))

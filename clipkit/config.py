@@ -127,7 +127,7 @@ def describe(tp) -> str:
 
 def _describe_one(tp) -> str:
     origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return f"an object of {tp.__name__} fields"
     if origin in (list, tuple):
         if len(args) == 2 and args[1] is Ellipsis or (origin is list and len(args) == 1):
@@ -166,7 +166,7 @@ def _coerce_one(name: str, tp, value):
     origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
@@ -232,7 +232,11 @@ def _flag_fields(cls, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         arms, _ = _arms(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            assert callable(f.default_factory), f"{cls.__name__}.{f.name} has no default"
+            default = f.default_factory()
         if len(arms) == 1 and dataclasses.is_dataclass(arms[0]):
             yield from _flag_fields(arms[0], f"{prefix}{f.name}.")
         else:

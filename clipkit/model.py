@@ -47,6 +47,7 @@ from clipkit.hub import resolve_pretrained
 from clipkit.images import check_image_size, open_image, to_rgb
 from clipkit.io import (MANIFEST_NAME, NonFiniteError, output_format, read_json, read_manifest, staged_output,
                         write_json, write_manifest)
+from clipkit.io.errors import positive_int
 from clipkit.io.weights import fit_weights, load_weights, save_weights
 
 PRESET_DIR = Path(__file__).parent / "presets" / "architectures"
@@ -327,7 +328,7 @@ class ClipModel:
         batch overlaps with the forward pass of the current one. precision="bf16" runs
         the forward under bf16 autocast (CPU matrix units / GPU tensor cores); the output stays float32.
         """
-        _check_batch_size(batch_size)
+        batch_size = _check_batch_size(batch_size)
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
                 raise ValueError(f"a tensor batch must be (N, 3, H, W) preprocessed pixels; got shape {tuple(images.shape)}")
@@ -362,7 +363,7 @@ class ClipModel:
                      precision: str = "fp32") -> torch.Tensor:
         """Embed texts (over-long ones are truncated to the context length). (N, D) float32, unit norm, CPU.
         precision: "fp32" or "bf16" (autocast), as for encode_images."""
-        _check_batch_size(batch_size)
+        batch_size = _check_batch_size(batch_size)
         items = _as_list(texts, "texts")
         for i, t in enumerate(items):
             if not isinstance(t, str):
@@ -425,9 +426,8 @@ def weights_fingerprint(state_dict: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_batch_size(batch_size):
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; expected a positive int")
+def _check_batch_size(batch_size) -> int:
+    return positive_int(batch_size, "batch_size")
 
 
 def _as_list(items, what: str) -> list:
@@ -486,6 +486,9 @@ def load(path_or_name: str | os.PathLike | Mapping, pretrained: str | None = Non
     verified against its manifest (sha256 of every file, ~0.1 s per 100 MB; `verify=False`
     checks sizes only); damaged, pickled or mismatched weights raise one-line ValueErrors.
     """
+    if isinstance(path_or_name, bool) or not isinstance(path_or_name, (str, os.PathLike, Mapping)):
+        raise TypeError(f"clipkit.load({path_or_name!r}): got {type(path_or_name).__name__}; expected a saved model "
+                        f"directory (str or path), or an architecture name or model config with pretrained=TAG|FILE")
     if isinstance(path_or_name, (str, os.PathLike)):
         path = Path(path_or_name)
         if path.is_dir():

@@ -22,10 +22,11 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
+
 from clipkit.io import write_json
 
 PRECISIONS = {"fp32": torch.float32, "no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,17 +74,16 @@ class FlopCount:
     """`with FlopCount() as c: ...` then `c.flops`: the floating-point operations torch performed inside
     (matmuls, convolutions, attention; forward and backward), counted by torch's FlopCounterMode."""
 
-    def __enter__(self) -> "FlopCount":
+    def __enter__(self) -> FlopCount:
         from torch.utils.flop_counter import FlopCounterMode
 
         self._mode = FlopCounterMode(display=False)
         self._mode.__enter__()
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self._mode.__exit__(*exc)
         self.flops = int(self._mode.get_total_flops())
-        return False
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
+from clipkit.evaluation import evaluate, open_dataset, write_rows
 from clipkit.io import claim_output
 from clipkit.io.figures import save_figure
-from clipkit.model import ClipModel, resolve_model
-from clipkit.model import ClipConfig
-from clipkit.evaluation import evaluate, open_dataset, write_rows
+from clipkit.model import ClipConfig, ClipModel, resolve_model
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 SWEEP_FORMAT = "clipkit-wiseft-sweep"          # the marker of a folder wiseft_sweep wrote

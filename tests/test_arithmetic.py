@@ -122,6 +122,22 @@ def test_type_errors_and_missing_images(tmp_path):
     assert v.dtype == np.float32 and np.linalg.norm(v) == pytest.approx(1, abs=1e-5)
 
 
+def test_img_names_can_stand_for_stored_vectors_and_images(tmp_path):
+    """`images` maps an img: name to a stored (D,) vector (used unit-norm, nothing encoded) or to an image to encode;
+    other names stay files."""
+    model = FakeModel()
+    stored = 3.0 * model._vec("istored")                                  # stored vectors are used unit-norm
+    (tmp_path / "b.png").write_bytes(b"")
+    v = evaluate_expression(model, 'img:"42" - img:"upload" + img:"b.png"', base_dir=tmp_path,
+                            images={"42": stored, "upload": "anything-to-encode"})
+    np.testing.assert_allclose(v, model._vec("istored") - model._vec("ianything-to-encode") + model._vec("ib.png"),
+                               atol=1e-6)
+    for bad, msg in [(np.zeros(16), "zero or holds NaN"), (np.full(16, np.inf), "zero or holds NaN"),
+                     (np.ones(8), "shape \\(8,\\)")]:
+        with pytest.raises(ExpressionError, match=msg):
+            evaluate_expression(model, 'img:"42"', images={"42": bad})
+
+
 def test_vocabulary_and_nearest_words(tmp_path):
     from clipkit.shapes.world import COLORS, SHAPES
 

@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 import clipkit
-from clipkit.config import (SAVED_METADATA, config_from_dict, load_config, parse_config, read_json_object,
-                            to_json)
+from clipkit.config import SAVED_METADATA, config_from_dict, load_config, parse_config, read_json_object, to_json
 
 PACKAGE = Path(clipkit.__file__).parent
 

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from browser import chromium_binary, image_load_report
 from clipkit.cli import main as cli_main
+
+from browser import chromium_binary, image_load_report
 
 
 @pytest.fixture(scope="module")

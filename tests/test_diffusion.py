@@ -12,9 +12,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipkit.diffusion import (DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler, FlowProcess, NoiseSchedule,
-                               diffusion_loss, drop_condition, from_x0_eps, sample, spaced_timesteps,
-                               timestep_embedding, to_x0_eps, training_batch)
+from clipkit.diffusion import (
+    DDIMSampler,
+    DDPMSampler,
+    FlowAdapter,
+    FlowMatchSampler,
+    FlowProcess,
+    NoiseSchedule,
+    diffusion_loss,
+    drop_condition,
+    from_x0_eps,
+    sample,
+    spaced_timesteps,
+    timestep_embedding,
+    to_x0_eps,
+    training_batch,
+)
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -207,13 +208,20 @@ def test_serve_port_out_of_range_is_refused_at_parse_time(capsys):
 
 
 def test_every_user_error_type_is_one_line():
-    for cls in (OutputError, IncompleteOutputError, OutputInUseError, DamagedFileError, WeightsMismatchError,
-                BadImageError, NonFiniteError):
-        assert issubclass(cls, UserError) and issubclass(cls, ValueError)
-        assert user_error(cls("'x.bin' is damaged; save it again")) == "'x.bin' is damaged; save it again"
-    from clipkit.train.runtime import NonFiniteLossError
+    """Every UserError subclass (found, not listed) and every errno the policy knows prints as one line."""
+    import clipkit.train.runtime  # noqa: F401  (defines NonFiniteLossError)
+    from clipkit.cli.main import _OS_FIXES
 
-    assert user_error(NonFiniteLossError("loss is nan at step 3")) == "loss is nan at step 3"
+    def subclasses(cls):
+        return {cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))}
+    found = subclasses(UserError) - {UserError}
+    assert found >= {OutputError, IncompleteOutputError, OutputInUseError, DamagedFileError, WeightsMismatchError,
+                     BadImageError, NonFiniteError, clipkit.train.runtime.NonFiniteLossError}
+    for cls in found:
+        assert issubclass(cls, (ValueError, RuntimeError, OSError)), cls    # `except ValueError` keeps working
+        assert user_error(cls("'x.bin' is damaged; save it again")) == "'x.bin' is damaged; save it again", cls
+    for code, fix in _OS_FIXES.items():
+        assert user_error(OSError(code, "whatever", "/data/out.bin")) == f"/data/out.bin: {fix}"
     assert user_error(KeyError("a bug")) is None
 
 
@@ -269,3 +277,90 @@ def test_a_damaged_model_file_names_itself_through_the_api(tiny_model_dir, tmp_p
     _pickled(model / "model.safetensors")
     with pytest.raises(DamagedFileError, match="model.safetensors' is a pickle"):
         clipkit.load(model)
+
+
+@pytest.fixture(scope="module")
+def api(tiny_model):
+    """A vector, a flat index of 40 rows and an HNSW one, for the API tables below."""
+    from clipkit.retrieval.index.core import EmbeddingIndex
+
+    x = tiny_model.encode_texts([f"a red circle number {i}" for i in range(40)]).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # 4 tuning queries cannot prove recall 0.95
+        hnsw = EmbeddingIndex.build(x, kind="hnsw", num_queries=4)
+    return {"x": x, "flat": EmbeddingIndex.build(x, kind="flat"), "hnsw": hnsw}
+
+
+def _api_garbage(model, api, tmp_path):
+    """Public API calls with inputs that once returned garbage or crashed -> (exception, words of its one line)."""
+    from PIL import Image
+
+    from clipkit.retrieval.arithmetic import ExpressionError, evaluate_expression, nearest_words
+
+    nan = np.full(model.embed_dim, np.nan, np.float32)
+    return {
+        "create(None)": (lambda: clipkit.create(None), TypeError, "model=None (NoneType); expected"),
+        "load(None)": (lambda: clipkit.load(None), TypeError, "clipkit.load(None): got NoneType"),
+        "encode_images(NaN tensor)": (lambda: model.encode_images(torch.full((1, 3, 32, 32), float("nan"))),
+                                      NonFiniteError, "NaN or inf pixels"),
+        "encode_images(0x0 image)": (lambda: model.encode_images([Image.new("RGB", (0, 0))]), BadImageError,
+                                     "0x0 pixels"),
+        "nearest_words(NaN vector)": (lambda: nearest_words(model, nan), ValueError, "NaN/inf"),
+        "EmbeddingIndex.search(NaN query)": (lambda: api["flat"].search(nan[None]), ValueError, "NaN or inf"),
+        "EmbeddingIndex.search_text('')": (lambda: api["flat"].search_text(model, ""), ValueError, "is empty"),
+        "EmbeddingIndex.search_text(blank)": (lambda: api["flat"].search_text(model, "  "), ValueError, "is empty"),
+        "evaluate_expression(NaN stored vector)": (
+            lambda: evaluate_expression(model, 'img:"7"', images={"7": nan}), ExpressionError, "NaN / inf"),
+    }
+
+
+def test_api_inputs_that_made_garbage_are_refused_in_one_line(tiny_model, api, tmp_path):
+    for name, (call, error, words) in _api_garbage(tiny_model, api, tmp_path).items():
+        with pytest.raises(error) as info:
+            call()
+        assert words in str(info.value) and "Traceback" not in str(info.value), (name, str(info.value))
+        assert user_error(info.value) is not None, name                     # the CLI prints it as one line
+
+
+def _counts(model, api, tmp_path):
+    """Every public function taking a count -> a call with that count (NumPy integers are counts too)."""
+    from clipkit.data.folders import image_batches
+    from clipkit.retrieval.arithmetic import nearest_words
+    from clipkit.retrieval.embeddings.writer import write_embeddings
+    from clipkit.retrieval.index.pieces import build_in_pieces
+
+    runs = iter(range(1000))
+    return {
+        "ClipModel.encode_texts(batch_size)": lambda n: model.encode_texts(["a", "b"], batch_size=n),
+        "ClipModel.encode_images(batch_size)": lambda n: model.encode_images(torch.zeros(2, 3, 32, 32), batch_size=n),
+        "nearest_words(k)": lambda n: nearest_words(model, api["x"][0], k=n),
+        "EmbeddingIndex.search(k)": lambda n: api["flat"].search(api["x"][:1], k=n),
+        "EmbeddingIndex.set_search_params(efSearch)": lambda n: api["hnsw"].set_search_params(efSearch=n),
+        "image_batches(batch_size)": lambda n: list(image_batches([], n)),
+        "write_embeddings(batch_size)": lambda n: write_embeddings(model, tmp_path / f"e{next(runs)}", texts=["a"],
+                                                                   batch_size=n, progress=False),
+        "write_embeddings(part_size)": lambda n: write_embeddings(model, tmp_path / f"e{next(runs)}", texts=["a"],
+                                                                  part_size=n, progress=False),
+        "build_in_pieces(pieces)": lambda n: build_in_pieces(api["x"], pieces=n, kind="flat"),
+    }
+
+
+def test_every_count_takes_numpy_integers_and_refuses_the_rest(tiny_model, api, tmp_path):
+    """`nearest_words(k=np.int64(3))` was refused: each count of the public API takes an int or a NumPy integer
+    (what array code hands back) and refuses 0, negatives, bools, floats and strings in one line."""
+    for name, call in _counts(tiny_model, api, tmp_path).items():
+        for good in (2, np.int64(2), np.int32(2)):
+            call(good)
+        for bad in (0, -3, np.int64(0), True, 2.5, "2"):
+            with pytest.raises(ValueError, match="expected a positive int"):
+                call(bad)
+    from clipkit.retrieval.arithmetic import nearest_words
+
+    assert len(nearest_words(tiny_model, api["x"][0], k=np.int64(3))) == 3
+
+
+def test_search_refuses_an_empty_text_like_the_server(ctx, capsys):
+    for text in ("", "   "):
+        assert main(["search", str(ctx["idx"]), "--text", text]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is empty; give words to search for" in err

@@ -13,9 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from clipkit.evaluation import (
+    evaluate,
+    evaluate_datasets,
+    export_clip_benchmark,
+    export_labelled_folder,
+    open_dataset,
+    read_rows,
+    retrieval_metrics,
+    write_rows,
+)
 from clipkit.shapes import world as shapes
-from clipkit.evaluation import (evaluate, evaluate_datasets, export_clip_benchmark, export_labelled_folder,
-                                open_dataset, read_rows, retrieval_metrics, write_rows)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 COLORS3 = ("red", "green", "blue")
@@ -28,7 +36,7 @@ def _samples(num, seed=1, where=None):
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
-    """The same kind of data in the three layouts: {"clip_benchmark": path, "labelled_folder": ..., "caption_shards": ...}."""
+    """The same data in three layouts: {"clip_benchmark": path, "labelled_folder": ..., "caption_shards": ...}."""
     from clipkit.data.shards import write_shards
 
     root = tmp_path_factory.mktemp("layouts")

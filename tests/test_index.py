@@ -5,6 +5,7 @@ refuses mismatched queries and models."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -363,6 +364,13 @@ def test_cli_index_add_and_build_options(tmp_path, shapes_dir, capsys):
     assert "added 100 vectors" in capsys.readouterr().out
     index = EmbeddingIndex.load(idx)
     assert len(index) == 300 and index.manifest["pieces"] == 2
+    assert [(s["path"], s["count"]) for s in index.manifest["sources"]] == [(str(a), 200), (str(b), 100)]
+    shutil.copytree(a, tmp_path / "a-copy")
+    for again in (b, a, tmp_path / "a-copy"):              # added before, built from, a copy of it elsewhere
+        assert main(["index", "add", str(idx), str(again)]) == 2
+        err = capsys.readouterr().err
+        assert "are already in this index" in err and "nothing was added" in err, err
+    assert len(EmbeddingIndex.load(idx)) == 300
     assert index.lookup([250])[0]["path"].endswith("holdout/00000.tar")
     assert main(["embed", "--model", "shapes-small", "--texts", str(tmp_path / "t.txt"), "--out",
                  str(tmp_path / "c")]) == 2                             # no such texts file: one line

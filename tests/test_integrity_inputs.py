@@ -105,19 +105,22 @@ def test_damaged_index_folders_are_one_line_errors(emb, tmp_path, capsys):
     idx = tmp_path / "idx"
     assert main(["index", "build", str(emb), str(idx)]) == 0
     capsys.readouterr()
+    def zeroed(d):
+        (d / "index.faiss").write_bytes(b"\0" * (d / "index.faiss").stat().st_size)
     cases = {
-        "garbage index.faiss": (lambda d: (d / "index.faiss").write_bytes(b"\0" * (d / "index.faiss").stat().st_size),
-                                "is not a readable FAISS index"),
+        "garbage index.faiss": (zeroed, "index.faiss has another sha256 than the manifest records", []),
+        "garbage index.faiss unverified": (zeroed, "is not a readable FAISS index", ["--no-verify"]),
         "cut index.faiss": (lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]),
-                            "does not match its manifest.json"),
-        "short metadata": (lambda d: (d / "metadata.parquet").write_bytes(b""), "does not match its manifest.json"),
-        "no manifest": (lambda d: (d / "manifest.json").unlink(), "has no manifest.json"),
+                            "does not match its manifest.json", []),
+        "short metadata": (lambda d: (d / "metadata.parquet").write_bytes(b""), "does not match its manifest.json",
+                           []),
+        "no manifest": (lambda d: (d / "manifest.json").unlink(), "has no manifest.json", []),
     }
-    for name, (damage, words) in cases.items():
+    for name, (damage, words, extra) in cases.items():
         d = tmp_path / name.replace(" ", "_")
         shutil.copytree(idx, d)
         damage(d)
-        assert main(["search", str(d), "--text", "a red circle"]) == 2, name
+        assert main(["search", str(d), "--text", "a red circle", *extra]) == 2, name
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from clipkit.shapes import world as shapes
 from clipkit.shapes import judge as J
+from clipkit.shapes import world as shapes
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ def _draw(kind: str, colour, back, dx: int, dy: int, r: float, size: int = 32) -
         d.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=int(r / 3))
     else:
         d.rectangle([cx - r, cy - r / 4, cx + r, cy + r / 4], fill=colour)
-    return im.resize((size, size), Image.BOX)
+    return im.resize((size, size), Image.Resampling.BOX)
 
 
 def _samples(num: int, seed: int, size: int = 32) -> list:

@@ -45,7 +45,7 @@ def test_contrastive_accumulation_equals_one_big_batch(fresh_tiny_model, n_micro
     for name in big:
         torch.testing.assert_close(acc[name], big[name], rtol=1e-3, atol=1e-6, msg=name)
     # ordinary accumulation (each micro-batch only sees its own negatives) is a different gradient
-    naive = [(l / n_micro, None) for m in micro for l, _ in contrastive_losses(module, [m])]
+    naive = [(loss / n_micro, None) for m in micro for loss, _ in contrastive_losses(module, [m])]
     _, naive_grads = _grads(module, iter(naive))
     assert not torch.allclose(naive_grads["logit_scale"], big["logit_scale"], rtol=1e-2)
 

@@ -373,3 +373,113 @@ def test_markers_name_what_wrote_the_output(env, tmp_path, capsys):
     assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert main(["export-benchmark", env["LABELLED"], "--out", str(tmp_path / "bench")]) == 0
     assert json.loads((tmp_path / "bench" / OUTPUT_MARKER).read_text())["format"] == "clipkit-benchmark"
+
+
+# ----------------------------------------------------------------------------- kill -9 at every step of a staged write
+
+# Where a writer can die inside staged_output (ClipModel.save here; every staged writer shares the steps), made
+# to happen by replacing that step with os._exit(9) in a child process that saves over a previous model.
+KILL_POINTS = {
+    "creating the staging folder": "import clipkit.io.outputs as m; m.write_json = lambda *a, **k: os._exit(9)",
+    "writing the parts": "import clipkit.io.weights as m; m.save_file = lambda *a, **k: os._exit(9)",
+    "publishing, before the swap": "import clipkit.io.outputs as m; m._swap_into_place = lambda *a: os._exit(9)",
+    "publishing, after the swap": "import clipkit.io.files as m; m._remove = lambda *a: os._exit(9)",
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_a_writer_killed_at_any_step_leaves_nothing_the_next_write_refuses(point, tiny_model, tmp_path):
+    """What a killed writer left (a staging folder with or without its marker, a temporary sibling, its lock) is
+    recognised and removed by the next write of the same output; the output is always a complete model."""
+    import clipkit
+
+    out = tmp_path / "m"
+    tiny_model.save(out)
+    code = (f"import os, clipkit\n{KILL_POINTS[point]}\n"
+            f"clipkit.create('shapes-tiny', seed=0).save({str(out)!r})\n")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert child.returncode == 9, child.stderr[-2000:]                       # it died at that step
+    assert len(os.listdir(tmp_path)) > 1                                     # and left something beside `m`
+    assert clipkit.load(out).identity == tiny_model.identity                 # the output is complete meanwhile
+    tiny_model.save(out)                                                     # the next write: not refused
+    assert sorted(os.listdir(tmp_path)) == ["m"]                             # and nothing is left for good
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.safetensors",
+                                                     "open_clip_config.json"]
+
+
+# ----------------------------------------------------------------------------- outputs by default, outputs beside OUT
+
+def _optional_outputs() -> list[tuple[str, str]]:
+    """Cheap rows of OUTPUTS whose output option may be left out (the command then writes to a default path,
+    or nothing)."""
+    parser = build_parser()
+    optional = []
+    for key in sorted(k for k, (_, _, cheap) in OUTPUTS.items() if cheap and k[1].startswith("--")):
+        sub = parser
+        for word in key[0].split():
+            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
+        if not next(a for a in sub._actions if key[1] in a.option_strings).required:
+            optional.append(key)
+    return optional
+
+
+def _bookkeeping(p: Path) -> bool:
+    return p.name.startswith((".clipkit-", ".")) and (p.name.endswith((".lock", ".json")))
+
+
+def test_outputs_written_to_default_paths_are_claimed_like_given_ones(env, tmp_path, monkeypatch, capsys):
+    """Each command run without its (optional) output argument, in an empty working directory: whatever it
+    writes there is an output of ours (a marked folder, a manifest, a recorded file), and a user's file or
+    folder at each such path is refused with its bytes kept (zero-shot's predictions.csv, train's run folder)."""
+    from clipkit.io import output_owner
+
+    defaults = {}
+    for key in _optional_outputs():
+        template = list(OUTPUTS[key][0])
+        at = template.index(key[1])
+        template[at:at + 2] = []
+        cwd = tmp_path / f"cwd-{len(defaults)}"
+        cwd.mkdir()
+        monkeypatch.chdir(cwd)
+        argv = _argv(template, env, tmp_path / "unused", run=tmp_path / f"run-{len(defaults)}")
+        assert main(argv) == 0, (key, capsys.readouterr().err)
+        ours = [p for p in sorted(cwd.rglob("*")) if output_owner(p) or output_owner(p, "file")]
+        top = [p for p in ours if not any(q in p.parents for q in ours)]
+        written = [p for p in cwd.rglob("*") if p.is_file() and not _bookkeeping(p)]
+        assert all(any(q == p or q in p.parents for q in top) for p in written), (key, written, top)
+        defaults[key] = [p.relative_to(cwd) for p in top]
+        for rel in defaults[key]:
+            for plant in (_user_file, _user_folder):
+                again = tmp_path / f"again-{len(list(tmp_path.iterdir()))}"
+                target = again / rel
+                made = plant(target.parent)
+                made.rename(target)
+                before = _tree(again, env["root"])
+                monkeypatch.chdir(again)
+                capsys.readouterr()
+                rc = main(argv)
+                err = capsys.readouterr().err.strip()
+                assert rc == 2 and len(err.splitlines()) == 1 and any(w in err for w in REFUSALS), (key, rel, err)
+                assert _tree(again, env["root"]) == before, (key, rel)
+    assert defaults[("zero-shot", "--out")] == [Path("predictions.csv")]
+    assert defaults[("train", "--out-dir")] == [Path("runs/train")]
+
+
+# Paths a writer uses beside its output OUT: its lock, its staging folder, `index build --on-disk`'s work folder.
+SIDE_PATHS = {"lock": lock_path_for, "staging folder": io_outputs.partial_dir_for,
+              "pieces work folder": lambda out: out.parent / f".{out.name}.pieces"}
+
+
+@pytest.mark.parametrize("side", sorted(SIDE_PATHS))
+def test_a_users_folder_at_a_side_path_is_refused_before_any_work(side, env, tmp_path, capsys):
+    out = tmp_path / "OUT"
+    folder = _user_folder(tmp_path)
+    folder.rename(SIDE_PATHS[side](out))
+    before = _tree(tmp_path, env["root"])
+    rc = main(["index", "build", env["EMB"], str(out), "--kind", "ivf", "--train-on", "8", "--pieces", "2",
+               "--on-disk", "--overwrite"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and SIDE_PATHS[side](out).name in err, err
+    assert "clipkit did not make it" in err or "was not made by clipkit" in err, err
+    assert _tree(tmp_path, env["root"]) == before and not out.exists()

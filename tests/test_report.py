@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from browser import chromium_binary, image_load_report
 from clipkit.io.report import Figure, Section, write_report
+
+from browser import chromium_binary, image_load_report
 
 
 def _png(path, color):

@@ -181,12 +181,19 @@ def test_filters_search_only_matching_rows(client, engine, vectors, world):
     assert np.array_equal(mask, np.asarray(meta["shape"]) == "circle")
 
 
-def test_expression_search_equals_the_library(client, engine, vectors, world):
+def test_expression_search_equals_the_library(client, engine, vectors, world, monkeypatch):
+    """img:"3" is indexed item 3's stored vector (no image is read or encoded): the same as the library given it,
+    and, since the index stores what the model makes, the same as encoding the image."""
     expression = 'text:"a red circle" + 0.8 * text:"a hat" - 0.5 * img:"3"'
     image3 = world["root"] / "three.png"
     read_member_image(world["root"] / "shards" / "00000.tar", "00000003").save(image3)
-    local = evaluate_expression(engine.model, expression.replace('img:"3"', f'img:"{image3}"'))
-    data = client.post("/search", json={"expression": expression, "k": 5}).json()
+    local = evaluate_expression(engine.model, expression, images={"3": vectors[3]})
+    encoded = evaluate_expression(engine.model, expression.replace('img:"3"', f'img:"{image3}"'))
+    np.testing.assert_allclose(local, encoded, atol=1e-5)
+    with monkeypatch.context() as m:
+        m.setattr(engine.catalog, "image", lambda item_id: pytest.fail("an image was read for img:\"3\""))
+        m.setattr(engine.model, "encode_images", lambda *a, **k: pytest.fail("an image was encoded"))
+        data = client.post("/search", json={"expression": expression, "k": 5}).json()
     expected, _ = brute_force(vectors, local, 5)
     assert [h["id"] for h in data["results"]] == expected
     assert [w["word"] for w in data["words"]] == [w for w, _ in nearest_words(engine.model, local, k=5)]
@@ -221,11 +228,49 @@ def test_a_missing_shard_is_a_404_not_a_crash(world):
         with TestClient(create_app(engine)) as c:
             r = c.get("/image/3")
             assert r.status_code == 404 and "no stored image" in r.json()["error"]
-            assert c.post("/search", json={"expression": 'img:"3"'}).status_code == 404
             assert c.post("/search", json={"id": 3, "k": 2}).status_code == 200        # the vector is in FAISS
+            assert c.post("/search", json={"expression": 'img:"3"', "k": 2}).status_code == 200   # so is img:"3"
     finally:
         moved.rename(shard)
         engine.close()
+
+
+@pytest.mark.parametrize("source", ["shards", "image folder", "file list"])
+def test_an_index_embedded_from_relative_paths_serves_from_any_directory(source, tmp_path, monkeypatch):
+    """`clipkit embed --shards data/val/00000.tar --model model` (or an image folder, a file list) in one
+    directory, the server in another: every path the outputs record (images, shards, the model) resolves, so
+    /image/{id} and img:"ID" answer; an index whose paths do not resolve says so at load."""
+    from clipkit.cli import main
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_split(work / "data" / "val", split="val", num=6, seed=5, shard_size=6)
+    clipkit.create("shapes-tiny", seed=0).save(work / "model")
+    originals = [read_member_image(work / "data" / "val" / "00000.tar", f"{i:08d}") for i in range(6)]
+    (work / "images").mkdir()
+    for i, image in enumerate(originals):
+        image.save(work / "images" / f"{i}.png")
+    (work / "list.txt").write_text("".join(f"images/{i}.png\n" for i in range(6)))
+    monkeypatch.chdir(work)
+    args = {"shards": ["--shards", "data/val/00000.tar"], "image folder": ["--images", "images"],
+            "file list": ["--images", "list.txt"]}[source]
+    assert main(["embed", "--model", "model", *args, "--out", "emb"]) == 0
+    assert main(["index", "build", "emb", "idx", "--kind", "flat"]) == 0
+    monkeypatch.chdir(elsewhere)
+    index = EmbeddingIndex.load(work / "idx")
+    assert index.missing_images() is None
+    engine = Engine(index, index.model(), None, ServeConfig())              # the model the manifest records
+    try:
+        with TestClient(create_app(engine)) as c:
+            r = c.get("/image/1")
+            assert r.status_code == 200, r.text
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), np.asarray(originals[1]))
+            hits = c.post("/search", json={"expression": 'img:"1"', "k": 1}).json()["results"]
+            assert [h["id"] for h in hits] == [1]
+    finally:
+        engine.close()
+    index.metadata["path"] = [os.path.relpath(p, work) for p in index.metadata["path"]]   # as recorded before
+    assert "do not resolve from" in index.missing_images()
 
 
 # ----------------------------------------------------------------------------- zero-shot and generation

@@ -8,8 +8,20 @@ import numpy as np
 import pytest
 
 from clipkit.shapes import world as shapes
-from clipkit.shapes.world import (BACKGROUNDS, COLORS, HAT_COLOR, HOLDOUT_COMBOS, POSITIONS, SHAPES, SIZES,
-                                 ShapeAttributes, attribute_classes, attribute_label, attribute_prompts, render)
+from clipkit.shapes.world import (
+    BACKGROUNDS,
+    COLORS,
+    HAT_COLOR,
+    HOLDOUT_COMBOS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapeAttributes,
+    attribute_classes,
+    attribute_label,
+    attribute_prompts,
+    render,
+)
 
 
 def _pixels_near(image, rgb, tol=40) -> np.ndarray:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from clipkit.cli import main as cli_main
-from clipkit.shapes import world as shapes
 from clipkit.data.shards import count_samples, expand_urls, shard_loader, shard_pipeline
+from clipkit.shapes import world as shapes
 
 
 def _tar(path, members: dict[str, bytes]) -> None:

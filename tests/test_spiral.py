@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, sample
-from clipkit.labs.spiral import QUICK, SpiralScorer, compare_samplers, guidance_experiment, run_spiral_lab, sample_spiral
+from clipkit.labs.spiral import (
+    QUICK,
+    SpiralScorer,
+    compare_samplers,
+    guidance_experiment,
+    run_spiral_lab,
+    sample_spiral,
+)
 from clipkit.labs.spiral.lab import train_lab_models
 from clipkit.labs.spiral.spiral import CLASSES, NULL_CLASS, arm_of, spiral_curve, spiral_length
 

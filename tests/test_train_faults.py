@@ -9,8 +9,8 @@ import tarfile
 import pytest
 import torch
 
-from clipkit.train.clip import train_clip
 from clipkit.config import config_from_dict
+from clipkit.train.clip import train_clip
 from clipkit.train.config import ClipTrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")

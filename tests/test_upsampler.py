@@ -95,8 +95,14 @@ def shards64(tmp_path_factory):
 
 def test_training_loss_falls_and_the_pipeline_upsamples(tiny_model_dir, shards64, tmp_path):
     import clipkit
-    from clipkit.train.unclip import (DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig, train_decoder,
-                                      train_prior, train_upsampler)
+    from clipkit.train.unclip import (
+        DecoderTrainConfig,
+        PriorTrainConfig,
+        UpsamplerTrainConfig,
+        train_decoder,
+        train_prior,
+        train_upsampler,
+    )
 
     pipe_dir = tmp_path / "pipe"
     common = dict(clip=str(tiny_model_dir), pipeline_dir=str(pipe_dir), progress=False, num_threads=1)

@@ -78,7 +78,7 @@ def saved(tmp_path_factory, tiny_model, tiny_model_dir, shapes_dir):
             "checkpoint": ckpt}
 
 
-def _resume(path: Path):
+def _resume(path: Path, verify=True):
     from clipkit.train.checkpoint import CheckpointManager
 
     return CheckpointManager(path.parent).resume(str(path), None, None, None, None)   # refused before any use
@@ -87,40 +87,46 @@ def _resume(path: Path):
 def _index(path: Path, verify=True):
     from clipkit.retrieval.index.core import EmbeddingIndex
 
-    return EmbeddingIndex.load(path) if verify else EmbeddingIndex.load(path, full_check=False)
+    return EmbeddingIndex.load(path, verify=verify)
 
 
 def _folder(path: Path, verify=True):
     from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 
-    return EmbeddingFolder(path)
+    return EmbeddingFolder(path, verify=verify)
 
 
-# reader -> (what to copy from `saved`, the damaged file inside it, damage, the reader, a CLI command reading it)
+# reader -> (what to copy from `saved`, the damaged file inside it, damage, the reader (path, verify), a CLI command
+# reading it, whether that command has --no-verify)
 READERS = {
-    "model": ("model", "model.safetensors", _zero_tail, lambda p: clipkit.load(p),
-              ["embed", "--model", "{}", "--texts", "{texts}", "--out", "{out}"]),
-    "unclip pipeline": ("pipe", "decoder/model.safetensors", _zero_tail, lambda p: clipkit.UnCLIP.load(p),
+    "model": ("model", "model.safetensors", _zero_tail, lambda p, verify=True: clipkit.load(p, verify=verify),
+              ["embed", "--model", "{}", "--texts", "{texts}", "--out", "{out}"], False),
+    "unclip pipeline": ("pipe", "decoder/model.safetensors", _zero_tail,
+                        lambda p, verify=True: clipkit.UnCLIP.load(p, verify=verify),
                         ["generate", "--pipeline", "{}", "--expr", 'text:"x"', "--num", "1", "--steps", "1",
-                         "--out", "{out}"]),
+                         "--out", "{out}"], False),
     "embedding folder": ("emb", "img_emb/img_emb_00000.npy", _swap_rows, _folder,
-                         ["index", "build", "{}", "{out}"]),
-    "index": ("idx", "index.faiss", _zero_tail, _index, ["search", "{}", "--text", "a red circle"]),
-    "checkpoint": ("checkpoint", "model.safetensors", _zero_tail, _resume, None),
+                         ["index", "build", "{}", "{out}"], True),
+    "index": ("idx", "index.faiss", _zero_tail, _index, ["search", "{}", "--text", "a red circle"], True),
+    "checkpoint": ("checkpoint", "model.safetensors", _zero_tail, _resume, None, False),
 }
+OPT_OUT = sorted(name for name, row in READERS.items() if row[3] is not _resume)     # readers with verify=False
 
 
-@pytest.mark.parametrize("reader", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="EmbeddingIndex.load checks sha256 only with "
-                                                "full_check=True until the retrieval pass (issue 25)"))
-    if name == "index" else name for name in sorted(READERS)])
-def test_same_size_damage_is_refused_by_every_reader(reader, saved, tmp_path, capsys):
-    source, rel, damage, read, argv = READERS[reader]
+def _damaged_copy(reader: str, saved: dict, tmp_path: Path) -> Path:
+    source, rel, damage, *_ = READERS[reader]
     copy = tmp_path / Path(saved[source]).name
     shutil.copytree(saved[source], copy)
     size = (copy / rel).stat().st_size
     damage(copy / rel)
     assert (copy / rel).stat().st_size == size                                  # a size check sees nothing
+    return copy
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_same_size_damage_is_refused_by_every_reader(reader, saved, tmp_path, capsys):
+    _, rel, _, read, argv, _ = READERS[reader]
+    copy = _damaged_copy(reader, saved, tmp_path)
     with pytest.raises(DamagedFileError, match=f"{Path(rel).name} has another sha256 than the manifest records"):
         read(copy)
     if argv is not None:
@@ -133,18 +139,54 @@ def test_same_size_damage_is_refused_by_every_reader(reader, saved, tmp_path, ca
         assert not (tmp_path / "out").exists()
 
 
-def test_verify_false_is_the_explicit_opt_out(saved, tmp_path, tiny_model):
-    """The opt-out for very large reads skips the hash and keeps the size check; then damage goes unseen
-    (which is why verification is the default)."""
-    copy = tmp_path / "m"
-    shutil.copytree(saved["model"], copy)
-    _zero_tail(copy / "model.safetensors", 64)
-    model = clipkit.load(copy, verify=False)
-    assert model.embed_dim == tiny_model.embed_dim
-    with open(copy / "model.safetensors", "ab") as f:
+@pytest.mark.parametrize("reader", OPT_OUT)
+def test_verify_false_is_the_explicit_opt_out(reader, saved, tmp_path, capsys):
+    """The opt-out for very large reads (verify=False; --no-verify on the commands reading embedding folders and
+    indexes) skips the hash and keeps the size check; then same-size damage goes unseen (which is why
+    verification is the default)."""
+    _, rel, _, read, argv, flag = READERS[reader]
+    copy = _damaged_copy(reader, saved, tmp_path)
+    assert read(copy, verify=False) is not None
+    if flag:
+        rc = main([w.format(copy, out=tmp_path / "out") for w in argv] + ["--no-verify"])
+        assert rc == 0, capsys.readouterr().err
+    with open(copy / rel, "ab") as f:
         f.write(b"\0")
     with pytest.raises(ValueError, match="bytes, the manifest says"):
-        clipkit.load(copy, verify=False)
+        read(copy, verify=False)
+
+
+# Arguments naming an index or an embedding folder (reads that can be very large): each command with one offers
+# --no-verify, found from the parser.
+LARGE_READ_DESTS = {"index", "emb_dir", "search"}
+
+
+def test_every_command_reading_indexes_or_embedding_folders_offers_no_verify():
+    found = {}
+
+    def walk(p, prefix):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*prefix, name])
+        if any(a.dest in LARGE_READ_DESTS for a in p._actions):
+            found[" ".join(prefix)] = any("--no-verify" in a.option_strings for a in p._actions)
+    walk(build_parser(), [])
+    assert set(found) >= {"search", "serve", "arith", "index build", "index add"}
+    assert all(found.values()), f"no --no-verify: {sorted(k for k, v in found.items() if not v)}"
+
+
+def test_the_cost_of_verifying_is_the_hash_alone(saved, monkeypatch):
+    """A verified index load hashes each file once and parses it once (no second pass, no re-hash)."""
+    from clipkit.io import outputs
+
+    hashed = []
+    real = outputs.sha256_file
+    monkeypatch.setattr(outputs, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    index = _index(saved["idx"])
+    assert sorted(hashed) == sorted(json.loads((saved["idx"] / MANIFEST_NAME).read_text())["parts"])
+    hashed.clear()
+    assert len(_index(saved["idx"], verify=False)) == len(index) and hashed == []
 
 
 def test_pipeline_models_carry_manifests(saved):

@@ -33,7 +33,7 @@ from clipkit.io.errors import UserError
 # Order here is the order in `clipkit --help`.
 COMMAND_MODULES = (
     "shapes", "icons", "judge",
-    "demo",
+    "demo", "fit",
     "train",
     "embed",
     "index",

@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipkit.images import MAX_IMAGE_PIXELS, open_image
-from clipkit.io.errors import BadImageError
+from clipkit.io.errors import BadImageError, positive_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -139,8 +139,7 @@ def read_images(paths: Iterable[str | os.PathLike], skipped: Counter | None = No
 def image_batches(paths: Iterable[str | os.PathLike], batch_size: int, skipped: Counter | None = None,
                   max_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[tuple[list[int], list[str], list]]:
     """read_images in batches of `batch_size` decoded images: (indices, paths, images) each."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; expected a positive int")
+    batch_size = positive_int(batch_size, "batch_size")
     batch: tuple[list, list, list] = ([], [], [])
     for item in read_images(paths, skipped, max_pixels):
         for column, value in zip(batch, item):

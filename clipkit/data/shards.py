@@ -21,8 +21,8 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 from zlib import error as zlib_error
 
 import torch
@@ -191,7 +191,7 @@ class _EndAwareTarInfo(tarfile.TarInfo):
     def fromtarfile(cls, tar):
         try:
             return super().fromtarfile(tar)
-        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):  # type: ignore[attr-defined]  # typeshed lacks
             tar.clipkit_cut_short = True
             raise
 
@@ -212,8 +212,10 @@ def tar_samples(sources: Iterator[dict], counter: SkipCounter) -> Iterator[dict]
             for info in tar:
                 if not info.isreg() or info.name.startswith("__"):
                     continue
-                data = tar.extractfile(info).read()       # raises ReadError on a short read
-                tar.members = []
+                member = tar.extractfile(info)
+                assert member is not None                 # a regular file (isreg above)
+                data = member.read()                      # raises ReadError on a short read
+                tar.members = []  # type: ignore[attr-defined]  # not in typeshed; a long stream keeps no TarInfos
                 prefix, suffix = base_plus_ext(info.name)
                 if prefix is None:
                     continue

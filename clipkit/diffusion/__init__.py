@@ -23,6 +23,19 @@ The model contract: `model_fn(x, t, cond) -> out`, out shaped like x (names.py l
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:                   # the lazy names' types, for type checkers
+    from clipkit.diffusion.base import DiscreteSampler, DynamicThreshold, Sampler, spaced_timesteps
+    from clipkit.diffusion.ddim import DDIMSampler
+    from clipkit.diffusion.ddpm import DDPMSampler
+    from clipkit.diffusion.embedding import timestep_embedding
+    from clipkit.diffusion.flow import FlowAdapter, FlowMatchSampler, FlowProcess
+    from clipkit.diffusion.names import PREDICTION_TYPES, SCHEDULE_KINDS, check_prediction_type
+    from clipkit.diffusion.parameterization import from_x0_eps, to_x0_eps
+    from clipkit.diffusion.sampling import Trajectory, sample
+    from clipkit.diffusion.schedule import NoiseSchedule
+    from clipkit.diffusion.training import diffusion_loss, drop_condition, loss_weights, training_batch, weighted_mse
 
 _EXPORTS = {
     "NoiseSchedule": "schedule",
@@ -39,11 +52,11 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(f"clipkit.diffusion.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'clipkit.diffusion' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_EXPORTS))

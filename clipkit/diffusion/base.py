@@ -16,7 +16,8 @@ sigma in [0, 1] for flow matching. No steps until `set_timesteps(n)`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -27,7 +28,14 @@ from clipkit.diffusion.schedule import NoiseSchedule
 # None: no clipping (embeddings); c: clamp to [-c, c] (pixels in [-1, 1]: 1.0);
 # (lo, hi): clamp to a range; a callable x0 -> x0 (e.g. renormalise onto the unit sphere, or
 # DynamicThreshold(0.995)); "dynamic": DynamicThreshold() with Imagen's settings.
-ClipSpec = Union[None, float, str, Sequence[float], Callable[[torch.Tensor], torch.Tensor]]
+ClipSpec = float | str | Sequence[float] | Callable[[torch.Tensor], torch.Tensor] | None
+
+# The model contract (the package docstring): model_fn(x, t, cond) -> output shaped like x.
+ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+# A condition: a tensor, a dict / tuple of conditions, or None.
+Cond = Any
+# A step's time as the loop passes it back: a long timestep (DDPM / DDIM) or a sigma (flow), or a tensor of it.
+Timestep = int | float | torch.Tensor
 
 
 class DynamicThreshold:
@@ -135,6 +143,10 @@ class Sampler:
         self._x0_transform = make_x0_transform(value)
         self._clip_x0 = value
 
+    def set_timesteps(self, n: int) -> None:
+        """Prepare n sampling steps (a subclass's grid through `_set_grid`)."""
+        raise NotImplementedError
+
     def _set_grid(self, timesteps: torch.Tensor, signal_noise: list[tuple[float, float]], coefs: list[tuple]) -> None:
         self.timesteps = timesteps
         self.num_inference_steps = len(timesteps)
@@ -156,14 +168,14 @@ class Sampler:
             raise ValueError(f"t={key!r} is not one of this sampler's timesteps "
                              f"({self.timesteps[:3].tolist()} ... {self.timesteps[-3:].tolist()})") from None
 
-    def predict_x0(self, model_output: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
+    def predict_x0(self, model_output: torch.Tensor, t: Timestep, x: torch.Tensor) -> torch.Tensor:
         """The clean-sample estimate alpha * x + beta * model_output at (x, t), before clipping."""
         alpha, beta = self._x0_affine[self._index(t)]
         if alpha == 0.0 and beta == 1.0:             # x0 prediction
             return model_output
         return torch.add(x * alpha, model_output, alpha=beta)
 
-    def mean_std(self, model_output: torch.Tensor, t, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def mean_std(self, model_output: torch.Tensor, t: Timestep, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The step's deterministic part c0 * x0_hat + ct * x and the std of its noise."""
         check_output(model_output, x)
         i = self._index(t)
@@ -174,7 +186,7 @@ class Sampler:
             return torch.add(x if abs(cx - 1.0) < 1e-12 else x * cx, model_output, alpha=c0 * beta), std
         return torch.add(x * ct, self._x0_transform(self.predict_x0(model_output, t, x)), alpha=c0), std
 
-    def step(self, model_output: torch.Tensor, t, x: torch.Tensor,
+    def step(self, model_output: torch.Tensor, t: Timestep, x: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """x at the next timestep; `generator` draws the noise of stochastic samplers (DDPM, DDIM eta > 0)."""
         mean, std = self.mean_std(model_output, t, x)
@@ -201,6 +213,10 @@ class DiscreteSampler(Sampler):
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; choose one of {TIMESTEP_SPACINGS}")
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
+
+    def _step_coefficients(self, a_t: float, a_prev: float, last: bool) -> tuple[float, float, float]:
+        """(c0, ct, std) of the step from abar_t to abar_prev (the subclass's update rule)."""
+        raise NotImplementedError
 
     def set_timesteps(self, n: int) -> None:
         """Use n of the schedule's N training timesteps (descending, spaced by `timestep_spacing`)."""

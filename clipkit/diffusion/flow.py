@@ -18,11 +18,11 @@ uses linspace(1, 1/N, n) followed by 0; pass those `sigmas` to reproduce it.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from clipkit.diffusion.base import ClipSpec, Sampler, check_steps
+from clipkit.diffusion.base import ClipSpec, ModelFn, Sampler, check_steps
 from clipkit.diffusion.names import SIGMA_DISTRIBUTIONS, check_prediction_type
 from clipkit.diffusion.parameterization import ForwardProcess, from_x0_eps, per_sample, to_x0_eps
 from clipkit.diffusion.schedule import NoiseSchedule
@@ -40,7 +40,8 @@ class FlowProcess(ForwardProcess):
             raise ValueError(f"unknown sigma distribution {sigma_distribution!r}; choose one of {SIGMA_DISTRIBUTIONS}")
         self.sigma_distribution, self.mean, self.std = sigma_distribution, float(mean), float(std)
 
-    def sample_t(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    def sample_t(self, batch_size: int, generator: torch.Generator | None = None,
+                 device: str | torch.device | None = None) -> torch.Tensor:
         """(B,) float32 noise levels sigma in (0, 1): the model's time input."""
         if self.sigma_distribution == "uniform":
             s = torch.rand(batch_size, generator=generator)
@@ -48,7 +49,7 @@ class FlowProcess(ForwardProcess):
             s = torch.sigmoid(self.mean + self.std * torch.randn(batch_size, generator=generator))
         return s.to(device) if device is not None else s
 
-    def signal_noise(self, sigma, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def signal_noise(self, sigma: float | torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(1 - sigma, sigma) broadcastable against x; sigma a float or a (B,) tensor in [0, 1]."""
         s = per_sample(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x, "sigma")
         return 1 - s, s
@@ -98,7 +99,7 @@ class FlowAdapter:
     noise estimates give the velocity.
     """
 
-    def __init__(self, model_fn, schedule: NoiseSchedule, prediction_type: str):
+    def __init__(self, model_fn: ModelFn, schedule: NoiseSchedule, prediction_type: str):
         self.model_fn, self.schedule = model_fn, schedule
         self.prediction_type = check_prediction_type(prediction_type, discrete=True)
 

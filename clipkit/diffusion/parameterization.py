@@ -10,7 +10,15 @@ Samplers, training targets and FlowAdapter all go through these two functions.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import torch
+
 from clipkit.diffusion.names import check_prediction_type
+
+# x0, eps, model outputs: tensors (or Python floats, as Sampler._set_grid reads coefficients off the helpers);
+# a and s: floats or tensors broadcasting against them.
+X = TypeVar("X", torch.Tensor, float)
 
 
 def per_sample(c, x, name: str = "t"):
@@ -22,7 +30,7 @@ def per_sample(c, x, name: str = "t"):
     return c.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def from_x0_eps(x0, eps, a, s, prediction_type: str):
+def from_x0_eps(x0: X, eps: X, a: X | float, s: X | float, prediction_type: str) -> X:
     """The output of a `prediction_type` model at x_t = a * x0 + s * eps."""
     check_prediction_type(prediction_type)
     if prediction_type == "epsilon":
@@ -34,7 +42,7 @@ def from_x0_eps(x0, eps, a, s, prediction_type: str):
     return eps - x0                                        # velocity
 
 
-def to_x0_eps(model_output, x_t, a, s, prediction_type: str):
+def to_x0_eps(model_output: X, x_t: X, a: X | float, s: X | float, prediction_type: str) -> tuple[X, X]:
     """(x0, eps) such that x_t = a * x0 + s * eps and from_x0_eps(x0, eps, a, s, type) = model_output.
 
     Divides by a for "epsilon" and by s for "sample": neither estimate exists there
@@ -63,7 +71,7 @@ class ForwardProcess:
     default_prediction_type: str = "epsilon"
     flow: bool = False
 
-    def signal_noise(self, t, x):
+    def signal_noise(self, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def add_noise(self, x0, noise, t):
@@ -74,7 +82,7 @@ class ForwardProcess:
         return a * x0 + s * noise
 
     def target(self, x0, noise, t, prediction_type: str | None = None):
-        """What a model with this `prediction_type` (default: the process's) should output for add_noise(x0, noise, t)."""
+        """What a `prediction_type` model (default: the process's) should output for add_noise(x0, noise, t)."""
         prediction_type = check_prediction_type(prediction_type or self.default_prediction_type,
                                                 discrete=not self.flow, flow=self.flow)
         return from_x0_eps(x0, noise, *self.signal_noise(t, x0), prediction_type)

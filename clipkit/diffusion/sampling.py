@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
 
 import torch
 
-from clipkit.diffusion.base import ClipSpec, Sampler, randn_like_gen
-
-ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+from clipkit.diffusion.base import ClipSpec, ModelFn, Sampler, randn_like_gen
 
 
 @dataclass
@@ -117,6 +114,8 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
         sampler = copy.copy(sampler)         # shallow: tables are shared, the caller's sampler is left as it was
         sampler.clip_x0 = clip_x0
     sampler.set_timesteps(steps)
+    timesteps = sampler.timesteps
+    assert timesteps is not None, "set_timesteps() sets the timesteps"
 
     if noise is not None:
         if tuple(noise.shape) != tuple(shape):
@@ -124,12 +123,12 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
         x = noise.to(device=device or noise.device, dtype=dtype)
     else:
         x = randn_like_gen(torch.empty(shape, device=device, dtype=dtype), generator)
-    ts = sampler.timesteps.tolist()
+    ts = timesteps.tolist()
     # Model-time tensors made once, not per step.
-    t_batch = sampler.timesteps.to(x.device).repeat_interleave(2 * batch if guided else batch).view(len(ts), -1)
+    t_batch = timesteps.to(x.device).repeat_interleave(2 * batch if guided else batch).view(len(ts), -1)
 
-    record = [] if return_trajectory else None
-    states = [x.cpu()] if return_trajectory else None
+    record: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if return_trajectory else None
+    states: list[torch.Tensor] | None = [x.cpu()] if return_trajectory else None
     steps_iter = ts
     if progress:
         from tqdm.auto import tqdm
@@ -149,8 +148,8 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
         x = sampler.step(out, t, x, generator)
         if states is not None:
             states.append(x.cpu())
-    if not return_trajectory:
+    if states is None or record is None:            # not return_trajectory
         return x
-    return x, Trajectory(x=torch.stack(states), timesteps=sampler.timesteps.clone(),
+    return x, Trajectory(x=torch.stack(states), timesteps=timesteps.clone(),
                          model_output=torch.stack([r[0] for r in record]), x0=torch.stack([r[1] for r in record]))
 

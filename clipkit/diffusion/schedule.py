@@ -91,11 +91,11 @@ class NoiseSchedule(ForwardProcess):
                              f"got min {int(t.min())} max {int(t.max())}")
         return per_sample(table[t].to(device=x.device, dtype=x.dtype), x)      # (B, 1, 1, ...)
 
-    def signal_noise(self, t, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def signal_noise(self, t: int | torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)) broadcastable against x; t an int or a (B,) tensor."""
         return self._coef(self.sqrt_alphas_cumprod, t, x), self._coef(self.sqrt_one_minus_alphas_cumprod, t, x)
 
-    def snr(self, t) -> torch.Tensor:
+    def snr(self, t: int | torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio abar / (1 - abar) at t (for min-SNR style loss weights)."""
         a = self.alphas_cumprod[torch.as_tensor(t).long()]
         return a / (1 - a)
@@ -103,7 +103,8 @@ class NoiseSchedule(ForwardProcess):
     # --- the process interface (FlowProcess offers the same) --------------------------------
     default_prediction_type = "epsilon"
 
-    def sample_t(self, batch_size: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    def sample_t(self, batch_size: int, generator: torch.Generator | None = None,
+                 device: str | torch.device | None = None) -> torch.Tensor:
         """(B,) long training timesteps, uniform in 0..N-1."""
         t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
         return t.to(device) if device is not None else t

@@ -18,7 +18,8 @@ None means the process's own ("epsilon", "velocity").
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

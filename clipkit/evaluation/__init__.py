@@ -3,7 +3,7 @@
     from clipkit.evaluation import evaluate, evaluate_datasets, export_labelled_folder, open_dataset, write_rows
     row = evaluate(model, "bench/pets", task="zeroshot")          # one JSON-ready row (see tasks.py)
     write_rows([row], "results.jsonl")
-    evaluate_datasets(model, ["bench/pets", "data/val"])           # {"pets/acc1": ..., "val/image_retrieval_recall@5": ...}
+    evaluate_datasets(model, ["bench/pets", "data/val"])   # {"pets/acc1": ..., "val/image_retrieval_recall@5": ...}
     export_labelled_folder("photos/", "bench/photos")             # any ROOT/<class>/* -> CLIP_benchmark's layout
 
 Layouts: datasets.py; tasks and metric definitions: tasks.py; the writer: export.py.
@@ -12,6 +12,7 @@ Layouts: datasets.py; tasks and metric definitions: tasks.py; the writer: export
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from clipkit.evaluation.datasets import EvalDataset, open_dataset, resolve_templates
 from clipkit.evaluation.export import export_clip_benchmark, export_labelled_folder
@@ -27,12 +28,15 @@ from clipkit.evaluation.tasks import (
     zeroshot,
 )
 
+if TYPE_CHECKING:
+    from clipkit.model import ClipModel
+
 __all__ = ["EvalDataset", "open_dataset", "resolve_templates", "export_clip_benchmark", "export_labelled_folder",
            "TASKS", "classification_metrics", "evaluate", "evaluate_datasets", "linear_probe", "read_rows",
            "retrieval", "retrieval_metrics", "write_rows", "zeroshot"]
 
 
-def evaluate_datasets(model, paths: list[str], batch_size: int = 256, max_samples: int | None = None) -> dict[str, float]:
+def evaluate_datasets(model: ClipModel, paths: list[str], batch_size: int = 256, max_samples: int | None = None) -> dict[str, float]:
     """Each dataset's default task (zero-shot for labelled data, retrieval for caption data) as flat metrics.
 
     Returns {"<dataset name>/acc1": ..., "<name>/acc5": ..., "<name>/mean_per_class_recall": ...} for

@@ -33,9 +33,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
 
 from clipkit.data.folders import labelled_folder, read_caption, read_images
 from clipkit.data.shards import IMAGE_EXTENSIONS, expand_urls
@@ -71,7 +71,11 @@ class BenchmarkTemplate:
         return hash(self.text)
 
 
-def resolve_templates(spec) -> list:
+# What `templates=` takes: 'openai', 'simple', 'none', a file, or a list of templates (strings or callables).
+TemplateSpec = str | os.PathLike | Sequence[str | Callable[[str], str]]
+
+
+def resolve_templates(spec: TemplateSpec) -> list:
     """Templates from clipkit's specs ('openai', 'simple', 'none', a file, a list) where a file or string
     may also use CLIP_benchmark's "{c}" placeholder."""
     if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
@@ -125,7 +129,7 @@ class EvalDataset:
             return "retrieval"
         return "zeroshot"
 
-    def train_split(self) -> "EvalDataset | None":
+    def train_split(self) -> EvalDataset | None:
         """The layout's own training split (CLIP_benchmark's DIR/train), or None."""
         if self.layout != "clip_benchmark" or not (Path(self.path) / "train" / "nshards.txt").is_file():
             return None
@@ -159,7 +163,7 @@ class EvalDataset:
             # CLIP_benchmark's retrieval samples hold several captions, one a line; img2dataset's hold one.
             lines = text.splitlines() if self.layout == "clip_benchmark" else [text]
             captions = [c.strip() for c in lines if c.strip()] or None
-        label = None
+        label: int | str | None = None
         if self.layout == "clip_benchmark" and "cls" in raw:
             try:
                 label = int(raw["cls"].decode().strip())
@@ -220,7 +224,8 @@ def is_benchmark_dir(path: Path) -> bool:
 
 
 def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str | None = None,
-                 classnames: list[str] | str | None = None, templates=None, name: str | None = None) -> EvalDataset:
+                 classnames: list[str] | str | None = None, templates: TemplateSpec | None = None,
+                 name: str | None = None) -> EvalDataset:
     """Recognise the layout of `path` (see module docstring) and describe the dataset.
 
     `classnames` (a list or a file, one a line) and `templates` (see

@@ -18,8 +18,8 @@ import io
 import os
 import tarfile
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from PIL import Image
 
@@ -30,6 +30,7 @@ from clipkit.evaluation.datasets import (
     TEMPLATES_FILE,
     TYPE_FILE,
     Sample,
+    TemplateSpec,
     resolve_templates,
     template_text,
 )
@@ -71,9 +72,9 @@ def _as_sample(item, index: int) -> Sample:
 
 
 def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classnames: list[str] | None = None,
-                          templates=None, split: str = "test", dataset_type: str = "classification",
-                          shard_size: int = 10_000, progress: bool = False, *, overwrite: bool = False,
-                          inputs=()) -> dict:
+                          templates: TemplateSpec | None = None, split: str = "test",
+                          dataset_type: str = "classification", shard_size: int = 10_000, progress: bool = False,
+                          *, overwrite: bool = False, inputs: Iterable = ()) -> dict:
     """Write (image, label[, captions]) samples as split `split` of a CLIP_benchmark dataset in `out_dir`.
 
     Classification data needs a class index per sample (and `classnames`,
@@ -103,7 +104,8 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
         count, shards = 0, 0
         bar = tqdm(disable=not progress, unit="samples", desc=f"export {out_dir.name}/{split}")
         with atomic_directory(out_dir / split) as tmp:
-            tar = raw = None
+            tar: tarfile.TarFile | None = None
+            raw: io.BufferedWriter | None = None
             for index, item in enumerate(samples):
                 sample = _as_sample(item, index)
                 members = {}
@@ -121,12 +123,13 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
                     raise ValueError(f"samples[{index}] has no caption; a retrieval dataset needs at least one")
                 ext, payload = _image_member(sample.image)
                 if count % shard_size == 0:
-                    if tar is not None:
+                    if tar is not None and raw is not None:
                         tar.close()
                         raw.close()
                     raw = open(tmp / f"{shards}.tar", "wb")
                     tar = tarfile.open(fileobj=raw, mode="w")
                     shards += 1
+                assert tar is not None                  # the first sample opened a shard
                 key = f"s{count:07d}"
                 for member_ext, data in ((ext, payload), *members.items()):
                     info = tarfile.TarInfo(f"{key}.{member_ext}")
@@ -134,7 +137,7 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
                     tar.addfile(info, io.BytesIO(data))
                 count += 1
                 bar.update(1)
-            if tar is not None:
+            if tar is not None and raw is not None:
                 tar.close()
                 raw.close()
             if count == 0:
@@ -148,7 +151,7 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
         return {"path": str(out_dir), "split": split, "count": count, "shards": shards}
 
 
-def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, templates="openai",
+def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, templates: TemplateSpec = "openai",
                            split: str = "test", classnames: list[str] | None = None, captions: bool = True,
                            shard_size: int = 10_000, progress: bool = False, *, overwrite: bool = False) -> dict:
     """ROOT/<class>/* (captions from `<stem>.txt` beside images when `captions`) -> CLIP_benchmark's layout.
@@ -160,7 +163,7 @@ def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, 
     counted (the folder policy, clipkit.data.folders); the summary's "skipped" says how many.
     """
     paths, labels, classes = labelled_folder(root, classnames)
-    skipped = Counter()
+    skipped: Counter[str] = Counter()
 
     def samples():
         for i, path, _ in read_images(paths, skipped):        # decoded once to refuse junk; bytes copied as they are

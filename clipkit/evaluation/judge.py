@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -159,6 +160,9 @@ def pixels_to_x(pixels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the judge
 
+JudgeT = TypeVar("JudgeT", bound="Judge")
+
+
 class Judge:
     """A trained JudgeNet and the measures built on it (see the module docstring)."""
 
@@ -178,7 +182,7 @@ class Judge:
         return tuple(self.net.config.classes)
 
     @classmethod
-    def load(cls, directory) -> "Judge":
+    def load(cls: type[JudgeT], directory) -> JudgeT:
         """A judge saved by `save` / `clipkit judge train` (the run folder or its judge/ subfolder)."""
         directory = Path(directory)
         if not (directory / "model.safetensors").is_file() and (directory / "judge" / "model.safetensors").is_file():
@@ -221,7 +225,8 @@ class Judge:
     def logits(self, images, batch_size: int = 512) -> tuple[torch.Tensor, dict]:
         """(features (N, feature_dim), {head: logits (N, classes)}) of images at any square size."""
         x = resize_to(as_tensor(images), self.net.config.image_size)
-        feats, out = [], {a: [] for a in self.net.heads}
+        feats: list[torch.Tensor] = []
+        out: dict[str, list[torch.Tensor]] = {a: [] for a in self.net.heads}
         for i in range(0, len(x), batch_size):
             f, logits = self.net(x[i:i + batch_size])
             feats.append(f)

@@ -31,8 +31,10 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -40,6 +42,9 @@ import torch
 from clipkit.evaluation.datasets import EvalDataset, open_dataset
 from clipkit.io import output_file
 from clipkit.retrieval.zeroshot import class_vectors, metrics_from_logits
+
+if TYPE_CHECKING:
+    from clipkit.model import ClipModel
 
 # CLI task name -> CLIP_benchmark's task name (what the JSON rows say).
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval", "linear-probe": "linear_probe"}
@@ -62,8 +67,8 @@ class Features:
     """Image embeddings of a dataset with what each sample carried."""
 
     images: torch.Tensor                 # (N, D) unit norm
-    labels: np.ndarray | None            # (N,) int64 class indices
-    captions: list[list[str]] | None     # N lists of captions
+    labels: np.ndarray | None            # (N,) int64 class indices (need="labels")
+    captions: list[list[str] | None]     # N lists of captions (each non-empty when need="captions")
 
 
 def embed_dataset(model, dataset: EvalDataset, need: str, batch_size: int = 256, max_samples: int | None = None,
@@ -75,7 +80,10 @@ def embed_dataset(model, dataset: EvalDataset, need: str, batch_size: int = 256,
         raise ValueError(f"need={need!r}; expected 'labels' or 'captions'")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples={max_samples}; expected a positive int or None")
-    chunks, pending, labels, captions = [], [], [], []
+    chunks: list[torch.Tensor] = []
+    pending: list = []
+    labels: list[int | str | None] = []
+    captions: list[list[str] | None] = []
     bar = tqdm(total=max_samples, disable=not progress, unit="images", desc=f"embed {dataset.name}")
     for sample in dataset.samples():
         if need == "labels" and sample.label is None:
@@ -134,21 +142,22 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: 
             "mean_per_class_recall": report["balanced_accuracy"]}
 
 
-def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor, text_to_image,
-                      ks=RECALL_K, chunk: int = 1024) -> dict[str, float]:
+def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
+                      text_to_image: torch.Tensor | Sequence[int], ks: Sequence[int] = RECALL_K,
+                      chunk: int = 1024) -> dict[str, float]:
     """Recall@k both ways (module docstring); k is capped at the number of candidates."""
     text_to_image = torch.as_tensor(text_to_image, dtype=torch.long)
     n_img, n_txt = len(image_features), len(text_features)
     if len(text_to_image) != n_txt:
         raise ValueError(f"{n_txt} texts but {len(text_to_image)} text->image indices")
-    hits_img = {k: [] for k in ks}
+    hits_img: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, n_txt, chunk):                     # texts as queries over images
         scores = text_features[start:start + chunk] @ image_features.T                    # (t, N)
         top = scores.topk(min(max(ks), n_img), dim=1).indices
         correct = top == text_to_image[start:start + chunk, None]
         for k in ks:
             hits_img[k].append(correct[:, :k].any(1))
-    hits_txt = {k: [] for k in ks}
+    hits_txt: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     for start in range(0, n_img, chunk):                     # images as queries over texts
         scores = image_features[start:start + chunk] @ text_features.T                    # (i, T)
         top = scores.topk(min(max(ks), n_txt), dim=1).indices
@@ -164,14 +173,16 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
 
 # ----------------------------------------------------------------------------- tasks
 
-def zeroshot(model, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
+def zeroshot(model: ClipModel, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
              progress: bool = False) -> tuple[dict, int]:
     """(metrics, samples evaluated) of zero-shot classification."""
     features = embed_dataset(model, dataset, "labels", batch_size, max_samples, progress)
     classnames, templates = _classes_and_templates(dataset)
     weights = class_vectors(model, classnames, templates, batch_size=batch_size)       # (C, D)
     logits = 100.0 * features.images @ weights.T                                        # (N, C)
-    return classification_metrics(logits.numpy(), features.labels, len(classnames)), len(features.labels)
+    labels = features.labels
+    assert labels is not None                                                           # need="labels"
+    return classification_metrics(logits.numpy(), labels, len(classnames)), len(labels)
 
 
 def _classes_and_templates(dataset: EvalDataset):
@@ -187,17 +198,18 @@ def _classes_and_templates(dataset: EvalDataset):
     return dataset.classnames, dataset.templates
 
 
-def retrieval(model, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
-              ks=RECALL_K, progress: bool = False) -> tuple[dict, int]:
+def retrieval(model: ClipModel, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
+              ks: Sequence[int] = RECALL_K, progress: bool = False) -> tuple[dict, int]:
     """(metrics, images evaluated) of image-text retrieval."""
     features = embed_dataset(model, dataset, "captions", batch_size, max_samples, progress)
-    texts = [t for caps in features.captions for t in caps]
-    text_to_image = [i for i, caps in enumerate(features.captions) for _ in caps]
+    captions = cast("list[list[str]]", features.captions)        # need="captions": every sample has some
+    texts = [t for caps in captions for t in caps]
+    text_to_image = [i for i, caps in enumerate(captions) for _ in caps]
     text_features = model.encode_texts(texts, batch_size=batch_size)
     return retrieval_metrics(features.images, text_features, text_to_image, ks), len(features.images)
 
 
-def linear_probe(model, dataset: EvalDataset, train: EvalDataset | None = None, val_proportion: float = 0.2,
+def linear_probe(model: ClipModel, dataset: EvalDataset, train: EvalDataset | None = None, val_proportion: float = 0.2,
                  seed: int = 0, batch_size: int = 256, max_samples: int | None = None,
                  progress: bool = False) -> tuple[dict, int, dict]:
     """(metrics, test samples, info) of a logistic-regression probe (module docstring)."""
@@ -205,12 +217,14 @@ def linear_probe(model, dataset: EvalDataset, train: EvalDataset | None = None, 
         raise ValueError(f"val_proportion={val_proportion}; expected a fraction in (0, 1)")
     test = embed_dataset(model, dataset, "labels", batch_size, max_samples, progress)
     x_test, y_test = test.images.numpy(), test.labels
+    assert y_test is not None                                   # need="labels"
     train = train if train is not None else dataset.train_split()
     if train is not None:
         if train.classnames is None:
             train.classnames = dataset.classnames
         fit = embed_dataset(model, train, "labels", batch_size, max_samples, progress)
         x_fit, y_fit, source = fit.images.numpy(), fit.labels, f"{train.name}:{train.split}"
+        assert y_fit is not None                                # need="labels"
     else:
         fit_idx, test_idx = _split(y_test, 0.5, seed)
         x_fit, y_fit = x_test[fit_idx], y_test[fit_idx]
@@ -283,14 +297,15 @@ def _search_c(x_tr, y_tr, x_va, y_va, num_classes: int) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- rows
 
-def evaluate(model, dataset: EvalDataset | str | os.PathLike, task: str = "auto", *, batch_size: int = 256,
-             max_samples: int | None = None, recall_k=RECALL_K, train=None, val_proportion: float = 0.2,
+def evaluate(model: ClipModel, dataset: EvalDataset | str | os.PathLike, task: str = "auto", *,
+             batch_size: int = 256, max_samples: int | None = None, recall_k: Sequence[int] = RECALL_K,
+             train: EvalDataset | str | os.PathLike | None = None, val_proportion: float = 0.2,
              seed: int = 0, model_name: str | None = None, pretrained: str | None = None,
              progress: bool = False) -> dict:
     """One result row for (model, dataset, task), shaped like CLIP_benchmark's output JSON plus provenance."""
     ds = dataset if isinstance(dataset, EvalDataset) else open_dataset(dataset)
     short = ds.default_task if task == "auto" else task_name(task)
-    info = {}
+    info: dict = {}
     if short == "zeroshot":
         metrics, n = zeroshot(model, ds, batch_size, max_samples, progress)
     elif short == "retrieval":
@@ -333,7 +348,7 @@ def is_rows_file(path: str | os.PathLike) -> str | None:
 
 
 def write_rows(rows: list[dict], path: str | os.PathLike, append: bool = True, *, overwrite: bool = False,
-               inputs=()) -> Path:
+               inputs: Iterable = ()) -> Path:
     """Write rows as JSON lines (atomically; appended to what `path` holds unless append=False).
 
     `path` must be new or a rows file of ours (clipkit.io.check_output_path; a JSON-lines file of

@@ -47,3 +47,14 @@ class BadImageError(UserError, ValueError):
 class NonFiniteError(UserError, ValueError):
     """NaN or inf where a finite value is needed (a tensor a user passed); nothing was computed or written from it.
     (A training loss that becomes NaN is clipkit.train.runtime.NonFiniteLossError, a UserError too.)"""
+
+
+def positive_int(value, name: str) -> int:
+    """`value` as an int when it is a whole number >= 1: an int or a NumPy integer (what indexing and array
+    arithmetic hand back), never a bool or a float; else ValueError naming `name` and the value. The one check
+    of every count a public function takes (k, batch sizes, parts)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}={value!r}; expected a positive int")
+    return int(value)

@@ -20,6 +20,7 @@ import shutil
 import socket
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,7 +29,17 @@ import braceexpand
 
 from clipkit import __version__
 from clipkit.io.errors import DamagedFileError, IncompleteOutputError, OutputError, OutputInUseError  # noqa: F401
-from clipkit.io.files import _named, _swap_into_place, atomic_file, current_umask, process_alive, read_json, write_json
+from clipkit.io.files import (
+    _named,
+    _swap_into_place,
+    _temp_prefix,
+    atomic_file,
+    clean_stale_temps,
+    current_umask,
+    process_alive,
+    read_json,
+    write_json,
+)
 
 MANIFEST_NAME = "manifest.json"
 PARTIAL_MARKER = ".clipkit-partial.json"
@@ -172,6 +183,16 @@ def lock_path_for(path: str | os.PathLike) -> Path:
 def partial_dir_for(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path.parent / f".{path.name}.partial"
+
+
+def _stage_is_ours(stage_dir: Path, format: str) -> bool:
+    """A staging folder a writer of `format` left (killed with -9, a full disk, a crash): it carries our
+    partial marker (killed while writing the parts), or a manifest of `format` and no marker (killed while
+    publishing: between removing the marker and the swap, or after the swap, when it holds the previous
+    output of ours that was being removed)."""
+    if stage_dir.is_symlink() or not stage_dir.is_dir():
+        return False
+    return _json_format(stage_dir / PARTIAL_MARKER) == format or output_format(stage_dir) == format
 
 
 def _dead_writer(holder: dict) -> bool:
@@ -382,14 +403,16 @@ def output_owner(path: str | os.PathLike, kind: str = "folder", recognise: Calla
 
 def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (), overwrite: bool = False,
                       flag: str = "--overwrite", *, kind: str = "folder",
-                      recognise: Callable[[Path], str | None] | None = None) -> bool:
+                      recognise: Callable[[Path], str | None] | None = None, staged: bool = False) -> bool:
     """The one rule of every writer: may output PATH (a `kind` "folder" or "file" of `format`) be written?
 
     Returns True when PATH holds a previous output of ours of the same format, False when it is new
     (an empty folder counts as new) or `overwrite` lets us replace what is there. Refused (OutputError,
     one line naming the path and the fix): PATH equal to, inside, or containing an input path; a
     parent that is a file; an existing path that is not ours (see output_owner) unless `overwrite`;
-    a folder where a single file is to go, even with `overwrite`.
+    a folder where a single file is to go, even with `overwrite`; a lock name beside PATH taken by
+    something clipkit did not make there, and for a `staged` output (staged_output) its staging folder
+    name too (even with `overwrite`).
     """
     if kind not in ("folder", "file"):
         raise ValueError(f"kind={kind!r}; expected 'folder' or 'file'")
@@ -408,6 +431,10 @@ def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (
                 raise OutputError(f"output {str(path)!r} contains the input {str(name)!r}; replacing it would "
                                   f"destroy the input. Choose another output path")
     check_lock_name(lock_path_for(path) if kind == "folder" else lock_path_for(path.parent / FILES_MARKER))
+    stage_dir = partial_dir_for(path)
+    if staged and os.path.lexists(stage_dir) and not _stage_is_ours(stage_dir, format):
+        raise OutputError(f"{str(stage_dir)!r} exists and was not made by clipkit for a {format}; move it away "
+                          f"(clipkit stages {str(path)!r} there)")
     for parent in Path(os.path.abspath(path)).parents:
         if os.path.lexists(parent):
             if not parent.is_dir():
@@ -512,27 +539,36 @@ class Stage:
 
 
 def begin_stage(path: str | os.PathLike, format: str, resume: bool = False) -> Stage:
-    """Create (or, with `resume`, keep) the staging folder `.NAME.partial` beside PATH. Hold the lock first."""
+    """Create (or, with `resume`, keep) the staging folder `.NAME.partial` beside PATH. Hold the lock first.
+
+    A staging folder a killed writer of this format left is recognised (_stage_is_ours) and removed, or
+    kept with `resume` when it still carries its partial marker; anything else at that name is refused.
+    The folder is made complete with its marker under a temporary name and renamed into place, so a
+    kill -9 at any point leaves either nothing of ours at `.NAME.partial` or a folder we recognise (and a
+    temporary sibling that the next writer removes: clean_stale_temps).
+    """
     path = Path(path)
     stage_dir = partial_dir_for(path)
     marker = stage_dir / PARTIAL_MARKER
     resumed = False
+    clean_stale_temps(stage_dir)
     if os.path.lexists(stage_dir):
-        ours = (stage_dir.is_dir() and not stage_dir.is_symlink() and _json_format(marker) == format)
-        if not ours:
+        if not _stage_is_ours(stage_dir, format):
             raise OutputError(f"{str(stage_dir)!r} exists and was not made by clipkit for a {format}; move it away "
                               f"(clipkit stages {str(path)!r} there)")
-        if resume:
+        if resume and _json_format(marker) == format:
             resumed = True
         else:
             shutil.rmtree(stage_dir)
     if not resumed:
         try:
-            stage_dir.mkdir(parents=True)
+            fresh = Path(tempfile.mkdtemp(prefix=_temp_prefix(stage_dir), suffix=".tmp", dir=stage_dir.parent))
+            os.chmod(fresh, 0o777 & ~current_umask())
+            write_json(fresh / PARTIAL_MARKER, {"format": format, "output": str(path), "pid": os.getpid(),
+                                                "host": socket.gethostname(), "started": time.time()})
+            os.rename(fresh, stage_dir)
         except OSError as e:
             raise _named(e, stage_dir) from e
-        write_json(marker, {"format": format, "output": str(path), "pid": os.getpid(), "host": socket.gethostname(),
-                            "started": time.time()})
     return Stage(path, format, resumed)
 
 
@@ -554,13 +590,16 @@ def staged_output(path: str | os.PathLike, format: str, *, inputs: Iterable = ()
 
     The block must end by calling write_manifest(stage.dir, format, ...). On an
     exception the staging folder is removed, or kept for a later `resume` when
-    `keep_partial`; the previous output at PATH is untouched either way.
+    `keep_partial`; the previous output at PATH is untouched either way. What a
+    writer killed with -9 left (its staging folder, temporary siblings) is
+    removed by the next write of PATH (begin_stage, clean_stale_temps).
     """
     path = Path(path)
     inputs = list(inputs)
-    check_output_path(path, format, inputs, overwrite, flag)
+    check_output_path(path, format, inputs, overwrite, flag, staged=True)
     with output_lock(path):
-        check_output_path(path, format, inputs, overwrite, flag)     # again, now that we hold the lock
+        check_output_path(path, format, inputs, overwrite, flag, staged=True)     # again, now that we hold the lock
+        clean_stale_temps(path)                                      # a killed atomic writer's siblings of PATH
         stage = begin_stage(path, format, resume=resume)
         try:
             yield stage

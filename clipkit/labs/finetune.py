@@ -28,17 +28,17 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from clipkit.shapes import world as shapes
-from clipkit.io.figures import save_figure
+import clipkit
 from clipkit.data.shards import write_shards
-from clipkit.shapes.benchmark import export_shapes_benchmark, slice_samples
+from clipkit.evaluation import evaluate, write_rows
 from clipkit.evaluation.tasks import json_safe
 from clipkit.io import write_json
-from clipkit.train.clip import ClipTrainConfig, train_clip
-import clipkit
-from clipkit.evaluation import evaluate, write_rows
-from clipkit.wiseft import plot_tradeoff, wiseft_sweep
+from clipkit.io.figures import save_figure
 from clipkit.io.report import Figure, Section, write_report
+from clipkit.shapes import world as shapes
+from clipkit.shapes.benchmark import export_shapes_benchmark, slice_samples
+from clipkit.train.clip import ClipTrainConfig, train_clip
+from clipkit.wiseft import plot_tradeoff, wiseft_sweep
 
 VARIANTS = {"full": {}, "lock-image": {"lock_image": True}, "lock-text": {"lock_text": True}}
 
@@ -116,8 +116,10 @@ def _scores(rows: list[dict]) -> dict:
     return {"slice": mean("slice_"), "rest": mean("rest_"), "per_dataset": per}
 
 
-def run_finetune_experiment(cfg: FinetuneExperiment = FinetuneExperiment()) -> dict:
-    """Run (or resume) the experiment; returns what results.json holds."""
+def run_finetune_experiment(cfg: FinetuneExperiment | None = None) -> dict:
+    """Run (or resume) the experiment (default: FinetuneExperiment()); returns what results.json holds."""
+    if cfg is None:
+        cfg = FinetuneExperiment()
 
     root = Path(cfg.out_dir)
     bench = _write_data(cfg, root)
@@ -129,7 +131,8 @@ def run_finetune_experiment(cfg: FinetuneExperiment = FinetuneExperiment()) -> d
         models[variant] = _train(cfg, root / f"ft-{variant}", model=base, train_data=str(root / "data/slice"),
                                  max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
                                  warmup_steps=max(1, cfg.finetune_steps // 10), **locks)
-    results, all_rows = {"config": asdict(cfg), "models": {}, "wiseft": []}, []
+    results: dict = {"config": asdict(cfg), "models": {}, "wiseft": []}
+    all_rows: list[dict] = []
     for name, path in models.items():
         model = clipkit.load(path, device="cpu")
         rows = [{**evaluate(model, d, "zeroshot", model_name=name), "model_path": path} for d in datasets]

@@ -129,7 +129,7 @@ def find_pictures(theme_dir: str | os.PathLike, size: int = 64, categories=None,
         if len(rel) != 3 or "@" in rel[0] or "@" in rel[1]:
             continue
         first, second, file = rel
-        for size_dir, category in ((first, second), (second, first)):
+        for size_dir, category in ((first, second), (second, first)):  # noqa: B007 (category is read after the break)
             match = _SIZE_DIR.match(size_dir)
             if match or size_dir in ("scalable", "symbolic"):
                 nominal = int(match.group(1)) if match else 10_000
@@ -268,7 +268,8 @@ def make_icon_set(theme: str | os.PathLike, out: str | os.PathLike, size: int = 
     with staged_output(out, FORMAT, inputs=[theme_dir], overwrite=overwrite) as stage, \
             tqdm(total=len(pictures) * renders_per_icon, desc=f"render {theme_dir.name}", unit="img",
                  disable=not progress) as bar:
-        parts, counts = {}, {}
+        parts: dict[str, int | None] = {}
+        counts: dict[str, int] = {}
         for split in SPLITS:
             written = write_shards(split_renders(split, bar), stage.dir / split, shard_size=shard_size)
             counts[split] = written["count"]

@@ -1,6 +1,7 @@
 """Embedding arithmetic: a small, safe expression language over CLIP embeddings, and nearest words.
 
     v = evaluate_expression(model, 'img:"hat.png" - img:"bare.png" + 0.5 * text:"a hat"')   # (D,) float32
+    v = evaluate_expression(model, 'img:"42" + text:"a hat"', images={"42": index.vectors([42])[0]})
     nearest_words(model, v, k=5)          # [("hat", 0.41), ("cap", 0.33), ...] over clipkit/data/vocabulary.txt
 
 Grammar (recursive descent; nothing is ever passed to eval):
@@ -12,7 +13,9 @@ Grammar (recursive descent; nothing is ever passed to eval):
              | normalize "(" expr ")" | mean "(" expr ("," expr)* ")"
 
 Strings take double or single quotes, with backslash escapes. `img:` and
-`text:` references become unit-norm embeddings of the model; numbers scale
+`text:` references become unit-norm embeddings of the model (an `img:` name
+found in `images` stands for what it maps to: a stored (D,) embedding, used
+without encoding, or an image to encode; any other `img:` name is a file); numbers scale
 vectors; adding a number to a vector, or multiplying two vectors, is an
 error. Errors are ExpressionError (a ValueError) naming the 0-based column
 and showing a caret under it.
@@ -22,11 +25,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from clipkit.io.errors import positive_int
 
 VOCABULARY_PATH = Path(__file__).resolve().parents[1] / "data" / "vocabulary.txt"   # clipkit/data/
 FUNCTIONS = ("normalize", "mean")
@@ -229,28 +235,55 @@ def references(node: Node) -> list[tuple[str, str, int]]:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate_expression(model, expression: str, base_dir: str | os.PathLike | None = None) -> np.ndarray:
-    """Evaluate to a (D,) float32 vector; img paths are relative to `base_dir` (default: cwd)."""
+def evaluate_expression(model, expression: str, base_dir: str | os.PathLike | None = None, *,
+                        images: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Evaluate to a (D,) float32 vector; img paths are relative to `base_dir` (default: cwd).
+
+    `images` maps img: names to what they stand for instead of a file: a (D,) vector (an indexed item's
+    stored embedding: `{"42": index.vectors([42])[0]}`), used unit-norm without encoding anything, or an
+    image (PIL, uint8 array) that the model encodes.
+    """
     tree = parse_expression(expression)
     refs = references(tree)
-    images = {}
+    given = dict(images or {})
+    emb: dict = {}
+    to_encode: dict[str, Any] = {}
     for kind, value, pos in refs:
-        if kind == "img":
-            path = Path(value) if base_dir is None or Path(value).is_absolute() else Path(base_dir) / value
-            if not path.is_file():
-                raise FileNotFoundError(f"img:{value!r} at position {pos}: no such image file ({str(path)!r})")
-            images[value] = str(path)
+        if kind != "img" or ("img", value) in emb or value in to_encode:
+            continue
+        if value in given:
+            item = given[value]
+            if (isinstance(item, np.ndarray) or hasattr(item, "detach")) and len(item.shape) == 1:
+                emb[("img", value)] = _stored_vector(item, value, pos, model.embed_dim, expression)
+            else:
+                to_encode[value] = item
+            continue
+        path = Path(value) if base_dir is None or Path(value).is_absolute() else Path(base_dir) / value
+        if not path.is_file():
+            raise FileNotFoundError(f"img:{value!r} at position {pos}: no such image file ({str(path)!r})")
+        to_encode[value] = str(path)
     texts = sorted({v for k, v, _ in refs if k == "text"})
-    emb = {}
-    if images:
-        vecs = model.encode_images(list(images.values())).numpy()
-        emb.update({("img", key): v for key, v in zip(images, vecs)})
+    if to_encode:
+        vecs = model.encode_images(list(to_encode.values())).numpy()
+        emb.update({("img", key): v for key, v in zip(to_encode, vecs)})
     if texts:
         emb.update({("text", t): v for t, v in zip(texts, model.encode_texts(texts).numpy())})
     result = _eval(tree, emb, expression)
     if not isinstance(result, np.ndarray):
         raise ExpressionError("the expression is a number; it must produce a vector (use img: or text:)", expression, 0)
     return result.astype(np.float32)
+
+
+def _stored_vector(item, name: str, pos: int, dim: int, expression: str) -> np.ndarray:
+    """A given (D,) embedding for img:NAME: the model's dim, finite, not zero; returned unit-norm."""
+    v = np.asarray(item.detach().cpu() if hasattr(item, "detach") else item, dtype=np.float32)
+    if v.shape != (dim,):
+        raise ExpressionError(f"img:{name!r} stands for a vector of shape {v.shape}; the model embeds in dim {dim}",
+                              expression, pos)
+    norm = float(np.linalg.norm(v)) if np.isfinite(v).all() else float("nan")
+    if not norm > 1e-12:
+        raise ExpressionError(f"img:{name!r} stands for a vector that is zero or holds NaN / inf", expression, pos)
+    return v / norm                               # unit-norm, like every embedding a reference becomes
 
 
 def _eval(node: Node, emb: dict, text: str):
@@ -318,8 +351,7 @@ def vocabulary_embeddings(model, vocabulary=None, template: str = "{}") -> tuple
 
 def nearest_words(model, vector, k: int = 5, vocabulary=None, template: str = "{}") -> list[tuple[str, float]]:
     """The k vocabulary words whose text embeddings have the highest cosine with `vector`."""
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k={k!r}; expected a positive int")
+    k = positive_int(k, "k")
     v = np.asarray(vector.detach().cpu() if hasattr(vector, "detach") else vector, dtype=np.float32).reshape(-1)
     words, emb = vocabulary_embeddings(model, vocabulary, template)
     if v.shape[0] != emb.shape[1]:

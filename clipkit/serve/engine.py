@@ -23,11 +23,9 @@ import contextlib
 import functools
 import io
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +33,6 @@ from PIL import Image, UnidentifiedImageError
 
 from clipkit import __version__
 from clipkit.images import to_rgb
-from clipkit.io import atomic_file
 from clipkit.retrieval.arithmetic import (
     ExpressionError,
     evaluate_expression,
@@ -214,38 +211,47 @@ class Engine:
                                                  precision=self.config.precision).numpy())
 
     def expression_vector(self, expression: str, model=None, upload: Image.Image | None = None) -> np.ndarray:
-        """Evaluate an arithmetic expression where img:"42" is indexed item 42 and img:"upload" the upload."""
+        """Evaluate an arithmetic expression where img:"42" is indexed item 42 and img:"upload" the upload.
+
+        An indexed item stands for its stored vector (no image is read or encoded) when the expression is
+        evaluated with the index's own model and the index can give vectors back; otherwise (the unCLIP
+        pipeline's CLIP is another model, an IVF index without a direct map) its image is encoded."""
         text = self.check_text(expression, "expression")
+        model = model or self.model
         try:
             refs = references(parse_expression(text))
         except ExpressionError as e:
             raise ClientError(400, str(e)) from None
-        with tempfile.TemporaryDirectory(prefix="clipkit-serve-") as scratch:
-            written: set[str] = set()
-            for kind, value, pos in refs:
-                if kind != "img" or value in written:
-                    continue
-                if value == "upload":
-                    if upload is None:
-                        raise ClientError(400, f'img:"upload" at position {pos} needs an uploaded image with the '
-                                               f"request")
-                    image = upload
-                elif (match := _ID_REF.match(value)) is not None:
-                    image = self.catalog.image(int(match.group(1)))
-                else:
-                    raise ClientError(400, f"img:{value!r} at position {pos}: the server reads only indexed items "
-                                           f'by id (img:"42") or the uploaded image (img:"upload"), never a path')
-                with atomic_file(Path(scratch) / value) as f:
-                    image.save(f, format="PNG")
-                written.add(value)
-            try:
-                vector = evaluate_expression(model or self.model, text, base_dir=scratch)
-            except ExpressionError as e:                   # type errors: a vector times a vector, ...
-                raise ClientError(400, str(e)) from None
+        images: dict[str, object] = {}
+        for kind, value, pos in refs:
+            if kind != "img" or value in images:
+                continue
+            if value == "upload":
+                if upload is None:
+                    raise ClientError(400, f'img:"upload" at position {pos} needs an uploaded image with the '
+                                           f"request")
+                images[value] = upload
+            elif (match := _ID_REF.match(value)) is not None:
+                images[value] = self._item_reference(int(match.group(1)), model)
+            else:
+                raise ClientError(400, f"img:{value!r} at position {pos}: the server reads only indexed items "
+                                       f'by id (img:"42") or the uploaded image (img:"upload"), never a path')
+        try:
+            vector = evaluate_expression(model, text, images=images)
+        except ExpressionError as e:                   # type errors: a vector times a vector, ...
+            raise ClientError(400, str(e)) from None
         norm = float(np.linalg.norm(vector))
         if norm < 1e-6:
             raise ClientError(400, "the expression evaluates to a zero vector; there is nothing to search for")
         return (vector / norm).astype(np.float32)
+
+    def _item_reference(self, item_id: int, model):
+        """What img:"ID" stands for: the stored vector (same model as the index), else the item's image."""
+        self.catalog.row(item_id)                              # 404 for an id not in the index
+        if model is self.model or model.identity == self.model.identity:
+            with contextlib.suppress(RuntimeError):            # an IVF index without a direct map
+                return self.index.vectors([item_id])[0]
+        return self.catalog.image(item_id)
 
     def nearest_words(self, vector: np.ndarray, k: int = 5) -> list[dict]:
         return [{"word": w, "score": round(s, 4)} for w, s in nearest_words(self.model, vector, k=k)]

@@ -18,11 +18,11 @@ slice of the world, e.g. `lambda a: a.color in ("red", "blue")`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from clipkit.shapes import world as shapes
 from clipkit.evaluation import export_clip_benchmark
+from clipkit.shapes import world as shapes
 
 
 def slice_samples(split: str, num: int, seed: int, where: Callable | None = None, image_size: int = 32) -> list:

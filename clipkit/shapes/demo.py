@@ -13,35 +13,38 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
-from clipkit.shapes import config_path
-from clipkit.io import claim_output, write_json
-from clipkit.shapes.world import generate, write_split
-from clipkit.images import make_grid
-from clipkit.shapes.evaluate import clip_evaluator
-from clipkit.train.clip import ClipTrainConfig, train_clip
-from clipkit.config import load_config
 import clipkit
-from clipkit.shapes.world import attribute_classes
+from clipkit.config import load_config
 from clipkit.data.shards import read_samples
-from clipkit.shapes.evaluate import attribute_accuracy
-from clipkit.retrieval.embeddings.reader import EmbeddingFolder
-from clipkit.retrieval.embeddings.writer import write_embeddings
-from clipkit.retrieval.index.core import EmbeddingIndex
-from clipkit.shapes.evaluate import hat_vector_experiment
-from clipkit.train.unclip import DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig, train_decoder, train_prior, train_upsampler
-from clipkit.shapes.unclip_eval import evaluate_unclip
-from clipkit.shapes.world import ShapeAttributes, render
-from clipkit.unclip.pipeline import to_pil
-from clipkit.labs.spiral import run_spiral_lab
-from clipkit.perf import torch_threads
+from clipkit.images import make_grid
+from clipkit.io import claim_output, write_json
 from clipkit.labs.genlab import GenLabConfig, run_gen_lab
 from clipkit.labs.genlab.priors import compare_priors
 from clipkit.labs.genlab.report import REPRODUCED, claims
+from clipkit.labs.spiral import run_spiral_lab
+from clipkit.perf import torch_threads
+from clipkit.retrieval.embeddings.reader import EmbeddingFolder
+from clipkit.retrieval.embeddings.writer import write_embeddings
+from clipkit.retrieval.index.core import EmbeddingIndex
+from clipkit.shapes import config_path
+from clipkit.shapes.evaluate import attribute_accuracy, clip_evaluator, hat_vector_experiment
 from clipkit.shapes.report import write_demo_report
+from clipkit.shapes.unclip_eval import evaluate_unclip
+from clipkit.shapes.world import ShapeAttributes, attribute_classes, generate, render, write_split
+from clipkit.train.clip import ClipTrainConfig, train_clip
+from clipkit.train.unclip import (
+    DecoderTrainConfig,
+    PriorTrainConfig,
+    UpsamplerTrainConfig,
+    train_decoder,
+    train_prior,
+    train_upsampler,
+)
+from clipkit.unclip.pipeline import to_pil
 
 DEMO_FORMAT = "clipkit-demo"                # the marker of a folder the demo writes into
 
@@ -69,7 +72,7 @@ class DemoSettings:
     genlab_prior_steps: int = 300        # steps of each prior in the AR-vs-diffusion prior comparison
 
     @classmethod
-    def for_mode(cls, quick: bool) -> "DemoSettings":
+    def for_mode(cls, quick: bool) -> DemoSettings:
         if quick:
             return cls(train_samples=3_000, val_samples=500, holdout_samples=300, hat_pairs=100, shard_size=1_000,
                        clip_config="shapes-tiny.json",
@@ -274,12 +277,14 @@ def stage_genlab(out: Path, s: DemoSettings, clip_dir: Path, pipeline: Path) -> 
     """Autoregression vs diffusion on images (clipkit.labs.genlab), plus unCLIP's AR prior against the
     diffusion prior on the demo's CLIP and decoder."""
 
-    config = replace(GenLabConfig(), budget_seconds=s.genlab_budget)
+    budget = s.genlab_budget
+    assert budget is not None                   # the stage runs only with a budget
+    config = replace(GenLabConfig(), budget_seconds=budget)
     with torch_threads(config.threads):
         priors = compare_priors(str(clip_dir), out / "priors", pipeline=str(pipeline), steps=s.genlab_prior_steps)
     metrics = run_gen_lab(out, config=config, prior_comparison=priors)
     reproduced = sum(status == REPRODUCED for _, status, _ in claims(metrics))
-    return {"summary": f"{reproduced} of 5 claims reproduced, {s.genlab_budget:.0f} s of training per model",
+    return {"summary": f"{reproduced} of 5 claims reproduced, {budget:.0f} s of training per model",
             "metrics": metrics}
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clipkit.retrieval.arithmetic import nearest_words, vocabulary_embeddings
-from clipkit.shapes import world as shapes
 from clipkit.data.shards import read_samples
+from clipkit.retrieval.arithmetic import nearest_words, vocabulary_embeddings
 from clipkit.retrieval.zeroshot import ZeroShotClassifier
+from clipkit.shapes import world as shapes
 
 ATTRIBUTES = shapes.ATTRIBUTES
 

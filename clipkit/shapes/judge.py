@@ -130,10 +130,10 @@ class ShapesJudge(Judge):
 
     def __init__(self, net: JudgeNet, training: dict | None = None):
         super().__init__(net, training)
-        self._accuracy = None
+        self._accuracy: tuple[tuple[int, tuple], dict] | None = None
 
     @classmethod
-    def load(cls, directory=None) -> "ShapesJudge":
+    def load(cls, directory=None) -> ShapesJudge:
         """The shipped judge (clipkit/shapes/judge_weights), or one saved by `train_judge(out_dir=...)`."""
         return super().load(directory if directory is not None else WEIGHTS_DIR)
 
@@ -168,7 +168,7 @@ class ShapesJudge(Judge):
 
         {"val": {...}, "holdout": {...}, "val@64": {...}, ...}: the first size unsuffixed."""
         if self._accuracy is None or self._accuracy[0] != (num, sizes):
-            result = {"num": num}
+            result: dict = {"num": num}
             for size in sizes:
                 for split in ("val", "holdout"):
                     x, attrs = real_images(split, num, size, seed=REAL_SEED + 1)
@@ -254,6 +254,7 @@ def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 40, batch_size: int = 128, lr
                                   warmup_steps=max(1, int(0.15 * steps)), mixed_precision="no", progress=progress,
                                   log_every=max(1, min(50, steps)))
         judge, record = fit_judge(config, shapes_config(), x, y, judge_cls=ShapesJudge)
+    assert isinstance(judge, ShapesJudge)
     record.update({"sizes": list(sizes), "combinations": len(combos)})
     record["real_accuracy"] = judge.real_accuracy()
     judge.training = record

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipkit.io.report import Figure, Section, write_report
-from clipkit.labs.spiral.lab import spiral_section
 from clipkit.labs.genlab.report import genlab_sections
+from clipkit.labs.spiral.lab import spiral_section
 
 
 def _pct(x) -> str:

@@ -34,12 +34,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipkit.shapes import world as shapes
-from clipkit.shapes.judge import ShapesJudge
+from clipkit.images import make_grid
 from clipkit.io import atomic_file, write_json
 from clipkit.io.figures import save_figure
+from clipkit.shapes import world as shapes
+from clipkit.shapes.judge import ShapesJudge
 from clipkit.unclip.pipeline import to_pil
-from clipkit.images import make_grid
 
 ATTRS = ("shape", "color", "size", "position", "hat")
 
@@ -220,7 +220,7 @@ def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guida
                                 seed=seed), out / "interpolation.png")
 
     # ---------------------------------------------------------------- samplers
-    samplers = {"ddim-%d" % steps: ("ddim", steps, num), **(samplers or {})}
+    samplers = {f"ddim-{steps}": ("ddim", steps, num), **(samplers or {})}
     metrics["samplers"] = {}
     for name, (kind, n_steps, n_img) in samplers.items():
         t0 = time.time()

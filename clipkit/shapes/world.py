@@ -19,11 +19,12 @@ Splits:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
+
 from clipkit.data.shards import write_shards
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross", "heart")
@@ -163,7 +164,7 @@ def render(attrs: ShapeAttributes, image_size: int = 32) -> Image.Image:
     top = _draw_shape(draw, attrs.shape, cx, cy, r, COLORS[attrs.color])
     if attrs.hat:
         _draw_hat(draw, cx, top + 0.5 * scale, r, scale)
-    return img.resize((image_size, image_size), Image.BOX)  # area average: no ringing
+    return img.resize((image_size, image_size), Image.Resampling.BOX)  # area average: no ringing
 
 
 # ----------------------------------------------------------------------------- captions
@@ -192,7 +193,8 @@ def caption(attrs: ShapeAttributes, rng: np.random.Generator) -> str:
         if rng.random() < 0.3:
             text = f"a hat on {phrase}{where}{background}"
         else:
-            text = f"{phrase} {rng.choice(['wearing a hat', 'with a hat', 'in a top hat', 'wearing a black hat'])}{where}{background}"
+            hat = rng.choice(["wearing a hat", "with a hat", "in a top hat", "wearing a black hat"])
+            text = f"{phrase} {hat}{where}{background}"
     elif not attrs.hat and rng.random() < 0.3:
         text = f"{phrase} {rng.choice(['without a hat', 'with no hat', 'not wearing a hat'])}{where}{background}"
     else:

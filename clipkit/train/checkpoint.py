@@ -38,7 +38,9 @@ CHECKPOINT_FORMAT = "clipkit-checkpoint"
 def _rng_state() -> dict:
     """This process's python / numpy / torch (/ cuda) RNG states as JSON-ready lists."""
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)                  # the legacy form, numpy's default
+    name, keys, pos, has_gauss, cached = np_state
     out = {"python": [version, list(internal), gauss],
            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
            "torch": torch.get_rng_state().tolist()}

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,12 +111,12 @@ class ShardBatches:
         self.epoch, self.micro_in_epoch = int(state.get("epoch", 0)), int(state.get("micro_in_epoch", 0))
         self.counter = SkipCounter()
         self.transform = train_preprocess(clip, config.crop_scale)
-        self._batches = None
+        self._batches: Iterator | None = None
         self._yielded_this_epoch = self.micro_in_epoch
         self.passes = 1                                     # passes over the data started by this run
         self._first_pass_skips: dict | None = None          # a bad sample is met again on every pass
 
-    def _open(self):
+    def _open(self) -> Iterator:
         c = self.config
         pipeline, _ = shard_pipeline(
             self.urls, self.transform, self.clip.tokenizer, batch_size=c.batch_size, shuffle=c.shuffle_buffer,
@@ -136,6 +137,7 @@ class ShardBatches:
             batch = next(self._batches, None)
             if not _all_ranks_have(self.accelerator, batch):
                 return None
+            assert batch is not None                        # this rank has one (all ranks do)
             micro.append(tuple(t.to(self.accelerator.device, non_blocking=True) for t in batch))
         self.micro_in_epoch += len(micro)
         self._yielded_this_epoch += len(micro)
@@ -174,7 +176,7 @@ class ShardBatches:
 
 def _build_clip(config: ClipTrainConfig):
     clip = resolve_model(config.model, pretrained=config.pretrained, device="cpu", seed=config.seed)
-    module = clip.model
+    module: Any = clip.model                 # open_clip's CLIP, untyped: its set_grad_checkpointing, lock_*_tower
     if config.loss == "siglip" and getattr(module, "logit_bias", None) is None:
         raise ValueError(f"loss='siglip' needs a model with a logit_bias (init_logit_bias in its model_cfg); "
                          f"{config.model!r} has none")
@@ -208,7 +210,7 @@ def train_clip(config: ClipTrainConfig, evaluators: tuple[Callable, ...] = ()) -
         return _train_clip(trainer, evaluators, export)
 
 
-def _train_clip(trainer: Trainer, evaluators, export: Path) -> dict:
+def _train_clip(trainer: Trainer[ClipTrainConfig], evaluators, export: Path) -> dict:
     config, accelerator, run = trainer.config, trainer.accelerator, trainer.run
     started = time.time()
     clip = _build_clip(config)                              # after the trainer's seed: the same init on every rank
@@ -218,7 +220,9 @@ def _train_clip(trainer: Trainer, evaluators, export: Path) -> dict:
         raise ValueError(f"cannot tell how many samples {config.train_data!r} holds (no *_stats.json); "
                          f"set train_num_samples")
     trainer.prepare(module, num_samples, model=clip.config.name)
-    data = ShardBatches(config, clip, accelerator, trainer.steps_per_epoch * config.grad_accum, trainer.state)
+    steps_per_epoch = trainer.steps_per_epoch
+    assert steps_per_epoch is not None                      # an epoch of num_samples
+    data = ShardBatches(config, clip, accelerator, steps_per_epoch * config.grad_accum, trainer.state)
 
     eval_sets = {}
     if accelerator.is_main_process:
@@ -260,7 +264,7 @@ def _train_clip(trainer: Trainer, evaluators, export: Path) -> dict:
     if accelerator.is_main_process and export != run.path / "model":
         clip.save(export, overwrite=trainer.config.overwrite)
     rows = run.metrics.rows()
-    summary = {"steps": result.step, "epochs_completed": result.step / trainer.steps_per_epoch,
+    summary = {"steps": result.step, "epochs_completed": result.step / steps_per_epoch,
                "data_passes": data.passes, "samples_seen": result.step * trainer.global_batch,
                "processes": trainer.world, "seconds": round(time.time() - started, 1),
                "train_seconds": round(result.train_seconds, 1), "stopped_by": result.stopped_by,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from clipkit.losses import clip_loss
 from clipkit.data.shards import read_samples
+from clipkit.losses import clip_loss
 
 
 @dataclass

@@ -144,6 +144,7 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
                     window_loss += check_finite(accelerator, loss if share is None else share, step, last_checkpoint)
                     accelerator.backward(loss)
         if flops_per_step is None:
+            assert counter is not None                  # the FlopCount entered above
             flops_per_step = counter.flops              # one step counted (forward + backward; this rank)
         if config.grad_clip:
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)

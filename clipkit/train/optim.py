@@ -9,6 +9,7 @@ does not belong, linear warm-up then cosine, an exponential moving average of th
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ def no_decay(name: str, param: torch.nn.Parameter) -> bool:
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, rest = [], []
+    decay: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (rest if no_decay(name, p) else decay).append(p)
@@ -34,7 +36,7 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with decoupled weight decay only where it belongs; the fused kernel when available."""
     groups = parameter_groups(model, config.weight_decay)
-    kwargs = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
+    kwargs: dict[str, Any] = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):   # device/dtype without a fused kernel

@@ -51,7 +51,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -98,7 +98,10 @@ def wall_clock() -> float:
     return time.perf_counter()
 
 
-class Trainer:
+ConfigT = TypeVar("ConfigT", bound=TrainConfig, covariant=True)     # read only: a Trainer[subclass] is a Trainer
+
+
+class Trainer(Generic[ConfigT]):
     """One training run's setup, the same for every model (see the module docstring).
 
     config: a TrainConfig (subclass); desc: the run's name in the start line, progress bar and logs;
@@ -109,7 +112,7 @@ class Trainer:
     run: RunDir
     module: torch.nn.Module    # from prepare() on
 
-    def __init__(self, config: TrainConfig, desc: str = "train", clock: Callable[[], float] | None = None):
+    def __init__(self, config: ConfigT, desc: str = "train", clock: Callable[[], float] | None = None):
         budget = config.time_budget
         if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
             raise ValueError(f"time_budget={budget!r}; expected seconds > 0 (e.g. 2700 for 45 minutes) or null")
@@ -124,7 +127,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------- the run's process and folder
 
-    def __enter__(self) -> Trainer:
+    def __enter__(self) -> Trainer[ConfigT]:
         with self._stack as stack:
             claim_run(self.config)                               # the one place a run folder is created
             stack.enter_context(runtime.run_lock(self.config.out_dir))

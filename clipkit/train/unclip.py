@@ -125,11 +125,11 @@ def _pixels_to_x(pixels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the shared part
 
-def _fit_rows(trainer: Trainer, kind: str, build, train: dict, micro_loss, on_sample=None) -> dict:
+def _fit_rows(trainer: Trainer[UnclipTrainConfig], kind: str, build, train: dict, micro_loss, on_sample=None) -> dict:
     """Build the module (after the trainer's seed), train it with `micro_loss(net, idx, generator)` on random
     rows of `train` with an EMA of its weights; `on_sample(ema_model, step)` every sample_every steps on rank 0.
     Returns {"final": the EMA model, "result": the loop's result}."""
-    config: UnclipTrainConfig = trainer.config      # type: ignore[assignment]
+    config = trainer.config
     n = len(next(iter(train.values())))
     module = build()
     trainer.prepare(module, n, final_lr=0.05, ema_decay=config.ema_decay, replacement=True)

@@ -10,6 +10,16 @@ Training lives in clipkit.train.unclip (`train_decoder`, `train_prior`), the CLI
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:                   # the lazy names' types, for type checkers
+    from clipkit.unclip.config import DecoderConfig, PriorConfig, UpsamplerConfig
+    from clipkit.unclip.decoder import DecoderUNet
+    from clipkit.unclip.images import to_pil, trajectory_strip
+    from clipkit.unclip.pipeline import UnCLIP, slerp
+    from clipkit.unclip.prior import DiffusionPrior
+    from clipkit.unclip.samplers import SAMPLERS
+    from clipkit.unclip.storage import load_model, save_model
 
 _EXPORTS = {
     "UnCLIP": "pipeline", "SAMPLERS": "samplers", "load_model": "storage", "save_model": "storage",
@@ -20,7 +30,7 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(f"clipkit.unclip.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'clipkit.unclip' has no attribute {name!r}")

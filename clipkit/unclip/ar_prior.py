@@ -33,7 +33,6 @@ from torch import nn
 
 from clipkit.unclip.config import ArPriorConfig
 
-
 # ----------------------------------------------------------------------------- the trunk
 
 class KVCache:
@@ -141,6 +140,12 @@ class ArPrior(nn.Module):
     """Text embedding -> quantised PCA components of the image embedding, causally (module docstring)."""
 
     KIND = "ar_prior"                 # its folder and config "kind" in an UnCLIP pipeline folder
+
+    pca_mean: torch.Tensor            # buffers: the codebook
+    pca_basis: torch.Tensor
+    bin_edges: torch.Tensor
+    bin_values: torch.Tensor
+    explained_variance: torch.Tensor
 
     def __init__(self, config: ArPriorConfig):
         super().__init__()

@@ -38,6 +38,7 @@ its mistakes, under a small fixed level (`config.aug_level`).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,7 @@ from torch import nn
 
 from clipkit.diffusion import timestep_embedding
 from clipkit.unclip.config import DecoderConfig
+
 
 def noise_low_res(low_res: torch.Tensor, level, generator: torch.Generator | None = None,
                   noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,6 +77,13 @@ def _groups(channels: int) -> int:
     return 32 if channels % 32 == 0 and channels >= 128 else 8
 
 
+def _zero_init(conv: nn.Conv2d) -> None:
+    """Zero a convolution's weight and bias: the layer outputs 0 until training moves it."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice; the time(+embedding) vector sets a per-channel scale and shift."""
 
@@ -86,8 +95,7 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)   # each block starts as the identity: stable early training
-        nn.init.zeros_(self.conv2.bias)
+        _zero_init(self.conv2)              # each block starts as the identity: stable early training
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, temb):
@@ -129,6 +137,9 @@ class ContextAttention(nn.Module):
 
 class DecoderUNet(nn.Module):
     """UNet denoiser conditioned on a CLIP image embedding (see the module docstring)."""
+
+    embed_mean: torch.Tensor            # buffers (when embed_dim > 0)
+    embed_scale: torch.Tensor
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -187,8 +198,7 @@ class DecoderUNet(nn.Module):
                                               nn.Conv2d(c, c, 3, padding=1)]))
         self.norm_out = nn.GroupNorm(_groups(c), c)
         self.conv_out = nn.Conv2d(c, cfg.in_channels * cfg.patch_size ** 2, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        _zero_init(self.conv_out)
 
     @torch.no_grad()
     def set_embedding_stats(self, embeddings: torch.Tensor) -> None:
@@ -243,6 +253,7 @@ class DecoderUNet(nn.Module):
         h = self.conv_in(F.pixel_unshuffle(x, self.config.patch_size) if self.config.patch_size > 1 else x)
         skips = []
         for blocks in self.down:
+            blocks = cast(nn.ModuleList, blocks)
             if len(blocks) == 1 and isinstance(blocks[0], nn.Conv2d):   # downsample
                 h = blocks[0](h)
                 continue
@@ -252,6 +263,7 @@ class DecoderUNet(nn.Module):
             skips.append(h)
         h = self.mid[2](self.mid[1](self.mid[0](h, temb), ctx), temb)
         for blocks in self.up:
+            blocks = cast(nn.ModuleList, blocks)
             if isinstance(blocks[0], nn.Upsample):
                 h = blocks[1](blocks[0](h))
                 continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
+
+from clipkit.diffusion.sampling import Trajectory
 from clipkit.images import make_grid
 
 
@@ -25,7 +27,7 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def trajectory_strip(trajectory, columns: int = 10, field: str = "x0") -> Image.Image:
+def trajectory_strip(trajectory: Trajectory, columns: int = 10, field: str = "x0") -> Image.Image:
     """One row per sample: `columns` evenly spaced denoising steps (x0 estimates or states) as a PNG-ready grid."""
 
     frames = getattr(trajectory, field)                                # (S, N, 3, H, W)

@@ -31,25 +31,33 @@ so one trained decoder serves all three.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipkit.diffusion import FlowAdapter, sample
-from clipkit.model import load as load_clip_model
-from clipkit.unclip.decoder import DecoderUNet, noise_low_res
-from clipkit.unclip.ar_prior import ArPrior
-from clipkit.unclip.samplers import make_sampler, noise_schedule, pixel_clip
-from clipkit.unclip.prior import DiffusionPrior
-
-from clipkit.unclip.images import pil_to_tensor, to_pil, trajectory_strip  # noqa: F401 (public here too)
-from clipkit.unclip.storage import (MANIFEST, check_clip, claim_pipeline, load_model, read_pipeline_manifest,  # noqa: F401
-                                    save_model, write_manifest)
 from clipkit import evaluate_expression
+from clipkit.diffusion import FlowAdapter, sample
+from clipkit.model import ClipModel
+from clipkit.model import load as load_clip_model
+from clipkit.unclip.ar_prior import ArPrior
+from clipkit.unclip.decoder import DecoderUNet, noise_low_res
+from clipkit.unclip.images import pil_to_tensor, to_pil, trajectory_strip  # noqa: F401 (public here too)
+from clipkit.unclip.prior import DiffusionPrior
+from clipkit.unclip.samplers import make_sampler, noise_schedule, pixel_clip
+from clipkit.unclip.storage import (  # noqa: F401
+    MANIFEST,
+    check_clip,
+    claim_pipeline,
+    load_model,
+    read_pipeline_manifest,
+    save_model,
+    write_manifest,
+)
 
 PRIORS = ("diffusion", "ar")       # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
 
@@ -69,11 +77,18 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- pipeline
 
+# What decode / upsample / generate return: a list of PIL images (output="pil") or an (N, 3, H, W) tensor in
+# [-1, 1] (output="tensor"); with return_trajectory, (that, Trajectory). Any: the flags choose.
+Images = Any
+# An image as embed / variations take it: a path, a PIL image or a uint8 HWC array.
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
 class UnCLIP:
     """A frozen CLIP, a diffusion prior, a diffusion decoder and an upsampler (see the module docstring);
     any of them may be None, not all."""
 
-    def __init__(self, clip, decoder: DecoderUNet | None = None, prior: DiffusionPrior | ArPrior | None = None,
+    def __init__(self, clip: ClipModel, decoder: DecoderUNet | None = None, prior: DiffusionPrior | ArPrior | None = None,
                  clip_path: str | None = None, upsampler: DecoderUNet | None = None):
         if decoder is None and prior is None and upsampler is None:
             raise ValueError("UnCLIP needs a decoder, a prior or an upsampler; got neither of them")
@@ -97,7 +112,7 @@ class UnCLIP:
         model = next(m for m in (self.decoder, self.prior, self.upsampler) if m is not None)
         return next(model.parameters()).device
 
-    def to(self, device) -> "UnCLIP":
+    def to(self, device: str | torch.device) -> UnCLIP:
         for model in (self.decoder, self.prior, self.upsampler, self.clip):
             if model is not None:
                 model.to(device)
@@ -124,8 +139,8 @@ class UnCLIP:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, clip=None, device: str | torch.device = "cpu",
-             prior: str | None = None, verify: bool = True) -> "UnCLIP":
+    def load(cls, directory: str | os.PathLike, clip: ClipModel | str | os.PathLike | None = None, device: str | torch.device = "cpu",
+             prior: str | None = None, verify: bool = True) -> UnCLIP:
         """Load a pipeline folder. `clip`: a ClipModel or a path to use instead of the recorded one
         (it must be the same weights: the identity recorded at training is checked). `prior`: "diffusion"
         (prior/) or "ar" (ar_prior/); None takes prior/ when present, else ar_prior/. Every model is
@@ -183,7 +198,7 @@ class UnCLIP:
                generator: torch.Generator | None = None, seed: int | None = None,
                noise: torch.Tensor | None = None, return_trajectory: bool = False, output: str = "pil",
                precision: str = "fp32", dynamic_threshold: float | bool | None = None, upsample: bool = False,
-               upsample_steps: int = 7, aug_level: float | None = None):
+               upsample_steps: int = 7, aug_level: float | None = None) -> Images:
         """(N, D) CLIP image embeddings -> N images (PIL, or a (N, 3, H, W) tensor in [-1, 1] with output="tensor").
 
         `negative_embeddings` replace the null condition of guidance (push away from them);
@@ -205,8 +220,10 @@ class UnCLIP:
             F.normalize(torch.as_tensor(negative_embeddings).float().to(self.device), dim=-1)
         if upsample:
             self._need("upsampler")
-        s = make_sampler(sampler, self.decoder_schedule, cfg.prediction, clip_x0=pixel_clip(cfg, dynamic_threshold))
-        model_fn = FlowAdapter(decoder, self.decoder_schedule, cfg.prediction) if sampler == "flow" else decoder
+        schedule = self.decoder_schedule
+        assert schedule is not None                         # set with the decoder
+        s = make_sampler(sampler, schedule, cfg.prediction, clip_x0=pixel_clip(cfg, dynamic_threshold))
+        model_fn = FlowAdapter(decoder, schedule, cfg.prediction) if sampler == "flow" else decoder
         result = sample(model_fn, shape, s, steps, cond=emb, uncond=uncond, guidance_scale=guidance_scale,
                         generator=generator, noise=noise, return_trajectory=return_trajectory, device=self.device,
                         precision=precision)
@@ -218,9 +235,9 @@ class UnCLIP:
         return (images, traj) if return_trajectory else images
 
     @torch.no_grad()
-    def upsample(self, images, steps: int = 7, aug_level: float | None = None, sampler: str = "ddim",
-                 generator: torch.Generator | None = None, seed: int | None = None, output: str = "pil",
-                 precision: str = "fp32"):
+    def upsample(self, images: torch.Tensor | Sequence[Image.Image], steps: int = 7, aug_level: float | None = None,
+                 sampler: str = "ddim", generator: torch.Generator | None = None, seed: int | None = None,
+                 output: str = "pil", precision: str = "fp32") -> Images:
         """Low-resolution images ((N, 3, h, w) tensor in [-1, 1] or PIL list, h = the upsampler's
         low_res_size) -> N images at its image_size: the cascade's second stage. The low-resolution
         input gets noise of level `aug_level` (default: the upsampler's) as in training (noise-
@@ -239,8 +256,9 @@ class UnCLIP:
         low = noise_low_res(low.float().to(self.device), level, generator)
         n = low.shape[0]
         cond = {"low_res": low, "aug_level": torch.full((n,), level, device=self.device)}
-        s = make_sampler(sampler, self.upsampler_schedule, cfg.prediction, clip_x0=pixel_clip(cfg),
-                         timestep_spacing="trailing")
+        schedule = self.upsampler_schedule
+        assert schedule is not None                         # set with the upsampler
+        s = make_sampler(sampler, schedule, cfg.prediction, clip_x0=pixel_clip(cfg), timestep_spacing="trailing")
         x = sample(lambda x, t, c: up(x, t, low_res=c["low_res"], aug_level=c["aug_level"]),
                    (n, cfg.in_channels, cfg.image_size, cfg.image_size), s, steps, cond=cond, generator=generator,
                    device=self.device, precision=precision)
@@ -251,7 +269,7 @@ class UnCLIP:
                  prior_guidance: float = 2.0, decoder_guidance: float = 3.0, negative_prompt: str | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, prior_steps: int = 32,
                  guidance_scale: float | None = None, return_trajectory: bool = False, output: str = "pil",
-                 precision: str = "fp32", upsample: bool = False, **decode_kwargs):
+                 precision: str = "fp32", upsample: bool = False, **decode_kwargs) -> Images:
         """Text -> images: num_images per prompt. A negative prompt goes through the prior and its image
         embedding replaces the decoder's null branch (Kandinsky's recipe). `guidance_scale` is an alias
         of `decoder_guidance`; upsample=True adds the super-resolution stage; other keywords go to decode."""
@@ -272,7 +290,7 @@ class UnCLIP:
                            return_trajectory=return_trajectory, output=output, precision=precision,
                            upsample=upsample, **decode_kwargs)
 
-    def embed(self, image=None, *, text: str | None = None, generator: torch.Generator | None = None,
+    def embed(self, image: ImageInput | None = None, *, text: str | None = None, generator: torch.Generator | None = None,
               seed: int | None = None, prior_guidance: float = 2.0) -> torch.Tensor:
         """(D,) CLIP image embedding of an `image` (path, PIL image or uint8 array) or of a `text` (through
         the prior). Exactly one of them; a path that does not exist raises FileNotFoundError."""
@@ -287,14 +305,14 @@ class UnCLIP:
             raise FileNotFoundError(f"no such image file: {str(image)!r} (to embed a prompt, pass text=...)")
         return self.clip.encode_images([image])[0]
 
-    def variations(self, image, n: int = 4, **decode_kwargs) -> list[Image.Image]:
+    def variations(self, image: ImageInput, n: int = 4, **decode_kwargs) -> Images:
         """n images decoded from one image's CLIP embedding (different starting noise); `image` as in embed."""
         emb = self.embed(image=image)
         return self.decode(emb[None].expand(n, -1), **decode_kwargs)
 
     def interpolate(self, *positional, image: Sequence | None = None, text: Sequence[str] | None = None,
                     embeddings: Sequence | None = None, n: int = 8, generator: torch.Generator | None = None,
-                    seed: int | None = None, prior_guidance: float = 2.0, **decode_kwargs) -> list[Image.Image]:
+                    seed: int | None = None, prior_guidance: float = 2.0, **decode_kwargs) -> Images:
         """Slerp in n steps, all decoded from one starting noise, between two images (`image=(a, b)`), two
         texts through the prior (`text=(a, b)`) or two (D,) embeddings (`embeddings=(a, b)`, e.g. from embed)."""
         given = {k: v for k, v in (("image", image), ("text", text), ("embeddings", embeddings)) if v is not None}
@@ -310,12 +328,15 @@ class UnCLIP:
         elif text is not None:
             ends = [self.embed(text=t, generator=g, prior_guidance=prior_guidance) for t in text]
         else:
+            assert image is not None                # exactly one of the three was given (checked above)
             ends = [self.embed(image=i) for i in image]
         emb = slerp(ends[0], ends[1], torch.linspace(0, 1, n))
         noise = torch.randn((1, cfg.in_channels, cfg.image_size, cfg.image_size), generator=g).expand(n, -1, -1, -1)
         return self.decode(emb, noise=noise.contiguous(), generator=g, **decode_kwargs)
 
-    def render_expression(self, expression: str, num_images: int = 4, add_vector=None, **decode_kwargs):
+    def render_expression(self, expression: str, num_images: int = 4,
+                          add_vector: np.ndarray | torch.Tensor | str | os.PathLike | None = None,
+                          **decode_kwargs) -> Images:
         """Decode the vector an embedding expression evaluates to (clipkit.evaluate_expression syntax),
         plus `add_vector` (a (D,) array or a .npy path, e.g. the mean hat vector of retrieval/hat_vector.py)."""
 

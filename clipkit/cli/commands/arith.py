@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocabulary", default=None, help="vocabulary file, one word a line [shipped list]")
     p.add_argument("--search", default=None, metavar="INDEX", help="also search this index with the vector")
     p.add_argument("-k", type=positive_int, default=10, help="results from --search [10]")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the sha256 check of the --search index files (sizes are still checked) [verify]")
     p.add_argument("--save", default=None, help="save the vector to this .npy file")
     p.add_argument("--overwrite", action="store_true", help="replace a --save file that clipkit did not write")
     p.set_defaults(func=run)
@@ -51,7 +53,7 @@ def run(args) -> int:
     index = None
     if args.search:
         from clipkit.retrieval.index.core import EmbeddingIndex
-        index = EmbeddingIndex.load(args.search)
+        index = EmbeddingIndex.load(args.search, verify=args.verify)
         model = index.model(args.model)
     elif args.model:
         from clipkit.model import resolve_model

@@ -19,6 +19,10 @@ def memory_size(text: str) -> int:
     return int(value * scale)
 
 
+NO_VERIFY = ("skip the sha256 check of the files read (sizes are still checked): for very large embedding "
+             "folders and indexes, where hashing costs ~0.7 s per GB [verify]")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.cli.types import positive_float, positive_int, unit_interval
 
@@ -48,13 +52,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --pieces: keep the merged inverted lists in OUT/index.ivfdata, memory-mapped "
                         "(IVF kinds; no step holds all vectors in memory)")
     b.add_argument("--overwrite", action="store_true", help="replace whatever is at OUT (once the index is complete)")
+    b.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY)
     b.set_defaults(func=run_build)
     a = actions.add_parser("add", help="add the embeddings of EMB_DIR (same model) to the index IDX, in place",
                            description="Grow a saved index: the vectors of EMB_DIR get the next ids and bring their "
-                                       "metadata. Refused if EMB_DIR was embedded by another model than the index's.")
+                                       "metadata. Refused if EMB_DIR was embedded by another model than the index's, "
+                                       "or if the index already holds its embeddings (built from or added before).")
     a.add_argument("index", metavar="IDX", help="index folder from `clipkit index build`")
     a.add_argument("emb_dir", metavar="EMB_DIR", help="folder written by `clipkit embed` with the index's model")
     a.add_argument("--modality", choices=("img", "text"), default=None, help="which embeddings [img when present]")
+    a.add_argument("--no-verify", dest="verify", action="store_false", help=NO_VERIFY)
     a.set_defaults(func=run_add)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -81,12 +88,12 @@ def run_build(args) -> int:
     from clipkit.retrieval.index.core import FORMAT, EmbeddingIndex
     from clipkit.io import check_output_path
 
-    check_output_path(args.out, FORMAT, [args.emb_dir], args.overwrite)      # before hours of work, not after
+    check_output_path(args.out, FORMAT, [args.emb_dir], args.overwrite, staged=True)   # before hours of work
     if args.on_disk and args.pieces < 2:
         raise ValueError("--on-disk builds in pieces: pass --pieces N (N >= 2)")
     workdir = _claim_workdir(args) if args.on_disk else None
     try:
-        folder = EmbeddingFolder(args.emb_dir)
+        folder = EmbeddingFolder(args.emb_dir, verify=args.verify)
         budget = args.max_memory or (int(args.max_memory_gb * 2**30) if args.max_memory_gb else None)
         options = dict(kind=args.kind, metric=args.metric, recall_target=args.recall, max_memory=budget,
                        modality=args.modality, train_size=args.train_on, progress=True)
@@ -107,13 +114,14 @@ def run_build(args) -> int:
 
 
 def run_add(args) -> int:
+    from clipkit.retrieval.embeddings.reader import EmbeddingFolder
     from clipkit.retrieval.index.core import EmbeddingIndex
     from clipkit.io import output_lock
 
     with output_lock(args.index):             # load, add and save as one step: no concurrent add is lost
-        index = EmbeddingIndex.load(args.index)
+        index = EmbeddingIndex.load(args.index, verify=args.verify)
         before = len(index)
-        added = index.add(args.emb_dir, modality=args.modality)
+        added = index.add(EmbeddingFolder(args.emb_dir, verify=args.verify), modality=args.modality)
         index.save(args.index, inputs=[args.emb_dir])
     print(f"added {added} vectors to {args.index}: {before} -> {len(index)}")
     return 0

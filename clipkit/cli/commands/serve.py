@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "which has no login: do that only on a network you trust]")
     p.add_argument("--port", type=port_number, default=8000, help="TCP port [8000]; 0 picks a free one and prints it")
     p.add_argument("--mmap", action="store_true", help="memory-map the FAISS index instead of reading it into RAM")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the sha256 check of the index files at start (sizes are still checked): for very "
+                        "large indexes, where hashing costs ~0.7 s per GB [verify]")
     p.add_argument("--threads", type=int, default=1,
                    help="threads inside each torch / FAISS operation [1: encoders, search and generation already "
                         "run side by side, and on a busy machine extra threads per operation mostly spin]")
@@ -108,7 +111,10 @@ def run(args) -> int:
                          max_num_images=args.max_num_images, max_steps=args.max_steps)
     configure_logging(args.log_level)
     sock = bind_socket(args.host, args.port)               # fail fast on a busy port, before loading models
-    index = clipkit.EmbeddingIndex.load(args.index, mmap=args.mmap)
+    index = clipkit.EmbeddingIndex.load(args.index, mmap=args.mmap, verify=args.verify)
+    missing = index.missing_images()
+    if missing:
+        print(f"warning: {missing}; /image/{{id}} answers 404 for them")
     model = index.model(args.model)
     pipeline = None
     if args.unclip:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clipkit.io.figures import save_figure
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _STYLE = {"one-shot": ("tab:red", "*"), "AR raster": ("tab:purple", "s"), "AR spread": ("tab:pink", "D"),
           "DDIM": ("tab:blue", "o"), "flow": ("tab:green", "^"), "DDPM": ("tab:cyan", "v"),
@@ -52,7 +56,7 @@ def quality_figure(png, rows: list[dict], reference: dict) -> Path:
     return save_figure(fig, png)
 
 
-def samples_figure(png, strips: list[tuple[str, "PIL.Image.Image"]], prompts: list[str]) -> Path:
+def samples_figure(png, strips: list[tuple[str, Image.Image]], prompts: list[str]) -> Path:
     """strips: (method name, a make_grid row of one sample per prompt); prompts: the column titles."""
     from matplotlib.figure import Figure
 

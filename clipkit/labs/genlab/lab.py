@@ -3,8 +3,8 @@
     metrics = run_gen_lab("runs/genlab", quick=False)   # figures, grids, metrics.json, index.html in the folder
 
 Each model trains through clipkit.train.trainer (the one run setup) for the same time budget
-(`budget_seconds` of wall clock, or of CPU time with clock="cpu"), then every method draws `samples_per_prompt` images for each
-prompt of PROMPTS and the shapes judge (clipkit.shapes.judge, trained on
+(`budget_seconds` of wall clock, or of CPU time with clock="cpu"), then every method draws
+`samples_per_prompt` images for each prompt of PROMPTS and the shapes judge (clipkit.shapes.judge, trained on
 the world's true attributes, never on these models) scores them: agreement with
 the attributes the prompt names, sharpness, Frechet distance to real renders of
 the same prompts, and how many classes of the free attributes appear. What it
@@ -14,6 +14,7 @@ tests is in clipkit.labs.genlab.report (the five claims).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,19 +22,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from clipkit.diffusion import NoiseSchedule, training_batch
+from clipkit.images import make_grid
+from clipkit.io import claim_output, write_json
 from clipkit.labs.genlab import figures
 from clipkit.labs.genlab.measure import Method, generate, score, split_sharpness
 from clipkit.labs.genlab.models import OneShot, PixelAR, PixelARConfig, unet_config
-from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
-from clipkit.labs.genlab.world import (condition, palette_tokens, prompt_labels, prompt_text, random_masks,
-                                              tokens_to_images, world_data)
-from clipkit.io import claim_output, write_json
-from clipkit.diffusion import NoiseSchedule, training_batch
-from clipkit.unclip.decoder import DecoderUNet
-from clipkit.perf import torch_threads
 from clipkit.labs.genlab.report import write_index
+from clipkit.labs.genlab.train import LabTrainConfig, train_lab_model
+from clipkit.labs.genlab.world import (
+    condition,
+    palette_tokens,
+    prompt_labels,
+    prompt_text,
+    random_masks,
+    tokens_to_images,
+    world_data,
+)
+from clipkit.perf import torch_threads
 from clipkit.shapes.judge import ShapesJudge
-from clipkit.images import make_grid
+from clipkit.unclip.decoder import DecoderUNet
 from clipkit.unclip.pipeline import to_pil
 
 LAB_FORMAT = "clipkit-gen-lab"              # the marker of a folder the lab writes into
@@ -155,7 +163,7 @@ def cache_check(model: PixelAR, conds: torch.Tensor, k: int, seed: int) -> dict:
             "training_predictions_per_pass": n}
 
 
-def run_gen_lab(out_dir, quick: bool = False, seed: int = 0, config: GenLabConfig | None = None,
+def run_gen_lab(out_dir: str | os.PathLike, quick: bool = False, seed: int = 0, config: GenLabConfig | None = None,
                 models: dict | None = None, prior_comparison: dict | None = None, overwrite: bool = False) -> dict:
     """Train, sample, judge and draw; writes PNGs, grids/, metrics.json and index.html to out_dir.
     models: already trained models by name (skips training). Returns the metrics. out_dir must be new,
@@ -204,7 +212,8 @@ def _run(cfg: GenLabConfig, out: Path, quick: bool, models: dict | None, prior_c
                                 **split_sharpness(judge, images, full), "evaluations": evals,
                                 "seconds_per_image": secs, "curve": method.curve, "family": method.family,
                                 "k": method.k, "sampler": method.sampler, "steps": method.steps}
-        print(f"[gen-lab] {method.name:<14} evals {evals:>7.0f}  agreement {results[method.name]['agreement']['mean']:.3f}"
+        print(f"[gen-lab] {method.name:<14} evals {evals:>7.0f}  "
+              f"agreement {results[method.name]['agreement']['mean']:.3f}"
               f"  sharpness {results[method.name]['sharpness']:.3f}  {secs:.3f} s/image", flush=True)
 
     cache = cache_check(models["ar_raster"], conds[:cfg.cache_check_images], cfg.cache_check_k, cfg.seed)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler, NoiseSchedule, sample
 from clipkit.labs.genlab.models import EvalCounter
 from clipkit.labs.genlab.world import ATTRIBUTES, CLASSES, null_condition, tokens_to_images
-from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowAdapter, FlowMatchSampler
-from clipkit.diffusion import NoiseSchedule, sample
 from clipkit.shapes.judge import frechet_distance
 
 SAMPLERS = ("ddim", "ddpm", "flow")
@@ -71,6 +70,7 @@ def generate(method: Method, models: dict, conds: torch.Tensor, guidance: float,
                               use_cache=use_cache, counter=counter)
         images = tokens_to_images(tokens, model.config.side)
     else:
+        assert method.sampler is not None and method.steps is not None    # a diffusion method names both
         cfg = model.config
         schedule = NoiseSchedule(cfg.schedule, num_train_timesteps=cfg.num_train_timesteps)
         sampler, adapt = diffusion_sampler(method.sampler, schedule, cfg.prediction)

@@ -52,6 +52,8 @@ def unet_config(prediction: str = "sample", channels: tuple = (32, 64, 64)) -> D
 class OneShot(nn.Module):
     """prompt -> image in one evaluation: the UNet at its last timestep on a fixed coordinate image."""
 
+    canvas: torch.Tensor                    # buffer
+
     def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
@@ -83,6 +85,10 @@ class PixelARConfig:
 
 class PixelAR(nn.Module):
     """Causal transformer over palette tokens with k pixels per step (see the module docstring)."""
+
+    order: torch.Tensor                     # buffers: the pixel of each sequence index, its inverse,
+    rank: torch.Tensor                      # and each index's stencil neighbours
+    neighbours: torch.Tensor
 
     def __init__(self, config: PixelARConfig):
         super().__init__()
@@ -163,6 +169,7 @@ class PixelAR(nn.Module):
         """Training attention over chunks: prefix rows causal among themselves, each chunk of pixel tokens
         against the prefix and the window before it (never the T x T scores)."""
         p, c, w, masks = self.config.cond_tokens, self.chunk, self.config.window, self._table(k)["chunks"]
+        assert w is not None                          # forward() attends by chunks only with a window
 
         def attend(q, key, value):
             b, h, t, d = q.shape
@@ -172,7 +179,7 @@ class PixelAR(nn.Module):
             for z in (key, value):
                 local = F.pad(z[:, :, p:], (0, 0, w, 0)).unfold(2, w + c, c).transpose(-1, -2)  # (b,h,n/c,w+c,d)
                 kv.append(torch.cat([z[:, :, None, :p].expand(b, h, n // c, p, d), local], 3))
-            y = F.scaled_dot_product_attention(q[:, :, p:].reshape(b, h, n // c, c, d), *kv, attn_mask=masks)
+            y = F.scaled_dot_product_attention(q[:, :, p:].reshape(b, h, n // c, c, d), kv[0], kv[1], attn_mask=masks)
             return torch.cat(out + [y.reshape(b, h, n, d)], 2)
         return attend
 
@@ -205,7 +212,7 @@ class PixelAR(nn.Module):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, k: int = 1, generator: torch.Generator | None = None,
                guidance_scale: float = 1.0, uncond: torch.Tensor | None = None, temperature: float = 1.0,
-               use_cache: bool = True, counter: "EvalCounter | None" = None) -> torch.Tensor:
+               use_cache: bool = True, counter: EvalCounter | None = None) -> torch.Tensor:
         """(B, COND_DIM) -> (B, n) palette tokens (raster pixel order), n / k network evaluations (x2 guided).
 
         use_cache=False re-runs the whole sequence at every step (the same tokens, quadratic cost)."""
@@ -223,7 +230,7 @@ class PixelAR(nn.Module):
         kept = torch.arange(0, device=cond.device)          # sequence positions (prefix first) held in the cache
         for step in range(n // k):
             idx = torch.arange(step * k, (step + 1) * k, device=cond.device)
-            if use_cache:
+            if cache is not None:                               # use_cache
                 x, rows = self._embed(pixels, idx, k), p + idx
                 if step == 0:
                     x, rows = torch.cat([prefix, x], 1), torch.arange(p + k, device=cond.device)

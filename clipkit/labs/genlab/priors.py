@@ -18,25 +18,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from clipkit.io import claim_output, write_json
-from clipkit.shapes.world import write_split
-from clipkit.retrieval.embeddings.writer import write_embeddings
-from clipkit.train.unclip import embedding_pairs
-from clipkit.labs.genlab.world import world_data
-from clipkit.shapes.judge import ATTRIBUTES
-from clipkit.unclip.pipeline import to_pil
 import clipkit
-from clipkit.shapes import world as shapes
-from clipkit.shapes.judge import CLASSES, ShapesJudge
-from clipkit.shapes.unclip_eval import full_caption
-from clipkit.train.config import ArPriorTrainConfig, PriorTrainConfig
-from clipkit.train.unclip import load_clip, train_ar_prior, train_prior
-from clipkit.unclip.pipeline import UnCLIP
+from clipkit.io import claim_output, write_json
 from clipkit.io.report import Section
+from clipkit.labs.genlab.world import world_data
+from clipkit.retrieval.embeddings.writer import write_embeddings
+from clipkit.shapes import world as shapes
+from clipkit.shapes.judge import ATTRIBUTES, CLASSES, ShapesJudge
+from clipkit.shapes.unclip_eval import full_caption
+from clipkit.shapes.world import write_split
+from clipkit.train.config import ArPriorTrainConfig, PriorTrainConfig
+from clipkit.train.unclip import embedding_pairs, load_clip, train_ar_prior, train_prior
+from clipkit.unclip.config import ArPriorConfig, PriorConfig
+from clipkit.unclip.pipeline import UnCLIP, to_pil
 
 EVAL_ATTRIBUTES = ("shape", "color", "size", "position", "hat")
 COMPONENTS = 32                    # PCA components the AR prior predicts (of the CLIP's 128 dimensions)
@@ -74,12 +73,14 @@ def compare_priors(clip_dir: str, out_dir, data: str | None = None, pipeline: st
     val_n = 64 if quick else 256
     folder, val = _pairs(clip, clip_dir, out, data, 1_000 if quick else 10_000, seed, val_n)
     steps = steps or (30 if quick else 1_000)
-    size = dict(width=64, layers=2, heads=4) if quick else dict(width=128, layers=3, heads=4)
-    common = dict(clip=clip_dir, embeddings=folder, val_samples=val_n, batch_size=64 if quick else 256, max_steps=steps,
+    size: dict[str, Any] = dict(width=64, layers=2, heads=4) if quick else dict(width=128, layers=3, heads=4)
+    common: dict[str, Any] = dict(clip=clip_dir, embeddings=folder, val_samples=val_n, batch_size=64 if quick else 256, max_steps=steps,
                   lr=1e-3, warmup_steps=min(50, steps // 5), ema_decay=0.99, log_every=25, progress=False, seed=seed)
     summaries = {
-        "diffusion": train_prior(PriorTrainConfig(out_dir=str(out / "diffusion"), prior=size, **common)),
-        "ar": train_ar_prior(ArPriorTrainConfig(out_dir=str(out / "ar"), ar_prior=dict(size, components=COMPONENTS, bins=1024),
+        "diffusion": train_prior(PriorTrainConfig(out_dir=str(out / "diffusion"), prior=PriorConfig(**size),
+                                                  **common)),
+        "ar": train_ar_prior(ArPriorTrainConfig(out_dir=str(out / "ar"),
+                                                ar_prior=ArPriorConfig(**size, components=COMPONENTS, bins=1024),
                                                 **common)),
     }
     priors = {"diffusion": clipkit.unclip.load_model(out / "diffusion" / "prior", "prior"),
@@ -112,6 +113,7 @@ def compare_priors(clip_dir: str, out_dir, data: str | None = None, pipeline: st
                    "seconds_per_sample": seconds, "train_seconds": summaries[name]["train_seconds"],
                    "steps": summaries[name]["steps"], "params": summaries[name]["params"]}
             if decoder is not None:
+                assert judge is not None                    # loaded with the decoder
                 images = pipe.decode(z, steps=10 if quick else 50, guidance_scale=3.0, seed=seed, output="tensor")
                 row["decoded_judge_agreement"] = judge.agreement(images, attrs, EVAL_ATTRIBUTES)["mean"]
             rows[f"{name}@{guidance:g}"] = row
@@ -147,7 +149,8 @@ def prior_section(r: dict, prefix: str = ""):
             f"{r['cosine_text_embedding']:.3f}). The render of the world nearest to a sample agrees with the caption on "
             f"{dg['nearest_render_agreement']:.2f} (diffusion) vs {ag['nearest_render_agreement']:.2f} (AR) of the five "
             f"attributes at guidance 2 (all five: {dg['nearest_render_all_five']:.2f} vs "
-            f"{ag['nearest_render_all_five']:.2f}).{decoded} Per sample: {dg['seconds_per_sample'] * 1e3:.2f} ms (diffusion, "
+            f"{ag['nearest_render_all_five']:.2f}).{decoded} "
+            f"Per sample: {dg['seconds_per_sample'] * 1e3:.2f} ms (diffusion, "
             f"32 DDIM steps x 2 with guidance) vs {ag['seconds_per_sample'] * 1e3:.2f} ms (AR, one step per "
             f"component x 2). unCLIP found the diffusion prior as good or better for less compute; here the "
             f"{better} prior reads better on the nearest-render measure, and the AR prior took "

@@ -14,10 +14,10 @@ The claims (from the issue that asked for this lab):
 from __future__ import annotations
 
 from pathlib import Path
-from clipkit.shapes.judge import CLASSES
-from clipkit.io.report import Figure, Section
+
+from clipkit.io.report import Figure, Section, write_report
 from clipkit.labs.genlab.priors import prior_section
-from clipkit.io.report import write_report
+from clipkit.shapes.judge import CLASSES
 
 REPRODUCED, PARTLY, NOT = "reproduced", "partly reproduced", "not reproduced"
 UNMEASURABLE = "not measurable at this budget"

@@ -71,9 +71,9 @@ def trajectory_figure(path: Path, means: torch.Tensor, states: torch.Tensor, fin
     ax.scatter(final_cloud[:, 0], final_cloud[:, 1], s=3, color="0.6", alpha=0.5, zorder=1)
     model_segs = torch.stack([states[:-1], means], dim=1)        # (S, 2, 2): x_t -> mean
     noise_segs = torch.stack([means, states[1:]], dim=1)         # (S, 2, 2): mean -> x_{t-1}
-    ax.add_collection(LineCollection(noise_segs.numpy(), colors=NOISE_COLOUR, linewidths=0.8, alpha=0.8,
+    ax.add_collection(LineCollection(list(noise_segs.numpy()), colors=NOISE_COLOUR, linewidths=0.8, alpha=0.8,
                                      label="noise step", zorder=2))
-    ax.add_collection(LineCollection(model_segs.numpy(), colors=MODEL_COLOUR, linewidths=2.0,
+    ax.add_collection(LineCollection(list(model_segs.numpy()), colors=MODEL_COLOUR, linewidths=2.0,
                                      label="model step", zorder=3))
     ax.scatter(*states[0], s=40, marker="o", color="black", zorder=4, label="start (pure noise)")
     ax.scatter(*states[-1], s=80, marker="*", color="gold", edgecolor="black", zorder=5, label="end")

@@ -11,6 +11,7 @@ What it reproduces (the CLIP / diffusion explainer's 2-D experiments):
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from clipkit.diffusion import DDIMSampler, DDPMSampler, FlowMatchSampler, NoiseSchedule, sample
+from clipkit.diffusion.base import ModelFn
 from clipkit.io import claim_output, write_json
 from clipkit.io.report import Figure, Section, write_report
 from clipkit.labs.spiral import figures
@@ -76,7 +78,8 @@ def train_lab_models(cfg: SpiralLabConfig, out_dir=None) -> tuple[SpiralDenoiser
     return eps_model, flow_model, {"ddpm": eps_stats, "flow": flow_stats}
 
 
-def compare_samplers(eps_model, flow_model, cfg: SpiralLabConfig, scorer: SpiralScorer | None = None):
+def compare_samplers(eps_model: ModelFn, flow_model: ModelFn, cfg: SpiralLabConfig,
+                     scorer: SpiralScorer | None = None) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
     """Unconditional clouds from DDPM, DDPM without its noise step, DDIM and flow matching.
 
     Returns ({name: metrics}, {name: samples (N, 2)}); every run starts from the same noise.
@@ -99,8 +102,8 @@ def compare_samplers(eps_model, flow_model, cfg: SpiralLabConfig, scorer: Spiral
     return metrics, clouds
 
 
-def guidance_experiment(eps_model, cfg: SpiralLabConfig, scorer: SpiralScorer | None = None,
-                        scales: tuple[float, ...] | None = None):
+def guidance_experiment(eps_model: ModelFn, cfg: SpiralLabConfig, scorer: SpiralScorer | None = None,
+                        scales: tuple[float, ...] | None = None) -> tuple[dict[str, dict], list[tuple]]:
     """Class-conditional sampling (a third of the points per class) at each guidance scale.
 
     Scale 0 is the unconditional model (the baseline: the class is ignored), 1 the conditional
@@ -168,7 +171,7 @@ def vector_field_study(eps_model, cfg: SpiralLabConfig, scorer: SpiralScorer):
     return {"t": sweep, "towards_spiral": [round(frac[t], 3) for t in sweep], "switch_t": switch}, grid, panels
 
 
-def run_spiral_lab(out_dir, quick: bool = False, seed: int = 0, config: SpiralLabConfig | None = None,
+def run_spiral_lab(out_dir: str | os.PathLike, quick: bool = False, seed: int = 0, config: SpiralLabConfig | None = None,
                    models: tuple[SpiralDenoiser, SpiralDenoiser] | None = None, overwrite: bool = False) -> dict:
     """Train, sample, measure and draw; writes PNGs, metrics.json and index.html to out_dir. Returns the metrics.
 

@@ -52,6 +52,7 @@ from clipkit.io import (
     write_json,
     write_manifest,
 )
+from clipkit.io.errors import positive_int
 from clipkit.model import load_image
 from clipkit.retrieval.embeddings.layout import FIX, FORMAT, MODALITIES, part_path, require_finite
 
@@ -64,9 +65,7 @@ class _Plan:
     """What to embed, cut into units, and the signature a resumed run must match."""
 
     def __init__(self, model, images, shards, texts, captions, batch_size, part_size, dtype):
-        for name, value in (("batch_size", batch_size), ("part_size", part_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}; expected a positive int")
+        batch_size, part_size = positive_int(batch_size, "batch_size"), positive_int(part_size, "part_size")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype={dtype!r}; expected 'float32' or 'float16'")
         if images is not None and shards is not None:
@@ -85,19 +84,23 @@ class _Plan:
             if not texts:
                 raise ValueError(f"texts file {str(path)!r} holds no text (every line is empty); nothing to embed")
         self.root_dir = None
+        # Local paths are recorded absolute (the metadata's `path` column, the signature), so an index
+        # built from the output finds its images from any working directory (`clipkit serve` elsewhere).
         if shards is not None:
-            self.source, self.units = "shards", expand_urls(shards)
-            for url in self.units:
+            self.source, self.units = "shards", []
+            for url in expand_urls(shards):
                 if "://" not in url and not url.startswith("pipe:"):
                     if not Path(url).is_file():
                         raise FileNotFoundError(f"shard {url!r} does not exist")
                     self.inputs.append(url)
+                    url = os.path.abspath(url)
+                self.units.append(url)
             keys = list(self.units)
         elif images is not None:
-            paths = list_images(images)
+            paths = [os.path.abspath(p) for p in list_images(images)]
             if isinstance(images, (str, os.PathLike)):
                 self.inputs.append(images)
-                self.root_dir = Path(images) if Path(images).is_dir() else None
+                self.root_dir = Path(os.path.abspath(images)) if Path(images).is_dir() else None
             if texts is not None and len(texts) != len(paths):
                 raise ValueError(f"{len(texts)} texts for {len(paths)} images; captions must match the images one "
                                  f"to one")
@@ -166,7 +169,9 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
       shards  webdataset shard url(s) ('data/{00000..00009}.tar'): image + caption + json; one part per shard
       texts   a list of strings or a text file (one a line): captions for `images`, or on their own
     `captions=False` skips the caption embeddings. `model_source` (a directory or preset
-    name) is recorded so `clipkit search` can load the model again. Unreadable samples
+    name) is recorded so `clipkit search` can load the model again. Local image and shard
+    paths, and a model_source directory, are recorded absolute: what the output points at
+    resolves from any working directory. Unreadable samples
     are skipped and counted; no row at all is an error unless `allow_empty`.
 
     An existing OUT made with the same arguments is kept as it is (nothing to do);
@@ -329,6 +334,8 @@ def _finish(out: Path, plan: _Plan, stage_dir: Path, model_source: str | None, a
     modalities = [m for m in MODALITIES if any(rel.startswith(f"{m}_emb/") for rel in parts)]
     shutil.rmtree(stage_dir / UNITS_DIR, ignore_errors=True)
     (stage_dir / RUN_NAME).unlink()
+    if model_source is not None and Path(model_source).is_dir():
+        model_source = os.path.abspath(model_source)          # found again from any working directory
     manifest = write_manifest(
         stage_dir, FORMAT, parts, model=plan.signature["model"], embed_dim=plan.signature["embed_dim"],
         model_source=model_source, dtype=plan.dtype, source=plan.source, count=count,

@@ -134,4 +134,6 @@ class BuildPlan:
         params = dict(self.manifest["params"])
         if self.held is not None:
             params.update(self.held.finish(index, self.kind, self.recall_target))
-        return {"params": params, "count": int(index.ntotal), "build_seconds": round(time.time() - self.started, 2)}
+        sources = [self.source.record] if self.source.record is not None else []
+        return {"params": params, "count": int(index.ntotal), "build_seconds": round(time.time() - self.started, 2),
+                "sources": sources}

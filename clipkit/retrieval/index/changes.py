@@ -6,8 +6,8 @@
 
 Kept consistent through every change: the FAISS index, the ids (never reused:
 the manifest's `next_id`), the metadata rows and the manifest's count. A refused
-batch (non-finite vectors, ids already present, another model's embeddings)
-leaves the index as it was. These functions work on the parts (FAISS index,
+batch (non-finite vectors, ids already present, another model's embeddings, an
+embedding folder the index already holds) leaves the index as it was. These functions work on the parts (FAISS index,
 ids, metadata, manifests); the EmbeddingIndex methods put them together.
 
 Pieces are mergeable only if they come from the same trained index (the
@@ -34,6 +34,19 @@ def check_same_model(manifest: dict, other: dict | None, where) -> None:
     if other and mine.get("identity") and other.get("identity") != mine["identity"]:
         raise ValueError(f"{where} holds embeddings of model {other.get('identity')}; this index holds model "
                          f"{mine['identity']}'s. Embed with that model, or build a new index")
+
+
+def check_new_source(manifest: dict, record: dict | None) -> None:
+    """ValueError if the embedding folder of `record` (sources.folder_record) is already in the index: the
+    same modality and parts digest as a folder the manifest's "sources" lists (built from or added)."""
+    if record is None:
+        return
+    for prior in manifest.get("sources", []):
+        if prior.get("digest") == record["digest"] and prior.get("modality") == record["modality"]:
+            where = "" if prior.get("path") == record["path"] else f" (as {prior.get('path')!r})"
+            raise ValueError(f"the {record['modality']} embeddings in {record['path']!r} are already in this index"
+                             f"{where}: adding them again would index each of their {record['count']} items twice; "
+                             f"nothing was added")
 
 
 def appended_ids(old_ids: np.ndarray | None, before: int, added: int, ids,

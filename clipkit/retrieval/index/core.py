@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from clipkit.data.shards import read_member_image
 from clipkit.io import MANIFEST_NAME, read_manifest, staged_output, write_manifest
+from clipkit.io.errors import positive_int
 from clipkit.model import resolve_model
 from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 from clipkit.retrieval.index.build import FORMAT_VERSION, BuildPlan, train_index
@@ -48,6 +49,7 @@ from clipkit.retrieval.index.changes import (
     appended_ids,
     appended_metadata,
     check_mergeable,
+    check_new_source,
     check_same_model,
     concatenated_rows,
     kept_metadata,
@@ -168,9 +170,7 @@ class EmbeddingIndex:
         for name, value in params.items():
             if name not in SEARCH_PARAMS:
                 raise ValueError(f"unknown search parameter {name!r}; expected nprobe or efSearch")
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}; expected a positive int")
-            self.manifest["params"][name] = value
+            self.manifest["params"][name] = positive_int(value, name)
         self._apply_search_params()
 
     def search(self, queries, k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -181,8 +181,7 @@ class EmbeddingIndex:
         are returned (filters.py). Where fewer rows were found or allowed, ids are -1 and
         scores the worst possible (-inf for "ip", +inf for "l2").
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k={k!r}; expected a positive int")
+        k = positive_int(k, "k")
         q = as_matrix(queries, "queries", self.dim)
         check_finite(q, "queries")
         kk = int(min(k, len(self)))
@@ -255,9 +254,28 @@ class EmbeddingIndex:
             return None
         return read_member_image(row["path"], row.get("key"))
 
+    def missing_images(self, rows: int = 1000) -> str | None:
+        """None when the image paths of the first `rows` metadata rows exist from the working directory;
+        else one line naming how many do not and why (a path recorded relative to another directory, or a
+        file moved or deleted since), which `clipkit serve` prints at start."""
+        paths = sorted({p for p in (self.metadata or {}).get("path", [])[:rows] if isinstance(p, str) and p})
+        missing = [p for p in paths if not os.path.exists(p)]
+        if not missing:
+            return None
+        relative = [p for p in missing if not os.path.isabs(p)]
+        why = (f"relative paths such as {relative[0]!r} do not resolve from {os.getcwd()!r}: start from the directory "
+               f"the embedding ran in, or embed again (clipkit embed records absolute paths)" if relative else
+               f"e.g. {missing[0]!r} was moved or deleted")
+        return f"{len(missing)} of {len(paths)} image files named by this index's metadata are missing ({why})"
+
     def search_text(self, model, text: str | list[str], k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
+        """Search with the embeddings of one text or a list; an empty or blank text is refused (as the server does)."""
         self.check_model(model)
         texts = [text] if isinstance(text, str) else list(text)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text query {t!r}" + (f" (item {i})" if len(texts) > 1 else "")
+                                 + " is empty; give words to search for")
         return self.search(model.encode_texts(texts).numpy(), k, mask=mask)
 
     def search_image(self, model, image, k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -283,7 +301,9 @@ class EmbeddingIndex:
 
         ids default to the next numbers after the largest id ever given; custom ids must be
         new. A folder brings its metadata; embeddings of another model than the index's are
-        refused (the folder's manifest, or `model`, says which model made them). The search
+        refused (the folder's manifest, or `model`, says which model made them), and so are
+        a folder's embeddings the index already holds (the manifest's "sources" records each
+        folder built or added, by a digest of its parts: a copy elsewhere is the same). The search
         parameter tuned at build time is kept (re-tune after large additions). A refused
         batch leaves the index as it was.
         """
@@ -295,6 +315,7 @@ class EmbeddingIndex:
         src = Source(vectors, batch_size, 1, None, modality)
         if src.dim != self.dim:
             raise ValueError(f"vectors have dim {src.dim}; this index holds dim-{self.dim} vectors")
+        check_new_source(self.manifest, src.record)
         before, next_id = len(self), int(self.manifest.get("next_id", 0))
         if self.kind == "hnsw":          # a graph cannot delete: check every vector and id before adding any
             chunks = list(src.chunks())
@@ -316,6 +337,8 @@ class EmbeddingIndex:
         self._sorted_ids = None
         self.manifest["count"] = len(self)
         self.manifest.setdefault("added", []).append({"count": added, "time": round(time.time(), 1)})
+        if src.record is not None:
+            self.manifest.setdefault("sources", []).append(src.record)
         return added
 
     def remove(self, ids) -> int:
@@ -349,7 +372,8 @@ class EmbeddingIndex:
         index = merge_faiss([p.index for p in pieces], pieces[0].kind)
         ids, metadata = concatenated_rows([p.ids for p in pieces], [p.metadata for p in pieces], sizes)
         first = pieces[0].manifest
-        manifest = {**first, "params": dict(first["params"]), "count": int(index.ntotal), "pieces": len(pieces)}
+        manifest = {**first, "params": dict(first["params"]), "count": int(index.ntotal), "pieces": len(pieces),
+                    "sources": [s for p in pieces for s in p.manifest.get("sources", [])]}
         return cls(index, manifest, ids, metadata)
 
     def _check_in_memory(self, what: str) -> None:
@@ -384,14 +408,26 @@ class EmbeddingIndex:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = False, full_check: bool = False) -> EmbeddingIndex:
+    def load(cls, directory: str | os.PathLike, mmap: bool = False, verify: bool = True, *,
+             full_check: bool | None = None) -> EmbeddingIndex:
         """Load a saved index; `mmap=True` maps the FAISS file instead of reading it into memory.
 
-        Refuses a folder whose manifest is missing or does not match its files (sizes, rows;
-        sha256 too with `full_check`).
+        Every file the manifest lists is checked before FAISS, NumPy or Arrow parses it: it must
+        exist, have its recorded size and, unless `verify=False`, its recorded sha256, so damage of
+        the same size (zeroed vectors, reordered ids) is refused with DamagedFileError naming the
+        file, and nothing parses bytes that are not the ones written. Refused too: a folder without
+        a manifest, of another format or version, or whose files disagree with it (rows, dim, count).
+
+        The cost of verifying, measured on the 2-core development machine: a 102 MB flat index
+        (200,000 x 128) loads in 0.14 s verified and 0.07 s with `verify=False`; the hash streams
+        at ~1.5 GB/s and the load then reads the file back from the page cache. `verify=False`
+        (`--no-verify` on the commands that load an index) is the opt-out for very large indexes,
+        e.g. a memory-mapped one of many GB, whose every page the hash would read at start; sizes
+        are still checked. `full_check` is the older name of `verify`.
         """
         directory = Path(directory)
-        manifest = read_manifest(directory, FORMAT, fix=FIX, what="index", full=full_check)
+        verify = verify if full_check is None else full_check
+        manifest = read_manifest(directory, FORMAT, fix=FIX, what="index", verify=verify)
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{str(directory / MANIFEST_NAME)!r} has format_version "
                              f"{manifest.get('format_version')!r}; this clipkit reads {FORMAT_VERSION}; {FIX}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from clipkit.io.errors import positive_int
 from clipkit.retrieval.index.build import BuildPlan
 from clipkit.retrieval.index.changes import merge_faiss, merge_on_disk
 from clipkit.retrieval.index.core import EmbeddingIndex
@@ -42,8 +43,7 @@ def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = 
     `on_disk/index.ivfdata`, memory-mapped (FAISS's on-disk inverted lists), so no step
     holds all vectors in memory; `save` puts the file in the index folder.
     """
-    if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1:
-        raise ValueError(f"pieces={pieces!r}; expected a positive int")
+    pieces = positive_int(pieces, "pieces")
     plan = BuildPlan(vectors, kind, metric, model=model, recall_target=recall_target, k=k, num_queries=num_queries,
                      max_memory=max_memory, count=count, batch_size=batch_size, train_size=train_size, seed=seed,
                      modality=modality)

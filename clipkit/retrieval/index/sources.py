@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 from collections.abc import Iterable, Iterator
 
 import faiss
@@ -52,12 +54,14 @@ class Source:
 
     def __init__(self, source, batch_size: int, buffer_rows: int, count: int | None, modality: str | None = None):
         self.metadata, self.info, self.array, self.what = None, {}, None, "vectors"
+        self.record: dict | None = None          # what the index remembers of an embedding folder (folder_record)
         if isinstance(source, (str, os.PathLike)):
             source = EmbeddingFolder(source)
         if isinstance(source, EmbeddingFolder):
             self.what = f"embeddings in {str(source.root)!r}"
             self.folder, self.n, self.info = source, source.count, source.info
             modality = modality or ("img" if "img" in source.modalities else "text")
+            self.record = folder_record(source, modality)
             self._iter = (v for v, _ in source.chunks(modality, batch_size, metadata=False))
             if source.has_metadata:
                 self.metadata = source.metadata(columns=None)
@@ -99,6 +103,18 @@ class Source:
             check_finite(chunk, self.what, start, self._iter)
             start += len(chunk)
             yield chunk
+
+
+def folder_record(folder: EmbeddingFolder, modality: str) -> dict:
+    """What an index records of an embedding folder it holds (manifest "sources"): its absolute path, the
+    modality, the row count, when, and a digest of the sizes and sha256 its manifest records for that
+    modality's parts, so the same embeddings are recognised wherever they were copied (`add` refuses them)."""
+    prefix = f"{modality}_emb/"
+    parts = {rel: [rec.get("bytes"), rec.get("sha256")] for rel, rec in sorted(folder.info["parts"].items())
+             if rel.startswith(prefix)}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    return {"path": os.path.abspath(folder.root), "modality": modality, "count": folder.count, "digest": digest,
+            "time": round(time.time(), 1)}
 
 
 def trained_fingerprint(index) -> str:
