@@ -298,3 +298,11 @@ def test_finetune_experiment_quick(tmp_path):
     assert len(result["models"]["full"]["per_dataset"]) == 10      # 5 attributes x (slice, rest)
     for name in ("finetune.png", "report.html", "results.jsonl", "wiseft/tradeoff.png"):
         assert (tmp_path / "ft" / name).is_file()
+
+
+def test_an_evaluation_whose_labels_match_no_class_is_an_error(tiny_model, layouts):
+    """Every sample skipped as bad_label used to end in acc1=nan and exit 0: no samples measures nothing."""
+    dataset = open_dataset(layouts["caption_shards"], label_field="color", classnames=["dog", "cat"],
+                           templates="simple")
+    with pytest.raises(ValueError, match="none of its 48 labels is one of its 2 class names"):
+        evaluate(tiny_model, dataset, "zeroshot")

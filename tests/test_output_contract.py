@@ -94,6 +94,8 @@ def env(tmp_path_factory, tiny_model, tiny_model_dir):
 OUTPUTS = {
     ("shapes", "--out"): (["shapes", "--out", "OUT", "--num", "4", "--shard-size", "4"], None, True),
     ("demo", "--out"): (["demo", "--out", "OUT", "--quick"], None, False),
+    ("fit", "--out"): (["fit", "--train-data", "SHARDS", "--out", "OUT", "--max-steps", "1", "--num-samples", "8"],
+                       "SHARDS", False),
     ("icons", "--out"): (["icons", "--theme", "THEME", "--out", "OUT", "--renders-per-icon", "2"], "THEME", False),
     ("embed", "--out"): (["embed", "--model", "MODEL", "--texts", "TEXTS", "--out", "OUT"], "TEXTS", True),
     ("index build", "OUT"): (["index", "build", "EMB", "OUT", "--kind", "flat"], "EMB", True),

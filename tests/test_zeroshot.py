@@ -97,3 +97,32 @@ def test_cli_labelled_shards(shapes_dir, capsys):
     assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
                  "--label-field", "color"]) == 0
     assert "n=100" in capsys.readouterr().out
+    # --labels naming some of the colours: the other samples are left out and counted, not blamed on the list.
+    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
+                 "--label-field", "color", "--labels", "red,blue"]) == 0
+    out = capsys.readouterr().out
+    left_out = int(out.split("left out ")[1].split(" of 100")[0])
+    assert 0 < left_out < 100 and f"n={100 - left_out}" in out
+    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
+                 "--label-field", "color", "--labels", "dog,cat"]) == 2
+    assert "no sample's 'color' is one of --labels" in capsys.readouterr().err
+
+
+def test_one_template_syntax_and_one_default_everywhere(tmp_path):
+    """'{}' (open_clip's) and '{c}' (CLIP_benchmark's) name the class in lists and files alike; zero-shot,
+    eval and export-benchmark share one default."""
+    import inspect
+
+    from clipkit.evaluation import export_labelled_folder, open_dataset
+    from clipkit.retrieval.zeroshot import DEFAULT_TEMPLATES, ZeroShotClassifier
+
+    listed = get_templates(["a {} shape", "one {c}"])
+    assert [t.format("dog") if isinstance(t, str) else t("dog") for t in listed] == ["a dog shape", "one dog"]
+    path = tmp_path / "templates.txt"
+    path.write_text("# mine\na {c} here\nthe {}\n")
+    assert [t("cat") if callable(t) else t.format("cat") for t in get_templates(path)] == ["a cat here", "the cat"]
+    with pytest.raises(ValueError, match="'{}' or '{c}'"):
+        get_templates(["no placeholder"])
+    assert get_templates(None) == get_templates(DEFAULT_TEMPLATES)
+    for fn in (ZeroShotClassifier.__init__, open_dataset, export_labelled_folder):
+        assert inspect.signature(fn).parameters["templates"].default is None      # None: DEFAULT_TEMPLATES

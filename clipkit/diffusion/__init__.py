@@ -25,17 +25,17 @@ The model contract: `model_fn(x, t, cond) -> out`, out shaped like x (names.py l
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:                   # the lazy names' types, for type checkers
-    from clipkit.diffusion.base import DiscreteSampler, DynamicThreshold, Sampler, spaced_timesteps
-    from clipkit.diffusion.ddim import DDIMSampler
-    from clipkit.diffusion.ddpm import DDPMSampler
-    from clipkit.diffusion.embedding import timestep_embedding
-    from clipkit.diffusion.flow import FlowAdapter, FlowMatchSampler, FlowProcess
-    from clipkit.diffusion.names import PREDICTION_TYPES, SCHEDULE_KINDS, check_prediction_type
-    from clipkit.diffusion.parameterization import from_x0_eps, to_x0_eps
-    from clipkit.diffusion.sampling import Trajectory, sample
-    from clipkit.diffusion.schedule import NoiseSchedule
-    from clipkit.diffusion.training import diffusion_loss, drop_condition, loss_weights, training_batch, weighted_mse
+if TYPE_CHECKING:                   # the lazy names, typed for type checkers (exported through __all__)
+    from clipkit.diffusion.base import DiscreteSampler, DynamicThreshold, Sampler, spaced_timesteps  # noqa: F401
+    from clipkit.diffusion.ddim import DDIMSampler  # noqa: F401
+    from clipkit.diffusion.ddpm import DDPMSampler  # noqa: F401
+    from clipkit.diffusion.embedding import timestep_embedding  # noqa: F401
+    from clipkit.diffusion.flow import FlowAdapter, FlowMatchSampler, FlowProcess  # noqa: F401
+    from clipkit.diffusion.names import PREDICTION_TYPES, SCHEDULE_KINDS, check_prediction_type  # noqa: F401
+    from clipkit.diffusion.parameterization import from_x0_eps, to_x0_eps  # noqa: F401
+    from clipkit.diffusion.sampling import Trajectory, sample  # noqa: F401
+    from clipkit.diffusion.schedule import NoiseSchedule  # noqa: F401
+    from clipkit.diffusion.training import diffusion_loss, drop_condition, loss_weights, training_batch, weighted_mse  # noqa: F401
 
 _EXPORTS = {
     "NoiseSchedule": "schedule",

@@ -18,13 +18,10 @@ None means the process's own ("epsilon", "velocity").
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from clipkit.diffusion.base import randn_like_gen
+from clipkit.diffusion.base import Cond, ModelFn, randn_like_gen
 from clipkit.diffusion.flow import FlowProcess
 from clipkit.diffusion.names import LOSS_WEIGHTINGS
 from clipkit.diffusion.sampling import cond_tensors
@@ -73,7 +70,7 @@ def weighted_mse(output: torch.Tensor, target: torch.Tensor, weights: torch.Tens
 
 def training_batch(process: Process, x0: torch.Tensor, prediction_type: str | None = None,
                    generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None):
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, t, target) for a batch of clean samples x0 (batch first); t and noise are drawn with
     `generator` unless given."""
     if not isinstance(process, (NoiseSchedule, FlowProcess)):
@@ -87,8 +84,8 @@ def training_batch(process: Process, x0: torch.Tensor, prediction_type: str | No
     return process.add_noise(x0, noise, t), t, process.target(x0, noise, t, prediction_type)
 
 
-def drop_condition(cond, p: float, null=None, generator: torch.Generator | None = None,
-                   return_mask: bool = False):
+def drop_condition(cond: Cond, p: float, null: Cond = None, generator: torch.Generator | None = None,
+                   return_mask: bool = False) -> Cond | tuple[Cond, torch.Tensor]:
     """Replace each row of `cond` by `null` with probability p (classifier-free guidance training).
 
     cond: (B, ...) tensor, or a dict / tuple of them (one mask is shared across entries).
@@ -121,9 +118,8 @@ def _apply_drop(c, null, mask: torch.Tensor):
                    for v, n in zip(c, null if null is not None else [None] * len(c)))
 
 
-def diffusion_loss(model_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
-                   process: Process, x0: torch.Tensor, cond=None, prediction_type: str | None = None,
-                   p_uncond: float = 0.0, null_cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
+def diffusion_loss(model_fn: ModelFn, process: Process, x0: torch.Tensor, cond: Cond = None,
+                   prediction_type: str | None = None, p_uncond: float = 0.0, null_cond: Cond = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean squared error of model_fn(x_t, t, cond) against the target, with condition dropout."""
     xt, t, target = training_batch(process, x0, prediction_type, generator)
     if cond is not None and p_uncond > 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from clipkit.evaluation.datasets import EvalDataset, open_dataset, resolve_templates
+from clipkit.evaluation.datasets import EvalDataset, open_dataset
 from clipkit.evaluation.export import export_clip_benchmark, export_labelled_folder
 from clipkit.evaluation.tasks import (
     TASKS,
@@ -31,7 +31,7 @@ from clipkit.evaluation.tasks import (
 if TYPE_CHECKING:
     from clipkit.model import ClipModel
 
-__all__ = ["EvalDataset", "open_dataset", "resolve_templates", "export_clip_benchmark", "export_labelled_folder",
+__all__ = ["EvalDataset", "open_dataset", "export_clip_benchmark", "export_labelled_folder",
            "TASKS", "classification_metrics", "evaluate", "evaluate_datasets", "linear_probe", "read_rows",
            "retrieval", "retrieval_metrics", "write_rows", "zeroshot"]
 

@@ -41,7 +41,7 @@ from clipkit.data.folders import labelled_folder, read_caption, read_images
 from clipkit.data.shards import IMAGE_EXTENSIONS, expand_urls
 from clipkit.images import open_image
 from clipkit.io.errors import BadImageError
-from clipkit.retrieval.zeroshot import get_templates
+from clipkit.retrieval.zeroshot import DEFAULT_TEMPLATES, BenchmarkTemplate, get_templates
 
 LAYOUTS = ("clip_benchmark", "labelled_folder", "caption_shards")
 DATASET_TYPES = ("classification", "retrieval")
@@ -50,41 +50,8 @@ TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 TYPE_FILE = "dataset_type.txt"
 
 
-class BenchmarkTemplate:
-    """A CLIP_benchmark template ("a photo of a {c}."), callable like clipkit's template callables."""
-
-    def __init__(self, text: str):
-        if "{c}" not in text:
-            raise ValueError(f"template {text!r} has no '{{c}}' where the class name goes")
-        self.text = text
-
-    def __call__(self, classname: str) -> str:
-        return self.text.format(c=classname)          # CLIP_benchmark's own substitution
-
-    def __repr__(self) -> str:
-        return f"BenchmarkTemplate({self.text!r})"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, BenchmarkTemplate) and other.text == self.text
-
-    def __hash__(self) -> int:
-        return hash(self.text)
-
-
 # What `templates=` takes: 'openai', 'simple', 'none', a file, or a list of templates (strings or callables).
 TemplateSpec = str | os.PathLike | Sequence[str | Callable[[str], str]]
-
-
-def resolve_templates(spec: TemplateSpec) -> list:
-    """Templates from clipkit's specs ('openai', 'simple', 'none', a file, a list) where a file or string
-    may also use CLIP_benchmark's "{c}" placeholder."""
-    if isinstance(spec, (str, os.PathLike)) and Path(spec).is_file():
-        lines = [ln.strip() for ln in Path(spec).read_text(encoding="utf-8").splitlines() if ln.strip()]
-        if any("{c}" in ln for ln in lines):
-            return [BenchmarkTemplate(ln) for ln in lines]
-    if isinstance(spec, (list, tuple)):
-        spec = [BenchmarkTemplate(t) if isinstance(t, str) and "{c}" in t else t for t in spec]
-    return get_templates(spec)
 
 
 def template_text(template) -> str:
@@ -229,7 +196,7 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
     """Recognise the layout of `path` (see module docstring) and describe the dataset.
 
     `classnames` (a list or a file, one a line) and `templates` (see
-    resolve_templates) override what the dataset carries; `label_field` names
+    get_templates) override what the dataset carries; `label_field` names
     the json field holding the class of image-caption shards.
     """
     text = str(path)
@@ -247,7 +214,7 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
         if templates is None and (root / TEMPLATES_FILE).is_file():
             templates = root / TEMPLATES_FILE
         return EvalDataset(name or root.name, str(root), "clip_benchmark", split, dtype, names,
-                           resolve_templates(templates) if templates is not None else None,
+                           get_templates(templates) if templates is not None else None,
                            urls=_benchmark_urls(root, split))
     if root.is_dir() and sorted(root.glob("*.tar")):
         urls = [str(p) for p in sorted(root.glob("*.tar"))]
@@ -257,9 +224,9 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
             classnames = _read_lines(root / CLASSNAMES_FILE)
         paths, labels, classes = labelled_folder(root, classnames)
         if templates is None:
-            templates = root / TEMPLATES_FILE if (root / TEMPLATES_FILE).is_file() else "openai"
+            templates = root / TEMPLATES_FILE if (root / TEMPLATES_FILE).is_file() else DEFAULT_TEMPLATES
         return EvalDataset(name or root.name, str(root), "labelled_folder", split, "classification",
-                           list(classes), resolve_templates(templates), files=list(zip(paths, labels)))
+                           list(classes), get_templates(templates), files=list(zip(paths, labels)))
     if ".tar" in text or "{" in text or "::" in text or "://" in text or text.startswith("pipe:"):
         urls = expand_urls(text)
         local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
@@ -278,6 +245,6 @@ def _caption_shards(name, path, urls, label_field, classnames, templates) -> Eva
     if label_field is None and (classnames is not None or templates is not None):
         raise ValueError(f"classnames / templates for image-caption shards {path!r} need label_field "
                          f"(the json field holding each sample's class), e.g. label_field='shape'")
-    resolved = resolve_templates(templates if templates is not None else "openai") if label_field else None
+    resolved = get_templates(templates if templates is not None else DEFAULT_TEMPLATES) if label_field else None
     return EvalDataset(name, path, "caption_shards", "test", "classification" if label_field else "retrieval",
                        list(classnames) if classnames else None, resolved, urls=list(urls), label_field=label_field)

@@ -31,11 +31,11 @@ from clipkit.evaluation.datasets import (
     TYPE_FILE,
     Sample,
     TemplateSpec,
-    resolve_templates,
     template_text,
 )
 from clipkit.images import open_image, to_rgb
 from clipkit.io import atomic_directory, atomic_file, claim_output, output_lock
+from clipkit.retrieval.zeroshot import DEFAULT_TEMPLATES, get_templates
 
 BENCHMARK_FORMAT = "clipkit-benchmark"      # the .clipkit-output.json marker of a folder export_* wrote
 
@@ -98,7 +98,7 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
         bad = [c for c in classnames if not c.strip() or "\n" in c]
         if bad:
             raise ValueError(f"class names {bad!r} are empty or span lines; classnames.txt holds one a line")
-    lines = [template_text(t) for t in resolve_templates(templates)] if templates is not None else None
+    lines = [template_text(t) for t in get_templates(templates)] if templates is not None else None
     out_dir = claim_output(out_dir, BENCHMARK_FORMAT, inputs, overwrite)
     with output_lock(out_dir):                  # one export into a folder at a time
         count, shards = 0, 0
@@ -151,14 +151,14 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
         return {"path": str(out_dir), "split": split, "count": count, "shards": shards}
 
 
-def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, templates: TemplateSpec = "openai",
+def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, templates: TemplateSpec | None = None,
                            split: str = "test", classnames: list[str] | None = None, captions: bool = True,
                            shard_size: int = 10_000, progress: bool = False, *, overwrite: bool = False) -> dict:
     """ROOT/<class>/* (captions from `<stem>.txt` beside images when `captions`) -> CLIP_benchmark's layout.
 
     `classnames` gives the class order (every sub-folder must be one of them);
     by default the sorted sub-folder names. `templates`: 'openai' (CLIP's 80
-    ImageNet ones), 'simple', a file, or a list of "{c}" / "{}" templates.
+    ImageNet ones), 'simple' (the default), a file, or a list of "{c}" / "{}" templates.
     An image that does not decode (or a decompression bomb) is skipped and
     counted (the folder policy, clipkit.data.folders); the summary's "skipped" says how many.
     """
@@ -170,7 +170,7 @@ def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, 
             caption = read_caption(path) if captions else None
             yield Sample(path, labels[i], [caption] if caption else None)
 
-    summary = export_clip_benchmark(samples(), out_dir, classes, templates, split, "classification",
+    summary = export_clip_benchmark(samples(), out_dir, classes, DEFAULT_TEMPLATES if templates is None else templates, split, "classification",
                                     shard_size, progress, overwrite=overwrite, inputs=[root])
     summary["skipped"] = dict(skipped)
     if skipped:

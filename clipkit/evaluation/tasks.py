@@ -113,6 +113,11 @@ def embed_dataset(model, dataset: EvalDataset, need: str, batch_size: int = 256,
         return Features(images, None, captions)
     y = _label_indices(dataset, labels)
     keep = y >= 0
+    if not keep.any():
+        names = dataset.classnames or []
+        raise ValueError(f"dataset {dataset.name!r} ({dataset.path}): none of its {len(labels)} labels is one of its "
+                         f"{len(names)} class names (label {labels[0]!r}; classes {names[:3]} ...): an evaluation "
+                         f"with no samples measures nothing; check the label field and the class names file")
     if not keep.all():
         dataset.skipped["bad_label"] += int((~keep).sum())
         images, y = images[torch.from_numpy(keep)], y[keep]

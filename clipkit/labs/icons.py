@@ -5,7 +5,6 @@
     # data/icons/{train,val,unseen}/00000.tar (+ _stats.json), pictures.json, manifest.json
 
     clipkit icons --theme papirus --out data/icons --limit 1400      # the same, from the shell
-    python -m clipkit.labs.icons --theme papirus --out data/icons     # the same again
 
 Why: the shapes world was designed with its recipes; nothing told a user what to
 expect on pictures nobody designed for us. An icon theme is thousands of designed
@@ -38,10 +37,8 @@ and published by clipkit.io (a manifest names every part).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
-import json
 import os
 import re
 import time
@@ -287,34 +284,3 @@ def make_icon_set(theme: str | os.PathLike, out: str | os.PathLike, size: int = 
                  "seconds": round(time.time() - start, 1)}
         write_manifest(stage.dir, FORMAT, parts, **stats)
     return stats
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """`python -m clipkit.labs.icons --theme papirus --out DIR`: the flags of `clipkit icons`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return make_icon_set(**arguments(args))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--theme", default="papirus", help="theme name under /usr/share/icons or a folder [papirus]")
-    parser.add_argument("--out", required=True, help="output folder (train/, val/, unseen/ shards)")
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels [64]")
-    parser.add_argument("--renders-per-icon", type=int, default=12, help="renders of each picture [12]")
-    parser.add_argument("--limit", type=int, default=None, help="use this many pictures (seeded choice) [all]")
-    parser.add_argument("--unseen-fraction", type=float, default=0.1, help="fraction of names held out [0.1]")
-    parser.add_argument("--val-renders", type=int, default=1, help="renders of each seen picture put in val [1]")
-    parser.add_argument("--categories", nargs="*", default=None, help="only these theme folders (apps places ...)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
-    parser.add_argument("--shard-size", type=int, default=5_000, help="samples per tar [5000]")
-    parser.add_argument("--overwrite", action="store_true", help="replace what is at --out (once complete)")
-
-
-def arguments(args) -> dict:
-    return {k: getattr(args, k) for k in ("theme", "out", "size", "renders_per_icon", "limit", "unseen_fraction",
-                                          "val_renders", "categories", "seed", "shard_size", "overwrite")}
-
-
-if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))

@@ -28,10 +28,37 @@ import torch.nn.functional as F
 from clipkit.io.figures import new_figure, save_figure
 
 SIMPLE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.", "a drawing of a {}.")
+DEFAULT_TEMPLATES = "simple"      # the one default of zero-shot, eval, export-benchmark and serve
 
 
-def get_templates(spec: str | os.PathLike | Sequence[str | Callable] = "simple") -> list:
-    """Resolve a template spec (see module docstring) to a list of format strings or callables."""
+class BenchmarkTemplate:
+    """A template in CLIP_benchmark's syntax ("a photo of a {c}."), callable like clipkit's template callables."""
+
+    def __init__(self, text: str):
+        if "{c}" not in text:
+            raise ValueError(f"template {text!r} has no '{{c}}' where the class name goes")
+        self.text = text
+
+    def __call__(self, classname: str) -> str:
+        return self.text.format(c=classname)          # CLIP_benchmark's own substitution
+
+    def __repr__(self) -> str:
+        return f"BenchmarkTemplate({self.text!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BenchmarkTemplate) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def get_templates(spec: str | os.PathLike | Sequence[str | Callable] | None = None) -> list:
+    """Resolve a template spec (see module docstring) to a list of format strings or callables.
+
+    A template names the class with "{}" (Python's format, open_clip's) or "{c}" (CLIP_benchmark's), in a
+    list or a file (one a line, '#' lines skipped) alike. None: DEFAULT_TEMPLATES."""
+    if spec is None:
+        spec = DEFAULT_TEMPLATES
     if isinstance(spec, (str, os.PathLike)):
         name = str(spec)
         if name == "openai":
@@ -44,17 +71,17 @@ def get_templates(spec: str | os.PathLike | Sequence[str | Callable] = "simple")
         path = Path(name)
         if not path.is_file():
             raise ValueError(f"templates={name!r}: expected 'openai', 'simple', 'none' or a text file of "
-                             f"templates (one a line, each containing '{{}}')")
+                             f"templates (one a line, each containing '{{}}' or '{{c}}')")
         templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
                      if line.strip() and not line.startswith("#")]
         spec = templates
-    templates = list(spec)
+    templates = [BenchmarkTemplate(t) if isinstance(t, str) and "{c}" in t else t for t in spec]
     if not templates:
         raise ValueError("templates is empty; expected at least one template")
     for i, t in enumerate(templates):
         if isinstance(t, str):
             if "{}" not in t:
-                raise ValueError(f"template {i} ({t!r}) has no '{{}}' where the class name goes")
+                raise ValueError(f"template {i} ({t!r}) has no '{{}}' or '{{c}}' where the class name goes")
         elif not callable(t):
             raise TypeError(f"template {i} is {type(t).__name__}; expected a format string or a callable")
     return templates
@@ -72,7 +99,7 @@ def class_vectors(model, classnames: Sequence[str], templates, batch_size: int =
 class ZeroShotClassifier:
     """Classify images among `classnames` by cosine similarity to templated class prompts."""
 
-    def __init__(self, model, classnames: Sequence[str], templates="simple", batch_size: int = 256):
+    def __init__(self, model, classnames: Sequence[str], templates=None, batch_size: int = 256):
         classnames = list(classnames)
         if len(classnames) < 2:
             raise ValueError(f"need at least 2 class names; got {classnames!r}")
@@ -112,7 +139,8 @@ class ZeroShotClassifier:
         for i, label in enumerate(labels):
             if isinstance(label, str):
                 if label not in self.classnames:
-                    raise ValueError(f"labels[{i}]={label!r} is not one of the classes {self.classnames}")
+                    raise ValueError(f"sample {i}'s label {label!r} is not one of the {len(self.classnames)} classes "
+                                     f"{list(self.classnames)[:10]}; leave such samples out or add the class")
                 out.append(self.classnames.index(label))
             else:
                 if not 0 <= int(label) < len(self.classnames):

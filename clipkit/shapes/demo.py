@@ -11,9 +11,7 @@ same chain with tiny settings (the tests' end-to-end case).
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import clipkit
 from clipkit.config import load_config
 from clipkit.data.shards import read_samples
 from clipkit.images import make_grid
+from clipkit.io.stages import run_stage
 from clipkit.io import claim_output, write_json
 from clipkit.labs.genlab import GenLabConfig, run_gen_lab
 from clipkit.labs.genlab.priors import compare_priors
@@ -290,22 +289,6 @@ def stage_genlab(out: Path, s: DemoSettings, clip_dir: Path, pipeline: Path) -> 
 
 # ----------------------------------------------------------------------------- running
 
-def _run_stage(name: str, folder: Path, fn: Callable[[], dict], force: bool) -> dict:
-    marker = folder / "done.json"
-    if marker.is_file() and not force:
-        result = json.loads(marker.read_text())
-        print(f"[{name}] skipped (done): {result.get('summary', '')}", flush=True)
-        return result
-    folder.mkdir(parents=True, exist_ok=True)
-    print(f"[{name}] running ...", flush=True)
-    start = time.time()
-    result = fn()
-    result["seconds"] = round(time.time() - start, 1)
-    write_json(marker, result)
-    print(f"[{name}] {result.get('summary', '')} ({result['seconds']} s)", flush=True)
-    return result
-
-
 def run_demo(out: str | Path, quick: bool = False, force: bool = False, genlab: float | None = None,
              overwrite: bool = False) -> dict:
     """Every stage into `out`, then report.html. genlab: also run the generation lab with that many training
@@ -317,21 +300,21 @@ def run_demo(out: str | Path, quick: bool = False, force: bool = False, genlab: 
     start = time.time()
     r: dict[str, dict] = {}
     data = out / "data"
-    r["data"] = _run_stage("data", data, lambda: stage_data(data, s), force)
-    r["clip"] = _run_stage("clip", out / "clip", lambda: stage_clip(out / "clip", s, data), force)
+    r["data"] = run_stage("data", data, lambda: stage_data(data, s), force)
+    r["clip"] = run_stage("clip", out / "clip", lambda: stage_clip(out / "clip", s, data), force)
     model_dir = Path(r["clip"]["model"])
-    r["zeroshot"] = _run_stage("zero-shot", out / "zeroshot",
+    r["zeroshot"] = run_stage("zero-shot", out / "zeroshot",
                                lambda: stage_zeroshot(out / "zeroshot", s, data, model_dir), force)
-    r["retrieval"] = _run_stage("retrieval", out / "retrieval",
+    r["retrieval"] = run_stage("retrieval", out / "retrieval",
                                 lambda: stage_retrieval(out / "retrieval", s, data, model_dir), force)
-    r["hat_vector"] = _run_stage("hat-vector", out / "hat_vector",
+    r["hat_vector"] = run_stage("hat-vector", out / "hat_vector",
                                  lambda: stage_hat_vector(out / "hat_vector", s, data, model_dir), force)
-    r["unclip"] = _run_stage("unclip", out / "unclip",
+    r["unclip"] = run_stage("unclip", out / "unclip",
                              lambda: stage_unclip(out / "unclip", s, data, model_dir, Path(r["hat_vector"]["hat_vector"])),
                              force)
-    r["spiral"] = _run_stage("spiral", out / "spiral", lambda: stage_spiral(out / "spiral", s), force)
+    r["spiral"] = run_stage("spiral", out / "spiral", lambda: stage_spiral(out / "spiral", s), force)
     if s.genlab_budget:
-        r["genlab"] = _run_stage("gen-lab", out / "genlab", lambda: stage_genlab(
+        r["genlab"] = run_stage("gen-lab", out / "genlab", lambda: stage_genlab(
             out / "genlab", s, model_dir, Path(r["unclip"]["pipeline"])), force)
     total = time.time() - start
     summary = {"seconds": round(total, 1), "quick": quick, "stages": r}

@@ -12,14 +12,14 @@ Training lives in clipkit.train.unclip (`train_decoder`, `train_prior`), the CLI
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:                   # the lazy names' types, for type checkers
-    from clipkit.unclip.config import DecoderConfig, PriorConfig, UpsamplerConfig
-    from clipkit.unclip.decoder import DecoderUNet
-    from clipkit.unclip.images import to_pil, trajectory_strip
-    from clipkit.unclip.pipeline import UnCLIP, slerp
-    from clipkit.unclip.prior import DiffusionPrior
-    from clipkit.unclip.samplers import SAMPLERS
-    from clipkit.unclip.storage import load_model, save_model
+if TYPE_CHECKING:                   # the lazy names, typed for type checkers (exported through __all__)
+    from clipkit.unclip.config import DecoderConfig, PriorConfig, UpsamplerConfig  # noqa: F401
+    from clipkit.unclip.decoder import DecoderUNet  # noqa: F401
+    from clipkit.unclip.images import to_pil, trajectory_strip  # noqa: F401
+    from clipkit.unclip.pipeline import UnCLIP, slerp  # noqa: F401
+    from clipkit.unclip.prior import DiffusionPrior  # noqa: F401
+    from clipkit.unclip.samplers import SAMPLERS  # noqa: F401
+    from clipkit.unclip.storage import load_model, save_model  # noqa: F401
 
 _EXPORTS = {
     "UnCLIP": "pipeline", "SAMPLERS": "samplers", "load_model": "storage", "save_model": "storage",

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-field", default=None, help="json field holding the class (image-caption shards)")
     p.add_argument("--classnames", default=None, help="file of class names, one a line (overrides the dataset's)")
     p.add_argument("--templates", default=None,
-                   help="openai | simple | none | FILE ('{c}' or '{}' templates); default: the dataset's, else openai")
+                   help="openai | simple | none | FILE ('{c}' or '{}' templates); default: the dataset's, else simple")
     p.add_argument("--recall-k", type=positive_int, nargs="+", default=[1, 5, 10], help="k of recall@k [1 5 10]")
     p.add_argument("--train-dataset", default=None,
                    help="linear probe: training data (default: the dataset's train split, else half of it)")

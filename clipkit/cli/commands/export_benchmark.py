@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("root", help="labelled folder: one sub-folder of images per class")
     p.add_argument("--out", required=True, help="output dataset folder")
     p.add_argument("--split", default="test", help="split to write (test, train, ...) [test]")
-    p.add_argument("--templates", default="openai",
-                   help="openai | simple | none | FILE of '{c}' or '{}' templates [openai]")
+    p.add_argument("--templates", default=None,
+                   help="openai | simple | none | FILE of '{c}' or '{}' templates [simple]")
     p.add_argument("--no-captions", action="store_true", help="do not store <stem>.txt captions as `txt`")
     p.add_argument("--shard-size", type=positive_int, default=10_000, help="samples per tar [10000]")
     p.add_argument("--overwrite", action="store_true",

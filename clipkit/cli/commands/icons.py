@@ -28,9 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from clipkit.labs.icons import arguments, make_icon_set
+    from clipkit.labs.icons import make_icon_set
 
-    stats = make_icon_set(**arguments(args))
+    stats = make_icon_set(**{k: getattr(args, k) for k in (
+        "theme", "out", "size", "renders_per_icon", "limit", "unseen_fraction", "val_renders", "categories", "seed",
+        "shard_size", "overwrite")})
     counts = ", ".join(f"{k} {v}" for k, v in stats["counts"].items())
     print(f"wrote {stats['renders']} renders of {stats['pictures']} pictures ({stats['pictures_found']} in "
           f"{stats['theme']}) to {args.out}: {counts}; {stats['names']['unseen']} unseen names; "

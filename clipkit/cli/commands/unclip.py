@@ -29,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     for name, cls, fn, what, data in (
             ("train-decoder", DecoderTrainConfig, run_train_decoder,
-             "the unCLIP decoder (CLIP image embedding -> 32x32 pixels)", "shapes embedded by a frozen CLIP"),
+             "the unCLIP decoder (CLIP image embedding -> pixels)", "image shards embedded by a frozen CLIP"),
             ("train-prior", PriorTrainConfig, run_train_prior,
              "the unCLIP diffusion prior (text embedding -> image embedding)",
-             "shapes embedded by a frozen CLIP, or on image/caption pairs from `clipkit embed` (--embeddings)"),
+             "image-caption shards embedded by a frozen CLIP, or on pairs from `clipkit embed` (--embeddings)"),
             ("train-ar-prior", ArPriorTrainConfig, run_train_ar_prior,
              "unCLIP's autoregressive prior (text embedding -> PCA components of the image embedding, each "
              "quantised into 1,024 bins, predicted in order by a causal transformer)",

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--shards", help="labelled shards; the label is --label-field of each sample's json")
     p.add_argument("--labels", help="comma-separated class names (order = class index)")
     p.add_argument("--label-field", default=None, help="json field holding the label (with --shards)")
-    p.add_argument("--templates", default="simple", help="openai | simple | none | FILE [simple]")
+    p.add_argument("--templates", default=None, help="openai | simple | none | FILE of '{}' or '{c}' templates [simple]")
     p.add_argument("--out", default=None, help="CSV of predictions (path, label, probability)")
     p.add_argument("--confusion", default=None, help="confusion-matrix PNG (evaluation modes)")
     p.add_argument("--json", default=None, help="write the evaluation report as JSON")
@@ -134,6 +134,14 @@ def run(args) -> int:
     else:
         images, names = labelled_shards(args.shards, args.label_field)
         classes = labels or sorted(set(names))
+        known = [i for i, name in enumerate(names) if name in set(classes)]
+        if not known:
+            raise ValueError(f"no sample's {args.label_field!r} is one of --labels {classes[:5]} (the samples have "
+                             f"e.g. {sorted(set(names))[:5]}); give the classes the samples use")
+        if len(known) < len(names):          # samples of other classes are left out and counted, as eval does
+            print(f"left out {len(names) - len(known)} of {len(names)} samples whose {args.label_field!r} is not "
+                  f"one of --labels")
+            images, names = [images[i] for i in known], [names[i] for i in known]
         y = names
         clf = ZeroShotClassifier(model, classes, args.templates, batch_size=args.batch_size)
     report = clf.evaluate(images, y)

@@ -24,6 +24,7 @@ import hashlib
 import os
 import shutil
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from clipkit.data.folders import list_images, read_caption
+from clipkit.data.folders import list_images, read_caption, read_images
 from clipkit.data.shards import SkipCounter, expand_urls, shard_pipeline
 from clipkit.io import (
     MANIFEST_NAME,
@@ -53,7 +54,6 @@ from clipkit.io import (
     write_manifest,
 )
 from clipkit.io.errors import positive_int
-from clipkit.model import load_image
 from clipkit.retrieval.embeddings.layout import FIX, FORMAT, MODALITIES, part_path, require_finite
 
 RUN_NAME, UNITS_DIR = "run.json", "units"
@@ -380,19 +380,20 @@ def _embed_shard(model, plan: _Plan, url: str):
 
 
 def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
-    def load(i):
-        try:
-            return model.preprocess(load_image(paths[i], i))
-        except (ValueError, OSError):
-            return None
+    def load(i):               # the folder policy (clipkit.data.folders.read_images): skip, count by reason
+        skipped: Counter = Counter()
+        got = next(read_images([paths[i]], skipped), None)
+        return (None if got is None else model.preprocess(got[2])), skipped
 
-    rows, imgs, txts, bad = [], [], [], 0
+    rows, imgs, txts, bad = [], [], [], Counter()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for s in range(0, len(paths), plan.batch_size):
             idx = list(range(s, min(s + plan.batch_size, len(paths))))
-            loaded = list(pool.map(load, idx))
+            results = list(pool.map(load, idx))
+            for _, skipped in results:
+                bad.update(skipped)
+            loaded = [tensor for tensor, _ in results]
             keep = [i for i, t in zip(idx, loaded) if t is not None]
-            bad += len(idx) - len(keep)
             if not keep:
                 continue
             keys = [_key_for(paths[i], plan.root_dir) for i in keep]
@@ -404,7 +405,7 @@ def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
                 txts.append(_encode_texts(model, [caps[i] for i in keep], plan.batch_size, keys))
             rows += [{"key": k, "path": paths[i], "caption": None if caps is None else caps[i]}
                      for k, i in zip(keys, keep)]
-    return rows, _cat(imgs), _cat(txts), ({"bad_image": bad} if bad else {})
+    return rows, _cat(imgs), _cat(txts), dict(bad)
 
 
 def _cat(arrays: list) -> np.ndarray | None:
