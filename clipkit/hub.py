@@ -59,9 +59,9 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
         if cached:
             return cached, tag_cfg
     elif url:
-        cached = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-        if cached.is_file():
-            return str(cached), tag_cfg
+        downloaded = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if downloaded.is_file():
+            return str(downloaded), tag_cfg
 
     host = "huggingface.co" if repo_id else (urlparse(url).hostname or "")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

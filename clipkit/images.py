@@ -29,9 +29,7 @@ MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def _bad(what: str, reason: str, detail: str) -> BadImageError:
-    error = BadImageError(f"{what}: {detail}")
-    error.reason = reason
-    return error
+    return BadImageError(f"{what}: {detail}", reason=reason)
 
 
 def check_image_size(image: Image.Image, what: str = "image", max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
@@ -117,5 +115,5 @@ def make_grid(images: list[Image.Image], columns: int = 8, pad: int = 2, backgro
     for i, im in enumerate(images):
         grid.paste(to_rgb(im).resize((w, h)), (pad + (i % columns) * (w + pad), pad + (i // columns) * (h + pad)))
     if scale != 1:
-        grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
     return grid

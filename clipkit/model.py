@@ -303,9 +303,7 @@ class ClipModel:
         Indexes and unCLIP pipelines record it to refuse a mismatched model. Training
         changes the weights: `save` (or `refresh_identity`) brings it up to date.
         """
-        if self._identity is None:
-            self.refresh_identity()
-        return self._identity
+        return self.refresh_identity() if self._identity is None else self._identity
 
     def refresh_identity(self) -> str:
         self._identity = f"{self.config.name}:{weights_fingerprint(self.model.state_dict())}"
@@ -336,8 +334,9 @@ class ClipModel:
                 bad = int((~torch.isfinite(images.flatten(1))).any(1).nonzero()[0, 0])
                 raise NonFiniteError(f"the tensor batch holds NaN or inf pixels (the first in image {bad}); "
                                      f"embeddings of it would be NaN. Check how the batch was made")
-            chunks = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-            return self._encode(chunks, self.model.encode_image, len(images), batch_size, progress, "images", precision)
+            batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+            return self._encode(batches, self.model.encode_image, len(images), batch_size, progress, "images",
+                                precision)
         items = _as_list(images, "images")
         if not items:
             return torch.zeros(0, self.embed_dim)

@@ -240,6 +240,77 @@ def test_ctrl_c_prints_the_commands_own_hint(monkeypatch, capsys):
     assert "run the same command again to resume" in capsys.readouterr().err
 
 
+def _leaf_commands(parser, prefix=()):
+    """(command words, its parser) for every runnable (sub)command."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix, parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from _leaf_commands(sub, (*prefix, name))
+
+
+def _minimal_argv(words, parser) -> list[str]:
+    """The command with a placeholder for each required argument its parser accepts."""
+    import argparse
+
+    def value(action):
+        if action.choices:
+            return [str(next(iter(action.choices)))]
+        for candidate in ("1", "x", "0.5"):
+            try:
+                (action.type or str)(candidate)
+                return [candidate] * (action.nargs if isinstance(action.nargs, int) else 1)
+            except (argparse.ArgumentTypeError, ValueError, TypeError):
+                continue
+        raise AssertionError(f"no placeholder for {action.dest} of {words}")
+    argv = list(words)
+    grouped = {a for g in parser._mutually_exclusive_groups for a in g._group_actions}
+    for group in parser._mutually_exclusive_groups:
+        if group.required:
+            first = group._group_actions[0]
+            argv += [first.option_strings[0], *value(first)] if first.option_strings else value(first)
+    for action in parser._actions:
+        if action in grouped or not (action.required or not action.option_strings) or action.dest == "help":
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        argv += [action.option_strings[0], *value(action)] if action.option_strings else value(action)
+    return argv
+
+
+def test_ctrl_c_in_every_command_prints_its_own_hint(monkeypatch, capsys):
+    """Every command, interrupted: exit 130, one line, and the hint its own parser set (never another command's);
+    a hint that says --resume belongs to a command that has --resume."""
+    import importlib
+
+    from clipkit.cli import build_parser
+
+    cli_main = importlib.import_module("clipkit.cli.main")        # the module (clipkit.cli.main is also a function)
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    seen = 0
+    for words, _ in _leaf_commands(build_parser()):
+        parser = build_parser()
+        target = parser
+        for word in words:
+            target = next(a for a in target._actions if a.__class__.__name__ == "_SubParsersAction").choices[word]
+        target.set_defaults(func=interrupted)
+        monkeypatch.setattr(cli_main, "build_parser", lambda p=parser: p)
+        argv = _minimal_argv(words, target)
+        assert cli_main.main(argv) == 130, argv
+        err = capsys.readouterr().err.strip()
+        hint = target.get_default("interrupted_hint")
+        assert err == f"clipkit {words[0]}: interrupted; outputs are as they were" + (f" ({hint})" if hint else ""), err
+        if hint and "--resume" in hint:
+            assert any("--resume" in a.option_strings for a in target._actions), words
+        seen += 1
+    assert seen >= 20
+
+
 def test_eval_recall_k_must_be_positive(capsys):
     for bad in ("0", "-5"):
         with pytest.raises(SystemExit) as info:
@@ -298,6 +369,14 @@ def _api_garbage(model, api, tmp_path):
     from clipkit.retrieval.arithmetic import ExpressionError, evaluate_expression, nearest_words
 
     nan = np.full(model.embed_dim, np.nan, np.float32)
+
+    def damaged_stage_marker(content: str):
+        from clipkit.io.stages import MARKER, run_stage
+
+        folder = tmp_path / f"stage-{len(content)}"
+        folder.mkdir()
+        (folder / MARKER).write_text(content)
+        return run_stage("clip", folder, lambda: pytest.fail("a finished stage ran again"))
     return {
         "create(None)": (lambda: clipkit.create(None), TypeError, "model=None (NoneType); expected"),
         "load(None)": (lambda: clipkit.load(None), TypeError, "clipkit.load(None): got NoneType"),
@@ -309,6 +388,10 @@ def _api_garbage(model, api, tmp_path):
         "EmbeddingIndex.search(NaN query)": (lambda: api["flat"].search(nan[None]), ValueError, "NaN or inf"),
         "EmbeddingIndex.search_text('')": (lambda: api["flat"].search_text(model, ""), ValueError, "is empty"),
         "EmbeddingIndex.search_text(blank)": (lambda: api["flat"].search_text(model, "  "), ValueError, "is empty"),
+        "run_stage(cut done.json)": (lambda: damaged_stage_marker('{"summary": '), DamagedFileError,
+                                     "stage marker"),
+        "run_stage(done.json not a record)": (lambda: damaged_stage_marker("[1, 2]"), DamagedFileError,
+                                              "not a stage record"),
         "evaluate_expression(NaN stored vector)": (
             lambda: evaluate_expression(model, 'img:"7"', images={"7": nan}), ExpressionError, "NaN / inf"),
     }
@@ -348,7 +431,7 @@ def _counts(model, api, tmp_path):
 def test_every_count_takes_numpy_integers_and_refuses_the_rest(tiny_model, api, tmp_path):
     """`nearest_words(k=np.int64(3))` was refused: each count of the public API takes an int or a NumPy integer
     (what array code hands back) and refuses 0, negatives, bools, floats and strings in one line."""
-    for name, call in _counts(tiny_model, api, tmp_path).items():
+    for call in _counts(tiny_model, api, tmp_path).values():
         for good in (2, np.int64(2), np.int32(2)):
             call(good)
         for bad in (0, -3, np.int64(0), True, 2.5, "2"):

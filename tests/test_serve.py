@@ -264,7 +264,8 @@ def test_an_index_embedded_from_relative_paths_serves_from_any_directory(source,
         with TestClient(create_app(engine)) as c:
             r = c.get("/image/1")
             assert r.status_code == 200, r.text
-            assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")), np.asarray(originals[1]))
+            served = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+            assert np.array_equal(served, np.asarray(originals[1]))
             hits = c.post("/search", json={"expression": 'img:"1"', "k": 1}).json()["results"]
             assert [h["id"] for h in hits] == [1]
     finally:

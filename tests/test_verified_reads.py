@@ -265,7 +265,9 @@ def test_one_bad_file_never_stops_a_folder_run(key, bad_folders, tiny_model_dir,
     if key[0] == "embed":
         from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 
-        assert EmbeddingFolder(out).count == 4 and "skipped 2 unreadable samples" in said
+        folder = EmbeddingFolder(out)
+        assert folder.count == 4 and "skipped 2 unreadable samples" in said
+        assert folder.info["skipped"] == {"bad_image": 1, "too_large": 1}                # by reason, as the others
     elif key == ("zero-shot", "--images"):
         assert len(out.read_text().splitlines()) == 1 + 4 and "bad_image: 1, too_large: 1" in said
     elif key == ("zero-shot", "--labelled-folder"):

@@ -128,7 +128,7 @@ def read_images(paths: Iterable[str | os.PathLike], skipped: Counter | None = No
         try:
             image = open_image(path, max_pixels=max_pixels)
         except BadImageError as e:
-            skipped["too_large" if getattr(e, "reason", "") == "too_large" else "bad_image"] += 1
+            skipped["too_large" if e.reason == "too_large" else "bad_image"] += 1
             continue
         except FileNotFoundError:                   # deleted while we read the folder
             skipped["missing"] += 1

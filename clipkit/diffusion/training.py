@@ -119,7 +119,8 @@ def _apply_drop(c, null, mask: torch.Tensor):
 
 
 def diffusion_loss(model_fn: ModelFn, process: Process, x0: torch.Tensor, cond: Cond = None,
-                   prediction_type: str | None = None, p_uncond: float = 0.0, null_cond: Cond = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                   prediction_type: str | None = None, p_uncond: float = 0.0, null_cond: Cond = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean squared error of model_fn(x_t, t, cond) against the target, with condition dropout."""
     xt, t, target = training_batch(process, x0, prediction_type, generator)
     if cond is not None and p_uncond > 0:

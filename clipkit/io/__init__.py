@@ -40,13 +40,18 @@ one completeness contract:
   manifest is missing, of another format, or does not match its parts (missing
   file, other size, other sha256); `verify_file` checks one part as a reader
   opens it; `clipkit.io.weights.load_weights` does the same for weights and
-  refuses pickles. sha256 streams at about 1 GB/s here (0.1 s per 100 MB);
-  `verify=False` skips the hash for very large reads and keeps the size check.
+  refuses pickles. Every reader of models, pipelines, embedding folders, indexes
+  and checkpoints hashes each file before it parses it: ~0.07 s per 100 MB here
+  (a 102 MB index loads in 0.14 s verified, 0.07 s not); `verify=False`
+  (`--no-verify`) skips the hash for very large reads and keeps the size check.
 - Temporary siblings carry their writer's pid and host; a writer killed with -9
-  leaves one, and the next write of the same path removes it.
+  leaves one, and the next write of the same path removes it, with the staging
+  folder and the lock the killed writer left (they are recognised as ours).
 
 Errors (clipkit.io.errors): every failure a user can fix is a `UserError`
 (and a ValueError / RuntimeError as before); the CLI prints it as one line, exit 2.
+Every count the public API takes goes through `positive_int` (an int or a NumPy
+integer >= 1, never a bool).
 
 Every file we create honours the umask, as a plain open() would.
 """

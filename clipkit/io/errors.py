@@ -41,7 +41,15 @@ class WeightsMismatchError(UserError, ValueError):
 
 
 class BadImageError(UserError, ValueError):
-    """An image that cannot be used: it does not decode, is empty (0 pixels) or too large (a decompression bomb)."""
+    """An image that cannot be used: it does not decode, is empty (0 pixels) or too large (a decompression bomb).
+    `reason` says which ("unreadable", "empty", "too_large"): folder readers count skipped files by it."""
+
+    def __init__(self, message: str = "", reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):                         # pickled across DataLoader workers with its reason
+        return (type(self), (str(self), self.reason))
 
 
 class NonFiniteError(UserError, ValueError):

@@ -67,7 +67,7 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     process, of another host or of another name are never touched.
     """
     path = Path(path)
-    removed = []
+    removed: list[Path] = []
     head = f".{path.name}~"
     try:
         names = os.listdir(path.parent)

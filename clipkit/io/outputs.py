@@ -49,10 +49,11 @@ FILES_MARKER = ".clipkit-files.json"          # in a folder holding single-file 
 
 # ----------------------------------------------------------------------------- hashing and verified reads
 
-# sha256 streams at 0.84-1.07 GB/s on the 2-core development machine (SHA-NI; a 100 MB file read in 4 MB
-# blocks, measured while other jobs ran): verifying a 100 MB model costs ~0.1 s, a 10 GB embedding folder
-# ~10 s. Readers verify by default; `verify=False` (`--no-verify` where a command reads very large folders)
-# skips the hash and keeps the size check.
+# sha256 streams at 0.84-1.5 GB/s on the 2-core development machine (SHA-NI; a 100 MB file read in 4 MB
+# blocks; the low end while other jobs ran): verifying a 100 MB model or index costs 0.07-0.1 s, a 10 GB
+# embedding folder 7-10 s. Readers hash a file before they parse it (never parsing unverified bytes; the parse
+# then reads it back from the page cache), by default; `verify=False` (`--no-verify` where a command reads
+# indexes or embedding folders) skips the hash and keeps the size check.
 _BLOCK = 1 << 22
 
 
@@ -284,9 +285,10 @@ def output_lock(path: str | os.PathLike):
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except FileExistsError:
-            fd = _open_existing_lock(lock)
-            if fd is None:
+            existing = _open_existing_lock(lock)
+            if existing is None:
                 continue                              # removed meanwhile: create it again
+            fd = existing
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -355,7 +357,7 @@ def _resolved(p) -> Path:
 def _input_paths(item) -> list[str]:
     """The existing local paths an input argument names: '::' lists and brace patterns expanded (the first
     10,000); URLs, pipes and names that are no path (a preset such as 'shapes-tiny') are left out."""
-    out = []
+    out: list[str] = []
     for part in str(item).split("::"):
         if not part or "://" in part or part.startswith("pipe:"):
             continue
@@ -563,11 +565,15 @@ def begin_stage(path: str | os.PathLike, format: str, resume: bool = False) -> S
     if not resumed:
         try:
             fresh = Path(tempfile.mkdtemp(prefix=_temp_prefix(stage_dir), suffix=".tmp", dir=stage_dir.parent))
+        except OSError as e:
+            raise _named(e, stage_dir) from e
+        try:
             os.chmod(fresh, 0o777 & ~current_umask())
             write_json(fresh / PARTIAL_MARKER, {"format": format, "output": str(path), "pid": os.getpid(),
                                                 "host": socket.gethostname(), "started": time.time()})
             os.rename(fresh, stage_dir)
         except OSError as e:
+            shutil.rmtree(fresh, ignore_errors=True)
             raise _named(e, stage_dir) from e
     return Stage(path, format, resumed)
 

@@ -10,12 +10,12 @@ training resumes from its checkpoints). Used by `clipkit demo` and `clipkit fit`
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clipkit.io.files import write_json
+from clipkit.io.errors import DamagedFileError
+from clipkit.io.files import read_json, write_json
 
 MARKER = "done.json"
 
@@ -25,7 +25,10 @@ def run_stage(name: str, folder: Path, fn: Callable[[], dict], force: bool = Fal
     prints one line when it starts and one when it ends (or is skipped). force: run even if done."""
     marker = Path(folder) / MARKER
     if marker.is_file() and not force:
-        result = json.loads(marker.read_text())
+        result = read_json(marker, "stage marker")
+        if not isinstance(result, dict):
+            raise DamagedFileError(f"stage marker {str(marker)!r} holds {type(result).__name__}, not a stage "
+                                   f"record; it is damaged: remove it to run the {name} stage again")
         print(f"[{name}] skipped (done): {result.get('summary', '')}", flush=True)
         return result
     Path(folder).mkdir(parents=True, exist_ok=True)

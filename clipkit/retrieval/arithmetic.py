@@ -54,7 +54,7 @@ class ExpressionError(ValueError):
 @dataclass(frozen=True)
 class Token:
     kind: str        # NUMBER, REF, IDENT, OP, END
-    value: object
+    value: Any       # by kind: float (NUMBER), (img|text, str) (REF), str (IDENT, OP), None (END)
     pos: int
 
 
@@ -93,10 +93,12 @@ def tokenize(text: str) -> list[Token]:
             i += 1
         elif ch.isdigit() or (ch == "." and i + 1 < len(text) and text[i + 1].isdigit()):
             m = _NUMBER.match(text, i)
+            assert m is not None, "a digit starts a number"
             tokens.append(Token("NUMBER", float(m.group()), i))
             i = m.end()
         elif ch.isalpha() or ch == "_":
             m = _IDENT.match(text, i)
+            assert m is not None, "a letter starts a name"
             word, end = m.group(), m.end()
             if word in ("img", "text") and end < len(text) and text[end] == ":":
                 j = end + 1

@@ -72,9 +72,8 @@ def get_templates(spec: str | os.PathLike | Sequence[str | Callable] | None = No
         if not path.is_file():
             raise ValueError(f"templates={name!r}: expected 'openai', 'simple', 'none' or a text file of "
                              f"templates (one a line, each containing '{{}}' or '{{c}}')")
-        templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                     if line.strip() and not line.startswith("#")]
-        spec = templates
+        spec = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.startswith("#")]
     templates = [BenchmarkTemplate(t) if isinstance(t, str) and "{c}" in t else t for t in spec]
     if not templates:
         raise ValueError("templates is empty; expected at least one template")

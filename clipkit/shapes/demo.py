@@ -19,8 +19,8 @@ import clipkit
 from clipkit.config import load_config
 from clipkit.data.shards import read_samples
 from clipkit.images import make_grid
-from clipkit.io.stages import run_stage
 from clipkit.io import claim_output, write_json
+from clipkit.io.stages import run_stage
 from clipkit.labs.genlab import GenLabConfig, run_gen_lab
 from clipkit.labs.genlab.priors import compare_priors
 from clipkit.labs.genlab.report import REPRODUCED, claims

@@ -22,7 +22,9 @@ it adds the judge's identification of the intended label, with its own accuracy 
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +43,14 @@ from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 from clipkit.retrieval.embeddings.writer import write_embeddings
 from clipkit.retrieval.index.core import EmbeddingIndex
 from clipkit.train.clip import train_clip
-from clipkit.train.config import ClipTrainConfig, DecoderTrainConfig, PriorTrainConfig, UpsamplerTrainConfig
+from clipkit.train.config import (
+    ClipTrainConfig,
+    DecoderTrainConfig,
+    PriorTrainConfig,
+    UnclipTrainConfig,
+    UpsamplerTrainConfig,
+)
+from clipkit.train.loop import UNBOUNDED_STEPS
 from clipkit.train.unclip import train_decoder, train_prior, train_upsampler
 from clipkit.unclip.images import pil_to_tensor, to_pil
 
@@ -114,8 +123,8 @@ def _overrides(config: FitConfig, out: Path, stage: str, budget: float | None) -
     common = {"out_dir": str(out / stage), "resume": "latest", "seed": config.seed}
     if budget is not None:
         common["time_budget"] = budget
-        common["max_steps"] = config.max_steps or 10 ** 9      # the budget ends the run
-        common["epochs"] = 10 ** 6
+        common["max_steps"] = config.max_steps or UNBOUNDED_STEPS     # the budget ends the run
+        common["epochs"] = UNBOUNDED_STEPS
     elif config.max_steps is not None:
         common["max_steps"] = config.max_steps
     return common
@@ -150,11 +159,14 @@ def _clip_import(config: FitConfig, out: Path, budget: Budget) -> dict:
 
 
 def _unclip_stage(config: FitConfig, out: Path, stage: str, clip_dir: str, budget: Budget) -> dict:
-    cls, fn = {"prior": (PriorTrainConfig, train_prior), "decoder": (DecoderTrainConfig, train_decoder),
-               "upsampler": (UpsamplerTrainConfig, train_upsampler)}[stage]
+    trainers: dict[str, tuple[type[UnclipTrainConfig], Callable[..., dict]]] = {
+        "prior": (PriorTrainConfig, train_prior), "decoder": (DecoderTrainConfig, train_decoder),
+        "upsampler": (UpsamplerTrainConfig, train_upsampler)}
+    cls, fn = trainers[stage]
     overrides = {**_overrides(config, out, stage, budget.seconds(stage)), "clip": clip_dir,
-                 "train_data": config.train_data, "pipeline_dir": str(out / "pipeline"),
-                 "num_samples": config.num_samples}
+                 "train_data": config.train_data, "pipeline_dir": str(out / "pipeline")}
+    if stage != "upsampler":               # its recipe reads fewer (64 px targets; each is its own condition)
+        overrides["num_samples"] = config.num_samples
     summary = fn(load_config(cls, RECIPES / f"images-{stage}.json", overrides))
     return {"summary": f"{summary['steps']} steps in {summary['train_seconds']:.0f} s "
                        f"(stopped by {summary.get('stopped_by', 'steps')})",
@@ -267,7 +279,7 @@ def fit(config: FitConfig, force: bool = False) -> dict:
     clip_dir = results[first]["model"]
     for stage in stages[1:]:
         results[stage] = run_stage(stage, out / stage,
-                                   lambda stage=stage: _unclip_stage(config, out, stage, clip_dir, budget), force)
+                                   functools.partial(_unclip_stage, config, out, stage, clip_dir, budget), force)
     indexed = run_stage("index", out / "index", lambda: _index_stage(config, out, clip_dir), force)
     page = report(config, out, results)
     summary = {"stages": results, "index": indexed, "report": str(page)}

@@ -203,6 +203,10 @@ def _agreed_stop(accelerator, should_stop, step: int, elapsed: float) -> str | N
     return reason or ("should_stop" if float(votes) > 0 else None)
 
 
+UNBOUNDED_STEPS = 10**9          # the step bound of a run only its time budget ends (Trainer.prepare(until_budget=True))
+
+
 def _progress(accelerator, total: int, initial: int, desc: str, enabled: bool):
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+    # A run only its time budget ends counts steps with no total (a bar of 10^9 steps says nothing).
+    return tqdm(total=None if total >= UNBOUNDED_STEPS else total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                 disable=not (enabled and accelerator.is_main_process))

@@ -75,7 +75,7 @@ RUN_CONTROL = frozenset({
     "zeroshot_eval", "val_samples"})
 
 
-UNBOUNDED_STEPS = 10**9          # the step bound of a run only its time budget ends (prepare(until_budget=True))
+UNBOUNDED_STEPS = loop.UNBOUNDED_STEPS
 
 
 RUN_FORMAT = "clipkit-run"                 # the .clipkit-output.json marker of a run folder
@@ -172,6 +172,9 @@ class Trainer(Generic[ConfigT]):
         c = self.config
         self.module, self.num_samples, self.until_budget = module, num_samples, until_budget
         self.steps_per_epoch, self.total_steps = self._steps(num_samples, replacement)
+        # A step bound of UNBOUNDED_STEPS or more (max_steps / epochs set to it, as `clipkit fit` does) means the same.
+        self.until_budget = until_budget = until_budget or (c.time_budget is not None
+                                                            and self.total_steps >= UNBOUNDED_STEPS)
         if until_budget:
             if c.time_budget is None:
                 raise ValueError(f"{self.desc}: until_budget needs a time_budget (seconds); got null")

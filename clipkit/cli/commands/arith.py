@@ -45,9 +45,9 @@ def _save_path(args):
 def run(args) -> int:
     import numpy as np
 
-    from clipkit.retrieval.arithmetic import evaluate_expression, nearest_words
     from clipkit.cli.commands.search import print_hits
     from clipkit.io import output_file
+    from clipkit.retrieval.arithmetic import evaluate_expression, nearest_words
 
     save = _save_path(args)
     index = None

@@ -84,9 +84,9 @@ def _claim_workdir(args):
 
 
 def run_build(args) -> int:
+    from clipkit.io import check_output_path
     from clipkit.retrieval.embeddings.reader import EmbeddingFolder
     from clipkit.retrieval.index.core import FORMAT, EmbeddingIndex
-    from clipkit.io import check_output_path
 
     check_output_path(args.out, FORMAT, [args.emb_dir], args.overwrite, staged=True)   # before hours of work
     if args.on_disk and args.pieces < 2:
@@ -114,9 +114,9 @@ def run_build(args) -> int:
 
 
 def run_add(args) -> int:
+    from clipkit.io import output_lock
     from clipkit.retrieval.embeddings.reader import EmbeddingFolder
     from clipkit.retrieval.index.core import EmbeddingIndex
-    from clipkit.io import output_lock
 
     with output_lock(args.index):             # load, add and save as one step: no concurrent add is lost
         index = EmbeddingIndex.load(args.index, verify=args.verify)

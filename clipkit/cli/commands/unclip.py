@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from clipkit.cli.types import finite_float, positive_int
 
@@ -83,8 +85,9 @@ def _train(args, kind: str) -> int:
     from clipkit.train.unclip import train_ar_prior, train_decoder, train_prior, train_upsampler
 
     config = config_from_args(args.config_cls, args)
-    summary = {"decoder": train_decoder, "prior": train_prior, "upsampler": train_upsampler,
-               "ar_prior": train_ar_prior}[kind](config)
+    trainers: dict[str, Callable[[Any], dict]] = {"decoder": train_decoder, "prior": train_prior,
+                                                  "upsampler": train_upsampler, "ar_prior": train_ar_prior}
+    summary = trainers[kind](config)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -83,7 +83,9 @@ def _embed_folder(clf, paths: list[str], batch_size: int, source: str):
 
     from clipkit.data.folders import image_batches, skipped_note
 
-    skipped, kept, chunks = Counter(), [], []
+    skipped: Counter = Counter()
+    kept: list[int] = []
+    chunks: list[np.ndarray] = []
     for indices, _, images in image_batches(paths, batch_size, skipped):
         kept.extend(indices)
         chunks.append(clf.embed(images))
@@ -113,6 +115,7 @@ def run(args) -> int:
         from clipkit.data.folders import list_images
 
         paths = list_images(args.images)
+        assert labels is not None, "--images without --labels is refused above"
         clf = ZeroShotClassifier(model, labels, args.templates, batch_size=args.batch_size)
         embeddings, kept = _embed_folder(clf, paths, args.batch_size, args.images)
         proba = clf.predict_proba(embeddings)

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -84,6 +85,8 @@ class _Plan:
             if not texts:
                 raise ValueError(f"texts file {str(path)!r} holds no text (every line is empty); nothing to embed")
         self.root_dir = None
+        # What a unit is, by source: a shard url (str), (start, image paths, captions or None), (start, texts).
+        self.units: list[Any]
         # Local paths are recorded absolute (the metadata's `path` column, the signature), so an index
         # built from the output finds its images from any working directory (`clipkit serve` elsewhere).
         if shards is not None:
@@ -204,7 +207,7 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
         if errors:
             raise errors[0] if error is None else error
         timing = {"processes": world, "embed_seconds": round(time.time() - started, 3)}
-        result = None
+        result: tuple[str, Any] | None = None
         if rank == 0:
             try:
                 result = ("ok", _finish(out, plan, stage_dir, model_source, allow_empty, timing))
@@ -385,7 +388,10 @@ def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
         got = next(read_images([paths[i]], skipped), None)
         return (None if got is None else model.preprocess(got[2])), skipped
 
-    rows, imgs, txts, bad = [], [], [], Counter()
+    rows: list[dict] = []
+    imgs: list[np.ndarray] = []
+    txts: list[np.ndarray] = []
+    bad: Counter = Counter()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for s in range(0, len(paths), plan.batch_size):
             idx = list(range(s, min(s + plan.batch_size, len(paths))))

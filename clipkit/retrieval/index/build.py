@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import faiss
 import numpy as np
@@ -54,7 +55,7 @@ def train_index(sample: np.ndarray, factory: str, metric: str = "ip", *, request
         _train(index, factory, sample, train_size, seed, skip_rows)
     chosen = kind_of(factory)
     if chosen == "hnsw":
-        faiss.downcast_index(index).hnsw.efConstruction = 40
+        cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efConstruction = 40
     params: dict = {"factory": factory}
     if "IVF" in factory:
         params["nlist"] = int(faiss.extract_index_ivf(index).nlist)
@@ -74,15 +75,19 @@ def _train(index, factory: str, sample: np.ndarray, train_size: int | None, seed
     if len(train) < ivf.nlist:
         raise ValueError(f"{len(train)} training vectors for {ivf.nlist} IVF cells; give more data "
                          f"(--train-on / train_size) or kind='flat'")
-    ivf = faiss.downcast_index(ivf)
+    ivf = cast(faiss.IndexIVF, faiss.downcast_index(ivf))        # the concrete IVF class (IVFFlat, IVFPQ)
     if hasattr(ivf, "do_polysemous_training"):
         if len(train) < 256:
             raise ValueError(f"{len(train)} training vectors; PQ codes need at least 256 (and ~10,000 "
                              f"for good codes); give more data or use kind='ivf' / 'flat'")
-        ivf.do_polysemous_training = False     # on by default in the factory, and very slow
-        ivf.pq.cp.niter = 10
+        ivfpq = cast(faiss.IndexIVFPQ, ivf)
+        # on by default in the factory, and very slow (a field faiss's 1.15 stubs leave out)
+        ivfpq.do_polysemous_training = False  # type: ignore[attr-defined]
+        ivfpq.pq.cp.niter = 10
     if factory.startswith("OPQ"):
-        faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0)).niter = 5
+        # faiss's stubs type `chain` as a list; it is a SWIG VectorTransformVector, read with .at()
+        chain = cast(faiss.IndexPreTransform, faiss.downcast_index(index)).chain
+        cast(faiss.OPQMatrix, faiss.downcast_VectorTransform(chain.at(0))).niter = 5  # type: ignore[attr-defined]
     index.train(train)
 
 

@@ -74,7 +74,7 @@ def appended_metadata(old: dict | None, before: int, new: dict | None, added: in
     """Metadata columns of all rows; a column missing on either side is filled with None."""
     if old is None and new is None:
         return None
-    new = checked_metadata(new, added) if new is not None else {}
+    new = (checked_metadata(new, added) if new is not None else None) or {}
     old = old or {}
     return {c: list(old.get(c, [None] * before)) + list(new.get(c, [None] * added)) for c in {**old, **new}}
 
@@ -99,6 +99,7 @@ def compact_ivf_labels(index, removed_positions: np.ndarray) -> None:
     removed = np.sort(np.asarray(removed_positions, dtype=np.int64))
     ivf = faiss.extract_index_ivf(index)
     invlists = ivf.invlists
+    assert invlists is not None, "an IVF index holds its inverted lists"
     for cell in range(ivf.nlist):
         size = invlists.list_size(cell)
         if size:

@@ -392,7 +392,7 @@ class EmbeddingIndex:
         directory = Path(directory)
         with staged_output(directory, FORMAT, inputs=inputs, overwrite=overwrite) as stage:
             tmp = stage.dir
-            parts = {INDEX_NAME: len(self)}
+            parts: dict[str, int | None] = {INDEX_NAME: len(self)}        # file -> rows (None: not rows)
             if self.ivfdata is not None:                     # on-disk lists: the file goes beside index.faiss
                 _link_or_copy(self.ivfdata, tmp / IVFDATA_NAME)
                 parts[IVFDATA_NAME] = None

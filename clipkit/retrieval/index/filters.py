@@ -18,6 +18,7 @@ from its storage and compares them all. Fewer allowed rows than k give id -1.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import faiss
 import numpy as np
@@ -37,13 +38,16 @@ def search_parameters(index, kind: str, sel=None, *, nprobe: int | None = None,
     FAISS's parameter objects start from their own defaults (nprobe 1, efSearch 16), not
     from the index's settings, so the index's current value is carried over unless given.
     """
+    # The fields go in as keywords: faiss's Python wrapper then keeps `sel` alive as long as the parameters (a
+    # selector set as an attribute would be freed under FAISS). Its 1.15 stubs declare neither the keywords nor
+    # SearchParametersHNSW, hence the two narrow ignores.
     if kind == "hnsw":
-        ef = efSearch if efSearch is not None else faiss.downcast_index(index).hnsw.efSearch
-        return faiss.SearchParametersHNSW(sel=sel, efSearch=int(ef))
+        ef = efSearch if efSearch is not None else cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efSearch
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=int(ef))  # type: ignore[attr-defined]
     if kind in ("ivf", "ivfpq"):
         probes = nprobe if nprobe is not None else faiss.extract_index_ivf(index).nprobe
-        return faiss.SearchParametersIVF(sel=sel, nprobe=int(probes))
-    return faiss.SearchParameters(sel=sel)
+        return faiss.SearchParametersIVF(sel=sel, nprobe=int(probes))  # type: ignore[call-arg]
+    return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
 
 
 def filtered_search(index, kind: str, queries: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +59,7 @@ def filtered_search(index, kind: str, queries: np.ndarray, k: int, mask: np.ndar
         return index.search(queries, k)
     share = allowed / n
     if kind == "hnsw":
-        ef = math.ceil(faiss.downcast_index(index).hnsw.efSearch / share)
+        ef = math.ceil(cast(faiss.IndexHNSW, faiss.downcast_index(index)).hnsw.efSearch / share)
         # exact when comparing every allowed row costs less than the widened walk (~ M neighbours per visit)
         if allowed <= max(FLAT_BELOW, HNSW_M * ef):
             return _exact_on_rows(index, queries, k, np.flatnonzero(mask))

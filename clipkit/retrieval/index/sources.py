@@ -55,6 +55,7 @@ class Source:
     def __init__(self, source, batch_size: int, buffer_rows: int, count: int | None, modality: str | None = None):
         self.metadata, self.info, self.array, self.what = None, {}, None, "vectors"
         self.record: dict | None = None          # what the index remembers of an embedding folder (folder_record)
+        self.n: int | None                       # rows in all (None: an iterator of unknown length, until exhausted)
         if isinstance(source, (str, os.PathLike)):
             source = EmbeddingFolder(source)
         if isinstance(source, EmbeddingFolder):
@@ -75,7 +76,8 @@ class Source:
         else:
             raise TypeError(f"vectors must be a (n, d) float array, an EmbeddingFolder / its path, or an "
                             f"iterable of (n_i, d) chunks; got {type(source).__name__}")
-        self.buffer, rows = [], 0
+        self.buffer: list[np.ndarray] = []
+        rows = 0
         for chunk in self._iter:
             if self.buffer and chunk.shape[1] != self.buffer[0].shape[1]:
                 raise ValueError(f"chunk of dim {chunk.shape[1]} after chunks of dim {self.buffer[0].shape[1]}")
