@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 export MPLCONFIGDIR ?= $(CURDIR)/.venv/cache/matplotlib
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-quick test test-fast docs clean
+.PHONY: demo demo-quick check test test-fast docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/clipkit demo --out runs/demo-quick --quick
 
-test: $(STAMP)
+# The house rules first (lint, format, types; the layering is tests/test_layout.py), then the tests
+# (tests/test_docs.py builds the documentation site strictly).
+check: $(STAMP)
+	$(BIN)/ruff check clipkit tests benchmarks training
+	$(BIN)/ruff format --check clipkit tests benchmarks training
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

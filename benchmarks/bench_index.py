@@ -190,7 +190,7 @@ def build_clipkit(args, root: Path) -> dict:
     options = dict(kind="auto" if args.variant == "auto" else args.kind, max_memory=budget, train_size=args.train_on)
     out: dict = {"variant": args.variant}
     t = time.perf_counter()
-    if args.variant == "costs":                      # per-vector costs for the README's scale on paper
+    if args.variant == "costs":                      # per-vector costs for docs/retrieval.md's scale on paper
         plan = BuildPlan(str(root / "emb"), **options)
         out["train_s"], out["train_rows"] = time.perf_counter() - t, len(plan.source.pool)
         t = time.perf_counter()

@@ -14,10 +14,10 @@ Servers run as `clipkit serve` subprocesses on free 127.0.0.1 ports.
    HTTP/1.1 connection (what browsers, requests.Session and httpx do) or on a new connection per
    request (what curl does). The two modes run interleaved (A B, B A, ... `--rounds` rounds, by
    benchmarks/protocol.py); each window reports p50 / p99 latency, requests/s and the server
-   process's CPU time a request. Goal (issue 26): p50 at 1 kept-alive client <= 1.5x the server's
+   process's CPU time a request. Goal: p50 at 1 kept-alive client <= 1.5x the server's
    CPU time a request, for text and image search.
 2. Batching: text search at the largest client count, micro-batching on vs `--no-batching`,
-   interleaved the same way (issue 14: >= 2x requests/s at 32 clients, p99 < 100 ms at 8).
+   interleaved the same way (goal: >= 2x requests/s at 32 clients, p99 < 100 ms at 8).
 3. Generation: POST /generate at 1 and 4 clients on a tiny untrained unCLIP (1 image, 10 steps:
    the machinery, not a real decoder), then 16 clients at once on 1 worker + 4 queue places: the
    extra requests must get 503 + Retry-After at once, never time out.

@@ -9,7 +9,7 @@ the judge's agreement with the caption's attributes, sharpness (palette x edge
 energy as a ratio to real renders of the same resolution), and the Frechet distance
 in the judge's features as a multiple of the real-vs-real floor; then inversion,
 hat arithmetic, samplers and the guidance sweep. The judge's own accuracy on real
-images is printed first: a figure is only as good as its ruler. Targets from issue 12.
+images is printed first: a figure is only as good as its ruler. Targets: the decoder recipe's goals.
 
 The quality figures are seeded (the same numbers every run). The samplers' speed is a
 side-by-side timing: flow-N, DDIM-N and DDPM-1000 decode the same --time-images embeddings,
@@ -146,7 +146,7 @@ def report(m: dict, out: str) -> str:
         t, op = TARGETS[k]
         ok = v >= t if op == ">=" else v > t if op == ">" else v <= t
         rows.append([k, f"{v:.3f}", f"{op} {t:.2f}", "ok" if ok else "MISSED"])
-    lines += ["**Targets (issue 12)**", "", protocol.markdown_table(["measure", "value", "target", ""], rows)]
+    lines += ["**Targets**", "", protocol.markdown_table(["measure", "value", "target", ""], rows)]
     div = t2i["diversity"]
     notes = [f"diversity over {div['samples_per_prompt']} samples of each of {div['prompts']} prompts: pixel distance "
              f"{div['generated']['pixel_distance']:.3f} (real renders {div['real']['pixel_distance']:.3f}), distinct "

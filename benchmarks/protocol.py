@@ -22,8 +22,8 @@ naming the window instead. The load average cannot show this (it lags a minute a
 counts our own work).
 
 Results go to benchmarks/results/NAME.json (numbers, the command, machine, date and
-commit) and NAME.md (the table the README quotes; tests/test_readme_figures.py
-checks that the README's tables match these files).
+commit) and NAME.md (the table the docs render; tests/test_docs.py
+checks that every figure the README quotes is in the file it cites).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 
 The peak is what this process's intra-op threads get from a 2048 x 2048 matmul in
 the given precision (the best of a few repeats), so "fraction of peak" reads the
-same on a laptop CPU, this 2-core server (see the README's utilisation table) and a
+same on a laptop CPU, this 2-core server (see docs/experiments/precision.md) and a
 GPU. It is measured once per (device, threads, torch, precision) and kept in
 $XDG_CACHE_HOME/clipkit/peak.json (or $CLIPKIT_CACHE) with the load average it was
 measured at: a busy neighbour only makes a peak look lower, so it is measured again

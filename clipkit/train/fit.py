@@ -153,7 +153,7 @@ def _clip_import(config: FitConfig, out: Path, budget: Budget) -> dict:
         return {"summary": f"the CLIP at {source}", "model": str(source.resolve()), "steps": 0, "train_seconds": 0}
     model = clipkit.load(config.clip, pretrained=config.pretrained)
     target = out / "clip-import" / "model"
-    model.save(target, overwrite=True)                    # inside our own stage folder
+    model.save(target)
     return {"summary": f"{config.clip} ({config.pretrained}) saved to {target}", "model": str(target),
             "steps": 0, "train_seconds": 0}
 
@@ -257,9 +257,10 @@ def _index_stage(config: FitConfig, out: Path, clip_dir: str) -> dict:
     """Embed the held-out (else the training) shards and build an index, so `clipkit serve` can search them."""
     model = clipkit.load(clip_dir)
     shards = config.val_data or config.train_data
+    # overwrite: what a killed run left in this stage's own folder (its marker is written last) is redone.
     write_embeddings(model, out / "index" / "embeddings", shards=shards, overwrite=True, model_source=clip_dir)
     index = EmbeddingIndex.build(EmbeddingFolder(out / "index" / "embeddings"), kind="auto", model=model)
-    index.save(out / "index" / "index", overwrite=True)
+    index.save(out / "index" / "index")
     return {"summary": f"{len(index)} images of {shards} in a {index.kind} index", "index": str(out / "index" / "index")}
 
 
