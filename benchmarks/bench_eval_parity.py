@@ -36,9 +36,15 @@ from pathlib import Path
 import protocol
 
 REPO = Path(__file__).resolve().parents[1]
-METRICS = {"zeroshot_classification": ("acc1", "acc5", "mean_per_class_recall"),
-           "zeroshot_retrieval": ("image_retrieval_recall@1", "text_retrieval_recall@1",
-                                  "image_retrieval_recall@5", "text_retrieval_recall@5")}
+METRICS = {
+    "zeroshot_classification": ("acc1", "acc5", "mean_per_class_recall"),
+    "zeroshot_retrieval": (
+        "image_retrieval_recall@1",
+        "text_retrieval_recall@1",
+        "image_retrieval_recall@5",
+        "text_retrieval_recall@5",
+    ),
+}
 
 
 def quick_model(work: Path, steps: int) -> str:
@@ -46,9 +52,19 @@ def quick_model(work: Path, steps: int) -> str:
     from clipkit.train.clip import ClipTrainConfig, train_clip
 
     write_split(work / "train", "train", num=4000, seed=0, shard_size=4000)
-    train_clip(ClipTrainConfig(model="shapes-tiny", train_data=str(work / "train" / "00000.tar"),
-                               out_dir=str(work / "run"), max_steps=steps, batch_size=128, lr=2e-3,
-                               warmup_steps=20, num_workers=0, progress=False))
+    train_clip(
+        ClipTrainConfig(
+            model="shapes-tiny",
+            train_data=str(work / "train" / "00000.tar"),
+            out_dir=str(work / "run"),
+            max_steps=steps,
+            batch_size=128,
+            lr=2e-3,
+            warmup_steps=20,
+            num_workers=0,
+            progress=False,
+        )
+    )
     return str(work / "run" / "model")
 
 
@@ -69,8 +85,10 @@ def main() -> int:
     p.add_argument("--tolerance", type=float, default=0.5, help="allowed fp32 difference, in points")
     args = p.parse_args()
     if not Path(args.clip_benchmark).is_file():
-        sys.exit(f"clip_benchmark not found at {args.clip_benchmark}; install it in its own venv: "
-                 f"python3 -m venv /work/.venvs/clipbench && /work/.venvs/clipbench/bin/pip install clip_benchmark")
+        sys.exit(
+            f"clip_benchmark not found at {args.clip_benchmark}; install it in its own venv: "
+            f"python3 -m venv /work/.venvs/clipbench && /work/.venvs/clipbench/bin/pip install clip_benchmark"
+        )
     work = Path(args.out or tempfile.mkdtemp(prefix="clipkit-parity-"))
     model = str(Path(args.model or quick_model(work / "model", args.steps)).resolve())
 
@@ -83,8 +101,27 @@ def main() -> int:
     env_note = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     for name, path in bench.items():
         task = "retrieval" if name.endswith("captions") else "zeroshot"
-        run([clipkit_bin, "eval", "--model", model, "--dataset", path, "--task", task, "--device", "cpu",
-             "--recall-k", "1", "5", "--batch-size", "64", "--output", str(ours_file)])
+        run(
+            [
+                clipkit_bin,
+                "eval",
+                "--model",
+                model,
+                "--dataset",
+                path,
+                "--task",
+                task,
+                "--device",
+                "cpu",
+                "--recall-k",
+                "1",
+                "5",
+                "--batch-size",
+                "64",
+                "--output",
+                str(ours_file),
+            ]
+        )
     ours = {r["dataset"]: r["metrics"] for r in map(json.loads, ours_file.read_text().splitlines())}
 
     theirs: dict[str, dict[str, dict]] = {"fp32": {}, "amp": {}}
@@ -92,10 +129,33 @@ def main() -> int:
         for name, path in bench.items():
             task = "zeroshot_retrieval" if name.endswith("captions") else "zeroshot_classification"
             out = work / f"clip_benchmark_{name}_{mode}.json"
-            run([args.clip_benchmark, "eval", "--dataset", f"wds/{name}", "--dataset_root", path,
-                 "--model", f"local-dir:{model}", "--pretrained", "", "--task", task, "--batch_size", "64",
-                 "--num_workers", "0", "--recall_k", "1", "5", "--output", str(out), "--quiet",
-                 *(["--no_amp"] if mode == "fp32" else [])])
+            run(
+                [
+                    args.clip_benchmark,
+                    "eval",
+                    "--dataset",
+                    f"wds/{name}",
+                    "--dataset_root",
+                    path,
+                    "--model",
+                    f"local-dir:{model}",
+                    "--pretrained",
+                    "",
+                    "--task",
+                    task,
+                    "--batch_size",
+                    "64",
+                    "--num_workers",
+                    "0",
+                    "--recall_k",
+                    "1",
+                    "5",
+                    "--output",
+                    str(out),
+                    "--quiet",
+                    *(["--no_amp"] if mode == "fp32" else []),
+                ]
+            )
             theirs[mode][name] = json.loads(out.read_text())["metrics"]
 
     worst, rows = 0.0, []
@@ -104,24 +164,34 @@ def main() -> int:
         for metric in METRICS[task]:
             a = ours[name][metric]
             b, c = theirs["fp32"][name][metric], theirs["amp"][name][metric]
-            if a is None:                          # acc5 with < 5 classes: null here, NaN there
+            if a is None:  # acc5 with < 5 classes: null here, NaN there
                 continue
             d32, damp = 100 * abs(a - b), 100 * abs(a - c)
             worst = max(worst, d32)
             rows.append([name, metric, f"{a:.4f}", f"{b:.4f}", f"{d32:.2f}", f"{c:.4f}", f"{damp:.2f}"])
     verdict = "PASS" if worst <= args.tolerance else "FAIL"
-    table = (f"**`clipkit eval` vs LAION's clip_benchmark** — same model ({Path(model).name}), same data ({args.num} "
-             f"shapes-world images a dataset, clip_benchmark's webdataset layout), CPU ({env_note}). Metrics as "
-             f"fractions; diff = |clipkit - clip_benchmark| in points (x100); clip_benchmark in fp32 (--no_amp, what "
-             f"clipkit computes) and with its default autocast (bf16 on CPU). Largest fp32 difference "
-             f"{worst:.3f} points (tolerance {args.tolerance}): {verdict}.\n\n")
-    table += protocol.markdown_table(["dataset", "metric", "clipkit", "clip_benchmark fp32", "diff (points)",
-                                      "clip_benchmark amp", "diff (points)"], rows)
+    table = (
+        f"**`clipkit eval` vs LAION's clip_benchmark** — same model ({Path(model).name}), same data ({args.num} "
+        f"shapes-world images a dataset, clip_benchmark's webdataset layout), CPU ({env_note}). Metrics as "
+        f"fractions; diff = |clipkit - clip_benchmark| in points (x100); clip_benchmark in fp32 (--no_amp, what "
+        f"clipkit computes) and with its default autocast (bf16 on CPU). Largest fp32 difference "
+        f"{worst:.3f} points (tolerance {args.tolerance}): {verdict}.\n\n"
+    )
+    table += protocol.markdown_table(
+        ["dataset", "metric", "clipkit", "clip_benchmark fp32", "diff (points)", "clip_benchmark amp", "diff (points)"],
+        rows,
+    )
     print("\n" + table)
     from clipkit.io import write_json
 
-    results = {"model": model, "clipkit": ours, "clip_benchmark": theirs, "max_fp32_diff_points": worst,
-               "tolerance": args.tolerance, "verdict": verdict}
+    results = {
+        "model": model,
+        "clipkit": ours,
+        "clip_benchmark": theirs,
+        "max_fp32_diff_points": worst,
+        "tolerance": args.tolerance,
+        "verdict": verdict,
+    }
     write_json(work / "parity.json", results)
     path = protocol.write_results("eval-parity", results, table)
     print(f"written: {path} and {path.with_suffix('.md')}")

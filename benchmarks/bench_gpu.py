@@ -52,8 +52,16 @@ import protocol
 
 NO_GPU = "no CUDA GPU here; bench_gpu.py measures nothing on CPU"
 SECTIONS = ("clip", "unclip", "embed", "serve")
-QUERIES = ("a red circle", "a small blue square wearing a hat", "a large green triangle", "a purple star",
-           "an orange heart on the left", "a yellow hexagon", "a pink cross", "a brown diamond on the right")
+QUERIES = (
+    "a red circle",
+    "a small blue square wearing a hat",
+    "a large green triangle",
+    "a purple star",
+    "an orange heart on the left",
+    "a yellow hexagon",
+    "a pink cross",
+    "a brown diamond on the right",
+)
 
 
 @dataclass(frozen=True)
@@ -61,19 +69,19 @@ class Size:
     """Everything that differs between the real run and the dry run."""
 
     device: str = "cuda"
-    threads: int | None = None            # intra-op threads per process (None: torch's default)
+    threads: int | None = None  # intra-op threads per process (None: torch's default)
     rounds: int = 2
     # CLIP training (both trainers)
     clip_model: str = "ViT-B-32"
     image_size: int = 224
-    clip_images: int = 2048               # rendered once, drawn with replacement
+    clip_images: int = 2048  # rendered once, drawn with replacement
     clip_shards: int = 16
     clip_batch: int = 256
     clip_steps: int = 80
     clip_log_every: int = 20
     clip_workers: int = 10
     clip_precision: str = "amp_bf16"
-    clip_timeout: float = 240.0           # seconds one training run may take
+    clip_timeout: float = 240.0  # seconds one training run may take
     # unCLIP training
     unclip_clip: str = "shapes-small"
     decoder_recipe: str = "shapes-decoder"
@@ -97,16 +105,41 @@ class Size:
 
 
 GPU = Size()
-DRY = replace(GPU, device="cpu", threads=1, rounds=1,
-              clip_model="shapes-tiny", image_size=32, clip_images=128, clip_shards=2, clip_batch=16, clip_steps=6,
-              clip_log_every=2, clip_workers=1, clip_timeout=120.0,
-              unclip_clip="shapes-tiny", decoder_recipe="shapes-decoder-tiny", prior_recipe="shapes-prior-tiny",
-              decoder_batch=16, prior_batch=32, unclip_images=96, unclip_steps=6, unclip_log_every=2,
-              embed_model="shapes-tiny", embed_batch=32, embed_images=64, embed_rounds=1,
-              serve_model="shapes-tiny", serve_items=500, serve_requests=20, serve_new_connections=5)
+DRY = replace(
+    GPU,
+    device="cpu",
+    threads=1,
+    rounds=1,
+    clip_model="shapes-tiny",
+    image_size=32,
+    clip_images=128,
+    clip_shards=2,
+    clip_batch=16,
+    clip_steps=6,
+    clip_log_every=2,
+    clip_workers=1,
+    clip_timeout=120.0,
+    unclip_clip="shapes-tiny",
+    decoder_recipe="shapes-decoder-tiny",
+    prior_recipe="shapes-prior-tiny",
+    decoder_batch=16,
+    prior_batch=32,
+    unclip_images=96,
+    unclip_steps=6,
+    unclip_log_every=2,
+    embed_model="shapes-tiny",
+    embed_batch=32,
+    embed_images=64,
+    embed_rounds=1,
+    serve_model="shapes-tiny",
+    serve_items=500,
+    serve_requests=20,
+    serve_new_connections=5,
+)
 
 
 # ----------------------------------------------------------------------------- data
+
 
 def _write_shard(job: tuple) -> None:
     """One shard of the shapes world (a process-pool job: rendering at 224 px is CPU work)."""
@@ -136,13 +169,25 @@ def write_shards(folder: Path, images: int, shards: int, image_size: int) -> str
 
 # ----------------------------------------------------------------------------- sections
 
+
 def clip_training(size: Size, work: Path, rounds: int) -> list[list]:
     section = f"CLIP training: {size.clip_model} {size.image_size} px, {size.clip_precision}, batch {size.clip_batch}"
     data = write_shards(work / "clip-data", size.clip_images, size.clip_shards, size.image_size)
-    args = argparse.Namespace(model=size.clip_model, data=data, batch=size.clip_batch, precision=size.clip_precision,
-                              steps=size.clip_steps, log_every=size.clip_log_every, workers=size.clip_workers,
-                              threads=size.threads, resampled=True, timeout=size.clip_timeout, rounds=rounds,
-                              strict=False, only="both")
+    args = argparse.Namespace(
+        model=size.clip_model,
+        data=data,
+        batch=size.clip_batch,
+        precision=size.clip_precision,
+        steps=size.clip_steps,
+        log_every=size.clip_log_every,
+        workers=size.clip_workers,
+        threads=size.threads,
+        resampled=True,
+        timeout=size.clip_timeout,
+        rounds=rounds,
+        strict=False,
+        only="both",
+    )
     runs = bench_train.compare(args, 1, work / "clip-runs")
     summary = runs.summary("samples_per_s")
     g = next((m["gflop_per_sample"] for _, _, m, _ in runs.runs if m.get("gflop_per_sample")), None)
@@ -153,15 +198,25 @@ def clip_training(size: Size, work: Path, rounds: int) -> list[list]:
             note += f"; {g * summary[name]['median']:.4g} GFLOP/s of model FLOPs ({g:.3g} GFLOP a sample)"
         rows.append([section, name, summary[name]["median"], "samples/s", note])
     ratio = runs.ratio("samples_per_s", "clipkit", "open_clip_train")
-    rows.append([section, "ratio clipkit / open_clip_train", ratio["median"], "x",
-                 f"per round: {protocol.median_range(ratio, 'x')}, clean rounds {protocol.clean_rounds(ratio, rounds)}"])
+    rows.append(
+        [
+            section,
+            "ratio clipkit / open_clip_train",
+            ratio["median"],
+            "x",
+            f"per round: {protocol.median_range(ratio, 'x')}, clean rounds {protocol.clean_rounds(ratio, rounds)}",
+        ]
+    )
     return rows
 
 
 def _windows_rate(run: Path) -> float:
     """Median samples/s of a clipkit run's metrics.jsonl windows after the first (warm-up)."""
-    rates = [json.loads(x)["samples_per_s"] for x in (run / "metrics.jsonl").read_text().splitlines()
-             if '"samples_per_s"' in x]
+    rates = [
+        json.loads(x)["samples_per_s"]
+        for x in (run / "metrics.jsonl").read_text().splitlines()
+        if '"samples_per_s"' in x
+    ]
     return statistics.median(rates[1:] or rates)
 
 
@@ -176,24 +231,45 @@ def unclip_training(size: Size, work: Path, rounds: int) -> list[list]:
     clipkit.create(size.unclip_clip, seed=0).save(clip_dir)
     data = write_shards(work / "unclip-data", size.unclip_images, max(1, size.unclip_images // 1024), 32)
     rows = []
-    for kind, recipe, cls, train, batch in (("decoder", size.decoder_recipe, DecoderTrainConfig, train_decoder,
-                                             size.decoder_batch),
-                                            ("prior", size.prior_recipe, PriorTrainConfig, train_prior,
-                                             size.prior_batch)):
+    for kind, recipe, cls, train, batch in (
+        ("decoder", size.decoder_recipe, DecoderTrainConfig, train_decoder, size.decoder_batch),
+        ("prior", size.prior_recipe, PriorTrainConfig, train_prior, size.prior_batch),
+    ):
         section = f"unCLIP {kind} training: {recipe} widths, batch {batch}, {size.unclip_precision}"
         try:
             out = work / f"unclip-{kind}"
-            config = load_config(cls, config_path(recipe), {
-                "clip": str(clip_dir), "train_data": data, "out_dir": str(out), "pipeline_dir": str(work / "unclip"),
-                "num_samples": size.unclip_images, "val_samples": 32, "batch_size": batch,
-                "max_steps": size.unclip_steps, "log_every": size.unclip_log_every, "checkpoint_every": None,
-                "mixed_precision": size.unclip_precision, "progress": False, "num_threads": size.threads})
+            config = load_config(
+                cls,
+                config_path(recipe),
+                {
+                    "clip": str(clip_dir),
+                    "train_data": data,
+                    "out_dir": str(out),
+                    "pipeline_dir": str(work / "unclip"),
+                    "num_samples": size.unclip_images,
+                    "val_samples": 32,
+                    "batch_size": batch,
+                    "max_steps": size.unclip_steps,
+                    "log_every": size.unclip_log_every,
+                    "checkpoint_every": None,
+                    "mixed_precision": size.unclip_precision,
+                    "progress": False,
+                    "num_threads": size.threads,
+                },
+            )
             summary = train(config)
             rate = _windows_rate(out)
-            rows.append([section, "steps/s", rate / batch, "steps/s",
-                         f"{rate:.0f} samples/s; windows of {size.unclip_log_every} steps after the first, median; "
-                         f"{size.unclip_steps} steps, {summary['params'] / 1e6:.1f}M parameters"])
-        except Exception as e:                               # one model's failure leaves the other's row
+            rows.append(
+                [
+                    section,
+                    "steps/s",
+                    rate / batch,
+                    "steps/s",
+                    f"{rate:.0f} samples/s; windows of {size.unclip_log_every} steps after the first, median; "
+                    f"{size.unclip_steps} steps, {summary['params'] / 1e6:.1f}M parameters",
+                ]
+            )
+        except Exception as e:  # one model's failure leaves the other's row
             rows.append(_error_row(section, e))
     return rows
 
@@ -209,20 +285,37 @@ def embedding(size: Size, work: Path, rounds: int) -> list[list]:
 
     def run(precision: str) -> dict:
         start = time.perf_counter()
-        out = model.encode_images(images, batch_size=size.embed_batch, precision=precision)   # returns on the CPU
+        out = model.encode_images(images, batch_size=size.embed_batch, precision=precision)  # returns on the CPU
         return {"images_per_s": len(out) / (time.perf_counter() - start)}
 
     for precision in ("fp32", "bf16"):
-        run(precision)                                       # warm-up: kernels, autotuning, allocator
-    runs = protocol.interleave({p: (lambda p=p: run(p)) for p in ("fp32", "bf16")}, rounds=max(rounds, size.embed_rounds))
+        run(precision)  # warm-up: kernels, autotuning, allocator
+    runs = protocol.interleave(
+        {p: (lambda p=p: run(p)) for p in ("fp32", "bf16")}, rounds=max(rounds, size.embed_rounds)
+    )
     summary = runs.summary("images_per_s")
-    rows = [[section, f"encode_images {p}", summary[p]["median"], "images/s",
-             f"median (range) {cell}, spread {spread}, clean rounds {clean}; {size.embed_images} images already on "
-             f"the {size.device}, embeddings returned on the CPU"]
-            for p, cell, spread, clean in protocol.contender_rows(runs, "images_per_s")]
+    rows = [
+        [
+            section,
+            f"encode_images {p}",
+            summary[p]["median"],
+            "images/s",
+            f"median (range) {cell}, spread {spread}, clean rounds {clean}; {size.embed_images} images already on "
+            f"the {size.device}, embeddings returned on the CPU",
+        ]
+        for p, cell, spread, clean in protocol.contender_rows(runs, "images_per_s")
+    ]
     ratio = runs.ratio("images_per_s", "bf16", "fp32")
-    rows.append([section, "ratio bf16 / fp32", ratio["median"], "x", f"per round: {protocol.median_range(ratio, 'x')}, "
-                 f"clean rounds {protocol.clean_rounds(ratio, max(rounds, size.embed_rounds))}"])
+    rows.append(
+        [
+            section,
+            "ratio bf16 / fp32",
+            ratio["median"],
+            "x",
+            f"per round: {protocol.median_range(ratio, 'x')}, "
+            f"clean rounds {protocol.clean_rounds(ratio, max(rounds, size.embed_rounds))}",
+        ]
+    )
     return rows
 
 
@@ -230,12 +323,29 @@ class Server:
     """`clipkit serve` in a subprocess on a free 127.0.0.1 port; stop() ends it (Ctrl-C, then kill)."""
 
     def __init__(self, index: Path, model: Path, start_timeout: float = 180.0):
-        cmd = [sys.executable, "-m", "clipkit", "serve", "--index", str(index), "--model", str(model),
-               "--host", "127.0.0.1", "--port", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable,
+            "-m",
+            "clipkit",
+            "serve",
+            "--index",
+            str(index),
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.port, lines = None, []
-        timer = threading.Timer(start_timeout, self.proc.kill)          # a server that never says its port
+        timer = threading.Timer(start_timeout, self.proc.kill)  # a server that never says its port
         timer.start()
         try:
             for line in self.proc.stdout:
@@ -249,7 +359,7 @@ class Server:
         if self.port is None:
             self.stop()
             raise RuntimeError("clipkit serve did not start: " + "".join(lines[-20:]).strip())
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()     # drain its output
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain its output
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -290,7 +400,7 @@ def serve_latency(size: Size, work: Path, rounds: int, deadline_s: float = 120.0
     try:
         stop_at = time.perf_counter() + deadline_s
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        for i in range(10):                                  # warm-up: first forward passes, connection
+        for i in range(10):  # warm-up: first forward passes, connection
             _search(conn, QUERIES[i % len(QUERIES)])
         kept = []
         for i in range(size.serve_requests):
@@ -307,12 +417,17 @@ def serve_latency(size: Size, work: Path, rounds: int, deadline_s: float = 120.0
             conn.close()
     finally:
         server.stop()
-    return [[section, "p50, one kept-alive connection", float(np.percentile(kept, 50)), "ms",
-             f"{len(kept)} requests back to back, k=10"],
-            [section, "p99, one kept-alive connection", float(np.percentile(kept, 99)), "ms",
-             f"{len(kept)} requests"],
-            [section, "p50, a new connection a request", float(np.percentile(fresh, 50)), "ms",
-             f"{len(fresh)} requests"]]
+    return [
+        [
+            section,
+            "p50, one kept-alive connection",
+            float(np.percentile(kept, 50)),
+            "ms",
+            f"{len(kept)} requests back to back, k=10",
+        ],
+        [section, "p99, one kept-alive connection", float(np.percentile(kept, 99)), "ms", f"{len(kept)} requests"],
+        [section, "p50, a new connection a request", float(np.percentile(fresh, 50)), "ms", f"{len(fresh)} requests"],
+    ]
 
 
 SECTION_FUNCTIONS = {"clip": clip_training, "unclip": unclip_training, "embed": embedding, "serve": serve_latency}
@@ -336,7 +451,7 @@ def run_sections(size: Size, sections: list[str], rounds: int) -> list[list]:
             print(f"[bench_gpu] {SECTION_TITLES[name]} ...", flush=True)
             try:
                 got = SECTION_FUNCTIONS[name](size, Path(tmp) / name, rounds)
-            except (Exception, SystemExit) as e:           # guarded: the error goes in the row, the rest runs
+            except (Exception, SystemExit) as e:  # guarded: the error goes in the row, the rest runs
                 got = [_error_row(SECTION_TITLES[name], e)]
             print(f"[bench_gpu] {SECTION_TITLES[name]}: {time.perf_counter() - start:.0f} s", flush=True)
             rows += got
@@ -348,21 +463,26 @@ def device_line(size: Size) -> str:
 
     if size.device == "cuda":
         p = torch.cuda.get_device_properties(0)
-        return (f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, torch {torch.__version__}, "
-                f"{os.cpu_count()} CPU cores")
+        return (
+            f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, torch {torch.__version__}, "
+            f"{os.cpu_count()} CPU cores"
+        )
     return f"CPU only (dry run), {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--dry-run", action="store_true", help="every section on CPU at toy size (seconds, not a measure)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run [all]")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the CLIP comparison [2; dry run 1]")
     p.add_argument("--results-dir", default=str(protocol.RESULTS), help="where NAME.json / .md go [benchmarks/results]")
     args = p.parse_args(argv)
     if args.dry_run:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""          # before torch: this process and its children see no GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch: this process and its children see no GPU
     import torch  # here: after CUDA_VISIBLE_DEVICES is settled
 
     size = DRY if args.dry_run else GPU
@@ -375,19 +495,27 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = run_sections(size, args.only, rounds)
     total = time.perf_counter() - started
-    caption = (f"**clipkit on {'a GPU' if size.device == 'cuda' else 'the CPU, toy sizes (dry run: not a measure)'}"
-               f"** — {device_line(size)}; the whole script took {total:.0f} s. CLIP training: both trainers draw the "
-               f"same {size.clip_images} shapes-world images ({size.image_size} px, {size.clip_shards} webdataset shards) "
-               f"with replacement, {size.clip_workers} DataLoader worker(s) each, first {size.clip_log_every}-step window "
-               f"excluded as warm-up, alternating over {rounds} round(s) (benchmarks/protocol.py); value = the median "
-               f"over rounds. A section that failed says why in its row.\n\n")
+    caption = (
+        f"**clipkit on {'a GPU' if size.device == 'cuda' else 'the CPU, toy sizes (dry run: not a measure)'}"
+        f"** — {device_line(size)}; the whole script took {total:.0f} s. CLIP training: both trainers draw the "
+        f"same {size.clip_images} shapes-world images ({size.image_size} px, {size.clip_shards} webdataset shards) "
+        f"with replacement, {size.clip_workers} DataLoader worker(s) each, first {size.clip_log_every}-step window "
+        f"excluded as warm-up, alternating over {rounds} round(s) (benchmarks/protocol.py); value = the median "
+        f"over rounds. A section that failed says why in its row.\n\n"
+    )
     table = caption + protocol.markdown_table(["section", "measure", "value", "unit", "how"], rows)
     print("\n" + table)
-    results = {"dry_run": args.dry_run, "device": device_line(size), "seconds": round(total, 1), "rounds": rounds,
-               "size": asdict(size),
-               "rows": [dict(zip(("section", "measure", "value", "unit", "how"), row)) for row in rows]}
-    path = protocol.write_results("gpu-dry-run" if args.dry_run else "gpu", results, table,
-                                  results_dir=args.results_dir)
+    results = {
+        "dry_run": args.dry_run,
+        "device": device_line(size),
+        "seconds": round(total, 1),
+        "rounds": rounds,
+        "size": asdict(size),
+        "rows": [dict(zip(("section", "measure", "value", "unit", "how"), row)) for row in rows],
+    }
+    path = protocol.write_results(
+        "gpu-dry-run" if args.dry_run else "gpu", results, table, results_dir=args.results_dir
+    )
     print(f"written: {path} and {path.with_suffix('.md')}")
     return 0
 

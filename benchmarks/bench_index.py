@@ -55,8 +55,7 @@ NPROBE = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024,
 TARGETS = (0.95, 0.99)
 
 
-def clustered(n: int, d: int, centres: np.ndarray, weights: np.ndarray, rng, noise: float = 0.6,
-              chunk: int = 100_000):
+def clustered(n: int, d: int, centres: np.ndarray, weights: np.ndarray, rng, noise: float = 0.6, chunk: int = 100_000):
     for s in range(0, n, chunk):
         m = min(chunk, n - s)
         which = rng.choice(len(centres), size=m, p=weights)
@@ -69,8 +68,11 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _status_kb(*fields: str) -> int:
-    values = {ln.split(":")[0]: int(ln.split()[1]) for ln in Path("/proc/self/status").read_text().splitlines()
-              if ln.split(":")[0] in fields}
+    values = {
+        ln.split(":")[0]: int(ln.split()[1])
+        for ln in Path("/proc/self/status").read_text().splitlines()
+        if ln.split(":")[0] in fields
+    }
     return sum(values.values())
 
 
@@ -110,6 +112,7 @@ def timed_search(search, queries: np.ndarray, single: int) -> tuple[np.ndarray, 
 
 # ----------------------------------------------------------------------------- data
 
+
 def make_data(root: Path, n: int, d: int, queries: int, seed: int) -> None:
     """root/emb (an embedding folder of our format), root/queries.npy, root/truth.npy (exact top-10)."""
     import faiss
@@ -141,11 +144,13 @@ def make_data(root: Path, n: int, d: int, queries: int, seed: int) -> None:
     for q in xq[:100]:
         flat.search(q[None], K)
     single = 100 / (time.perf_counter() - t)
-    (root / "flat.json").write_text(json.dumps({"qps_batched": batched, "qps_single": single,
-                                                "bytes": flat.ntotal * d * 4}))
+    (root / "flat.json").write_text(
+        json.dumps({"qps_batched": batched, "qps_single": single, "bytes": flat.ntotal * d * 4})
+    )
 
 
 # ----------------------------------------------------------------------------- workers (one process each)
+
 
 def worker(args) -> None:
     """One build or one sweep, in its own process; prints one RESULT line of JSON."""
@@ -166,13 +171,26 @@ def build_autofaiss(args, root: Path) -> dict:
     from autofaiss import build_index
 
     before, anon, t = peak_rss_gb(), PeakMemory(), time.perf_counter()
-    _, infos = build_index(embeddings=str(root / "emb" / "img_emb"), index_path=str(root / "autofaiss.index"),
-                           index_infos_path=str(root / "autofaiss.json"), metric_type="ip",
-                           max_index_memory_usage=f"{args.max_memory_gb}G",
-                           current_memory_available=f"{2 * args.max_memory_gb}G", nb_cores=args.threads, verbose=40)
-    return {"variant": "autofaiss", "build_s": time.perf_counter() - t, "peak_gb": peak_rss_gb(),
-            "peak_anon_gb": anon.gb(), "base_gb": before, "factory": (infos or {}).get("index_key", ""),
-            "chosen": (infos or {}).get("index_param", ""), "bytes": os.path.getsize(root / "autofaiss.index")}
+    _, infos = build_index(
+        embeddings=str(root / "emb" / "img_emb"),
+        index_path=str(root / "autofaiss.index"),
+        index_infos_path=str(root / "autofaiss.json"),
+        metric_type="ip",
+        max_index_memory_usage=f"{args.max_memory_gb}G",
+        current_memory_available=f"{2 * args.max_memory_gb}G",
+        nb_cores=args.threads,
+        verbose=40,
+    )
+    return {
+        "variant": "autofaiss",
+        "build_s": time.perf_counter() - t,
+        "peak_gb": peak_rss_gb(),
+        "peak_anon_gb": anon.gb(),
+        "base_gb": before,
+        "factory": (infos or {}).get("index_key", ""),
+        "chosen": (infos or {}).get("index_param", ""),
+        "bytes": os.path.getsize(root / "autofaiss.index"),
+    }
 
 
 def build_clipkit(args, root: Path) -> dict:
@@ -190,13 +208,13 @@ def build_clipkit(args, root: Path) -> dict:
     options = dict(kind="auto" if args.variant == "auto" else args.kind, max_memory=budget, train_size=args.train_on)
     out: dict = {"variant": args.variant}
     t = time.perf_counter()
-    if args.variant == "costs":                      # per-vector costs for docs/retrieval.md's scale on paper
+    if args.variant == "costs":  # per-vector costs for docs/retrieval.md's scale on paper
         plan = BuildPlan(str(root / "emb"), **options)
         out["train_s"], out["train_rows"] = time.perf_counter() - t, len(plan.source.pool)
         t = time.perf_counter()
         for chunk in plan.chunks():
             plan.index.add(chunk)
-        out["add_s"], out["count"] = time.perf_counter() - t, int(plan.index.ntotal)   # + the held-out truth
+        out["add_s"], out["count"] = time.perf_counter() - t, int(plan.index.ntotal)  # + the held-out truth
         t = time.perf_counter()
         plan.manifest.update(plan.finish(plan.index))
         out["tune_s"] = time.perf_counter() - t
@@ -232,7 +250,7 @@ def build_clipkit(args, root: Path) -> dict:
     out["peak_gb"], out["peak_anon_gb"], out["base_gb"] = peak_rss_gb(), anon.gb(), before
     ids, out["qps_batched"], out["qps_single"] = timed_search(index.search, xq, 100)
     out["recall"] = recall(ids, truth)
-    if args.variant == "costs":       # what exact re-ranking of 100 candidates (raw vectors from the folder) can reach
+    if args.variant == "costs":  # what exact re-ranking of 100 candidates (raw vectors from the folder) can reach
         out["recall_rerank100"] = recall(index.search(xq, 100)[1], truth)
     if args.variant == "auto":
         index.save(root / "clipkit_idx")
@@ -260,40 +278,64 @@ def sweep(args, root: Path) -> dict:
         set_value(v)
         ids, out[f"qps_batched@{v}"], out[f"qps_single@{v}"] = timed_search(search, xq, args.single)
         out[f"recall@{v}"] = recall(ids, truth)
-        if out[f"recall@{v}"] >= args.stop_at and v >= int(args.must or 0):   # the builder's own value is measured
+        if out[f"recall@{v}"] >= args.stop_at and v >= int(args.must or 0):  # the builder's own value is measured
             break
     return out
 
 
 def run_worker(root: Path, variant: str, args, python: str = sys.executable, extra: list | None = None) -> dict:
-    cmd = [python, __file__, "--worker", "--root", str(root), "--variant", variant, "--kind", args.kind,
-           "--pieces", str(args.pieces), "--threads", str(args.threads), "--max-memory-gb", str(args.max_memory_gb),
-           "--recall", str(args.recall), "--single", str(args.single), "--stop-at", str(args.stop_at), *(extra or [])]
+    cmd = [
+        python,
+        __file__,
+        "--worker",
+        "--root",
+        str(root),
+        "--variant",
+        variant,
+        "--kind",
+        args.kind,
+        "--pieces",
+        str(args.pieces),
+        "--threads",
+        str(args.threads),
+        "--max-memory-gb",
+        str(args.max_memory_gb),
+        "--recall",
+        str(args.recall),
+        "--single",
+        str(args.single),
+        "--stop-at",
+        str(args.stop_at),
+        *(extra or []),
+    ]
     if args.train_on:
         cmd += ["--train-on", str(args.train_on)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    if python != sys.executable:        # the autofaiss venv imports nothing of ours
+    if python != sys.executable:  # the autofaiss venv imports nothing of ours
         env["PYTHONPATH"] = ""
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"{variant} failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 # ----------------------------------------------------------------------------- part A: the curve
 
+
 def search_range(factory: str, chosen: str) -> tuple[str, list[int]]:
     """(parameter, values) for an index of this factory string; the value the builder chose is included."""
     own = dict(re.findall(r"(\w+)=(\d+)", chosen))
-    if "IVF" not in factory and not factory.startswith("HNSW"):     # exact (Flat): nothing to vary
+    if "IVF" not in factory and not factory.startswith("HNSW"):  # exact (Flat): nothing to vary
         return "none", [0]
     if factory.startswith("HNSW"):
-        return "efSearch", sorted({*(v for v in EF_SEARCH if v >= K), *([int(own["efSearch"])] if "efSearch" in own
-                                                                        else [])})
+        return "efSearch", sorted(
+            {*(v for v in EF_SEARCH if v >= K), *([int(own["efSearch"])] if "efSearch" in own else [])}
+        )
     nlist = int(re.search(r"IVF(\d+)", factory).group(1))
-    return "nprobe", sorted({*(v for v in NPROBE if v < nlist), nlist, *([int(own["nprobe"])] if "nprobe" in own
-                                                                         else [])})
+    return "nprobe", sorted(
+        {*(v for v in NPROBE if v < nlist), nlist, *([int(own["nprobe"])] if "nprobe" in own else [])}
+    )
 
 
 def curve_rows(name: str, build: dict, param: str, runs) -> list[dict]:
@@ -304,9 +346,20 @@ def curve_rows(name: str, build: dict, param: str, runs) -> list[dict]:
         r = runs.values(f"recall@{key}", name)
         if b is None or not r:
             continue
-        rows.append({"contender": name, "factory": build["factory"], "param": param, "value": int(key),
-                     "recall": r[0], "qps_batched": b["median"], "qps_batched_spread": b["spread"],
-                     "qps_single": s["median"], "qps_single_spread": s["spread"], "rounds": b["rounds"]})
+        rows.append(
+            {
+                "contender": name,
+                "factory": build["factory"],
+                "param": param,
+                "value": int(key),
+                "recall": r[0],
+                "qps_batched": b["median"],
+                "qps_batched_spread": b["spread"],
+                "qps_single": s["median"],
+                "qps_single_spread": s["spread"],
+                "rounds": b["rounds"],
+            }
+        )
     return rows
 
 
@@ -321,7 +374,7 @@ def part_curve(root: Path, args, flat: dict) -> None:
     else:
         print(f"  autofaiss: skipped, no {args.autofaiss_python} (see the module docstring)", flush=True)
     ranges = {name: search_range(b["factory"], b["chosen"]) for name, b in builds.items()}
-    if len({p for p, _ in ranges.values()}) == 1:            # one kind of parameter: search both over one range
+    if len({p for p, _ in ranges.values()}) == 1:  # one kind of parameter: search both over one range
         union = sorted({v for _, vs in ranges.values() for v in vs})
         ranges = {name: (p, [v for v in union if p == "efSearch" or v <= max(vs)]) for name, (p, vs) in ranges.items()}
 
@@ -346,27 +399,62 @@ def part_curve(root: Path, args, flat: dict) -> None:
                 best = max((x["recall"] for x in mine), default=float("nan"))
                 table_rows.append([name, b["factory"], label, "not reached", f"{best:.4f} (best)", "", ""])
                 continue
-            table_rows.append([name, b["factory"], label, f"{r['param']}={r['value']}", f"{r['recall']:.4f}",
-                               f"{r['qps_batched']:,.0f} (±{r['qps_batched_spread']:.0%})",
-                               f"{r['qps_single']:,.0f} (±{r['qps_single_spread']:.0%})"])
-    conditions = (f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, recall@{K}, {args.threads} FAISS "
-                  f"threads, budget {args.max_memory_gb} GiB, {args.rounds} interleaved rounds (median, ±spread)")
-    table = (f"Recall@{K} on fresh queries vs queries/s ({conditions}); exact flat search: "
-             f"{flat['qps_batched']:,.0f} QPS batched, {flat['qps_single']:,.0f} single.\n\n"
-             + markdown_table(["index", "factory", "row", "parameter", f"recall@{K}", "QPS batched", "QPS single"],
-                              table_rows))
+            table_rows.append(
+                [
+                    name,
+                    b["factory"],
+                    label,
+                    f"{r['param']}={r['value']}",
+                    f"{r['recall']:.4f}",
+                    f"{r['qps_batched']:,.0f} (±{r['qps_batched_spread']:.0%})",
+                    f"{r['qps_single']:,.0f} (±{r['qps_single_spread']:.0%})",
+                ]
+            )
+    conditions = (
+        f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, recall@{K}, {args.threads} FAISS "
+        f"threads, budget {args.max_memory_gb} GiB, {args.rounds} interleaved rounds (median, ±spread)"
+    )
+    table = (
+        f"Recall@{K} on fresh queries vs queries/s ({conditions}); exact flat search: "
+        f"{flat['qps_batched']:,.0f} QPS batched, {flat['qps_single']:,.0f} single.\n\n"
+        + markdown_table(
+            ["index", "factory", "row", "parameter", f"recall@{K}", "QPS batched", "QPS single"], table_rows
+        )
+    )
     name = f"index_curve_{args.n // 1000}k"
-    path = write_results(name, {"conditions": conditions, "builds": builds, "curve": rows, "flat": flat,
-                                "contended_windows": runs.contended_windows()}, table, results_dir=args.results_dir)
+    path = write_results(
+        name,
+        {
+            "conditions": conditions,
+            "builds": builds,
+            "curve": rows,
+            "flat": flat,
+            "contended_windows": runs.contended_windows(),
+        },
+        table,
+        results_dir=args.results_dir,
+    )
     fig = new_figure(figsize=(7, 4.5))
     ax = fig.subplots()
     for contender_name, colour in zip(builds, ("tab:blue", "tab:orange")):
         mine = [r for r in rows if r["contender"] == contender_name]
         for key, style, label in (("qps_batched", "-o", "batched"), ("qps_single", "--s", "single")):
-            ax.plot([r["recall"] for r in mine], [r[key] for r in mine], style, color=colour, markersize=3,
-                    label=f"{contender_name} {builds[contender_name]['factory']} ({label})")
-        own = next((r for r in mine if r["param"] == "none"
-                    or f"{r['param']}={r['value']}" in builds[contender_name]["chosen"].split(",")), None)
+            ax.plot(
+                [r["recall"] for r in mine],
+                [r[key] for r in mine],
+                style,
+                color=colour,
+                markersize=3,
+                label=f"{contender_name} {builds[contender_name]['factory']} ({label})",
+            )
+        own = next(
+            (
+                r
+                for r in mine
+                if r["param"] == "none" or f"{r['param']}={r['value']}" in builds[contender_name]["chosen"].split(",")
+            ),
+            None,
+        )
         if own is not None:
             ax.plot([own["recall"]], [own["qps_batched"]], "*", color=colour, markersize=12)
     for t in TARGETS:
@@ -382,15 +470,19 @@ def part_curve(root: Path, args, flat: dict) -> None:
 
 # ----------------------------------------------------------------------------- parts B, C, E
 
+
 def table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    print("| build | params | build s | peak RSS GiB | peak anon GiB | recall@10 | QPS batched | QPS single "
-          "| index MiB |")
+    print(
+        "| build | params | build s | peak RSS GiB | peak anon GiB | recall@10 | QPS batched | QPS single | index MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['factory']} {r['chosen']} | {r['build_s']:.1f} | {r['peak_gb']:.2f} | "
-              f"{r['peak_anon_gb']:.2f} | {r['recall']:.4f} | {r['qps_batched']:,.0f} | {r['qps_single']:,.0f} | "
-              f"{r['bytes'] / 2**20:,.0f} |")
+        print(
+            f"| {r['variant']} | {r['factory']} {r['chosen']} | {r['build_s']:.1f} | {r['peak_gb']:.2f} | "
+            f"{r['peak_anon_gb']:.2f} | {r['recall']:.4f} | {r['qps_batched']:,.0f} | {r['qps_single']:,.0f} | "
+            f"{r['bytes'] / 2**20:,.0f} |"
+        )
 
 
 def other_parts(root: Path, args, conditions: str) -> None:
@@ -402,24 +494,32 @@ def other_parts(root: Path, args, conditions: str) -> None:
                     results[v] = run_worker(root, v, args)
                     print(f"  {v}: {results[v]}", flush=True)
     if "B" in args.parts:
-        same = {v: bool(np.array_equal(np.load(root / f"ids_{v}.npy"), np.load(root / "ids_once.npy")))
-                for v in ("pieces", "pieces-disk")}
-        table([results[v] for v in ("once", "pieces", "pieces-disk")],
-              f"B. {args.kind} built at once vs in {args.pieces} pieces + merge ({conditions}); "
-              f"same answers as at once: {same}")
+        same = {
+            v: bool(np.array_equal(np.load(root / f"ids_{v}.npy"), np.load(root / "ids_once.npy")))
+            for v in ("pieces", "pieces-disk")
+        }
+        table(
+            [results[v] for v in ("once", "pieces", "pieces-disk")],
+            f"B. {args.kind} built at once vs in {args.pieces} pieces + merge ({conditions}); "
+            f"same answers as at once: {same}",
+        )
     if "C" in args.parts:
         r, o = results["add"], results["once"]
-        print(f"\nC. add 10% to an index built on 90% vs rebuild on 100% ({args.kind}): add {r['add_s']:.1f} s vs "
-              f"rebuild {o['build_s']:.1f} s ({o['build_s'] / max(r['add_s'], 1e-9):.0f}x); recall@10 "
-              f"{r['recall']:.4f} (grown) vs {o['recall']:.4f} (rebuilt)")
+        print(
+            f"\nC. add 10% to an index built on 90% vs rebuild on 100% ({args.kind}): add {r['add_s']:.1f} s vs "
+            f"rebuild {o['build_s']:.1f} s ({o['build_s'] / max(r['add_s'], 1e-9):.0f}x); recall@10 "
+            f"{r['recall']:.4f} (grown) vs {o['recall']:.4f} (rebuilt)"
+        )
     if "E" in args.parts:
         r = results["costs"]
-        print(f"\nE. per-vector costs of {r['factory']} {r['chosen']} ({conditions}): train {r['train_s']:.1f} s on "
-              f"{r['train_rows']:,} vectors ({1e3 * r['train_s'] / r['train_rows']:.2f} ms per training vector), add "
-              f"{1e6 * r['add_s'] / r['count']:.1f} us per vector, tune {r['tune_s']:.1f} s, "
-              f"{r['bytes'] / r['count']:.1f} index bytes per vector, recall@10 {r['recall']:.4f} at the tuned "
-              f"parameter ({r['recall_rerank100']:.4f} of the true top 10 among the first 100: the reach of exact "
-              f"re-ranking), {r['qps_batched']:,.0f} QPS batched, {r['qps_single']:,.0f} single")
+        print(
+            f"\nE. per-vector costs of {r['factory']} {r['chosen']} ({conditions}): train {r['train_s']:.1f} s on "
+            f"{r['train_rows']:,} vectors ({1e3 * r['train_s'] / r['train_rows']:.2f} ms per training vector), add "
+            f"{1e6 * r['add_s'] / r['count']:.1f} us per vector, tune {r['tune_s']:.1f} s, "
+            f"{r['bytes'] / r['count']:.1f} index bytes per vector, recall@10 {r['recall']:.4f} at the tuned "
+            f"parameter ({r['recall_rerank100']:.4f} of the true top 10 among the first 100: the reach of exact "
+            f"re-ranking), {r['qps_batched']:,.0f} QPS batched, {r['qps_single']:,.0f} single"
+        )
 
 
 def main() -> None:
@@ -437,10 +537,14 @@ def main() -> None:
     ap.add_argument("--pieces", type=int, default=4)
     ap.add_argument("--train-on", type=int, default=None)
     ap.add_argument("--max-memory-gb", type=float, default=2.0, help="budget of clipkit auto and autofaiss [2]")
-    ap.add_argument("--autofaiss-python", default="/tmp/autofaiss-venv/bin/python",
-                    help="python of a venv with autofaiss (it pins numpy<2) [/tmp/autofaiss-venv/bin/python]")
-    ap.add_argument("--results-dir", default=str(RESULTS),
-                    help="where part A writes json / md / png [benchmarks/results]")
+    ap.add_argument(
+        "--autofaiss-python",
+        default="/tmp/autofaiss-venv/bin/python",
+        help="python of a venv with autofaiss (it pins numpy<2) [/tmp/autofaiss-venv/bin/python]",
+    )
+    ap.add_argument(
+        "--results-dir", default=str(RESULTS), help="where part A writes json / md / png [benchmarks/results]"
+    )
     ap.add_argument("--parts", nargs="+", default=["A"], help="A (= D), B, C, E [A]")
     for hidden in ("--root", "--variant", "--param", "--values", "--must"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
@@ -455,12 +559,17 @@ def main() -> None:
         t = time.perf_counter()
         make_data(root, args.n, args.d, args.queries, args.seed)
         flat = json.loads((root / "flat.json").read_text())
-        print(f"data: {args.n:,} x {args.d} as an embedding folder + exact truth in {time.perf_counter() - t:.1f} s; "
-              f"flat exact: {flat['qps_batched']:,.0f} QPS batched, {flat['qps_single']:,.0f} single", flush=True)
+        print(
+            f"data: {args.n:,} x {args.d} as an embedding folder + exact truth in {time.perf_counter() - t:.1f} s; "
+            f"flat exact: {flat['qps_batched']:,.0f} QPS batched, {flat['qps_single']:,.0f} single",
+            flush=True,
+        )
         if "A" in args.parts:
             part_curve(root, args, flat)
-        conditions = (f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, k={K}, {args.threads} FAISS "
-                      f"threads, budget {args.max_memory_gb} GiB")
+        conditions = (
+            f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, k={K}, {args.threads} FAISS "
+            f"threads, budget {args.max_memory_gb} GiB"
+        )
         other_parts(root, args, conditions)
 
 

@@ -63,8 +63,16 @@ def bare_calls(model, x, cond, t_batches) -> dict:
 @torch.no_grad()
 def loop(model, sampler, shape, cond, uncond, scale, steps) -> dict:
     t0 = time.perf_counter()
-    sample(model, shape, sampler, steps, cond=cond, uncond=uncond,
-           guidance_scale=scale, generator=torch.Generator().manual_seed(0))
+    sample(
+        model,
+        shape,
+        sampler,
+        steps,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=scale,
+        generator=torch.Generator().manual_seed(0),
+    )
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -86,42 +94,80 @@ def _contenders(model, sampler, x, c, t_batches, ready, shape, cond, neg, scale,
 
 def overhead_part(args) -> tuple[list, str]:
     torch.manual_seed(0)
-    cases = [("spiral MLP", SpiralDenoiser().eval(), (256, 2),
-              torch.full((256,), 1), torch.tensor([NULL_CLASS])),
-             ("wide MLP 3x512", WideMLP().eval(), (256, 64), None, None)]
+    cases = [
+        ("spiral MLP", SpiralDenoiser().eval(), (256, 2), torch.full((256,), 1), torch.tensor([NULL_CLASS])),
+        ("wide MLP 3x512", WideMLP().eval(), (256, 64), None, None),
+    ]
     samplers = {"DDIM": DDIMSampler(NoiseSchedule("linear")), "DDPM": DDPMSampler(NoiseSchedule("linear"))}
     steps = args.steps
-    cases = [(case, guided, kind) for case in cases for guided in ((False, True) if case[3] is not None else (False,))
-             for kind in samplers]
+    cases = [
+        (case, guided, kind)
+        for case in cases
+        for guided in ((False, True) if case[3] is not None else (False,))
+        for kind in samplers
+    ]
     rows, data = [], []
     for (name, model, shape, cond, uncond), guided, kind in cases:
         batch = shape[0] * (2 if guided else 1)
         x = torch.randn(batch, *shape[1:])
         c = None if cond is None else torch.cat([cond, uncond.expand(shape[0])]) if guided else cond
-        samplers[kind].set_timesteps(steps)                       # the very timesteps the loop will use
+        samplers[kind].set_timesteps(steps)  # the very timesteps the loop will use
         t_batches = [torch.full((batch,), int(t)) for t in samplers[kind].timesteps]
         ready = torch.zeros(batch, *shape[1:])
         scale, neg = (3.0, uncond) if guided else (1.0, None)
         contenders = _contenders(model, samplers[kind], x, c, t_batches, ready, shape, cond, neg, scale, steps)
-        for warm_up in contenders.values():             # allocator, first kernels: not in round 1's first window
+        for warm_up in contenders.values():  # allocator, first kernels: not in round 1's first window
             warm_up()
         runs = protocol.interleave(contenders, rounds=args.rounds, strict=args.strict, log=None)
         summary = runs.summary("seconds")
         overhead, free = runs.ratio("seconds", "loop", "bare"), runs.ratio("seconds", "free", "bare")
-        rows.append([name, kind, shape[0], "yes" if guided else "no", steps,
-                     protocol.median_range(summary.get("bare")), protocol.median_range(summary.get("loop")),
-                     _overhead(overhead), protocol.median_range(summary.get("free")),
-                     protocol.median_range({k: 100 * v if k != "rounds" else v for k, v in free.items()}, "%"),
-                     protocol.clean_rounds(overhead, args.rounds)])
-        data.append({"model": name, "sampler": kind, "batch": shape[0], "guidance": guided, "steps": steps,
-                     "summary": summary, "loop_over_bare": overhead, "free_over_bare": free,
-                     "contended_windows": runs.contended_windows()})
-    caption = (f"**A. `sample()` loop vs the same model calls in a bare loop** — {args.threads} thread(s), CPU; "
-               f"seconds for {steps} steps, median over {args.rounds} interleaved round(s) with its range; "
-               f"overhead = loop / bare - 1, paired round by round (goal <= 5%); loop-only = the loop around a free "
-               f"model, as % of bare; guidance: scale 3, cond + uncond in one doubled batch.\n\n")
-    headers = ["model", "sampler", "batch", "CFG", "steps", "bare s", "loop s", "overhead", "loop-only s",
-               "loop-only / bare", "clean rounds"]
+        rows.append(
+            [
+                name,
+                kind,
+                shape[0],
+                "yes" if guided else "no",
+                steps,
+                protocol.median_range(summary.get("bare")),
+                protocol.median_range(summary.get("loop")),
+                _overhead(overhead),
+                protocol.median_range(summary.get("free")),
+                protocol.median_range({k: 100 * v if k != "rounds" else v for k, v in free.items()}, "%"),
+                protocol.clean_rounds(overhead, args.rounds),
+            ]
+        )
+        data.append(
+            {
+                "model": name,
+                "sampler": kind,
+                "batch": shape[0],
+                "guidance": guided,
+                "steps": steps,
+                "summary": summary,
+                "loop_over_bare": overhead,
+                "free_over_bare": free,
+                "contended_windows": runs.contended_windows(),
+            }
+        )
+    caption = (
+        f"**A. `sample()` loop vs the same model calls in a bare loop** — {args.threads} thread(s), CPU; "
+        f"seconds for {steps} steps, median over {args.rounds} interleaved round(s) with its range; "
+        f"overhead = loop / bare - 1, paired round by round (goal <= 5%); loop-only = the loop around a free "
+        f"model, as % of bare; guidance: scale 3, cond + uncond in one doubled batch.\n\n"
+    )
+    headers = [
+        "model",
+        "sampler",
+        "batch",
+        "CFG",
+        "steps",
+        "bare s",
+        "loop s",
+        "overhead",
+        "loop-only s",
+        "loop-only / bare",
+        "clean rounds",
+    ]
     return data, caption + protocol.markdown_table(headers, rows)
 
 
@@ -140,30 +186,49 @@ def quality_part(args, cfg: SpiralLabConfig) -> tuple[dict, str]:
 
     @torch.no_grad()
     def run(model, sampler, steps) -> dict:
-        g = torch.Generator().manual_seed(cfg.seed + 1)           # every run from the same noise
+        g = torch.Generator().manual_seed(cfg.seed + 1)  # every run from the same noise
         t0 = time.perf_counter()
         x = sample(model, (n, 2), sampler, steps, cond=null, generator=g)
         return {"seconds": time.perf_counter() - t0, **scorer.score(x)}
 
-    run(eps_model, DDIMSampler(schedule, eta=0.0), 5)          # warm-up, untimed
-    runs = protocol.interleave({k: (lambda v=v: run(*v)) for k, v in contenders.items()}, rounds=args.rounds,
-                               strict=args.strict, log=None)
+    run(eps_model, DDIMSampler(schedule, eta=0.0), 5)  # warm-up, untimed
+    runs = protocol.interleave(
+        {k: (lambda v=v: run(*v)) for k, v in contenders.items()}, rounds=args.rounds, strict=args.strict, log=None
+    )
     summary = runs.summary("seconds")
     rows, data = [], {}
     for name, (_, _, steps) in contenders.items():
-        last = next(m for k, _, m, _ in reversed(runs.runs) if k == name)        # same noise: same cloud each round
+        last = next(m for k, _, m, _ in reversed(runs.runs) if k == name)  # same noise: same cloud each round
         speedup = runs.ratio("seconds", base, name)
-        rows.append([name, steps, protocol.median_range(summary.get(name)), protocol.median_range(speedup, "x"),
-                     f"{last['distance']:.4f}", f"{last['coverage']:.3f}", protocol.clean_rounds(speedup, args.rounds)])
-        data[name] = {"steps": steps, "seconds": summary.get(name), "speedup_over_ddpm": speedup,
-                      "distance": last["distance"], "coverage": last["coverage"]}
-    caption = (f"**B. Few-step samplers on the spiral lab's models** ({'quick' if cfg == QUICK else 'default'} "
-               f"training: {stats['ddpm']['seconds']:.1f} s epsilon, {stats['flow']['seconds']:.1f} s flow), {n} "
-               f"unconditional samples from the same noise, {args.threads} thread(s), CPU; seconds: median over "
-               f"{args.rounds} interleaved round(s) with its range; speed-up over {base}, paired round by round. "
-               f"Data itself: distance ~0.008, coverage ~0.99; {base}_no_noise is the ablation, not a sampler.\n\n")
+        rows.append(
+            [
+                name,
+                steps,
+                protocol.median_range(summary.get(name)),
+                protocol.median_range(speedup, "x"),
+                f"{last['distance']:.4f}",
+                f"{last['coverage']:.3f}",
+                protocol.clean_rounds(speedup, args.rounds),
+            ]
+        )
+        data[name] = {
+            "steps": steps,
+            "seconds": summary.get(name),
+            "speedup_over_ddpm": speedup,
+            "distance": last["distance"],
+            "coverage": last["coverage"],
+        }
+    caption = (
+        f"**B. Few-step samplers on the spiral lab's models** ({'quick' if cfg == QUICK else 'default'} "
+        f"training: {stats['ddpm']['seconds']:.1f} s epsilon, {stats['flow']['seconds']:.1f} s flow), {n} "
+        f"unconditional samples from the same noise, {args.threads} thread(s), CPU; seconds: median over "
+        f"{args.rounds} interleaved round(s) with its range; speed-up over {base}, paired round by round. "
+        f"Data itself: distance ~0.008, coverage ~0.99; {base}_no_noise is the ablation, not a sampler.\n\n"
+    )
     headers = ["sampler", "steps", "seconds", "speed-up", "distance", "coverage", "clean rounds"]
-    return {"samplers": data, "contended_windows": runs.contended_windows()}, caption + protocol.markdown_table(headers, rows)
+    return {"samplers": data, "contended_windows": runs.contended_windows()}, caption + protocol.markdown_table(
+        headers, rows
+    )
 
 
 def main(argv=None) -> int:
@@ -179,8 +244,9 @@ def main(argv=None) -> int:
     print(table_a)
     quality, table_b = quality_part(args, QUICK if args.quick else SpiralLabConfig())
     print(table_b)
-    path = protocol.write_results("samplers", {"args": vars(args), "loop_overhead": overhead, "spiral": quality},
-                                  table_a + "\n" + table_b)
+    path = protocol.write_results(
+        "samplers", {"args": vars(args), "loop_overhead": overhead, "spiral": quality}, table_a + "\n" + table_b
+    )
     print(f"written: {path} and {path.with_suffix('.md')}")
     return 0
 

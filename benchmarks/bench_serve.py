@@ -60,8 +60,11 @@ BOUNDARY = "clipkit-bench-boundary"
 
 def queries(n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
-    return [f"a {'small' if rng.random() < .5 else 'large'} {rng.choice(COLORS)} {rng.choice(SHAPES)}"
-            f"{' wearing a hat' if rng.random() < .5 else ''} number {i}" for i in range(n)]
+    return [
+        f"a {'small' if rng.random() < 0.5 else 'large'} {rng.choice(COLORS)} {rng.choice(SHAPES)}"
+        f"{' wearing a hat' if rng.random() < 0.5 else ''} number {i}"
+        for i in range(n)
+    ]
 
 
 def requests_for(kind: str, n: int) -> list[tuple[bytes, str]]:
@@ -73,9 +76,15 @@ def requests_for(kind: str, n: int) -> list[tuple[bytes, str]]:
     for _ in range(min(n, 64)):
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
-        body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n10\r\n"
-                f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.png\"\r\n"
-                f"Content-Type: image/png\r\n\r\n").encode() + buffer.getvalue() + f"\r\n--{BOUNDARY}--\r\n".encode()
+        body = (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="k"\r\n\r\n10\r\n'
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + buffer.getvalue()
+            + f"\r\n--{BOUNDARY}--\r\n".encode()
+        )
         out.append((body, f"multipart/form-data; boundary={BOUNDARY}"))
     return out
 
@@ -100,8 +109,9 @@ def build(work: Path, n: int) -> dict:
     index.save(work / "index")
     print(f"index: {index!r}, built in {time.perf_counter() - start:.1f} s")
     torch.manual_seed(0)
-    decoder = DecoderUNet(DecoderConfig(embed_dim=d, channels=(16, 32), attention_levels=(False, True), heads=2,
-                                        context_tokens=2))
+    decoder = DecoderUNet(
+        DecoderConfig(embed_dim=d, channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2)
+    )
     prior = DiffusionPrior(PriorConfig(embed_dim=d, width=32, layers=1, heads=2))
     UnCLIP(model, decoder, prior, clip_path=str(work / "model")).save(work / "unclip")
     return {"index": work / "index", "model": work / "model", "unclip": work / "unclip", "kind": index.kind}
@@ -111,10 +121,30 @@ class Server:
     """`clipkit serve` in a subprocess on a free loopback port."""
 
     def __init__(self, world: dict, *flags: str):
-        cmd = [sys.executable, "-m", "clipkit", "serve", "--index", str(world["index"]), "--model", str(world["model"]),
-               "--unclip", str(world["unclip"]), "--host", "127.0.0.1", "--port", "0", *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable,
+            "-m",
+            "clipkit",
+            "serve",
+            "--index",
+            str(world["index"]),
+            "--model",
+            str(world["model"]),
+            "--unclip",
+            str(world["unclip"]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *flags,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         lines, self.port = [], None
         deadline = time.time() + 300
         while self.port is None and time.time() < deadline:
@@ -127,7 +157,7 @@ class Server:
         if self.port is None:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(lines))
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()     # drain its output
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain its output
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server process so far (Linux /proc; NaN elsewhere)."""
@@ -143,8 +173,11 @@ class Server:
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
         conn.close()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
 
     def stop(self) -> None:
         self.proc.send_signal(2)
@@ -154,8 +187,16 @@ class Server:
             self.proc.kill()
 
 
-def load(port: int, path: str, bodies: list[tuple[bytes, str]], clients: int, seconds: float, max_requests: int,
-         keep_alive: bool = True, timeout: float = 30.0) -> dict:
+def load(
+    port: int,
+    path: str,
+    bodies: list[tuple[bytes, str]],
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    keep_alive: bool = True,
+    timeout: float = 30.0,
+) -> dict:
     """`clients` threads POST bodies back to back for `seconds` (or max_requests), kept-alive or one connection each."""
     lock, latencies, statuses, retry_after = threading.Lock(), [], {}, []
     stop_at = [0.0]
@@ -183,7 +224,7 @@ def load(port: int, path: str, bodies: list[tuple[bytes, str]], clients: int, se
                     retry_after.append(int(response.getheader("retry-after", "0")))
                 if not keep_alive:
                     conn.close()
-            except (OSError, http.client.HTTPException) as e:     # timeouts, resets: the failures we look for
+            except (OSError, http.client.HTTPException) as e:  # timeouts, resets: the failures we look for
                 status = type(e).__name__
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -199,12 +240,19 @@ def load(port: int, path: str, bodies: list[tuple[bytes, str]], clients: int, se
         list(pool.map(client, range(clients)))
     elapsed = time.perf_counter() - start
     ok = np.array([s for st, s in latencies if st == "200"]) * 1000
-    return {"clients": clients, "requests": len(latencies), "seconds": elapsed, "statuses": statuses,
-            "rps": len(ok) / elapsed, "errors": len(latencies) - len(ok),
-            "p50": float(np.percentile(ok, 50)) if len(ok) else float("nan"),
-            "p99": float(np.percentile(ok, 99)) if len(ok) else float("nan"),
-            "max": float(max((s for _, s in latencies), default=0) * 1000), "retry_after": retry_after,
-            "rejected_ms": [s * 1000 for st, s in latencies if st == "503"]}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "statuses": statuses,
+        "rps": len(ok) / elapsed,
+        "errors": len(latencies) - len(ok),
+        "p50": float(np.percentile(ok, 50)) if len(ok) else float("nan"),
+        "p99": float(np.percentile(ok, 99)) if len(ok) else float("nan"),
+        "max": float(max((s for _, s in latencies), default=0) * 1000),
+        "retry_after": retry_after,
+        "rejected_ms": [s * 1000 for st, s in latencies if st == "503"],
+    }
 
 
 def window(server: Server, **load_args) -> dict:
@@ -219,9 +267,16 @@ def window(server: Server, **load_args) -> dict:
         return after.get(key, 0) - before.get(key, 0)
 
     batches = delta("clipkit_serve_batches_total")
-    return {"p50": r["p50"], "p99": r["p99"], "rps": r["rps"], "errors": float(r["errors"]),
-            "requests": float(r["requests"]), "cpu_ms": 1000 * cpu / max(r["requests"], 1), "server_cpu_s": cpu,
-            "mean_batch": delta("clipkit_serve_batch_items_total") / batches if batches else float("nan")}
+    return {
+        "p50": r["p50"],
+        "p99": r["p99"],
+        "rps": r["rps"],
+        "errors": float(r["errors"]),
+        "requests": float(r["requests"]),
+        "cpu_ms": 1000 * cpu / max(r["requests"], 1),
+        "server_cpu_s": cpu,
+        "mean_batch": delta("clipkit_serve_batch_items_total") / batches if batches else float("nan"),
+    }
 
 
 def summarise(runs, keys=("p50", "p99", "rps", "cpu_ms", "mean_batch", "errors")) -> dict:
@@ -238,20 +293,28 @@ def summarise(runs, keys=("p50", "p99", "rps", "cpu_ms", "mean_batch", "errors")
                 other = None if w.foreign_cores is None else max(0.0, w.foreign_cores - m["server_cpu_s"] / w.wall)
                 rows.append((m, other))
         clean = [m for m, other in rows if other is None or other <= MAX_OTHER_CORES] or [m for m, _ in rows]
-        out[name] = {"rounds": len(rows), "clean_rounds": sum(1 for _, o in rows if o is None or o <= MAX_OTHER_CORES),
-                     "other_cores": [None if o is None else round(o, 2) for _, o in rows]}
+        out[name] = {
+            "rounds": len(rows),
+            "clean_rounds": sum(1 for _, o in rows if o is None or o <= MAX_OTHER_CORES),
+            "other_cores": [None if o is None else round(o, 2) for _, o in rows],
+        }
         for key in keys:
             values = [m[key] for m in clean if not np.isnan(m[key])]
             if values:
                 med = statistics.median(values)
-                out[name][key] = {"median": med, "min": min(values), "max": max(values),
-                                  "spread": (max(values) - min(values)) / med if med else float("nan")}
+                out[name][key] = {
+                    "median": med,
+                    "min": min(values),
+                    "max": max(values),
+                    "spread": (max(values) - min(values)) / med if med else float("nan"),
+                }
     return out
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="1.5 s windows instead of 4")
     p.add_argument("--smoke", action="store_true", help="2,000 items, clients 1,8, 1 round of 0.5 s (a run check)")
     p.add_argument("--n", type=int, default=None, help="index size [100000; smoke 2000]")
@@ -266,11 +329,16 @@ def main() -> int:
     seconds = args.seconds or (0.5 if args.smoke else 1.5 if args.quick else 4.0)
     rounds = args.rounds or (1 if args.smoke else 3)
     counts = [int(c) for c in (args.clients or ("1,8" if args.smoke else "1,8,32")).split(",")]
-    cap = int(seconds * 2000)                              # requests a window, whatever the speed
-    print(f"bench_serve: {os.cpu_count()} CPUs; {rounds} interleaved rounds of {seconds:g} s windows; windows in "
-          f"which other processes take > {MAX_OTHER_CORES} of a core are marked and left out of the medians")
-    results: dict = {"setup": {"n": n, "seconds": seconds, "rounds": rounds, "clients": counts,
-                               "precision": args.precision}, "connections": [], "batching": None}
+    cap = int(seconds * 2000)  # requests a window, whatever the speed
+    print(
+        f"bench_serve: {os.cpu_count()} CPUs; {rounds} interleaved rounds of {seconds:g} s windows; windows in "
+        f"which other processes take > {MAX_OTHER_CORES} of a core are marked and left out of the medians"
+    )
+    results: dict = {
+        "setup": {"n": n, "seconds": seconds, "rounds": rounds, "clients": counts, "precision": args.precision},
+        "connections": [],
+        "batching": None,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         world = build(Path(tmp), n)
         results["setup"]["kind"] = world["kind"]
@@ -279,24 +347,31 @@ def main() -> int:
         off = Server(world, "--no-batching", *extra)
         try:
             bodies = {kind: requests_for(kind, 4096) for kind in ("text", "image")}
-            for server in (on, off):                                          # warm up both
+            for server in (on, off):  # warm up both
                 for kind in bodies:
                     load(server.port, "/search", bodies[kind][:32], 4, 5.0, 32)
             for kind in ("text", "image"):
                 for clients in counts:
                     print(f"\n{kind} search, {clients} client(s): kept-alive vs new connection")
                     common = dict(bodies=bodies[kind], clients=clients, seconds=seconds, max_requests=cap)
-                    runs = interleave({"kept-alive": partial(window, on, keep_alive=True, **common),
-                                       "new connection": partial(window, on, keep_alive=False, **common)},
-                                      rounds=rounds, max_foreign_cores=float("inf"))
+                    runs = interleave(
+                        {
+                            "kept-alive": partial(window, on, keep_alive=True, **common),
+                            "new connection": partial(window, on, keep_alive=False, **common),
+                        },
+                        rounds=rounds,
+                        max_foreign_cores=float("inf"),
+                    )
                     for mode, summary in summarise(runs).items():
                         results["connections"].append({"query": kind, "clients": clients, "mode": mode, **summary})
             clients = max(counts)
             print(f"\ntext search, {clients} kept-alive clients: micro-batching on vs off")
             common = dict(bodies=bodies["text"], clients=clients, seconds=seconds, max_requests=cap)
-            runs = interleave({"batching on": partial(window, on, **common),
-                               "batching off": partial(window, off, **common)},
-                              rounds=rounds, max_foreign_cores=float("inf"))
+            runs = interleave(
+                {"batching on": partial(window, on, **common), "batching off": partial(window, off, **common)},
+                rounds=rounds,
+                max_foreign_cores=float("inf"),
+            )
             results["batching"] = {"clients": clients, **summarise(runs)}
             if not args.no_generation:
                 results.update(generation(on, seconds))
@@ -310,18 +385,24 @@ def main() -> int:
 
 
 def generation(server: Server, seconds: float) -> dict:
-    prompts = [(json.dumps({"text": t, "num_images": 1, "steps": 10, "seed": i}).encode(), "application/json")
-               for i, t in enumerate(queries(64, 1))]
+    prompts = [
+        (json.dumps({"text": t, "num_images": 1, "steps": 10, "seed": i}).encode(), "application/json")
+        for i, t in enumerate(queries(64, 1))
+    ]
     out = {"generate": []}
     for clients in (1, 4):
         r = load(server.port, "/generate", prompts, clients, seconds * 2, max_requests=4 * clients, timeout=120)
         out["generate"].append({k: r[k] for k in ("clients", "requests", "p50", "p99", "errors", "statuses")})
     burst = load(server.port, "/generate", prompts, 16, seconds * 2, max_requests=32, timeout=120)
     rejected = burst["rejected_ms"]
-    out["overload"] = {"requests": burst["requests"], "statuses": burst["statuses"],
-                       "rejected_p50_ms": float(np.median(rejected)) if rejected else None,
-                       "rejected_max_ms": max(rejected, default=None), "retry_after": sorted(set(burst["retry_after"])),
-                       "timeouts": sum(v for k, v in burst["statuses"].items() if not k.isdigit())}
+    out["overload"] = {
+        "requests": burst["requests"],
+        "statuses": burst["statuses"],
+        "rejected_p50_ms": float(np.median(rejected)) if rejected else None,
+        "rejected_max_ms": max(rejected, default=None),
+        "retry_after": sorted(set(burst["retry_after"])),
+        "timeouts": sum(v for k, v in burst["statuses"].items() if not k.isdigit()),
+    }
     return out
 
 
@@ -336,39 +417,75 @@ def _fmt(stat: dict | None, digits: int = 1) -> str:
 def report(results: dict) -> str:
     """Print the tables and the goals; return the Markdown table for results/serve.md."""
     s = results["setup"]
-    print(f"\nPOST /search, {s['n']:,}-item {s['kind']} index, shapes-small towers, k=10; median (min-max) of "
-          f"{s['rounds']} interleaved {s['seconds']:g} s windows")
-    headers = ["query", "clients", "connection", "p50 ms", "p99 ms", "req/s", "server CPU ms/req", "p50 / CPU",
-               "clean rounds"]
+    print(
+        f"\nPOST /search, {s['n']:,}-item {s['kind']} index, shapes-small towers, k=10; median (min-max) of "
+        f"{s['rounds']} interleaved {s['seconds']:g} s windows"
+    )
+    headers = [
+        "query",
+        "clients",
+        "connection",
+        "p50 ms",
+        "p99 ms",
+        "req/s",
+        "server CPU ms/req",
+        "p50 / CPU",
+        "clean rounds",
+    ]
     rows = []
     for r in results["connections"]:
         ratio = r["p50"]["median"] / r["cpu_ms"]["median"] if "p50" in r and "cpu_ms" in r else float("nan")
-        rows.append([r["query"], r["clients"], r["mode"], _fmt(r.get("p50")), _fmt(r.get("p99")), _fmt(r.get("rps")),
-                     _fmt(r.get("cpu_ms"), 2), f"{ratio:.2f}", f"{r['clean_rounds']}/{r['rounds']}"])
+        rows.append(
+            [
+                r["query"],
+                r["clients"],
+                r["mode"],
+                _fmt(r.get("p50")),
+                _fmt(r.get("p99")),
+                _fmt(r.get("rps")),
+                _fmt(r.get("cpu_ms"), 2),
+                f"{ratio:.2f}",
+                f"{r['clean_rounds']}/{r['rounds']}",
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     for line in [headers, *rows]:
         print(" | ".join(str(x).rjust(w) for x, w in zip(line, widths)))
     b = results["batching"]
     if b:
-        print(f"\nbatching at {b['clients']} kept-alive clients (text): on {_fmt(b['batching on'].get('rps'))} req/s, "
-              f"p99 {_fmt(b['batching on'].get('p99'))} ms, mean batch {_fmt(b['batching on'].get('mean_batch'))}; "
-              f"off {_fmt(b['batching off'].get('rps'))} req/s, p99 {_fmt(b['batching off'].get('p99'))} ms")
+        print(
+            f"\nbatching at {b['clients']} kept-alive clients (text): on {_fmt(b['batching on'].get('rps'))} req/s, "
+            f"p99 {_fmt(b['batching on'].get('p99'))} ms, mean batch {_fmt(b['batching on'].get('mean_batch'))}; "
+            f"off {_fmt(b['batching off'].get('rps'))} req/s, p99 {_fmt(b['batching off'].get('p99'))} ms"
+        )
     for g in results.get("generate", []):
-        print(f"POST /generate, {g['clients']} client(s): {g['requests']} requests, p50 {g['p50']:.0f} ms, "
-              f"p99 {g['p99']:.0f} ms, statuses {g['statuses']}")
+        print(
+            f"POST /generate, {g['clients']} client(s): {g['requests']} requests, p50 {g['p50']:.0f} ms, "
+            f"p99 {g['p99']:.0f} ms, statuses {g['statuses']}"
+        )
     o = results.get("overload")
     if o:
-        print(f"overload (16 clients, 1 worker + 4 queue places): statuses {o['statuses']}; 503s in p50 "
-              f"{o['rejected_p50_ms'] or float('nan'):.1f} ms, Retry-After {o['retry_after']} s; "
-              f"timeouts {o['timeouts']}")
+        print(
+            f"overload (16 clients, 1 worker + 4 queue places): statuses {o['statuses']}; 503s in p50 "
+            f"{o['rejected_p50_ms'] or float('nan'):.1f} ms, Retry-After {o['retry_after']} s; "
+            f"timeouts {o['timeouts']}"
+        )
     goals = []
     for kind in ("text", "image"):
-        one = next((r for r in results["connections"] if r["query"] == kind and r["clients"] == 1
-                    and r["mode"] == "kept-alive"), None)
+        one = next(
+            (
+                r
+                for r in results["connections"]
+                if r["query"] == kind and r["clients"] == 1 and r["mode"] == "kept-alive"
+            ),
+            None,
+        )
         if one and "p50" in one:
             ratio = one["p50"]["median"] / one["cpu_ms"]["median"]
-            goals.append(f"{kind}: p50 at 1 kept-alive client {one['p50']['median']:.1f} ms = {ratio:.2f}x the "
-                         f"server's CPU a request ({'yes' if ratio <= 1.5 else 'NO'}, goal <= 1.5x)")
+            goals.append(
+                f"{kind}: p50 at 1 kept-alive client {one['p50']['median']:.1f} ms = {ratio:.2f}x the "
+                f"server's CPU a request ({'yes' if ratio <= 1.5 else 'NO'}, goal <= 1.5x)"
+            )
     errors = sum(r["errors"]["median"] for r in results["connections"] if "errors" in r)
     goals.append(f"search errors: {'none' if errors == 0 else errors}")
     print("\ngoals: " + "; ".join(goals))

@@ -38,7 +38,7 @@ import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 CONTENDERS = {"ours": "clipkit", "open_clip": "open_clip_train"}
-_RUN_IDS = itertools.count()            # every run gets its own output folder (no resume of a previous round)
+_RUN_IDS = itertools.count()  # every run gets its own output folder (no resume of a previous round)
 
 
 def _launcher(procs: int) -> list[str]:
@@ -68,12 +68,34 @@ def open_clip_model_cfg(model: str) -> dict:
 
 def run_ours(args, procs: int, work: Path) -> dict:
     out = work / f"ours-{procs}-{next(_RUN_IDS)}"
-    cmd = [*_launcher(procs), str(REPO / "training" / "train_clip.py"),
-           "--model", args.model, "--train-data", args.data, "--out-dir", str(out),
-           "--batch-size", str(args.batch), "--max-steps", str(args.steps), "--log-every", str(args.log_every),
-           "--mixed-precision", "bf16" if args.precision == "amp_bf16" else "no", "--num-workers", str(args.workers),
-           "--lr", "1e-3", "--warmup-steps", "10", "--no-progress", "--shuffle-buffer", "1000",
-           *(["--resampled"] if args.resampled else [])]
+    cmd = [
+        *_launcher(procs),
+        str(REPO / "training" / "train_clip.py"),
+        "--model",
+        args.model,
+        "--train-data",
+        args.data,
+        "--out-dir",
+        str(out),
+        "--batch-size",
+        str(args.batch),
+        "--max-steps",
+        str(args.steps),
+        "--log-every",
+        str(args.log_every),
+        "--mixed-precision",
+        "bf16" if args.precision == "amp_bf16" else "no",
+        "--num-workers",
+        str(args.workers),
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "10",
+        "--no-progress",
+        "--shuffle-buffer",
+        "1000",
+        *(["--resampled"] if args.resampled else []),
+    ]
     started = time.time()
     proc = subprocess.run(cmd, env=_env(procs, args.threads), capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
@@ -81,8 +103,13 @@ def run_ours(args, procs: int, work: Path) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = _windows_after_warmup([r["samples_per_s"] for r in rows if "samples_per_s" in r], "clipkit")
     usage = json.loads((out / "summary.json").read_text()).get("utilisation", {})
-    return {"samples_per_s": sum(rates) / len(rates), "windows": len(rates), "wall_s": round(time.time() - started, 1),
-            "gflop_per_sample": usage.get("gflop_per_sample"), "peak_gflops": usage.get("peak_gflops")}
+    return {
+        "samples_per_s": sum(rates) / len(rates),
+        "windows": len(rates),
+        "wall_s": round(time.time() - started, 1),
+        "gflop_per_sample": usage.get("gflop_per_sample"),
+        "peak_gflops": usage.get("peak_gflops"),
+    }
 
 
 def run_open_clip(args, procs: int, work: Path) -> dict:
@@ -101,19 +128,54 @@ def run_open_clip(args, procs: int, work: Path) -> dict:
     # its CSV datasets only (the venv has none; the webdataset path never uses it), and its
     # group_by_keys_nothrow predates webdataset 1.0's end-of-shard marker (a dict without
     # "fname"), so the markers are filtered out of its tar expander.
-    code = ("import sys, types, open_clip; sys.modules.setdefault('pandas', types.ModuleType('pandas')); "
-            "import open_clip_train.data as d; _exp = d.tar_file_expander; "
-            "d.tar_file_expander = lambda *a, **k: (s for s in _exp(*a, **k) if 'fname' in s); "
-            "open_clip.add_model_config(sys.argv[1]); "
-            "from open_clip_train.main import main; main(sys.argv[2:])")
+    code = (
+        "import sys, types, open_clip; sys.modules.setdefault('pandas', types.ModuleType('pandas')); "
+        "import open_clip_train.data as d; _exp = d.tar_file_expander; "
+        "d.tar_file_expander = lambda *a, **k: (s for s in _exp(*a, **k) if 'fname' in s); "
+        "open_clip.add_model_config(sys.argv[1]); "
+        "from open_clip_train.main import main; main(sys.argv[2:])"
+    )
     cmd = [*_launcher(procs), "-c", code] if procs == 1 else [*_launcher(procs), str(work / "oc_entry.py")]
     if procs > 1:
         (work / "oc_entry.py").write_text(code.replace("; ", "\n"))
-    cmd += [str(cfg_dir), "--train-data", args.data, "--train-num-samples", str(samples),
-            "--dataset-type", "webdataset", "--batch-size", str(args.batch), "--precision", args.precision,
-            "--workers", str(args.workers), "--model", name, "--epochs", "1", "--lr", "1e-3", "--warmup", "10",
-            "--logs", str(logs), "--name", "bench", "--save-frequency", "0", "--log-every-n-steps", str(args.log_every),
-            "--report-to", "", "--seed", "0", "--wd", "0.1", *(["--dataset-resampled"] if args.resampled else [])]
+    cmd += [
+        str(cfg_dir),
+        "--train-data",
+        args.data,
+        "--train-num-samples",
+        str(samples),
+        "--dataset-type",
+        "webdataset",
+        "--batch-size",
+        str(args.batch),
+        "--precision",
+        args.precision,
+        "--workers",
+        str(args.workers),
+        "--model",
+        name,
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "10",
+        "--logs",
+        str(logs),
+        "--name",
+        "bench",
+        "--save-frequency",
+        "0",
+        "--log-every-n-steps",
+        str(args.log_every),
+        "--report-to",
+        "",
+        "--seed",
+        "0",
+        "--wd",
+        "0.1",
+        *(["--dataset-resampled"] if args.resampled else []),
+    ]
     started = time.time()
     proc = subprocess.run(cmd, env=_env(procs, args.threads), capture_output=True, text=True, timeout=args.timeout)
     if proc.returncode != 0:
@@ -152,32 +214,53 @@ def report(args, results: dict[int, protocol.Interleaved]) -> tuple[dict, str]:
         peak = next((m.get("peak_gflops") for m in ours if m.get("peak_gflops")), None)
         for row in protocol.contender_rows(runs, "samples_per_s"):
             rows.append([procs, *row, peak_percent(g, peak, summary[row[0]]["median"], procs)])
-        entry = {"summary": summary, "contended_windows": runs.contended_windows(),
-                 "runs": [{"trainer": n, "round": r + 1, **m, "foreign_cores": w.foreign_cores}
-                          for n, r, m, w in runs.runs],
-                 "gflop_per_sample": g, "peak_gflops": peak}
+        entry = {
+            "summary": summary,
+            "contended_windows": runs.contended_windows(),
+            "runs": [{"trainer": n, "round": r + 1, **m, "foreign_cores": w.foreign_cores} for n, r, m, w in runs.runs],
+            "gflop_per_sample": g,
+            "peak_gflops": peak,
+        }
         if len(summary) == 2:
             ratio = runs.ratio("samples_per_s", "clipkit", "open_clip_train")
             entry["ratio_clipkit_over_open_clip_train"] = ratio
-            rows.append([procs, "**ratio clipkit / open_clip_train** (per round)", protocol.median_range(ratio, "x"),
-                         "", protocol.clean_rounds(ratio, args.rounds), ""])
+            rows.append(
+                [
+                    procs,
+                    "**ratio clipkit / open_clip_train** (per round)",
+                    protocol.median_range(ratio, "x"),
+                    "",
+                    protocol.clean_rounds(ratio, args.rounds),
+                    "",
+                ]
+            )
         data[str(procs)] = entry
     ours = {p: r.summary("samples_per_s").get("clipkit") for p, r in results.items()}
     base_procs = min(ours)
     if len(ours) > 1 and all(ours.values()):
         for procs in sorted(ours)[1:]:
-            rows.append([procs, f"clipkit {procs} vs {base_procs} process(es)",
-                         f"{ours[procs]['median'] / ours[base_procs]['median']:.2f}x (ratio of medians)", "", "", ""])
-    caption = (f"**Training throughput, clipkit vs open_clip_train** — model `{args.model}`, batch {args.batch} per "
-               f"process, {args.precision}, {args.workers} DataLoader worker(s) per process, {args.steps} steps a run "
-               f"(first {args.log_every}-step window excluded as warm-up), "
-               f"data {'drawn with replacement' if args.resampled else 'read in order'}; "
-               f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS {args.threads or 'cores / processes'}. "
-               f"The trainers alternate over {args.rounds} round(s); samples/s is the median over clean rounds with "
-               f"its range, spread = (max - min) / median, a round is clean when other processes took under "
-               f"0.25 of a core during it. The ratio pairs the two runs of each round. % of matmul peak: this "
-               f"machine's matmul FLOP/s in the run's precision with one process's threads (clipkit.perf.matmul_peak), "
-               f"x processes.\n\n")
+            rows.append(
+                [
+                    procs,
+                    f"clipkit {procs} vs {base_procs} process(es)",
+                    f"{ours[procs]['median'] / ours[base_procs]['median']:.2f}x (ratio of medians)",
+                    "",
+                    "",
+                    "",
+                ]
+            )
+    caption = (
+        f"**Training throughput, clipkit vs open_clip_train** — model `{args.model}`, batch {args.batch} per "
+        f"process, {args.precision}, {args.workers} DataLoader worker(s) per process, {args.steps} steps a run "
+        f"(first {args.log_every}-step window excluded as warm-up), "
+        f"data {'drawn with replacement' if args.resampled else 'read in order'}; "
+        f"{os.cpu_count()} CPU cores, OMP_NUM_THREADS {args.threads or 'cores / processes'}. "
+        f"The trainers alternate over {args.rounds} round(s); samples/s is the median over clean rounds with "
+        f"its range, spread = (max - min) / median, a round is clean when other processes took under "
+        f"0.25 of a core during it. The ratio pairs the two runs of each round. % of matmul peak: this "
+        f"machine's matmul FLOP/s in the run's precision with one process's threads (clipkit.perf.matmul_peak), "
+        f"x processes.\n\n"
+    )
     return data, caption + protocol.markdown_table(headers, rows)
 
 
@@ -193,8 +276,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="intra-op threads per process, both trainers [cores / procs]")
     p.add_argument("--procs", type=int, nargs="+", default=[1], help="process counts to run [1]")
     p.add_argument("--only", choices=("ours", "open_clip", "both"), default="both")
-    p.add_argument("--resampled", action="store_true",
-                   help="both trainers draw shards with replacement (little data, many steps)")
+    p.add_argument(
+        "--resampled", action="store_true", help="both trainers draw shards with replacement (little data, many steps)"
+    )
     p.add_argument("--timeout", type=float, help="seconds one training run may take before it is stopped [none]")
     p.add_argument("--results-name", help="benchmarks/results/NAME.json/.md [train-fp32 or train-bf16]")
     protocol.add_arguments(p)

@@ -50,7 +50,7 @@ def _machine_busy_seconds() -> float | None:
     except OSError:
         return None
     ticks = [int(v) for v in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)          # idle + iowait
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
@@ -93,13 +93,16 @@ class Interleaved:
 
     def values(self, key: str, name: str, clean_only: bool = True) -> list[float]:
         rows = [m[key] for n, _, m, w in self.runs if n == name and key in m and not (clean_only and w.contended)]
-        if not rows and clean_only:          # every window was hit: report them, marked, rather than nothing
+        if not rows and clean_only:  # every window was hit: report them, marked, rather than nothing
             return self.values(key, name, clean_only=False)
         return rows
 
     def contended_windows(self) -> list[dict]:
-        return [{"contender": n, "round": r, "foreign_cores": round(w.foreign_cores or 0.0, 2)}
-                for n, r, _, w in self.runs if w.contended]
+        return [
+            {"contender": n, "round": r, "foreign_cores": round(w.foreign_cores or 0.0, 2)}
+            for n, r, _, w in self.runs
+            if w.contended
+        ]
 
     def summary(self, key: str) -> dict[str, dict]:
         """Per contender: median, min, max, spread ((max - min) / median) and the number of clean rounds."""
@@ -109,10 +112,14 @@ class Interleaved:
             if not values:
                 continue
             median = statistics.median(values)
-            out[name] = {"median": median, "min": min(values), "max": max(values),
-                         "spread": (max(values) - min(values)) / median if median else float("nan"),
-                         "rounds": len(values),
-                         "contended": sum(1 for n, _, _, w in self.runs if n == name and w.contended)}
+            out[name] = {
+                "median": median,
+                "min": min(values),
+                "max": max(values),
+                "spread": (max(values) - min(values)) / median if median else float("nan"),
+                "rounds": len(values),
+                "contended": sum(1 for n, _, _, w in self.runs if n == name and w.contended),
+            }
         return out
 
     def ratio(self, key: str, a: str, b: str, clean_only: bool = True) -> dict:
@@ -132,8 +139,14 @@ class Interleaved:
         return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
 
 
-def interleave(contenders: dict[str, Callable[[], dict]], rounds: int = 3, *, strict: bool = False,
-               max_foreign_cores: float = 0.25, log: Callable[[str], None] | None = print) -> Interleaved:
+def interleave(
+    contenders: dict[str, Callable[[], dict]],
+    rounds: int = 3,
+    *,
+    strict: bool = False,
+    max_foreign_cores: float = 0.25,
+    log: Callable[[str], None] | None = print,
+) -> Interleaved:
     """Run the contenders A B A B ... for `rounds` rounds (the order alternates each round).
 
     Each callable does one whole measurement and returns a dict of numbers. With `strict`,
@@ -145,7 +158,7 @@ def interleave(contenders: dict[str, Callable[[], dict]], rounds: int = 3, *, st
     result = Interleaved()
     names = list(contenders)
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             with CpuWindow(max_foreign_cores) as window:
                 measures = contenders[name]()
             result.runs.append((name, r, measures, window))
@@ -153,18 +166,27 @@ def interleave(contenders: dict[str, Callable[[], dict]], rounds: int = 3, *, st
                 note = f"  (others took {window.foreign_cores:.2f} cores: marked contended)" if window.contended else ""
                 log(f"round {r + 1}/{rounds} {name}: {_short(measures)}{note}")
             if strict and window.contended:
-                raise RuntimeError(f"round {r + 1} of {name!r}: other processes took {window.foreign_cores:.2f} "
-                                   f"cores on average (limit {max_foreign_cores}); measure on an idle machine")
+                raise RuntimeError(
+                    f"round {r + 1} of {name!r}: other processes took {window.foreign_cores:.2f} "
+                    f"cores on average (limit {max_foreign_cores}); measure on an idle machine"
+                )
     return result
 
 
 def add_arguments(parser, rounds: int = 3) -> None:
     """The flags every side-by-side benchmark takes: --rounds N and --strict."""
-    parser.add_argument("--rounds", type=int, default=rounds,
-                        help=f"rounds of the interleaved contenders (A B, B A, ...); medians over rounds [{rounds}]")
-    parser.add_argument("--strict", action="store_true",
-                        help="stop when another process takes CPU during a timed window (default: mark the window "
-                             "and leave it out of the medians)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=rounds,
+        help=f"rounds of the interleaved contenders (A B, B A, ...); medians over rounds [{rounds}]",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop when another process takes CPU during a timed window (default: mark the window "
+        "and leave it out of the medians)",
+    )
 
 
 def median_range(stats: dict | None, suffix: str = "") -> str:
@@ -206,10 +228,17 @@ def _cell(v) -> str:
 
 def machine() -> dict:
     """What ran it: CPU model, cores, Python, torch (if imported), commit."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "commit": commit or None}
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
@@ -227,15 +256,20 @@ def write_results(name: str, results: dict, table: str, *, results_dir: str | os
     """Write NAME.json (results + command + machine + date) and NAME.md (the table, with how it was made)."""
     folder = Path(results_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": machine()}
+    meta = {
+        "command": " ".join(["python", *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+    }
     path = folder / f"{name}.json"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps({**meta, "results": results}, indent=2, default=float) + "\n")
     os.replace(tmp, path)
     md = folder / f"{name}.md"
-    header = (f"<!-- {meta['command']} | {meta['date']} | {meta['machine']['cpu']}, "
-              f"{meta['machine']['cores']} cores | commit {meta['machine']['commit']} -->\n")
+    header = (
+        f"<!-- {meta['command']} | {meta['date']} | {meta['machine']['cpu']}, "
+        f"{meta['machine']['cores']} cores | commit {meta['machine']['commit']} -->\n"
+    )
     tmp = md.with_name(f".{md.name}.tmp")
     tmp.write_text(header + table)
     os.replace(tmp, md)

@@ -11,7 +11,7 @@ The public names below are imported lazily so that `import clipkit` and the
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.3.0"      # the one version source (pyproject.toml reads it); CHANGELOG.md says what changed
+__version__ = "0.3.0"  # the one version source (pyproject.toml reads it); CHANGELOG.md says what changed
 
 # public name -> module that defines it
 _EXPORTS = {

@@ -34,7 +34,7 @@ SAVED_METADATA = frozenset({"kind", "clipkit_version", "identity"})
 
 
 def is_comment(key: str) -> bool:
-    """"description" and keys starting with "_" annotate a config file; the reader skips them."""
+    """ "description" and keys starting with "_" annotate a config file; the reader skips them."""
     return key == "description" or key.startswith("_")
 
 
@@ -51,8 +51,11 @@ def config_from_dict(cls, data: Mapping, what: str | None = None, *, ignore: Ite
     unknown = sorted(k for k in data if k not in fields and not is_comment(str(k)) and k not in ignore)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown} in {label}; valid fields: {sorted(fields)}")
-    missing = sorted(n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
-                     and f.default_factory is dataclasses.MISSING)
+    missing = sorted(
+        n
+        for n, f in fields.items()
+        if n not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
     if missing:
         raise ValueError(f"{label} is missing the field(s) {missing}")
     hints = typing.get_type_hints(cls)
@@ -90,6 +93,7 @@ def read_json_object(path: str | os.PathLike, what: str = "config file") -> dict
 
 def to_json(config) -> dict:
     """A (nested) config dataclass as plain JSON data: tuples become lists, nested configs objects."""
+
     def plain(value):
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -98,6 +102,7 @@ def to_json(config) -> dict:
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return value
+
     return plain(config)
 
 
@@ -109,6 +114,7 @@ def _merge(base: Mapping, overrides: Mapping) -> dict:
 
 
 # ----------------------------------------------------------------------------- types
+
 
 def _arms(tp) -> tuple[list, bool]:
     """(the non-None types of an annotation, may it be None?): `int | None` -> ([int], True)."""
@@ -135,8 +141,14 @@ def _describe_one(tp) -> str:
         if args:
             return f"a list of {len(args)} {_plural(args[0])}"
         return "a list"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "an object",
-            Any: "any value"}.get(origin, repr(tp))
+    return {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        dict: "an object",
+        Any: "any value",
+    }.get(origin, repr(tp))
 
 
 def _plural(tp) -> str:
@@ -195,17 +207,19 @@ def _coerce_one(name: str, tp, value):
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise _WrongType
-        if origin is tuple and args and args[-1] is not Ellipsis:          # tuple[int, int]: a fixed length
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[int, int]: a fixed length
             if len(value) != len(args):
                 raise _WrongType
             items = [_coerce(f"{name}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value))]
-        elif args:                                                         # list[int], tuple[int, ...]
+        elif args:  # list[int], tuple[int, ...]
             items = [_coerce(f"{name}[{i}]", args[0], v) for i, v in enumerate(value)]
         else:
             items = list(value)
         return tuple(items) if origin is tuple else items
-    raise TypeError(f"config field {name!r} has the annotation {tp!r}, which clipkit.config cannot read; "
-                    f"use bool, int, float, str, list, tuple, dict, a union of them or a dataclass")
+    raise TypeError(
+        f"config field {name!r} has the annotation {tp!r}, which clipkit.config cannot read; "
+        f"use bool, int, float, str, list, tuple, dict, a union of them or a dataclass"
+    )
 
 
 def _check_finite(name: str, value) -> None:
@@ -226,6 +240,7 @@ def _show(value) -> str:
 
 
 # ----------------------------------------------------------------------------- command line
+
 
 def _flag_fields(cls, prefix: str = ""):
     """(dotted name, annotation, default) for every field, the fields of nested dataclasses included."""
@@ -266,6 +281,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
         elif base in (list, tuple):
             group.add_argument(flag, dest=name, nargs="*", default=None, help=help_)
         else:
+
             def parse(text, _base=base, _optional=optional, _flag=flag):
                 if _optional and text.lower() in ("none", "null"):
                     return None
@@ -276,6 +292,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
                 if _base is float and not math.isfinite(value):
                     raise argparse.ArgumentTypeError(f"{_flag} {text!r}: expected a finite number")
                 return value
+
             group.add_argument(flag, dest=name, type=parse, default=None, metavar=base.__name__.upper(), help=help_)
 
 

@@ -49,8 +49,10 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
         looks_like_path = os.sep in pretrained or Path(pretrained).suffix in (".safetensors", ".pt", ".bin", ".pth")
         if looks_like_path:
             raise FileNotFoundError(f"pretrained checkpoint file not found: {pretrained!r}")
-        raise ValueError(f"pretrained={pretrained!r} is not a known tag for {model_name!r} "
-                         f"(known: {open_clip.list_pretrained_tags_by_model(model_name)}) nor an existing file")
+        raise ValueError(
+            f"pretrained={pretrained!r} is not a known tag for {model_name!r} "
+            f"(known: {open_clip.list_pretrained_tags_by_model(model_name)}) nor an existing file"
+        )
 
     repo_id = (tag_cfg.get("hf_hub") or "").strip("/")
     url = tag_cfg.get("url") or ""
@@ -71,7 +73,8 @@ def resolve_pretrained(model_name: str, pretrained: str, cache_dir: str | None =
             f"cannot download pretrained weights {model_name!r}/{pretrained!r}: {host or 'the source'} is not "
             f"reachable (offline?) and they are not in the local cache. Download them on a connected machine "
             f"from {source} and pass the file: clipkit.load({model_name!r}, pretrained='/path/to/"
-            f"open_clip_model.safetensors'), or copy the Hugging Face cache here (HF_HOME).")
+            f"open_clip_model.safetensors'), or copy the Hugging Face cache here (HF_HOME)."
+        )
     path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
     if not path:
         raise RuntimeError(f"open_clip could not download {model_name!r}/{pretrained!r}")

@@ -38,9 +38,13 @@ def check_image_size(image: Image.Image, what: str = "image", max_pixels: int | 
     if width < 1 or height < 1:
         raise _bad(what, "empty", f"the image is {width}x{height} pixels; an image needs at least one pixel")
     if max_pixels is not None and width * height > max_pixels:
-        raise _bad(what, "too_large", f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels, over "
-                                      f"the limit of {max_pixels / 1e6:.0f}; a decompression bomb or a scan to "
-                                      f"shrink first")
+        raise _bad(
+            what,
+            "too_large",
+            f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels, over "
+            f"the limit of {max_pixels / 1e6:.0f}; a decompression bomb or a scan to "
+            f"shrink first",
+        )
 
 
 def open_image(source, what: str | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
@@ -57,7 +61,7 @@ def open_image(source, what: str | None = None, max_pixels: int | None = MAX_IMA
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)      # our own limit decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
             with Image.open(stream) as im:
                 check_image_size(im, what, max_pixels)
                 im.load()
@@ -69,13 +73,18 @@ def open_image(source, what: str | None = None, max_pixels: int | None = MAX_IMA
     except MemoryError:
         raise _bad(what, "too_large", "the image does not fit in memory once decoded") from None
     except OSError as e:
-        if e.errno is not None:              # the disk, not the image (permissions, I/O error): say so
+        if e.errno is not None:  # the disk, not the image (permissions, I/O error): say so
             raise
-        raise _bad(what, "unreadable", f"cannot read the image ({str(e)[:160]}); it is damaged or not an "
-                                       f"image") from None
+        raise _bad(
+            what, "unreadable", f"cannot read the image ({str(e)[:160]}); it is damaged or not an image"
+        ) from None
     except Exception as e:  # PIL raises many types on corrupt data (OSError, SyntaxError, struct.error, ...)
-        raise _bad(what, "unreadable", f"cannot read the image ({type(e).__name__}: {str(e)[:160]}); it is "
-                                       f"damaged or not an image") from None
+        raise _bad(
+            what,
+            "unreadable",
+            f"cannot read the image ({type(e).__name__}: {str(e)[:160]}); it is damaged or not an image",
+        ) from None
+
 
 # Transparent pixels are composited on white (what a viewer shows), not left
 # with whatever colour the transparent pixels happen to store.
@@ -103,8 +112,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def make_grid(images: list[Image.Image], columns: int = 8, pad: int = 2, background=(255, 255, 255),
-              scale: int = 1) -> Image.Image:
+def make_grid(
+    images: list[Image.Image], columns: int = 8, pad: int = 2, background=(255, 255, 255), scale: int = 1
+) -> Image.Image:
     """Tile images (all the size of the first) into one picture."""
     if not images:
         raise ValueError("make_grid needs at least one image")

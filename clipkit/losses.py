@@ -46,12 +46,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 def _check(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
     if image_features.ndim != 2 or text_features.ndim != 2 or image_features.shape != text_features.shape:
-        raise ValueError(f"image_features {tuple(image_features.shape)} and text_features "
-                         f"{tuple(text_features.shape)} must both be (N, D) with the same N and D")
+        raise ValueError(
+            f"image_features {tuple(image_features.shape)} and text_features "
+            f"{tuple(text_features.shape)} must both be (N, D) with the same N and D"
+        )
 
 
-def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                gather: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def clip_logits(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, gather: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Local logits and targets: (n, W*n) image->text, (n, W*n) text->image, (n,) labels.
 
     Features are expected L2-normalised; `logit_scale` is the multiplier
@@ -64,14 +67,15 @@ def clip_logits(image_features: torch.Tensor, text_features: torch.Tensor, logit
         all_image, all_text = gather_with_grad(image_features), gather_with_grad(text_features)
     else:
         all_image, all_text = image_features, text_features
-    logits_per_image = logit_scale * image_features @ all_text.T     # (n, W*n)
-    logits_per_text = logit_scale * text_features @ all_image.T      # (n, W*n)
+    logits_per_image = logit_scale * image_features @ all_text.T  # (n, W*n)
+    logits_per_text = logit_scale * text_features @ all_image.T  # (n, W*n)
     labels = torch.arange(n, device=image_features.device) + n * rank
     return logits_per_image, logits_per_text, labels
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-              gather: bool = True) -> torch.Tensor:
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, gather: bool = True
+) -> torch.Tensor:
     """CLIP's symmetric cross-entropy: pairs on the diagonal pulled together, all others pushed apart.
 
     Equal to open_clip's `ClipLoss()(image_features, text_features, logit_scale)`
@@ -82,8 +86,9 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return 0.5 * (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels))
 
 
-def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias,
-                gather: bool = True) -> torch.Tensor:
+def siglip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias, gather: bool = True
+) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), normalised per image as open_clip's SigLipLoss.
 
     Every (image, text) pair is an independent binary problem: +1 on the
@@ -94,7 +99,7 @@ def siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit
     rank, world = _world() if gather else (0, 1)
     n = image_features.shape[0]
     all_text = gather_with_grad(text_features) if world > 1 else text_features
-    logits = (logit_scale * image_features @ all_text.T + logit_bias).float()      # (n, W*n)
+    logits = (logit_scale * image_features @ all_text.T + logit_bias).float()  # (n, W*n)
     targets = -torch.ones_like(logits)
     targets[torch.arange(n, device=logits.device), torch.arange(n, device=logits.device) + n * rank] = 1.0
     return -F.logsigmoid(targets * logits).sum() / n

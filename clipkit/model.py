@@ -30,11 +30,11 @@ import copy
 import hashlib
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,22 +45,32 @@ from clipkit import __version__
 from clipkit.config import SAVED_METADATA, config_from_dict, is_comment, read_json_object, to_json
 from clipkit.hub import resolve_pretrained
 from clipkit.images import check_image_size, open_image, to_rgb
-from clipkit.io import (MANIFEST_NAME, NonFiniteError, output_format, read_json, read_manifest, staged_output,
-                        write_json, write_manifest)
+from clipkit.io import (
+    MANIFEST_NAME,
+    NonFiniteError,
+    output_format,
+    read_json,
+    read_manifest,
+    staged_output,
+    write_json,
+    write_manifest,
+)
 from clipkit.io.errors import positive_int
 from clipkit.io.weights import fit_weights, load_weights, save_weights
 
 PRESET_DIR = Path(__file__).parent / "presets" / "architectures"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-MODEL_FORMAT = "clipkit-model"           # manifest.json format of a saved model folder
-CUSTOM_NAME = "custom"                   # the name of a model built from a config dict
-MODEL_TYPES = ("an architecture preset or open_clip architecture name (str), an open_clip-style model config "
-               "(dict: embed_dim, vision_cfg, text_cfg) or the path of its .json file")
+MODEL_FORMAT = "clipkit-model"  # manifest.json format of a saved model folder
+CUSTOM_NAME = "custom"  # the name of a model built from a config dict
+MODEL_TYPES = (
+    "an architecture preset or open_clip architecture name (str), an open_clip-style model config "
+    "(dict: embed_dim, vision_cfg, text_cfg) or the path of its .json file"
+)
 
 
 def _open_clip():
-    import open_clip        # lazy: ~1-3 s of imports, paid only by what builds a model, not by `import clipkit.model`
+    import open_clip  # lazy: ~1-3 s of imports, paid only by what builds a model, not by `import clipkit.model`
 
     return open_clip
 
@@ -71,10 +81,10 @@ class ClipConfig:
 
     Checked when built: `model_cfg` against open_clip's config classes (check_model_cfg)."""
 
-    name: str                                  # preset, open_clip architecture or config file name
-    model_cfg: dict                            # open_clip model config (embed_dim, vision_cfg, text_cfg, ...)
-    preprocess_cfg: dict = field(default_factory=dict)   # size, mean, std, interpolation, resize_mode
-    pretrained: str | None = None              # where the weights came from (tag or file), informative
+    name: str  # preset, open_clip architecture or config file name
+    model_cfg: dict  # open_clip model config (embed_dim, vision_cfg, text_cfg, ...)
+    preprocess_cfg: dict = field(default_factory=dict)  # size, mean, std, interpolation, resize_mode
+    pretrained: str | None = None  # where the weights came from (tag or file), informative
 
     def __post_init__(self):
         check_model_cfg(self.model_cfg)
@@ -98,9 +108,11 @@ def check_model_cfg(model_cfg: Mapping) -> None:
     open_clip = _open_clip()
     if not isinstance(model_cfg, Mapping):
         raise TypeError(f"model_cfg = {model_cfg!r:.60}; expected an object with embed_dim, vision_cfg, text_cfg")
-    examples = {"embed_dim": '"embed_dim": 512 (the width of the shared embedding)',
-                "vision_cfg": '"vision_cfg": {"image_size": 64, "patch_size": 8, "width": 256, "layers": 6}',
-                "text_cfg": '"text_cfg": {"context_length": 32, "width": 256, "heads": 4, "layers": 6}'}
+    examples = {
+        "embed_dim": '"embed_dim": 512 (the width of the shared embedding)',
+        "vision_cfg": '"vision_cfg": {"image_size": 64, "patch_size": 8, "width": 256, "layers": 6}',
+        "text_cfg": '"text_cfg": {"context_length": 32, "width": 256, "heads": 4, "layers": 6}',
+    }
     for key, example in examples.items():
         if key not in model_cfg:
             raise ValueError(f"{key!r} is missing; add {example}")
@@ -116,20 +128,28 @@ def check_model_cfg(model_cfg: Mapping) -> None:
     text = _read_tower(open_clip.model.CLIPTextCfg, model_cfg["text_cfg"], "text_cfg")
     if "multimodal_cfg" in model_cfg:
         _read_tower(open_clip.coca_model.MultimodalCfg, model_cfg["multimodal_cfg"], "multimodal_cfg")
-    if not vision.timm_model_name and isinstance(vision.layers, int):         # open_clip's ViT
+    if not vision.timm_model_name and isinstance(vision.layers, int):  # open_clip's ViT
         sides = (vision.image_size,) * 2 if isinstance(vision.image_size, int) else vision.image_size
         if vision.patch_size < 1:
-            raise ValueError(f"vision_cfg.patch_size={vision.patch_size}; expected a positive number of pixels (e.g. 8)")
+            raise ValueError(
+                f"vision_cfg.patch_size={vision.patch_size}; expected a positive number of pixels (e.g. 8)"
+            )
         if any(s % vision.patch_size for s in sides):
-            raise ValueError(f"vision_cfg.image_size={vision.image_size} is not a multiple of vision_cfg.patch_size="
-                             f"{vision.patch_size}; choose an image_size that the patch size divides (e.g. "
-                             f"{-(-sides[0] // vision.patch_size) * vision.patch_size}) or another patch_size")
+            raise ValueError(
+                f"vision_cfg.image_size={vision.image_size} is not a multiple of vision_cfg.patch_size="
+                f"{vision.patch_size}; choose an image_size that the patch size divides (e.g. "
+                f"{-(-sides[0] // vision.patch_size) * vision.patch_size}) or another patch_size"
+            )
         if vision.head_width < 1 or vision.width % vision.head_width:
-            raise ValueError(f"vision_cfg.width={vision.width} is not a multiple of vision_cfg.head_width="
-                             f"{vision.head_width}; heads are width / head_width (e.g. width 256, head_width 64)")
+            raise ValueError(
+                f"vision_cfg.width={vision.width} is not a multiple of vision_cfg.head_width="
+                f"{vision.head_width}; heads are width / head_width (e.g. width 256, head_width 64)"
+            )
     if not text.hf_model_name and (text.heads < 1 or text.width % text.heads):
-        raise ValueError(f"text_cfg.width={text.width} is not divisible by text_cfg.heads={text.heads}; "
-                         f"choose heads that divides the width (e.g. width 256, heads 4)")
+        raise ValueError(
+            f"text_cfg.width={text.width} is not divisible by text_cfg.heads={text.heads}; "
+            f"choose heads that divides the width (e.g. width 256, heads 4)"
+        )
 
 
 def _read_tower(cls, cfg, what: str):
@@ -164,13 +184,14 @@ def model_config(model: str | os.PathLike | Mapping) -> ClipConfig:
     preset = PRESET_DIR / f"{text}.json"
     if preset.is_file():
         return _config_from_data(read_json_object(preset, "architecture preset"), text, f"preset {text!r}")
-    model_cfg = _open_clip().get_model_config(text)          # a deep copy: the registry stays as it is
+    model_cfg = _open_clip().get_model_config(text)  # a deep copy: the registry stays as it is
     if model_cfg is None:
         raise ValueError(
             f"unknown model {text!r}: expected a clipkit preset {list_presets()}, "
             f"an open_clip architecture (see open_clip.list_models(), e.g. 'ViT-B-32', 'RN50'), "
             f"an open_clip-style model config file (my-model.json: embed_dim, vision_cfg, text_cfg) "
-            f"or a directory saved by ClipModel.save")
+            f"or a directory saved by ClipModel.save"
+        )
     return _config_from_data(model_cfg, text, f"open_clip architecture {text!r}")
 
 
@@ -181,8 +202,9 @@ def _config_from_data(data: Mapping, name: str, where: str) -> ClipConfig:
     if "model_cfg" in data:
         unknown = sorted(set(data) - {"model_cfg", "preprocess_cfg"})
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown} beside model_cfg; expected model_cfg and "
-                             f"optionally preprocess_cfg")
+            raise ValueError(
+                f"{where}: unknown key(s) {unknown} beside model_cfg; expected model_cfg and optionally preprocess_cfg"
+            )
         model_cfg, preprocess_cfg = data["model_cfg"], data.get("preprocess_cfg", {})
     else:
         model_cfg = data
@@ -209,7 +231,7 @@ def _build_module(model_cfg: dict) -> torch.nn.Module:
     cfg = copy.deepcopy(model_cfg)
     cls = _module_class(cfg)
     cfg.pop("custom_text", None)
-    if "output_dict" in inspect.signature(cls.__init__).parameters:       # CoCa has none
+    if "output_dict" in inspect.signature(cls.__init__).parameters:  # CoCa has none
         cfg["output_dict"] = True
     return cls(**cfg)
 
@@ -239,8 +261,13 @@ class ImagePreprocess:
         cfg = dict(preprocess_cfg)
         self.size = cfg.get("size", image_size)
         self.transform = open_clip.image_transform(
-            self.size, is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
-            interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"))
+            self.size,
+            is_train=False,
+            mean=cfg.get("mean"),
+            std=cfg.get("std"),
+            interpolation=cfg.get("interpolation"),
+            resize_mode=cfg.get("resize_mode"),
+        )
         self.target = tuple(self.size) if isinstance(self.size, (list, tuple)) else (self.size, self.size)
         self.mean = torch.tensor(cfg.get("mean") or mean, dtype=torch.float32).view(3, 1, 1) * 255
         self.std = torch.tensor(cfg.get("std") or std, dtype=torch.float32).view(3, 1, 1) * 255
@@ -309,17 +336,21 @@ class ClipModel:
         self._identity = f"{self.config.name}:{weights_fingerprint(self.model.state_dict())}"
         return self._identity
 
-    def to(self, device: str | torch.device) -> "ClipModel":
+    def to(self, device: str | torch.device) -> ClipModel:
         self.model.to(resolve_device(device))
         return self
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.model.parameters())
-        return f"ClipModel(name={self.config.name!r}, embed_dim={self.embed_dim}, params={n / 1e6:.2f}M, device={self.device})"
+        return (
+            f"ClipModel(name={self.config.name!r}, embed_dim={self.embed_dim}, params={n / 1e6:.2f}M, "
+            f"device={self.device})"
+        )
 
     # ------------------------------------------------------------------ encoding
-    def encode_images(self, images, batch_size: int = 256, progress: bool = False,
-                      precision: str = "fp32") -> torch.Tensor:
+    def encode_images(
+        self, images, batch_size: int = 256, progress: bool = False, precision: str = "fp32"
+    ) -> torch.Tensor:
         """Embed images: a ready (N, 3, H, W) tensor batch, or a sequence of paths, PIL images or uint8 HWC arrays.
 
         Returns an (N, D) float32, L2-normalised CPU tensor. Decoding of the next
@@ -329,14 +360,19 @@ class ClipModel:
         batch_size = _check_batch_size(batch_size)
         if isinstance(images, torch.Tensor):
             if images.ndim != 4 or images.shape[1] != 3:
-                raise ValueError(f"a tensor batch must be (N, 3, H, W) preprocessed pixels; got shape {tuple(images.shape)}")
+                raise ValueError(
+                    f"a tensor batch must be (N, 3, H, W) preprocessed pixels; got shape {tuple(images.shape)}"
+                )
             if images.is_floating_point() and not bool(torch.isfinite(images).all()):
                 bad = int((~torch.isfinite(images.flatten(1))).any(1).nonzero()[0, 0])
-                raise NonFiniteError(f"the tensor batch holds NaN or inf pixels (the first in image {bad}); "
-                                     f"embeddings of it would be NaN. Check how the batch was made")
-            batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
-            return self._encode(batches, self.model.encode_image, len(images), batch_size, progress, "images",
-                                precision)
+                raise NonFiniteError(
+                    f"the tensor batch holds NaN or inf pixels (the first in image {bad}); "
+                    f"embeddings of it would be NaN. Check how the batch was made"
+                )
+            batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+            return self._encode(
+                batches, self.model.encode_image, len(images), batch_size, progress, "images", precision
+            )
         items = _as_list(images, "images")
         if not items:
             return torch.zeros(0, self.embed_dim)
@@ -358,8 +394,9 @@ class ClipModel:
 
         return self._encode(chunks(), self.model.encode_image, len(items), batch_size, progress, "images", precision)
 
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False,
-                     precision: str = "fp32") -> torch.Tensor:
+    def encode_texts(
+        self, texts: Sequence[str], batch_size: int = 256, progress: bool = False, precision: str = "fp32"
+    ) -> torch.Tensor:
         """Embed texts (over-long ones are truncated to the context length). (N, D) float32, unit norm, CPU.
         precision: "fp32" or "bf16" (autocast), as for encode_images."""
         batch_size = _check_batch_size(batch_size)
@@ -369,11 +406,19 @@ class ClipModel:
                 raise TypeError(f"texts[{i}] is {type(t).__name__} ({t!r:.60}); expected str")
         if not items:
             return torch.zeros(0, self.embed_dim)
-        chunks = (self.tokenizer(items[i:i + batch_size]) for i in range(0, len(items), batch_size))
+        chunks = (self.tokenizer(items[i : i + batch_size]) for i in range(0, len(items), batch_size))
         return self._encode(chunks, self.model.encode_text, len(items), batch_size, progress, "texts", precision)
 
-    def _encode(self, chunks: Iterable[torch.Tensor], encoder, total: int, batch_size: int, progress: bool, unit: str,
-                precision: str = "fp32"):
+    def _encode(
+        self,
+        chunks: Iterable[torch.Tensor],
+        encoder,
+        total: int,
+        batch_size: int,
+        progress: bool,
+        unit: str,
+        precision: str = "fp32",
+    ):
         from tqdm.auto import tqdm
 
         if precision not in ("fp32", "bf16"):
@@ -383,8 +428,11 @@ class ClipModel:
         self.model.eval()
         device = self.device
         try:
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"), \
-                    tqdm(total=total, disable=not progress, unit=unit, desc=f"encode {unit}") as bar:
+            with (
+                torch.inference_mode(),
+                torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"),
+                tqdm(total=total, disable=not progress, unit=unit, desc=f"encode {unit}") as bar,
+            ):
                 for chunk in chunks:
                     features = encoder(chunk.to(device, non_blocking=True))
                     out.append(F.normalize(features.float(), dim=-1).cpu())
@@ -404,13 +452,20 @@ class ClipModel:
         directory = Path(directory)
         with staged_output(directory, MODEL_FORMAT, inputs=inputs, overwrite=overwrite) as stage:
             tmp = stage.dir
-            save_weights(self.model.state_dict(), tmp / WEIGHTS_NAME,
-                         metadata={"format": "pt", "clipkit_name": self.config.name})
+            save_weights(
+                self.model.state_dict(), tmp / WEIGHTS_NAME, metadata={"format": "pt", "clipkit_name": self.config.name}
+            )
             write_json(tmp / CONFIG_NAME, {**self.config.to_json(), "identity": self.refresh_identity()})
-            write_json(tmp / "open_clip_config.json",
-                       {"model_cfg": self.config.model_cfg, "preprocess_cfg": self.config.preprocess_cfg})
-            write_manifest(tmp, MODEL_FORMAT, {WEIGHTS_NAME: None, CONFIG_NAME: None, "open_clip_config.json": None},
-                           model=self.identity)
+            write_json(
+                tmp / "open_clip_config.json",
+                {"model_cfg": self.config.model_cfg, "preprocess_cfg": self.config.preprocess_cfg},
+            )
+            write_manifest(
+                tmp,
+                MODEL_FORMAT,
+                {WEIGHTS_NAME: None, CONFIG_NAME: None, "open_clip_config.json": None},
+                model=self.identity,
+            )
         return directory
 
 
@@ -449,20 +504,27 @@ def load_image(item: Any, index: int = 0) -> Image.Image:
         return to_rgb(item)
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"images[{index}]: array of dtype {item.dtype} and shape {item.shape}; "
-                             f"expected uint8 HxW, HxWx1, HxWx3 or HxWx4")
+            raise ValueError(
+                f"images[{index}]: array of dtype {item.dtype} and shape {item.shape}; "
+                f"expected uint8 HxW, HxWx1, HxWx3 or HxWx4"
+            )
         if item.ndim == 3 and item.shape[2] == 1:
             item = item[:, :, 0]
         if item.shape[0] < 1 or item.shape[1] < 1:
             raise ValueError(f"images[{index}]: array of shape {item.shape} has no pixels")
         return to_rgb(Image.fromarray(item))
-    raise TypeError(f"images[{index}] is {type(item).__name__}; expected a path, PIL.Image, uint8 numpy array "
-                    f"or pass a preprocessed (N, 3, H, W) tensor")
+    raise TypeError(
+        f"images[{index}] is {type(item).__name__}; expected a path, PIL.Image, uint8 numpy array "
+        f"or pass a preprocessed (N, 3, H, W) tensor"
+    )
 
 
 # ---------------------------------------------------------------------- constructors
 
-def create(model: str | os.PathLike | Mapping, device: str | torch.device = "cpu", seed: int | None = None) -> ClipModel:
+
+def create(
+    model: str | os.PathLike | Mapping, device: str | torch.device = "cpu", seed: int | None = None
+) -> ClipModel:
     """A freshly initialised model: a clipkit preset (see list_presets()), an open_clip architecture, or your
     own architecture as an open_clip-style model config (a dict, or the path of its .json file):
 
@@ -475,8 +537,13 @@ def create(model: str | os.PathLike | Mapping, device: str | torch.device = "cpu
     return ClipModel(_build_module(config.model_cfg), config, device)
 
 
-def load(path_or_name: str | os.PathLike | Mapping, pretrained: str | None = None,
-         device: str | torch.device = "auto", cache_dir: str | None = None, verify: bool = True) -> ClipModel:
+def load(
+    path_or_name: str | os.PathLike | Mapping,
+    pretrained: str | None = None,
+    device: str | torch.device = "auto",
+    cache_dir: str | None = None,
+    verify: bool = True,
+) -> ClipModel:
     """Load a saved directory, or an architecture (as `create` takes it) with pretrained weights.
 
     `pretrained` is an open_clip tag (downloaded when online; offline it fails
@@ -486,23 +553,29 @@ def load(path_or_name: str | os.PathLike | Mapping, pretrained: str | None = Non
     checks sizes only); damaged, pickled or mismatched weights raise one-line ValueErrors.
     """
     if isinstance(path_or_name, bool) or not isinstance(path_or_name, (str, os.PathLike, Mapping)):
-        raise TypeError(f"clipkit.load({path_or_name!r}): got {type(path_or_name).__name__}; expected a saved model "
-                        f"directory (str or path), or an architecture name or model config with pretrained=TAG|FILE")
+        raise TypeError(
+            f"clipkit.load({path_or_name!r}): got {type(path_or_name).__name__}; expected a saved model "
+            f"directory (str or path), or an architecture name or model config with pretrained=TAG|FILE"
+        )
     if isinstance(path_or_name, (str, os.PathLike)):
         path = Path(path_or_name)
         if path.is_dir():
             if pretrained is not None:
                 raise ValueError(f"pretrained={pretrained!r} makes no sense with a saved directory {str(path)!r}")
             return _load_directory(path, device, verify)
-        if path.suffix in (".safetensors", ".pt", ".bin", ".pth") or (os.sep in str(path_or_name)
-                                                                     and path.suffix != ".json"):
+        if path.suffix in (".safetensors", ".pt", ".bin", ".pth") or (
+            os.sep in str(path_or_name) and path.suffix != ".json"
+        ):
             raise FileNotFoundError(
                 f"{str(path_or_name)!r} is not a directory saved by clipkit; to load a checkpoint file, "
-                f"name its architecture: clipkit.load('ViT-B-32', pretrained='/path/to/file.safetensors')")
+                f"name its architecture: clipkit.load('ViT-B-32', pretrained='/path/to/file.safetensors')"
+            )
     if pretrained is None:
         shown = repr(str(path_or_name)) if isinstance(path_or_name, (str, os.PathLike)) else "a model config"
-        raise ValueError(f"clipkit.load({shown}) needs a saved model directory or pretrained=TAG|FILE; "
-                         f"for a freshly initialised {shown} use clipkit.create({shown})")
+        raise ValueError(
+            f"clipkit.load({shown}) needs a saved model directory or pretrained=TAG|FILE; "
+            f"for a freshly initialised {shown} use clipkit.create({shown})"
+        )
     config = model_config(path_or_name)
     module = _build_module(config.model_cfg)
     if pretrained is not None:
@@ -524,15 +597,18 @@ def _load_directory(path: Path, device, verify: bool = True) -> ClipModel:
         # every part's size and sha256 (~1 GB/s; verify=False: sizes only); folders saved before
         # manifests existed are read unverified, and damage there still fails in load_weights
         read_manifest(path, MODEL_FORMAT, fix=fix, what="model", verify=verify)
-    config = config_from_dict(ClipConfig, read_json(config_file, "model config"), "model config",
-                              ignore=SAVED_METADATA)
+    config = config_from_dict(ClipConfig, read_json(config_file, "model config"), "model config", ignore=SAVED_METADATA)
     module = _build_module(config.model_cfg)
     fit_weights(module, load_weights(weights_file, fix=fix), weights_file, fix=fix)
     return ClipModel(module, config, device)
 
 
-def resolve_model(source: str | os.PathLike | Mapping, pretrained: str | None = None,
-                  device: str | torch.device = "cpu", seed: int = 0) -> ClipModel:
+def resolve_model(
+    source: str | os.PathLike | Mapping,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> ClipModel:
     """The one way to turn what a user typed into a model: a saved directory is loaded, an architecture
     with `pretrained` gets those weights, a bare architecture (preset, open_clip name, model config file
     or dict) is created fresh with `seed` (so that repeated commands on an untrained preset agree)."""

@@ -36,8 +36,8 @@ PRECISIONS = {"fp32": torch.float32, "no": torch.float32, "bf16": torch.bfloat16
 def torch_threads(n: int | None):
     """torch's intra-op threads set to n inside the block, the caller's again after it (None: unchanged).
 
-        with torch_threads(2):
-            train_small_models()
+    with torch_threads(2):
+        train_small_models()
     """
     before = torch.get_num_threads()
     if n is not None:
@@ -95,7 +95,8 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 def _cache_file() -> Path:
     root = os.environ.get("CLIPKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "clipkit")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "clipkit"
+    )
     return Path(root) / "peak.json"
 
 
@@ -105,17 +106,20 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_peak(precision: str = "fp32", device: str | torch.device = "cpu", size: int = 2048, repeats: int = 5,
-                cache: bool = True) -> float:
+def matmul_peak(
+    precision: str = "fp32", device: str | torch.device = "cpu", size: int = 2048, repeats: int = 5, cache: bool = True
+) -> float:
     """FLOP/s of a `size`^2 matmul in `precision` ("fp32" | "bf16" | "fp16") on `device`, best of `repeats`."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}; expected one of {sorted(PRECISIONS)}")
     device = torch.device(device)
-    key = f"{_device_name(device)}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{precision}"
+    key = (
+        f"{_device_name(device)}|{device.type}|threads={torch.get_num_threads()}|torch={torch.__version__}|{precision}"
+    )
     path = _cache_file()
     known = json.loads(path.read_text()) if cache and path.is_file() else {}
     entry = known.get(key)
-    if isinstance(entry, (int, float)):                               # written before loads were recorded
+    if isinstance(entry, (int, float)):  # written before loads were recorded
         entry = {"flops": float(entry), "load": 0.0}
     load = _load()
     # A busy neighbour can only make the peak look lower: re-measure when the machine is quieter than it
@@ -125,7 +129,7 @@ def matmul_peak(precision: str = "fp32", device: str | torch.device = "cpu", siz
     dtype = PRECISIONS[precision]
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    torch.mm(a, b)                                                    # warm-up (kernel choice, page faults)
+    torch.mm(a, b)  # warm-up (kernel choice, page faults)
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
@@ -135,9 +139,8 @@ def matmul_peak(precision: str = "fp32", device: str | torch.device = "cpu", siz
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
-    peak = max(2 * size ** 3 / best, entry["flops"] if entry is not None else 0.0)
+    peak = max(2 * size**3 / best, entry["flops"] if entry is not None else 0.0)
     if cache:
-
         write_json(path, {**known, key: {"flops": peak, "load": round(load, 2)}})
     return peak
 
@@ -150,11 +153,17 @@ def _load() -> float:
         return 0.0
 
 
-def utilisation(flops_per_sample: float, samples_per_s: float, precision: str = "fp32",
-                device: str | torch.device = "cpu") -> dict:
+def utilisation(
+    flops_per_sample: float, samples_per_s: float, precision: str = "fp32", device: str | torch.device = "cpu"
+) -> dict:
     """Model FLOPs per sample, achieved FLOP/s and their fraction of this machine's matmul peak."""
     precision = "fp32" if precision in ("no", None) else precision
     peak = matmul_peak(precision, device)
     achieved = flops_per_sample * samples_per_s
-    return {"gflop_per_sample": round(flops_per_sample / 1e9, 4), "achieved_gflops": round(achieved / 1e9, 2),
-            "peak_gflops": round(peak / 1e9, 1), "peak_fraction": round(achieved / peak, 4), "precision": precision}
+    return {
+        "gflop_per_sample": round(flops_per_sample / 1e9, 4),
+        "achieved_gflops": round(achieved / 1e9, 2),
+        "peak_gflops": round(peak / 1e9, 1),
+        "peak_fraction": round(achieved / peak, 4),
+        "precision": precision,
+    }

@@ -30,7 +30,7 @@ from clipkit.io.figures import save_figure
 from clipkit.model import ClipConfig, ClipModel, resolve_model
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-SWEEP_FORMAT = "clipkit-wiseft-sweep"          # the marker of a folder wiseft_sweep wrote
+SWEEP_FORMAT = "clipkit-wiseft-sweep"  # the marker of a folder wiseft_sweep wrote
 
 
 def _as_model(model):
@@ -39,8 +39,10 @@ def _as_model(model):
         return model
     if isinstance(model, (str, os.PathLike)):
         if not Path(model).is_dir():
-            raise FileNotFoundError(f"{str(model)!r} is not a saved clipkit model directory; WiSE-FT interpolates "
-                                    f"two saved models (or pass ClipModel objects)")
+            raise FileNotFoundError(
+                f"{str(model)!r} is not a saved clipkit model directory; WiSE-FT interpolates "
+                f"two saved models (or pass ClipModel objects)"
+            )
         return resolve_model(model, device="cpu")
     raise TypeError(f"expected a ClipModel or a saved model directory; got {type(model).__name__}")
 
@@ -49,7 +51,9 @@ def _first_difference(a, b, path: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if key not in a or key not in b:
-                return f"{path}{key}: {'absent' if key not in a else a[key]!r} vs {'absent' if key not in b else b[key]!r}"
+                return (
+                    f"{path}{key}: {'absent' if key not in a else a[key]!r} vs {'absent' if key not in b else b[key]!r}"
+                )
             diff = _first_difference(a[key], b[key], f"{path}{key}.")
             if diff:
                 return diff
@@ -64,21 +68,23 @@ def check_compatible(a, b) -> None:
     hint = "WiSE-FT interpolates two models of the same architecture, e.g. a model and its own fine-tuned copy"
     diff = _first_difference(a.config.model_cfg, b.config.model_cfg)
     if diff:
-        raise ValueError(f"cannot interpolate {a.config.name!r} and {b.config.name!r}: their architectures differ "
-                         f"({diff}); {hint}")
+        raise ValueError(
+            f"cannot interpolate {a.config.name!r} and {b.config.name!r}: their architectures differ ({diff}); {hint}"
+        )
     sa, sb = a.model.state_dict(), b.model.state_dict()
     if set(sa) != set(sb):
         only = sorted(set(sa) ^ set(sb))
         raise ValueError(f"cannot interpolate: parameters {only[:5]} exist in only one of the models; {hint}")
     for key in sa:
         if sa[key].shape != sb[key].shape:
-            raise ValueError(f"cannot interpolate: {key} has shape {tuple(sa[key].shape)} vs {tuple(sb[key].shape)}; {hint}")
+            raise ValueError(
+                f"cannot interpolate: {key} has shape {tuple(sa[key].shape)} vs {tuple(sb[key].shape)}; {hint}"
+            )
 
 
 def interpolate(a, b, alpha: float = 0.5):
     """A new ClipModel with weights (1 - alpha) * A + alpha * B (module docstring); A and B are unchanged."""
     import copy
-
 
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha={alpha!r}; expected a number in [0, 1] (0 = the first model, 1 = the second)")
@@ -103,14 +109,22 @@ def interpolate(a, b, alpha: float = 0.5):
     return ClipModel(module, config, device=a.device)
 
 
-def wiseft_sweep(a, b, datasets: list, alphas=DEFAULT_ALPHAS, task: str = "auto", batch_size: int = 256,
-                 max_samples: int | None = None, out_dir: str | os.PathLike | None = None,
-                 progress: bool = False, overwrite: bool = False) -> list[dict]:
+def wiseft_sweep(
+    a,
+    b,
+    datasets: list,
+    alphas=DEFAULT_ALPHAS,
+    task: str = "auto",
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> list[dict]:
     """Evaluate interpolate(a, b, alpha) on every dataset for every alpha; rows as clipkit.evaluation writes them,
     each with an "alpha" field. With `out_dir` (claimed first: new, ours, or `overwrite`): results.jsonl and
     tradeoff.png (first two datasets) in it."""
     from tqdm.auto import tqdm
-
 
     if len(datasets) < 1:
         raise ValueError("wiseft_sweep needs at least one dataset (two for the trade-off plot)")
@@ -125,8 +139,9 @@ def wiseft_sweep(a, b, datasets: list, alphas=DEFAULT_ALPHAS, task: str = "auto"
         model = interpolate(a, b, alpha)
         for path in datasets:
             dataset = open_dataset(path)
-            row = evaluate(model, dataset, task, batch_size=batch_size, max_samples=max_samples,
-                           model_name=f"wise-ft@{alpha:g}")
+            row = evaluate(
+                model, dataset, task, batch_size=batch_size, max_samples=max_samples, model_name=f"wise-ft@{alpha:g}"
+            )
             rows.append({**row, "alpha": alpha})
     if out_dir is not None:
         write_rows(rows, out_dir / "results.jsonl", append=False, overwrite=overwrite)
@@ -143,8 +158,14 @@ def headline_metric(row: dict) -> str:
     return next(iter(row["metrics"]))
 
 
-def plot_tradeoff(rows: list[dict], path: str | os.PathLike, x_dataset: str | None = None,
-                  y_dataset: str | None = None, metric: str | None = None, title: str = "WiSE-FT") -> Path:
+def plot_tradeoff(
+    rows: list[dict],
+    path: str | os.PathLike,
+    x_dataset: str | None = None,
+    y_dataset: str | None = None,
+    metric: str | None = None,
+    title: str = "WiSE-FT",
+) -> Path:
     """Two panels: dataset Y's metric against dataset X's along alpha (the trade-off curve), and both vs alpha."""
     from matplotlib.figure import Figure
 

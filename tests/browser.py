@@ -24,9 +24,18 @@ window.addEventListener('load', () => {
 });
 </script>"""
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--allow-file-access-from-files", "--virtual-time-budget=5000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-file-access-from-files",
+    "--virtual-time-budget=5000",
+]
 
 
 def chromium_binary() -> str | None:
@@ -42,8 +51,12 @@ def image_load_report(page: Path) -> list[dict]:
     probe_page.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
     try:
         with tempfile.TemporaryDirectory() as profile:
-            result = subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-                                     probe_page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+            result = subprocess.run(
+                [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", probe_page.resolve().as_uri()],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
     finally:
         probe_page.unlink()
     match = re.search(r"id=\"image-probe\">IMAGES:(.*?):END", result.stdout, re.S)

@@ -13,8 +13,12 @@ import pytest
 
 # Before torch / matplotlib / huggingface_hub are imported by any test module.
 _CACHE = tempfile.mkdtemp(prefix="clipkit-test-cache-")
-for var, sub in (("MPLCONFIGDIR", "mpl"), ("HF_HOME", "hf"), ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
-                 ("XDG_CACHE_HOME", "xdg")):
+for var, sub in (
+    ("MPLCONFIGDIR", "mpl"),
+    ("HF_HOME", "hf"),
+    ("TORCHINDUCTOR_CACHE_DIR", "inductor"),
+    ("XDG_CACHE_HOME", "xdg"),
+):
     os.environ.setdefault(var, os.path.join(_CACHE, sub))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -26,8 +30,12 @@ def shapes_dir(tmp_path_factory):
     from clipkit.shapes.world import write_split
 
     root = tmp_path_factory.mktemp("shapes")
-    for split, num, seed, shard_size in (("train", 600, 0, 200), ("val", 200, 1, 200),
-                                         ("holdout", 100, 2, 100), ("hat_pairs", 40, 3, 40)):
+    for split, num, seed, shard_size in (
+        ("train", 600, 0, 200),
+        ("val", 200, 1, 200),
+        ("holdout", 100, 2, 100),
+        ("hat_pairs", 40, 3, 40),
+    ):
         write_split(root / split, split=split, num=num, seed=seed, shard_size=shard_size)
     return root
 

@@ -31,37 +31,52 @@ class FakeModel:
 
     def encode_texts(self, texts, batch_size=256):
         import torch
+
         return torch.tensor(np.stack([self._vec("t" + t) for t in texts]))
 
     def encode_images(self, images, batch_size=256):
         import torch
+
         return torch.tensor(np.stack([self._vec("i" + str(i).rsplit("/", 1)[-1]) for i in images]))
 
 
-@pytest.mark.parametrize("expr,ops", [
-    ('img:"a.png" - img:"b.png" + 0.5*text:"hat"', "+"),
-    ("normalize(mean(text:'a', text:\"b\\\"c\"))", "normalize"),
-    ("-(text:\"a\") * 2e-1", "*"),
-    ("mean(text:\"a\")", "mean"),
-])
+@pytest.mark.parametrize(
+    "expr,ops",
+    [
+        ('img:"a.png" - img:"b.png" + 0.5*text:"hat"', "+"),
+        ('normalize(mean(text:\'a\', text:"b\\"c"))', "normalize"),
+        ('-(text:"a") * 2e-1', "*"),
+        ('mean(text:"a")', "mean"),
+    ],
+)
 def test_parses_valid_expressions(expr, ops):
     assert parse_expression(expr).op == ops
 
 
-@pytest.mark.parametrize("expr,pos,msg", [
-    ("1 +", 3, "expected a value"), ("foo(1)", 0, "unknown name 'foo'"), ("((1)", 4, r"expected '\)'"),
-    ('img:x', 4, "quoted string"), ('text:"abc', 5, "unterminated"), ("1 2", 2, "missing an operator"),
-    ("", 0, "empty"), ("a $ b", 2, r"unexpected character '\$'"), ("3 # 4", 2, "unexpected character '#'"),
-    ("normalize(text:'a', text:'b')", 0, "1 argument"),
-])
+@pytest.mark.parametrize(
+    "expr,pos,msg",
+    [
+        ("1 +", 3, "expected a value"),
+        ("foo(1)", 0, "unknown name 'foo'"),
+        ("((1)", 4, r"expected '\)'"),
+        ("img:x", 4, "quoted string"),
+        ('text:"abc', 5, "unterminated"),
+        ("1 2", 2, "missing an operator"),
+        ("", 0, "empty"),
+        ("a $ b", 2, r"unexpected character '\$'"),
+        ("3 # 4", 2, "unexpected character '#'"),
+        ("normalize(text:'a', text:'b')", 0, "1 argument"),
+    ],
+)
 def test_syntax_errors_name_the_position(expr, pos, msg):
     with pytest.raises(ExpressionError, match=msg) as info:
         parse_expression(expr)
     assert info.value.position == pos and f"at position {pos}" in str(info.value)
 
 
-_ALPHABET = st.sampled_from(list("imgtext:\"' ()+-*,.0123456789eanormlizu_$\\") + ["img:", "text:", "mean(",
-                                                                                 "normalize(", '"a"'])
+_ALPHABET = st.sampled_from(
+    list("imgtext:\"' ()+-*,.0123456789eanormlizu_$\\") + ["img:", "text:", "mean(", "normalize(", '"a"']
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -82,10 +97,14 @@ def _expressions():
         num = st.floats(0.1, 3, allow_nan=False).map(lambda x: round(x, 2))
         return st.one_of(
             st.tuples(children, children, st.sampled_from("+-")).map(
-                lambda t: (f"({t[0][0]} {t[2]} {t[1][0]})", (t[2], t[0][1], t[1][1]))),
+                lambda t: (f"({t[0][0]} {t[2]} {t[1][0]})", (t[2], t[0][1], t[1][1]))
+            ),
             st.tuples(num, children).map(lambda t: (f"{t[0]} * {t[1][0]}", ("*", t[0], t[1][1]))),
             st.lists(children, min_size=1, max_size=3).map(
-                lambda cs: (f"mean({', '.join(c[0] for c in cs)})", ("mean", [c[1] for c in cs]))))
+                lambda cs: (f"mean({', '.join(c[0] for c in cs)})", ("mean", [c[1] for c in cs]))
+            ),
+        )
+
     return st.recursive(leaf, extend, max_leaves=8)
 
 
@@ -111,8 +130,12 @@ def test_evaluation_matches_a_reference(expr_tree):
 
 def test_type_errors_and_missing_images(tmp_path):
     model = FakeModel()
-    for expr, msg in [('text:"a" * text:"b"', "multiply two vectors"), ('1 + text:"a"', "add a number"),
-                      ("2 * 3", "is a number"), ('normalize(text:"a" - text:"a")', "zero vector")]:
+    for expr, msg in [
+        ('text:"a" * text:"b"', "multiply two vectors"),
+        ('1 + text:"a"', "add a number"),
+        ("2 * 3", "is a number"),
+        ('normalize(text:"a" - text:"a")', "zero vector"),
+    ]:
         with pytest.raises(ExpressionError, match=msg):
             evaluate_expression(model, expr)
     with pytest.raises(FileNotFoundError, match="nope.png"):
@@ -126,14 +149,22 @@ def test_img_names_can_stand_for_stored_vectors_and_images(tmp_path):
     """`images` maps an img: name to a stored (D,) vector (used unit-norm, nothing encoded) or to an image to encode;
     other names stay files."""
     model = FakeModel()
-    stored = 3.0 * model._vec("istored")                                  # stored vectors are used unit-norm
+    stored = 3.0 * model._vec("istored")  # stored vectors are used unit-norm
     (tmp_path / "b.png").write_bytes(b"")
-    v = evaluate_expression(model, 'img:"42" - img:"upload" + img:"b.png"', base_dir=tmp_path,
-                            images={"42": stored, "upload": "anything-to-encode"})
-    np.testing.assert_allclose(v, model._vec("istored") - model._vec("ianything-to-encode") + model._vec("ib.png"),
-                               atol=1e-6)
-    for bad, msg in [(np.zeros(16), "zero or holds NaN"), (np.full(16, np.inf), "zero or holds NaN"),
-                     (np.ones(8), "shape \\(8,\\)")]:
+    v = evaluate_expression(
+        model,
+        'img:"42" - img:"upload" + img:"b.png"',
+        base_dir=tmp_path,
+        images={"42": stored, "upload": "anything-to-encode"},
+    )
+    np.testing.assert_allclose(
+        v, model._vec("istored") - model._vec("ianything-to-encode") + model._vec("ib.png"), atol=1e-6
+    )
+    for bad, msg in [
+        (np.zeros(16), "zero or holds NaN"),
+        (np.full(16, np.inf), "zero or holds NaN"),
+        (np.ones(8), "shape \\(8,\\)"),
+    ]:
         with pytest.raises(ExpressionError, match=msg):
             evaluate_expression(model, 'img:"42"', images={"42": bad})
 
@@ -164,8 +195,21 @@ def test_hat_vector_experiment_on_pair_shards(shapes_dir, tiny_model):
 def test_cli_arith(tmp_path, capsys):
     from clipkit.cli import main
 
-    assert main(["arith", 'text:"a red circle" - text:"a circle"', "--model", "shapes-tiny", "--words", "3",
-                 "--save", str(tmp_path / "v.npy")]) == 0
+    assert (
+        main(
+            [
+                "arith",
+                'text:"a red circle" - text:"a circle"',
+                "--model",
+                "shapes-tiny",
+                "--words",
+                "3",
+                "--save",
+                str(tmp_path / "v.npy"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "nearest words" in out and np.load(tmp_path / "v.npy").shape == (64,)
     assert main(["arith", "1 +", "--model", "shapes-tiny"]) == 2

@@ -16,18 +16,31 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import bench_gpu  # noqa: E402
 
-ROWS = [("CLIP training", "clipkit"), ("CLIP training", "open_clip_train"),
-        ("CLIP training", "ratio clipkit / open_clip_train"),
-        ("unCLIP decoder training", "steps/s"), ("unCLIP prior training", "steps/s"),
-        ("embedding", "encode_images fp32"), ("embedding", "encode_images bf16"), ("embedding", "ratio bf16 / fp32"),
-        ("serve", "p50, one kept-alive connection"), ("serve", "p99, one kept-alive connection"),
-        ("serve", "p50, a new connection a request")]
+ROWS = [
+    ("CLIP training", "clipkit"),
+    ("CLIP training", "open_clip_train"),
+    ("CLIP training", "ratio clipkit / open_clip_train"),
+    ("unCLIP decoder training", "steps/s"),
+    ("unCLIP prior training", "steps/s"),
+    ("embedding", "encode_images fp32"),
+    ("embedding", "encode_images bf16"),
+    ("embedding", "ratio bf16 / fp32"),
+    ("serve", "p50, one kept-alive connection"),
+    ("serve", "p99, one kept-alive connection"),
+    ("serve", "p50, a new connection a request"),
+]
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(BENCHMARKS / "bench_gpu.py"), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=BENCHMARKS.parent)
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_gpu.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=BENCHMARKS.parent,
+    )
 
 
 def test_without_a_gpu_it_says_so_exits_0_and_writes_nothing(tmp_path):
@@ -47,10 +60,17 @@ def test_a_failing_section_reports_its_error_in_its_row_and_the_others_run(monke
 
     monkeypatch.setattr(bench_gpu, "SECTION_FUNCTIONS", {"clip": broken, "embed": fine})
     rows = bench_gpu.run_sections(bench_gpu.DRY, ["clip", "embed"], rounds=3)
-    assert rows == [["CLIP training", "error", "error", "",
-                     "RuntimeError: open_clip_train failed (rc 1): ... ValueError: no shards / here"],
-                    ["embedding", "encode_images fp32", 12.5, "images/s", "ok"]]
-    assert "Traceback" in capsys.readouterr().err          # the whole error is on stderr
+    assert rows == [
+        [
+            "CLIP training",
+            "error",
+            "error",
+            "",
+            "RuntimeError: open_clip_train failed (rc 1): ... ValueError: no shards / here",
+        ],
+        ["embedding", "encode_images fp32", 12.5, "images/s", "ok"],
+    ]
+    assert "Traceback" in capsys.readouterr().err  # the whole error is on stderr
 
 
 @pytest.mark.slow
@@ -66,6 +86,6 @@ def test_dry_run_fills_every_row_with_consistent_numbers(tmp_path):
     assert values["ratio clipkit / open_clip_train"] == pytest.approx(values["clipkit"] / values["open_clip_train"])
     assert values["ratio bf16 / fp32"] == pytest.approx(values["encode_images bf16"] / values["encode_images fp32"])
     assert values["p50, one kept-alive connection"] <= values["p99, one kept-alive connection"]
-    table = (tmp_path / "gpu-dry-run.md").read_text().split("\n", 1)[1]        # after the provenance comment
+    table = (tmp_path / "gpu-dry-run.md").read_text().split("\n", 1)[1]  # after the provenance comment
     assert table in done.stdout and table.count("\n| ") == len(ROWS) + 1
     assert data["results"]["dry_run"] is True and "dry run" in table

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SIZE = (48, 40)          # width, height: neither square nor the decoder's 32 px
+SIZE = (48, 40)  # width, height: neither square nor the decoder's 32 px
 
 
 def _picture(rng: np.random.Generator):
@@ -40,8 +40,9 @@ def _write_shards(folder, n: int = 160, corrupt_at: int = 37) -> str:
                 buf = io.BytesIO()
                 _picture(rng).save(buf, format="JPEG", quality=95)
                 data = b"not an image at all" if i == corrupt_at else buf.getvalue()
-                sink.write({"__key__": f"{i:06d}", "jpg": data, "txt": f"gradient {i}",
-                            "json": json.dumps({"i": i}).encode()})
+                sink.write(
+                    {"__key__": f"{i:06d}", "jpg": data, "txt": f"gradient {i}", "json": json.dumps({"i": i}).encode()}
+                )
     return str(folder)
 
 
@@ -49,10 +50,20 @@ def test_decoder_trains_on_plain_webdataset_shards_of_other_images(tiny_model_di
     from clipkit.train.unclip import DecoderTrainConfig, train_decoder
 
     config = DecoderTrainConfig(
-        clip=str(tiny_model_dir), out_dir=str(tmp_path / "dec"), train_data=_write_shards(tmp_path / "shards"),
-        num_samples=160, val_samples=8, max_steps=60, lr=3e-3, warmup_steps=5, batch_size=16, log_every=5,
-        progress=False, num_threads=1,
-        decoder=dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_tokens=2))
+        clip=str(tiny_model_dir),
+        out_dir=str(tmp_path / "dec"),
+        train_data=_write_shards(tmp_path / "shards"),
+        num_samples=160,
+        val_samples=8,
+        max_steps=60,
+        lr=3e-3,
+        warmup_steps=5,
+        batch_size=16,
+        log_every=5,
+        progress=False,
+        num_threads=1,
+        decoder=dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_tokens=2),
+    )
     summary = train_decoder(config)
 
     # the corrupt sample was skipped and counted; the rest (any size, centre-cropped to 32 px) trained
@@ -63,6 +74,6 @@ def test_decoder_trains_on_plain_webdataset_shards_of_other_images(tiny_model_di
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 12 and all(np.isfinite(losses))
     early, late = np.mean(losses[:2]), np.mean(losses[-3:])
-    assert late < 0.7 * early, losses            # x0 target: from predicting zeros to the images' colours
+    assert late < 0.7 * early, losses  # x0 target: from predicting zeros to the images' colours
     assert (tmp_path / "dec" / "decoder" / "model.safetensors").is_file()
     assert (tmp_path / "dec" / "samples.png").is_file()

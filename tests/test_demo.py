@@ -27,8 +27,10 @@ def test_quick_demo_runs_every_stage_and_learns(quick_demo):
     # Learned behaviour even at tiny scale: well above chance where chance is 1/8 (colour) or 1/2 (hat).
     val = next(row for row in stages["zeroshot"]["table"] if row["split"] == "val")
     assert val["color"] > 0.3 and val["hat"] > 0.75
-    assert stages["spiral"]["metrics"]["samplers"]["ddpm_1000_no_noise"]["coverage"] < \
-        stages["spiral"]["metrics"]["samplers"]["ddpm_1000"]["coverage"] - 0.5
+    assert (
+        stages["spiral"]["metrics"]["samplers"]["ddpm_1000_no_noise"]["coverage"]
+        < stages["spiral"]["metrics"]["samplers"]["ddpm_1000"]["coverage"] - 0.5
+    )
     for stage in stages:
         assert (out / stage / "done.json").is_file()
     assert (out / "clip" / "model" / "model.safetensors").is_file()
@@ -38,13 +40,15 @@ def test_quick_demo_runs_every_stage_and_learns(quick_demo):
 @pytest.mark.slow
 def test_quick_demo_rerun_skips_finished_stages(quick_demo, capsys):
     out, _ = quick_demo
-    outputs = {p: p.stat().st_mtime_ns for p in (out / "clip" / "model", out / "unclip" / "pipeline" / "decoder",
-                                                  out / "retrieval" / "index")}
+    outputs = {
+        p: p.stat().st_mtime_ns
+        for p in (out / "clip" / "model", out / "unclip" / "pipeline" / "decoder", out / "retrieval" / "index")
+    }
     capsys.readouterr()
     assert cli_main(["demo", "--out", str(out), "--quick"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("skipped (done)") == 7 and "running" not in printed
-    assert {p: p.stat().st_mtime_ns for p in outputs} == outputs              # nothing was redone
+    assert {p: p.stat().st_mtime_ns for p in outputs} == outputs  # nothing was redone
 
 
 @pytest.mark.slow

@@ -31,8 +31,12 @@ from clipkit.diffusion import (
 
 diffusers = pytest.importorskip("diffusers")
 
-DIFFUSERS_KIND = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": "sigmoid",
-                  "scaled_linear": "scaled_linear"}
+DIFFUSERS_KIND = {
+    "linear": "linear",
+    "cosine": "squaredcos_cap_v2",
+    "sigmoid": "sigmoid",
+    "scaled_linear": "scaled_linear",
+}
 TOL = 1e-5
 
 
@@ -55,11 +59,14 @@ def _with_our_tables(ref, schedule: NoiseSchedule):
 
 # --- schedules -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", list(DIFFUSERS_KIND))
 def test_alphas_cumprod_match_diffusers(kind):
     ours = NoiseSchedule(kind, 1000, **({"beta_start": 0.00085, "beta_end": 0.012} if kind == "scaled_linear" else {}))
-    ref = diffusers.DDPMScheduler(beta_schedule=DIFFUSERS_KIND[kind],
-                                  **({"beta_start": 0.00085, "beta_end": 0.012} if kind == "scaled_linear" else {}))
+    ref = diffusers.DDPMScheduler(
+        beta_schedule=DIFFUSERS_KIND[kind],
+        **({"beta_start": 0.00085, "beta_end": 0.012} if kind == "scaled_linear" else {}),
+    )
     torch.testing.assert_close(ours.betas.float(), ref.betas, atol=TOL, rtol=0)
     torch.testing.assert_close(ours.alphas_cumprod.float(), ref.alphas_cumprod, atol=TOL, rtol=0)
 
@@ -84,16 +91,24 @@ def test_add_noise_matches_diffusers():
 OLD_INVERSE = {
     "epsilon": lambda out, x, a, s: ((x - s * out) / a, out),
     "sample": lambda out, x, a, s: (out, (x - a * out) / s),
-    "v": lambda out, x, a, s: (a * x - s * out, a * out + s * x),            # a^2 + s^2 = 1 only
-    "velocity": lambda out, x, a, s: (x - s * out, x - s * out + out),       # a = 1 - s only
+    "v": lambda out, x, a, s: (a * x - s * out, a * out + s * x),  # a^2 + s^2 = 1 only
+    "velocity": lambda out, x, a, s: (x - s * out, x - s * out + out),  # a = 1 - s only
 }
-OLD_TARGET = {"epsilon": lambda x0, n, a, s: n, "sample": lambda x0, n, a, s: x0,
-              "v": lambda x0, n, a, s: a * n - s * x0, "velocity": lambda x0, n, a, s: n - x0}
+OLD_TARGET = {
+    "epsilon": lambda x0, n, a, s: n,
+    "sample": lambda x0, n, a, s: x0,
+    "v": lambda x0, n, a, s: a * n - s * x0,
+    "velocity": lambda x0, n, a, s: n - x0,
+}
 
 
 @settings(max_examples=60, deadline=None)
-@given(process=st.sampled_from(["linear", "cosine", "sigmoid", "flow"]), t=st.integers(0, 999),
-       prediction_type=st.sampled_from(["epsilon", "sample", "v", "velocity"]), seed=st.integers(0, 2**16))
+@given(
+    process=st.sampled_from(["linear", "cosine", "sigmoid", "flow"]),
+    t=st.integers(0, 999),
+    prediction_type=st.sampled_from(["epsilon", "sample", "v", "velocity"]),
+    seed=st.integers(0, 2**16),
+)
 def test_to_x0_eps_and_from_x0_eps_round_trip_and_match_the_old_formulas(process, t, prediction_type, seed):
     """Every prediction type, on discrete schedules (a^2 + s^2 = 1) and on the flow path (a + s = 1)."""
     x0 = torch.randn(4, 5, generator=_gen(seed), dtype=torch.float64)
@@ -103,7 +118,7 @@ def test_to_x0_eps_and_from_x0_eps_round_trip_and_match_the_old_formulas(process
     if prediction_type in (("epsilon", "v") if process == "flow" else ("velocity",)):
         with pytest.raises(ValueError, match="prediction_type"):
             proc.target(x0, noise, tt, prediction_type)
-        target = from_x0_eps(x0, noise, *proc.signal_noise(tt, x0), prediction_type)   # the helper is general
+        target = from_x0_eps(x0, noise, *proc.signal_noise(tt, x0), prediction_type)  # the helper is general
     else:
         target = proc.target(x0, noise, tt, prediction_type)
     a, s = proc.signal_noise(tt, x0)
@@ -112,7 +127,7 @@ def test_to_x0_eps_and_from_x0_eps_round_trip_and_match_the_old_formulas(process
     x0_hat, eps_hat = to_x0_eps(target, xt, a, s, prediction_type)
     torch.testing.assert_close(x0_hat, x0, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(eps_hat, noise, atol=1e-6, rtol=1e-6)
-    if (prediction_type, process == "flow") not in (("v", True), ("velocity", False)):   # old formulas' domains
+    if (prediction_type, process == "flow") not in (("v", True), ("velocity", False)):  # old formulas' domains
         for got, old in zip((x0_hat, eps_hat), OLD_INVERSE[prediction_type](target, xt, a, s)):
             torch.testing.assert_close(got, old, atol=1e-9, rtol=1e-9)
 
@@ -133,6 +148,7 @@ def test_spaced_timesteps_match_diffusers(spacing, n):
 
 
 # --- DDPM ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("n", [1000, 50])
@@ -172,19 +188,25 @@ def test_ddpm_clip_matches_diffusers_clip_sample():
     ref.set_timesteps(1000)
     for t in (999, 500, 3, 0):
         x, out = 3 * torch.randn(4, 6, generator=_gen(t)), torch.randn(4, 6, generator=_gen(t + 1))
-        torch.testing.assert_close(ours.step(out, t, x, _gen(2)), ref.step(out, t, x, generator=_gen(2)).prev_sample,
-                                   atol=TOL, rtol=0)
+        torch.testing.assert_close(
+            ours.step(out, t, x, _gen(2)), ref.step(out, t, x, generator=_gen(2)).prev_sample, atol=TOL, rtol=0
+        )
 
 
 # --- DDIM ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v"])
 def test_ddim_step_matches_diffusers(eta, prediction_type):
     s = NoiseSchedule("linear")
     ours = DDIMSampler(s, eta=eta, prediction_type=prediction_type)
-    ref = _with_our_tables(diffusers.DDIMScheduler(
-        clip_sample=False, prediction_type="v_prediction" if prediction_type == "v" else prediction_type), s)
+    ref = _with_our_tables(
+        diffusers.DDIMScheduler(
+            clip_sample=False, prediction_type="v_prediction" if prediction_type == "v" else prediction_type
+        ),
+        s,
+    )
     ours.set_timesteps(50)
     ref.set_timesteps(50)
     assert ours.timesteps.tolist() == ref.timesteps.tolist()
@@ -225,12 +247,12 @@ def test_ddim_previous_timestep_is_the_next_one_unlike_diffusers(spacing):
     noise = torch.randn(5, 3, generator=_gen(0), dtype=torch.float64)
 
     def drift(step_fn, timesteps):
-        x = noise * s.sqrt_one_minus_alphas_cumprod[timesteps[0]]   # start exactly at the first level
+        x = noise * s.sqrt_one_minus_alphas_cumprod[timesteps[0]]  # start exactly at the first level
         worst = 0.0
         for t in timesteps:
             implied = x / s.sqrt_one_minus_alphas_cumprod[t]
             worst = max(worst, float((implied - noise).abs().max()))
-            x = step_fn(implied, t, x)                       # the oracle's eps is exactly `implied`
+            x = step_fn(implied, t, x)  # the oracle's eps is exactly `implied`
         return worst
 
     ours = DDIMSampler(s, timestep_spacing=spacing)
@@ -248,6 +270,7 @@ def test_ddim_previous_timestep_is_the_next_one_unlike_diffusers(spacing):
 
 
 # --- flow matching ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])
 def test_flow_euler_matches_diffusers(shift):
@@ -295,7 +318,7 @@ def test_flow_process_and_sampler_share_one_path(prediction_type):
         x = sampler.step(out, t, x)
         torch.testing.assert_close(x, process.add_noise(x0, noise, float(sampler.sigmas[i + 1])), atol=1e-5, rtol=0)
     xt, t, target = training_batch(process, x0, prediction_type, generator=_gen(2), noise=noise)
-    assert t.dtype == torch.float32 and 0 < float(t.min()) and float(t.max()) < 1     # the sampler's time
+    assert t.dtype == torch.float32 and 0 < float(t.min()) and float(t.max()) < 1  # the sampler's time
     torch.testing.assert_close(xt, process.add_noise(x0, noise, t))
     torch.testing.assert_close(target, noise - x0 if prediction_type == "velocity" else x0)
     s = FlowProcess("logit_normal").sample_t(4000, _gen(3))
@@ -308,10 +331,10 @@ def test_flow_adapter_turns_a_discrete_model_into_a_velocity_model(prediction_ty
     schedule = NoiseSchedule("cosine")
     x0, eps = torch.rand(4, 3, 8, 8, generator=_gen(0)) * 2 - 1, torch.randn(4, 3, 8, 8, generator=_gen(1))
 
-    def oracle(xt, t, cond):        # the exact output at the (fractional) timestep the adapter asks for
+    def oracle(xt, t, cond):  # the exact output at the (fractional) timestep the adapter asks for
         abar = torch.from_numpy(np.interp(t.double().numpy(), np.arange(1000), schedule.alphas_cumprod.numpy()))
         a, s = abar.sqrt().float().view(-1, 1, 1, 1), (1 - abar).sqrt().float().view(-1, 1, 1, 1)
-        torch.testing.assert_close(xt, a * x0 + s * eps, atol=1e-5, rtol=0)      # x_sigma rescaled onto the schedule
+        torch.testing.assert_close(xt, a * x0 + s * eps, atol=1e-5, rtol=0)  # x_sigma rescaled onto the schedule
         return from_x0_eps(x0, eps, a, s, prediction_type)
 
     adapter = FlowAdapter(oracle, schedule, prediction_type)
@@ -320,38 +343,42 @@ def test_flow_adapter_turns_a_discrete_model_into_a_velocity_model(prediction_ty
         torch.testing.assert_close(v, eps - x0, atol=1e-4, rtol=0)
     # at the schedule's own noise levels the fractional timestep is the integer one
     abar = schedule.alphas_cumprod[torch.tensor([10, 400, 900])]
-    torch.testing.assert_close(schedule.timestep_of(abar), torch.tensor([10.0, 400.0, 900.0], dtype=torch.float64),
-                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        schedule.timestep_of(abar), torch.tensor([10.0, 400.0, 900.0], dtype=torch.float64), atol=1e-3, rtol=0
+    )
 
 
 def test_vocabulary_imports_without_torch():
-    code = ("import sys, clipkit.diffusion.names, clipkit.unclip.config; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, clipkit.diffusion.names, clipkit.unclip.config; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # --- exact denoisers: every sampler reproduces a known distribution -------------------------
 
-MU, TAU = 1.5, 0.5          # data ~ N(MU, TAU^2) per coordinate
+MU, TAU = 1.5, 0.5  # data ~ N(MU, TAU^2) per coordinate
 
 
 def gaussian_eps(schedule):
     def model(x, t, cond=None):
         a, s = schedule.signal_noise(t, x)
-        x0 = MU + a * TAU ** 2 / (a ** 2 * TAU ** 2 + s ** 2) * (x - a * MU)   # E[x0 | x_t]
+        x0 = MU + a * TAU**2 / (a**2 * TAU**2 + s**2) * (x - a * MU)  # E[x0 | x_t]
         return (x - a * x0) / s
+
     return model
 
 
 def gaussian_velocity(x, sigma, cond=None):
     s = sigma.reshape(-1, 1)
-    var = (1 - s) ** 2 * TAU ** 2 + s ** 2
+    var = (1 - s) ** 2 * TAU**2 + s**2
     r = x - (1 - s) * MU
-    return s / var * r - (MU + (1 - s) * TAU ** 2 / var * r)           # E[noise | x] - E[x0 | x]
+    return s / var * r - (MU + (1 - s) * TAU**2 / var * r)  # E[noise | x] - E[x0 | x]
 
 
 def gaussian_flow_x0(x, sigma, cond=None):
-    return x - sigma.reshape(-1, 1) * gaussian_velocity(x, sigma)      # E[x0 | x]
+    return x - sigma.reshape(-1, 1) * gaussian_velocity(x, sigma)  # E[x0 | x]
 
 
 @pytest.mark.parametrize("name", ["ddpm1000", "ddpm_large", "ddim50", "ddim50_eta1", "flow32", "flow32_x0"])
@@ -376,6 +403,7 @@ def test_samplers_reproduce_a_gaussian_with_the_exact_denoiser(name):
 
 # --- the sampling loop and guidance ----------------------------------------------------------
 
+
 class Recorder:
     """A conditional linear 'model' that records the batches it was called with."""
 
@@ -394,20 +422,21 @@ def test_guidance_scale_one_is_the_conditional_model(make):
     a = sample(m1, (4, 3), make(), 20, cond=cond, generator=_gen(1))
     b = sample(m2, (4, 3), make(), 20, cond=cond, uncond=null, guidance_scale=1.0, generator=_gen(1))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert m2.calls == [(4, 4, 4)] * 20                      # no wasted unconditional branch
+    assert m2.calls == [(4, 4, 4)] * 20  # no wasted unconditional branch
 
 
 def test_guidance_batches_both_branches_and_extrapolates():
     cond, neg = torch.randn(4, 3, generator=_gen(0)), torch.randn(1, 3, generator=_gen(1))
     rec = Recorder()
     g = sample(rec, (4, 3), DDIMSampler(), 10, cond=cond, uncond=neg, guidance_scale=3.0, generator=_gen(2))
-    assert rec.calls == [(8, 8, 8)] * 10                     # one call per step, cond and uncond stacked
+    assert rec.calls == [(8, 8, 8)] * 10  # one call per step, cond and uncond stacked
     # The model is linear in cond, so guidance at s equals the model at cond' = neg + s (cond - neg).
     direct = sample(Recorder(), (4, 3), DDIMSampler(), 10, cond=neg + 3.0 * (cond - neg), generator=_gen(2))
     torch.testing.assert_close(g, direct, atol=1e-4, rtol=0)
     zero = sample(Recorder(), (4, 3), DDIMSampler(), 10, cond=cond, uncond=neg, guidance_scale=0.0, generator=_gen(2))
-    torch.testing.assert_close(zero, sample(Recorder(), (4, 3), DDIMSampler(), 10, cond=neg, generator=_gen(2)),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        zero, sample(Recorder(), (4, 3), DDIMSampler(), 10, cond=neg, generator=_gen(2)), atol=1e-6, rtol=0
+    )
 
 
 def test_dict_conditions_and_trajectory():
@@ -416,15 +445,24 @@ def test_dict_conditions_and_trajectory():
 
     cond = {"emb": torch.randn(2, 5), "scale": torch.ones(2, 1)}
     uncond = {"emb": torch.zeros(1, 5), "scale": torch.ones(1, 1)}
-    x, traj = sample(model, (2, 4), DDPMSampler(), 25, cond=cond, uncond=uncond, guidance_scale=2.0,
-                     generator=_gen(0), return_trajectory=True)
+    x, traj = sample(
+        model,
+        (2, 4),
+        DDPMSampler(),
+        25,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=2.0,
+        generator=_gen(0),
+        return_trajectory=True,
+    )
     assert traj.x.shape == (26, 2, 4) and traj.model_output.shape == (25, 2, 4) and traj.x0.shape == (25, 2, 4)
     torch.testing.assert_close(traj.x[-1], x)
     assert traj.timesteps.tolist() == spaced_timesteps(1000, 25, "leading")
 
 
 def test_same_seed_same_samples_and_clip_override_leaves_sampler_alone():
-    def wild(x, t, cond):          # predicts an x0 far outside [-1, 1]
+    def wild(x, t, cond):  # predicts an x0 far outside [-1, 1]
         return -10 * torch.ones_like(x)
 
     for sampler in (DDPMSampler(), DDIMSampler(eta=1.0), FlowMatchSampler()):
@@ -438,12 +476,19 @@ def test_same_seed_same_samples_and_clip_override_leaves_sampler_alone():
 
 
 def test_callable_clip_renormalises_embeddings():
-    unit = sample(lambda x, t, c: 0.2 * x, (6, 16), DDIMSampler(), 20, generator=_gen(0),
-                  clip_x0=lambda x0: torch.nn.functional.normalize(x0, dim=-1))
+    unit = sample(
+        lambda x, t, c: 0.2 * x,
+        (6, 16),
+        DDIMSampler(),
+        20,
+        generator=_gen(0),
+        clip_x0=lambda x0: torch.nn.functional.normalize(x0, dim=-1),
+    )
     torch.testing.assert_close(unit.norm(dim=-1), torch.ones(6), atol=1e-4, rtol=0)
 
 
 # --- training helpers ------------------------------------------------------------------------
+
 
 def test_training_batch_targets_are_consistent():
     s = NoiseSchedule("cosine")
@@ -452,7 +497,7 @@ def test_training_batch_targets_are_consistent():
         xt, t, target = training_batch(s, x0, pt, generator=_gen(1))
         assert t.dtype == torch.long and t.shape == (16,) and 0 <= int(t.min()) and int(t.max()) < 1000
         x0_hat, _ = to_x0_eps(target, xt, *s.signal_noise(t, xt), pt)
-        torch.testing.assert_close(x0_hat, x0, atol=1e-3, rtol=0)   # float32; 1/sqrt(abar) ~ 150 at t=999
+        torch.testing.assert_close(x0_hat, x0, atol=1e-3, rtol=0)  # float32; 1/sqrt(abar) ~ 150 at t=999
     xt, sigma, v = training_batch(FlowProcess(), x0, generator=_gen(2))
     assert sigma.dtype == torch.float32 and float(sigma.min()) >= 0 and float(sigma.max()) <= 1
     torch.testing.assert_close(xt - sigma[:, None] * v, x0, atol=1e-5, rtol=0)
@@ -502,30 +547,36 @@ def test_timestep_embedding_shape_and_range():
 
 # --- errors name the bad value and the choices -----------------------------------------------
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: NoiseSchedule("quadratic"), r"'quadratic'.*linear.*cosine"),
-    (lambda: NoiseSchedule("linear", 1), r"num_train_timesteps.*1"),
-    (lambda: DDIMSampler().set_timesteps(0), r"positive int, got 0"),
-    (lambda: DDPMSampler().set_timesteps(1001), r"1001.*1000"),
-    (lambda: DDIMSampler(timestep_spacing="middle"), r"'middle'.*leading"),
-    (lambda: DDPMSampler(prediction_type="noise"), r"'noise'.*epsilon"),
-    (lambda: DDPMSampler(variance_type="learned"), r"'learned'.*fixed_small"),
-    (lambda: DDIMSampler(eta=2.0), r"eta.*2.0"),
-    (lambda: FlowMatchSampler().set_timesteps(sigmas=[0.5, 0.9]), r"decreasing"),
-    (lambda: FlowMatchSampler(shift=0), r"shift"),
-    (lambda: sample(lambda x, t, c: x, (2, 2), DDIMSampler(), 5, cond=torch.ones(2, 1), guidance_scale=3.0),
-     r"guidance_scale=3.0 needs an `uncond`"),
-    (lambda: sample(lambda x, t, c: x, (2, 2), DDIMSampler(), 5, cond=torch.ones(3, 1)), r"batch size 3"),
-    (lambda: sample(lambda x, t, c: x[:, :1], (2, 2), DDIMSampler(), 5), r"returned shape \(2, 1\)"),
-    (lambda: sample(lambda x, t, c: x, (2, 2), DDIMSampler(), 5, noise=torch.ones(3, 2)), r"noise has shape"),
-    (lambda: DDIMSampler(clip_x0=(1.0, -1.0)), r"lo < hi"),
-    (lambda: drop_condition(torch.ones(2), 1.5), r"\[0, 1\], got 1.5"),
-    (lambda: training_batch("flow", torch.ones(2, 2)), r"NoiseSchedule or a FlowProcess, got 'flow'"),
-    (lambda: training_batch(FlowProcess(), torch.ones(2, 2), "epsilon"), r"'epsilon'.*velocity"),
-    (lambda: FlowProcess("beta"), r"'beta'.*logit_normal"),
-    (lambda: FlowMatchSampler(prediction_type="v"), r"'v'.*velocity"),
-    (lambda: FlowAdapter(None, NoiseSchedule(), "velocity"), r"'velocity'.*epsilon"),
-])
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: NoiseSchedule("quadratic"), r"'quadratic'.*linear.*cosine"),
+        (lambda: NoiseSchedule("linear", 1), r"num_train_timesteps.*1"),
+        (lambda: DDIMSampler().set_timesteps(0), r"positive int, got 0"),
+        (lambda: DDPMSampler().set_timesteps(1001), r"1001.*1000"),
+        (lambda: DDIMSampler(timestep_spacing="middle"), r"'middle'.*leading"),
+        (lambda: DDPMSampler(prediction_type="noise"), r"'noise'.*epsilon"),
+        (lambda: DDPMSampler(variance_type="learned"), r"'learned'.*fixed_small"),
+        (lambda: DDIMSampler(eta=2.0), r"eta.*2.0"),
+        (lambda: FlowMatchSampler().set_timesteps(sigmas=[0.5, 0.9]), r"decreasing"),
+        (lambda: FlowMatchSampler(shift=0), r"shift"),
+        (
+            lambda: sample(lambda x, t, c: x, (2, 2), DDIMSampler(), 5, cond=torch.ones(2, 1), guidance_scale=3.0),
+            r"guidance_scale=3.0 needs an `uncond`",
+        ),
+        (lambda: sample(lambda x, t, c: x, (2, 2), DDIMSampler(), 5, cond=torch.ones(3, 1)), r"batch size 3"),
+        (lambda: sample(lambda x, t, c: x[:, :1], (2, 2), DDIMSampler(), 5), r"returned shape \(2, 1\)"),
+        (lambda: sample(lambda x, t, c: x, (2, 2), DDIMSampler(), 5, noise=torch.ones(3, 2)), r"noise has shape"),
+        (lambda: DDIMSampler(clip_x0=(1.0, -1.0)), r"lo < hi"),
+        (lambda: drop_condition(torch.ones(2), 1.5), r"\[0, 1\], got 1.5"),
+        (lambda: training_batch("flow", torch.ones(2, 2)), r"NoiseSchedule or a FlowProcess, got 'flow'"),
+        (lambda: training_batch(FlowProcess(), torch.ones(2, 2), "epsilon"), r"'epsilon'.*velocity"),
+        (lambda: FlowProcess("beta"), r"'beta'.*logit_normal"),
+        (lambda: FlowMatchSampler(prediction_type="v"), r"'v'.*velocity"),
+        (lambda: FlowAdapter(None, NoiseSchedule(), "velocity"), r"'velocity'.*epsilon"),
+    ],
+)
 def test_errors_name_the_value_and_choices(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
@@ -533,7 +584,7 @@ def test_errors_name_the_value_and_choices(call, match):
 
 def test_step_at_an_unknown_timestep_is_refused():
     d = DDIMSampler()
-    with pytest.raises(RuntimeError, match=r"set_timesteps\(n\) before step"):   # samplers have no default grid
+    with pytest.raises(RuntimeError, match=r"set_timesteps\(n\) before step"):  # samplers have no default grid
         d.step(torch.zeros(1, 2), 999, torch.zeros(1, 2))
     d.set_timesteps(10)
     with pytest.raises(ValueError, match=r"t=3 is not one of this sampler's timesteps"):

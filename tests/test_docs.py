@@ -35,7 +35,8 @@ MOMENT_WORDS = re.compile(
     r"\b(this|last|previous|next|earlier|that) round('s)?\b|\btoday\b|\byesterday\b|\btomorrow\b"
     r"|\bthis session\b|\bthis sprint\b|\bfield[- ]notes\b|\bissues?\s*#?\d+"
     r"|\"[^\"\n]{1,40}\" issue\b|\bat the moment\b|\bfor now\b|\bcurrently\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def moment_words(text: str) -> list[str]:
@@ -44,8 +45,10 @@ def moment_words(text: str) -> list[str]:
 
 
 def test_the_moment_detector_catches_what_it_is_for():
-    bad = ('This round the index got faster. Today we fixed it; see issue 27, the "Pixels" issue and FIELD-NOTES. '
-           "Last round's upsampler.")
+    bad = (
+        'This round the index got faster. Today we fixed it; see issue 27, the "Pixels" issue and FIELD-NOTES. '
+        "Last round's upsampler."
+    )
     assert len(moment_words(bad)) == 6
     assert moment_words("The contenders alternate for --rounds rounds; the median over rounds; round by round.") == []
 
@@ -58,14 +61,17 @@ def test_no_sentence_is_tied_to_a_moment_of_development(path):
 
 # ----------------------------------------------------------------------------- the README
 
+
 def test_readme_is_at_most_200_lines():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail into docs/"
 
 
 CITATION = re.compile(r"benchmarks/results/([\w.-]+\.json)")
-UNITS = (r"%|×|x\b|ms\b|µs\b|us\b|s\b|sec\b|seconds?\b|min\b|minutes?\b|h\b|hours?\b|[GT]FLOP|samples/s|req/s"
-         r"|images?/s|img/s|QPS|GiB|MiB|KiB|GB|MB|KB|TB")
+UNITS = (
+    r"%|×|x\b|ms\b|µs\b|us\b|s\b|sec\b|seconds?\b|min\b|minutes?\b|h\b|hours?\b|[GT]FLOP|samples/s|req/s"
+    r"|images?/s|img/s|QPS|GiB|MiB|KiB|GB|MB|KB|TB"
+)
 FIGURE = re.compile(rf"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*(?:{UNITS})|(?<![\w.])(0\.\d+)(?![\d.])")
 
 
@@ -126,24 +132,34 @@ def unbacked_figures(markdown: str, results_dir: Path) -> list[str]:
                 problems.append(f"line {number} cites benchmarks/results/{name}, which does not exist")
                 continue
             numbers += numbers_in(json.loads(path.read_text(encoding="utf-8")))
-        problems += [f"line {number}: {f} is not in {', '.join(cited)}" for f in figures
-                     if numbers and not figure_in(f, numbers)]
+        problems += [
+            f"line {number}: {f} is not in {', '.join(cited)}" for f in figures if numbers and not figure_in(f, numbers)
+        ]
     return problems
 
 
 def test_the_figure_check_ties_each_figure_to_its_result_file(tmp_path):
-    (tmp_path / "train-bf16.json").write_text(json.dumps(
-        {"command": "python benchmarks/bench_train.py", "results": {"ratio": {"median": 2.5012}, "util": 0.114,
-                                                                    "rows": [["clipkit", "364 (350–370)"]]}}))
-    readme = "\n".join([
-        "clipkit trains 2.50× faster in bf16, at 11.4% of the peak (benchmarks/results/train-bf16.json).",  # ok
-        "It reaches 364 samples/s there (benchmarks/results/train-bf16.json).",                        # a cell
-        "Two processes gave 1.91× (benchmarks/results/train-bf16.json).",                              # not in it
-        "Serving is 2.4× faster with batching.",                                                       # no citation
-        "Recall 0.95 (benchmarks/results/index.json).",                                                # no file
-        "Python 3.10 on 127.0.0.1, a 2-core CPU, `--recall 0.99`, make demo in a few minutes.",        # no figures
-        "```", "took 12 s", "```",                                                                     # code
-    ])
+    (tmp_path / "train-bf16.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/bench_train.py",
+                "results": {"ratio": {"median": 2.5012}, "util": 0.114, "rows": [["clipkit", "364 (350–370)"]]},
+            }
+        )
+    )
+    readme = "\n".join(
+        [
+            "clipkit trains 2.50× faster in bf16, at 11.4% of the peak (benchmarks/results/train-bf16.json).",  # ok
+            "It reaches 364 samples/s there (benchmarks/results/train-bf16.json).",  # a cell
+            "Two processes gave 1.91× (benchmarks/results/train-bf16.json).",  # not in it
+            "Serving is 2.4× faster with batching.",  # no citation
+            "Recall 0.95 (benchmarks/results/index.json).",  # no file
+            "Python 3.10 on 127.0.0.1, a 2-core CPU, `--recall 0.99`, make demo in a few minutes.",  # no figures
+            "```",
+            "took 12 s",
+            "```",  # code
+        ]
+    )
     problems = unbacked_figures(readme, tmp_path)
     assert [re.match(r"line \d+", p).group(0) for p in problems] == ["line 3", "line 4", "line 5"]
     assert "1.91" in problems[0] and "2.4" in problems[1] and "index.json" in problems[2]
@@ -162,6 +178,7 @@ def test_readme_links_point_at_files_that_exist():
 
 
 # ----------------------------------------------------------------------------- commands in the text parse
+
 
 def shell_commands(markdown: str) -> list[str]:
     """Every command line of the fenced shell blocks (continuations joined)."""
@@ -187,12 +204,16 @@ def clipkit_argv(command: str) -> list[str] | None:
         return None
     for i, word in enumerate(words):
         if word == "clipkit" and (i == 0 or words[i - 1] == "-m"):
-            return words[i + 1:]
+            return words[i + 1 :]
     return None
 
 
-DOCUMENTED_COMMANDS = [(path, c) for path in DOC_SOURCES for c in shell_commands(path.read_text(encoding="utf-8"))
-                       if clipkit_argv(c) is not None]
+DOCUMENTED_COMMANDS = [
+    (path, c)
+    for path in DOC_SOURCES
+    for c in shell_commands(path.read_text(encoding="utf-8"))
+    if clipkit_argv(c) is not None
+]
 
 
 def test_the_docs_show_clipkit_commands():
@@ -200,8 +221,9 @@ def test_the_docs_show_clipkit_commands():
     assert len(DOCUMENTED_COMMANDS) >= 60
 
 
-@pytest.mark.parametrize("path,command", DOCUMENTED_COMMANDS,
-                         ids=[f"{p.relative_to(ROOT)}:{c[:60]}" for p, c in DOCUMENTED_COMMANDS])
+@pytest.mark.parametrize(
+    "path,command", DOCUMENTED_COMMANDS, ids=[f"{p.relative_to(ROOT)}:{c[:60]}" for p, c in DOCUMENTED_COMMANDS]
+)
 def test_every_documented_clipkit_command_parses(path, command, capsys):
     from clipkit.cli import build_parser
 
@@ -223,16 +245,17 @@ def test_the_scripts_take_the_flags_the_docs_give_them():
     assert lines
     for line in lines:
         words = shlex.split(line, comments=True)
-        argv = words[words.index("training/train_clip.py") + 1:]
+        argv = words[words.index("training/train_clip.py") + 1 :]
         parser = argparse.ArgumentParser()
         add_config_arguments(parser, ClipTrainConfig)
         args = parser.parse_args(argv)
         if args.config:
-            continue            # the file's fields are checked where it is read
+            continue  # the file's fields are checked where it is read
         assert config_from_args(ClipTrainConfig, args).train_data, line
 
 
 # ----------------------------------------------------------------------------- the generated pages
+
 
 def load_hook(name: str):
     spec = importlib.util.spec_from_file_location(f"docs_hook_{name}", HOOKS / f"{name}.py")
@@ -248,29 +271,43 @@ def test_the_cli_reference_holds_every_command_and_its_help():
     page = hook.cli_reference()
     for name, _, sub in hook._subcommands(build_parser()):
         assert f"`clipkit {name}` {{ #clipkit-{name} }}" in page
-        assert hook._help(sub) in page                     # the whole --help text, at the page's width
-        for action, _, inner in hook._subcommands(sub):   # index build / add, judge train / score
+        assert hook._help(sub) in page  # the whole --help text, at the page's width
+        for action, _, inner in hook._subcommands(sub):  # index build / add, judge train / score
             assert f"`clipkit {name} {action}`" in page and hook._help(inner) in page
     assert "--time-budget" in page and "--decoder.channels" in page and "--max-upload-mb" in page
 
 
 def test_benchmark_pages_render_result_files_and_say_how_to_produce_missing_ones(tmp_path):
     hook = load_hook("benchmark_pages")
-    (tmp_path / "train-bf16.json").write_text(json.dumps({
-        "command": "python benchmarks/bench_train.py --precision amp_bf16", "date": "2030-01-02 03:04 UTC",
-        "machine": {"cpu": "Test CPU 9000", "cores": 2, "python": "3.11.7", "torch": "2.14.0", "commit": "abc1234"},
-        "results": {"ratio": {"median": 2.5}}}))
-    (tmp_path / "train-bf16.md").write_text("<!-- provenance -->\n| trainer | samples/s |\n|---|---|\n"
-                                            "| clipkit | 364 (350–370) |\n")
-    (tmp_path / "index_curve_200k.json").write_text(json.dumps({"command": "python benchmarks/bench_index.py",
-                                                                "results": {"rows": [1, 2]}}))
+    (tmp_path / "train-bf16.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/bench_train.py --precision amp_bf16",
+                "date": "2030-01-02 03:04 UTC",
+                "machine": {
+                    "cpu": "Test CPU 9000",
+                    "cores": 2,
+                    "python": "3.11.7",
+                    "torch": "2.14.0",
+                    "commit": "abc1234",
+                },
+                "results": {"ratio": {"median": 2.5}},
+            }
+        )
+    )
+    (tmp_path / "train-bf16.md").write_text(
+        "<!-- provenance -->\n| trainer | samples/s |\n|---|---|\n| clipkit | 364 (350–370) |\n"
+    )
+    (tmp_path / "index_curve_200k.json").write_text(
+        json.dumps({"command": "python benchmarks/bench_index.py", "results": {"rows": [1, 2]}})
+    )
     page = hook.render_results(["train-bf16", "train-fp32", "index_curve_*"], tmp_path)
     assert "`python benchmarks/bench_train.py --precision amp_bf16`" in page
     assert "Test CPU 9000, 2 cores, Python 3.11.7, torch 2.14.0, commit abc1234" in page
     assert "2030-01-02 03:04 UTC" in page
     assert "| clipkit | 364 (350–370) |" in page and "provenance" not in page
     assert "No result for `train-fp32`" in page and "[Produce it](#produce-it)" in page
-    assert "### `index_curve_200k`" in page and '"rows"' in page        # no table beside it: the numbers
+    assert "### `index_curve_200k`" in page and '"rows"' in page  # no table beside it: the numbers
     index = hook.render_index(tmp_path, {"train-*": "benchmarks/train.md"})
     assert "[train](train.md)" in index and "index_curve_200k" in index
     assert "No result files" in hook.render_index(tmp_path / "absent", {})
@@ -298,11 +335,22 @@ def test_every_benchmark_script_has_a_page():
 
 # ----------------------------------------------------------------------------- the built site
 
+
 class _Resources(HTMLParser):
     """Every URL an HTML page loads by itself (scripts, styles, fonts, images, frames, media), not its links."""
 
-    LOADS = {"script": "src", "img": "src", "iframe": "src", "source": "src", "video": "src", "audio": "src",
-             "embed": "src", "object": "data", "track": "src", "input": "src"}
+    LOADS = {
+        "script": "src",
+        "img": "src",
+        "iframe": "src",
+        "source": "src",
+        "video": "src",
+        "audio": "src",
+        "embed": "src",
+        "object": "data",
+        "track": "src",
+        "input": "src",
+    }
 
     def __init__(self):
         super().__init__()
@@ -312,8 +360,19 @@ class _Resources(HTMLParser):
         attrs = dict(attrs)
         if tag == "link" and attrs.get("href"):
             rel = (attrs.get("rel") or "").lower()
-            if any(r in rel for r in ("stylesheet", "preload", "preconnect", "prefetch", "icon", "modulepreload",
-                                      "dns-prefetch", "manifest")):
+            if any(
+                r in rel
+                for r in (
+                    "stylesheet",
+                    "preload",
+                    "preconnect",
+                    "prefetch",
+                    "icon",
+                    "modulepreload",
+                    "dns-prefetch",
+                    "manifest",
+                )
+            ):
                 self.urls.append(attrs["href"])
         elif tag in self.LOADS and attrs.get(self.LOADS[tag]):
             self.urls.append(attrs[self.LOADS[tag]])
@@ -348,12 +407,18 @@ def test_the_offline_check_finds_what_a_page_would_fetch(tmp_path):
         '<script src="//unpkg.com/iframe-worker/shim"></script><script src="assets/local.js"></script>'
         '<link rel="canonical" href="https://example.org/a"></head><body><a href="https://example.org">a link</a>'
         '<img src="images/x.png" srcset="https://cdn.example.org/x2.png 2x"><svg xmlns="http://www.w3.org/2000/svg">'
-        "</svg></body></html>")
+        "</svg></body></html>"
+    )
     (tmp_path / "s.css").write_text("@font-face{src:url(https://fonts.gstatic.com/x.woff2)} .a{background:url(x.png)}")
     found = external_resources(tmp_path)
-    assert sorted(u.split(": ", 1)[1] for u in found) == sorted([
-        "https://fonts.googleapis.com/css?family=Roboto", "//unpkg.com/iframe-worker/shim",
-        "https://cdn.example.org/x2.png", "https://fonts.gstatic.com/x.woff2"])
+    assert sorted(u.split(": ", 1)[1] for u in found) == sorted(
+        [
+            "https://fonts.googleapis.com/css?family=Roboto",
+            "//unpkg.com/iframe-worker/shim",
+            "https://cdn.example.org/x2.png",
+            "https://fonts.gstatic.com/x.woff2",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -361,23 +426,49 @@ def site(tmp_path_factory):
     """The docs built strictly (a broken link, a missing page, an unrendered docstring fail the build)."""
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-               "--site-dir", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "mkdocs",
+        "build",
+        "--strict",
+        "--config-file",
+        str(ROOT / "mkdocs.yml"),
+        "--site-dir",
+        str(out),
+    ]
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return out
 
 
 def test_the_docs_build_strictly_with_every_page(site):
-    for page in ("index", "getting-started", "training/clip", "training/unclip", "training/configs",
-                 "training/distributed", "retrieval", "serving", "generation", "evaluation", "formats",
-                 "architecture", "experiments/shapes", "experiments/labs", "benchmarks/index", "benchmarks/train",
-                 "reference/cli", "reference/api", "changelog"):
+    for page in (
+        "index",
+        "getting-started",
+        "training/clip",
+        "training/unclip",
+        "training/configs",
+        "training/distributed",
+        "retrieval",
+        "serving",
+        "generation",
+        "evaluation",
+        "formats",
+        "architecture",
+        "experiments/shapes",
+        "experiments/labs",
+        "benchmarks/index",
+        "benchmarks/train",
+        "reference/cli",
+        "reference/api",
+        "changelog",
+    ):
         assert (site / f"{page}.html").is_file(), page
     cli = (site / "reference" / "cli.html").read_text(encoding="utf-8")
     assert "clipkit train-upsampler" in cli and "--max-upload-mb" in cli
     api = (site / "reference" / "api.html").read_text(encoding="utf-8")
-    assert "encode_images" in api and "recall_target" in api          # signatures and docstrings rendered
+    assert "encode_images" in api and "recall_target" in api  # signatures and docstrings rendered
     assert "0.3.0" in (site / "changelog.html").read_text(encoding="utf-8")
 
 

@@ -20,14 +20,21 @@ from clipkit.retrieval.embeddings.writer import write_embeddings
 @pytest.fixture(scope="module")
 def shard_embeddings(tmp_path_factory, shapes_dir, tiny_model):
     out = tmp_path_factory.mktemp("emb")
-    summary = write_embeddings(tiny_model, out, shards=str(shapes_dir / "train" / "{00000..00002}.tar"),
-                               part_size=250, batch_size=128, progress=False, model_source="shapes-tiny")
+    summary = write_embeddings(
+        tiny_model,
+        out,
+        shards=str(shapes_dir / "train" / "{00000..00002}.tar"),
+        part_size=250,
+        batch_size=128,
+        progress=False,
+        model_source="shapes-tiny",
+    )
     return out, summary
 
 
 def test_layout_and_parts(shard_embeddings, tiny_model):
     out, summary = shard_embeddings
-    assert summary["count"] == 600 and summary["parts_count"] == 3          # one part per shard
+    assert summary["count"] == 600 and summary["parts_count"] == 3  # one part per shard
     assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_{i:05d}.npy" for i in range(3)]
     assert sorted(p.name for p in (out / "text_emb").iterdir()) == [f"text_emb_{i:05d}.npy" for i in range(3)]
     assert sorted(p.name for p in (out / "metadata").iterdir()) == [f"metadata_{i:05d}.parquet" for i in range(3)]
@@ -116,8 +123,19 @@ def test_image_folder_with_captions_and_texts_only(tmp_path, tiny_model):
 def test_cli_embed(tmp_path, shapes_dir):
     from clipkit.cli import main
 
-    rc = main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"),
-               "--out", str(tmp_path / "e"), "--float16", "--no-captions"])
+    rc = main(
+        [
+            "embed",
+            "--model",
+            "shapes-tiny",
+            "--shards",
+            str(shapes_dir / "val" / "00000.tar"),
+            "--out",
+            str(tmp_path / "e"),
+            "--float16",
+            "--no-captions",
+        ]
+    )
     assert rc == 0
     f = EmbeddingFolder(tmp_path / "e")
     assert f.modalities == ("img",) and f.count == 200
@@ -128,8 +146,12 @@ def test_embedding_reader_reads_our_layout(shard_embeddings):
     """The reference reader (clip-retrieval's ecosystem) sees the same vectors and metadata as ours."""
     er = pytest.importorskip("embedding_reader")
     out, _ = shard_embeddings
-    reader = er.EmbeddingReader(embeddings_folder=str(out / "img_emb"), file_format="parquet_npy",
-                                metadata_folder=str(out / "metadata"), meta_columns=["key", "caption"])
+    reader = er.EmbeddingReader(
+        embeddings_folder=str(out / "img_emb"),
+        file_format="parquet_npy",
+        metadata_folder=str(out / "metadata"),
+        meta_columns=["key", "caption"],
+    )
     assert (reader.count, reader.dimension) == (600, 64)
     vectors, keys = [], []
     for emb, meta in reader(batch_size=250, start=0, end=reader.count, show_progress=False):

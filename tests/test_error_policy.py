@@ -17,8 +17,16 @@ import torch
 
 import clipkit
 from clipkit.cli import main, user_error
-from clipkit.io import (BadImageError, DamagedFileError, IncompleteOutputError, NonFiniteError, OutputError,
-                        OutputInUseError, UserError, WeightsMismatchError)
+from clipkit.io import (
+    BadImageError,
+    DamagedFileError,
+    IncompleteOutputError,
+    NonFiniteError,
+    OutputError,
+    OutputInUseError,
+    UserError,
+    WeightsMismatchError,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,14 +41,25 @@ def shards(tmp_path_factory):
 
 
 def _train(shards, out, *extra) -> list[str]:
-    return ["train", "--train-data", str(shards), "--model", "shapes-tiny", "--batch-size", "4", "--no-progress",
-            "--out-dir", str(out), *extra]
+    return [
+        "train",
+        "--train-data",
+        str(shards),
+        "--model",
+        "shapes-tiny",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--out-dir",
+        str(out),
+        *extra,
+    ]
 
 
 def _no_manifest_copy(model_dir, tmp_path):
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
-    (copy / "manifest.json").unlink()               # a folder saved before manifests, or copied without one
+    (copy / "manifest.json").unlink()  # a folder saved before manifests, or copied without one
     return copy
 
 
@@ -53,8 +72,8 @@ def _damaged_header(path):
 def _pickled(path):
     from safetensors.torch import load
 
-    state = load(path.read_bytes())                 # in memory: the file is rewritten below (a mmap would SIGBUS)
-    torch.save(state, path)                         # what a renamed torch.save checkpoint looks like
+    state = load(path.read_bytes())  # in memory: the file is rewritten below (a mmap would SIGBUS)
+    torch.save(state, path)  # what a renamed torch.save checkpoint looks like
 
 
 def _embed(model) -> list[str]:
@@ -68,8 +87,7 @@ def _bomb(tmp_path):
 
 
 def case_nonfinite_loss(ctx, tmp_path):
-    return _train(ctx["shards"], tmp_path / "run", "--lr", "1e30", "--max-steps", "4", "--warmup-steps", "0"), \
-        "nan"
+    return _train(ctx["shards"], tmp_path / "run", "--lr", "1e30", "--max-steps", "4", "--warmup-steps", "0"), "nan"
 
 
 def case_full_disk_interpolate(ctx, tmp_path, monkeypatch):
@@ -77,9 +95,17 @@ def case_full_disk_interpolate(ctx, tmp_path, monkeypatch):
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(weights, "save_file", full)
-    return ["interpolate", str(ctx["model"]), str(ctx["model"]), "--alpha", "0.5", "--out", str(tmp_path / "mix")], \
-        "model.safetensors: no space left on the device"
+    return [
+        "interpolate",
+        str(ctx["model"]),
+        str(ctx["model"]),
+        "--alpha",
+        "0.5",
+        "--out",
+        str(tmp_path / "mix"),
+    ], "model.safetensors: no space left on the device"
 
 
 def case_full_disk_checkpoint(ctx, tmp_path, monkeypatch):
@@ -87,9 +113,11 @@ def case_full_disk_checkpoint(ctx, tmp_path, monkeypatch):
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(weights, "save_file", full)
-    return _train(ctx["shards"], tmp_path / "run", "--max-steps", "1", "--checkpoint-every", "1"), \
-        "model.safetensors: no space left on the device"
+    return _train(
+        ctx["shards"], tmp_path / "run", "--max-steps", "1", "--checkpoint-every", "1"
+    ), "model.safetensors: no space left on the device"
 
 
 def case_damaged_weights_without_manifest(ctx, tmp_path):
@@ -115,22 +143,23 @@ def case_damaged_pipeline_weights(ctx, tmp_path):
 def case_pickled_pipeline_weights(ctx, tmp_path):
     pipe = tmp_path / "pipe"
     shutil.copytree(ctx["pipe"], pipe)
-    _pickled(pipe / "decoder" / "model.safetensors")              # with its manifest: the size changed too
+    _pickled(pipe / "decoder" / "model.safetensors")  # with its manifest: the size changed too
     return ["generate", "--pipeline", str(pipe), "--prompt", "x", "--out", "{out}"], "decoder"
 
 
 def case_tensor_shape_mismatch(ctx, tmp_path):
     model = _no_manifest_copy(ctx["model"], tmp_path)
     config = json.loads((model / "config.json").read_text())
-    config["model_cfg"]["embed_dim"] = 32                          # the weights are 64-wide
+    config["model_cfg"]["embed_dim"] = 32  # the weights are 64-wide
     (model / "config.json").write_text(json.dumps(config))
     return _embed(model), "do not fit this model (size mismatch"
 
 
 def case_resume_with_another_model(ctx, tmp_path):
     assert main(_train(ctx["shards"], tmp_path / "run", "--max-steps", "1")) == 0
-    return _train(ctx["shards"], tmp_path / "run", "--max-steps", "2", "--resume", "latest",
-                  "--model", "shapes-small"), "shapes"
+    return _train(
+        ctx["shards"], tmp_path / "run", "--max-steps", "2", "--resume", "latest", "--model", "shapes-small"
+    ), "shapes"
 
 
 def case_bomb_in_search_image(ctx, tmp_path):
@@ -141,16 +170,31 @@ def case_foreign_unclip_json(ctx, tmp_path):
     pipe = tmp_path / "pipe"
     pipe.mkdir()
     (pipe / "unclip.json").write_text(json.dumps({"name": "someone else's pipeline", "stages": 3}))
-    return ["train-prior", "--clip", str(ctx["model"]), "--train-data", str(ctx["shards"]), "--num-samples", "8",
-            "--val-samples", "2", "--max-steps", "1", "--no-progress", "--out-dir", str(tmp_path / "run"),
-            "--pipeline-dir", str(pipe)], "is not a clipkit unCLIP pipeline manifest"
+    return [
+        "train-prior",
+        "--clip",
+        str(ctx["model"]),
+        "--train-data",
+        str(ctx["shards"]),
+        "--num-samples",
+        "8",
+        "--val-samples",
+        "2",
+        "--max-steps",
+        "1",
+        "--no-progress",
+        "--out-dir",
+        str(tmp_path / "run"),
+        "--pipeline-dir",
+        str(pipe),
+    ], "is not a clipkit unCLIP pipeline manifest"
 
 
 def case_busy_output(ctx, tmp_path):
     from clipkit.io import output_lock
 
     out = tmp_path / "emb"
-    ctx["stack"].enter_context(output_lock(out))   # held by "another writer" (re-entrancy is per process: clear it)
+    ctx["stack"].enter_context(output_lock(out))  # held by "another writer" (re-entrancy is per process: clear it)
     from clipkit.io import outputs
 
     outputs._HELD.discard(str(outputs.lock_path_for(out).absolute()))
@@ -166,10 +210,15 @@ def ctx(tmp_path_factory, shards, tiny_model, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("ctx")
     torch.manual_seed(0)
-    decoder = DecoderUNet(DecoderConfig(embed_dim=tiny_model.embed_dim, channels=(16, 32),
-                                        attention_levels=(False, True), heads=2, context_tokens=2))
+    decoder = DecoderUNet(
+        DecoderConfig(
+            embed_dim=tiny_model.embed_dim, channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2
+        )
+    )
     UnCLIP(tiny_model, decoder, clip_path=str(tiny_model_dir)).save(root / "pipe")
-    assert main(["embed", "--model", str(tiny_model_dir), "--texts", str(_texts(root)), "--out", str(root / "emb")]) == 0
+    assert (
+        main(["embed", "--model", str(tiny_model_dir), "--texts", str(_texts(root)), "--out", str(root / "emb")]) == 0
+    )
     assert main(["index", "build", str(root / "emb"), str(root / "idx")]) == 0
     return {"shards": shards, "model": tiny_model_dir, "pipe": root / "pipe", "idx": root / "idx"}
 
@@ -188,8 +237,11 @@ def test_every_user_failure_class_is_one_line_exit_2(name, ctx, tmp_path, capsys
     fn = FAILURES[name]
     with contextlib.ExitStack() as stack:
         context = {**ctx, "stack": stack}
-        argv, words = fn(context, tmp_path, monkeypatch) if "monkeypatch" in inspect.signature(fn).parameters \
+        argv, words = (
+            fn(context, tmp_path, monkeypatch)
+            if "monkeypatch" in inspect.signature(fn).parameters
             else fn(context, tmp_path)
+        )
         argv = [a.format(texts=_texts(tmp_path), out=tmp_path / "out") for a in argv]
         capsys.readouterr()
         rc = main(argv)
@@ -214,11 +266,20 @@ def test_every_user_error_type_is_one_line():
 
     def subclasses(cls):
         return {cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))}
+
     found = subclasses(UserError) - {UserError}
-    assert found >= {OutputError, IncompleteOutputError, OutputInUseError, DamagedFileError, WeightsMismatchError,
-                     BadImageError, NonFiniteError, clipkit.train.runtime.NonFiniteLossError}
+    assert found >= {
+        OutputError,
+        IncompleteOutputError,
+        OutputInUseError,
+        DamagedFileError,
+        WeightsMismatchError,
+        BadImageError,
+        NonFiniteError,
+        clipkit.train.runtime.NonFiniteLossError,
+    }
     for cls in found:
-        assert issubclass(cls, (ValueError, RuntimeError, OSError)), cls    # `except ValueError` keeps working
+        assert issubclass(cls, (ValueError, RuntimeError, OSError)), cls  # `except ValueError` keeps working
         assert user_error(cls("'x.bin' is damaged; save it again")) == "'x.bin' is damaged; save it again", cls
     for code, fix in _OS_FIXES.items():
         assert user_error(OSError(code, "whatever", "/data/out.bin")) == f"/data/out.bin: {fix}"
@@ -231,6 +292,7 @@ def test_ctrl_c_prints_the_commands_own_hint(monkeypatch, capsys):
 
     def interrupted(args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(train, "run", interrupted)
     monkeypatch.setattr(embed, "run", interrupted)
     assert main(["train", "--train-data", "x"]) == 130
@@ -266,6 +328,7 @@ def _minimal_argv(words, parser) -> list[str]:
             except (argparse.ArgumentTypeError, ValueError, TypeError):
                 continue
         raise AssertionError(f"no placeholder for {action.dest} of {words}")
+
     argv = list(words)
     grouped = {a for g in parser._mutually_exclusive_groups for a in g._group_actions}
     for group in parser._mutually_exclusive_groups:
@@ -288,10 +351,11 @@ def test_ctrl_c_in_every_command_prints_its_own_hint(monkeypatch, capsys):
 
     from clipkit.cli import build_parser
 
-    cli_main = importlib.import_module("clipkit.cli.main")        # the module (clipkit.cli.main is also a function)
+    cli_main = importlib.import_module("clipkit.cli.main")  # the module (clipkit.cli.main is also a function)
 
     def interrupted(args):
         raise KeyboardInterrupt
+
     seen = 0
     for words, _ in _leaf_commands(build_parser()):
         parser = build_parser()
@@ -319,6 +383,7 @@ def test_eval_recall_k_must_be_positive(capsys):
 
 
 # ----------------------------------------------------------------------------- API inputs (class 7)
+
 
 def test_encode_images_refuses_non_finite_pixels(tiny_model):
     batch = torch.zeros(3, 3, 32, 32)
@@ -357,7 +422,7 @@ def api(tiny_model):
 
     x = tiny_model.encode_texts([f"a red circle number {i}" for i in range(40)]).numpy()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)          # 4 tuning queries cannot prove recall 0.95
+        warnings.simplefilter("ignore", RuntimeWarning)  # 4 tuning queries cannot prove recall 0.95
         hnsw = EmbeddingIndex.build(x, kind="hnsw", num_queries=4)
     return {"x": x, "flat": EmbeddingIndex.build(x, kind="flat"), "hnsw": hnsw}
 
@@ -377,23 +442,35 @@ def _api_garbage(model, api, tmp_path):
         folder.mkdir()
         (folder / MARKER).write_text(content)
         return run_stage("clip", folder, lambda: pytest.fail("a finished stage ran again"))
+
     return {
         "create(None)": (lambda: clipkit.create(None), TypeError, "model=None (NoneType); expected"),
         "load(None)": (lambda: clipkit.load(None), TypeError, "clipkit.load(None): got NoneType"),
-        "encode_images(NaN tensor)": (lambda: model.encode_images(torch.full((1, 3, 32, 32), float("nan"))),
-                                      NonFiniteError, "NaN or inf pixels"),
-        "encode_images(0x0 image)": (lambda: model.encode_images([Image.new("RGB", (0, 0))]), BadImageError,
-                                     "0x0 pixels"),
+        "encode_images(NaN tensor)": (
+            lambda: model.encode_images(torch.full((1, 3, 32, 32), float("nan"))),
+            NonFiniteError,
+            "NaN or inf pixels",
+        ),
+        "encode_images(0x0 image)": (
+            lambda: model.encode_images([Image.new("RGB", (0, 0))]),
+            BadImageError,
+            "0x0 pixels",
+        ),
         "nearest_words(NaN vector)": (lambda: nearest_words(model, nan), ValueError, "NaN/inf"),
         "EmbeddingIndex.search(NaN query)": (lambda: api["flat"].search(nan[None]), ValueError, "NaN or inf"),
         "EmbeddingIndex.search_text('')": (lambda: api["flat"].search_text(model, ""), ValueError, "is empty"),
         "EmbeddingIndex.search_text(blank)": (lambda: api["flat"].search_text(model, "  "), ValueError, "is empty"),
-        "run_stage(cut done.json)": (lambda: damaged_stage_marker('{"summary": '), DamagedFileError,
-                                     "stage marker"),
-        "run_stage(done.json not a record)": (lambda: damaged_stage_marker("[1, 2]"), DamagedFileError,
-                                              "not a stage record"),
+        "run_stage(cut done.json)": (lambda: damaged_stage_marker('{"summary": '), DamagedFileError, "stage marker"),
+        "run_stage(done.json not a record)": (
+            lambda: damaged_stage_marker("[1, 2]"),
+            DamagedFileError,
+            "not a stage record",
+        ),
         "evaluate_expression(NaN stored vector)": (
-            lambda: evaluate_expression(model, 'img:"7"', images={"7": nan}), ExpressionError, "NaN / inf"),
+            lambda: evaluate_expression(model, 'img:"7"', images={"7": nan}),
+            ExpressionError,
+            "NaN / inf",
+        ),
     }
 
 
@@ -402,7 +479,7 @@ def test_api_inputs_that_made_garbage_are_refused_in_one_line(tiny_model, api, t
         with pytest.raises(error) as info:
             call()
         assert words in str(info.value) and "Traceback" not in str(info.value), (name, str(info.value))
-        assert user_error(info.value) is not None, name                     # the CLI prints it as one line
+        assert user_error(info.value) is not None, name  # the CLI prints it as one line
 
 
 def _counts(model, api, tmp_path):
@@ -420,10 +497,12 @@ def _counts(model, api, tmp_path):
         "EmbeddingIndex.search(k)": lambda n: api["flat"].search(api["x"][:1], k=n),
         "EmbeddingIndex.set_search_params(efSearch)": lambda n: api["hnsw"].set_search_params(efSearch=n),
         "image_batches(batch_size)": lambda n: list(image_batches([], n)),
-        "write_embeddings(batch_size)": lambda n: write_embeddings(model, tmp_path / f"e{next(runs)}", texts=["a"],
-                                                                   batch_size=n, progress=False),
-        "write_embeddings(part_size)": lambda n: write_embeddings(model, tmp_path / f"e{next(runs)}", texts=["a"],
-                                                                  part_size=n, progress=False),
+        "write_embeddings(batch_size)": lambda n: write_embeddings(
+            model, tmp_path / f"e{next(runs)}", texts=["a"], batch_size=n, progress=False
+        ),
+        "write_embeddings(part_size)": lambda n: write_embeddings(
+            model, tmp_path / f"e{next(runs)}", texts=["a"], part_size=n, progress=False
+        ),
         "build_in_pieces(pieces)": lambda n: build_in_pieces(api["x"], pieces=n, kind="flat"),
     }
 

@@ -15,8 +15,7 @@ from clipkit.train.fit import STAGE_SHARES, Budget, FitConfig, fit
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("text, seconds", [("45m", 2700), ("1h30m", 5400), ("90s", 90), ("2700", 2700),
-                                           ("1.5h", 5400)])
+@pytest.mark.parametrize("text, seconds", [("45m", 2700), ("1h30m", 5400), ("90s", 90), ("2700", 2700), ("1.5h", 5400)])
 def test_durations_read_as_people_write_them(text, seconds):
     assert duration(text) == seconds
 
@@ -32,7 +31,7 @@ def test_the_budget_is_shared_by_the_stages_still_to_run(monkeypatch):
     monkeypatch.setattr(fit_module.time, "monotonic", lambda: now[0])
     budget = Budget(1000.0, ["clip", "prior", "decoder", "upsampler"])
     assert budget.seconds("clip") == pytest.approx(1000 * STAGE_SHARES["clip"])
-    now[0] = 100.0                                   # the CLIP ended early: the others share the 900 s left
+    now[0] = 100.0  # the CLIP ended early: the others share the 900 s left
     left = {s: STAGE_SHARES[s] for s in ("prior", "decoder", "upsampler")}
     assert budget.seconds("prior") == pytest.approx(900 * left["prior"] / sum(left.values()))
     assert Budget(None, ["clip"]).seconds("clip") is None
@@ -40,8 +39,14 @@ def test_the_budget_is_shared_by_the_stages_still_to_run(monkeypatch):
     assert Budget(1000.0, ["decoder"]).seconds("decoder") == pytest.approx(1000.0)
 
 
-@pytest.mark.parametrize("bad, match", [({"image_size": 48}, "image_size"), ({"time_budget": 0}, "time_budget"),
-                                        ({"pretrained": "x.safetensors"}, "pretrained")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"image_size": 48}, "image_size"),
+        ({"time_budget": 0}, "time_budget"),
+        ({"pretrained": "x.safetensors"}, "pretrained"),
+    ],
+)
 def test_bad_settings_are_one_line(bad, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         fit(FitConfig(train_data="x", out=str(tmp_path / "o"), **bad))
@@ -49,13 +54,31 @@ def test_bad_settings_are_one_line(bad, match, tmp_path):
 
 def test_fit_trains_every_stage_then_a_rerun_only_reports(shapes_dir, tmp_path, capsys):
     out = tmp_path / "fit"
-    argv = ["fit", "--train-data", str(shapes_dir / "train"), "--val-data", str(shapes_dir / "val"),
-            "--unseen-data", str(shapes_dir / "holdout"), "--out", str(out), "--model", "shapes-tiny",
-            "--max-steps", "2", "--num-samples", "400", "--report-images", "8", "--sample-steps", "4"]
+    argv = [
+        "fit",
+        "--train-data",
+        str(shapes_dir / "train"),
+        "--val-data",
+        str(shapes_dir / "val"),
+        "--unseen-data",
+        str(shapes_dir / "holdout"),
+        "--out",
+        str(out),
+        "--model",
+        "shapes-tiny",
+        "--max-steps",
+        "2",
+        "--num-samples",
+        "400",
+        "--report-images",
+        "8",
+        "--sample-steps",
+        "4",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert list(summary["stages"]) == ["clip", "prior", "decoder"]            # 32 px: no upsampler
+    assert list(summary["stages"]) == ["clip", "prior", "decoder"]  # 32 px: no upsampler
     assert all(s["steps"] == 2 for s in summary["stages"].values())
     assert {p.name for p in (out / "pipeline").iterdir()} >= {"unclip.json", "prior", "decoder"}
     metrics = json.loads((out / "report.json").read_text())["metrics"]
@@ -91,11 +114,21 @@ def test_fit_at_64px_adds_the_upsampler_and_starts_from_a_given_clip(tiny_model_
     data = tmp_path / "data64"
     write_split(data, split="train", num=320, seed=0, shard_size=320, image_size=64)
     out = tmp_path / "fit64"
-    summary = fit(FitConfig(train_data=str(data), out=str(out), image_size=64, clip=str(tiny_model_dir),
-                            max_steps=2, num_samples=300, report_images=4, steps=3))
+    summary = fit(
+        FitConfig(
+            train_data=str(data),
+            out=str(out),
+            image_size=64,
+            clip=str(tiny_model_dir),
+            max_steps=2,
+            num_samples=300,
+            report_images=4,
+            steps=3,
+        )
+    )
     assert list(summary["stages"]) == ["clip-import", "prior", "decoder", "upsampler"]
     assert summary["stages"]["clip-import"]["model"] == str(tiny_model_dir.resolve())
     assert (out / "pipeline" / "upsampler").is_dir()
     from PIL import Image
 
-    assert Image.open(out / "report" / "inversion.png").size[0] > 8 * 64     # 64 px pairs in the grid
+    assert Image.open(out / "report" / "inversion.png").size[0] > 8 * 64  # 64 px pairs in the grid

@@ -68,7 +68,7 @@ def test_flat_equals_brute_force_with_custom_ids():
 
 def test_iterator_input_matches_array_input():
     xb, xq = clustered(2500, 16, seed=1)
-    chunks = (xb[i:i + 700] for i in range(0, len(xb), 700))
+    chunks = (xb[i : i + 700] for i in range(0, len(xb), 700))
     a = EmbeddingIndex.build(xb, kind="flat")
     b = EmbeddingIndex.build(chunks, kind="flat", batch_size=300)
     np.testing.assert_array_equal(a.search(xq, 4)[1], b.search(xq, 4)[1])
@@ -96,34 +96,39 @@ def pareto_mixture(n: int, d: int, seed: int, centres: int = 512, noise: float =
 def test_auto_keeps_its_recall_promise_on_fresh_queries(budget, kind, target, tmp_path):
     xb, xq = pareto_mixture(25_000, 64, seed=0)
     index = EmbeddingIndex.build(xb, kind="auto", max_memory=budget, recall_target=target)
-    assert index.kind == kind                                   # the budget makes auto choose it
+    assert index.kind == kind  # the budget makes auto choose it
     fresh = per_query_recall(index.search(xq, 10)[1], brute_force(xb, xq, 10)[1])
-    assert fresh.mean() >= target                               # the promise, on queries it never saw
+    assert fresh.mean() >= target  # the promise, on queries it never saw
     p = index.params
     assert p["tuning_queries"] == 1_000 and "held-out" in p["tuning_method"] and p["recall_target"] == target
     assert p["tuned_recall_lower"] >= target and p["tuned_recall"] > p["tuned_recall_lower"]
-    assert abs(p["tuned_recall"] - fresh.mean()) < 0.015        # held-out rows measure what fresh queries get
-    assert len(index) == 25_000                                 # the held-out rows were indexed too
+    assert abs(p["tuned_recall"] - fresh.mean()) < 0.015  # held-out rows measure what fresh queries get
+    assert len(index) == 25_000  # the held-out rows were indexed too
     index.save(tmp_path / "idx")
     assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["params"] == p
 
 
 def test_recall_bound_widens_with_spread_and_few_queries():
-    assert per_query_recall(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [-1, -1, -1]])).tolist() == \
-        [pytest.approx(2 / 3), 1.0]
+    assert per_query_recall(np.array([[1, 2, 3], [4, 5, 6]]), np.array([[3, 2, 9], [-1, -1, -1]])).tolist() == [
+        pytest.approx(2 / 3),
+        1.0,
+    ]
     perfect, mixed = np.ones(1000), np.repeat([0.9, 1.0], 500)
-    with_pseudo = np.r_[perfect, 0.0, 1.0]                     # one pseudo-query at each end
-    assert recall_lower_bound(perfect) == pytest.approx(with_pseudo.mean() - 1.645 * with_pseudo.std(ddof=1)
-                                                        / np.sqrt(1002))
-    assert recall_lower_bound(np.ones(10)) < 0.85 < recall_lower_bound(perfect)      # 10 perfect queries prove little
+    with_pseudo = np.r_[perfect, 0.0, 1.0]  # one pseudo-query at each end
+    assert recall_lower_bound(perfect) == pytest.approx(
+        with_pseudo.mean() - 1.645 * with_pseudo.std(ddof=1) / np.sqrt(1002)
+    )
+    assert recall_lower_bound(np.ones(10)) < 0.85 < recall_lower_bound(perfect)  # 10 perfect queries prove little
     assert recall_lower_bound(mixed) < mixed.mean() - 0.003
 
 
 def test_hnsw_puts_held_out_rows_back_in_row_order():
     xb, xq = clustered(3_000, 16, seed=11)
-    for index in (EmbeddingIndex.build(xb, kind="hnsw", num_queries=200),
-                  build_in_pieces(xb, pieces=1, kind="hnsw", num_queries=200)):
-        np.testing.assert_array_equal(index.index.reconstruct_n(0, 3_000), xb)    # position p holds row p
+    for index in (
+        EmbeddingIndex.build(xb, kind="hnsw", num_queries=200),
+        build_in_pieces(xb, pieces=1, kind="hnsw", num_queries=200),
+    ):
+        np.testing.assert_array_equal(index.index.reconstruct_n(0, 3_000), xb)  # position p holds row p
         assert index.params["tuning_queries"] == 200 and index.ids is None
     assert index.params == EmbeddingIndex.build(xb, kind="hnsw", num_queries=200).params
 
@@ -134,27 +139,28 @@ def test_filtered_search_equals_brute_force_on_the_allowed_rows(kind, monkeypatc
     monkeypatch.setattr(filters, "FLAT_BELOW", 500)
     xb, xq = pareto_mixture(6_000, 32, seed=12, centres=128)
     xq = xq[:200]
-    ids = np.arange(6_000, dtype=np.int64) * 3 + 1                 # the mask is over positions, not ids
-    index = EmbeddingIndex.build(xb, ids=ids, kind=kind, num_queries=200, train_size=2_000,
-                                 recall_target=0.5 if kind == "ivfpq" else 0.95)
+    ids = np.arange(6_000, dtype=np.int64) * 3 + 1  # the mask is over positions, not ids
+    index = EmbeddingIndex.build(
+        xb, ids=ids, kind=kind, num_queries=200, train_size=2_000, recall_target=0.5 if kind == "ivfpq" else 0.95
+    )
     unfiltered = per_query_recall(index.search(xq, 10)[1], ids[brute_force(xb, xq, 10)[1]]).mean()
     rng = np.random.default_rng(0)
-    for allowed in (3_000, 1_200, 300, 3):                         # widened search, exact on the rows, padded
+    for allowed in (3_000, 1_200, 300, 3):  # widened search, exact on the rows, padded
         mask = np.zeros(6_000, dtype=bool)
         mask[rng.choice(6_000, allowed, replace=False)] = True
         scores, found = index.search(xq, 10, mask=mask)
         rows, m = np.flatnonzero(mask), min(10, allowed)
         want_scores, want = brute_force(xb[rows], xq, m)
         want, got = ids[rows[want]], found[:, :m]
-        assert np.isin(found[found >= 0], ids[rows]).all()                     # nothing outside the filter
+        assert np.isin(found[found >= 0], ids[rows]).all()  # nothing outside the filter
         recall = per_query_recall(got, want).mean()
         if kind != "ivfpq" and (kind == "flat" or allowed <= 500):  # exact: brute force's answer (up to float ties)
             np.testing.assert_allclose(scores[:, :m], want_scores, atol=1e-5)
             np.testing.assert_allclose(np.einsum("qd,qkd->qk", xq, xb[index.positions(got)]), want_scores, atol=1e-5)
             assert recall >= 0.999
-        else:                                                      # widened: filtering costs no recall
+        else:  # widened: filtering costs no recall
             assert recall >= unfiltered - 0.01
-        if allowed < 10:                                           # fewer rows than k: all of them, then -1
+        if allowed < 10:  # fewer rows than k: all of them, then -1
             assert recall == 1.0 and (found[:, allowed:] == -1).all() and np.isneginf(scores[:, allowed:]).all()
     assert (index.search(xq[:2], 4, mask=np.zeros(6_000, dtype=bool))[1] == -1).all()
     np.testing.assert_array_equal(index.search(xq, 10, mask=np.ones(6_000, dtype=bool))[1], index.search(xq, 10)[1])
@@ -167,17 +173,24 @@ def test_filtered_search_equals_brute_force_on_the_allowed_rows(kind, monkeypatc
 
 def test_ivfpq_trains_from_an_iterator_and_tunes():
     xb, xq = clustered(6_000, 16, seed=3, centres=30)
-    chunks = (xb[i:i + 2000] for i in range(0, len(xb), 2000))
-    with pytest.warns(RuntimeWarning, match="recall"):   # PQ codes alone stall below 0.95 (FIELD-NOTES)
+    chunks = (xb[i : i + 2000] for i in range(0, len(xb), 2000))
+    with pytest.warns(RuntimeWarning, match="recall"):  # PQ codes alone stall below 0.95 (FIELD-NOTES)
         index = EmbeddingIndex.build(chunks, kind="ivfpq", recall_target=0.999, num_queries=100)
     _, truth = brute_force(xb, xq, 10)
     assert "PQ" in index.params["factory"] and len(index) == 6_000
     assert recall_at_k(index.search(xq, 10)[1], truth) >= 0.5
 
 
-@pytest.mark.parametrize("n,budget,kind", [
-    (5_000, 1 << 30, "flat"), (100_000, 1 << 30, "hnsw"), (1_000_000, 4 << 30, "ivf"),
-    (1_000_000, 200 << 20, "ivfpq"), (100_000, 60 << 20, "ivf")])
+@pytest.mark.parametrize(
+    "n,budget,kind",
+    [
+        (5_000, 1 << 30, "flat"),
+        (100_000, 1 << 30, "hnsw"),
+        (1_000_000, 4 << 30, "ivf"),
+        (1_000_000, 200 << 20, "ivfpq"),
+        (100_000, 60 << 20, "ivf"),
+    ],
+)
 def test_auto_chooses_by_size_and_memory(n, budget, kind):
     assert choose_index(n, 128, max_memory=budget)[0] == kind
 
@@ -244,26 +257,30 @@ def test_cli_index_build_and_search(tmp_path, shapes_dir, capsys):
     from clipkit.cli import main
 
     emb, idx = tmp_path / "emb", tmp_path / "idx"
-    assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"),
-                 "--out", str(emb)]) == 0
+    assert (
+        main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"), "--out", str(emb)])
+        == 0
+    )
     assert main(["index", "build", str(emb), str(idx)]) == 0
     capsys.readouterr()
     assert main(["search", str(idx), "--text", "a red circle", "-k", "3", "--grid", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
     hits = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(hits) == 3 and (tmp_path / "g.png").is_file()
-    assert main(["search", str(idx), "--text", "x", "--model", "shapes-small"]) == 2   # wrong model: clear error
+    assert main(["search", str(idx), "--text", "x", "--model", "shapes-small"]) == 2  # wrong model: clear error
     assert "dim" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- an index that changes (issue 15)
 
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq", "hnsw"])
 def test_add_keeps_ids_metadata_and_search_consistent(kind, tmp_path):
     xb, xq = clustered(6_000, 16, seed=6, centres=30)
     meta = {"key": [f"k{i}" for i in range(len(xb))]}
-    index = EmbeddingIndex.build(xb[:5_000], kind=kind, metadata={"key": meta["key"][:5_000]}, num_queries=100,
-                                 recall_target=0.5)
+    index = EmbeddingIndex.build(
+        xb[:5_000], kind=kind, metadata={"key": meta["key"][:5_000]}, num_queries=100, recall_target=0.5
+    )
     added = index.add(xb[5_000:], metadata={"key": meta["key"][5_000:]})
     assert added == 1_000 and len(index) == 6_000 and index.manifest["count"] == 6_000
     # every added vector finds itself, under the next ids, with its own metadata
@@ -282,16 +299,17 @@ def test_add_keeps_ids_metadata_and_search_consistent(kind, tmp_path):
 def test_remove_drops_exactly_those_ids(kind):
     xb, _ = clustered(4_000, 16, seed=7, centres=30)
     ids = np.arange(4_000, dtype=np.int64) * 3 + 1
-    index = EmbeddingIndex.build(xb, ids=ids, kind=kind, metadata={"row": list(range(4_000))}, num_queries=100,
-                                 recall_target=0.5)
+    index = EmbeddingIndex.build(
+        xb, ids=ids, kind=kind, metadata={"row": list(range(4_000))}, num_queries=100, recall_target=0.5
+    )
     gone = ids[[0, 10, 3_999]]
     assert index.remove(np.concatenate([gone, [999_999]])) == 3 and len(index) == 3_997
     _, found = index.search(xb[[0, 10, 3_999]], 50)
     assert not np.isin(found, gone).any()
     scores, found = index.search(xb[[11, 2_000]], 1)
-    assert found[:, 0].tolist() == ids[[11, 2_000]].tolist()         # the others keep their ids ...
-    assert index.lookup(found[:, 0].tolist())[1]["row"] == 2_000     # ... and their metadata
-    assert index.add(xb[:1]) == 1 and index.search(xb[:1], 1)[1][0, 0] == ids.max() + 1   # removed ids not reused
+    assert found[:, 0].tolist() == ids[[11, 2_000]].tolist()  # the others keep their ids ...
+    assert index.lookup(found[:, 0].tolist())[1]["row"] == 2_000  # ... and their metadata
+    assert index.add(xb[:1]) == 1 and index.search(xb[:1], 1)[1][0, 0] == ids.max() + 1  # removed ids not reused
 
 
 def test_hnsw_remove_and_other_models_are_refused(tmp_path, tiny_model, shapes_dir):
@@ -319,7 +337,7 @@ def test_pieces_from_one_trained_index_merge_into_the_same_index(kind, tmp_path)
     whole = EmbeddingIndex.build(xb, metadata=meta, **options)
     pieces = build_in_pieces(xb, pieces=3, batch_size=1_000, **options)
     assert pieces.manifest["pieces"] == 3 and len(pieces) == 4_000
-    assert pieces.params == whole.params                        # same training, same tuned parameter
+    assert pieces.params == whole.params  # same training, same tuned parameter
     np.testing.assert_array_equal(pieces.search(xq, 10)[1], whole.search(xq, 10)[1])
     # by hand: one trained index, pieces filled separately (e.g. one per rank), merged
     trained = EmbeddingIndex.trained(xb, kind=kind, count=len(xb), train_size=2_000)
@@ -328,12 +346,12 @@ def test_pieces_from_one_trained_index_merge_into_the_same_index(kind, tmp_path)
     parts[1].add(xb[2_500:], ids=np.arange(2_500, 4_000), metadata={"key": meta["key"][2_500:]})
     merged = EmbeddingIndex.merge(parts)
     assert len(merged) == 4_000 and merged.lookup([3_999])[0]["key"] == "k3999"
-    at_once = trained.empty_copy()                              # the same trained index, filled in one go
+    at_once = trained.empty_copy()  # the same trained index, filled in one go
     at_once.add(xb)
     for index in (merged, at_once):
         index.set_search_params(**{n: v for n, v in whole.params.items() if n in ("nprobe", "efSearch")})
     np.testing.assert_array_equal(merged.search(xq, 10)[1], at_once.search(xq, 10)[1])
-    if kind != "flat":   # on-disk inverted lists (faiss contrib merge_ondisk): same answers, saved and loaded
+    if kind != "flat":  # on-disk inverted lists (faiss contrib merge_ondisk): same answers, saved and loaded
         disk = build_in_pieces(xb, pieces=3, batch_size=700, on_disk=tmp_path / "work", **options)
         np.testing.assert_array_equal(disk.search(xq, 10)[1], whole.search(xq, 10)[1])
         disk.save(tmp_path / "idx")
@@ -352,12 +370,36 @@ def test_cli_index_add_and_build_options(tmp_path, shapes_dir, capsys):
     from clipkit.cli import main
 
     a, b, idx = tmp_path / "a", tmp_path / "b", tmp_path / "idx"
-    assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"),
-                 "--out", str(a)]) == 0
-    assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
-                 "--out", str(b)]) == 0
-    assert main(["index", "build", str(a), str(idx), "--kind", "ivf", "--train-on", "150", "--pieces", "2",
-                 "--max-memory", "1G", "--on-disk"]) == 0
+    assert (
+        main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"), "--out", str(a)])
+        == 0
+    )
+    assert (
+        main(
+            ["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"), "--out", str(b)]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                str(a),
+                str(idx),
+                "--kind",
+                "ivf",
+                "--train-on",
+                "150",
+                "--pieces",
+                "2",
+                "--max-memory",
+                "1G",
+                "--on-disk",
+            ]
+        )
+        == 0
+    )
     assert (idx / "index.ivfdata").is_file() and not (tmp_path / ".idx.pieces").exists()
     assert main(["index", "build", str(a), str(idx), "--kind", "ivf", "--train-on", "150", "--pieces", "2"]) == 0
     assert main(["index", "add", str(idx), str(b)]) == 0
@@ -366,16 +408,20 @@ def test_cli_index_add_and_build_options(tmp_path, shapes_dir, capsys):
     assert len(index) == 300 and index.manifest["pieces"] == 2
     assert [(s["path"], s["count"]) for s in index.manifest["sources"]] == [(str(a), 200), (str(b), 100)]
     shutil.copytree(a, tmp_path / "a-copy")
-    for again in (b, a, tmp_path / "a-copy"):              # added before, built from, a copy of it elsewhere
+    for again in (b, a, tmp_path / "a-copy"):  # added before, built from, a copy of it elsewhere
         assert main(["index", "add", str(idx), str(again)]) == 2
         err = capsys.readouterr().err
         assert "are already in this index" in err and "nothing was added" in err, err
     assert len(EmbeddingIndex.load(idx)) == 300
     assert index.lookup([250])[0]["path"].endswith("holdout/00000.tar")
-    assert main(["embed", "--model", "shapes-small", "--texts", str(tmp_path / "t.txt"), "--out",
-                 str(tmp_path / "c")]) == 2                             # no such texts file: one line
+    assert (
+        main(["embed", "--model", "shapes-small", "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "c")])
+        == 2
+    )  # no such texts file: one line
     (tmp_path / "t.txt").write_text("a hat\n")
-    assert main(["embed", "--model", "shapes-small", "--texts", str(tmp_path / "t.txt"), "--out",
-                 str(tmp_path / "c")]) == 0
-    assert main(["index", "add", str(idx), str(tmp_path / "c")]) == 2     # another model: refused
+    assert (
+        main(["embed", "--model", "shapes-small", "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "c")])
+        == 0
+    )
+    assert main(["index", "add", str(idx), str(tmp_path / "c")]) == 2  # another model: refused
     assert "this index holds" in capsys.readouterr().err and len(EmbeddingIndex.load(idx)) == 300

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from clipkit.cli import main
+from clipkit.io import lock_path_for, partial_dir_for
 from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 from clipkit.retrieval.embeddings.writer import write_embeddings
-from clipkit.io import lock_path_for, partial_dir_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,9 +44,14 @@ def _start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # Ctrl-C must reach the writer even when pytest itself runs with SIGINT ignored (a background job of a
     # non-interactive shell, e.g. `make test &`): Python only installs its handler if SIGINT is not ignored.
-    return subprocess.Popen([sys.executable, "-m", "clipkit", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "clipkit", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -68,8 +73,14 @@ def reference(ten_shards, tmp_path_factory):
     import clipkit
 
     out = tmp_path_factory.mktemp("ref") / "emb"
-    write_embeddings(clipkit.create("shapes-tiny", seed=0), out, shards=ten_shards, batch_size=50, progress=False,
-                     model_source="shapes-tiny")
+    write_embeddings(
+        clipkit.create("shapes-tiny", seed=0),
+        out,
+        shards=ten_shards,
+        batch_size=50,
+        progress=False,
+        model_source="shapes-tiny",
+    )
     return EmbeddingFolder(out)
 
 
@@ -86,7 +97,7 @@ def test_kill9_mid_write_is_refused_then_resumes_to_the_same_rows(ten_shards, re
 
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    assert not out.exists() and partial_dir_for(out).is_dir() and lock_path_for(out).is_file()   # stale lock left
+    assert not out.exists() and partial_dir_for(out).is_dir() and lock_path_for(out).is_file()  # stale lock left
 
     # Readers refuse the half-written job (the reproduction: `index build e idx` exited 0).
     assert main(["index", "build", str(out), str(tmp_path / "idx")]) == 2
@@ -119,7 +130,7 @@ def test_resume_redoes_a_damaged_part(ten_shards, reference, tmp_path, capsys):
     proc.wait(timeout=60)
     part = partial_dir_for(out) / "img_emb" / "img_emb_00000.npy"
     data = bytearray(part.read_bytes())
-    data[-8:] = b"\x00" * 8                         # same size, other bytes
+    data[-8:] = b"\x00" * 8  # same size, other bytes
     part.write_bytes(bytes(data))
     assert main(_embed_args(ten_shards, out)) == 0
     np.testing.assert_allclose(EmbeddingFolder(out).load("img"), reference.load("img"), atol=1e-6)
@@ -130,16 +141,15 @@ def test_sigint_keeps_the_previous_output(ten_shards, tmp_path):
     import clipkit
 
     out = tmp_path / "emb"
-    old = write_embeddings(clipkit.create("shapes-tiny", seed=0), out, texts=["a red circle", "a hat"],
-                           progress=False)
+    old = write_embeddings(clipkit.create("shapes-tiny", seed=0), out, texts=["a red circle", "a hat"], progress=False)
     proc = _start(_embed_args(ten_shards, out, "--overwrite"))
     _wait_for(partial_dir_for(out) / "units" / "00000.json", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    kept = EmbeddingFolder(out)                      # the old embeddings, whole
+    kept = EmbeddingFolder(out)  # the old embeddings, whole
     assert kept.count == 2 and kept.modalities == ("text",) and kept.info["written"] == old["written"]
-    assert not lock_path_for(out).exists()           # the lock is released on Ctrl-C
+    assert not lock_path_for(out).exists()  # the lock is released on Ctrl-C
 
 
 @contextlib.contextmanager
@@ -179,7 +189,7 @@ def test_full_filesystem_leaves_the_previous_output_intact(tmp_path, capsys):
         assert EmbeddingFolder(out).count == 3
         from clipkit.retrieval.index.core import EmbeddingIndex
 
-        shutil.rmtree(partial_dir_for(out), ignore_errors=True)     # what a user frees before retrying
+        shutil.rmtree(partial_dir_for(out), ignore_errors=True)  # what a user frees before retrying
         filler = fs / "filler"
         with contextlib.suppress(OSError), open(filler, "wb") as f:  # fill the disk, then re-save the index
             f.write(b"\0" * (1 << 20))

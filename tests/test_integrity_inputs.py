@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from clipkit.cli import main, user_error
+from clipkit.io import OutputInUseError, lock_path_for, output_lock
 from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 from clipkit.retrieval.embeddings.writer import write_embeddings
 from clipkit.retrieval.index.core import EmbeddingIndex
-from clipkit.io import OutputInUseError, lock_path_for, output_lock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,8 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def emb(tmp_path_factory, shapes_dir, tiny_model):
     out = tmp_path_factory.mktemp("e") / "emb"
-    write_embeddings(tiny_model, out, shards=str(shapes_dir / "val" / "00000.tar"), progress=False,
-                     model_source="shapes-tiny")
+    write_embeddings(
+        tiny_model, out, shards=str(shapes_dir / "val" / "00000.tar"), progress=False, model_source="shapes-tiny"
+    )
     return out
 
 
@@ -38,10 +39,14 @@ def _tree(path) -> dict:
 
 # ----------------------------------------------------------------------------- never delete what we did not write
 
+
 def test_index_build_refuses_outputs_that_collide_with_its_input(emb, tmp_path, capsys):
     before = _tree(emb)
-    for out, words in ((emb, "is the same path as the input"), (emb / "idx", "is inside the input"),
-                       (emb.parent, "contains the input")):
+    for out, words in (
+        (emb, "is the same path as the input"),
+        (emb / "idx", "is inside the input"),
+        (emb.parent, "contains the input"),
+    ):
         assert main(["index", "build", str(emb), str(out)]) == 2
         assert words in capsys.readouterr().err
     assert _tree(emb) == before and EmbeddingFolder(emb).count == 200
@@ -53,8 +58,11 @@ def test_user_files_are_never_replaced_without_overwrite(emb, tmp_path, capsys):
     (user / "holiday.jpg").write_bytes(b"my photo")
     afile = tmp_path / "notes.txt"
     afile.write_text("my notes")
-    for argv in (["index", "build", str(emb), str(user)], ["index", "build", str(emb), str(afile)],
-                 ["embed", "--model", "shapes-tiny", "--texts", str(afile), "--out", str(user)]):
+    for argv in (
+        ["index", "build", str(emb), str(user)],
+        ["index", "build", str(emb), str(afile)],
+        ["embed", "--model", "shapes-tiny", "--texts", str(afile), "--out", str(user)],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "refusing to replace it" in err and "--overwrite" in err
@@ -71,13 +79,28 @@ def test_embed_overwrite_checks_inputs_before_touching_anything(emb, tmp_path, s
     shutil_copy = __import__("shutil").copytree
     shutil_copy(emb, out)
     before = _tree(out)
-    assert main(["embed", "--model", "shapes-tiny", "--shards", str(tmp_path / "missing.tar"), "--out", str(out),
-                 "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                "shapes-tiny",
+                "--shards",
+                str(tmp_path / "missing.tar"),
+                "--out",
+                str(out),
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     assert "missing.tar' does not exist" in capsys.readouterr().err
     assert _tree(out) == before
     # the same arguments as the existing output: nothing to do, nothing touched
-    assert main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(["embed", "--model", "shapes-tiny", "--shards", str(shapes_dir / "val" / "00000.tar"), "--out", str(out)])
+        == 0
+    )
     assert _tree(out) == before
 
 
@@ -85,11 +108,14 @@ def test_damaged_or_mixed_embedding_folders_are_refused(emb, tmp_path):
     import shutil
 
     for damage, words in (
-            (lambda d: (d / "manifest.json").unlink(), "has no manifest.json"),
-            (lambda d: (d / "img_emb" / "img_emb_00000.npy").write_bytes(b"x" * 10), "does not match its manifest"),
-            (lambda d: shutil.copy(d / "img_emb" / "img_emb_00000.npy", d / "img_emb" / "img_emb_00007.npy"),
-             "which its manifest does not list"),
-            (lambda d: (d / "manifest.json").write_text("{not json"), "is not valid JSON")):
+        (lambda d: (d / "manifest.json").unlink(), "has no manifest.json"),
+        (lambda d: (d / "img_emb" / "img_emb_00000.npy").write_bytes(b"x" * 10), "does not match its manifest"),
+        (
+            lambda d: shutil.copy(d / "img_emb" / "img_emb_00000.npy", d / "img_emb" / "img_emb_00007.npy"),
+            "which its manifest does not list",
+        ),
+        (lambda d: (d / "manifest.json").write_text("{not json"), "is not valid JSON"),
+    ):
         d = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
         shutil.copytree(emb, d)
         damage(d)
@@ -105,15 +131,19 @@ def test_damaged_index_folders_are_one_line_errors(emb, tmp_path, capsys):
     idx = tmp_path / "idx"
     assert main(["index", "build", str(emb), str(idx)]) == 0
     capsys.readouterr()
+
     def zeroed(d):
         (d / "index.faiss").write_bytes(b"\0" * (d / "index.faiss").stat().st_size)
+
     cases = {
         "garbage index.faiss": (zeroed, "index.faiss has another sha256 than the manifest records", []),
         "garbage index.faiss unverified": (zeroed, "is not a readable FAISS index", ["--no-verify"]),
-        "cut index.faiss": (lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]),
-                            "does not match its manifest.json", []),
-        "short metadata": (lambda d: (d / "metadata.parquet").write_bytes(b""), "does not match its manifest.json",
-                           []),
+        "cut index.faiss": (
+            lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]),
+            "does not match its manifest.json",
+            [],
+        ),
+        "short metadata": (lambda d: (d / "metadata.parquet").write_bytes(b""), "does not match its manifest.json", []),
         "no manifest": (lambda d: (d / "manifest.json").unlink(), "has no manifest.json", []),
     }
     for name, (damage, words, extra) in cases.items():
@@ -127,6 +157,7 @@ def test_damaged_index_folders_are_one_line_errors(emb, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- one writer at a time
 
+
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     import sys
 
@@ -134,12 +165,14 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     with output_lock(out):
         holder = json.loads(lock_path_for(out).read_text())
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
-        with output_lock(out):                               # re-entrant in one process (load, add, save)
+        with output_lock(out):  # re-entrant in one process (load, add, save)
             pass
         assert lock_path_for(out).is_file()
     assert not lock_path_for(out).exists()
-    code = (f"import sys, time; from clipkit.io import output_lock\n"
-            f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)")
+    code = (
+        f"import sys, time; from clipkit.io import output_lock\n"
+        f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"
+    )
     other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "held"
@@ -147,14 +180,15 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
             with output_lock(out):
                 pass
     finally:
-        other.kill()                                         # dies holding the lock: its file stays behind
+        other.kill()  # dies holding the lock: its file stays behind
         other.wait()
     assert json.loads(lock_path_for(out).read_text())["pid"] == other.pid
-    with output_lock(out):                                   # the holder died: its lock is taken over
+    with output_lock(out):  # the holder died: its lock is taken over
         assert json.loads(lock_path_for(out).read_text())["pid"] == os.getpid()
 
 
 # ----------------------------------------------------------------------------- finite numbers
+
 
 def test_non_finite_vectors_are_refused_with_count_and_first_row(tiny_model):
     x = np.random.default_rng(0).standard_normal((500, 64)).astype(np.float32)
@@ -162,13 +196,13 @@ def test_non_finite_vectors_are_refused_with_count_and_first_row(tiny_model):
     with pytest.raises(ValueError, match=r"3 row\(s\) hold NaN or inf, the first is row 7"):
         EmbeddingIndex.build(x)
     with pytest.raises(ValueError, match=r"3 row\(s\).*first is row 7"):
-        EmbeddingIndex.build((x[i:i + 100] for i in range(0, 500, 100)), batch_size=100)
+        EmbeddingIndex.build((x[i : i + 100] for i in range(0, 500, 100)), batch_size=100)
     index = EmbeddingIndex.build(np.nan_to_num(x, posinf=0, neginf=0), kind="flat")
     with pytest.raises(ValueError, match=r"queries: 1 row\(s\).*row 0"):
         index.search(x[7:8], 3)
     with pytest.raises(ValueError, match="first is row 2"):
         index.add(x[5:10])
-    assert len(index) == 500                                 # nothing of the refused batch was added
+    assert len(index) == 500  # nothing of the refused batch was added
     from clipkit.retrieval.arithmetic import nearest_words
 
     with pytest.raises(ValueError, match="NaN/inf"):
@@ -182,18 +216,22 @@ def test_a_model_with_nan_weights_cannot_write_embeddings(fresh_tiny_model, shap
         next(fresh_tiny_model.model.visual.parameters()).fill_(float("nan"))
     fresh_tiny_model.refresh_identity()
     with pytest.raises(ValueError, match=r"image embeddings: 100 of 100 rows hold NaN or inf, the first is row 0"):
-        write_embeddings(fresh_tiny_model, tmp_path / "e", shards=str(shapes_dir / "holdout" / "00000.tar"),
-                         progress=False)
+        write_embeddings(
+            fresh_tiny_model, tmp_path / "e", shards=str(shapes_dir / "holdout" / "00000.tar"), progress=False
+        )
     assert not (tmp_path / "e").exists()
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["index", "build", "e", "i", "--recall", "nan"], "'nan' is not a finite number"),
-    (["index", "build", "e", "i", "--max-memory", "inf"], "expected a size"),
-    (["index", "build", "e", "i", "--train-on", "0"], "expected an integer >= 1"),
-    (["embed", "--model", "m", "--out", "o", "--batch-size", "0"], "expected an integer >= 1"),
-    (["search", "i", "--text", "x", "-k", "-3"], "expected an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["index", "build", "e", "i", "--recall", "nan"], "'nan' is not a finite number"),
+        (["index", "build", "e", "i", "--max-memory", "inf"], "expected a size"),
+        (["index", "build", "e", "i", "--train-on", "0"], "expected an integer >= 1"),
+        (["embed", "--model", "m", "--out", "o", "--batch-size", "0"], "expected an integer >= 1"),
+        (["search", "i", "--text", "x", "-k", "-3"], "expected an integer >= 1"),
+    ],
+)
 def test_bad_numbers_are_refused_at_parse_time(argv, words, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -211,6 +249,7 @@ def test_search_k_is_capped_at_the_index_size(emb, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- honest counting
 
+
 def _cut(path, fraction: float) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
@@ -220,13 +259,12 @@ def test_truncated_and_empty_shards_are_counted(tmp_path, tiny_model):
     from clipkit.shapes.world import write_split
 
     write_split(tmp_path, split="val", num=300, seed=1, shard_size=100)
-    _cut(tmp_path / "00000.tar", 0.5)                        # cut in half
-    (tmp_path / "00001.tar").write_bytes(b"")                 # 0 bytes
-    summary = write_embeddings(tiny_model, tmp_path / "e", shards=str(tmp_path / "{00000..00002}.tar"),
-                               progress=False)
+    _cut(tmp_path / "00000.tar", 0.5)  # cut in half
+    (tmp_path / "00001.tar").write_bytes(b"")  # 0 bytes
+    summary = write_embeddings(tiny_model, tmp_path / "e", shards=str(tmp_path / "{00000..00002}.tar"), progress=False)
     skipped = summary["skipped"]
     assert skipped["bad_tar"] == 100 and 0 < skipped["truncated"] < 100
-    assert summary["count"] + skipped["truncated"] + skipped["bad_tar"] == 300   # every promised sample accounted
+    assert summary["count"] + skipped["truncated"] + skipped["bad_tar"] == 300  # every promised sample accounted
     assert EmbeddingFolder(tmp_path / "e").count == summary["count"]
 
 
@@ -251,8 +289,10 @@ def test_nothing_readable_is_an_error_unless_allowed(tmp_path, capsys):
     argv = ["embed", "--model", "shapes-tiny", "--shards", str(tmp_path / "00000.tar"), "--out", str(tmp_path / "e")]
     assert main(argv) == 2
     assert "nothing was embedded" in capsys.readouterr().err and not (tmp_path / "e").exists()
-    assert main(["embed", "--model", "shapes-tiny", "--texts", str(tmp_path / "empty.txt"),
-                 "--out", str(tmp_path / "t")]) == 2
+    assert (
+        main(["embed", "--model", "shapes-tiny", "--texts", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "t")])
+        == 2
+    )
     assert "holds no text" in capsys.readouterr().err
     assert main([*argv, "--allow-empty"]) == 0
     assert EmbeddingFolder(tmp_path / "e").count == 0
@@ -269,6 +309,7 @@ def test_malformed_stats_file_is_named(tmp_path):
 
 # ----------------------------------------------------------------------------- the error policy, permissions
 
+
 def test_os_errors_are_one_line_and_debug_shows_the_traceback(emb, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -276,12 +317,21 @@ def test_os_errors_are_one_line_and_debug_shows_the_traceback(emb, tmp_path, cap
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{str(blocker)!r} is a file, not a folder" in err and "Traceback" not in err
-    for number, words in ((errno.ENOSPC, "no space left"), (errno.EROFS, "read-only"), (errno.EBUSY, "busy"),
-                          (errno.EACCES, "permission denied"), (errno.EEXIST, "already exists")):
+    for number, words in (
+        (errno.ENOSPC, "no space left"),
+        (errno.EROFS, "read-only"),
+        (errno.EBUSY, "busy"),
+        (errno.EACCES, "permission denied"),
+        (errno.EEXIST, "already exists"),
+    ):
         assert user_error(OSError(number, os.strerror(number), "/data/out")).startswith(f"/data/out: {words}")
-    assert user_error(RuntimeError("Error in void faiss::Clustering::train at Clustering.cpp:278: Error: "
-                                   "'nx >= k' failed: Number of training points (10) should be at least as large "
-                                   "as number of clusters (256)")).startswith("FAISS refused:")
+    assert user_error(
+        RuntimeError(
+            "Error in void faiss::Clustering::train at Clustering.cpp:278: Error: "
+            "'nx >= k' failed: Number of training points (10) should be at least as large "
+            "as number of clusters (256)"
+        )
+    ).startswith("FAISS refused:")
     assert user_error(KeyError("bug")) is None
     monkeypatch.setenv("CLIPKIT_DEBUG", "1")
     assert main(argv) == 2
@@ -299,6 +349,9 @@ def test_outputs_honour_the_umask(emb, tmp_path, umask, file_mode, dir_mode):
         os.umask(old)
     for path in (tmp_path / "idx", tmp_path / "e", tmp_path / "e" / "text_emb"):
         assert stat.S_IMODE(path.stat().st_mode) == dir_mode, path
-    for path in (tmp_path / "idx" / "index.faiss", tmp_path / "idx" / "manifest.json",
-                 tmp_path / "e" / "text_emb" / "text_emb_00000.npy"):
+    for path in (
+        tmp_path / "idx" / "index.faiss",
+        tmp_path / "idx" / "manifest.json",
+        tmp_path / "e" / "text_emb" / "text_emb_00000.npy",
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path

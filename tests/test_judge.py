@@ -27,6 +27,7 @@ def _real(split, num, size, seed):
 
 # --- the shipped weights ------------------------------------------------------------------------
 
+
 def test_shipped_weights_are_small_safetensors_and_load():
     from safetensors import safe_open
 
@@ -75,10 +76,11 @@ def test_real_accuracy_reports_every_split_and_size(judge):
 
 # --- sharpness ----------------------------------------------------------------------------------
 
+
 def test_palette_fraction_exact_on_palette_and_off_palette_colours():
     palette = (J.PALETTE * 2 - 1)[:, :, None, None].expand(12, 3, 16, 16)
     assert J.palette_fraction(palette) == 1.0
-    assert J.palette_fraction(torch.full((1, 3, 16, 16), -0.2)) == 0.0        # mid grey 0.4: far from all 12
+    assert J.palette_fraction(torch.full((1, 3, 16, 16), -0.2)) == 0.0  # mid grey 0.4: far from all 12
 
 
 def test_sharpness_real_above_blurred_and_bicubic(judge):
@@ -98,13 +100,18 @@ def test_sharpness_real_above_blurred_and_bicubic(judge):
 
 # --- Frechet distance ---------------------------------------------------------------------------
 
+
 def test_frechet_distance_matches_the_eigenvalue_reference():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(200, 6, generator=g) @ torch.randn(6, 6, generator=g)
     b = torch.randn(300, 6, generator=g) * 2 + 1
     sa, sb = np.cov(a.double().numpy().T), np.cov(b.double().numpy().T)
-    ref = (((a.double().mean(0) - b.double().mean(0)) ** 2).sum().item() + np.trace(sa) + np.trace(sb)
-           - 2 * np.sqrt(np.linalg.eigvals(sa @ sb).real.clip(min=0)).sum())
+    ref = (
+        ((a.double().mean(0) - b.double().mean(0)) ** 2).sum().item()
+        + np.trace(sa)
+        + np.trace(sb)
+        - 2 * np.sqrt(np.linalg.eigvals(sa @ sb).real.clip(min=0)).sum()
+    )
     assert J.frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
     assert J.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
@@ -118,6 +125,7 @@ def test_frechet_real_near_its_floor_and_blur_far_above(judge):
 
 
 # --- diversity and inputs -----------------------------------------------------------------------
+
 
 def test_diversity_counts_what_varies(judge):
     one = shapes.render(shapes.ShapeAttributes("star", "red", "large", "left", "white", True))
@@ -158,27 +166,30 @@ def test_train_judge_is_seeded_learns_and_saves(tmp_path):
 
 # --- wired into the unCLIP evaluation -----------------------------------------------------------
 
+
 def test_evaluate_unclip_reports_judge_figures_with_clip_beside(tmp_path, tiny_model, tiny_model_dir, judge):
     from clipkit.shapes.unclip_eval import evaluate_unclip
     from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP
 
     torch.manual_seed(0)
-    decoder = DecoderUNet(DecoderConfig(embed_dim=tiny_model.embed_dim, channels=(16, 32),
-                                        attention_levels=(False, True), heads=2, context_tokens=2)).eval()
+    decoder = DecoderUNet(
+        DecoderConfig(
+            embed_dim=tiny_model.embed_dim, channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2
+        )
+    ).eval()
     prior = DiffusionPrior(PriorConfig(embed_dim=tiny_model.embed_dim, width=32, layers=1, heads=2)).eval()
     pipe = UnCLIP(tiny_model, decoder, prior, clip_path=str(tiny_model_dir))
-    m = evaluate_unclip(pipe, tmp_path, num=4, steps=2, sweep=(1.0,), diversity_prompts=2, judge=judge,
-                        progress=False)
+    m = evaluate_unclip(pipe, tmp_path, num=4, steps=2, sweep=(1.0,), diversity_prompts=2, judge=judge, progress=False)
     assert m["judge"]["real_accuracy"]["holdout"]["shape"] >= 0.99 and "worst attribute" in m["judge"]["summary"]
     inv = m["inversion"]
     assert set(inv["agreement"]) == {"mean", *J.ATTRIBUTES} and {"agreement", "cosine"} <= set(inv["clip"])
     assert inv["frechet"]["floor"] > 0 and inv["sharpness"]["image_size"] == 32
     methods = m["text_to_image"]["methods"]
-    assert list(methods) == ["direct_text_embedding", "with_prior", "with_prior_bicubic_64"]   # no upsampler here
+    assert list(methods) == ["direct_text_embedding", "with_prior", "with_prior_bicubic_64"]  # no upsampler here
     assert methods["with_prior_bicubic_64"]["image_size"] == 64
     assert m["text_to_image"]["with_prior"] == methods["with_prior"]["agreement"]
     assert set(methods["with_prior"]["agreement"]) == {"mean", "shape", "color", "size", "position", "hat"}
-    assert m["text_to_image"]["diversity"]["real"]["distinct"]["shape"] == 1.0     # one caption, one shape
+    assert m["text_to_image"]["diversity"]["real"]["distinct"]["shape"] == 1.0  # one caption, one shape
     assert 0 <= m["hat_arithmetic"]["judged_wearing_hat"] <= 1 and "clip" in m["hat_arithmetic"]
     assert json.loads((tmp_path / "metrics.json").read_text()) == m
     assert (tmp_path / "guidance_sweep.png").stat().st_size > 0

@@ -58,7 +58,9 @@ def _samples(num: int, seed: int, size: int = 32) -> list:
     for i in range(num):
         kind = KINDS[i % len(KINDS)]
         colour, back = COLOURS[rng.integers(len(COLOURS))], BACKS[rng.integers(len(BACKS))]
-        image = _draw(kind, colour, back, int(rng.integers(-2, 3)), int(rng.integers(-2, 3)), rng.uniform(0.22, 0.32), size)
+        image = _draw(
+            kind, colour, back, int(rng.integers(-2, 3)), int(rng.integers(-2, 3)), rng.uniform(0.22, 0.32), size
+        )
         out.append(_Sample(f"{seed:02d}{i:05d}", image, f"a {kind}", {"name": kind, "background": str(back)}))
     return out
 
@@ -74,9 +76,18 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(data) -> tuple[Judge, dict]:
     torch.set_num_threads(1)
-    config = JudgeTrainConfig(train_data=str(data / "train"), val_data=str(data / "val"), label_field=["name"],
-                              out_dir=str(data / "run"), max_steps=120, batch_size=32, lr=3e-3, warmup_steps=10,
-                              progress=False, log_every=20)
+    config = JudgeTrainConfig(
+        train_data=str(data / "train"),
+        val_data=str(data / "val"),
+        label_field=["name"],
+        out_dir=str(data / "run"),
+        max_steps=120,
+        batch_size=32,
+        lr=3e-3,
+        warmup_steps=10,
+        progress=False,
+        log_every=20,
+    )
     record = train_judge(config)
     return Judge.load(data / "run"), record
 
@@ -88,14 +99,15 @@ def _real(data: Path, split: str = "val"):
 
 # --- learning ------------------------------------------------------------------------------------
 
+
 def test_judge_learns_a_tiny_labelled_set_well_above_chance(trained, data):
     judge, record = trained
     acc = record["real_accuracy"]["name"]
     assert acc["chance"] == pytest.approx(1 / 6) and acc["num"] == 120 and acc["unknown"] == 0
-    assert acc["top1"] >= 0.6, acc                                   # chance 0.17
+    assert acc["top1"] >= 0.6, acc  # chance 0.17
     assert record["final_loss"] < 0.8 * record["initial_loss"] and record["steps"] == 120
     assert judge.classes == {"name": tuple(sorted(KINDS))} and judge.net.config.image_size == 32
-    assert judge.training["real_accuracy"] == record["real_accuracy"]         # saved with the judge
+    assert judge.training["real_accuracy"] == record["real_accuracy"]  # saved with the judge
     assert "name top-1" in judge.accuracy_line()
     assert (data / "run" / "metrics.jsonl").is_file() and (data / "run" / "summary.json").is_file()
 
@@ -109,7 +121,7 @@ def test_identification_is_high_for_real_images_and_chance_for_shuffled_labels(t
     wrong = judge.identify(x, {"name": shuffled})["name"]
     assert wrong["top1"] < 0.35 and wrong["top1"] < right["top1"] - 0.3, (wrong, right)
     unknown = judge.identify(x[:4], {"name": ["disc", "hexagon", "ring", "star"]})["name"]
-    assert unknown["num"] == 2 and unknown["unknown"] == 2                # labels it never saw are counted apart
+    assert unknown["num"] == 2 and unknown["unknown"] == 2  # labels it never saw are counted apart
 
 
 def test_saved_judge_round_trips_and_reads_any_size(trained, data, tmp_path):
@@ -117,13 +129,14 @@ def test_saved_judge_round_trips_and_reads_any_size(trained, data, tmp_path):
     _, x = _real(data)
     again = Judge.load(judge.save(tmp_path / "copy"))
     assert all(np.array_equal(a, b) for a, b in zip(judge.predict(x).values(), again.predict(x).values()))
-    big = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")   # 64 px: area-averaged back to 32
+    big = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")  # 64 px: area-averaged back to 32
     assert np.array_equal(judge.predict(big)["name"], judge.predict(x)["name"])
     with pytest.raises(FileNotFoundError, match="clipkit judge train"):
         Judge.load(tmp_path / "nothing")
 
 
 # --- the measures --------------------------------------------------------------------------------
+
 
 def _speckle(x: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -140,9 +153,9 @@ def test_noise_measure_cannot_be_fooled_by_speckle(size):
     g = torch.Generator().manual_seed(1)
     for corrupted in (_speckle(real, 0.02), (real + 0.08 * torch.randn(real.shape, generator=g)).clamp(-1, 1)):
         bad = S.noise_sharpness(corrupted, ref)
-        assert bad["noise"] > 1.5 * clean["noise"], (bad, clean)               # speckle is noise ...
-        assert bad["sharpness"] < clean["sharpness"]                            # ... and never buys sharpness
-        assert bad["hf_ratio"] > clean["hf_ratio"]                              # (a naive HF measure is fooled)
+        assert bad["noise"] > 1.5 * clean["noise"], (bad, clean)  # speckle is noise ...
+        assert bad["sharpness"] < clean["sharpness"]  # ... and never buys sharpness
+        assert bad["hf_ratio"] > clean["hf_ratio"]  # (a naive HF measure is fooled)
     blurred = S.noise_sharpness(gaussian_blur(real, 5, 1.0 * size / 32), ref)
     assert blurred["sharpness"] < 0.7 * clean["sharpness"] and blurred["noise"] < clean["noise"], blurred
 
@@ -174,7 +187,7 @@ def test_pixel_nearest_source_exact_copies_and_random_images():
     assert exact == {"top1": 1.0, "chance": 0.01, "num_candidates": 100, "num": 150}
     noise = torch.rand(200, 3, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1
     rand = S.nearest_source(noise, real, list(range(200)), num_candidates=100)
-    assert rand["top1"] <= 0.05, rand                                           # chance 0.01
+    assert rand["top1"] <= 0.05, rand  # chance 0.01
     small = S.nearest_source(real[:5], real[:10], [0, 1, 2, 3, 4], num_candidates=100)
     assert small["num_candidates"] == 10 and small["chance"] == 0.1
     with pytest.raises(ValueError, match="source indices"):
@@ -182,6 +195,7 @@ def test_pixel_nearest_source_exact_copies_and_random_images():
 
 
 # --- scoring a folder ------------------------------------------------------------------------------
+
 
 def test_score_a_folder_of_images_from_csv_labels_with_sources(trained, data, tmp_path, capsys):
     from clipkit.cli import main
@@ -191,7 +205,7 @@ def test_score_a_folder_of_images_from_csv_labels_with_sources(trained, data, tm
     folder = tmp_path / "generated"
     folder.mkdir()
     rows = []
-    for i in range(60):                                    # "generated" = exact copies of real val images
+    for i in range(60):  # "generated" = exact copies of real val images
         arr = real["pixels"][i].permute(1, 2, 0).numpy()
         Image.fromarray(arr).save(folder / f"{i:03d}.png")
         rows.append({"file": f"{i:03d}.png", "name": real["labels"]["name"][i], "source": real["keys"][i]})
@@ -201,14 +215,30 @@ def test_score_a_folder_of_images_from_csv_labels_with_sources(trained, data, tm
         writer.writerows(rows)
     report = score_folder(judge, folder, folder / "labels.csv", str(data / "val"), num_candidates=50)
     assert report["nearest_source"]["top1"] == 1.0 and report["nearest_source"]["chance"] == 0.02
-    expected = judge.identify(as_tensor([Image.open(folder / r["file"]) for r in rows]), {"name": [r["name"] for r in rows]})
+    expected = judge.identify(
+        as_tensor([Image.open(folder / r["file"]) for r in rows]), {"name": [r["name"] for r in rows]}
+    )
     assert report["identification"] == expected
     assert report["noise"]["noise"] == pytest.approx(1.0) and report["noise"]["reference"] == "sources"
     assert report["judge"]["on_real_data"]["name"]["top1"] == pytest.approx(record["real_accuracy"]["name"]["top1"])
     lines = report_lines(report)
     assert all("judge on 120 real images" in line for line in lines if line.startswith(("identification", "Frechet")))
-    code = main(["judge", "score", "--judge", str(data / "run"), "--images", str(folder), "--labels",
-                 str(folder / "labels.csv"), "--real-data", str(data / "val"), "--out", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "judge",
+            "score",
+            "--judge",
+            str(data / "run"),
+            "--images",
+            str(folder),
+            "--labels",
+            str(folder / "labels.csv"),
+            "--real-data",
+            str(data / "val"),
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 0 and "pixel nearest source: top-1 1.000" in capsys.readouterr().out
     assert json.loads((tmp_path / "r.json").read_text())["identification"] == report["identification"]
 

@@ -54,9 +54,20 @@ def _tiny_clip_config(shapes_dir, out, **overrides):
     from clipkit.config import config_from_dict
     from clipkit.train.config import ClipTrainConfig
 
-    base = dict(model="shapes-tiny", train_data=str(shapes_dir / "train"), out_dir=str(out), batch_size=16,
-                lr=3e-3, warmup_steps=2, log_every=1, num_workers=0, progress=False, num_threads=1,
-                shuffle_buffer=0, max_steps=12)
+    base = dict(
+        model="shapes-tiny",
+        train_data=str(shapes_dir / "train"),
+        out_dir=str(out),
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=2,
+        log_every=1,
+        num_workers=0,
+        progress=False,
+        num_threads=1,
+        shuffle_buffer=0,
+        max_steps=12,
+    )
     return config_from_dict(ClipTrainConfig, {**base, **overrides})
 
 
@@ -80,8 +91,9 @@ def test_clip_bf16_trains_and_resumes(shapes_dir, tmp_path):
 
     from clipkit.train.clip import train_clip
 
-    config = _tiny_clip_config(shapes_dir, tmp_path / "run", mixed_precision="bf16", max_steps=48,
-                               batch_size=24, checkpoint_every=24)
+    config = _tiny_clip_config(
+        shapes_dir, tmp_path / "run", mixed_precision="bf16", max_steps=48, batch_size=24, checkpoint_every=24
+    )
     summary = train_clip(config)
     rows = _rows(tmp_path / "run")
     losses = [r["loss"] for r in rows]
@@ -96,8 +108,9 @@ def test_clip_bf16_trains_and_resumes(shapes_dir, tmp_path):
     from clipkit.train.config import ClipTrainConfig
 
     step12 = tmp_path / "run" / "checkpoints" / "step_00000024"
-    again = config_from_dict(ClipTrainConfig, {**config.to_json(), "out_dir": str(tmp_path / "again"),
-                                               "resume": str(step12)})
+    again = config_from_dict(
+        ClipTrainConfig, {**config.to_json(), "out_dir": str(tmp_path / "again"), "resume": str(step12)}
+    )
     train_clip(again)
     resumed = load_file(str(tmp_path / "again" / "model" / "model.safetensors"))
     for k in weights:
@@ -114,12 +127,28 @@ def test_unclip_bf16_and_accumulation(kind, tiny_model_dir, shapes_dir, tmp_path
     from clipkit.train.unclip import train_decoder, train_prior
 
     cls, fn = (DecoderTrainConfig, train_decoder) if kind == "decoder" else (PriorTrainConfig, train_prior)
-    model = {"decoder": dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_tokens=2)} \
-        if kind == "decoder" else {"prior": dict(width=32, layers=1, heads=2)}
-    base = dict(clip=str(tiny_model_dir), train_data=str(shapes_dir / "train"), out_dir=str(tmp_path / kind),
-                pipeline_dir=str(tmp_path / "pipe"), num_samples=96, val_samples=16, batch_size=8, grad_accum=2,
-                max_steps=6, checkpoint_every=3, log_every=1, progress=False, num_threads=1,
-                mixed_precision="bf16", **model)
+    model = (
+        {"decoder": dict(channels=[16, 32], attention_levels=[False, True], heads=2, context_tokens=2)}
+        if kind == "decoder"
+        else {"prior": dict(width=32, layers=1, heads=2)}
+    )
+    base = dict(
+        clip=str(tiny_model_dir),
+        train_data=str(shapes_dir / "train"),
+        out_dir=str(tmp_path / kind),
+        pipeline_dir=str(tmp_path / "pipe"),
+        num_samples=96,
+        val_samples=16,
+        batch_size=8,
+        grad_accum=2,
+        max_steps=6,
+        checkpoint_every=3,
+        log_every=1,
+        progress=False,
+        num_threads=1,
+        mixed_precision="bf16",
+        **model,
+    )
     summary = fn(config_from_dict(cls, base))
     rows = _rows(tmp_path / kind)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]

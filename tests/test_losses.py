@@ -17,8 +17,10 @@ from clipkit.losses import clip_loss, siglip_loss
 
 def _features(n, d, seed):
     g = torch.Generator().manual_seed(seed)
-    return (F.normalize(torch.randn(n, d, generator=g), dim=-1).requires_grad_(),
-            F.normalize(torch.randn(n, d, generator=g), dim=-1).requires_grad_())
+    return (
+        F.normalize(torch.randn(n, d, generator=g), dim=-1).requires_grad_(),
+        F.normalize(torch.randn(n, d, generator=g), dim=-1).requires_grad_(),
+    )
 
 
 @pytest.mark.parametrize("n,d,scale", [(2, 4, 1.0), (16, 32, 14.285), (64, 8, 100.0)])
@@ -109,8 +111,22 @@ def test_two_gloo_processes_equal_one_process_on_the_concatenated_batch(tmp_path
     script, result = tmp_path / "worker.py", tmp_path / "result.json"
     script.write_text(_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script), str(result)], env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(result),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(result.read_text())
     for kind in ("clip", "siglip"):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import clipkit
-from clipkit.shapes import world as shapes
 from clipkit.model import list_presets, load_image
+from clipkit.shapes import world as shapes
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def test_unknown_name_is_a_clear_error():
 
 
 def test_encodings_are_unit_norm_float32_cpu(tiny_model, images):
-    img = tiny_model.encode_images(images, batch_size=4)     # two batches: 4 + 2
+    img = tiny_model.encode_images(images, batch_size=4)  # two batches: 4 + 2
     txt = tiny_model.encode_texts(["a red circle", "a hat on a green star", ""])
     assert img.shape == (6, tiny_model.embed_dim) and txt.shape == (3, tiny_model.embed_dim)
     for e in (img, txt):
@@ -57,8 +56,12 @@ def test_save_load_round_trip_gives_identical_embeddings(tmp_path, fresh_tiny_mo
     before_img = fresh_tiny_model.encode_images(images)
     before_txt = fresh_tiny_model.encode_texts(["a small blue square on the left"])
     fresh_tiny_model.save(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "manifest.json",
-                                                                  "model.safetensors", "open_clip_config.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.safetensors",
+        "open_clip_config.json",
+    ]
     loaded = clipkit.load(tmp_path / "m")
     assert torch.equal(loaded.encode_images(images), before_img)
     assert torch.equal(loaded.encode_texts(["a small blue square on the left"]), before_txt)
@@ -83,15 +86,15 @@ def test_identity_is_hashed_once_and_refreshed_by_save(fresh_tiny_model, tmp_pat
     before = fresh_tiny_model.identity
     with torch.no_grad():
         next(fresh_tiny_model.model.parameters()).add_(1.0)
-    assert fresh_tiny_model.identity == before                     # cached: no re-hash of every weight per access
-    fresh_tiny_model.save(tmp_path / "m")                          # saving re-hashes what it writes
+    assert fresh_tiny_model.identity == before  # cached: no re-hash of every weight per access
+    fresh_tiny_model.save(tmp_path / "m")  # saving re-hashes what it writes
     after = fresh_tiny_model.identity
     assert after != before and clipkit.load(tmp_path / "m").identity == after
 
 
 def test_a_damaged_model_folder_is_refused(tmp_path, fresh_tiny_model):
     fresh_tiny_model.save(tmp_path / "m")
-    with open(tmp_path / "m" / "model.safetensors", "ab") as f:            # a copy cut or grown on the way
+    with open(tmp_path / "m" / "model.safetensors", "ab") as f:  # a copy cut or grown on the way
         f.write(b"\0")
     with pytest.raises(ValueError, match="does not match its manifest.json: model.safetensors"):
         clipkit.load(tmp_path / "m")
@@ -133,7 +136,7 @@ def test_pretrained_download_fails_fast_offline(monkeypatch):
 
     if hub._host_reachable("huggingface.co", timeout=2):
         pytest.skip("this machine is online; the offline path cannot be exercised")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)     # rely on the real network probe
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # rely on the real network probe
     probes = []
     real_probe = hub._host_reachable
     monkeypatch.setattr(hub, "_host_reachable", lambda host, *a, **k: probes.append(k) or real_probe(host, *a, **k))
@@ -144,6 +147,7 @@ def test_pretrained_download_fails_fast_offline(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def _rgb_equal_embedding(model, reference: Image.Image, other) -> None:
     torch.testing.assert_close(model.encode_images([other]), model.encode_images([reference]), atol=1e-5, rtol=1e-5)
@@ -167,7 +171,7 @@ def test_every_pil_mode_becomes_rgb(tiny_model, images):
     expected_gray = gray.convert("RGB")
     assert load_image(gray).mode == "RGB"
     _rgb_equal_embedding(tiny_model, expected_gray, gray)
-    _rgb_equal_embedding(tiny_model, expected_gray, np.asarray(gray))            # HxW uint8
+    _rgb_equal_embedding(tiny_model, expected_gray, np.asarray(gray))  # HxW uint8
     _rgb_equal_embedding(tiny_model, im, im.convert("CMYK").convert("RGB"))
     _rgb_equal_embedding(tiny_model, im.convert("P").convert("RGB"), im.convert("P"))
     # Fully transparent RGBA composites onto white; opaque RGBA equals RGB.
@@ -176,7 +180,7 @@ def test_every_pil_mode_becomes_rgb(tiny_model, images):
     clear.putalpha(0)
     assert set(np.asarray(load_image(clear)).reshape(-1).tolist()) == {255}
     # 16-bit grayscale scales to 8-bit.
-    arr16 = (np.asarray(gray).astype(np.uint16) * 257)
+    arr16 = np.asarray(gray).astype(np.uint16) * 257
     im16 = Image.fromarray(arr16)
     assert np.array_equal(np.asarray(load_image(im16))[:, :, 0], np.asarray(gray))
     assert tiny_model.encode_images([im16, clear, im.convert("1")]).shape == (3, tiny_model.embed_dim)
@@ -209,7 +213,7 @@ def test_over_long_text_is_truncated_to_context_length(tiny_model):
     words = "a red circle wearing a hat " * 40
     tokens = tiny_model.tokenizer([words])
     assert tokens.shape == (1, tiny_model.context_length)
-    prefix_len = tiny_model.context_length   # well past the context: truncation keeps the start
+    prefix_len = tiny_model.context_length  # well past the context: truncation keeps the start
     e_long = tiny_model.encode_texts([words])
     e_longer = tiny_model.encode_texts([words + " and more words " * prefix_len])
     torch.testing.assert_close(e_long, e_longer)
@@ -239,10 +243,12 @@ def test_bf16_inference_stays_close_to_fp32(tiny_model, images):
 # ----------------------------------------------------------------------------- your own architecture
 
 # An open_clip model config at 64 px, as a user writes it (open_clip's model_configs/*.json format).
-MY_64PX = {"description": "a 64 px CLIP of my own",
-           "embed_dim": 32,
-           "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
-           "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+MY_64PX = {
+    "description": "a 64 px CLIP of my own",
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 
 
 def test_create_takes_a_config_dict_or_its_json_file(tmp_path):
@@ -257,11 +263,16 @@ def test_create_takes_a_config_dict_or_its_json_file(tmp_path):
     for m in (from_dict, from_file):
         assert (m.embed_dim, m.image_size, m.context_length) == (32, 64, 24)
         assert m.model.visual.conv1.kernel_size == (16, 16) and m.model.visual.conv1.out_channels == 32
-        assert m.tokenizer(["a red circle"]).shape == (1, 24)            # the context length of text_cfg
+        assert m.tokenizer(["a red circle"]).shape == (1, 24)  # the context length of text_cfg
         assert m.encode_images([Image.new("RGB", (64, 64), "red")]).shape == (1, 32)
     # open_clip_config.json's format (model_cfg + preprocess_cfg) is the same architecture
-    wrapped = clipkit.create({"model_cfg": {k: v for k, v in MY_64PX.items() if k != "description"},
-                              "preprocess_cfg": {"size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}}, seed=0)
+    wrapped = clipkit.create(
+        {
+            "model_cfg": {k: v for k, v in MY_64PX.items() if k != "description"},
+            "preprocess_cfg": {"size": 64, "mean": [0.5] * 3, "std": [0.5] * 3},
+        },
+        seed=0,
+    )
     assert all(torch.equal(v, state[k]) for k, v in wrapped.model.state_dict().items())
     assert wrapped.preprocess.mean.flatten().tolist() == [127.5] * 3
 
@@ -310,18 +321,41 @@ def _with(cfg: dict, value, *path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("cfg,error,match", [
-    (_without(MY_64PX, "embed_dim"), ValueError, r"'embed_dim' is missing; add \"embed_dim\": 512"),
-    (_without(MY_64PX, "text_cfg"), ValueError, r"'text_cfg' is missing; add \"text_cfg\": \{"),
-    (_with(MY_64PX, 8.5, "vision_cfg", "patch_size"), TypeError, r"vision_cfg.patch_size = 8.5; expected an integer"),
-    (_with(MY_64PX, 60, "vision_cfg", "image_size"), ValueError,
-     r"vision_cfg.image_size=60 is not a multiple of vision_cfg.patch_size=16; choose an image_size .* \(e.g. 64\)"),
-    (_with(MY_64PX, 3, "text_cfg", "heads"), ValueError, r"text_cfg.width=32 is not divisible by text_cfg.heads=3"),
-    (_with(MY_64PX, 1, "vision_cfg", "patch"), ValueError, r"unknown field\(s\) \['patch'\] in vision_cfg; valid.*patch_size"),
-    (_with(MY_64PX, 1, "towers"), ValueError, r"unknown model config key\(s\) \['towers'\]; valid keys: .*embed_dim"),
-    (_with(MY_64PX, float("nan"), "text_cfg", "mlp_ratio"), ValueError, r"text_cfg.mlp_ratio = nan; expected a finite"),
-    (_with(MY_64PX, "128", "embed_dim"), TypeError, r"embed_dim = '128'; expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "cfg,error,match",
+    [
+        (_without(MY_64PX, "embed_dim"), ValueError, r"'embed_dim' is missing; add \"embed_dim\": 512"),
+        (_without(MY_64PX, "text_cfg"), ValueError, r"'text_cfg' is missing; add \"text_cfg\": \{"),
+        (
+            _with(MY_64PX, 8.5, "vision_cfg", "patch_size"),
+            TypeError,
+            r"vision_cfg.patch_size = 8.5; expected an integer",
+        ),
+        (
+            _with(MY_64PX, 60, "vision_cfg", "image_size"),
+            ValueError,
+            r"vision_cfg.image_size=60 is not a multiple of vision_cfg.patch_size=16; "
+            r"choose an image_size .* \(e.g. 64\)",
+        ),
+        (_with(MY_64PX, 3, "text_cfg", "heads"), ValueError, r"text_cfg.width=32 is not divisible by text_cfg.heads=3"),
+        (
+            _with(MY_64PX, 1, "vision_cfg", "patch"),
+            ValueError,
+            r"unknown field\(s\) \['patch'\] in vision_cfg; valid.*patch_size",
+        ),
+        (
+            _with(MY_64PX, 1, "towers"),
+            ValueError,
+            r"unknown model config key\(s\) \['towers'\]; valid keys: .*embed_dim",
+        ),
+        (
+            _with(MY_64PX, float("nan"), "text_cfg", "mlp_ratio"),
+            ValueError,
+            r"text_cfg.mlp_ratio = nan; expected a finite",
+        ),
+        (_with(MY_64PX, "128", "embed_dim"), TypeError, r"embed_dim = '128'; expected a positive integer"),
+    ],
+)
 def test_a_bad_model_config_is_one_line_naming_the_field_and_the_fix(cfg, error, match):
     with pytest.raises(error, match=match) as raised:
         clipkit.create(cfg)
@@ -330,8 +364,11 @@ def test_a_bad_model_config_is_one_line_naming_the_field_and_the_fix(cfg, error,
 
 def test_create_names_the_types_it_takes():
     for bad in (None, 3, ["shapes-tiny"]):
-        with pytest.raises(TypeError, match=r"expected an architecture preset .*name \(str\), an open_clip-style "
-                                            r"model config \(dict.*\.json file"):
+        with pytest.raises(
+            TypeError,
+            match=r"expected an architecture preset .*name \(str\), an open_clip-style "
+            r"model config \(dict.*\.json file",
+        ):
             clipkit.create(bad)
     with pytest.raises(FileNotFoundError, match="model config file 'missing.json' does not exist"):
         clipkit.create("missing.json")
@@ -360,13 +397,35 @@ def test_clipkit_train_takes_a_model_config_file(shapes_dir, tmp_path):
     path = tmp_path / "my-64px.json"
     path.write_text(json.dumps(MY_64PX))
     out = tmp_path / "run"
-    assert main(["train", "--model", str(path), "--train-data", str(shapes_dir / "train" / "{00000..00002}.tar"),
-                 "--out-dir", str(out), "--max-steps", "3", "--batch-size", "16", "--warmup-steps", "1",
-                 "--num-workers", "0", "--num-threads", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(path),
+                "--train-data",
+                str(shapes_dir / "train" / "{00000..00002}.tar"),
+                "--out-dir",
+                str(out),
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "16",
+                "--warmup-steps",
+                "1",
+                "--num-workers",
+                "0",
+                "--num-threads",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
     trained = clipkit.load(out / "model")
     assert trained.config.name == "my-64px" and (trained.image_size, trained.context_length) == (64, 24)
     assert trained.config.model_cfg == {k: v for k, v in MY_64PX.items() if k != "description"}
     fresh = clipkit.create(path, seed=0).model.state_dict()
     changed = [k for k, v in trained.model.state_dict().items() if not torch.equal(v, fresh[k])]
-    assert "visual.conv1.weight" in changed                    # the 64 px tower is the one that trained
+    assert "visual.conv1.weight" in changed  # the 64 px tower is the one that trained

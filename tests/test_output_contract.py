@@ -30,8 +30,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 OUTPUT_DESTS = {"out", "out_dir", "output", "pipeline_dir", "export_dir", "save", "grid", "json", "confusion"}
 
 # The words of the one refusal rule (clipkit.io.check_output_path), one of which every refusal must say.
-REFUSALS = ("refusing to replace it", "is the same path as the input", "is inside the input", "contains the input",
-            "this output is a file")
+REFUSALS = (
+    "refusing to replace it",
+    "is the same path as the input",
+    "is inside the input",
+    "contains the input",
+    "this output is a file",
+)
 
 
 def output_arguments(parser: argparse.ArgumentParser) -> set[tuple[str, str]]:
@@ -45,11 +50,13 @@ def output_arguments(parser: argparse.ArgumentParser) -> set[tuple[str, str]]:
                     walk(sub, [*prefix, name])
             elif action.dest in OUTPUT_DESTS:
                 found.add((" ".join(prefix), action.option_strings[0] if action.option_strings else action.metavar))
+
     walk(parser, [])
     return found
 
 
 # ----------------------------------------------------------------------------- tiny inputs, made once
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_model, tiny_model_dir):
@@ -71,22 +78,46 @@ def env(tmp_path_factory, tiny_model, tiny_model_dir):
         folder = root / "labelled" / ("red" if i % 2 else "blue")
         folder.mkdir(parents=True, exist_ok=True)
         s.image.save(folder / f"{i}.png")
-    assert main(["embed", "--model", str(tiny_model_dir), "--shards", str(root / "shards" / "00000.tar"),
-                 "--out", str(root / "emb")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tiny_model_dir),
+                "--shards",
+                str(root / "shards" / "00000.tar"),
+                "--out",
+                str(root / "emb"),
+            ]
+        )
+        == 0
+    )
     assert main(["index", "build", str(root / "emb"), str(root / "idx"), "--kind", "flat"]) == 0
     torch.manual_seed(0)
-    decoder = DecoderUNet(DecoderConfig(embed_dim=tiny_model.embed_dim, channels=(16, 32),
-                                        attention_levels=(False, True), heads=2, context_tokens=2))
+    decoder = DecoderUNet(
+        DecoderConfig(
+            embed_dim=tiny_model.embed_dim, channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2
+        )
+    )
     prior = DiffusionPrior(PriorConfig(embed_dim=tiny_model.embed_dim, width=32, layers=1, heads=2))
     UnCLIP(tiny_model, decoder, prior, clip_path=str(tiny_model_dir)).save(root / "pipe")
     (root / "theme" / "64x64" / "apps").mkdir(parents=True)
     (root / "theme" / "64x64" / "apps" / "text-editor.svg").write_text(
-        '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
-        '<rect width="40" height="40" fill="red"/></svg>')
-    return {"THEME": str(root / "theme"), "root": root, "SHARDS": str(root / "shards"), "MODEL": str(tiny_model_dir),
-            "TEXTS": str(root / "texts.txt"),
-            "EMB": str(root / "emb"), "IDX": str(root / "idx"), "IMAGES": str(root / "images"),
-            "IMAGE": str(root / "images" / "0.png"), "LABELLED": str(root / "labelled"), "PIPE": str(root / "pipe")}
+        '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="40" height="40" fill="red"/></svg>'
+    )
+    return {
+        "THEME": str(root / "theme"),
+        "root": root,
+        "SHARDS": str(root / "shards"),
+        "MODEL": str(tiny_model_dir),
+        "TEXTS": str(root / "texts.txt"),
+        "EMB": str(root / "emb"),
+        "IDX": str(root / "idx"),
+        "IMAGES": str(root / "images"),
+        "IMAGE": str(root / "images" / "0.png"),
+        "LABELLED": str(root / "labelled"),
+        "PIPE": str(root / "pipe"),
+    }
 
 
 # (command, output argument) -> argv with "OUT" where the output goes, the input that (c) writes to (a key of
@@ -94,47 +125,154 @@ def env(tmp_path_factory, tiny_model, tiny_model_dir):
 OUTPUTS = {
     ("shapes", "--out"): (["shapes", "--out", "OUT", "--num", "4", "--shard-size", "4"], None, True),
     ("demo", "--out"): (["demo", "--out", "OUT", "--quick"], None, False),
-    ("fit", "--out"): (["fit", "--train-data", "SHARDS", "--out", "OUT", "--max-steps", "1", "--num-samples", "8"],
-                       "SHARDS", False),
+    ("fit", "--out"): (
+        ["fit", "--train-data", "SHARDS", "--out", "OUT", "--max-steps", "1", "--num-samples", "8"],
+        "SHARDS",
+        False,
+    ),
     ("icons", "--out"): (["icons", "--theme", "THEME", "--out", "OUT", "--renders-per-icon", "2"], "THEME", False),
     ("embed", "--out"): (["embed", "--model", "MODEL", "--texts", "TEXTS", "--out", "OUT"], "TEXTS", True),
     ("index build", "OUT"): (["index", "build", "EMB", "OUT", "--kind", "flat"], "EMB", True),
     ("search", "--grid"): (["search", "IDX", "--image", "IMAGE", "-k", "2", "--grid", "OUT"], "IMAGE", True),
-    ("zero-shot", "--out"): (["zero-shot", "--model", "MODEL", "--images", "IMAGES", "--labels", "red,blue",
-                              "--out", "OUT"], "IMAGES", True),
-    ("zero-shot", "--confusion"): (["zero-shot", "--model", "MODEL", "--labelled-folder", "LABELLED",
-                                    "--confusion", "OUT"], "LABELLED", True),
-    ("zero-shot", "--json"): (["zero-shot", "--model", "MODEL", "--labelled-folder", "LABELLED", "--json", "OUT"],
-                              "LABELLED", True),
+    ("zero-shot", "--out"): (
+        ["zero-shot", "--model", "MODEL", "--images", "IMAGES", "--labels", "red,blue", "--out", "OUT"],
+        "IMAGES",
+        True,
+    ),
+    ("zero-shot", "--confusion"): (
+        ["zero-shot", "--model", "MODEL", "--labelled-folder", "LABELLED", "--confusion", "OUT"],
+        "LABELLED",
+        True,
+    ),
+    ("zero-shot", "--json"): (
+        ["zero-shot", "--model", "MODEL", "--labelled-folder", "LABELLED", "--json", "OUT"],
+        "LABELLED",
+        True,
+    ),
     ("eval", "--output"): (["eval", "--model", "MODEL", "--dataset", "LABELLED", "--output", "OUT"], "LABELLED", True),
     ("export-benchmark", "--out"): (["export-benchmark", "LABELLED", "--out", "OUT"], "LABELLED", True),
     ("interpolate", "--out"): (["interpolate", "MODEL", "MODEL", "--alpha", "0.5", "--out", "OUT"], "MODEL", True),
-    ("arith", "--save"): (["arith", 'text:"a red circle"', "--search", "IDX", "-k", "1", "--words", "0",
-                           "--save", "OUT"], "IDX/inside.npy", True),
+    ("arith", "--save"): (
+        ["arith", 'text:"a red circle"', "--search", "IDX", "-k", "1", "--words", "0", "--save", "OUT"],
+        "IDX/inside.npy",
+        True,
+    ),
     ("spiral", "--out"): (["spiral", "--out", "OUT", "--quick"], None, False),
     ("gen-lab", "--out"): (["gen-lab", "--out", "OUT", "--quick", "--prior-clip", "MODEL"], "MODEL", False),
-    ("generate", "--out"): (["generate", "--pipeline", "PIPE", "--prompt", "a red circle", "--num", "1",
-                             "--steps", "1", "--out", "OUT"], "PIPE", True),
-    ("judge train", "--out"): (["judge", "train", "--train-data", "SHARDS", "--label-field", "shape", "--max-steps",
-                                "1", "--val-samples", "2", "--out", "OUT"], "SHARDS", False),
-    ("judge score", "--out"): (["judge", "score", "--judge", "MODEL", "--images", "IMAGES", "--labels", "TEXTS",
-                                "--real-data", "SHARDS", "--out", "OUT"], "IMAGES", False),
-    ("train", "--out-dir"): (["train", "--train-data", "SHARDS", "--model", "shapes-tiny", "--max-steps", "1",
-                              "--batch-size", "4", "--no-progress", "--out-dir", "OUT"], "SHARDS", True),
-    ("train", "--export-dir"): (["train", "--train-data", "SHARDS", "--model", "shapes-tiny", "--max-steps", "1",
-                                 "--batch-size", "4", "--no-progress", "--out-dir", "RUN", "--export-dir", "OUT"],
-                                "SHARDS", False),
-    **{(cmd, arg): ([cmd, "--clip", "MODEL", "--train-data", "SHARDS", "--num-samples", "8", "--val-samples", "2", "--max-steps", "1",
-                     "--batch-size", "4", "--no-progress",
-                     *(["--out-dir", "OUT"] if arg == "--out-dir" else ["--out-dir", "RUN", "--pipeline-dir", "OUT"])],
-                    "MODEL", (cmd, arg) == ("train-prior", "--pipeline-dir"))
-       for cmd in ("train-decoder", "train-prior", "train-upsampler", "train-ar-prior")
-       for arg in ("--out-dir", "--pipeline-dir")},
+    ("generate", "--out"): (
+        ["generate", "--pipeline", "PIPE", "--prompt", "a red circle", "--num", "1", "--steps", "1", "--out", "OUT"],
+        "PIPE",
+        True,
+    ),
+    ("judge train", "--out"): (
+        [
+            "judge",
+            "train",
+            "--train-data",
+            "SHARDS",
+            "--label-field",
+            "shape",
+            "--max-steps",
+            "1",
+            "--val-samples",
+            "2",
+            "--out",
+            "OUT",
+        ],
+        "SHARDS",
+        False,
+    ),
+    ("judge score", "--out"): (
+        [
+            "judge",
+            "score",
+            "--judge",
+            "MODEL",
+            "--images",
+            "IMAGES",
+            "--labels",
+            "TEXTS",
+            "--real-data",
+            "SHARDS",
+            "--out",
+            "OUT",
+        ],
+        "IMAGES",
+        False,
+    ),
+    ("train", "--out-dir"): (
+        [
+            "train",
+            "--train-data",
+            "SHARDS",
+            "--model",
+            "shapes-tiny",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--out-dir",
+            "OUT",
+        ],
+        "SHARDS",
+        True,
+    ),
+    ("train", "--export-dir"): (
+        [
+            "train",
+            "--train-data",
+            "SHARDS",
+            "--model",
+            "shapes-tiny",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--out-dir",
+            "RUN",
+            "--export-dir",
+            "OUT",
+        ],
+        "SHARDS",
+        False,
+    ),
+    **{
+        (cmd, arg): (
+            [
+                cmd,
+                "--clip",
+                "MODEL",
+                "--train-data",
+                "SHARDS",
+                "--num-samples",
+                "8",
+                "--val-samples",
+                "2",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-progress",
+                *(["--out-dir", "OUT"] if arg == "--out-dir" else ["--out-dir", "RUN", "--pipeline-dir", "OUT"]),
+            ],
+            "MODEL",
+            (cmd, arg) == ("train-prior", "--pipeline-dir"),
+        )
+        for cmd in ("train-decoder", "train-prior", "train-upsampler", "train-ar-prior")
+        for arg in ("--out-dir", "--pipeline-dir")
+    },
 }
 # Outputs written in place, with no --overwrite: `index add IDX EMB` grows an existing index (it is found by its
 # name, not by OUTPUT_DESTS); each refuses anything that is not an index of ours with its own one line.
-IN_PLACE = {("index add", "IDX"): (["index", "add", "OUT", "EMB"], "EMB",
-                                   ("has no manifest.json", "is a file, not a folder", "not a clipkit-index"))}
+IN_PLACE = {
+    ("index add", "IDX"): (
+        ["index", "add", "OUT", "EMB"],
+        "EMB",
+        ("has no manifest.json", "is a file, not a folder", "not a clipkit-index"),
+    )
+}
 
 
 def _argv(template: list[str], env: dict, out: Path, run: Path | None = None) -> list[str]:
@@ -144,6 +282,7 @@ def _argv(template: list[str], env: dict, out: Path, run: Path | None = None) ->
         if word == "RUN":
             return str(run or out.parent / "run")
         return re.sub(r"\b(" + "|".join(k for k in env if k.isupper()) + r")\b", lambda m: env[m.group(1)], word)
+
     return [fill(w) for w in template]
 
 
@@ -219,6 +358,7 @@ def lock_spy(monkeypatch):
     def spy(path):
         taken.append(real(path))
         return taken[-1]
+
     monkeypatch.setattr(io_outputs, "lock_path_for", spy)
     return taken
 
@@ -232,19 +372,19 @@ def test_a_fresh_output_is_written_then_recognised_as_ours(key, env, tmp_path, c
     out = tmp_path / "first" / "out.x"
     assert main(_argv(template, env, out)) == 0, capsys.readouterr().err
     assert out.exists()
-    assert main(_argv(template, env, out)) == 0, capsys.readouterr().err         # ours: no --overwrite needed
+    assert main(_argv(template, env, out)) == 0, capsys.readouterr().err  # ours: no --overwrite needed
     locks = sorted({p.relative_to(tmp_path / "first") for p in lock_spy})
     assert locks, f"{key} took no lock"
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     for rel in locks:
         again = tmp_path / f"again-{len(list(tmp_path.iterdir()))}"
-        shutil.copytree(tmp_path / "first", again, symlinks=True)     # our output: the run goes on to each lock
+        shutil.copytree(tmp_path / "first", again, symlinks=True)  # our output: the run goes on to each lock
         os.symlink(victim, again / rel)
         capsys.readouterr()
         rc = main(_argv(template, env, again / "out.x"))
         err = capsys.readouterr().err.strip()
-        assert rc == 2 and "is a symbolic link" in err and len(err.splitlines()) == 1, (key, rel, err)   # at once
+        assert rc == 2 and "is a symbolic link" in err and len(err.splitlines()) == 1, (key, rel, err)  # at once
         assert victim.read_text() == "precious" and (again / rel).is_symlink()
 
 
@@ -253,17 +393,47 @@ def test_overwrite_replaces_a_user_folder_and_a_user_file(env, tmp_path, capsys)
     assert main(["index", "build", env["EMB"], str(folder), "--kind", "flat", "--overwrite"]) == 0
     assert not (folder / "holiday.jpg").exists() and (folder / "manifest.json").is_file()
     notes = _user_file(tmp_path / "n")
-    assert main(["zero-shot", "--model", env["MODEL"], "--images", env["IMAGES"], "--labels", "red,blue",
-                 "--out", str(notes), "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                env["MODEL"],
+                "--images",
+                env["IMAGES"],
+                "--labels",
+                "red,blue",
+                "--out",
+                str(notes),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert notes.read_text().startswith("path,label,probability")
-    notes.write_text(notes.read_text() + "my own line\n")                 # edited by the user: theirs again
+    notes.write_text(notes.read_text() + "my own line\n")  # edited by the user: theirs again
     capsys.readouterr()
-    assert main(["zero-shot", "--model", env["MODEL"], "--images", env["IMAGES"], "--labels", "red,blue",
-                 "--out", str(notes)]) == 2
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                env["MODEL"],
+                "--images",
+                env["IMAGES"],
+                "--labels",
+                "red,blue",
+                "--out",
+                str(notes),
+            ]
+        )
+        == 2
+    )
     assert "refusing to replace it" in capsys.readouterr().err and notes.read_text().endswith("my own line\n")
 
 
 # ----------------------------------------------------------------------------- the library writers
+
 
 def test_library_writers_claim_like_the_cli(env, tiny_model, tmp_path):
     """ClipModel.save and UnCLIP.save (the root cause of `interpolate --out DIR` deleting a folder)."""
@@ -282,16 +452,21 @@ def test_library_writers_claim_like_the_cli(env, tiny_model, tmp_path):
     (tmp_path / "P" / "prior").mkdir(parents=True)
     (tmp_path / "P" / "prior" / "mine.txt").write_text("mine")
     with pytest.raises(OutputError, match="refusing to replace it"):
-        pipe.save(tmp_path / "P")                                   # P/prior/ holds a file clipkit did not write
+        pipe.save(tmp_path / "P")  # P/prior/ holds a file clipkit did not write
     assert (tmp_path / "P" / "prior" / "mine.txt").read_text() == "mine"
     assert {k: v for k, v in _tree(tmp_path).items() if not k.startswith(str(tmp_path / "P"))} == before
     tiny_model.save(tmp_path / "m")
-    tiny_model.save(tmp_path / "m")                                 # ours: replaced whole
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "manifest.json", "model.safetensors",
-                                                                  "open_clip_config.json"]
+    tiny_model.save(tmp_path / "m")  # ours: replaced whole
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.safetensors",
+        "open_clip_config.json",
+    ]
 
 
 # ----------------------------------------------------------------------------- locks
+
 
 @pytest.mark.parametrize("plant", ["symlink", "hardlink", "foreign file", "fifo"])
 def test_a_lock_file_we_did_not_create_is_never_written(plant, tmp_path):
@@ -300,8 +475,12 @@ def test_a_lock_file_we_did_not_create_is_never_written(plant, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     lock = lock_path_for(tmp_path / "OUT")
-    {"symlink": lambda: os.symlink(victim, lock), "hardlink": lambda: os.link(victim, lock),
-     "foreign file": lambda: lock.write_text("precious too"), "fifo": lambda: os.mkfifo(lock)}[plant]()
+    {
+        "symlink": lambda: os.symlink(victim, lock),
+        "hardlink": lambda: os.link(victim, lock),
+        "foreign file": lambda: lock.write_text("precious too"),
+        "fifo": lambda: os.mkfifo(lock),
+    }[plant]()
     with pytest.raises(OutputError, match="clipkit did not make it"):
         with output_lock(tmp_path / "OUT"):
             pass
@@ -323,22 +502,25 @@ def test_index_build_with_a_symlinked_lock_is_one_line(env, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- temporaries, modes
 
+
 def test_a_temp_left_by_kill_9_is_removed_at_the_next_write(tmp_path):
     """A writer killed between creating its temporary sibling and renaming it leaves `.NAME~PID~HOST~*.tmp`;
     the next write of the same path removes it (and nothing else: a live writer's, another name's)."""
-    code = ("import os, sys, time; from clipkit.io import atomic_file\n"
-            f"with atomic_file({str(tmp_path / 'model.safetensors')!r}) as f:\n"
-            "    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)")
+    code = (
+        "import os, sys, time; from clipkit.io import atomic_file\n"
+        f"with atomic_file({str(tmp_path / 'model.safetensors')!r}) as f:\n"
+        "    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "writing"
     proc.kill()
     proc.wait()
     stale = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(stale) == 1 and f"~{proc.pid}~" in stale[0].name
-    other = tmp_path / f".other.bin~{proc.pid}~x~abc.tmp"                 # another name: not ours to remove
+    other = tmp_path / f".other.bin~{proc.pid}~x~abc.tmp"  # another name: not ours to remove
     other.write_bytes(b"")
     live = tmp_path / f".model.safetensors~{os.getpid()}~{stale[0].name.split('~')[2]}~abcdefgh.tmp"
-    live.write_bytes(b"")                                                 # a live writer's (this process)
+    live.write_bytes(b"")  # a live writer's (this process)
     from clipkit.io import write_json
 
     write_json(tmp_path / "model.safetensors", {"ok": True})
@@ -368,8 +550,12 @@ def test_markers_name_what_wrote_the_output(env, tmp_path, capsys):
     import json
 
     out = tmp_path / "pred.csv"
-    assert main(["zero-shot", "--model", env["MODEL"], "--images", env["IMAGES"], "--labels", "red,blue",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["zero-shot", "--model", env["MODEL"], "--images", env["IMAGES"], "--labels", "red,blue", "--out", str(out)]
+        )
+        == 0
+    )
     record = json.loads((tmp_path / FILES_MARKER).read_text())["files"]["pred.csv"]
     assert record["format"] == "clipkit-zero-shot-predictions"
     assert record["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
@@ -397,20 +583,29 @@ def test_a_writer_killed_at_any_step_leaves_nothing_the_next_write_refuses(point
 
     out = tmp_path / "m"
     tiny_model.save(out)
-    code = (f"import os, clipkit\n{KILL_POINTS[point]}\n"
-            f"clipkit.create('shapes-tiny', seed=0).save({str(out)!r})\n")
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert child.returncode == 9, child.stderr[-2000:]                       # it died at that step
-    assert len(os.listdir(tmp_path)) > 1                                     # and left something beside `m`
-    assert clipkit.load(out).identity == tiny_model.identity                 # the output is complete meanwhile
-    tiny_model.save(out)                                                     # the next write: not refused
-    assert sorted(os.listdir(tmp_path)) == ["m"]                             # and nothing is left for good
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "manifest.json", "model.safetensors",
-                                                     "open_clip_config.json"]
+    code = f"import os, clipkit\n{KILL_POINTS[point]}\nclipkit.create('shapes-tiny', seed=0).save({str(out)!r})\n"
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert child.returncode == 9, child.stderr[-2000:]  # it died at that step
+    assert len(os.listdir(tmp_path)) > 1  # and left something beside `m`
+    assert clipkit.load(out).identity == tiny_model.identity  # the output is complete meanwhile
+    tiny_model.save(out)  # the next write: not refused
+    assert sorted(os.listdir(tmp_path)) == ["m"]  # and nothing is left for good
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "manifest.json",
+        "model.safetensors",
+        "open_clip_config.json",
+    ]
 
 
 # ----------------------------------------------------------------------------- outputs by default, outputs beside OUT
+
 
 def _optional_outputs() -> list[tuple[str, str]]:
     """Cheap rows of OUTPUTS whose output option may be left out (the command then writes to a default path,
@@ -440,7 +635,7 @@ def test_outputs_written_to_default_paths_are_claimed_like_given_ones(env, tmp_p
     for key in _optional_outputs():
         template = list(OUTPUTS[key][0])
         at = template.index(key[1])
-        template[at:at + 2] = []
+        template[at : at + 2] = []
         cwd = tmp_path / f"cwd-{len(defaults)}"
         cwd.mkdir()
         monkeypatch.chdir(cwd)
@@ -469,8 +664,11 @@ def test_outputs_written_to_default_paths_are_claimed_like_given_ones(env, tmp_p
 
 
 # Paths a writer uses beside its output OUT: its lock, its staging folder, `index build --on-disk`'s work folder.
-SIDE_PATHS = {"lock": lock_path_for, "staging folder": io_outputs.partial_dir_for,
-              "pieces work folder": lambda out: out.parent / f".{out.name}.pieces"}
+SIDE_PATHS = {
+    "lock": lock_path_for,
+    "staging folder": io_outputs.partial_dir_for,
+    "pieces work folder": lambda out: out.parent / f".{out.name}.pieces",
+}
 
 
 @pytest.mark.parametrize("side", sorted(SIDE_PATHS))
@@ -479,8 +677,22 @@ def test_a_users_folder_at_a_side_path_is_refused_before_any_work(side, env, tmp
     folder = _user_folder(tmp_path)
     folder.rename(SIDE_PATHS[side](out))
     before = _tree(tmp_path, env["root"])
-    rc = main(["index", "build", env["EMB"], str(out), "--kind", "ivf", "--train-on", "8", "--pieces", "2",
-               "--on-disk", "--overwrite"])
+    rc = main(
+        [
+            "index",
+            "build",
+            env["EMB"],
+            str(out),
+            "--kind",
+            "ivf",
+            "--train-on",
+            "8",
+            "--pieces",
+            "2",
+            "--on-disk",
+            "--overwrite",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and SIDE_PATHS[side](out).name in err, err
     assert "clipkit did not make it" in err or "was not made by clipkit" in err, err

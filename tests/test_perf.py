@@ -32,7 +32,7 @@ def test_a_peak_measured_under_load_is_measured_again_when_quieter_and_the_highe
     monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path))
     key_part = "|fp32"
     monkeypatch.setattr(perf, "_load", lambda: 6.0)
-    perf.matmul_peak("fp32", size=64, repeats=1)                    # measured at load 6, cached
+    perf.matmul_peak("fp32", size=64, repeats=1)  # measured at load 6, cached
     cache = json.loads((tmp_path / "peak.json").read_text())
     (key,) = [k for k in cache if k.endswith(key_part)]
     assert cache[key]["load"] == 6.0
@@ -61,7 +61,7 @@ def _attention_ops(context) -> set:
 
 def test_bf16_training_attention_on_cpu_avoids_the_fused_kernel_and_matches_fp32():
     torch.manual_seed(0)
-    fused, _, _ = _attention_ops(perf.attention_backend("cpu", "fp32"))      # fp32 keeps the default choice
+    fused, _, _ = _attention_ops(perf.attention_backend("cpu", "fp32"))  # fp32 keeps the default choice
     assert any("flash_attention" in op for op in fused)
     torch.manual_seed(0)
     ops, out, grad = _attention_ops(perf.attention_backend("cpu", "bf16"))

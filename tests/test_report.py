@@ -22,11 +22,20 @@ def test_report_refuses_missing_figures(tmp_path):
 
 def test_report_lists_sections_metrics_and_tables(tmp_path):
     _png(tmp_path / "a" / "one.png", "red")
-    page = write_report(tmp_path / "report.html", "Demo <report>", [
-        Section("Training", "The model <b>learns</b>.", [Figure("a/one.png", "red square")],
-                metrics={"accuracy": 0.98765}),
-        Section("Table", "rows", table=[{"k": 1, "recall": 0.5}, {"k": 10, "recall": 0.9}]),
-    ], summary="all good")
+    page = write_report(
+        tmp_path / "report.html",
+        "Demo <report>",
+        [
+            Section(
+                "Training",
+                "The model <b>learns</b>.",
+                [Figure("a/one.png", "red square")],
+                metrics={"accuracy": 0.98765},
+            ),
+            Section("Table", "rows", table=[{"k": 1, "recall": 0.5}, {"k": 10, "recall": 0.9}]),
+        ],
+        summary="all good",
+    )
     text = page.read_text()
     assert "<title>Demo &lt;report&gt;</title>" in text
     assert "<img src='a/one.png'" in text and "red square" in text
@@ -37,8 +46,9 @@ def test_report_lists_sections_metrics_and_tables(tmp_path):
 def test_every_image_loads_in_headless_chromium(tmp_path):
     _png(tmp_path / "a" / "one.png", "red")
     _png(tmp_path / "b" / "two.png", "blue")
-    page = write_report(tmp_path / "report.html", "t", [
-        Section("s", "x", [Figure("a/one.png", "one"), Figure("b/two.png", "two")])])
+    page = write_report(
+        tmp_path / "report.html", "t", [Section("s", "x", [Figure("a/one.png", "one"), Figure("b/two.png", "two")])]
+    )
     report = image_load_report(page)
     assert [r["src"] for r in report] == ["a/one.png", "b/two.png"]
     assert all(r["ok"] for r in report)

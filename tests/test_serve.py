@@ -67,15 +67,16 @@ def build_world(root: Path, pipeline: bool = True) -> dict:
     write_split(root / "shards", split="val", num=ITEMS, seed=5, shard_size=ITEMS)
     model = clipkit.create("shapes-tiny", seed=0)
     model.save(root / "model")
-    write_embeddings(model, root / "emb", shards=str(root / "shards" / "00000.tar"), model_source=str(root / "model"),
-                     progress=False)
+    write_embeddings(
+        model, root / "emb", shards=str(root / "shards" / "00000.tar"), model_source=str(root / "model"), progress=False
+    )
     EmbeddingIndex.build(EmbeddingFolder(root / "emb"), kind="flat", model=model).save(root / "index")
     world = {"root": root, "index": root / "index", "model": root / "model", "emb": root / "emb", "unclip": None}
     if pipeline:
         torch.manual_seed(0)
         decoder = DecoderUNet(DecoderConfig(embed_dim=model.embed_dim, **TINY_DECODER))
         prior = DiffusionPrior(PriorConfig(embed_dim=model.embed_dim, width=32, layers=1, heads=2))
-        with torch.no_grad():                   # zero-initialised outputs would make every image flat grey
+        with torch.no_grad():  # zero-initialised outputs would make every image flat grey
             for p in [*decoder.parameters(), *prior.parameters()]:
                 p.add_(torch.randn(p.shape) * 0.05)
         UnCLIP(model, decoder, prior, clip_path=str(root / "model")).save(root / "unclip")
@@ -127,10 +128,16 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A few hundred bytes that claim width x height pixels (what a decompression bomb looks like to open())."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def decode_data_url(url: str) -> np.ndarray:
@@ -139,6 +146,7 @@ def decode_data_url(url: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- search against brute force
+
 
 def test_text_search_equals_brute_force(client, engine, vectors):
     r = client.post("/search", json={"text": "a red circle wearing a hat", "k": 7})
@@ -172,11 +180,14 @@ def test_filters_search_only_matching_rows(client, engine, vectors, world):
     r = client.post("/search", json={"text": "a shape", "k": 40, "filters": {"shape": ["circle", "star"], "hat": True}})
     query = engine.model.encode_texts(["a shape"]).numpy()[0]
     expected, _ = brute_force(vectors, query, 40, allowed=allowed)
-    assert [h["id"] for h in r.json()["results"]] == expected          # every matching row, best first
-    form = client.post("/search", files={"image": ("x.png", client.get("/image/0").content, "image/png")},
-                       data={"k": "5", "filters": json.dumps({"shape": "circle"})}).json()
+    assert [h["id"] for h in r.json()["results"]] == expected  # every matching row, best first
+    form = client.post(
+        "/search",
+        files={"image": ("x.png", client.get("/image/0").content, "image/png")},
+        data={"k": "5", "filters": json.dumps({"shape": "circle"})},
+    ).json()
     assert form["results"] and all(h["metadata"]["shape"] == "circle" for h in form["results"])
-    mask = engine.catalog.mask({"shape": "circle"})                     # one cached, read-only mask per filter set
+    mask = engine.catalog.mask({"shape": "circle"})  # one cached, read-only mask per filter set
     assert mask is engine.catalog.mask({"shape": ["circle"]}) and not mask.flags.writeable
     assert np.array_equal(mask, np.asarray(meta["shape"]) == "circle")
 
@@ -191,14 +202,17 @@ def test_expression_search_equals_the_library(client, engine, vectors, world, mo
     encoded = evaluate_expression(engine.model, expression.replace('img:"3"', f'img:"{image3}"'))
     np.testing.assert_allclose(local, encoded, atol=1e-5)
     with monkeypatch.context() as m:
-        m.setattr(engine.catalog, "image", lambda item_id: pytest.fail("an image was read for img:\"3\""))
+        m.setattr(engine.catalog, "image", lambda item_id: pytest.fail('an image was read for img:"3"'))
         m.setattr(engine.model, "encode_images", lambda *a, **k: pytest.fail("an image was encoded"))
         data = client.post("/search", json={"expression": expression, "k": 5}).json()
     expected, _ = brute_force(vectors, local, 5)
     assert [h["id"] for h in data["results"]] == expected
     assert [w["word"] for w in data["words"]] == [w for w, _ in nearest_words(engine.model, local, k=5)]
-    upload = client.post("/search", files={"image": ("x.png", image3.read_bytes(), "image/png")},
-                         data={"expression": 'img:"upload"', "k": "1"}).json()
+    upload = client.post(
+        "/search",
+        files={"image": ("x.png", image3.read_bytes(), "image/png")},
+        data={"expression": 'img:"upload"', "k": "1"},
+    ).json()
     assert upload["results"][0]["id"] == 3
 
 
@@ -228,8 +242,8 @@ def test_a_missing_shard_is_a_404_not_a_crash(world):
         with TestClient(create_app(engine)) as c:
             r = c.get("/image/3")
             assert r.status_code == 404 and "no stored image" in r.json()["error"]
-            assert c.post("/search", json={"id": 3, "k": 2}).status_code == 200        # the vector is in FAISS
-            assert c.post("/search", json={"expression": 'img:"3"', "k": 2}).status_code == 200   # so is img:"3"
+            assert c.post("/search", json={"id": 3, "k": 2}).status_code == 200  # the vector is in FAISS
+            assert c.post("/search", json={"expression": 'img:"3"', "k": 2}).status_code == 200  # so is img:"3"
     finally:
         moved.rename(shard)
         engine.close()
@@ -252,14 +266,17 @@ def test_an_index_embedded_from_relative_paths_serves_from_any_directory(source,
         image.save(work / "images" / f"{i}.png")
     (work / "list.txt").write_text("".join(f"images/{i}.png\n" for i in range(6)))
     monkeypatch.chdir(work)
-    args = {"shards": ["--shards", "data/val/00000.tar"], "image folder": ["--images", "images"],
-            "file list": ["--images", "list.txt"]}[source]
+    args = {
+        "shards": ["--shards", "data/val/00000.tar"],
+        "image folder": ["--images", "images"],
+        "file list": ["--images", "list.txt"],
+    }[source]
     assert main(["embed", "--model", "model", *args, "--out", "emb"]) == 0
     assert main(["index", "build", "emb", "idx", "--kind", "flat"]) == 0
     monkeypatch.chdir(elsewhere)
     index = EmbeddingIndex.load(work / "idx")
     assert index.missing_images() is None
-    engine = Engine(index, index.model(), None, ServeConfig())              # the model the manifest records
+    engine = Engine(index, index.model(), None, ServeConfig())  # the model the manifest records
     try:
         with TestClient(create_app(engine)) as c:
             r = c.get("/image/1")
@@ -270,17 +287,19 @@ def test_an_index_embedded_from_relative_paths_serves_from_any_directory(source,
             assert [h["id"] for h in hits] == [1]
     finally:
         engine.close()
-    index.metadata["path"] = [os.path.relpath(p, work) for p in index.metadata["path"]]   # as recorded before
+    index.metadata["path"] = [os.path.relpath(p, work) for p in index.metadata["path"]]  # as recorded before
     assert "do not resolve from" in index.missing_images()
 
 
 # ----------------------------------------------------------------------------- zero-shot and generation
 
+
 def test_zero_shot_equals_the_classifier(client, engine):
 
     png = client.get("/image/2").content
-    r = client.post("/zero-shot", files={"image": ("x.png", png, "image/png")},
-                    data={"classes": "circle, square, star"})
+    r = client.post(
+        "/zero-shot", files={"image": ("x.png", png, "image/png")}, data={"classes": "circle, square, star"}
+    )
     assert r.status_code == 200, r.text
     got = {c["class"]: c["probability"] for c in r.json()["classes"]}
     clf = ZeroShotClassifier(engine.model, ["circle", "square", "star"], templates="simple")
@@ -297,8 +316,11 @@ def test_generate_equals_the_pipeline(client, engine):
     direct = engine.pipeline.generate("a red star", num_images=2, steps=3, sampler="ddim", seed=1, guidance_scale=2.0)
     assert len(served) == 2 and all(np.array_equal(a, np.asarray(b)) for a, b in zip(served, direct))
     assert served[0].shape == (32, 32, 3) and not np.array_equal(served[0], served[1])
-    for body in ({"id": 4, "num_images": 1, "steps": 2}, {"expression": 'img:"4" + 0.5 * text:"a hat"', "steps": 2},
-                 {"text": "a blue heart", "negative_prompt": "a red shape", "steps": 2, "sampler": "flow"}):
+    for body in (
+        {"id": 4, "num_images": 1, "steps": 2},
+        {"expression": 'img:"4" + 0.5 * text:"a hat"', "steps": 2},
+        {"text": "a blue heart", "negative_prompt": "a red shape", "steps": 2, "sampler": "flow"},
+    ):
         r = client.post("/generate", json=body)
         assert r.status_code == 200 and r.json()["images"], (body, r.text)
     png = client.get("/image/4").content
@@ -373,23 +395,29 @@ def test_bad_search_bodies_get_a_4xx_naming_the_problem(client, body, status, me
     assert message in r.json()["error"], r.json()
 
 
-@pytest.mark.parametrize("content,ctype,status,message", [
-    (b"[1, 2]", "application/json", 422, "JSON object"),
-    (b"{not json", "application/json", 400, "not valid JSON"),
-    (b"text=a", "text/plain", 415, "Content-Type"),
-])
+@pytest.mark.parametrize(
+    "content,ctype,status,message",
+    [
+        (b"[1, 2]", "application/json", 422, "JSON object"),
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (b"text=a", "text/plain", 415, "Content-Type"),
+    ],
+)
 def test_bad_bodies(client, content, ctype, status, message):
     r = client.post("/search", content=content, headers={"content-type": ctype})
     assert r.status_code == status and message in r.json()["error"], r.text
 
 
-@pytest.mark.parametrize("payload,status,message", [
-    (b"hello, I am text", 400, "not an image"),
-    (b"", 400, "empty"),
-    (png_header_only(30_000, 30_000), 413, "decompression bomb"),      # beyond PIL's own limit
-    (png_header_only(5_000, 5_000), 413, "pixels"),                    # beyond the server's --max-image-mpixels
-    (png_header_only(64, 64), 400, "could not be decoded"),            # truncated pixel data
-])
+@pytest.mark.parametrize(
+    "payload,status,message",
+    [
+        (b"hello, I am text", 400, "not an image"),
+        (b"", 400, "empty"),
+        (png_header_only(30_000, 30_000), 413, "decompression bomb"),  # beyond PIL's own limit
+        (png_header_only(5_000, 5_000), 413, "pixels"),  # beyond the server's --max-image-mpixels
+        (png_header_only(64, 64), 400, "could not be decoded"),  # truncated pixel data
+    ],
+)
 def test_bad_uploads(client, payload, status, message):
     for path, extra in (("/search", {}), ("/zero-shot", {"classes": "a, b"}), ("/generate", {"steps": "1"})):
         r = client.post(path, files={"image": ("x.png", payload, "image/png")}, data=extra)
@@ -404,31 +432,34 @@ def test_uploads_over_the_size_limit_get_413_streamed_or_not(world):
         with TestClient(create_app(engine)) as c:
             r = c.post("/search", files={"image": ("big.png", big, "image/png")})
             assert r.status_code == 413 and "limit" in r.json()["error"]
-            chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))           # no Content-Length
+            chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))  # no Content-Length
             r = c.post("/search", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"})
             assert r.status_code == 413
             medium = png_bytes(Image.fromarray(np.random.default_rng(1).integers(0, 255, (160, 160, 3), np.uint8)))
-            assert 50_000 < len(medium) < 50_000 + 256 * 1024                       # passes the body limit ...
+            assert 50_000 < len(medium) < 50_000 + 256 * 1024  # passes the body limit ...
             r = c.post("/search", files={"image": ("m.png", medium, "image/png")})
-            assert r.status_code == 413 and "upload is" in r.json()["error"]        # ... not the upload limit
+            assert r.status_code == 413 and "upload is" in r.json()["error"]  # ... not the upload limit
             assert c.get("/health").json()["status"] == "ok"
     finally:
         engine.close()
 
 
-@pytest.mark.parametrize("path,body,message", [
-    ("/zero-shot", {"id": 1, "classes": ["circle"]}, "between 2"),
-    ("/zero-shot", {"id": 1, "classes": ["a", "b"], "templates": "/etc/passwd"}, "templates"),
-    ("/zero-shot", {"id": 1, "classes": "circle, square"}, "classes:"),
-    ("/zero-shot", {"classes": ["a", "b"]}, "exactly one"),
-    ("/generate", {"text": "a", "num_images": 0}, "num_images"),
-    ("/generate", {"text": "a", "num_images": 1000}, "num_images"),
-    ("/generate", {"text": "a", "steps": 10**9}, "steps"),
-    ("/generate", {"text": "a", "sampler": "euler"}, "sampler"),
-    ("/generate", {"text": "a", "guidance": "high"}, "guidance:"),
-    ("/generate", {"id": 1, "negative_prompt": "red"}, "text prompts only"),
-    ("/generate", {"expression": 'img:"C:/x.png"'}, "never a path"),
-])
+@pytest.mark.parametrize(
+    "path,body,message",
+    [
+        ("/zero-shot", {"id": 1, "classes": ["circle"]}, "between 2"),
+        ("/zero-shot", {"id": 1, "classes": ["a", "b"], "templates": "/etc/passwd"}, "templates"),
+        ("/zero-shot", {"id": 1, "classes": "circle, square"}, "classes:"),
+        ("/zero-shot", {"classes": ["a", "b"]}, "exactly one"),
+        ("/generate", {"text": "a", "num_images": 0}, "num_images"),
+        ("/generate", {"text": "a", "num_images": 1000}, "num_images"),
+        ("/generate", {"text": "a", "steps": 10**9}, "steps"),
+        ("/generate", {"text": "a", "sampler": "euler"}, "sampler"),
+        ("/generate", {"text": "a", "guidance": "high"}, "guidance:"),
+        ("/generate", {"id": 1, "negative_prompt": "red"}, "text prompts only"),
+        ("/generate", {"expression": 'img:"C:/x.png"'}, "never a path"),
+    ],
+)
 def test_bad_zero_shot_and_generate_bodies(client, path, body, message):
     r = client.post(path, json=body)
     assert 400 <= r.status_code < 500 and message in r.json()["error"], r.text
@@ -438,13 +469,19 @@ def scrape(client) -> dict:
     """GET /metrics parsed by prometheus_client: {(sample name, sorted labels): value}."""
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), r.text[:200]
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def stage_counts(samples: dict) -> dict[str, float]:
-    return {dict(labels)["stage"]: v for (name, labels), v in samples.items()
-            if name == "clipkit_serve_stage_duration_seconds_count"}
+    return {
+        dict(labels)["stage"]: v
+        for (name, labels), v in samples.items()
+        if name == "clipkit_serve_stage_duration_seconds_count"
+    }
 
 
 def test_the_server_stays_up_and_counts_everything(client):
@@ -480,11 +517,19 @@ def test_metrics_histograms_count_each_stage_of_a_search(client):
     after_image = stage_counts(scrape(client))
 
     def delta(a, b):
-        return {stage: b.get(stage, 0) - a.get(stage, 0) for stage in ("encode_text", "encode_image", "search",
-                                                                         "metadata", "generate")}
+        return {
+            stage: b.get(stage, 0) - a.get(stage, 0)
+            for stage in ("encode_text", "encode_image", "search", "metadata", "generate")
+        }
+
     assert delta(before, after_text) == {"encode_text": 1, "encode_image": 0, "search": 1, "metadata": 1, "generate": 0}
-    assert delta(after_text, after_image) == {"encode_text": 0, "encode_image": 1, "search": 1, "metadata": 1,
-                                              "generate": 0}
+    assert delta(after_text, after_image) == {
+        "encode_text": 0,
+        "encode_image": 1,
+        "search": 1,
+        "metadata": 1,
+        "generate": 0,
+    }
     assert client.post("/generate", json={"text": "a red star", "num_images": 1, "steps": 1}).status_code == 200
     assert stage_counts(scrape(client))["generate"] - after_image.get("generate", 0) == 1
 
@@ -509,9 +554,15 @@ def test_one_log_line_per_request(client, caplog):
 
 # ----------------------------------------------------------------------------- client errors vs server errors
 
-@pytest.mark.parametrize("error", [ValueError("secret detail: column 7 of a numpy array"),
-                                   TypeError("secret detail: NoneType is not subscriptable"),
-                                   RuntimeError("secret detail: FAISS said no")])
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("secret detail: column 7 of a numpy array"),
+        TypeError("secret detail: NoneType is not subscriptable"),
+        RuntimeError("secret detail: FAISS said no"),
+    ],
+)
 def test_a_library_error_is_a_500_with_a_generic_message_and_a_logged_traceback(world, caplog, error):
     """Only ClientError becomes a 4xx: a ValueError from inside the library is a bug, not the client's fault."""
     engine = load_engine(world, pipeline=False)
@@ -525,23 +576,25 @@ def test_a_library_error_is_a_500_with_a_generic_message_and_a_logged_traceback(
             r = c.post("/search", json={"text": "a red star"})
             assert r.status_code == 500 and r.json() == {"error": INTERNAL}
             assert "secret" not in r.text
-            assert c.get("/health").status_code == 200                # and the server goes on
+            assert c.get("/health").status_code == 200  # and the server goes on
     finally:
         engine.close()
     logged = [rec for rec in caplog.records if rec.name == "clipkit.serve" and rec.exc_info]
     assert len(logged) == 1 and logged[0].exc_info[1] is error and "POST /search" in logged[0].getMessage()
 
 
-@pytest.mark.parametrize("content,ctype", [
-    (b"[" * 100_000, "application/json"),
-    (b'{"text": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "application/json"),
-])
+@pytest.mark.parametrize(
+    "content,ctype",
+    [
+        (b"[" * 100_000, "application/json"),
+        (b'{"text": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "application/json"),
+    ],
+)
 def test_deeply_nested_json_gets_a_json_400(client, content, ctype):
     r = client.post("/search", content=content, headers={"content-type": ctype})
     assert r.status_code == 400 and r.headers["content-type"] == "application/json", r.text[:200]
     assert "nested too deeply" in r.json()["error"]
-    form = client.post("/search", files={"image": ("x.png", b"x", "image/png")},
-                       data={"filters": "[" * 100_000})
+    form = client.post("/search", files={"image": ("x.png", b"x", "image/png")}, data={"filters": "[" * 100_000})
     assert form.status_code == 400 and "nested too deeply" in form.json()["error"]
 
 
@@ -552,11 +605,15 @@ def test_unknown_routes_and_methods_answer_json(client):
 
 
 def test_client_error_is_what_the_engine_checks_raise(engine):
-    for call, status in ((lambda: engine.check_k(0), 422), (lambda: engine.check_text(" "), 400),
-                         (lambda: engine.catalog.mask({"colour": "red"}), 400),
-                         (lambda: engine.catalog.row(10**6), 404), (lambda: engine.catalog.row(2**70), 404),
-                         (lambda: engine.read_image(b"not an image"), 400),
-                         (lambda: engine.expression_vector('text:"a" *'), 400)):
+    for call, status in (
+        (lambda: engine.check_k(0), 422),
+        (lambda: engine.check_text(" "), 400),
+        (lambda: engine.catalog.mask({"colour": "red"}), 400),
+        (lambda: engine.catalog.row(10**6), 404),
+        (lambda: engine.catalog.row(2**70), 404),
+        (lambda: engine.read_image(b"not an image"), 400),
+        (lambda: engine.expression_vector('text:"a" *'), 400),
+    ):
         with pytest.raises(ClientError) as info:
             call()
         assert info.value.status == status
@@ -585,6 +642,7 @@ def test_page_is_served_without_external_resources(client):
 
 # ----------------------------------------------------------------------------- queues
 
+
 def test_micro_batcher_joins_waiting_items_into_one_call():
     release, calls = threading.Event(), []
 
@@ -596,7 +654,7 @@ def test_micro_batcher_joins_waiting_items_into_one_call():
 
     batcher = MicroBatcher(fn, max_batch=5, window_ms=0)
     first = batcher.submit("block")
-    while not calls:                                # the worker is busy with "block" ...
+    while not calls:  # the worker is busy with "block" ...
         time.sleep(0.001)
     futures = [batcher.submit(i) for i in range(8)]  # ... while 8 items queue up
     release.set()
@@ -635,12 +693,13 @@ def test_micro_batcher_waits_only_for_expected_company():
     """A window of a minute: a lone query (nothing else expected) runs at once; with two expected, the batch
     waits for the second and runs both in one call."""
     calls, expected = [], [1]
-    batcher = MicroBatcher(lambda items: calls.append(list(items)) or items, max_batch=8, window_ms=60_000,
-                           expected=lambda: expected[0])
+    batcher = MicroBatcher(
+        lambda items: calls.append(list(items)) or items, max_batch=8, window_ms=60_000, expected=lambda: expected[0]
+    )
     assert batcher.submit("alone").result(timeout=20) == "alone"
     expected[0] = 2
     first = batcher.submit("a")
-    while batcher.stats()["pending"]:                 # the worker took "a" and waits for company
+    while batcher.stats()["pending"]:  # the worker took "a" and waits for company
         time.sleep(0.001)
     second = batcher.submit("b")
     assert (first.result(timeout=20), second.result(timeout=20)) == ("a", "b")
@@ -694,11 +753,12 @@ def test_bf16_encoders_return_the_fp32_query_vectors_within_tolerance(world):
         out[precision] = np.stack([q.vector for q in queries])
         engine.close()
     assert out["bf16"].dtype == np.float32
-    np.testing.assert_allclose(out["bf16"], out["fp32"], atol=0.03)     # unit vectors; bf16 keeps ~3 digits
-    assert not np.array_equal(out["bf16"], out["fp32"])                  # bf16 really ran
+    np.testing.assert_allclose(out["bf16"], out["fp32"], atol=0.03)  # unit vectors; bf16 keeps ~3 digits
+    assert not np.array_equal(out["bf16"], out["fp32"])  # bf16 really ran
 
 
 # ----------------------------------------------------------------------------- a real server
+
 
 @pytest.fixture
 def real_server(engine):
@@ -734,23 +794,41 @@ def test_kept_alive_answers_are_not_held_back_by_nagle(real_server):
         assert response.getheader("transfer-encoding") is None
         assert not response.will_close
         sockets.add(id(conn.sock))
-    assert len(sockets) == 1                                              # one kept-alive connection ...
+    assert len(sockets) == 1  # one kept-alive connection ...
     accepted = [p.transport.get_extra_info("socket") for p in uv.server_state.connections]
-    assert len(accepted) == 1                                             # ... one accepted socket, and it
-    assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1     # sends small writes at once
+    assert len(accepted) == 1  # ... one accepted socket, and it
+    assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1  # sends small writes at once
     conn.close()
 
 
-@pytest.mark.slow                                       # a fresh interpreter imports torch + open_clip: 15-30 s here
+@pytest.mark.slow  # a fresh interpreter imports torch + open_clip: 15-30 s here
 def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path):
     """`clipkit serve --port 0` on an index whose manifest records its model: concurrent clients, then Ctrl-C."""
 
     EmbeddingIndex.build(EmbeddingFolder(world["emb"]), kind="flat").save(tmp_path / "index")  # records model_source
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "clipkit", "serve", "--index", str(tmp_path / "index"),
-                             "--port", "0",
-                             "--batch-window-ms", "100", "--threads", "1", "--log-level", "info"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clipkit",
+            "serve",
+            "--index",
+            str(tmp_path / "index"),
+            "--port",
+            "0",
+            "--batch-window-ms",
+            "100",
+            "--threads",
+            "1",
+            "--log-level",
+            "info",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         url, lines = None, []
         deadline = time.time() + 120
@@ -764,8 +842,9 @@ def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path
         assert url, "".join(lines)
 
         def post(body):
-            req = urllib.request.Request(url + "/search", json.dumps(body).encode(),
-                                         {"content-type": "application/json"})
+            req = urllib.request.Request(
+                url + "/search", json.dumps(body).encode(), {"content-type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(req, timeout=30) as r:
                     return r.status, json.loads(r.read())
@@ -776,17 +855,20 @@ def test_cli_serves_over_loopback_and_batches_concurrent_queries(world, tmp_path
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda t: post({"text": t, "k": 3}), texts))
         assert all(status == 200 for status, _ in answers)
-        for text, (_, data) in zip(texts, answers):        # batched answers = each query on its own
+        for text, (_, data) in zip(texts, answers):  # batched answers = each query on its own
             assert data["results"] == post({"text": text, "k": 3})[1]["results"]
         assert post({"text": ""})[0] == 400 and post({"k": "x"})[0] == 422
         with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
-            samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                       for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(r.read().decode())
+                for s in f.samples
+            }
         assert samples[("clipkit_serve_batch_largest", (("batcher", "search"),))] >= 2
         ok = ("clipkit_serve_requests_total", (("method", "POST"), ("route", "/search"), ("status", "200")))
         assert samples[ok] >= 16
     finally:
-        proc.send_signal(2)                                  # Ctrl-C: uvicorn shuts down cleanly
+        proc.send_signal(2)  # Ctrl-C: uvicorn shuts down cleanly
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:

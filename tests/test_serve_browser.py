@@ -22,16 +22,28 @@ import numpy as np
 import pytest
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+]
 
-os.environ.setdefault("SE_OFFLINE", "true")          # Selenium must never try to download a driver or browser
+os.environ.setdefault("SE_OFFLINE", "true")  # Selenium must never try to download a driver or browser
 os.environ.setdefault("SE_AVOID_STATS", "true")
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
 if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
-    pytest.skip(f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): "
-                f"apt-get install chromium chromium-driver", allow_module_level=True)
+    pytest.skip(
+        f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): "
+        f"apt-get install chromium chromium-driver",
+        allow_module_level=True,
+    )
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -97,7 +109,9 @@ def images_loaded(driver, selector: str) -> list:
     """[naturalWidth] of the images under selector once all have finished loading (None while any is loading)."""
     return driver.execute_script(
         "const imgs = [...document.querySelectorAll(arguments[0])];"
-        "return imgs.every(i => i.complete) ? imgs.map(i => i.naturalWidth) : null;", selector)
+        "return imgs.every(i => i.complete) ? imgs.map(i => i.naturalWidth) : null;",
+        selector,
+    )
 
 
 def test_the_page_works_in_chromium(server, browser, tmp_path):
@@ -127,7 +141,7 @@ def test_the_page_works_in_chromium(server, browser, tmp_path):
     # 3. upload an image: it finds itself first; zero-shot classifies it
     vectors = EmbeddingFolder(world["emb"]).load("img")
     similar = vectors @ vectors.T - 2 * np.eye(ITEMS)
-    item = int(np.flatnonzero(similar.max(axis=1) < 0.999)[0])         # an image with no identical twin
+    item = int(np.flatnonzero(similar.max(axis=1) < 0.999)[0])  # an image with no identical twin
     upload = tmp_path / f"item-{item}.png"
     upload.write_bytes(urllib.request.urlopen(f"{url}/image/{item}", timeout=10).read())
     d.find_element(By.ID, "file").send_keys(str(upload))
@@ -152,8 +166,12 @@ def test_the_page_works_in_chromium(server, browser, tmp_path):
         box.clear()
         box.send_keys(value)
     d.find_element(By.CSS_SELECTOR, "#gen-form button[type=submit]").click()
-    widths = wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#generated img")) == 3
-                  and images_loaded(d, "#generated img"), timeout=60, message="no generated images")
+    widths = wait(
+        d,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#generated img")) == 3 and images_loaded(d, "#generated img"),
+        timeout=60,
+        message="no generated images",
+    )
     assert widths == [32, 32, 32]
 
     # 6. a bad expression: a readable error, and the page keeps working
@@ -166,8 +184,13 @@ def test_the_page_works_in_chromium(server, browser, tmp_path):
     q.clear()
     q.send_keys("a purple square")
     d.find_element(By.CSS_SELECTOR, "#search-form button").click()
-    wait(d, lambda d: not d.find_element(By.ID, "error").is_displayed() and
-         d.find_element(By.ID, "result-title").text == "“a purple square”")
+    wait(
+        d,
+        lambda d: (
+            not d.find_element(By.ID, "error").is_displayed()
+            and d.find_element(By.ID, "result-title").text == "“a purple square”"
+        ),
+    )
 
     # Chromium keeps its connections alive (a few sockets carried every request of the page), and each
     # accepted socket sends small writes at once: no 40 ms delayed-ACK stall per kept-alive request.
@@ -180,8 +203,9 @@ def test_the_page_works_in_chromium(server, browser, tmp_path):
     d.save_screenshot(str(tmp_path / "serve.png"))
     d.set_window_size(390, 844)
     wait(d, lambda d: d.execute_script("return window.innerWidth") <= 400)
-    assert d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), \
+    assert d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1"), (
         "the page scrolls sideways at phone width"
+    )
     d.save_screenshot(str(tmp_path / "serve-phone.png"))
     d.set_window_size(1280, 860)
     for name in ("serve.png", "serve-phone.png"):

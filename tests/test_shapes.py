@@ -26,7 +26,7 @@ from clipkit.shapes.world import (
 
 def _pixels_near(image, rgb, tol=40) -> np.ndarray:
     arr = np.asarray(image).astype(int)
-    return (np.abs(arr - np.array(rgb)).max(-1) <= tol)
+    return np.abs(arr - np.array(rgb)).max(-1) <= tol
 
 
 def test_world_has_the_promised_variety():

@@ -34,7 +34,13 @@ def _png(color=(200, 30, 30)) -> bytes:
 def test_layout_and_stats_follow_img2dataset(shapes_dir):
     train = shapes_dir / "train"
     assert sorted(p.name for p in train.iterdir()) == [
-        "00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "00002.tar", "00002_stats.json"]
+        "00000.tar",
+        "00000_stats.json",
+        "00001.tar",
+        "00001_stats.json",
+        "00002.tar",
+        "00002_stats.json",
+    ]
     stats = json.loads((train / "00000_stats.json").read_text())
     assert stats["successes"] == stats["count"] == 200
     assert count_samples(str(train / "{00000..00002}.tar")) == 600
@@ -66,8 +72,13 @@ def test_hat_pair_ids_are_stored(shapes_dir):
 
 
 def test_pipeline_batches_tensors(shapes_dir, tiny_model):
-    pipeline, skipped = shard_pipeline(str(shapes_dir / "train" / "{00000..00002}.tar"), tiny_model.preprocess,
-                                       tiny_model.tokenizer, batch_size=64, shuffle=100)
+    pipeline, skipped = shard_pipeline(
+        str(shapes_dir / "train" / "{00000..00002}.tar"),
+        tiny_model.preprocess,
+        tiny_model.tokenizer,
+        batch_size=64,
+        shuffle=100,
+    )
     batches = list(pipeline)
     images, tokens = batches[0]
     assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32
@@ -78,8 +89,7 @@ def test_pipeline_batches_tensors(shapes_dir, tiny_model):
 
 @pytest.mark.parametrize("num_workers", [0, 2, 4])
 def test_workers_split_shards_without_duplicates(shapes_dir, num_workers):
-    pipeline, _ = shard_pipeline(str(shapes_dir / "train" / "{00000..00002}.tar"), fields=("__key__",),
-                                 batch_size=50)
+    pipeline, _ = shard_pipeline(str(shapes_dir / "train" / "{00000..00002}.tar"), fields=("__key__",), batch_size=50)
     keys = [k for (batch,) in shard_loader(pipeline, num_workers=num_workers) for k in batch]
     assert len(keys) == 600 and len(set(keys)) == 600
 
@@ -99,10 +109,15 @@ def test_fewer_shards_than_workers_does_not_hang(shapes_dir):
 
 
 def test_resampled_draws_with_replacement_for_a_fixed_epoch(shapes_dir):
-    pipeline, _ = shard_pipeline(str(shapes_dir / "train" / "{00000..00002}.tar"), fields=("__key__",),
-                                 batch_size=100, resampled=True, epoch_batches=9)
+    pipeline, _ = shard_pipeline(
+        str(shapes_dir / "train" / "{00000..00002}.tar"),
+        fields=("__key__",),
+        batch_size=100,
+        resampled=True,
+        epoch_batches=9,
+    )
     batches = list(pipeline)
-    assert len(batches) == 9          # more than the 6 batches one pass holds: resampling repeats shards
+    assert len(batches) == 9  # more than the 6 batches one pass holds: resampling repeats shards
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -117,12 +132,13 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, num_workers):
     members["noimg.txt"] = b"a caption without an image"
     members["garbage.jpg"], members["garbage.txt"] = b"not a jpeg at all", b"garbage"
     _tar(tmp_path / "00000.tar", members)
-    _tar(tmp_path / "00001.tar", {f"ok{i}.{ext}": (good if ext == "png" else b"ok") for i in range(5)
-                                  for ext in ("png", "txt")})
+    _tar(
+        tmp_path / "00001.tar",
+        {f"ok{i}.{ext}": (good if ext == "png" else b"ok") for i in range(5) for ext in ("png", "txt")},
+    )
     (tmp_path / "00002.tar").write_bytes(b"this is not a tar file" * 10)
 
-    pipeline, skipped = shard_pipeline(str(tmp_path / "{00000..00002}.tar"), fields=("__key__", "text"),
-                                       batch_size=4)
+    pipeline, skipped = shard_pipeline(str(tmp_path / "{00000..00002}.tar"), fields=("__key__", "text"), batch_size=4)
     keys = [k for batch, _ in shard_loader(pipeline, num_workers=num_workers) for k in batch]
     assert sorted(keys) == sorted([f"good{i}" for i in range(10)] + [f"ok{i}" for i in range(5)])
     counts = skipped.summary()
@@ -138,8 +154,24 @@ def test_bad_arguments_are_reported(shapes_dir):
 
 
 def test_cli_writes_shards(tmp_path, capsys):
-    assert cli_main(["shapes", "--out", str(tmp_path / "s"), "--num", "30", "--split", "holdout",
-                     "--shard-size", "20", "--seed", "7"]) == 0
+    assert (
+        cli_main(
+            [
+                "shapes",
+                "--out",
+                str(tmp_path / "s"),
+                "--num",
+                "30",
+                "--split",
+                "holdout",
+                "--shard-size",
+                "20",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
     assert "wrote 30 holdout samples in 2 shard(s)" in capsys.readouterr().out
     assert count_samples(str(tmp_path / "s" / "{00000..00001}.tar")) == 30
     assert cli_main(["shapes", "--out", str(tmp_path / "s2"), "--num", "3", "--split", "hat_pairs"]) == 2

@@ -44,6 +44,7 @@ def sampler_metrics(models, scorer):
 
 # --- data and metrics ------------------------------------------------------------------------
 
+
 def test_data_lies_on_the_spiral_and_noise_does_not(scorer):
     x, labels = sample_spiral(512, torch.Generator().manual_seed(0))
     m = scorer.score(x, labels)
@@ -51,7 +52,7 @@ def test_data_lies_on_the_spiral_and_noise_does_not(scorer):
     noise = scorer.score(torch.randn(512, 2, generator=torch.Generator().manual_seed(1)), labels)
     assert noise["distance"] > 0.15 and noise["arm_fraction"] < 0.25
     assert set(labels.tolist()) == {0, 1, 2}
-    assert 8.5 < spiral_length() < 9.5                     # 1.5 turns of r = 1.5 theta / 4 pi
+    assert 8.5 < spiral_length() < 9.5  # 1.5 turns of r = 1.5 theta / 4 pi
 
 
 def test_classes_split_the_arm_in_equal_thirds():
@@ -60,38 +61,42 @@ def test_classes_split_the_arm_in_equal_thirds():
     assert (counts - 1000).abs().max() <= 1
     x, labels = sample_spiral(300, torch.Generator().manual_seed(2), classes=torch.full((300,), 2))
     assert bool((labels == 2).all())
-    assert float(x.norm(dim=-1).min()) > 1.0               # "cat" is the outer arm
+    assert float(x.norm(dim=-1).min()) > 1.0  # "cat" is the outer arm
 
 
 # --- the claims with the exact denoiser of the spiral (no training: tests the samplers) --------
 
+
 def exact_eps(schedule: NoiseSchedule, points: torch.Tensor):
     """The optimal epsilon for data spread evenly over `points` (a Gaussian mixture at every t)."""
+
     def model(x, t, cond=None):
-        a, s = schedule.signal_noise(t, x)                  # (B, 1) each
-        d2 = ((x[:, None, :] - a[:, :, None] * points[None]) ** 2).sum(-1)    # (B, M)
-        x0 = torch.softmax(-d2 / (2 * s ** 2), dim=1) @ points
+        a, s = schedule.signal_noise(t, x)  # (B, 1) each
+        d2 = ((x[:, None, :] - a[:, :, None] * points[None]) ** 2).sum(-1)  # (B, M)
+        x0 = torch.softmax(-d2 / (2 * s**2), dim=1) @ points
         return (x - a * x0) / s
+
     return model
 
 
 def test_exact_denoiser_claims(scorer):
     s = NoiseSchedule("linear")
     model = exact_eps(s, spiral_curve(400)[0])
-    gen = lambda: torch.Generator().manual_seed(0)      # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     ddpm = scorer.score(sample(model, (256, 2), DDPMSampler(s), 1000, generator=gen()))
     flat = scorer.score(sample(model, (256, 2), DDPMSampler(s, variance_type="zero"), 1000, generator=gen()))
     ddim = scorer.score(sample(model, (256, 2), DDIMSampler(s), 50, generator=gen()))
     assert ddpm["distance"] < 0.01 and ddpm["coverage"] > 0.95
     assert ddim["distance"] < 0.01 and abs(ddim["coverage"] - ddpm["coverage"]) < 0.05
-    assert flat["coverage"] < 0.15                          # every sample heads for the same place
+    assert flat["coverage"] < 0.15  # every sample heads for the same place
 
 
 # --- the claims with the trained toy model --------------------------------------------------
 
+
 def test_ddpm_samples_land_on_the_spiral(sampler_metrics):
     m = sampler_metrics["ddpm_1000"]
-    assert m["distance"] < 0.12, m                          # noise scores ~0.25, the data 0.008
+    assert m["distance"] < 0.12, m  # noise scores ~0.25, the data 0.008
     assert m["coverage"] > 0.85, m
 
 
@@ -114,10 +119,10 @@ def test_guidance_puts_more_samples_on_the_requested_arm(models, scorer):
     cfg = replace(QUICK, num_points=600)
     metrics, runs = guidance_experiment(models[0], cfg, scorer, scales=(0.0, 1.0, 2.0))
     uncond, cond, guided = (metrics[f"scale_{s}"]["arm_fraction"] for s in (0, 1, 2))
-    assert uncond < 0.4                                     # the class is ignored: about a third at best
-    assert cond > 0.8                                       # the conditional model alone already helps
+    assert uncond < 0.4  # the class is ignored: about a third at best
+    assert cond > 0.8  # the conditional model alone already helps
     assert guided > cond, metrics
-    assert 1 - guided < 0.6 * (1 - cond), metrics           # guidance removes most of the off-arm samples
+    assert 1 - guided < 0.6 * (1 - cond), metrics  # guidance removes most of the off-arm samples
 
 
 def test_null_class_is_what_guidance_pushes_against(models):
@@ -131,6 +136,7 @@ def test_null_class_is_what_guidance_pushes_against(models):
 
 
 # --- outputs ---------------------------------------------------------------------------------
+
 
 def test_lab_writes_figures_metrics_and_page(tmp_path, models):
     cfg = replace(QUICK, num_points=96, ddpm_steps=100, guidance_steps=40, trajectory_steps=20)
@@ -146,7 +152,7 @@ def test_lab_writes_figures_metrics_and_page(tmp_path, models):
     assert on_disk["vector_field"]["switch_t"] is not None
     page = (tmp_path / "index.html").read_text()
     assert all(f"src='{name}'" in page for name in expected) and page.count("<figcaption>") == 5
-    assert not list(tmp_path.glob(".*.tmp"))                # atomic writes leave nothing behind
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave nothing behind
 
 
 def test_cli_and_script_are_wired():

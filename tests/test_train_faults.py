@@ -17,8 +17,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(train_data: str, out, **overrides) -> ClipTrainConfig:
-    base = dict(model="shapes-tiny", train_data=train_data, train_num_samples=64, out_dir=str(out), batch_size=8,
-                epochs=1, num_workers=0, progress=False, num_threads=1, log_every=1)
+    base = dict(
+        model="shapes-tiny",
+        train_data=train_data,
+        train_num_samples=64,
+        out_dir=str(out),
+        batch_size=8,
+        epochs=1,
+        num_workers=0,
+        progress=False,
+        num_threads=1,
+        log_every=1,
+    )
     return config_from_dict(ClipTrainConfig, {**base, **overrides})
 
 
@@ -52,33 +62,42 @@ def test_export_dir_never_replaces_a_users_folder(shapes_dir, tmp_path):
     mine = tmp_path / "my-photos"
     mine.mkdir()
     (mine / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(ValueError, match="my-photos.*already exists and is a folder that clipkit did not write.*overwrite"):
+    with pytest.raises(
+        ValueError, match="my-photos.*already exists and is a folder that clipkit did not write.*overwrite"
+    ):
         train_clip(_config(str(shapes_dir / "train"), tmp_path / "run", export_dir=str(mine), max_steps=1))
-    assert (mine / "holiday.jpg").read_bytes() == b"precious" and sorted(p.name for p in mine.iterdir()) == ["holiday.jpg"]
+    assert (mine / "holiday.jpg").read_bytes() == b"precious" and sorted(p.name for p in mine.iterdir()) == [
+        "holiday.jpg"
+    ]
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ValueError, match="already exists and is a file"):
         train_clip(_config(str(shapes_dir / "train"), tmp_path / "run", export_dir=str(tmp_path / "a-file")))
-    with pytest.raises(ValueError, match="inside the input"):                     # never into the training data
+    with pytest.raises(ValueError, match="inside the input"):  # never into the training data
         train_clip(_config(str(shapes_dir / "train"), tmp_path / "run", export_dir=str(shapes_dir / "train" / "m")))
 
 
 def test_one_run_at_a_time_per_out_dir(shapes_dir, tmp_path):
     from clipkit.io import OutputInUseError, output_lock
 
-    with output_lock(tmp_path / "run"):                       # another writer holds the run folder
+    with output_lock(tmp_path / "run"):  # another writer holds the run folder
         import subprocess
         import sys
-        code = ("from clipkit.cli import main; raise SystemExit(main(['train', '--train-data', "
-                f"'{shapes_dir / 'train'}', '--out-dir', '{tmp_path / 'run'}', '--max-steps', '1', '--no-progress']))")
+
+        code = (
+            "from clipkit.cli import main; raise SystemExit(main(['train', '--train-data', "
+            f"'{shapes_dir / 'train'}', '--out-dir', '{tmp_path / 'run'}', '--max-steps', '1', '--no-progress']))"
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert f"{str(tmp_path / 'run')!r} is being written by another process (pid {os.getpid()}" in proc.stderr
-    assert not (tmp_path / "run" / "config.json").exists()               # refused before writing anything
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before writing anything
     assert issubclass(OutputInUseError, ValueError)
 
 
-@pytest.mark.parametrize("field,value", [("lr", float("inf")), ("lr", float("nan")), ("weight_decay", float("nan")),
-                                         ("grad_clip", float("inf"))])
+@pytest.mark.parametrize(
+    "field,value",
+    [("lr", float("inf")), ("lr", float("nan")), ("weight_decay", float("nan")), ("grad_clip", float("inf"))],
+)
 def test_non_finite_numbers_are_refused_in_configs(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"{field}.*finite"):
         _config("x.tar", tmp_path, **{field: value})
@@ -103,10 +122,10 @@ def test_fewer_readable_samples_than_the_stats_claim(shapes_dir, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(shapes_dir / "train", data)
-    (data / "00002.tar").write_bytes(os.urandom(3000))                   # 200 of the 600 samples are gone
+    (data / "00002.tar").write_bytes(os.urandom(3000))  # 200 of the 600 samples are gone
     summary = train_clip(_config(str(data), tmp_path / "run", train_num_samples=None, batch_size=50, epochs=1))
     assert summary["steps"] == 600 // 50
-    assert summary["data_passes"] == 2                                    # 400 readable samples: 8 + 4 steps
+    assert summary["data_passes"] == 2  # 400 readable samples: 8 + 4 steps
     assert summary["skipped_by_reason"]["bad_tar"] + summary["skipped_by_reason"].get("truncated", 0) >= 1
     first = summary["skipped_samples"]
     assert first == sum(summary["skipped_by_reason"].values()) and first <= 200

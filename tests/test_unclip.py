@@ -28,7 +28,6 @@ def _jitter(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir, tiny_model):
     torch.manual_seed(0)
@@ -39,12 +38,15 @@ def pipe(tiny_model_dir, tiny_model):
 
 # ----------------------------------------------------------------------------- networks
 
+
 @pytest.mark.parametrize("prediction", ["sample", "epsilon", "v"])
-@pytest.mark.parametrize("image_size,channels,attn", [(32, (16, 32), (False, True)),
-                                                      (64, (16, 32, 32), (False, False, True))])
+@pytest.mark.parametrize(
+    "image_size,channels,attn", [(32, (16, 32), (False, True)), (64, (16, 32, 32), (False, False, True))]
+)
 def test_decoder_shapes_and_dtypes(prediction, image_size, channels, attn):
-    cfg = DecoderConfig(embed_dim=24, image_size=image_size, channels=channels, attention_levels=attn, heads=2,
-                        prediction=prediction)
+    cfg = DecoderConfig(
+        embed_dim=24, image_size=image_size, channels=channels, attention_levels=attn, heads=2, prediction=prediction
+    )
     net = _jitter(DecoderUNet(cfg))
     x = torch.randn(3, 3, image_size, image_size)
     emb = F.normalize(torch.randn(3, 24), dim=-1)
@@ -79,8 +81,9 @@ def test_prior_shapes_and_null():
     out = prior(z, torch.randint(0, 1000, (5,)), text)
     assert out.shape == (5, 16) and out.dtype == torch.float32
     drop = torch.tensor([True] * 5)
-    assert torch.allclose(prior(z, torch.tensor(7), text, drop=drop), prior(z, torch.tensor(7), prior.null_embedding(5)),
-                          atol=1e-5)
+    assert torch.allclose(
+        prior(z, torch.tensor(7), text, drop=drop), prior(z, torch.tensor(7), prior.null_embedding(5)), atol=1e-5
+    )
     # causal: the text token cannot see the noised embedding, the query sees everything
     assert prior.causal[0, 2] == float("-inf") and prior.causal[3, :].eq(0).all()
     with pytest.raises(ValueError, match="text_embed"):
@@ -95,6 +98,7 @@ def test_slerp_endpoints_and_norm():
 
 
 # ----------------------------------------------------------------------------- pipeline
+
 
 @pytest.mark.parametrize("sampler,steps", [("ddim", 4), ("ddpm", 6), ("flow", 4)])
 def test_decode_every_sampler(pipe, sampler, steps):
@@ -136,8 +140,14 @@ def test_guidance_scale_one_is_the_conditional_branch(pipe):
     from clipkit.diffusion import sample
     from clipkit.unclip.samplers import make_sampler
 
-    by_hand = sample(pipe.decoder, (2, 3, 32, 32), make_sampler("ddim", pipe.decoder_schedule, "sample"), 4,
-                     cond=F.normalize(emb, dim=-1), generator=torch.Generator().manual_seed(3))
+    by_hand = sample(
+        pipe.decoder,
+        (2, 3, 32, 32),
+        make_sampler("ddim", pipe.decoder_schedule, "sample"),
+        4,
+        cond=F.normalize(emb, dim=-1),
+        generator=torch.Generator().manual_seed(3),
+    )
     assert torch.allclose(plain, by_hand.clamp(-1, 1), atol=1e-5)
     guided = pipe.decode(emb, steps=4, guidance_scale=4.0, output="tensor", seed=3)
     assert not torch.allclose(plain, guided, atol=1e-3)
@@ -154,13 +164,15 @@ def test_negative_prompt_changes_output(pipe):
 
 def test_one_rng_argument_generator_with_seed_as_a_shortcut(pipe):
     emb = pipe.clip.encode_texts(["a red circle"])
-    kw = dict(steps=3, sampler="ddpm", output="tensor")           # ddpm: the generator feeds every step
+    kw = dict(steps=3, sampler="ddpm", output="tensor")  # ddpm: the generator feeds every step
     by_seed = pipe.decode(emb, seed=4, **kw)
     assert torch.equal(by_seed, pipe.decode(emb, generator=torch.Generator().manual_seed(4), **kw))
     assert not torch.equal(by_seed, pipe.decode(emb, seed=5, **kw))
     gen = dict(num_images=1, steps=3, prior_steps=3, output="tensor")
-    assert torch.equal(pipe.generate("a red circle", seed=4, **gen),
-                       pipe.generate("a red circle", generator=torch.Generator().manual_seed(4), **gen))
+    assert torch.equal(
+        pipe.generate("a red circle", seed=4, **gen),
+        pipe.generate("a red circle", generator=torch.Generator().manual_seed(4), **gen),
+    )
     with pytest.raises(ValueError, match="generator= or seed=, not both"):
         pipe.decode(emb, seed=1, generator=torch.Generator(), **kw)
     with pytest.raises(TypeError, match="torch.Generator, got int; for a seed pass seed="):
@@ -168,10 +180,13 @@ def test_one_rng_argument_generator_with_seed_as_a_shortcut(pipe):
 
 
 def test_explicit_image_and_text_never_guess(pipe, tmp_path):
-    missing = tmp_path / "cirlce.png"                          # a typo: must not become a text prompt
-    for call in (lambda: pipe.embed(str(missing)), lambda: pipe.embed(image=missing),
-                 lambda: pipe.variations(str(missing), n=2, steps=2),
-                 lambda: pipe.interpolate(image=(missing, missing), n=2, steps=2)):
+    missing = tmp_path / "cirlce.png"  # a typo: must not become a text prompt
+    for call in (
+        lambda: pipe.embed(str(missing)),
+        lambda: pipe.embed(image=missing),
+        lambda: pipe.variations(str(missing), n=2, steps=2),
+        lambda: pipe.interpolate(image=(missing, missing), n=2, steps=2),
+    ):
         with pytest.raises(FileNotFoundError, match="cirlce.png"):
             call()
     assert not missing.exists()
@@ -203,7 +218,7 @@ def test_prior_only_pipeline_samples_and_refuses_to_decode(pipe, tmp_path):
         UnCLIP(pipe.clip, decoder=pipe.decoder).prior_sample(text)
     with pytest.raises(ValueError, match="neither"):
         UnCLIP(pipe.clip)
-    UnCLIP(pipe.clip, prior=pipe.prior).save(tmp_path / "no-path")       # no CLIP path recorded: say so
+    UnCLIP(pipe.clip, prior=pipe.prior).save(tmp_path / "no-path")  # no CLIP path recorded: say so
     with pytest.raises(FileNotFoundError, match="pass clip="):
         UnCLIP.load(tmp_path / "no-path")
 
@@ -220,10 +235,22 @@ def test_prior_sample_unit_norm_and_best_candidate(pipe):
     from clipkit.diffusion import sample
     from clipkit.unclip.samplers import make_sampler
 
-    s = make_sampler("ddim", pipe.prior_schedule, "sample",
-                     clip_x0=lambda z: F.normalize(z, dim=-1) * pipe.prior.config.scale)
-    z = F.normalize(sample(pipe.prior, (6, pipe.clip.embed_dim), s, 4, cond=rep, uncond=pipe.prior.null_embedding(1),
-                           guidance_scale=2.0, generator=g), dim=-1).view(2, 3, -1)
+    s = make_sampler(
+        "ddim", pipe.prior_schedule, "sample", clip_x0=lambda z: F.normalize(z, dim=-1) * pipe.prior.config.scale
+    )
+    z = F.normalize(
+        sample(
+            pipe.prior,
+            (6, pipe.clip.embed_dim),
+            s,
+            4,
+            cond=rep,
+            uncond=pipe.prior.null_embedding(1),
+            guidance_scale=2.0,
+            generator=g,
+        ),
+        dim=-1,
+    ).view(2, 3, -1)
     dots = (z * F.normalize(text, dim=-1)[:, None]).sum(-1)
     assert torch.allclose(emb, z[torch.arange(2), dots.argmax(1)], atol=1e-5)
 
@@ -259,20 +286,51 @@ def test_cli_generate_writes_grid_and_trajectory(pipe, tmp_path):
     from clipkit.cli import main
 
     pipe.save(tmp_path / "p")
-    rc = main(["generate", "--pipeline", str(tmp_path / "p"), "--prompt", "a red circle", "--num", "3",
-               "--steps", "3", "--out", str(tmp_path / "out"), "--trajectory", "--sampler", "flow"])
+    rc = main(
+        [
+            "generate",
+            "--pipeline",
+            str(tmp_path / "p"),
+            "--prompt",
+            "a red circle",
+            "--num",
+            "3",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+            "--trajectory",
+            "--sampler",
+            "flow",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "out" / "grid.png").is_file() and (tmp_path / "out" / "trajectory.png").is_file()
     assert len(list((tmp_path / "out").glob("0*.png"))) == 3
     rc = main(["generate", "--pipeline", str(tmp_path / "nope"), "--prompt", "x", "--out", str(tmp_path / "o2")])
     assert rc == 2
     (tmp_path / "out" / "000.png").rename(tmp_path / "a.png")
-    rc = main(["generate", "--pipeline", str(tmp_path / "p"), "--interpolate", str(tmp_path / "a.png"),
-               "text:a blue star", "--num", "3", "--steps", "2", "--out", str(tmp_path / "o3")])
+    rc = main(
+        [
+            "generate",
+            "--pipeline",
+            str(tmp_path / "p"),
+            "--interpolate",
+            str(tmp_path / "a.png"),
+            "text:a blue star",
+            "--num",
+            "3",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path / "o3"),
+        ]
+    )
     assert rc == 0 and len(list((tmp_path / "o3").glob("0*.png"))) == 3
-    rc = main(["generate", "--pipeline", str(tmp_path / "p"), "--variations", "a blue star",
-               "--out", str(tmp_path / "o4")])
-    assert rc == 2 and not (tmp_path / "o4").exists()      # not an image file: an error, never a prompt
+    rc = main(
+        ["generate", "--pipeline", str(tmp_path / "p"), "--variations", "a blue star", "--out", str(tmp_path / "o4")]
+    )
+    assert rc == 2 and not (tmp_path / "o4").exists()  # not an image file: an error, never a prompt
 
 
 def test_render_expression_with_added_vector(pipe, tmp_path):
@@ -300,6 +358,7 @@ def test_bf16_sampling_stays_close_to_fp32(pipe):
 
 # ----------------------------------------------------------------------------- decoder recipe levers (issue 12)
 
+
 def test_schedule_shift_divides_the_snr_by_shift_squared():
     from clipkit.diffusion import NoiseSchedule
 
@@ -313,6 +372,7 @@ def test_schedule_shift_divides_the_snr_by_shift_squared():
         NoiseSchedule("cosine", shift=0.0)
     # the decoder config's shift is the schedule the pipeline samples with
     from clipkit.unclip.samplers import noise_schedule
+
     assert noise_schedule(DecoderConfig(schedule_shift=2.0)).shift == 2.0
 
 
@@ -322,7 +382,7 @@ def test_min_snr_weights_match_the_paper(prediction):
 
     schedule = NoiseSchedule("cosine")
     t = torch.tensor([0, 100, 400, 700, 999])
-    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])              # brute force, float64
+    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])  # brute force, float64
     capped = torch.minimum(snr, torch.full_like(snr, 5.0))
     expected = {"epsilon": capped / snr, "v": capped / (snr + 1), "sample": capped}[prediction]
     assert torch.allclose(loss_weights(schedule, t, prediction, "min_snr", 5.0), expected.float())
@@ -354,11 +414,15 @@ def test_dynamic_threshold_matches_imagen_reference():
     from clipkit.unclip.samplers import pixel_clip
 
     g = torch.Generator().manual_seed(0)
-    x0 = torch.cat([torch.rand(1, 3, 8, 8, generator=g) * 1.8 - 0.9,           # inside [-1, 1]: untouched
-                    torch.randn(2, 3, 8, 8, generator=g) * 2.0])               # outside: rescaled
+    x0 = torch.cat(
+        [
+            torch.rand(1, 3, 8, 8, generator=g) * 1.8 - 0.9,  # inside [-1, 1]: untouched
+            torch.randn(2, 3, 8, 8, generator=g) * 2.0,
+        ]
+    )  # outside: rescaled
     got = DynamicThreshold(0.995)(x0)
     ref = []
-    for x in x0.numpy():                                                        # Imagen, eq. in section 2.3
+    for x in x0.numpy():  # Imagen, eq. in section 2.3
         s = max(np.percentile(np.abs(x).reshape(-1), 99.5), 1.0)
         ref.append(np.clip(x, -s, s) / s)
     assert torch.allclose(got, torch.from_numpy(np.stack(ref)), atol=1e-6)

@@ -29,10 +29,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def bomb_png(path: Path, side: int = 12_000) -> Path:
     """A 400-byte PNG that claims side x side pixels (144 MP for 12,000: over the 89.5 MP limit)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1) * 2)) + chunk(b"IEND", b""))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1) * 2))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -60,11 +66,26 @@ def saved(tmp_path_factory, tiny_model, tiny_model_dir, shapes_dir):
 
     root = tmp_path_factory.mktemp("saved")
     torch.manual_seed(0)
-    decoder = DecoderUNet(DecoderConfig(embed_dim=tiny_model.embed_dim, channels=(16, 32),
-                                        attention_levels=(False, True), heads=2, context_tokens=2))
+    decoder = DecoderUNet(
+        DecoderConfig(
+            embed_dim=tiny_model.embed_dim, channels=(16, 32), attention_levels=(False, True), heads=2, context_tokens=2
+        )
+    )
     UnCLIP(tiny_model, decoder, clip_path=str(tiny_model_dir)).save(root / "pipe")
-    assert main(["embed", "--model", str(tiny_model_dir), "--shards", str(shapes_dir / "holdout" / "00000.tar"),
-                 "--out", str(root / "emb")]) == 0
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(tiny_model_dir),
+                "--shards",
+                str(shapes_dir / "holdout" / "00000.tar"),
+                "--out",
+                str(root / "emb"),
+            ]
+        )
+        == 0
+    )
     assert main(["index", "build", str(root / "emb"), str(root / "idx"), "--kind", "flat"]) == 0
     ckpt = root / "run" / "checkpoints" / "step_00000001"
     ckpt.mkdir(parents=True)
@@ -72,16 +93,25 @@ def saved(tmp_path_factory, tiny_model, tiny_model_dir, shapes_dir):
     torch.save({"optimizer": {}, "scheduler": None}, ckpt / "trainer.pt")
     write_json(ckpt / "rng.json", {"ranks": []})
     write_json(ckpt / "state.json", {"step": 1})
-    write_manifest(ckpt, "clipkit-checkpoint", {n: None for n in ("model.safetensors", "trainer.pt", "rng.json",
-                                                                   "state.json")}, step=1)
-    return {"model": tiny_model_dir, "pipe": root / "pipe", "emb": root / "emb", "idx": root / "idx",
-            "checkpoint": ckpt}
+    write_manifest(
+        ckpt,
+        "clipkit-checkpoint",
+        {n: None for n in ("model.safetensors", "trainer.pt", "rng.json", "state.json")},
+        step=1,
+    )
+    return {
+        "model": tiny_model_dir,
+        "pipe": root / "pipe",
+        "emb": root / "emb",
+        "idx": root / "idx",
+        "checkpoint": ckpt,
+    }
 
 
 def _resume(path: Path, verify=True):
     from clipkit.train.checkpoint import CheckpointManager
 
-    return CheckpointManager(path.parent).resume(str(path), None, None, None, None)   # refused before any use
+    return CheckpointManager(path.parent).resume(str(path), None, None, None, None)  # refused before any use
 
 
 def _index(path: Path, verify=True):
@@ -99,18 +129,34 @@ def _folder(path: Path, verify=True):
 # reader -> (what to copy from `saved`, the damaged file inside it, damage, the reader (path, verify), a CLI command
 # reading it, whether that command has --no-verify)
 READERS = {
-    "model": ("model", "model.safetensors", _zero_tail, lambda p, verify=True: clipkit.load(p, verify=verify),
-              ["embed", "--model", "{}", "--texts", "{texts}", "--out", "{out}"], False),
-    "unclip pipeline": ("pipe", "decoder/model.safetensors", _zero_tail,
-                        lambda p, verify=True: clipkit.UnCLIP.load(p, verify=verify),
-                        ["generate", "--pipeline", "{}", "--expr", 'text:"x"', "--num", "1", "--steps", "1",
-                         "--out", "{out}"], False),
-    "embedding folder": ("emb", "img_emb/img_emb_00000.npy", _swap_rows, _folder,
-                         ["index", "build", "{}", "{out}"], True),
+    "model": (
+        "model",
+        "model.safetensors",
+        _zero_tail,
+        lambda p, verify=True: clipkit.load(p, verify=verify),
+        ["embed", "--model", "{}", "--texts", "{texts}", "--out", "{out}"],
+        False,
+    ),
+    "unclip pipeline": (
+        "pipe",
+        "decoder/model.safetensors",
+        _zero_tail,
+        lambda p, verify=True: clipkit.UnCLIP.load(p, verify=verify),
+        ["generate", "--pipeline", "{}", "--expr", 'text:"x"', "--num", "1", "--steps", "1", "--out", "{out}"],
+        False,
+    ),
+    "embedding folder": (
+        "emb",
+        "img_emb/img_emb_00000.npy",
+        _swap_rows,
+        _folder,
+        ["index", "build", "{}", "{out}"],
+        True,
+    ),
     "index": ("idx", "index.faiss", _zero_tail, _index, ["search", "{}", "--text", "a red circle"], True),
     "checkpoint": ("checkpoint", "model.safetensors", _zero_tail, _resume, None, False),
 }
-OPT_OUT = sorted(name for name, row in READERS.items() if row[3] is not _resume)     # readers with verify=False
+OPT_OUT = sorted(name for name, row in READERS.items() if row[3] is not _resume)  # readers with verify=False
 
 
 def _damaged_copy(reader: str, saved: dict, tmp_path: Path) -> Path:
@@ -119,7 +165,7 @@ def _damaged_copy(reader: str, saved: dict, tmp_path: Path) -> Path:
     shutil.copytree(saved[source], copy)
     size = (copy / rel).stat().st_size
     damage(copy / rel)
-    assert (copy / rel).stat().st_size == size                                  # a size check sees nothing
+    assert (copy / rel).stat().st_size == size  # a size check sees nothing
     return copy
 
 
@@ -171,6 +217,7 @@ def test_every_command_reading_indexes_or_embedding_folders_offers_no_verify():
                     walk(sub, [*prefix, name])
         if any(a.dest in LARGE_READ_DESTS for a in p._actions):
             found[" ".join(prefix)] = any("--no-verify" in a.option_strings for a in p._actions)
+
     walk(build_parser(), [])
     assert set(found) >= {"search", "serve", "arith", "index build", "index add"}
     assert all(found.values()), f"no --no-verify: {sorted(k for k, v in found.items() if not v)}"
@@ -202,16 +249,56 @@ def test_pipeline_models_carry_manifests(saved):
 FOLDER_DESTS = {"images", "labelled_folder", "dataset", "root"}
 FOLDER_READERS = {
     ("embed", "--images"): ["embed", "--model", "{model}", "--images", "{images}", "--out", "{out}"],
-    ("zero-shot", "--images"): ["zero-shot", "--model", "{model}", "--images", "{images}", "--labels", "red,blue",
-                                "--out", "{out}"],
-    ("zero-shot", "--labelled-folder"): ["zero-shot", "--model", "{model}", "--labelled-folder", "{labelled}",
-                                         "--json", "{out}"],
+    ("zero-shot", "--images"): [
+        "zero-shot",
+        "--model",
+        "{model}",
+        "--images",
+        "{images}",
+        "--labels",
+        "red,blue",
+        "--out",
+        "{out}",
+    ],
+    ("zero-shot", "--labelled-folder"): [
+        "zero-shot",
+        "--model",
+        "{model}",
+        "--labelled-folder",
+        "{labelled}",
+        "--json",
+        "{out}",
+    ],
     ("eval", "--dataset"): ["eval", "--model", "{model}", "--dataset", "{labelled}", "--output", "{out}"],
     ("export-benchmark", "root"): ["export-benchmark", "{labelled}", "--out", "{out}"],
-    ("judge score", "--images"): ["judge", "score", "--judge", "{judge}", "--images", "{images}", "--labels",
-                                  "{labels}", "--real-data", "{real}", "--candidates", "4", "--out", "{out}"],
-    ("interpolate", "--dataset"): ["interpolate", "{model}", "{model}", "--sweep", "0", "1", "--dataset",
-                                   "{labelled}", "--out", "{out}"],
+    ("judge score", "--images"): [
+        "judge",
+        "score",
+        "--judge",
+        "{judge}",
+        "--images",
+        "{images}",
+        "--labels",
+        "{labels}",
+        "--real-data",
+        "{real}",
+        "--candidates",
+        "4",
+        "--out",
+        "{out}",
+    ],
+    ("interpolate", "--dataset"): [
+        "interpolate",
+        "{model}",
+        "{model}",
+        "--sweep",
+        "0",
+        "1",
+        "--dataset",
+        "{labelled}",
+        "--out",
+        "{out}",
+    ],
 }
 
 
@@ -225,6 +312,7 @@ def test_every_folder_reading_argument_has_an_entry():
                     walk(sub, [*prefix, name])
             elif action.dest in FOLDER_DESTS:
                 found.add((" ".join(prefix), action.option_strings[0] if action.option_strings else action.dest))
+
     walk(build_parser(), [])
     assert found == set(FOLDER_READERS), f"add rows for {sorted(found - set(FOLDER_READERS))}"
 
@@ -245,19 +333,48 @@ def bad_folders(tmp_path_factory, shapes_dir):
         (folder / "junk.png").write_bytes(b"this is not a png at all")
         bomb_png(folder / "zbomb.png")
     names = [*(f"{i}.png" for i in range(4)), "junk.png", "zbomb.png"]
-    (root / "labels.csv").write_text("file,shape\n" + "".join(f"{n},{s.attributes.shape}\n"
-                                                              for n, s in zip(names, samples + samples)))
-    assert main(["judge", "train", "--train-data", str(shapes_dir / "val"), "--label-field", "shape", "--max-steps",
-                 "1", "--val-samples", "8", "--precision", "no", "--out", str(root / "judge")]) == 0
+    (root / "labels.csv").write_text(
+        "file,shape\n" + "".join(f"{n},{s.attributes.shape}\n" for n, s in zip(names, samples + samples))
+    )
+    assert (
+        main(
+            [
+                "judge",
+                "train",
+                "--train-data",
+                str(shapes_dir / "val"),
+                "--label-field",
+                "shape",
+                "--max-steps",
+                "1",
+                "--val-samples",
+                "8",
+                "--precision",
+                "no",
+                "--out",
+                str(root / "judge"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
 @pytest.mark.parametrize("key", sorted(FOLDER_READERS), ids=lambda k: f"{k[0]} {k[1]}")
 def test_one_bad_file_never_stops_a_folder_run(key, bad_folders, tiny_model_dir, shapes_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [w.format(model=tiny_model_dir, images=bad_folders / "images", labelled=bad_folders / "labelled", out=out,
-                     judge=bad_folders / "judge", labels=bad_folders / "labels.csv", real=shapes_dir / "val")
-            for w in FOLDER_READERS[key]]
+    argv = [
+        w.format(
+            model=tiny_model_dir,
+            images=bad_folders / "images",
+            labelled=bad_folders / "labelled",
+            out=out,
+            judge=bad_folders / "judge",
+            labels=bad_folders / "labels.csv",
+            real=shapes_dir / "val",
+        )
+        for w in FOLDER_READERS[key]
+    ]
     rc = main(argv)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -267,7 +384,7 @@ def test_one_bad_file_never_stops_a_folder_run(key, bad_folders, tiny_model_dir,
 
         folder = EmbeddingFolder(out)
         assert folder.count == 4 and "skipped 2 unreadable samples" in said
-        assert folder.info["skipped"] == {"bad_image": 1, "too_large": 1}                # by reason, as the others
+        assert folder.info["skipped"] == {"bad_image": 1, "too_large": 1}  # by reason, as the others
     elif key == ("zero-shot", "--images"):
         assert len(out.read_text().splitlines()) == 1 + 4 and "bad_image: 1, too_large: 1" in said
     elif key == ("zero-shot", "--labelled-folder"):
@@ -297,6 +414,6 @@ def test_the_folder_reader_counts_by_reason(bad_folders, tmp_path):
     skipped = Counter()
     batches = list(image_batches(paths, 3, skipped))
     assert [len(b[0]) for b in batches] == [3, 1]
-    assert [i for b in batches for i in b[0]] == [0, 1, 2, 3]                # indices into `paths`, junk left out
+    assert [i for b in batches for i in b[0]] == [0, 1, 2, 3]  # indices into `paths`, junk left out
     assert skipped == {"bad_image": 1, "too_large": 1, "missing": 1}
     assert skipped_note(skipped) == "skipped 3 unusable images (bad_image: 1, missing: 1, too_large: 1)"

@@ -17,8 +17,9 @@ def test_class_vectors_equal_open_clip(tiny_model, templates):
     from open_clip import build_zero_shot_classifier
 
     clf = ZeroShotClassifier(tiny_model, CLASSES, templates)
-    reference = build_zero_shot_classifier(tiny_model.model, tiny_model.tokenizer, CLASSES,
-                                           get_templates(templates), num_classes_per_batch=3, device="cpu")
+    reference = build_zero_shot_classifier(
+        tiny_model.model, tiny_model.tokenizer, CLASSES, get_templates(templates), num_classes_per_batch=3, device="cpu"
+    )
     np.testing.assert_allclose(clf.weights, reference.T.numpy(), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(clf.weights, axis=1), 1, atol=1e-5)
 
@@ -33,12 +34,12 @@ def test_predict_and_proba_follow_the_logits(tiny_model):
     emb = tiny_model.encode_images(images).numpy()
     np.testing.assert_allclose(clf.logits(images), 100 * emb @ clf.weights.T, atol=1e-3)
     np.testing.assert_array_equal(clf.predict(images), proba.argmax(1))
-    np.testing.assert_array_equal(clf.predict(emb), clf.predict(images))     # embeddings pass through
+    np.testing.assert_array_equal(clf.predict(emb), clf.predict(images))  # embeddings pass through
 
 
 def test_evaluate_reports_metrics_and_png(tiny_model, tmp_path):
     clf = ZeroShotClassifier(tiny_model, CLASSES, "none")
-    emb = np.repeat(clf.weights, [3, 1, 1, 1], axis=0)           # each class vector is classified as itself
+    emb = np.repeat(clf.weights, [3, 1, 1, 1], axis=0)  # each class vector is classified as itself
     labels = ["circle", "circle", "square", "square", "triangle", "star"]
     report = clf.evaluate(emb, labels, confusion_png=tmp_path / "cm.png")
     assert report["top1"] == pytest.approx(5 / 6) and report["top5"] == 1.0
@@ -80,31 +81,111 @@ def test_cli_folder_csv_and_labelled_folder(tmp_path, capsys):
         s.image.save(d / f"{s.key}.png")
         (tmp_path / "flat").mkdir(exist_ok=True)
         s.image.save(tmp_path / "flat" / f"{s.key}.png")
-    assert main(["zero-shot", "--model", "shapes-tiny", "--images", str(tmp_path / "flat"), "--labels", "circle,star",
-                 "--out", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                "shapes-tiny",
+                "--images",
+                str(tmp_path / "flat"),
+                "--labels",
+                "circle,star",
+                "--out",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 8 and {r["label"] for r in rows} <= {"circle", "star"}
-    assert main(["zero-shot", "--model", "shapes-tiny", "--labelled-folder", str(tmp_path / "root"),
-                 "--confusion", str(tmp_path / "cm.png")]) == 0
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                "shapes-tiny",
+                "--labelled-folder",
+                str(tmp_path / "root"),
+                "--confusion",
+                str(tmp_path / "cm.png"),
+            ]
+        )
+        == 0
+    )
     assert "top-1=" in capsys.readouterr().out and (tmp_path / "cm.png").is_file()
 
 
 def test_cli_labelled_shards(shapes_dir, capsys):
     from clipkit.cli import main
 
-    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
-                 "--label-field", "color", "--templates", "a {} shape"]) == 2      # not a template file
-    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
-                 "--label-field", "color"]) == 0
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                "shapes-tiny",
+                "--shards",
+                str(shapes_dir / "holdout" / "00000.tar"),
+                "--label-field",
+                "color",
+                "--templates",
+                "a {} shape",
+            ]
+        )
+        == 2
+    )  # not a template file
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                "shapes-tiny",
+                "--shards",
+                str(shapes_dir / "holdout" / "00000.tar"),
+                "--label-field",
+                "color",
+            ]
+        )
+        == 0
+    )
     assert "n=100" in capsys.readouterr().out
     # --labels naming some of the colours: the other samples are left out and counted, not blamed on the list.
-    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
-                 "--label-field", "color", "--labels", "red,blue"]) == 0
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                "shapes-tiny",
+                "--shards",
+                str(shapes_dir / "holdout" / "00000.tar"),
+                "--label-field",
+                "color",
+                "--labels",
+                "red,blue",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     left_out = int(out.split("left out ")[1].split(" of 100")[0])
     assert 0 < left_out < 100 and f"n={100 - left_out}" in out
-    assert main(["zero-shot", "--model", "shapes-tiny", "--shards", str(shapes_dir / "holdout" / "00000.tar"),
-                 "--label-field", "color", "--labels", "dog,cat"]) == 2
+    assert (
+        main(
+            [
+                "zero-shot",
+                "--model",
+                "shapes-tiny",
+                "--shards",
+                str(shapes_dir / "holdout" / "00000.tar"),
+                "--label-field",
+                "color",
+                "--labels",
+                "dog,cat",
+            ]
+        )
+        == 2
+    )
     assert "no sample's 'color' is one of --labels" in capsys.readouterr().err
 
 
@@ -125,4 +206,4 @@ def test_one_template_syntax_and_one_default_everywhere(tmp_path):
         get_templates(["no placeholder"])
     assert get_templates(None) == get_templates(DEFAULT_TEMPLATES)
     for fn in (ZeroShotClassifier.__init__, open_dataset, export_labelled_folder):
-        assert inspect.signature(fn).parameters["templates"].default is None      # None: DEFAULT_TEMPLATES
+        assert inspect.signature(fn).parameters["templates"].default is None  # None: DEFAULT_TEMPLATES

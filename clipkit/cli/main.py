@@ -32,14 +32,19 @@ from clipkit.io.errors import UserError
 
 # Order here is the order in `clipkit --help`.
 COMMAND_MODULES = (
-    "shapes", "icons", "judge",
-    "demo", "fit",
+    "shapes",
+    "icons",
+    "judge",
+    "demo",
+    "fit",
     "train",
     "embed",
     "index",
     "search",
     "zeroshot",
-    "eval", "export_benchmark", "interpolate",
+    "eval",
+    "export_benchmark",
+    "interpolate",
     "arith",
     "spiral",
     "genlab",
@@ -54,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clipkit",
         description="CLIP embedding spaces end to end: shapes data, training, embedding, "
-                    "FAISS retrieval, zero-shot, embedding arithmetic and unCLIP generation.")
+        "FAISS retrieval, zero-shot, embedding arithmetic and unCLIP generation.",
+    )
     parser.add_argument("--version", action="version", version=f"clipkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -72,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         hint = getattr(args, "interrupted_hint", None)
-        print(f"clipkit {args.command}: interrupted; outputs are as they were" + (f" ({hint})" if hint else ""),
-              file=sys.stderr)
+        print(
+            f"clipkit {args.command}: interrupted; outputs are as they were" + (f" ({hint})" if hint else ""),
+            file=sys.stderr,
+        )
         code = 130
     except Exception as e:  # the one error policy: a user's mistake is one line, a bug a traceback
         message = user_error(e)
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             code = 1
         else:
-            if os.environ.get("RANK", "0") == "0":      # launched ranks raise the same error; rank 0 says it once
+            if os.environ.get("RANK", "0") == "0":  # launched ranks raise the same error; rank 0 says it once
                 print(f"clipkit {args.command}: error: {message}", file=sys.stderr)
             code = 2
     return _leave(code)
@@ -115,11 +123,13 @@ def user_error(e: BaseException) -> str | None:
         fix = _OS_FIXES.get(e.errno)
         return f"{where}: {fix}" if fix else f"{where}: {e.strerror or e}"
     if isinstance(e, (ValueError, TypeError, OSError, ConnectionError)):
-        return str(e)          # ours name the value and the fix; JSON / Arrow errors are ValueErrors too
+        return str(e)  # ours name the value and the fix; JSON / Arrow errors are ValueErrors too
     if type(e).__name__ == "RuntimeError" and ("faiss" in str(e) or str(e).startswith("Error in")):
         detail = next((line for line in str(e).splitlines() if "Error" in line and "'" in line), str(e).splitlines()[0])
-        return (f"FAISS refused: {detail.strip()}; check the index files and the vectors "
-                f"(CLIPKIT_DEBUG=1 shows the traceback)")
+        return (
+            f"FAISS refused: {detail.strip()}; check the index files and the vectors "
+            f"(CLIPKIT_DEBUG=1 shows the traceback)"
+        )
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+
 def finite_float(text: str) -> float:
     """argparse type: a finite float (nan / inf are refused at parse time)."""
     try:

@@ -47,8 +47,13 @@ def list_images(source: str | os.PathLike | Iterable[str | os.PathLike], recursi
         path = Path(source)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found = sorted(str(p) for p in path.glob(pattern) if p.is_file() and is_image_path(p)
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(
+                str(p)
+                for p in path.glob(pattern)
+                if p.is_file()
+                and is_image_path(p)
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not found:
                 raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(path)!r}")
             return found
@@ -89,8 +94,9 @@ def read_caption(image_path: str | os.PathLike) -> str | None:
     return None
 
 
-def labelled_folder(root: str | os.PathLike,
-                    classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+def labelled_folder(
+    root: str | os.PathLike, classes: list[str] | None = None
+) -> tuple[list[str], list[int], list[str]]:
     """A folder of class folders (root/<class>/*.png) -> (paths, label indices, class names).
 
     Class names are the sub-folder names in sorted order unless `classes`
@@ -118,8 +124,9 @@ def labelled_folder(root: str | os.PathLike,
     return paths, labels, list(classes)
 
 
-def read_images(paths: Iterable[str | os.PathLike], skipped: Counter | None = None,
-                max_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[tuple[int, str, Image.Image]]:
+def read_images(
+    paths: Iterable[str | os.PathLike], skipped: Counter | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> Iterator[tuple[int, str, Image.Image]]:
     """(index, path, RGB image) for each path that decodes; the others are counted in `skipped` by reason
     and skipped: "bad_image" (does not decode, or 0 pixels: the shards' name), "too_large" (over
     `max_pixels`: a decompression bomb), "missing" (deleted meanwhile). Nothing stops the iteration but a bug."""
@@ -130,14 +137,18 @@ def read_images(paths: Iterable[str | os.PathLike], skipped: Counter | None = No
         except BadImageError as e:
             skipped["too_large" if e.reason == "too_large" else "bad_image"] += 1
             continue
-        except FileNotFoundError:                   # deleted while we read the folder
+        except FileNotFoundError:  # deleted while we read the folder
             skipped["missing"] += 1
             continue
         yield i, str(path), image
 
 
-def image_batches(paths: Iterable[str | os.PathLike], batch_size: int, skipped: Counter | None = None,
-                  max_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[tuple[list[int], list[str], list]]:
+def image_batches(
+    paths: Iterable[str | os.PathLike],
+    batch_size: int,
+    skipped: Counter | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+) -> Iterator[tuple[list[int], list[str], list]]:
     """read_images in batches of `batch_size` decoded images: (indices, paths, images) each."""
     batch_size = positive_int(batch_size, "batch_size")
     batch: tuple[list, list, list] = ([], [], [])

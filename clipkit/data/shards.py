@@ -38,6 +38,7 @@ _MAX_WORKERS = 64
 
 # ----------------------------------------------------------------------------- urls
 
+
 def expand_urls(urls: str | Iterable[str]) -> list[str]:
     """Brace-expand a pattern ('data/{00000..00099}.tar'), a folder of .tar files, '::'-separated lists,
     or a list of them."""
@@ -47,7 +48,7 @@ def expand_urls(urls: str | Iterable[str]) -> list[str]:
         urls = str(urls).split("::")
     out = []
     for pattern in urls:
-        if os.path.isdir(pattern):               # a folder of shards: its .tar files in order
+        if os.path.isdir(pattern):  # a folder of shards: its .tar files in order
             tars = sorted(str(p) for p in Path(pattern).glob("*.tar"))
             if not tars:
                 raise FileNotFoundError(f"no .tar shards in the folder {str(pattern)!r}")
@@ -72,8 +73,11 @@ def count_samples(urls: str | Iterable[str]) -> int | None:
     for url in expand_urls(urls):
         stats = _stats_path(url)
         if stats is not None and not Path(url).is_file():
-            raise FileNotFoundError(f"shard {url!r} does not exist" + (f" (its {stats.name} does)" if stats.is_file()
-                                                                      else "") + "; check the shard pattern")
+            raise FileNotFoundError(
+                f"shard {url!r} does not exist"
+                + (f" (its {stats.name} does)" if stats.is_file() else "")
+                + "; check the shard pattern"
+            )
         if stats is None or not stats.is_file():
             return None
         total += _promised(stats)
@@ -86,14 +90,22 @@ def _promised(stats: Path) -> int:
     try:
         return int(data.get("successes", data.get("count", 0)))
     except (AttributeError, TypeError, ValueError):
-        raise ValueError(f"shard stats file {str(stats)!r} has no integer 'successes' / 'count'; it is damaged "
-                         f"(delete it to count by reading the tar)") from None
+        raise ValueError(
+            f"shard stats file {str(stats)!r} has no integer 'successes' / 'count'; it is damaged "
+            f"(delete it to count by reading the tar)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- writing
 
-def write_shards(samples: Iterable, out_dir: str | os.PathLike, shard_size: int = 10_000,
-                 progress: bool = False, total: int | None = None) -> dict:
+
+def write_shards(
+    samples: Iterable,
+    out_dir: str | os.PathLike,
+    shard_size: int = 10_000,
+    progress: bool = False,
+    total: int | None = None,
+) -> dict:
     """Write samples with `.key`, `.image` (PIL), `.caption` and `.metadata()` as img2dataset-style shards.
 
     Each tar is written under a temporary name and renamed when complete.
@@ -120,8 +132,11 @@ def write_shards(samples: Iterable, out_dir: str | os.PathLike, shard_size: int 
                 sample.image.save(buf, format="PNG")
                 key = f"{shard_index:05d}{in_shard:04d}" if len(sample.key) == 0 else sample.key
                 meta = {**sample.metadata(), "key": key}
-                for ext, payload in (("png", buf.getvalue()), ("txt", sample.caption.encode()),
-                                     ("json", json.dumps(meta).encode())):
+                for ext, payload in (
+                    ("png", buf.getvalue()),
+                    ("txt", sample.caption.encode()),
+                    ("json", json.dumps(meta).encode()),
+                ):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size, info.mtime, info.mode = len(payload), 0, 0o644
                     tar.addfile(info, io.BytesIO(payload))
@@ -134,9 +149,17 @@ def write_shards(samples: Iterable, out_dir: str | os.PathLike, shard_size: int 
         if in_shard == 0:
             tar_path.unlink()
             break
-        write_json(out_dir / f"{name}_stats.json", {
-            "count": in_shard, "successes": in_shard, "failed_to_download": 0, "failed_to_resize": 0,
-            "duration": round(time.time() - start, 3), "status_dict": {"success": in_shard}})
+        write_json(
+            out_dir / f"{name}_stats.json",
+            {
+                "count": in_shard,
+                "successes": in_shard,
+                "failed_to_download": 0,
+                "failed_to_resize": 0,
+                "duration": round(time.time() - start, 3),
+                "status_dict": {"success": in_shard},
+            },
+        )
         shards.append(str(tar_path))
         count += in_shard
         shard_index += 1
@@ -145,6 +168,7 @@ def write_shards(samples: Iterable, out_dir: str | os.PathLike, shard_size: int 
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 class SkipCounter:
     """Counts skipped samples per reason, in shared memory so DataLoader workers can add to it.
@@ -213,8 +237,8 @@ def tar_samples(sources: Iterator[dict], counter: SkipCounter) -> Iterator[dict]
                 if not info.isreg() or info.name.startswith("__"):
                     continue
                 member = tar.extractfile(info)
-                assert member is not None                 # a regular file (isreg above)
-                data = member.read()                      # raises ReadError on a short read
+                assert member is not None  # a regular file (isreg above)
+                data = member.read()  # raises ReadError on a short read
                 tar.members = []  # type: ignore[attr-defined]  # not in typeshed; a long stream keeps no TarInfos
                 prefix, suffix = base_plus_ext(info.name)
                 if prefix is None:
@@ -311,10 +335,16 @@ def shard_pipeline(
 
     shard_list = expand_urls(urls)
     counter = counter or SkipCounter()
-    world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+    world = (
+        torch.distributed.get_world_size()
+        if torch.distributed.is_available() and torch.distributed.is_initialized()
+        else 1
+    )
     if not resampled and split_by_node and world > 1 and len(shard_list) < world:
-        raise ValueError(f"{len(shard_list)} shard(s) cannot be split across {world} processes without "
-                         f"duplicates; write at least {world} shards or use resampled=True")
+        raise ValueError(
+            f"{len(shard_list)} shard(s) cannot be split across {world} processes without "
+            f"duplicates; write at least {world} shards or use resampled=True"
+        )
     for f in fields:
         if f not in ("image", "text", "__key__", "json"):
             raise ValueError(f"field {f!r} is not one of ('image', 'text', '__key__', 'json')")
@@ -370,8 +400,13 @@ def parse_filters(items) -> dict[str, list]:
     return out
 
 
-def read_samples(urls, fields: tuple[str, ...] = ("image", "text"), limit: int | None = None,
-                 filters: dict[str, list] | None = None, counter: SkipCounter | None = None) -> list[tuple]:
+def read_samples(
+    urls,
+    fields: tuple[str, ...] = ("image", "text"),
+    limit: int | None = None,
+    filters: dict[str, list] | None = None,
+    counter: SkipCounter | None = None,
+) -> list[tuple]:
     """Up to `limit` samples of shards `urls` as tuples of `fields`, in shard order, in this process
     (no rank or worker splitting): the one reader for evaluation sets, embedding pairs and small data.
     `filters` keep samples whose JSON metadata matches (see parse_filters); bad samples are skipped and
@@ -383,7 +418,7 @@ def read_samples(urls, fields: tuple[str, ...] = ("image", "text"), limit: int |
     for sample in pipeline:
         if filters and not matches(sample[meta_at], filters):
             continue
-        out.append(sample[:len(fields)])
+        out.append(sample[: len(fields)])
         if limit is not None and len(out) >= limit:
             break
     return out
@@ -417,5 +452,6 @@ def _single_threaded_worker(_worker_id: int) -> None:
 def shard_loader(pipeline, num_workers: int = 0, **kwargs):
     """A DataLoader over an already-batched pipeline (webdataset batches inside the workers)."""
     kwargs.setdefault("worker_init_fn", _single_threaded_worker)
-    return torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=num_workers,
-                                       persistent_workers=False, **kwargs)
+    return torch.utils.data.DataLoader(
+        pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False, **kwargs
+    )

@@ -25,7 +25,7 @@ The model contract: `model_fn(x, t, cond) -> out`, out shaped like x (names.py l
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:                   # the lazy names, typed for type checkers (exported through __all__)
+if TYPE_CHECKING:  # the lazy names, typed for type checkers (exported through __all__)
     from clipkit.diffusion.base import DiscreteSampler, DynamicThreshold, Sampler, spaced_timesteps  # noqa: F401
     from clipkit.diffusion.ddim import DDIMSampler  # noqa: F401
     from clipkit.diffusion.ddpm import DDPMSampler  # noqa: F401
@@ -39,15 +39,28 @@ if TYPE_CHECKING:                   # the lazy names, typed for type checkers (e
 
 _EXPORTS = {
     "NoiseSchedule": "schedule",
-    "FlowProcess": "flow", "FlowMatchSampler": "flow", "FlowAdapter": "flow",
-    "Sampler": "base", "DiscreteSampler": "base", "spaced_timesteps": "base",
-    "DDPMSampler": "ddpm", "DDIMSampler": "ddim",
-    "sample": "sampling", "Trajectory": "sampling",
-    "training_batch": "training", "diffusion_loss": "training", "drop_condition": "training",
-    "loss_weights": "training", "weighted_mse": "training", "DynamicThreshold": "base",
-    "to_x0_eps": "parameterization", "from_x0_eps": "parameterization",
+    "FlowProcess": "flow",
+    "FlowMatchSampler": "flow",
+    "FlowAdapter": "flow",
+    "Sampler": "base",
+    "DiscreteSampler": "base",
+    "spaced_timesteps": "base",
+    "DDPMSampler": "ddpm",
+    "DDIMSampler": "ddim",
+    "sample": "sampling",
+    "Trajectory": "sampling",
+    "training_batch": "training",
+    "diffusion_loss": "training",
+    "drop_condition": "training",
+    "loss_weights": "training",
+    "weighted_mse": "training",
+    "DynamicThreshold": "base",
+    "to_x0_eps": "parameterization",
+    "from_x0_eps": "parameterization",
     "timestep_embedding": "embedding",
-    "PREDICTION_TYPES": "names", "SCHEDULE_KINDS": "names", "check_prediction_type": "names",
+    "PREDICTION_TYPES": "names",
+    "SCHEDULE_KINDS": "names",
+    "check_prediction_type": "names",
 }
 __all__ = list(_EXPORTS)
 

@@ -57,7 +57,7 @@ class DynamicThreshold:
         self.percentile, self.max_value = float(percentile), float(max_value)
 
     def __call__(self, x0: torch.Tensor) -> torch.Tensor:
-        flat = x0.detach().abs().flatten(1).float()                          # (B, D)
+        flat = x0.detach().abs().flatten(1).float()  # (B, D)
         s = torch.quantile(flat, self.percentile, dim=1).clamp(min=self.max_value)
         s = s.to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
         return torch.maximum(torch.minimum(x0, s), -s) / s * self.max_value
@@ -97,8 +97,7 @@ def spaced_timesteps(num_train_timesteps: int, n: int, spacing: str = "leading",
     N = num_train_timesteps
     check_steps(n)
     if n > N:
-        raise ValueError(f"cannot take {n} sampling steps out of a schedule of {N} training timesteps; "
-                         f"choose 1..{N}")
+        raise ValueError(f"cannot take {n} sampling steps out of a schedule of {N} training timesteps; choose 1..{N}")
     if spacing == "leading":
         ts = [i * (N // n) + steps_offset for i in range(n)]
     elif spacing == "trailing":
@@ -109,8 +108,10 @@ def spaced_timesteps(num_train_timesteps: int, n: int, spacing: str = "leading",
         raise ValueError(f"unknown timestep_spacing {spacing!r}; choose one of {TIMESTEP_SPACINGS}")
     ts = sorted(set(ts), reverse=True)
     if len(ts) != n or ts[0] >= N or ts[-1] < 0:
-        raise ValueError(f"{spacing!r} spacing with steps_offset={steps_offset} gives invalid timesteps "
-                         f"for n={n}, N={N}: {ts[:3]}...{ts[-3:]}")
+        raise ValueError(
+            f"{spacing!r} spacing with steps_offset={steps_offset} gives invalid timesteps "
+            f"for n={n}, N={N}: {ts[:3]}...{ts[-3:]}"
+        )
     return ts
 
 
@@ -154,8 +155,9 @@ class Sampler:
         self._signal_noise, self._coefs = signal_noise, coefs
         # x0_hat = alpha * x + beta * output for every prediction type: read (alpha, beta) off the helper
         pt = self.prediction_type
-        self._x0_affine = [(to_x0_eps(0.0, 1.0, a, s, pt)[0], to_x0_eps(1.0, 0.0, a, s, pt)[0])
-                           for a, s in signal_noise]
+        self._x0_affine = [
+            (to_x0_eps(0.0, 1.0, a, s, pt)[0], to_x0_eps(1.0, 0.0, a, s, pt)[0]) for a, s in signal_noise
+        ]
 
     def _index(self, t) -> int:
         # The loop passes the values of self.timesteps back; map them to their position.
@@ -165,13 +167,15 @@ class Sampler:
         try:
             return self._position[key]
         except KeyError:
-            raise ValueError(f"t={key!r} is not one of this sampler's timesteps "
-                             f"({self.timesteps[:3].tolist()} ... {self.timesteps[-3:].tolist()})") from None
+            raise ValueError(
+                f"t={key!r} is not one of this sampler's timesteps "
+                f"({self.timesteps[:3].tolist()} ... {self.timesteps[-3:].tolist()})"
+            ) from None
 
     def predict_x0(self, model_output: torch.Tensor, t: Timestep, x: torch.Tensor) -> torch.Tensor:
         """The clean-sample estimate alpha * x + beta * model_output at (x, t), before clipping."""
         alpha, beta = self._x0_affine[self._index(t)]
-        if alpha == 0.0 and beta == 1.0:             # x0 prediction
+        if alpha == 0.0 and beta == 1.0:  # x0 prediction
             return model_output
         return torch.add(x * alpha, model_output, alpha=beta)
 
@@ -180,14 +184,15 @@ class Sampler:
         check_output(model_output, x)
         i = self._index(t)
         c0, ct, std = self._coefs[i]
-        if self._x0_transform is None:               # fold x0_hat into fused ops on (x, output)
+        if self._x0_transform is None:  # fold x0_hat into fused ops on (x, output)
             alpha, beta = self._x0_affine[i]
-            cx = c0 * alpha + ct                     # 1 for a flow velocity (an Euler step): skip the multiply
+            cx = c0 * alpha + ct  # 1 for a flow velocity (an Euler step): skip the multiply
             return torch.add(x if abs(cx - 1.0) < 1e-12 else x * cx, model_output, alpha=c0 * beta), std
         return torch.add(x * ct, self._x0_transform(self.predict_x0(model_output, t, x)), alpha=c0), std
 
-    def step(self, model_output: torch.Tensor, t: Timestep, x: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def step(
+        self, model_output: torch.Tensor, t: Timestep, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """x at the next timestep; `generator` draws the noise of stochastic samplers (DDPM, DDIM eta > 0)."""
         mean, std = self.mean_std(model_output, t, x)
         return mean if std == 0.0 else torch.add(mean, randn_like_gen(x, generator), alpha=std)
@@ -204,10 +209,16 @@ class DiscreteSampler(Sampler):
     and the next one (abar_prev = final_alpha_cumprod after the last step).
     """
 
-    final_alpha_cumprod = 1.0     # land on clean data (diffusers' set_alpha_to_one=True)
+    final_alpha_cumprod = 1.0  # land on clean data (diffusers' set_alpha_to_one=True)
 
-    def __init__(self, schedule: NoiseSchedule | str, prediction_type: str, timestep_spacing: str,
-                 clip_x0: ClipSpec, steps_offset: int):
+    def __init__(
+        self,
+        schedule: NoiseSchedule | str,
+        prediction_type: str,
+        timestep_spacing: str,
+        clip_x0: ClipSpec,
+        steps_offset: int,
+    ):
         super().__init__(check_prediction_type(prediction_type, discrete=True), clip_x0)
         self.schedule = NoiseSchedule(schedule) if isinstance(schedule, str) else schedule
         if timestep_spacing not in TIMESTEP_SPACINGS:
@@ -221,10 +232,12 @@ class DiscreteSampler(Sampler):
     def set_timesteps(self, n: int) -> None:
         """Use n of the schedule's N training timesteps (descending, spaced by `timestep_spacing`)."""
         ts = spaced_timesteps(self.schedule.num_train_timesteps, n, self.timestep_spacing, self.steps_offset)
-        table = self.schedule.alphas_cumprod.tolist()         # Python floats: a step costs a few tensor ops
+        table = self.schedule.alphas_cumprod.tolist()  # Python floats: a step costs a few tensor ops
         abar = [table[t] for t in ts]
-        coefs = [self._step_coefficients(a, p, i == len(ts) - 1)
-                 for i, (a, p) in enumerate(zip(abar, abar[1:] + [self.final_alpha_cumprod]))]
+        coefs = [
+            self._step_coefficients(a, p, i == len(ts) - 1)
+            for i, (a, p) in enumerate(zip(abar, abar[1:] + [self.final_alpha_cumprod]))
+        ]
         self._set_grid(torch.tensor(ts, dtype=torch.long), [(math.sqrt(a), math.sqrt(1.0 - a)) for a in abar], coefs)
 
 

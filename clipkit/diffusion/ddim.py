@@ -34,9 +34,16 @@ class DDIMSampler(DiscreteSampler):
 
     _repr_fields = ("schedule", "eta", "prediction_type", "timestep_spacing")
 
-    def __init__(self, schedule: NoiseSchedule | str = "linear", eta: float = 0.0, prediction_type: str = "epsilon",
-                 timestep_spacing: str = "leading", clip_x0: ClipSpec = None, steps_offset: int = 0,
-                 final_alpha_cumprod: float = 1.0):
+    def __init__(
+        self,
+        schedule: NoiseSchedule | str = "linear",
+        eta: float = 0.0,
+        prediction_type: str = "epsilon",
+        timestep_spacing: str = "leading",
+        clip_x0: ClipSpec = None,
+        steps_offset: int = 0,
+        final_alpha_cumprod: float = 1.0,
+    ):
         super().__init__(schedule, prediction_type, timestep_spacing, clip_x0, steps_offset)
         if not 0.0 <= float(eta) <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
@@ -47,6 +54,6 @@ class DDIMSampler(DiscreteSampler):
         # x_prev = sqrt(abar') x0 + direction * eps + sigma z, with eps = (x - sqrt(abar) x0) / sqrt(1 - abar)
         var = (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
         sigma = self.eta * math.sqrt(max(var, 0.0))
-        direction = math.sqrt(max(1.0 - a_prev - sigma ** 2, 0.0))
+        direction = math.sqrt(max(1.0 - a_prev - sigma**2, 0.0))
         a, s = math.sqrt(a_t), math.sqrt(1.0 - a_t)
         return math.sqrt(a_prev) - direction * a / s, direction / s, sigma

@@ -30,20 +30,26 @@ class DDPMSampler(DiscreteSampler):
 
     _repr_fields = ("schedule", "prediction_type", "variance_type")
 
-    def __init__(self, schedule: NoiseSchedule | str = "linear", prediction_type: str = "epsilon",
-                 variance_type: str = "fixed_small", timestep_spacing: str = "leading",
-                 clip_x0: ClipSpec = None, steps_offset: int = 0):
+    def __init__(
+        self,
+        schedule: NoiseSchedule | str = "linear",
+        prediction_type: str = "epsilon",
+        variance_type: str = "fixed_small",
+        timestep_spacing: str = "leading",
+        clip_x0: ClipSpec = None,
+        steps_offset: int = 0,
+    ):
         super().__init__(schedule, prediction_type, timestep_spacing, clip_x0, steps_offset)
         if variance_type not in VARIANCE_TYPES:
             raise ValueError(f"unknown variance_type {variance_type!r}; choose one of {VARIANCE_TYPES}")
         self.variance_type = variance_type
 
     def _step_coefficients(self, a_t: float, a_prev: float, last: bool) -> tuple[float, float, float]:
-        beta = 1.0 - a_t / a_prev                     # the (strided) forward step's variance
+        beta = 1.0 - a_t / a_prev  # the (strided) forward step's variance
         c0 = math.sqrt(a_prev) * beta / (1.0 - a_t)
         ct = math.sqrt(a_t / a_prev) * (1.0 - a_prev) / (1.0 - a_t)
         if last or self.variance_type == "zero":
-            std = 0.0                                 # the last step returns the mean: no noise on x0
+            std = 0.0  # the last step returns the mean: no noise on x0
         elif self.variance_type == "fixed_small":
             std = math.sqrt(max((1.0 - a_prev) / (1.0 - a_t) * beta, 1e-20))
         else:

@@ -17,5 +17,5 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0, 
         raise ValueError(f"embedding dim must be an even int >= 2, got {dim!r}")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float().reshape(-1, 1) * scale * freqs          # (B, half)
+    args = t.float().reshape(-1, 1) * scale * freqs  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

@@ -32,7 +32,7 @@ class FlowProcess(ForwardProcess):
     """The flow-matching forward process, with NoiseSchedule's interface (sample_t, signal_noise, add_noise,
     target). sigma_distribution: "uniform" or "logit_normal" (SD3, Esser et al. 2024: sigmoid(mean + std z))."""
 
-    default_prediction_type = "velocity"      # the velocity noise - x0; or x0 itself ("sample")
+    default_prediction_type = "velocity"  # the velocity noise - x0; or x0 itself ("sample")
     flow = True
 
     def __init__(self, sigma_distribution: str = "uniform", mean: float = 0.0, std: float = 1.0):
@@ -40,8 +40,9 @@ class FlowProcess(ForwardProcess):
             raise ValueError(f"unknown sigma distribution {sigma_distribution!r}; choose one of {SIGMA_DISTRIBUTIONS}")
         self.sigma_distribution, self.mean, self.std = sigma_distribution, float(mean), float(std)
 
-    def sample_t(self, batch_size: int, generator: torch.Generator | None = None,
-                 device: str | torch.device | None = None) -> torch.Tensor:
+    def sample_t(
+        self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device | None = None
+    ) -> torch.Tensor:
         """(B,) float32 noise levels sigma in (0, 1): the model's time input."""
         if self.sigma_distribution == "uniform":
             s = torch.rand(batch_size, generator=generator)
@@ -81,11 +82,14 @@ class FlowMatchSampler(Sampler):
                 raise ValueError(f"sigmas must be strictly decreasing values in (0, 1], got {grid.tolist()}")
         grid = self.shift * grid / (1 + (self.shift - 1) * grid)
         # float32 is what the model sees; keep the step sizes in the same precision.
-        self.sigmas = torch.cat([grid, grid.new_zeros(1)]).float()      # (n + 1,), ends at 0
+        self.sigmas = torch.cat([grid, grid.new_zeros(1)]).float()  # (n + 1,), ends at 0
         sig = self.sigmas.tolist()
         # Euler: x + (s' - s) (x - x0) / s = (s - s') / s * x0 + s' / s * x  (model time = sigma)
-        self._set_grid(self.sigmas[:-1].clone(), [(1.0 - s, s) for s in sig[:-1]],
-                       [((s - s2) / s, s2 / s, 0.0) for s, s2 in zip(sig[:-1], sig[1:])])
+        self._set_grid(
+            self.sigmas[:-1].clone(),
+            [(1.0 - s, s) for s in sig[:-1]],
+            [((s - s2) / s, s2 / s, 0.0) for s, s2 in zip(sig[:-1], sig[1:])],
+        )
 
 
 class FlowAdapter:
@@ -105,12 +109,12 @@ class FlowAdapter:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
         sigma = sigma.to(x.device, torch.float64).clamp(1e-4, 1.0)
-        r = torch.sqrt((1 - sigma) ** 2 + sigma ** 2)
-        a, s = (1 - sigma) / r, sigma / r                                 # the schedule's coefficients
-        t = self.schedule.timestep_of(a ** 2).float()
+        r = torch.sqrt((1 - sigma) ** 2 + sigma**2)
+        a, s = (1 - sigma) / r, sigma / r  # the schedule's coefficients
+        t = self.schedule.timestep_of(a**2).float()
         view = lambda c: per_sample(c.to(x.dtype), x, "sigma")  # noqa: E731
         xt = x / view(r)
         out = self.model_fn(xt, t, cond)
-        a = view(a).clamp_min(1e-4) if self.prediction_type == "epsilon" else view(a)   # no x0 from eps at a = 0
+        a = view(a).clamp_min(1e-4) if self.prediction_type == "epsilon" else view(a)  # no x0 from eps at a = 0
         x0, eps = to_x0_eps(out, xt, a, view(s), self.prediction_type)
         return from_x0_eps(x0, eps, 1 - view(sigma), view(sigma), "velocity")

@@ -18,7 +18,7 @@ FLOW_PREDICTION_TYPES = ("velocity", "sample")
 SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine", "sigmoid")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_DISTRIBUTIONS = ("uniform", "logit_normal")
-LOSS_WEIGHTINGS = ("none", "min_snr")          # per-timestep loss weights (training.loss_weights)
+LOSS_WEIGHTINGS = ("none", "min_snr")  # per-timestep loss weights (training.loss_weights)
 
 
 def check_prediction_type(prediction_type: str, discrete: bool = False, flow: bool = False) -> str:

@@ -39,7 +39,7 @@ def from_x0_eps(x0: X, eps: X, a: X | float, s: X | float, prediction_type: str)
         return x0
     if prediction_type == "v":
         return a * eps - s * x0
-    return eps - x0                                        # velocity
+    return eps - x0  # velocity
 
 
 def to_x0_eps(model_output: X, x_t: X, a: X | float, s: X | float, prediction_type: str) -> tuple[X, X]:
@@ -53,10 +53,10 @@ def to_x0_eps(model_output: X, x_t: X, a: X | float, s: X | float, prediction_ty
         return (x_t - s * model_output) / a, model_output
     if prediction_type == "sample":
         return model_output, (x_t - a * model_output) / s
-    if prediction_type == "v":                             # a rotation when a^2 + s^2 = 1
+    if prediction_type == "v":  # a rotation when a^2 + s^2 = 1
         norm = a * a + s * s
         return (a * x_t - s * model_output) / norm, (s * x_t + a * model_output) / norm
-    x0 = (x_t - s * model_output) / (a + s)                # velocity; a + s = 1 on the flow path
+    x0 = (x_t - s * model_output) / (a + s)  # velocity; a + s = 1 on the flow path
     return x0, x0 + model_output
 
 
@@ -83,6 +83,7 @@ class ForwardProcess:
 
     def target(self, x0, noise, t, prediction_type: str | None = None):
         """What a `prediction_type` model (default: the process's) should output for add_noise(x0, noise, t)."""
-        prediction_type = check_prediction_type(prediction_type or self.default_prediction_type,
-                                                discrete=not self.flow, flow=self.flow)
+        prediction_type = check_prediction_type(
+            prediction_type or self.default_prediction_type, discrete=not self.flow, flow=self.flow
+        )
         return from_x0_eps(x0, noise, *self.signal_noise(t, x0), prediction_type)

@@ -62,8 +62,10 @@ def _concat(a, b):
     """Stack cond and uncond along the batch (tensors, or dicts / tuples of tensors alike)."""
     if isinstance(a, torch.Tensor):
         if not isinstance(b, torch.Tensor) or a.shape[1:] != b.shape[1:]:
-            raise ValueError(f"cond and uncond must have the same per-sample shape; got "
-                             f"{tuple(a.shape)} and {tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}")
+            raise ValueError(
+                f"cond and uncond must have the same per-sample shape; got "
+                f"{tuple(a.shape)} and {tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}"
+            )
         return torch.cat([a, b.to(a.dtype)])
     if isinstance(a, dict):
         if set(a) != set(b):
@@ -75,10 +77,24 @@ def _concat(a, b):
 
 
 @torch.no_grad()
-def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: int, cond=None, uncond=None,
-           guidance_scale: float = 1.0, generator: torch.Generator | None = None, return_trajectory: bool = False,
-           *, noise: torch.Tensor | None = None, clip_x0: ClipSpec | str = "sampler", device=None,
-           dtype: torch.dtype = torch.float32, progress: bool = False, precision: str = "fp32"):
+def sample(
+    model_fn: ModelFn,
+    shape: tuple[int, ...],
+    sampler: Sampler,
+    steps: int,
+    cond=None,
+    uncond=None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    *,
+    noise: torch.Tensor | None = None,
+    clip_x0: ClipSpec | str = "sampler",
+    device=None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    precision: str = "fp32",
+):
     """Draw samples of `shape` (batch first) by running `sampler` for `steps` steps.
 
     model_fn(x, t, cond) -> output shaped like x, where x is (B', *shape[1:]), t is a (B',) tensor
@@ -100,8 +116,10 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
     guidance_scale = float(guidance_scale)
     guided = guidance_scale != 1.0
     if guided and uncond is None:
-        raise ValueError(f"guidance_scale={guidance_scale} needs an `uncond` (null or negative) condition; "
-                         "pass uncond or use guidance_scale=1.0")
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs an `uncond` (null or negative) condition; "
+            "pass uncond or use guidance_scale=1.0"
+        )
     batch = shape[0]
     for name, c in (("cond", cond), ("uncond", uncond)):
         b = next((v.shape[0] for v in cond_tensors(c) if v.ndim), None)
@@ -111,7 +129,7 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
     both = _concat(cond, _expand(uncond, batch)) if guided else cond
 
     if not (isinstance(clip_x0, str) and clip_x0 == "sampler"):
-        sampler = copy.copy(sampler)         # shallow: tables are shared, the caller's sampler is left as it was
+        sampler = copy.copy(sampler)  # shallow: tables are shared, the caller's sampler is left as it was
         sampler.clip_x0 = clip_x0
     sampler.set_timesteps(steps)
     timesteps = sampler.timesteps
@@ -132,6 +150,7 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
     steps_iter = ts
     if progress:
         from tqdm.auto import tqdm
+
         steps_iter = tqdm(ts, desc=type(sampler).__name__, leave=False)
     autocast = torch.autocast(x.device.type, torch.bfloat16, enabled=precision == "bf16")
     for i, t in enumerate(steps_iter):
@@ -141,15 +160,20 @@ def sample(model_fn: ModelFn, shape: tuple[int, ...], sampler: Sampler, steps: i
             out_c, out_u = out.chunk(2)
             out = out_u + guidance_scale * (out_c - out_u)
         if i == 0 and out.shape != x.shape:
-            raise ValueError(f"model_fn returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
-                             "it must return one output per input, shaped like x")
+            raise ValueError(
+                f"model_fn returned shape {tuple(out.shape)} for input {tuple(x.shape)}; "
+                "it must return one output per input, shaped like x"
+            )
         if record is not None:
             record.append((out.cpu(), sampler.predict_x0(out, t, x).cpu()))
         x = sampler.step(out, t, x, generator)
         if states is not None:
             states.append(x.cpu())
-    if states is None or record is None:            # not return_trajectory
+    if states is None or record is None:  # not return_trajectory
         return x
-    return x, Trajectory(x=torch.stack(states), timesteps=timesteps.clone(),
-                         model_output=torch.stack([r[0] for r in record]), x0=torch.stack([r[1] for r in record]))
-
+    return x, Trajectory(
+        x=torch.stack(states),
+        timesteps=timesteps.clone(),
+        model_output=torch.stack([r[0] for r in record]),
+        x0=torch.stack([r[1] for r in record]),
+    )

@@ -27,8 +27,7 @@ def _cosine_betas(n: int, max_beta: float = 0.999, s: float = 0.008) -> torch.Te
     def abar(u: float) -> float:
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
-    return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)],
-                        dtype=torch.float64)
+    return torch.tensor([min(1 - abar((i + 1) / n) / abar(i / n), max_beta) for i in range(n)], dtype=torch.float64)
 
 
 class NoiseSchedule(ForwardProcess):
@@ -46,8 +45,14 @@ class NoiseSchedule(ForwardProcess):
           shift < 1 spends more of the steps at low noise. 1.0 is the schedule as published.
     """
 
-    def __init__(self, kind: str = "linear", num_train_timesteps: int = 1000,
-                 beta_start: float = 1e-4, beta_end: float = 0.02, shift: float = 1.0):
+    def __init__(
+        self,
+        kind: str = "linear",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        shift: float = 1.0,
+    ):
         if kind not in SCHEDULE_KINDS:
             raise ValueError(f"unknown schedule kind {kind!r}; choose one of {SCHEDULE_KINDS}")
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
@@ -60,7 +65,7 @@ class NoiseSchedule(ForwardProcess):
         if kind == "linear":
             betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
         elif kind == "scaled_linear":
-            betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float64) ** 2
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
         elif kind == "cosine":
             betas = _cosine_betas(n)
         else:  # sigmoid
@@ -68,12 +73,12 @@ class NoiseSchedule(ForwardProcess):
         if shift != 1.0:
             # abar / (1 - abar) -> abar / (1 - abar) / shift^2, then the betas of the shifted abar
             abar = torch.cumprod(1.0 - betas, 0)
-            abar = abar / (abar + shift ** 2 * (1.0 - abar))
+            abar = abar / (abar + shift**2 * (1.0 - abar))
             betas = 1.0 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
         self.kind, self.shift = kind, float(shift)
         self.num_train_timesteps = n
         self.beta_start, self.beta_end = beta_start, beta_end
-        self.betas = betas                                   # (N,) float64
+        self.betas = betas  # (N,) float64
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)  # (N,) float64, abar_t
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
@@ -87,9 +92,10 @@ class NoiseSchedule(ForwardProcess):
     def _coef(self, table: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=table.device).long()
         if t.numel() and (t.min() < 0 or t.max() >= self.num_train_timesteps):
-            raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}], "
-                             f"got min {int(t.min())} max {int(t.max())}")
-        return per_sample(table[t].to(device=x.device, dtype=x.dtype), x)      # (B, 1, 1, ...)
+            raise ValueError(
+                f"timesteps must lie in [0, {self.num_train_timesteps - 1}], got min {int(t.min())} max {int(t.max())}"
+            )
+        return per_sample(table[t].to(device=x.device, dtype=x.dtype), x)  # (B, 1, 1, ...)
 
     def signal_noise(self, t: int | torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)) broadcastable against x; t an int or a (B,) tensor."""
@@ -103,8 +109,9 @@ class NoiseSchedule(ForwardProcess):
     # --- the process interface (FlowProcess offers the same) --------------------------------
     default_prediction_type = "epsilon"
 
-    def sample_t(self, batch_size: int, generator: torch.Generator | None = None,
-                 device: str | torch.device | None = None) -> torch.Tensor:
+    def sample_t(
+        self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device | None = None
+    ) -> torch.Tensor:
         """(B,) long training timesteps, uniform in 0..N-1."""
         t = torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
         return t.to(device) if device is not None else t
@@ -112,7 +119,7 @@ class NoiseSchedule(ForwardProcess):
     def timestep_of(self, alphas_cumprod: torch.Tensor) -> torch.Tensor:
         """The fractional timesteps whose abar (linearly interpolated in the table) equals `alphas_cumprod`;
         values outside the table's range map to its ends (0 or N-1). float64 in, float64 out."""
-        table = self.alphas_cumprod.flip(0).to(alphas_cumprod.device)          # increasing, for searchsorted
+        table = self.alphas_cumprod.flip(0).to(alphas_cumprod.device)  # increasing, for searchsorted
         n = len(table)
         abar = alphas_cumprod.double()
         i = torch.searchsorted(table, abar).clamp(1, n - 1)

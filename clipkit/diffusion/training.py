@@ -30,8 +30,14 @@ from clipkit.diffusion.schedule import NoiseSchedule
 Process = NoiseSchedule | FlowProcess
 
 
-def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str, weighting: str = "none",
-                 gamma: float = 5.0, floor: float = 0.0) -> torch.Tensor:
+def loss_weights(
+    schedule: NoiseSchedule,
+    t: torch.Tensor,
+    prediction_type: str,
+    weighting: str = "none",
+    gamma: float = 5.0,
+    floor: float = 0.0,
+) -> torch.Tensor:
     """(B,) float32 weights of each sample's squared error at timesteps t.
 
     "none": 1 (the plain MSE of the prediction target). "min_snr": the min-SNR-gamma
@@ -50,9 +56,11 @@ def loss_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str,
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"min_snr weighting needs a NoiseSchedule, got {schedule!r}")
     if not gamma > 0 or not 0 <= floor <= gamma:
-        raise ValueError(f"gamma={gamma!r}, floor={floor!r}; expected gamma > 0 (5 in the paper) and "
-                         f"0 <= floor <= gamma (0 in the paper)")
-    snr = schedule.snr(t.cpu())                                           # float64 (B,)
+        raise ValueError(
+            f"gamma={gamma!r}, floor={floor!r}; expected gamma > 0 (5 in the paper) and "
+            f"0 <= floor <= gamma (0 in the paper)"
+        )
+    snr = schedule.snr(t.cpu())  # float64 (B,)
     clipped = snr.clamp(min=floor, max=gamma)
     per_type = {"epsilon": clipped / snr, "v": clipped / (snr + 1), "sample": clipped}
     if prediction_type not in per_type:
@@ -64,13 +72,18 @@ def weighted_mse(output: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     """Mean over the batch of weights[i] x the mean squared error of sample i (plain MSE when weights is None)."""
     if output.shape != target.shape:
         raise ValueError(f"model output {tuple(output.shape)} differs from target {tuple(target.shape)}")
-    per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(1)            # (B,)
+    per_sample = (output.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
     return per_sample.mean() if weights is None else (per_sample * weights.to(per_sample)).mean()
 
 
-def training_batch(process: Process, x0: torch.Tensor, prediction_type: str | None = None,
-                   generator: torch.Generator | None = None, t: torch.Tensor | None = None,
-                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_batch(
+    process: Process,
+    x0: torch.Tensor,
+    prediction_type: str | None = None,
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, t, target) for a batch of clean samples x0 (batch first); t and noise are drawn with
     `generator` unless given."""
     if not isinstance(process, (NoiseSchedule, FlowProcess)):
@@ -84,8 +97,9 @@ def training_batch(process: Process, x0: torch.Tensor, prediction_type: str | No
     return process.add_noise(x0, noise, t), t, process.target(x0, noise, t, prediction_type)
 
 
-def drop_condition(cond: Cond, p: float, null: Cond = None, generator: torch.Generator | None = None,
-                   return_mask: bool = False) -> Cond | tuple[Cond, torch.Tensor]:
+def drop_condition(
+    cond: Cond, p: float, null: Cond = None, generator: torch.Generator | None = None, return_mask: bool = False
+) -> Cond | tuple[Cond, torch.Tensor]:
     """Replace each row of `cond` by `null` with probability p (classifier-free guidance training).
 
     cond: (B, ...) tensor, or a dict / tuple of them (one mask is shared across entries).
@@ -98,7 +112,7 @@ def drop_condition(cond: Cond, p: float, null: Cond = None, generator: torch.Gen
     first = next(cond_tensors(cond), None)
     if first is None:
         raise TypeError(f"cond must be a tensor or a dict / tuple of tensors, got {type(cond).__name__}")
-    mask = torch.rand(first.shape[0], generator=generator).to(first.device) < p      # (B,) True = dropped
+    mask = torch.rand(first.shape[0], generator=generator).to(first.device) < p  # (B,) True = dropped
     out = _apply_drop(cond, null, mask)
     return (out, mask) if return_mask else out
 
@@ -114,13 +128,22 @@ def _apply_drop(c, null, mask: torch.Tensor):
         return torch.where(m, null.expand_as(c) if null.ndim else null, c)
     if isinstance(c, dict):
         return {k: _apply_drop(v, None if null is None else null[k], mask) for k, v in c.items()}
-    return type(c)(_apply_drop(v, None if null is None else n, mask)
-                   for v, n in zip(c, null if null is not None else [None] * len(c)))
+    return type(c)(
+        _apply_drop(v, None if null is None else n, mask)
+        for v, n in zip(c, null if null is not None else [None] * len(c))
+    )
 
 
-def diffusion_loss(model_fn: ModelFn, process: Process, x0: torch.Tensor, cond: Cond = None,
-                   prediction_type: str | None = None, p_uncond: float = 0.0, null_cond: Cond = None,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def diffusion_loss(
+    model_fn: ModelFn,
+    process: Process,
+    x0: torch.Tensor,
+    cond: Cond = None,
+    prediction_type: str | None = None,
+    p_uncond: float = 0.0,
+    null_cond: Cond = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Mean squared error of model_fn(x_t, t, cond) against the target, with condition dropout."""
     xt, t, target = training_batch(process, x0, prediction_type, generator)
     if cond is not None and p_uncond > 0:

@@ -31,12 +31,27 @@ from clipkit.evaluation.tasks import (
 if TYPE_CHECKING:
     from clipkit.model import ClipModel
 
-__all__ = ["EvalDataset", "open_dataset", "export_clip_benchmark", "export_labelled_folder",
-           "TASKS", "classification_metrics", "evaluate", "evaluate_datasets", "linear_probe", "read_rows",
-           "retrieval", "retrieval_metrics", "write_rows", "zeroshot"]
+__all__ = [
+    "EvalDataset",
+    "open_dataset",
+    "export_clip_benchmark",
+    "export_labelled_folder",
+    "TASKS",
+    "classification_metrics",
+    "evaluate",
+    "evaluate_datasets",
+    "linear_probe",
+    "read_rows",
+    "retrieval",
+    "retrieval_metrics",
+    "write_rows",
+    "zeroshot",
+]
 
 
-def evaluate_datasets(model: ClipModel, paths: list[str], batch_size: int = 256, max_samples: int | None = None) -> dict[str, float]:
+def evaluate_datasets(
+    model: ClipModel, paths: list[str], batch_size: int = 256, max_samples: int | None = None
+) -> dict[str, float]:
     """Each dataset's default task (zero-shot for labelled data, retrieval for caption data) as flat metrics.
 
     Returns {"<dataset name>/acc1": ..., "<name>/acc5": ..., "<name>/mean_per_class_recall": ...} for
@@ -52,8 +67,10 @@ def evaluate_datasets(model: ClipModel, paths: list[str], batch_size: int = 256,
     for path in paths:
         dataset = open_dataset(path)
         if dataset.name in seen:
-            raise ValueError(f"datasets {seen[dataset.name]!r} and {str(path)!r} share the name {dataset.name!r}; "
-                             f"their metrics would collide: rename one folder")
+            raise ValueError(
+                f"datasets {seen[dataset.name]!r} and {str(path)!r} share the name {dataset.name!r}; "
+                f"their metrics would collide: rename one folder"
+            )
         seen[dataset.name] = str(path)
         if dataset.default_task == "zeroshot":
             metrics, _ = zeroshot(model, dataset, batch_size, max_samples)

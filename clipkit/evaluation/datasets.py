@@ -60,7 +60,7 @@ def template_text(template) -> str:
         return template.text
     if isinstance(template, str):
         return template.replace("{}", "{c}")
-    text = template("{c}")                               # open_clip's lambdas just format the name
+    text = template("{c}")  # open_clip's lambdas just format the name
     if not isinstance(text, str) or "{c}" not in text:
         raise ValueError(f"template {template!r} cannot be written as text (it does not format '{{c}}' through)")
     return text
@@ -68,8 +68,8 @@ def template_text(template) -> str:
 
 @dataclass
 class Sample:
-    image: object                      # RGB PIL image (decoded by the reader; unreadable files were skipped)
-    label: int | str | None            # class index, or a label string (caption shards' json field)
+    image: object  # RGB PIL image (decoded by the reader; unreadable files were skipped)
+    label: int | str | None  # class index, or a label string (caption shards' json field)
     captions: list[str] | None
 
 
@@ -84,8 +84,8 @@ class EvalDataset:
     dataset_type: str = "classification"
     classnames: list[str] | None = None
     templates: list | None = None
-    urls: list[str] = field(default_factory=list)        # shard urls (webdataset layouts)
-    files: list[tuple[str, int]] = field(default_factory=list)   # (path, label) of a labelled folder
+    urls: list[str] = field(default_factory=list)  # shard urls (webdataset layouts)
+    files: list[tuple[str, int]] = field(default_factory=list)  # (path, label) of a labelled folder
     label_field: str | None = None
     skipped: Counter = field(default_factory=Counter)
 
@@ -179,8 +179,9 @@ def _benchmark_urls(root: Path, split: str) -> list[str]:
             raise FileNotFoundError(f"{nshards_file} says {n} shards but {missing[:3]} are missing")
         return urls
     splits = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "nshards.txt").is_file())
-    raise FileNotFoundError(f"{str(root)!r} has no split {split!r} ({split}/nshards.txt); "
-                            f"splits present: {splits or 'none'}")
+    raise FileNotFoundError(
+        f"{str(root)!r} has no split {split!r} ({split}/nshards.txt); splits present: {splits or 'none'}"
+    )
 
 
 def is_benchmark_dir(path: Path) -> bool:
@@ -190,9 +191,14 @@ def is_benchmark_dir(path: Path) -> bool:
     return (path / TYPE_FILE).is_file() or any((p / "nshards.txt").is_file() for p in path.iterdir() if p.is_dir())
 
 
-def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str | None = None,
-                 classnames: list[str] | str | None = None, templates: TemplateSpec | None = None,
-                 name: str | None = None) -> EvalDataset:
+def open_dataset(
+    path: str | os.PathLike,
+    split: str = "test",
+    label_field: str | None = None,
+    classnames: list[str] | str | None = None,
+    templates: TemplateSpec | None = None,
+    name: str | None = None,
+) -> EvalDataset:
     """Recognise the layout of `path` (see module docstring) and describe the dataset.
 
     `classnames` (a list or a file, one a line) and `templates` (see
@@ -208,14 +214,23 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
     if root.is_dir() and is_benchmark_dir(root):
         dtype = _read_lines(root / TYPE_FILE)[0].lower() if (root / TYPE_FILE).is_file() else "classification"
         if dtype not in DATASET_TYPES:
-            raise ValueError(f"{root / TYPE_FILE} says {dtype!r}; clipkit reads {DATASET_TYPES} "
-                             f"(multilabel datasets are not supported)")
+            raise ValueError(
+                f"{root / TYPE_FILE} says {dtype!r}; clipkit reads {DATASET_TYPES} "
+                f"(multilabel datasets are not supported)"
+            )
         names = classnames or (_read_lines(root / CLASSNAMES_FILE) if (root / CLASSNAMES_FILE).is_file() else None)
         if templates is None and (root / TEMPLATES_FILE).is_file():
             templates = root / TEMPLATES_FILE
-        return EvalDataset(name or root.name, str(root), "clip_benchmark", split, dtype, names,
-                           get_templates(templates) if templates is not None else None,
-                           urls=_benchmark_urls(root, split))
+        return EvalDataset(
+            name or root.name,
+            str(root),
+            "clip_benchmark",
+            split,
+            dtype,
+            names,
+            get_templates(templates) if templates is not None else None,
+            urls=_benchmark_urls(root, split),
+        )
     if root.is_dir() and sorted(root.glob("*.tar")):
         urls = [str(p) for p in sorted(root.glob("*.tar"))]
         return _caption_shards(name or root.name, text, urls, label_field, classnames, templates)
@@ -225,8 +240,16 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
         paths, labels, classes = labelled_folder(root, classnames)
         if templates is None:
             templates = root / TEMPLATES_FILE if (root / TEMPLATES_FILE).is_file() else DEFAULT_TEMPLATES
-        return EvalDataset(name or root.name, str(root), "labelled_folder", split, "classification",
-                           list(classes), get_templates(templates), files=list(zip(paths, labels)))
+        return EvalDataset(
+            name or root.name,
+            str(root),
+            "labelled_folder",
+            split,
+            "classification",
+            list(classes),
+            get_templates(templates),
+            files=list(zip(paths, labels)),
+        )
     if ".tar" in text or "{" in text or "::" in text or "://" in text or text.startswith("pipe:"):
         urls = expand_urls(text)
         local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
@@ -238,13 +261,25 @@ def open_dataset(path: str | os.PathLike, split: str = "test", label_field: str 
     raise FileNotFoundError(
         f"dataset {text!r} does not exist; expected a folder in CLIP_benchmark's layout (classnames.txt, "
         f"test/nshards.txt, test/0.tar ...), a labelled folder ROOT/<class>/*.png, or image-caption shards "
-        f"('data/{{00000..00009}}.tar' or a folder of .tar files)")
+        f"('data/{{00000..00009}}.tar' or a folder of .tar files)"
+    )
 
 
 def _caption_shards(name, path, urls, label_field, classnames, templates) -> EvalDataset:
     if label_field is None and (classnames is not None or templates is not None):
-        raise ValueError(f"classnames / templates for image-caption shards {path!r} need label_field "
-                         f"(the json field holding each sample's class), e.g. label_field='shape'")
+        raise ValueError(
+            f"classnames / templates for image-caption shards {path!r} need label_field "
+            f"(the json field holding each sample's class), e.g. label_field='shape'"
+        )
     resolved = get_templates(templates if templates is not None else DEFAULT_TEMPLATES) if label_field else None
-    return EvalDataset(name, path, "caption_shards", "test", "classification" if label_field else "retrieval",
-                       list(classnames) if classnames else None, resolved, urls=list(urls), label_field=label_field)
+    return EvalDataset(
+        name,
+        path,
+        "caption_shards",
+        "test",
+        "classification" if label_field else "retrieval",
+        list(classnames) if classnames else None,
+        resolved,
+        urls=list(urls),
+        label_field=label_field,
+    )

@@ -37,7 +37,7 @@ from clipkit.images import open_image, to_rgb
 from clipkit.io import atomic_directory, atomic_file, claim_output, output_lock
 from clipkit.retrieval.zeroshot import DEFAULT_TEMPLATES, get_templates
 
-BENCHMARK_FORMAT = "clipkit-benchmark"      # the .clipkit-output.json marker of a folder export_* wrote
+BENCHMARK_FORMAT = "clipkit-benchmark"  # the .clipkit-output.json marker of a folder export_* wrote
 
 _COPY_EXTENSIONS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
 
@@ -51,7 +51,7 @@ def _image_member(image) -> tuple[str, bytes]:
         ext = _COPY_EXTENSIONS.get(path.suffix.lower())
         if ext is not None:
             return ext, path.read_bytes()
-        image = open_image(path)                     # bombs and junk: one line naming the file
+        image = open_image(path)  # bombs and junk: one line naming the file
     if not isinstance(image, Image.Image):
         raise TypeError(f"image is {type(image).__name__}; expected a path or a PIL image")
     buf = io.BytesIO()
@@ -63,18 +63,29 @@ def _as_sample(item, index: int) -> Sample:
     if isinstance(item, Sample):
         return item
     if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-        raise TypeError(f"samples[{index}] is {type(item).__name__}; expected (image, label) or "
-                        f"(image, label, captions) or a Sample")
+        raise TypeError(
+            f"samples[{index}] is {type(item).__name__}; expected (image, label) or "
+            f"(image, label, captions) or a Sample"
+        )
     image, label, captions = (*item, None) if len(item) == 2 else item
     if isinstance(captions, str):
         captions = [captions]
     return Sample(image, label, captions)
 
 
-def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classnames: list[str] | None = None,
-                          templates: TemplateSpec | None = None, split: str = "test",
-                          dataset_type: str = "classification", shard_size: int = 10_000, progress: bool = False,
-                          *, overwrite: bool = False, inputs: Iterable = ()) -> dict:
+def export_clip_benchmark(
+    samples: Iterable,
+    out_dir: str | os.PathLike,
+    classnames: list[str] | None = None,
+    templates: TemplateSpec | None = None,
+    split: str = "test",
+    dataset_type: str = "classification",
+    shard_size: int = 10_000,
+    progress: bool = False,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable = (),
+) -> dict:
     """Write (image, label[, captions]) samples as split `split` of a CLIP_benchmark dataset in `out_dir`.
 
     Classification data needs a class index per sample (and `classnames`,
@@ -100,7 +111,7 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
             raise ValueError(f"class names {bad!r} are empty or span lines; classnames.txt holds one a line")
     lines = [template_text(t) for t in get_templates(templates)] if templates is not None else None
     out_dir = claim_output(out_dir, BENCHMARK_FORMAT, inputs, overwrite)
-    with output_lock(out_dir):                  # one export into a folder at a time
+    with output_lock(out_dir):  # one export into a folder at a time
         count, shards = 0, 0
         bar = tqdm(disable=not progress, unit="samples", desc=f"export {out_dir.name}/{split}")
         with atomic_directory(out_dir / split) as tmp:
@@ -112,8 +123,10 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
                 if sample.label is not None:
                     label = int(sample.label)
                     if label < 0 or (classnames is not None and label >= len(classnames)):
-                        raise ValueError(f"samples[{index}] has label {label}; expected a class index in "
-                                         f"[0, {len(classnames) if classnames else 'n'})")
+                        raise ValueError(
+                            f"samples[{index}] has label {label}; expected a class index in "
+                            f"[0, {len(classnames) if classnames else 'n'})"
+                        )
                     members["cls"] = str(label).encode()
                 elif dataset_type == "classification":
                     raise ValueError(f"samples[{index}] has no label; a classification dataset needs one per sample")
@@ -129,7 +142,7 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
                     raw = open(tmp / f"{shards}.tar", "wb")
                     tar = tarfile.open(fileobj=raw, mode="w")
                     shards += 1
-                assert tar is not None                  # the first sample opened a shard
+                assert tar is not None  # the first sample opened a shard
                 key = f"s{count:07d}"
                 for member_ext, data in ((ext, payload), *members.items()):
                     info = tarfile.TarInfo(f"{key}.{member_ext}")
@@ -151,9 +164,18 @@ def export_clip_benchmark(samples: Iterable, out_dir: str | os.PathLike, classna
         return {"path": str(out_dir), "split": split, "count": count, "shards": shards}
 
 
-def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, templates: TemplateSpec | None = None,
-                           split: str = "test", classnames: list[str] | None = None, captions: bool = True,
-                           shard_size: int = 10_000, progress: bool = False, *, overwrite: bool = False) -> dict:
+def export_labelled_folder(
+    root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    templates: TemplateSpec | None = None,
+    split: str = "test",
+    classnames: list[str] | None = None,
+    captions: bool = True,
+    shard_size: int = 10_000,
+    progress: bool = False,
+    *,
+    overwrite: bool = False,
+) -> dict:
     """ROOT/<class>/* (captions from `<stem>.txt` beside images when `captions`) -> CLIP_benchmark's layout.
 
     `classnames` gives the class order (every sub-folder must be one of them);
@@ -166,12 +188,22 @@ def export_labelled_folder(root: str | os.PathLike, out_dir: str | os.PathLike, 
     skipped: Counter[str] = Counter()
 
     def samples():
-        for i, path, _ in read_images(paths, skipped):        # decoded once to refuse junk; bytes copied as they are
+        for i, path, _ in read_images(paths, skipped):  # decoded once to refuse junk; bytes copied as they are
             caption = read_caption(path) if captions else None
             yield Sample(path, labels[i], [caption] if caption else None)
 
-    summary = export_clip_benchmark(samples(), out_dir, classes, DEFAULT_TEMPLATES if templates is None else templates, split, "classification",
-                                    shard_size, progress, overwrite=overwrite, inputs=[root])
+    summary = export_clip_benchmark(
+        samples(),
+        out_dir,
+        classes,
+        DEFAULT_TEMPLATES if templates is None else templates,
+        split,
+        "classification",
+        shard_size,
+        progress,
+        overwrite=overwrite,
+        inputs=[root],
+    )
     summary["skipped"] = dict(skipped)
     if skipped:
         summary["skipped_note"] = skipped_note(skipped)

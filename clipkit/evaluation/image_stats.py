@@ -46,6 +46,7 @@ def resize_to(x: torch.Tensor, side: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- Frechet
 
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Frechet distance between Gaussians fitted to feature sets a (N, D) and b (M, D), in float64.
 
@@ -68,10 +69,12 @@ def frechet_ratio(features: torch.Tensor, real_features: torch.Tensor, seed: int
     frechet = FD(features[:n], A[:n]), floor = FD(B[:n], A[:n]), ratio = frechet / floor."""
     n = min(len(features), len(real_features) // 2)
     if n < 2:
-        raise ValueError(f"{len(features)} images and {len(real_features)} real images; the Frechet floor needs at "
-                         f"least 2 images and 4 real ones (two disjoint halves)")
+        raise ValueError(
+            f"{len(features)} images and {len(real_features)} real images; the Frechet floor needs at "
+            f"least 2 images and 4 real ones (two disjoint halves)"
+        )
     order = torch.randperm(len(real_features), generator=torch.Generator().manual_seed(seed))
-    ref, other = real_features[order[:n]], real_features[order[n:2 * n]]
+    ref, other = real_features[order[:n]], real_features[order[n : 2 * n]]
     pick = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed + 1))[:n]
     d, floor = frechet_distance(features[pick], ref), frechet_distance(other, ref)
     return {"frechet": d, "floor": floor, "ratio": d / floor if floor > 0 else float("inf"), "num": int(n)}
@@ -79,10 +82,11 @@ def frechet_ratio(features: torch.Tensor, real_features: torch.Tensor, seed: int
 
 # ----------------------------------------------------------------------------- noise and sharpness
 
+
 def _gaussian(sigma: float) -> torch.Tensor:
     r = int(np.ceil(2 * sigma))
     t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(t**2) / (2 * sigma**2))
     return k / k.sum()
 
 
@@ -91,10 +95,13 @@ def structure_tensor(x: torch.Tensor, sigma: float = _SIGMA) -> tuple[torch.Tens
     rgb = (x.float() + 1) / 2
     n, c, h, w = rgb.shape
     flat = F.pad(rgb.reshape(n * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
-    kx = torch.tensor([[-1.0, 0.0, 1.0]]).mul(0.5)[None, None] * torch.tensor([1.0, 2.0, 1.0]).div(4)[None, None, :, None]
-    gx = F.conv2d(flat, kx).reshape(n, c, h, w)                                   # Sobel, unit gain on a ramp
+    kx = (
+        torch.tensor([[-1.0, 0.0, 1.0]]).mul(0.5)[None, None]
+        * torch.tensor([1.0, 2.0, 1.0]).div(4)[None, None, :, None]
+    )
+    gx = F.conv2d(flat, kx).reshape(n, c, h, w)  # Sobel, unit gain on a ramp
     gy = F.conv2d(flat, kx.transpose(2, 3)).reshape(n, c, h, w)
-    j = torch.stack([(gx * gx).sum(1), (gy * gy).sum(1), (gx * gy).sum(1)], 1)   # (N, 3, H, W): Jxx, Jyy, Jxy
+    j = torch.stack([(gx * gx).sum(1), (gy * gy).sum(1), (gx * gy).sum(1)], 1)  # (N, 3, H, W): Jxx, Jyy, Jxy
     k = _gaussian(sigma)
     r = len(k) // 2
     j = F.conv2d(F.pad(j, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
@@ -107,8 +114,7 @@ def structure_tensor(x: torch.Tensor, sigma: float = _SIGMA) -> tuple[torch.Tens
 def laplacian_energy(x: torch.Tensor) -> float:
     """Mean squared 4-neighbour Laplacian of RGB in [0, 1] (the naive high-frequency measure)."""
     rgb = (x.float() + 1) / 2
-    lap = (4 * rgb[..., 1:-1, 1:-1] - rgb[..., :-2, 1:-1] - rgb[..., 2:, 1:-1] - rgb[..., 1:-1, :-2]
-           - rgb[..., 1:-1, 2:])
+    lap = 4 * rgb[..., 1:-1, 1:-1] - rgb[..., :-2, 1:-1] - rgb[..., 2:, 1:-1] - rgb[..., 1:-1, :-2] - rgb[..., 1:-1, 2:]
     return float(lap.pow(2).mean())
 
 
@@ -116,8 +122,12 @@ def edge_statistics(x: torch.Tensor) -> dict:
     """{"incoherent", "coherent", "coherence", "laplacian"} of a set of images (see the module docstring)."""
     l1, l2 = structure_tensor(x)
     total = float((l1 + l2).sum())
-    return {"incoherent": float(l2.mean()), "coherent": float((l1 - l2).mean()),
-            "coherence": float((l1 - l2).sum()) / total if total > 0 else 0.0, "laplacian": laplacian_energy(x)}
+    return {
+        "incoherent": float(l2.mean()),
+        "coherent": float((l1 - l2).mean()),
+        "coherence": float((l1 - l2).sum()) / total if total > 0 else 0.0,
+        "laplacian": laplacian_energy(x),
+    }
 
 
 def noise_sharpness(images: torch.Tensor, real: torch.Tensor) -> dict:
@@ -129,16 +139,24 @@ def noise_sharpness(images: torch.Tensor, real: torch.Tensor) -> dict:
     real = resize_to(real, images.shape[-1])
     s, r = edge_statistics(images), edge_statistics(real)
     ratio = {k: s[k] / r[k] if r[k] > 0 else float("inf") for k in s}
-    return {"noise": ratio["incoherent"],
-            "sharpness": min(1.0, ratio["coherent"]) * min(1.0, ratio["coherence"]),
-            "hf_ratio": ratio["laplacian"], "coherent_ratio": ratio["coherent"], "coherence_ratio": ratio["coherence"],
-            "images": s, "real": r, "image_size": int(images.shape[-1])}
+    return {
+        "noise": ratio["incoherent"],
+        "sharpness": min(1.0, ratio["coherent"]) * min(1.0, ratio["coherence"]),
+        "hf_ratio": ratio["laplacian"],
+        "coherent_ratio": ratio["coherent"],
+        "coherence_ratio": ratio["coherence"],
+        "images": s,
+        "real": r,
+        "image_size": int(images.shape[-1]),
+    }
 
 
 # ----------------------------------------------------------------------------- pixel nearest source
 
-def nearest_source(images: torch.Tensor, real: torch.Tensor, source_index, num_candidates: int = 100,
-                   seed: int = 0) -> dict:
+
+def nearest_source(
+    images: torch.Tensor, real: torch.Tensor, source_index, num_candidates: int = 100, seed: int = 0
+) -> dict:
     """Is each image's nearest real image (pixel L2) its own source, among `num_candidates` real images?
 
     source_index[i] is the row of `real` that image i was made from (its inversion target); the candidates are
@@ -156,8 +174,8 @@ def nearest_source(images: torch.Tensor, real: torch.Tensor, source_index, num_c
     g = torch.Generator().manual_seed(seed)
     hits = 0
     for i, src in enumerate(source_index.tolist()):
-        others = torch.randperm(m - 1, generator=g)[:k - 1]
-        others = others + (others >= src).long()                           # skip the source itself
+        others = torch.randperm(m - 1, generator=g)[: k - 1]
+        others = others + (others >= src).long()  # skip the source itself
         candidates = torch.cat([torch.tensor([src]), others])
         d = (real[candidates] - flat[i]).pow(2).sum(1)
         hits += int(int(d.argmin()) == 0)

@@ -52,7 +52,7 @@ from clipkit.images import to_rgb
 from clipkit.io import MANIFEST_NAME, read_json, read_manifest, staged_output, write_json, write_manifest
 from clipkit.io.weights import fit_weights, load_weights, save_weights
 
-JUDGE_FORMAT = "clipkit-judge"              # the manifest format of a saved judge folder
+JUDGE_FORMAT = "clipkit-judge"  # the manifest format of a saved judge folder
 
 KIND = "clipkit-judge"
 # Corruptions the judge also learns to name (levels; 0 = clean): Gaussian blur sigma in pixels of a 32-px image
@@ -64,11 +64,11 @@ def default_widths(image_size: int) -> tuple:
     """Conv widths that bring `image_size` down to 4 px: (32, 64, 64, 32) at 32 px (the shapes judge's),
     (16, 32, 64, 128, 64) at 64 px (narrow where the resolution is high: ~260 samples/s on one bf16 thread)."""
     halvings = int(np.log2(image_size / 4)) if image_size >= 4 else 0
-    if 4 * 2 ** halvings != image_size or halvings < 2:
+    if 4 * 2**halvings != image_size or halvings < 2:
         raise ValueError(f"image_size={image_size}; the judge needs 4 x a power of two >= 16 (16, 32, 64, 128, ...)")
     if halvings == 3:
         return (32, 64, 64, 32)
-    return (*[min(128, 16 * 2 ** i) for i in range(halvings)], 64)
+    return (*[min(128, 16 * 2**i) for i in range(halvings)], 64)
 
 
 def default_architecture(image_size: int) -> dict:
@@ -83,13 +83,13 @@ def default_architecture(image_size: int) -> dict:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    widths: tuple = (32, 64, 64, 32)   # conv widths; all but the first halve the resolution: image_size -> 4 px
-    feature_dim: int = 64              # penultimate features (the Frechet space)
-    image_size: int = 32               # every input is brought to this size first
-    classes: dict = field(default_factory=dict)   # label field -> class names (a head each)
-    corruptions: bool = True           # heads naming CORRUPTIONS
-    norm: bool = False                 # BatchNorm after each convolution (learns many classes in far fewer steps)
-    stem_stride: int = 1               # stride of the first convolution (2: a learnt 2x downsampling, 1/4 the cost)
+    widths: tuple = (32, 64, 64, 32)  # conv widths; all but the first halve the resolution: image_size -> 4 px
+    feature_dim: int = 64  # penultimate features (the Frechet space)
+    image_size: int = 32  # every input is brought to this size first
+    classes: dict = field(default_factory=dict)  # label field -> class names (a head each)
+    corruptions: bool = True  # heads naming CORRUPTIONS
+    norm: bool = False  # BatchNorm after each convolution (learns many classes in far fewer steps)
+    stem_stride: int = 1  # stride of the first convolution (2: a learnt 2x downsampling, 1/4 the cost)
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -114,8 +114,11 @@ class JudgeNet(nn.Module):
         self.config = config
         layers, c_in = [], 3
         for i, w in enumerate(config.widths):
-            layers += [nn.Conv2d(c_in, w, 3, stride=config.stem_stride if i == 0 else 2, padding=1, bias=not config.norm),
-                       *([nn.BatchNorm2d(w)] if config.norm else []), nn.ReLU()]
+            layers += [
+                nn.Conv2d(c_in, w, 3, stride=config.stem_stride if i == 0 else 2, padding=1, bias=not config.norm),
+                *([nn.BatchNorm2d(w)] if config.norm else []),
+                nn.ReLU(),
+            ]
             c_in = w
         self.convs = nn.Sequential(*layers)
         side = config.image_size // config.stem_stride // 2 ** (len(config.widths) - 1)
@@ -126,12 +129,13 @@ class JudgeNet(nn.Module):
         self.heads = nn.ModuleDict({f: nn.Linear(config.feature_dim, n) for f, n in sizes.items()})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        f = self.features(self.convs(x).flatten(1))                 # (N, feature_dim), before the ReLU
+        f = self.features(self.convs(x).flatten(1))  # (N, feature_dim), before the ReLU
         h = F.relu(f)
         return f, {a: head(h) for a, head in self.heads.items()}
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def as_tensor(images) -> torch.Tensor:
     """PIL list, (N, 3, H, W) float tensor in [-1, 1] or uint8 tensor -> float (N, 3, H, W) in [-1, 1], square."""
@@ -190,7 +194,7 @@ class Judge:
         for name in ("config.json", "model.safetensors"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{str(directory)!r} is not a saved judge: {name} is missing; {cls.train_hint}")
-        if (directory / MANIFEST_NAME).exists():          # sha256 of every file (judges saved before: unverified)
+        if (directory / MANIFEST_NAME).exists():  # sha256 of every file (judges saved before: unverified)
             read_manifest(directory, JUDGE_FORMAT, fix=cls.train_hint, what="judge")
         data = read_json(directory / "config.json", "judge config")
         if data.get("kind") != cls.kind:
@@ -216,8 +220,9 @@ class Judge:
             save_weights(self.net.state_dict(), tmp / "model.safetensors", metadata={"format": "pt", "kind": self.kind})
             write_json(tmp / "config.json", {"kind": self.kind, "clipkit_version": __version__, **self._config_json()})
             write_json(tmp / "training.json", self.training)
-            write_manifest(tmp, JUDGE_FORMAT, dict.fromkeys(("model.safetensors", "config.json", "training.json")),
-                           kind=self.kind)
+            write_manifest(
+                tmp, JUDGE_FORMAT, dict.fromkeys(("model.safetensors", "config.json", "training.json")), kind=self.kind
+            )
         return Path(directory)
 
     # -------------------------------------------------------------- reading images
@@ -228,7 +233,7 @@ class Judge:
         feats: list[torch.Tensor] = []
         out: dict[str, list[torch.Tensor]] = {a: [] for a in self.net.heads}
         for i in range(0, len(x), batch_size):
-            f, logits = self.net(x[i:i + batch_size])
+            f, logits = self.net(x[i : i + batch_size])
             feats.append(f)
             for a, v in logits.items():
                 out[a].append(v)
@@ -255,8 +260,13 @@ class Judge:
         if label_field not in self.classes:
             raise ValueError(f"label field {label_field!r} is not one of this judge's {list(self.fields)}")
         index = {c: i for i, c in enumerate(self.classes[label_field])}
-        return np.array([int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                         else index.get(str(v), -1) for v in labels], dtype=np.int64)
+        return np.array(
+            [
+                int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else index.get(str(v), -1)
+                for v in labels
+            ],
+            dtype=np.int64,
+        )
 
     def identify(self, images, labels: dict, k: int = 5) -> dict:
         """Does the judge name each image's intended label? Per field: top-1, top-k, chance, how many were scored.
@@ -271,8 +281,14 @@ class Judge:
                 raise ValueError(f"{len(logits[self.fields[0]])} images but {len(idx)} {label_field!r} labels")
             known = idx >= 0
             n, classes = int(known.sum()), len(self.classes[label_field])
-            row = {"top1": None, f"top{k}": None, "chance": 1.0 / classes, "num": n, "unknown": int((~known).sum()),
-                   "classes": classes}
+            row = {
+                "top1": None,
+                f"top{k}": None,
+                "chance": 1.0 / classes,
+                "num": n,
+                "unknown": int((~known).sum()),
+                "classes": classes,
+            }
             if n:
                 scores, truth = logits[label_field][torch.from_numpy(known)], torch.from_numpy(idx[known])
                 top = scores.topk(min(k, classes), dim=1).indices
@@ -285,8 +301,11 @@ class Judge:
     def accuracy_line(self) -> str:
         """One line to print beside every figure the judge makes: its accuracy on real held-out images."""
         acc = self.training.get("real_accuracy") or {}
-        parts = [f"{f} top-1 {v['top1']:.3f} top-5 {v['top5']:.3f} ({v['num']} images)" for f, v in acc.items()
-                 if isinstance(v, dict) and v.get("top1") is not None]
+        parts = [
+            f"{f} top-1 {v['top1']:.3f} top-5 {v['top5']:.3f} ({v['num']} images)"
+            for f, v in acc.items()
+            if isinstance(v, dict) and v.get("top1") is not None
+        ]
         return "judge accuracy on real held-out images: " + ("; ".join(parts) if parts else "not recorded")
 
     # -------------------------------------------------------------- image-set measures

@@ -46,17 +46,17 @@ from clipkit.train.trainer import Trainer, row_losses
 @dataclass
 class JudgeTrainConfig(TrainConfig):
     out_dir: str = "runs/judge"
-    train_data: str = ""                 # image shards with the label fields in each sample's JSON
-    val_data: str | None = None          # real held-out images (default: val_samples drawn from train_data)
-    label_field: list = field(default_factory=lambda: ["name"])   # JSON fields to learn, a head each
-    num_samples: int | None = None       # read at most this many training samples
-    val_samples: int = 500               # held out of train_data when val_data is not given; val_data's cap
-    image_size: int | None = None        # default: the data's own size
-    widths: list | None = None           # conv widths (default: judge.default_architecture(image_size))
-    stem_stride: int | None = None       # first convolution's stride (default: 2 from 64 px, else 1)
-    norm: bool = True                    # BatchNorm after each convolution: without it 1,000+ classes barely move
+    train_data: str = ""  # image shards with the label fields in each sample's JSON
+    val_data: str | None = None  # real held-out images (default: val_samples drawn from train_data)
+    label_field: list = field(default_factory=lambda: ["name"])  # JSON fields to learn, a head each
+    num_samples: int | None = None  # read at most this many training samples
+    val_samples: int = 500  # held out of train_data when val_data is not given; val_data's cap
+    image_size: int | None = None  # default: the data's own size
+    widths: list | None = None  # conv widths (default: judge.default_architecture(image_size))
+    stem_stride: int | None = None  # first convolution's stride (default: 2 from 64 px, else 1)
+    norm: bool = True  # BatchNorm after each convolution: without it 1,000+ classes barely move
     feature_dim: int = 128
-    corruptions: bool = True             # also learn to name blur / noise / wash (keeps them in the features)
+    corruptions: bool = True  # also learn to name blur / noise / wash (keeps them in the features)
     epochs: int = 8
     batch_size: int = 128
     lr: float = 2e-3
@@ -79,6 +79,7 @@ class JudgeTrainConfig(TrainConfig):
 
 # ----------------------------------------------------------------------------- data
 
+
 def read_labelled(urls: str, label_fields, image_size: int | None, limit: int | None = None) -> dict:
     """{"pixels": uint8 (N, 3, S, S), "labels": {field: [str]}, "keys": [str], "skipped": {...}} from shards."""
     counter = SkipCounter()
@@ -86,17 +87,30 @@ def read_labelled(urls: str, label_fields, image_size: int | None, limit: int | 
     kept = [r for r in rows if isinstance(r[1], dict) and all(f in r[1] for f in label_fields)]
     if not kept:
         example = next((sorted(r[1]) for r in rows if isinstance(r[1], dict)), None)
-        raise ValueError(f"no sample of {urls!r} has the label field(s) {list(label_fields)} in its JSON "
-                         f"(read {len(rows)}, skipped {counter.summary()}); fields found: {example}")
+        raise ValueError(
+            f"no sample of {urls!r} has the label field(s) {list(label_fields)} in its JSON "
+            f"(read {len(rows)}, skipped {counter.summary()}); fields found: {example}"
+        )
     size = image_size or kept[0][0].width
-    arr = np.stack([np.asarray(im if im.size == (size, size) else ImageOps.fit(im, (size, size), Image.Resampling.BICUBIC),
-                               dtype=np.uint8) for im, _, _ in kept])
-    return {"pixels": torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(),
-            "labels": {f: [str(r[1][f]) for r in kept] for f in label_fields}, "keys": [r[2] for r in kept],
-            "skipped": {**counter.summary(), "no_label": len(rows) - len(kept)}}
+    arr = np.stack(
+        [
+            np.asarray(
+                im if im.size == (size, size) else ImageOps.fit(im, (size, size), Image.Resampling.BICUBIC),
+                dtype=np.uint8,
+            )
+            for im, _, _ in kept
+        ]
+    )
+    return {
+        "pixels": torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(),
+        "labels": {f: [str(r[1][f]) for r in kept] for f in label_fields},
+        "keys": [r[2] for r in kept],
+        "skipped": {**counter.summary(), "no_label": len(rows) - len(kept)},
+    }
 
 
 # ----------------------------------------------------------------------------- training
+
 
 def augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict]:
     """Corruptions a generator's output may show (CORRUPTIONS, small colour offsets, shifts of size/32 px).
@@ -106,8 +120,10 @@ def augment(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, dict]:
     from torchvision.transforms.functional import gaussian_blur
 
     n, scale = len(x), x.shape[-1] / 32
-    level = {c: torch.where(torch.rand(n, generator=g) < p, torch.randint(1, len(CORRUPTIONS[c]), (n,), generator=g), 0)
-             for c, p in (("blur", 0.4), ("noise", 0.4), ("wash", 0.25))}
+    level = {
+        c: torch.where(torch.rand(n, generator=g) < p, torch.randint(1, len(CORRUPTIONS[c]), (n,), generator=g), 0)
+        for c, p in (("blur", 0.4), ("noise", 0.4), ("wash", 0.25))
+    }
     value = {c: torch.tensor(CORRUPTIONS[c])[level[c]] for c in CORRUPTIONS}
     x = x.clone()
     for k, sigma in enumerate(CORRUPTIONS["blur"][1:], start=1):
@@ -130,14 +146,20 @@ def _as_x(pixels: torch.Tensor) -> torch.Tensor:
     return pixels_to_x(pixels) if pixels.dtype == torch.uint8 else pixels.float()
 
 
-def fit_judge(config: JudgeTrainConfig, judge_config: JudgeConfig, pixels: torch.Tensor, targets: dict,
-              val: tuple | None = None, judge_cls=Judge) -> tuple[Judge, dict]:
+def fit_judge(
+    config: JudgeTrainConfig,
+    judge_config: JudgeConfig,
+    pixels: torch.Tensor,
+    targets: dict,
+    val: tuple | None = None,
+    judge_cls=Judge,
+) -> tuple[Judge, dict]:
     """Train a JudgeNet on `pixels` (uint8, or float in [-1, 1]) with `targets` {field: (N,) class indices}.
 
     val: (pixels, {field: indices}) scored every eval_every steps and at the end. Returns the judge (not saved)
     and a record: steps, loss at the start and end, seconds, parameters."""
     with Trainer(config, "judge") as trainer:
-        module = JudgeNet(judge_config)                            # built after the run's seed
+        module = JudgeNet(judge_config)  # built after the run's seed
         n, losses = len(pixels), []
         trainer.prepare(module, num_samples=n, replacement=True)
         y = {f: torch.as_tensor(np.asarray(v), dtype=torch.long) for f, v in targets.items()}
@@ -149,8 +171,10 @@ def fit_judge(config: JudgeTrainConfig, judge_config: JudgeConfig, pixels: torch
             # Labels are learnt from mildly corrupted images only (blur up to 0.5 px, light wash): heavier
             # blur can make two small pictures one. The corruption heads see every image.
             mild = ((level["blur"] <= 1) & (level["wash"] <= 1)).float()
-            loss = sum((F.cross_entropy(logits[f], y[f][idx], reduction="none") * mild).sum() / mild.sum().clamp(min=1)
-                       for f in label_heads)
+            loss = sum(
+                (F.cross_entropy(logits[f], y[f][idx], reduction="none") * mild).sum() / mild.sum().clamp(min=1)
+                for f in label_heads
+            )
             if judge_config.corruptions:
                 loss = loss + sum(F.cross_entropy(logits[c], level[c]) for c in CORRUPTIONS)
             losses.append(float(loss.detach()))
@@ -163,16 +187,28 @@ def fit_judge(config: JudgeTrainConfig, judge_config: JudgeConfig, pixels: torch
             return {f"val_top1_{f}": r["top1"] for f, r in scores.items()}
 
         start = time.time()
-        result = trainer.fit(loop.Task(next_batches=trainer.random_rows(n), step_losses=row_losses(micro_loss),
-                                       evaluate=evaluate, desc="judge"))
+        result = trainer.fit(
+            loop.Task(
+                next_batches=trainer.random_rows(n), step_losses=row_losses(micro_loss), evaluate=evaluate, desc="judge"
+            )
+        )
         net = trainer.accelerator.unwrap_model(trainer.model)
-        w = max(1, min(50, len(losses) // 5))                            # loss averaged over w steps
-        record = {"seed": config.seed, "steps": result.step, "stopped_by": result.stopped_by,
-                  "batch_size": config.batch_size, "lr": config.lr, "train_seconds": round(time.time() - start, 1),
-                  "initial_loss": float(np.mean(losses[:w])), "final_loss": float(np.mean(losses[-w:])),
-                  "params": sum(p.numel() for p in net.parameters())}
-        trainer.run.metrics.plot(Path(config.out_dir) / "curves.png",
-                                 {"loss": ["loss"], "held-out top-1": [f"val_top1_{f}" for f in label_heads]})
+        w = max(1, min(50, len(losses) // 5))  # loss averaged over w steps
+        record = {
+            "seed": config.seed,
+            "steps": result.step,
+            "stopped_by": result.stopped_by,
+            "batch_size": config.batch_size,
+            "lr": config.lr,
+            "train_seconds": round(time.time() - start, 1),
+            "initial_loss": float(np.mean(losses[:w])),
+            "final_loss": float(np.mean(losses[-w:])),
+            "params": sum(p.numel() for p in net.parameters()),
+        }
+        trainer.run.metrics.plot(
+            Path(config.out_dir) / "curves.png",
+            {"loss": ["loss"], "held-out top-1": [f"val_top1_{f}" for f in label_heads]},
+        )
         trainer.write_summary(dict(record))
     return judge_cls(net.cpu(), record), record
 
@@ -188,28 +224,51 @@ def train_judge(config: JudgeTrainConfig) -> dict:
         val = read_labelled(config.val_data, fields, size, config.val_samples)
     else:
         if len(train["keys"]) <= config.val_samples:
-            raise ValueError(f"train_data={config.train_data!r} has {len(train['keys'])} labelled samples; need "
-                             f"more than val_samples={config.val_samples}, or give val_data")
+            raise ValueError(
+                f"train_data={config.train_data!r} has {len(train['keys'])} labelled samples; need "
+                f"more than val_samples={config.val_samples}, or give val_data"
+            )
         order = torch.randperm(len(train["keys"]), generator=torch.Generator().manual_seed(config.seed))
-        held, kept = order[:config.val_samples], order[config.val_samples:]
-        val = {"pixels": train["pixels"][held], "labels": {f: [v[i] for i in held.tolist()] for f, v in train["labels"].items()}}
-        train = {**train, "pixels": train["pixels"][kept],
-                 "labels": {f: [v[i] for i in kept.tolist()] for f, v in train["labels"].items()}}
+        held, kept = order[: config.val_samples], order[config.val_samples :]
+        val = {
+            "pixels": train["pixels"][held],
+            "labels": {f: [v[i] for i in held.tolist()] for f, v in train["labels"].items()},
+        }
+        train = {
+            **train,
+            "pixels": train["pixels"][kept],
+            "labels": {f: [v[i] for i in kept.tolist()] for f, v in train["labels"].items()},
+        }
     classes = {f: tuple(sorted(set(train["labels"][f]))) for f in fields}
     arch = default_architecture(size)
-    judge_config = JudgeConfig(widths=tuple(config.widths or arch["widths"]), feature_dim=config.feature_dim,
-                               image_size=size, classes=classes, corruptions=config.corruptions, norm=config.norm,
-                               stem_stride=config.stem_stride or (arch["stem_stride"] if not config.widths else 1))
+    judge_config = JudgeConfig(
+        widths=tuple(config.widths or arch["widths"]),
+        feature_dim=config.feature_dim,
+        image_size=size,
+        classes=classes,
+        corruptions=config.corruptions,
+        norm=config.norm,
+        stem_stride=config.stem_stride or (arch["stem_stride"] if not config.widths else 1),
+    )
     targets = {f: [classes[f].index(v) for v in train["labels"][f]] for f in fields}
     lookup = {f: {c: i for i, c in enumerate(classes[f])} for f in fields}
     val_targets = {f: [lookup[f].get(v, -1) for v in val["labels"][f]] for f in fields}
     judge, record = fit_judge(config, judge_config, train["pixels"], targets, (val["pixels"], val_targets))
-    record.update({"train_data": config.train_data, "val_data": config.val_data, "label_fields": fields,
-                   "image_size": size, "train_samples": len(train["pixels"]), "val_samples_read": len(val["pixels"]),
-                   "classes": {f: len(c) for f, c in classes.items()}, "skipped": train["skipped"],
-                   "real_accuracy": judge.identify(pixels_to_x(val["pixels"]), val["labels"])})
+    record.update(
+        {
+            "train_data": config.train_data,
+            "val_data": config.val_data,
+            "label_fields": fields,
+            "image_size": size,
+            "train_samples": len(train["pixels"]),
+            "val_samples_read": len(val["pixels"]),
+            "classes": {f: len(c) for f, c in classes.items()},
+            "skipped": train["skipped"],
+            "real_accuracy": judge.identify(pixels_to_x(val["pixels"]), val["labels"]),
+        }
+    )
     judge.training = record
     if int(os.environ.get("RANK", "0")) == 0:
         judge.save(Path(config.out_dir) / "judge")
-        write_json(Path(config.out_dir) / "summary.json", record)      # the trainer's, with the held-out scores
+        write_json(Path(config.out_dir) / "summary.json", record)  # the trainer's, with the held-out scores
     return record

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 # CLI task name -> CLIP_benchmark's task name (what the JSON rows say).
 TASKS = {"zeroshot": "zeroshot_classification", "retrieval": "zeroshot_retrieval", "linear-probe": "linear_probe"}
 RECALL_K = (1, 5, 10)
-C_GRID = np.logspace(-6, 6, 97)             # 8 steps a decade over CLIP's range for the probe's regulariser
+C_GRID = np.logspace(-6, 6, 97)  # 8 steps a decade over CLIP's range for the probe's regulariser
 
 
 def task_name(task: str) -> str:
@@ -66,13 +66,19 @@ def task_name(task: str) -> str:
 class Features:
     """Image embeddings of a dataset with what each sample carried."""
 
-    images: torch.Tensor                 # (N, D) unit norm
-    labels: np.ndarray | None            # (N,) int64 class indices (need="labels")
-    captions: list[list[str] | None]     # N lists of captions (each non-empty when need="captions")
+    images: torch.Tensor  # (N, D) unit norm
+    labels: np.ndarray | None  # (N,) int64 class indices (need="labels")
+    captions: list[list[str] | None]  # N lists of captions (each non-empty when need="captions")
 
 
-def embed_dataset(model, dataset: EvalDataset, need: str, batch_size: int = 256, max_samples: int | None = None,
-                  progress: bool = False) -> Features:
+def embed_dataset(
+    model,
+    dataset: EvalDataset,
+    need: str,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> Features:
     """Embed the images of the first `max_samples` samples that have what `need` ('labels' | 'captions') asks."""
     from tqdm.auto import tqdm
 
@@ -106,8 +112,10 @@ def embed_dataset(model, dataset: EvalDataset, need: str, batch_size: int = 256,
         bar.update(len(pending))
     bar.close()
     if not labels:
-        raise ValueError(f"dataset {dataset.name!r} ({dataset.path}) has no sample with {need[:-1]}s "
-                         f"(skipped: {dict(dataset.skipped) or 'none'})")
+        raise ValueError(
+            f"dataset {dataset.name!r} ({dataset.path}) has no sample with {need[:-1]}s "
+            f"(skipped: {dict(dataset.skipped) or 'none'})"
+        )
     images = torch.cat(chunks)
     if need == "captions":
         return Features(images, None, captions)
@@ -115,9 +123,11 @@ def embed_dataset(model, dataset: EvalDataset, need: str, batch_size: int = 256,
     keep = y >= 0
     if not keep.any():
         names = dataset.classnames or []
-        raise ValueError(f"dataset {dataset.name!r} ({dataset.path}): none of its {len(labels)} labels is one of its "
-                         f"{len(names)} class names (label {labels[0]!r}; classes {names[:3]} ...): an evaluation "
-                         f"with no samples measures nothing; check the label field and the class names file")
+        raise ValueError(
+            f"dataset {dataset.name!r} ({dataset.path}): none of its {len(labels)} labels is one of its "
+            f"{len(names)} class names (label {labels[0]!r}; classes {names[:3]} ...): an evaluation "
+            f"with no samples measures nothing; check the label field and the class names file"
+        )
     if not keep.all():
         dataset.skipped["bad_label"] += int((~keep).sum())
         images, y = images[torch.from_numpy(keep)], y[keep]
@@ -140,31 +150,39 @@ def _label_indices(dataset: EvalDataset, labels: list) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- metrics
 
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """acc1, acc5 (NaN below 5 classes) and mean_per_class_recall, as CLIP_benchmark reports them."""
     report = metrics_from_logits(np.asarray(logits), np.asarray(labels), [str(i) for i in range(num_classes)])
-    return {"acc1": report["top1"], "acc5": report["top5"] if num_classes >= 5 else float("nan"),
-            "mean_per_class_recall": report["balanced_accuracy"]}
+    return {
+        "acc1": report["top1"],
+        "acc5": report["top5"] if num_classes >= 5 else float("nan"),
+        "mean_per_class_recall": report["balanced_accuracy"],
+    }
 
 
-def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
-                      text_to_image: torch.Tensor | Sequence[int], ks: Sequence[int] = RECALL_K,
-                      chunk: int = 1024) -> dict[str, float]:
+def retrieval_metrics(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    text_to_image: torch.Tensor | Sequence[int],
+    ks: Sequence[int] = RECALL_K,
+    chunk: int = 1024,
+) -> dict[str, float]:
     """Recall@k both ways (module docstring); k is capped at the number of candidates."""
     text_to_image = torch.as_tensor(text_to_image, dtype=torch.long)
     n_img, n_txt = len(image_features), len(text_features)
     if len(text_to_image) != n_txt:
         raise ValueError(f"{n_txt} texts but {len(text_to_image)} text->image indices")
     hits_img: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
-    for start in range(0, n_txt, chunk):                     # texts as queries over images
-        scores = text_features[start:start + chunk] @ image_features.T                    # (t, N)
+    for start in range(0, n_txt, chunk):  # texts as queries over images
+        scores = text_features[start : start + chunk] @ image_features.T  # (t, N)
         top = scores.topk(min(max(ks), n_img), dim=1).indices
-        correct = top == text_to_image[start:start + chunk, None]
+        correct = top == text_to_image[start : start + chunk, None]
         for k in ks:
             hits_img[k].append(correct[:, :k].any(1))
     hits_txt: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
-    for start in range(0, n_img, chunk):                     # images as queries over texts
-        scores = image_features[start:start + chunk] @ text_features.T                    # (i, T)
+    for start in range(0, n_img, chunk):  # images as queries over texts
+        scores = image_features[start : start + chunk] @ text_features.T  # (i, T)
         top = scores.topk(min(max(ks), n_txt), dim=1).indices
         correct = text_to_image[top] == torch.arange(start, start + len(scores))[:, None]
         for k in ks:
@@ -178,63 +196,87 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
 
 # ----------------------------------------------------------------------------- tasks
 
-def zeroshot(model: ClipModel, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
-             progress: bool = False) -> tuple[dict, int]:
+
+def zeroshot(
+    model: ClipModel,
+    dataset: EvalDataset,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> tuple[dict, int]:
     """(metrics, samples evaluated) of zero-shot classification."""
     features = embed_dataset(model, dataset, "labels", batch_size, max_samples, progress)
     classnames, templates = _classes_and_templates(dataset)
-    weights = class_vectors(model, classnames, templates, batch_size=batch_size)       # (C, D)
-    logits = 100.0 * features.images @ weights.T                                        # (N, C)
+    weights = class_vectors(model, classnames, templates, batch_size=batch_size)  # (C, D)
+    logits = 100.0 * features.images @ weights.T  # (N, C)
     labels = features.labels
-    assert labels is not None                                                           # need="labels"
+    assert labels is not None  # need="labels"
     return classification_metrics(logits.numpy(), labels, len(classnames)), len(labels)
 
 
 def _classes_and_templates(dataset: EvalDataset):
     if not dataset.classnames:
-        raise ValueError(f"dataset {dataset.name!r} has no class names: add classnames.txt (one a line) "
-                         f"or pass classnames=")
+        raise ValueError(
+            f"dataset {dataset.name!r} has no class names: add classnames.txt (one a line) or pass classnames="
+        )
     if len(set(dataset.classnames)) != len(dataset.classnames):
         dup = sorted({c for c in dataset.classnames if dataset.classnames.count(c) > 1})
         raise ValueError(f"dataset {dataset.name!r} has duplicate class names {dup}")
     if not dataset.templates:
-        raise ValueError(f"dataset {dataset.name!r} has no templates: add zeroshot_classification_templates.txt "
-                         f"or pass templates= ('openai', 'simple', a file)")
+        raise ValueError(
+            f"dataset {dataset.name!r} has no templates: add zeroshot_classification_templates.txt "
+            f"or pass templates= ('openai', 'simple', a file)"
+        )
     return dataset.classnames, dataset.templates
 
 
-def retrieval(model: ClipModel, dataset: EvalDataset, batch_size: int = 256, max_samples: int | None = None,
-              ks: Sequence[int] = RECALL_K, progress: bool = False) -> tuple[dict, int]:
+def retrieval(
+    model: ClipModel,
+    dataset: EvalDataset,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    ks: Sequence[int] = RECALL_K,
+    progress: bool = False,
+) -> tuple[dict, int]:
     """(metrics, images evaluated) of image-text retrieval."""
     features = embed_dataset(model, dataset, "captions", batch_size, max_samples, progress)
-    captions = cast("list[list[str]]", features.captions)        # need="captions": every sample has some
+    captions = cast("list[list[str]]", features.captions)  # need="captions": every sample has some
     texts = [t for caps in captions for t in caps]
     text_to_image = [i for i, caps in enumerate(captions) for _ in caps]
     text_features = model.encode_texts(texts, batch_size=batch_size)
     return retrieval_metrics(features.images, text_features, text_to_image, ks), len(features.images)
 
 
-def linear_probe(model: ClipModel, dataset: EvalDataset, train: EvalDataset | None = None, val_proportion: float = 0.2,
-                 seed: int = 0, batch_size: int = 256, max_samples: int | None = None,
-                 progress: bool = False) -> tuple[dict, int, dict]:
+def linear_probe(
+    model: ClipModel,
+    dataset: EvalDataset,
+    train: EvalDataset | None = None,
+    val_proportion: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> tuple[dict, int, dict]:
     """(metrics, test samples, info) of a logistic-regression probe (module docstring)."""
     if not 0 < val_proportion < 1:
         raise ValueError(f"val_proportion={val_proportion}; expected a fraction in (0, 1)")
     test = embed_dataset(model, dataset, "labels", batch_size, max_samples, progress)
     x_test, y_test = test.images.numpy(), test.labels
-    assert y_test is not None                                   # need="labels"
+    assert y_test is not None  # need="labels"
     train = train if train is not None else dataset.train_split()
     if train is not None:
         if train.classnames is None:
             train.classnames = dataset.classnames
         fit = embed_dataset(model, train, "labels", batch_size, max_samples, progress)
         x_fit, y_fit, source = fit.images.numpy(), fit.labels, f"{train.name}:{train.split}"
-        assert y_fit is not None                                # need="labels"
+        assert y_fit is not None  # need="labels"
     else:
         fit_idx, test_idx = _split(y_test, 0.5, seed)
         x_fit, y_fit = x_test[fit_idx], y_test[fit_idx]
         x_test, y_test = x_test[test_idx], y_test[test_idx]
-        source = f"seeded stratified half of {dataset.name}:{dataset.split} (seed {seed}); the other half is the test set"
+        source = (
+            f"seeded stratified half of {dataset.name}:{dataset.split} (seed {seed}); the other half is the test set"
+        )
     tr, va = _split(y_fit, val_proportion, seed)
     num_classes = len(dataset.classnames) if dataset.classnames else int(max(y_fit.max(), y_test.max())) + 1
     best_c, val_acc = _search_c(x_fit[tr], y_fit[tr], x_fit[va], y_fit[va], num_classes)
@@ -242,8 +284,13 @@ def linear_probe(model: ClipModel, dataset: EvalDataset, train: EvalDataset | No
     metrics = classification_metrics(_logits(probe, x_test, num_classes), y_test, num_classes)
     metrics = {f"lp_{k}": v for k, v in metrics.items()}
     metrics.update({"C": float(best_c), "val_acc1": val_acc})
-    info = {"train": source, "train_samples": int(len(tr)), "val_samples": int(len(va)), "seed": seed,
-            "normalized": True}
+    info = {
+        "train": source,
+        "train_samples": int(len(tr)),
+        "val_samples": int(len(va)),
+        "seed": seed,
+        "normalized": True,
+    }
     return metrics, int(len(y_test)), info
 
 
@@ -265,14 +312,14 @@ def _fit(x, y, c):
     from sklearn.linear_model import LogisticRegression
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)     # the extreme ends of the C grid rarely converge
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the extreme ends of the C grid rarely converge
         return LogisticRegression(C=float(c), max_iter=1000).fit(x, y)
 
 
 def _logits(probe, x, num_classes: int) -> np.ndarray:
     """Decision values in the full class space (classes absent from training get -inf)."""
     scores = probe.decision_function(x)
-    if scores.ndim == 1:                                        # binary: sklearn returns one column
+    if scores.ndim == 1:  # binary: sklearn returns one column
         scores = np.stack([-scores, scores], axis=1)
     out = np.full((len(x), num_classes), -np.inf)
     out[:, probe.classes_] = scores
@@ -294,7 +341,7 @@ def _search_c(x_tr, y_tr, x_va, y_va, num_classes: int) -> tuple[float, float]:
     def best(indices) -> int:
         return max(sorted(set(indices)), key=lambda i: (score(i), -i))
 
-    peak = best(range(0, len(C_GRID), 16))                       # every 2 decades
+    peak = best(range(0, len(C_GRID), 16))  # every 2 decades
     for span in (8, 4, 2, 1):
         peak = best([max(peak - span, 0), peak, min(peak + span, len(C_GRID) - 1)])
     return float(C_GRID[peak]), score(peak)
@@ -302,11 +349,22 @@ def _search_c(x_tr, y_tr, x_va, y_va, num_classes: int) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- rows
 
-def evaluate(model: ClipModel, dataset: EvalDataset | str | os.PathLike, task: str = "auto", *,
-             batch_size: int = 256, max_samples: int | None = None, recall_k: Sequence[int] = RECALL_K,
-             train: EvalDataset | str | os.PathLike | None = None, val_proportion: float = 0.2,
-             seed: int = 0, model_name: str | None = None, pretrained: str | None = None,
-             progress: bool = False) -> dict:
+
+def evaluate(
+    model: ClipModel,
+    dataset: EvalDataset | str | os.PathLike,
+    task: str = "auto",
+    *,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    recall_k: Sequence[int] = RECALL_K,
+    train: EvalDataset | str | os.PathLike | None = None,
+    val_proportion: float = 0.2,
+    seed: int = 0,
+    model_name: str | None = None,
+    pretrained: str | None = None,
+    progress: bool = False,
+) -> dict:
     """One result row for (model, dataset, task), shaped like CLIP_benchmark's output JSON plus provenance."""
     ds = dataset if isinstance(dataset, EvalDataset) else open_dataset(dataset)
     short = ds.default_task if task == "auto" else task_name(task)
@@ -319,11 +377,21 @@ def evaluate(model: ClipModel, dataset: EvalDataset | str | os.PathLike, task: s
         if train is not None and not isinstance(train, EvalDataset):
             train = open_dataset(train, label_field=ds.label_field, classnames=ds.classnames)
         metrics, n, info = linear_probe(model, ds, train, val_proportion, seed, batch_size, max_samples, progress)
-    return {"dataset": ds.name, "model": model_name or model.config.name,
-            "pretrained": pretrained if pretrained is not None else (model.config.pretrained or ""),
-            "task": TASKS[short], "metrics": metrics, "language": "en",
-            "model_identity": model.identity, "dataset_path": ds.path, "layout": ds.layout, "split": ds.split,
-            "num_samples": n, "skipped": dict(ds.skipped), **({"probe": info} if info else {})}
+    return {
+        "dataset": ds.name,
+        "model": model_name or model.config.name,
+        "pretrained": pretrained if pretrained is not None else (model.config.pretrained or ""),
+        "task": TASKS[short],
+        "metrics": metrics,
+        "language": "en",
+        "model_identity": model.identity,
+        "dataset_path": ds.path,
+        "layout": ds.layout,
+        "split": ds.split,
+        "num_samples": n,
+        "skipped": dict(ds.skipped),
+        **({"probe": info} if info else {}),
+    }
 
 
 def json_safe(value):
@@ -352,8 +420,9 @@ def is_rows_file(path: str | os.PathLike) -> str | None:
     return ROWS_FORMAT if ok else None
 
 
-def write_rows(rows: list[dict], path: str | os.PathLike, append: bool = True, *, overwrite: bool = False,
-               inputs: Iterable = ()) -> Path:
+def write_rows(
+    rows: list[dict], path: str | os.PathLike, append: bool = True, *, overwrite: bool = False, inputs: Iterable = ()
+) -> Path:
     """Write rows as JSON lines (atomically; appended to what `path` holds unless append=False).
 
     `path` must be new or a rows file of ours (clipkit.io.check_output_path; a JSON-lines file of

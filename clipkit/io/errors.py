@@ -48,7 +48,7 @@ class BadImageError(UserError, ValueError):
         super().__init__(message)
         self.reason = reason
 
-    def __reduce__(self):                         # pickled across DataLoader workers with its reason
+    def __reduce__(self):  # pickled across DataLoader workers with its reason
         return (type(self), (str(self), self.reason))
 
 

@@ -18,6 +18,7 @@ from clipkit.io.errors import DamagedFileError
 
 # ----------------------------------------------------------------------------- small primitives
 
+
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
     with contextlib.suppress(OSError, ValueError):
@@ -76,7 +77,7 @@ def clean_stale_temps(path: str | os.PathLike) -> list[Path]:
     for name in names:
         if not (name.startswith(head) and name.endswith(".tmp")):
             continue
-        fields = name[len(head):-len(".tmp")].split("~")
+        fields = name[len(head) : -len(".tmp")].split("~")
         if len(fields) != 3 or not fields[0].isdigit() or fields[1] != _HOST or process_alive(int(fields[0])):
             continue
         stale = path.parent / name
@@ -109,13 +110,13 @@ def atomic_path(path: str | os.PathLike):
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~current_umask())          # mkstemp makes 0600; a plain open() would not
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would not
         os.close(fd)
     except OSError as e:
         raise _named(e, path) from e
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())          # a library that re-created the file made it 0600
+        os.chmod(tmp, 0o666 & ~current_umask())  # a library that re-created the file made it 0600
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -138,7 +139,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb"):
         path.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~current_umask())          # mkstemp makes 0600; a plain open() would not
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain open() would not
     except OSError as e:
         raise _named(e, path) from e
     try:
@@ -157,7 +158,7 @@ def _cleanup_failed(e: BaseException, tmp: Path, path: Path) -> None:
     full = isinstance(e, OSError) and e.errno is None and _device_full(path.parent)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    if full:        # numpy & co report a short write without an errno
+    if full:  # numpy & co report a short write without an errno
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
     if isinstance(e, OSError):
         raise _named(e, path) from e
@@ -185,8 +186,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise DamagedFileError(f"{what} {str(path)!r} is not valid JSON (line {e.lineno}, column {e.colno}: "
-                               f"{e.msg}); it is damaged or was not written by clipkit") from None
+        raise DamagedFileError(
+            f"{what} {str(path)!r} is not valid JSON (line {e.lineno}, column {e.colno}: "
+            f"{e.msg}); it is damaged or was not written by clipkit"
+        ) from None
     except UnicodeDecodeError:
         raise DamagedFileError(f"{what} {str(path)!r} is not UTF-8 text; it is damaged or not a {what}") from None
     except RecursionError:
@@ -227,9 +230,9 @@ def _swap_into_place(new: Path, path: Path) -> None:
     """Put folder `new` at `path`; whatever was at `path` is removed only once `new` is in place."""
     _fsync_dir(new)
     if os.path.lexists(path):
-        if exchange_paths(new, path):                 # one atomic step: path is never absent
+        if exchange_paths(new, path):  # one atomic step: path is never absent
             _fsync_dir(path.parent)
-            _remove(new)                              # `new` now names the previous output
+            _remove(new)  # `new` now names the previous output
             return
         old = path.parent / f".{path.name}.old-{os.getpid()}"
         os.replace(path, old)

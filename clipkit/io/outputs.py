@@ -43,8 +43,8 @@ from clipkit.io.files import (
 
 MANIFEST_NAME = "manifest.json"
 PARTIAL_MARKER = ".clipkit-partial.json"
-OUTPUT_MARKER = ".clipkit-output.json"        # in a folder of loose files we write into (a lab, a run folder)
-FILES_MARKER = ".clipkit-files.json"          # in a folder holding single-file outputs of ours (a CSV, a PNG)
+OUTPUT_MARKER = ".clipkit-output.json"  # in a folder of loose files we write into (a lab, a run folder)
+FILES_MARKER = ".clipkit-files.json"  # in a folder holding single-file outputs of ours (a CSV, a PNG)
 
 
 # ----------------------------------------------------------------------------- hashing and verified reads
@@ -77,8 +77,14 @@ def file_record(path: str | os.PathLike, rows: int | None = None, checksum: bool
     return record
 
 
-def verify_file(path: str | os.PathLike, record: Mapping, *, verify: bool = True,
-                folder: str | os.PathLike | None = None, fix: str = "") -> None:
+def verify_file(
+    path: str | os.PathLike,
+    record: Mapping,
+    *,
+    verify: bool = True,
+    folder: str | os.PathLike | None = None,
+    fix: str = "",
+) -> None:
     """The one check of a file against what its manifest recorded: it exists, has its size, and (unless
     `verify=False`) its sha256. Raises IncompleteOutputError (missing / other size) or DamagedFileError
     (same size, other bytes: the damage a size check cannot see), naming the file (within `folder`,
@@ -92,17 +98,21 @@ def verify_file(path: str | os.PathLike, record: Mapping, *, verify: bool = True
         raise IncompleteOutputError(f"{where!r} is incomplete: {rel} listed in its {MANIFEST_NAME} is missing; {fix}")
     size = path.stat().st_size
     if record.get("bytes") is not None and size != record["bytes"]:
-        raise IncompleteOutputError(f"{where!r} does not match its {MANIFEST_NAME}: {rel} has {size} bytes, the "
-                                    f"manifest says {record['bytes']}; {fix}")
+        raise IncompleteOutputError(
+            f"{where!r} does not match its {MANIFEST_NAME}: {rel} has {size} bytes, the "
+            f"manifest says {record['bytes']}; {fix}"
+        )
     if verify and record.get("sha256") and sha256_file(path) != record["sha256"]:
-        raise DamagedFileError(f"{where!r} does not match its {MANIFEST_NAME}: {rel} has another sha256 than the "
-                               f"manifest records (damaged or changed since it was written); {fix}")
+        raise DamagedFileError(
+            f"{where!r} does not match its {MANIFEST_NAME}: {rel} has another sha256 than the "
+            f"manifest records (damaged or changed since it was written); {fix}"
+        )
 
 
 # ----------------------------------------------------------------------------- manifests
 
-def write_manifest(folder: str | os.PathLike, format: str, parts: Mapping[str, int | None | dict],
-                   **fields) -> dict:
+
+def write_manifest(folder: str | os.PathLike, format: str, parts: Mapping[str, int | None | dict], **fields) -> dict:
     """Write FOLDER/manifest.json (atomically; call it after every part is written).
 
     `parts`: relative path -> row count (or None), or an already computed
@@ -112,8 +122,14 @@ def write_manifest(folder: str | os.PathLike, format: str, parts: Mapping[str, i
     records = {}
     for rel, value in sorted(parts.items()):
         records[rel] = dict(value) if isinstance(value, dict) else file_record(folder / rel, value)
-    manifest = {"format": format, **fields, "parts": records, "complete": True, "written": time.time(),
-                "clipkit_version": __version__}
+    manifest = {
+        "format": format,
+        **fields,
+        "parts": records,
+        "complete": True,
+        "written": time.time(),
+        "clipkit_version": __version__,
+    }
     write_json(folder / MANIFEST_NAME, manifest)
     return manifest
 
@@ -133,8 +149,9 @@ def output_format(path: str | os.PathLike) -> str | None:
     return _json_format(Path(path) / MANIFEST_NAME)
 
 
-def verify_parts(folder: str | os.PathLike, manifest: dict, verify: bool = True, fix: str = "",
-                 full: bool | None = None) -> None:
+def verify_parts(
+    folder: str | os.PathLike, manifest: dict, verify: bool = True, fix: str = "", full: bool | None = None
+) -> None:
     """verify_file for every part the manifest lists (`full` is the older name of `verify`)."""
     verify = verify if full is None else full
     folder = Path(folder)
@@ -142,8 +159,15 @@ def verify_parts(folder: str | os.PathLike, manifest: dict, verify: bool = True,
         verify_file(folder / rel, record, verify=verify, folder=folder, fix=fix)
 
 
-def read_manifest(folder: str | os.PathLike, format: str, fix: str, what: str = "output",
-                  full: bool | None = None, *, verify: bool = True) -> dict:
+def read_manifest(
+    folder: str | os.PathLike,
+    format: str,
+    fix: str,
+    what: str = "output",
+    full: bool | None = None,
+    *,
+    verify: bool = True,
+) -> dict:
     """The manifest of a complete output of `format` at FOLDER, every part checked (verify_parts: size, and
     sha256 unless `verify=False`; `full` is the older name of `verify`).
 
@@ -153,14 +177,16 @@ def read_manifest(folder: str | os.PathLike, format: str, fix: str, what: str = 
     folder = Path(folder)
     if not folder.exists():
         partial = partial_dir_for(folder)
-        hint = (f"; an interrupted run left {str(partial)!r}: {fix}" if partial.is_dir() else "")
+        hint = f"; an interrupted run left {str(partial)!r}: {fix}" if partial.is_dir() else ""
         raise FileNotFoundError(f"{what} {str(folder)!r} does not exist{hint}")
     if not folder.is_dir():
         raise OutputError(f"{what} {str(folder)!r} is a file, not a folder; pass the folder it was written to")
     path = folder / MANIFEST_NAME
     if not path.is_file():
-        raise IncompleteOutputError(f"{what} {str(folder)!r} has no {MANIFEST_NAME}: it was interrupted, is "
-                                    f"still being written, or was not made by this clipkit; {fix}")
+        raise IncompleteOutputError(
+            f"{what} {str(folder)!r} has no {MANIFEST_NAME}: it was interrupted, is "
+            f"still being written, or was not made by this clipkit; {fix}"
+        )
     manifest = read_json(path, "manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != format:
         found = manifest.get("format") if isinstance(manifest, dict) else None
@@ -173,7 +199,7 @@ def read_manifest(folder: str | os.PathLike, format: str, fix: str, what: str = 
 
 # ----------------------------------------------------------------------------- one writer at a time
 
-_HELD: set[str] = set()          # lock files this process holds (so nested holders do not deadlock)
+_HELD: set[str] = set()  # lock files this process holds (so nested holders do not deadlock)
 
 
 def lock_path_for(path: str | os.PathLike) -> Path:
@@ -205,8 +231,10 @@ def _dead_writer(holder: dict) -> bool:
 
 
 def _not_ours(lock: Path, what: str) -> OutputError:
-    return OutputError(f"lock file {str(lock)!r} {what}; clipkit did not make it and will not write through it. "
-                       f"Remove it (or choose another output path)")
+    return OutputError(
+        f"lock file {str(lock)!r} {what}; clipkit did not make it and will not write through it. "
+        f"Remove it (or choose another output path)"
+    )
 
 
 def check_lock_name(lock: Path) -> None:
@@ -226,7 +254,7 @@ def check_lock_name(lock: Path) -> None:
 
 def _open_existing_lock(lock: Path) -> int | None:
     """An fd on the existing lock file (no link followed), or None when it vanished meanwhile."""
-    check_lock_name(lock)                             # a FIFO would block the open; a link is never followed
+    check_lock_name(lock)  # a FIFO would block the open; a link is never followed
     try:
         fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
@@ -238,8 +266,9 @@ def _open_existing_lock(lock: Path) -> int | None:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         os.close(fd)
-        raise _not_ours(lock, "is not a plain file" if not stat.S_ISREG(st.st_mode) else
-                        "has other names (a hard link)")
+        raise _not_ours(
+            lock, "is not a plain file" if not stat.S_ISREG(st.st_mode) else "has other names (a hard link)"
+        )
     return fd
 
 
@@ -274,7 +303,7 @@ def output_lock(path: str | os.PathLike):
     path = Path(path)
     lock = lock_path_for(path)
     key = os.path.abspath(lock)
-    if key in _HELD:                                  # this process holds it already (e.g. load, add, save)
+    if key in _HELD:  # this process holds it already (e.g. load, add, save)
         yield lock
         return
     try:
@@ -287,7 +316,7 @@ def output_lock(path: str | os.PathLike):
         except FileExistsError:
             existing = _open_existing_lock(lock)
             if existing is None:
-                continue                              # removed meanwhile: create it again
+                continue  # removed meanwhile: create it again
             fd = existing
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -305,13 +334,14 @@ def output_lock(path: str | os.PathLike):
                 raise OutputInUseError(
                     f"{str(path)!r} is being written by another process (pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} since {holder.get('since', '?')}: {holder.get('command', '?')}); "
-                    f"wait for it to finish or stop it") from None
+                    f"wait for it to finish or stop it"
+                ) from None
             try:
-                _holder(fd, lock)                     # a stale clipkit lock (its writer died): retire it
+                _holder(fd, lock)  # a stale clipkit lock (its writer died): retire it
                 if os.path.lexists(lock) and os.lstat(lock).st_ino == os.fstat(fd).st_ino:
                     lock.unlink()
             finally:
-                os.close(fd)                          # drops the flock
+                os.close(fd)  # drops the flock
             continue
         except OSError as e:
             if e.errno == errno.ELOOP:
@@ -324,14 +354,18 @@ def output_lock(path: str | os.PathLike):
             same = False
         if same:
             break
-        os.close(fd)                                  # retired by a peer between create and flock: again
+        os.close(fd)  # retired by a peer between create and flock: again
     else:
         raise OutputInUseError(f"could not take the lock {str(lock)!r} of {str(path)!r}; retry")
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-          "command": " ".join(sys.argv)[:300]}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv)[:300],
+    }
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
-        os.write(fd, json.dumps(me).encode())         # a file we just created: nobody else's bytes
+        os.write(fd, json.dumps(me).encode())  # a file we just created: nobody else's bytes
     except OSError as e:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -344,11 +378,12 @@ def output_lock(path: str | os.PathLike):
         _HELD.discard(key)
         with contextlib.suppress(OSError):
             if os.lstat(lock).st_ino == os.fstat(fd).st_ino:
-                lock.unlink()                         # still under our flock: nobody else holds this file
+                lock.unlink()  # still under our flock: nobody else holds this file
         os.close(fd)
 
 
 # ----------------------------------------------------------------------------- where outputs may go
+
 
 def _resolved(p) -> Path:
     return Path(os.path.abspath(os.path.expanduser(str(p)))).resolve()
@@ -376,8 +411,9 @@ def _files_registry(folder: Path) -> dict:
     return files if isinstance(files, dict) else {}
 
 
-def output_owner(path: str | os.PathLike, kind: str = "folder", recognise: Callable[[Path], str | None] | None = None
-                 ) -> str | None:
+def output_owner(
+    path: str | os.PathLike, kind: str = "folder", recognise: Callable[[Path], str | None] | None = None
+) -> str | None:
     """The clipkit format that wrote PATH, or None when clipkit did not (or it changed since).
 
     A folder is ours by its manifest.json (a complete staged output) or its
@@ -403,9 +439,17 @@ def output_owner(path: str | os.PathLike, kind: str = "folder", recognise: Calla
     return recognise(path) if recognise is not None else None
 
 
-def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (), overwrite: bool = False,
-                      flag: str = "--overwrite", *, kind: str = "folder",
-                      recognise: Callable[[Path], str | None] | None = None, staged: bool = False) -> bool:
+def check_output_path(
+    path: str | os.PathLike,
+    format: str,
+    inputs: Iterable = (),
+    overwrite: bool = False,
+    flag: str = "--overwrite",
+    *,
+    kind: str = "folder",
+    recognise: Callable[[Path], str | None] | None = None,
+    staged: bool = False,
+) -> bool:
     """The one rule of every writer: may output PATH (a `kind` "folder" or "file" of `format`) be written?
 
     Returns True when PATH holds a previous output of ours of the same format, False when it is new
@@ -426,22 +470,30 @@ def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (
         for name in _input_paths(item):
             src = _resolved(name)
             if target == src or src in target.parents:
-                raise OutputError(f"output {str(path)!r} is {'the same path as' if target == src else 'inside'} "
-                                  f"the input {str(name)!r}; writing there would change the input. Choose another "
-                                  f"output path")
+                raise OutputError(
+                    f"output {str(path)!r} is {'the same path as' if target == src else 'inside'} "
+                    f"the input {str(name)!r}; writing there would change the input. Choose another "
+                    f"output path"
+                )
             if target in src.parents:
-                raise OutputError(f"output {str(path)!r} contains the input {str(name)!r}; replacing it would "
-                                  f"destroy the input. Choose another output path")
+                raise OutputError(
+                    f"output {str(path)!r} contains the input {str(name)!r}; replacing it would "
+                    f"destroy the input. Choose another output path"
+                )
     check_lock_name(lock_path_for(path) if kind == "folder" else lock_path_for(path.parent / FILES_MARKER))
     stage_dir = partial_dir_for(path)
     if staged and os.path.lexists(stage_dir) and not _stage_is_ours(stage_dir, format):
-        raise OutputError(f"{str(stage_dir)!r} exists and was not made by clipkit for a {format}; move it away "
-                          f"(clipkit stages {str(path)!r} there)")
+        raise OutputError(
+            f"{str(stage_dir)!r} exists and was not made by clipkit for a {format}; move it away "
+            f"(clipkit stages {str(path)!r} there)"
+        )
     for parent in Path(os.path.abspath(path)).parents:
         if os.path.lexists(parent):
             if not parent.is_dir():
-                raise OutputError(f"output {str(path)!r} cannot be created: {str(parent)!r} is a file, not a "
-                                  f"folder; choose another path")
+                raise OutputError(
+                    f"output {str(path)!r} cannot be created: {str(parent)!r} is a file, not a "
+                    f"folder; choose another path"
+                )
             break
     if not os.path.lexists(path):
         return False
@@ -453,27 +505,45 @@ def check_output_path(path: str | os.PathLike, format: str, inputs: Iterable = (
     if path.is_symlink():
         what = "a symbolic link"
     elif path.is_dir():
-        what = f"a {found} output" if found else (
-            "a folder that clipkit did not write (or an incomplete output)" if kind == "folder" else "a folder")
+        what = (
+            f"a {found} output"
+            if found
+            else ("a folder that clipkit did not write (or an incomplete output)" if kind == "folder" else "a folder")
+        )
     else:
-        what = f"a {found} output" if found else ("a file that clipkit did not write (or that changed since)"
-                                                  if kind == "file" else "a file")
+        what = (
+            f"a {found} output"
+            if found
+            else ("a file that clipkit did not write (or that changed since)" if kind == "file" else "a file")
+        )
     if kind == "file" and path.is_dir() and not path.is_symlink():
-        raise OutputError(f"output {str(path)!r} is a folder; this output is a file: give a file path "
-                          f"(e.g. {str(path / 'out')!r})")
+        raise OutputError(
+            f"output {str(path)!r} is a folder; this output is a file: give a file path (e.g. {str(path / 'out')!r})"
+        )
     if overwrite:
         return False
-    raise OutputError(f"output {str(path)!r} already exists and is {what}; refusing to replace it. Choose another "
-                      f"path, or pass {flag} to replace it")
+    raise OutputError(
+        f"output {str(path)!r} already exists and is {what}; refusing to replace it. Choose another "
+        f"path, or pass {flag} to replace it"
+    )
 
 
 def _mark_folder(path: Path, format: str) -> None:
-    write_json(path / OUTPUT_MARKER, {"format": format, "claimed": time.time(), "pid": os.getpid(),
-                                      "command": " ".join(sys.argv)[:300]})
+    write_json(
+        path / OUTPUT_MARKER,
+        {"format": format, "claimed": time.time(), "pid": os.getpid(), "command": " ".join(sys.argv)[:300]},
+    )
 
 
-def claim_output(path: str | os.PathLike, format: str, inputs: Iterable = (), overwrite: bool = False,
-                 flag: str = "--overwrite", *, kind: str = "folder") -> Path:
+def claim_output(
+    path: str | os.PathLike,
+    format: str,
+    inputs: Iterable = (),
+    overwrite: bool = False,
+    flag: str = "--overwrite",
+    *,
+    kind: str = "folder",
+) -> Path:
     """check_output_path, then take the path: a folder of loose files is created and marked ours
     (.clipkit-output.json), so the next run into it (a resume, a re-run) is recognised; a file is
     left to `output_file`, which writes and registers it. With `overwrite`, a file or a symbolic
@@ -483,7 +553,7 @@ def claim_output(path: str | os.PathLike, format: str, inputs: Iterable = (), ov
     if kind == "file":
         return path
     if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
-        path.unlink()                                          # only reached with overwrite
+        path.unlink()  # only reached with overwrite
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not ours or output_owner(path) != format:
@@ -499,15 +569,22 @@ def register_file(path: str | os.PathLike, format: str) -> None:
     registry = path.parent / FILES_MARKER
     with output_lock(registry):
         files = _files_registry(path.parent)
-        files = {k: v for k, v in files.items() if (path.parent / k).is_file()}     # forget deleted files
+        files = {k: v for k, v in files.items() if (path.parent / k).is_file()}  # forget deleted files
         files[path.name] = {"format": format, **file_record(path)}
         write_json(registry, {"format": "clipkit-files", "files": files})
 
 
 @contextlib.contextmanager
-def output_file(path: str | os.PathLike, format: str, inputs: Iterable = (), overwrite: bool = False,
-                flag: str = "--overwrite", mode: str = "wb", append: bool = False,
-                recognise: Callable[[Path], str | None] | None = None):
+def output_file(
+    path: str | os.PathLike,
+    format: str,
+    inputs: Iterable = (),
+    overwrite: bool = False,
+    flag: str = "--overwrite",
+    mode: str = "wb",
+    append: bool = False,
+    recognise: Callable[[Path], str | None] | None = None,
+):
     """Claim a single-file output, write it atomically, record it as ours.
 
         with output_file("predictions.csv", "clipkit-predictions", inputs=[images], mode="w") as f:
@@ -519,7 +596,7 @@ def output_file(path: str | os.PathLike, format: str, inputs: Iterable = (), ove
     ours = check_output_path(path, format, inputs, overwrite, flag, kind="file", recognise=recognise)
     before = path.read_bytes() if append and ours else b""
     if before and "b" not in mode and not before.endswith(b"\n"):
-        before += b"\n"                                      # text appends go on a line of their own
+        before += b"\n"  # text appends go on a line of their own
     with atomic_file(path, mode) as f:
         if before:
             f.write(before if "b" in mode else before.decode("utf-8"))
@@ -528,6 +605,7 @@ def output_file(path: str | os.PathLike, format: str, inputs: Iterable = (), ove
 
 
 # ----------------------------------------------------------------------------- staged outputs
+
 
 class Stage:
     """The staging folder of one output being written (see staged_output)."""
@@ -556,8 +634,10 @@ def begin_stage(path: str | os.PathLike, format: str, resume: bool = False) -> S
     clean_stale_temps(stage_dir)
     if os.path.lexists(stage_dir):
         if not _stage_is_ours(stage_dir, format):
-            raise OutputError(f"{str(stage_dir)!r} exists and was not made by clipkit for a {format}; move it away "
-                              f"(clipkit stages {str(path)!r} there)")
+            raise OutputError(
+                f"{str(stage_dir)!r} exists and was not made by clipkit for a {format}; move it away "
+                f"(clipkit stages {str(path)!r} there)"
+            )
         if resume and _json_format(marker) == format:
             resumed = True
         else:
@@ -569,8 +649,16 @@ def begin_stage(path: str | os.PathLike, format: str, resume: bool = False) -> S
             raise _named(e, stage_dir) from e
         try:
             os.chmod(fresh, 0o777 & ~current_umask())
-            write_json(fresh / PARTIAL_MARKER, {"format": format, "output": str(path), "pid": os.getpid(),
-                                                "host": socket.gethostname(), "started": time.time()})
+            write_json(
+                fresh / PARTIAL_MARKER,
+                {
+                    "format": format,
+                    "output": str(path),
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.time(),
+                },
+            )
             os.rename(fresh, stage_dir)
         except OSError as e:
             shutil.rmtree(fresh, ignore_errors=True)
@@ -590,8 +678,16 @@ def publish_stage(stage: Stage) -> Path:
 
 
 @contextlib.contextmanager
-def staged_output(path: str | os.PathLike, format: str, *, inputs: Iterable = (), overwrite: bool = False,
-                  resume: bool = False, keep_partial: bool = False, flag: str = "--overwrite"):
+def staged_output(
+    path: str | os.PathLike,
+    format: str,
+    *,
+    inputs: Iterable = (),
+    overwrite: bool = False,
+    resume: bool = False,
+    keep_partial: bool = False,
+    flag: str = "--overwrite",
+):
     """Check PATH (check_output_path), lock it, yield a Stage to write into, then publish it.
 
     The block must end by calling write_manifest(stage.dir, format, ...). On an
@@ -604,8 +700,8 @@ def staged_output(path: str | os.PathLike, format: str, *, inputs: Iterable = ()
     inputs = list(inputs)
     check_output_path(path, format, inputs, overwrite, flag, staged=True)
     with output_lock(path):
-        check_output_path(path, format, inputs, overwrite, flag, staged=True)     # again, now that we hold the lock
-        clean_stale_temps(path)                                      # a killed atomic writer's siblings of PATH
+        check_output_path(path, format, inputs, overwrite, flag, staged=True)  # again, now that we hold the lock
+        clean_stale_temps(path)  # a killed atomic writer's siblings of PATH
         stage = begin_stage(path, format, resume=resume)
         try:
             yield stage
@@ -614,5 +710,5 @@ def staged_output(path: str | os.PathLike, format: str, *, inputs: Iterable = ()
             if not keep_partial:
                 shutil.rmtree(stage.dir, ignore_errors=True)
             if isinstance(e, OSError):
-                raise _named(e, stage.dir) from e          # a failed write somewhere in the stage: name it
+                raise _named(e, stage.dir) from e  # a failed write somewhere in the stage: name it
             raise

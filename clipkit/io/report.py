@@ -37,7 +37,7 @@ code { background: #f3f3f3; padding: 0 .25em; }
 
 @dataclass
 class Figure:
-    path: str            # relative to the report's folder
+    path: str  # relative to the report's folder
     caption: str
     width: int | None = None
 
@@ -47,8 +47,8 @@ class Section:
     title: str
     text: str
     figures: list[Figure] = field(default_factory=list)
-    metrics: dict | None = None                 # name -> value, shown as a two-column table
-    table: list[dict] | None = None             # rows with the same keys, shown as a table
+    metrics: dict | None = None  # name -> value, shown as a two-column table
+    table: list[dict] | None = None  # rows with the same keys, shown as a table
 
 
 def _fmt(value) -> str:
@@ -62,18 +62,24 @@ def _table(rows: list[dict]) -> str:
         return ""
     columns = list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>"
-                   for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def render_html(title: str, sections: list[Section], summary: str | None = None) -> str:
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
     if summary:
         parts.append(f"<div class='summary'>{summary}</div>")
-    parts.append("<ul>" + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>"
-                                  for i, s in enumerate(sections)) + "</ul>")
+    parts.append(
+        "<ul>"
+        + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections))
+        + "</ul>"
+    )
     for i, s in enumerate(sections):
         parts.append(f"<h2 id='s{i}'>{html.escape(s.title)}</h2><p>{s.text}</p>")
         if s.metrics:
@@ -82,8 +88,10 @@ def render_html(title: str, sections: list[Section], summary: str | None = None)
             parts.append(_table(s.table))
         for f in s.figures:
             width = f" width='{f.width}'" if f.width else ""
-            parts.append(f"<figure><img src='{html.escape(f.path)}' alt='{html.escape(f.caption)}'{width}>"
-                         f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{html.escape(f.path)}' alt='{html.escape(f.caption)}'{width}>"
+                f"<figcaption>{html.escape(f.caption)}</figcaption></figure>"
+            )
     parts.append("</body></html>\n")
     return "".join(parts)
 

@@ -27,8 +27,10 @@ def run_stage(name: str, folder: Path, fn: Callable[[], dict], force: bool = Fal
     if marker.is_file() and not force:
         result = read_json(marker, "stage marker")
         if not isinstance(result, dict):
-            raise DamagedFileError(f"stage marker {str(marker)!r} holds {type(result).__name__}, not a stage "
-                                   f"record; it is damaged: remove it to run the {name} stage again")
+            raise DamagedFileError(
+                f"stage marker {str(marker)!r} holds {type(result).__name__}, not a stage "
+                f"record; it is damaged: remove it to run the {name} stage again"
+            )
         print(f"[{name}] skipped (done): {result.get('summary', '')}", flush=True)
         return result
     Path(folder).mkdir(parents=True, exist_ok=True)

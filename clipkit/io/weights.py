@@ -36,8 +36,9 @@ def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, met
     return Path(path)
 
 
-def load_weights(path: str | os.PathLike, *, record: Mapping | None = None, verify: bool = True,
-                 fix: str = "") -> dict[str, torch.Tensor]:
+def load_weights(
+    path: str | os.PathLike, *, record: Mapping | None = None, verify: bool = True, fix: str = ""
+) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, after verify_file against its manifest `record` (when there is one)."""
     path = Path(path)
     if record is not None:
@@ -49,19 +50,25 @@ def load_weights(path: str | os.PathLike, *, record: Mapping | None = None, veri
     except SafetensorError as e:
         with path.open("rb") as f:
             head = f.read(2)
-        what = ("a pickle (torch.save), which clipkit never unpickles" if head == b"PK" or head[:1] == b"\x80"
-                else f"damaged or not safetensors ({e})")
+        what = (
+            "a pickle (torch.save), which clipkit never unpickles"
+            if head == b"PK" or head[:1] == b"\x80"
+            else f"damaged or not safetensors ({e})"
+        )
         raise DamagedFileError(f"weights file {str(path)!r} is {what}; {fix}") from None
 
 
-def fit_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike,
-                fix: str = "") -> torch.nn.Module:
+def fit_weights(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str | os.PathLike, fix: str = ""
+) -> torch.nn.Module:
     """module.load_state_dict(state, strict=True); weights of another shape or other names raise
     WeightsMismatchError naming `source`, the first difference and `fix`."""
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
-        raise WeightsMismatchError(f"the weights in {str(source)!r} do not fit this model ({detail[:240]}): "
-                                   f"they belong to another model or configuration; {fix}") from None
+        raise WeightsMismatchError(
+            f"the weights in {str(source)!r} do not fit this model ({detail[:240]}): "
+            f"they belong to another model or configuration; {fix}"
+        ) from None
     return module

@@ -46,7 +46,7 @@ VARIANTS = {"full": {}, "lock-image": {"lock_image": True}, "lock-text": {"lock_
 @dataclass
 class FinetuneExperiment:
     out_dir: str = "runs/finetune"
-    base_model: str | None = None          # a saved clipkit model to fine-tune; None: pretrain `model` here
+    base_model: str | None = None  # a saved clipkit model to fine-tune; None: pretrain `model` here
     model: str = "shapes-small"
     pretrain_samples: int = 10_000
     pretrain_epochs: int = 4
@@ -63,9 +63,18 @@ class FinetuneExperiment:
     progress: bool = True
 
 
-QUICK = FinetuneExperiment(out_dir="runs/finetune-quick", model="shapes-tiny", pretrain_samples=256,
-                           pretrain_epochs=1, finetune_samples=128, finetune_steps=3, batch_size=32,
-                           eval_samples=48, alphas=(0.0, 0.5, 1.0), progress=False)
+QUICK = FinetuneExperiment(
+    out_dir="runs/finetune-quick",
+    model="shapes-tiny",
+    pretrain_samples=256,
+    pretrain_epochs=1,
+    finetune_samples=128,
+    finetune_steps=3,
+    batch_size=32,
+    eval_samples=48,
+    alphas=(0.0, 0.5, 1.0),
+    progress=False,
+)
 
 
 def _in_slice(colors):
@@ -81,15 +90,32 @@ def _write_data(cfg: FinetuneExperiment, root: Path) -> dict:
     data = root / "data"
     if not (data / "done.json").is_file():
         if cfg.base_model is None:
-            write_shards(shapes.generate("train", cfg.pretrain_samples, cfg.seed), data / "world",
-                         shard_size=5_000, total=cfg.pretrain_samples)
-        write_shards(slice_samples("train", cfg.finetune_samples, cfg.seed + 7, inside), data / "slice",
-                     shard_size=5_000)
+            write_shards(
+                shapes.generate("train", cfg.pretrain_samples, cfg.seed),
+                data / "world",
+                shard_size=5_000,
+                total=cfg.pretrain_samples,
+            )
+        write_shards(
+            slice_samples("train", cfg.finetune_samples, cfg.seed + 7, inside), data / "slice", shard_size=5_000
+        )
         bench = {}
-        bench.update(export_shapes_benchmark(root / "bench", "val", cfg.eval_samples, cfg.seed + 1,
-                                             where=inside, prefix="slice_", retrieval=False))
-        bench.update(export_shapes_benchmark(root / "bench", "val", cfg.eval_samples, cfg.seed + 1,
-                                             where=lambda a: not inside(a), prefix="rest_", retrieval=False))
+        bench.update(
+            export_shapes_benchmark(
+                root / "bench", "val", cfg.eval_samples, cfg.seed + 1, where=inside, prefix="slice_", retrieval=False
+            )
+        )
+        bench.update(
+            export_shapes_benchmark(
+                root / "bench",
+                "val",
+                cfg.eval_samples,
+                cfg.seed + 1,
+                where=lambda a: not inside(a),
+                prefix="rest_",
+                retrieval=False,
+            )
+        )
         _write_json(data / "done.json", {"bench": bench})
     return json.loads((data / "done.json").read_text())["bench"]
 
@@ -103,16 +129,27 @@ def _train(cfg: FinetuneExperiment, out: Path, **fields) -> str:
     """Run train_clip unless out/summary.json says it finished; the model folder."""
 
     if not (out / "summary.json").is_file():
-        train_clip(ClipTrainConfig(out_dir=str(out), batch_size=cfg.batch_size, num_workers=0,
-                                   num_threads=cfg.num_threads, seed=cfg.seed, progress=cfg.progress,
-                                   log_every=10, **fields))
+        train_clip(
+            ClipTrainConfig(
+                out_dir=str(out),
+                batch_size=cfg.batch_size,
+                num_workers=0,
+                num_threads=cfg.num_threads,
+                seed=cfg.seed,
+                progress=cfg.progress,
+                log_every=10,
+                **fields,
+            )
+        )
     return str(out / "model")
 
 
 def _scores(rows: list[dict]) -> dict:
     """Mean zero-shot acc1 over the attributes on the slice and on the rest, plus every dataset's acc1."""
     per = {r["dataset"]: r["metrics"]["acc1"] for r in rows}
-    mean = lambda prefix: sum(v for k, v in per.items() if k.startswith(prefix)) / max(1, sum(k.startswith(prefix) for k in per))
+    mean = lambda prefix: (
+        sum(v for k, v in per.items() if k.startswith(prefix)) / max(1, sum(k.startswith(prefix) for k in per))
+    )
     return {"slice": mean("slice_"), "rest": mean("rest_"), "per_dataset": per}
 
 
@@ -124,13 +161,27 @@ def run_finetune_experiment(cfg: FinetuneExperiment | None = None) -> dict:
     root = Path(cfg.out_dir)
     bench = _write_data(cfg, root)
     datasets = list(bench.values())
-    base = cfg.base_model or _train(cfg, root / "pretrain", model=cfg.model, train_data=str(root / "data/world"),
-                                    epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, warmup_steps=50)
+    base = cfg.base_model or _train(
+        cfg,
+        root / "pretrain",
+        model=cfg.model,
+        train_data=str(root / "data/world"),
+        epochs=cfg.pretrain_epochs,
+        lr=cfg.pretrain_lr,
+        warmup_steps=50,
+    )
     models = {"pretrained": base}
     for variant, locks in VARIANTS.items():
-        models[variant] = _train(cfg, root / f"ft-{variant}", model=base, train_data=str(root / "data/slice"),
-                                 max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
-                                 warmup_steps=max(1, cfg.finetune_steps // 10), **locks)
+        models[variant] = _train(
+            cfg,
+            root / f"ft-{variant}",
+            model=base,
+            train_data=str(root / "data/slice"),
+            max_steps=cfg.finetune_steps,
+            lr=cfg.finetune_lr,
+            warmup_steps=max(1, cfg.finetune_steps // 10),
+            **locks,
+        )
     results: dict = {"config": asdict(cfg), "models": {}, "wiseft": []}
     all_rows: list[dict] = []
     for name, path in models.items():
@@ -143,8 +194,13 @@ def run_finetune_experiment(cfg: FinetuneExperiment | None = None) -> dict:
         results["wiseft"].append({"alpha": alpha, **_scores([r for r in sweep if r["alpha"] == alpha])})
     (root / "wiseft").mkdir(parents=True, exist_ok=True)
     write_rows(sweep, root / "wiseft" / "results.jsonl", append=False)
-    plot_tradeoff(sweep, root / "wiseft" / "tradeoff.png", "slice_shape", "rest_shape",
-                  title="WiSE-FT: shape zero-shot, slice vs rest")
+    plot_tradeoff(
+        sweep,
+        root / "wiseft" / "tradeoff.png",
+        "slice_shape",
+        "rest_shape",
+        title="WiSE-FT: shape zero-shot, slice vs rest",
+    )
     write_rows(all_rows, root / "results.jsonl", append=False)
     _write_json(root / "results.json", results)
     plot_experiment(results, root / "finetune.png")
@@ -172,8 +228,9 @@ def plot_experiment(results: dict, path) -> Path:
     curve = results["wiseft"]
     right.plot([p["slice"] for p in curve], [p["rest"] for p in curve], "-o", color="tab:purple", label="WiSE-FT")
     for p in curve:
-        right.annotate(f"α={p['alpha']:g}", (p["slice"], p["rest"]), textcoords="offset points", xytext=(5, -11),
-                       fontsize=8)
+        right.annotate(
+            f"α={p['alpha']:g}", (p["slice"], p["rest"]), textcoords="offset points", xytext=(5, -11), fontsize=8
+        )
     for name, marker in (("lock-image", "s"), ("lock-text", "^")):
         if name in results["models"]:
             m = results["models"][name]
@@ -190,18 +247,35 @@ def plot_experiment(results: dict, path) -> Path:
 def _write_report(results: dict, root: Path) -> None:
 
     cfg = results["config"]
-    table = [{"model": n, "slice": round(m["slice"], 4), "rest": round(m["rest"], 4)}
-             for n, m in results["models"].items()]
-    table += [{"model": f"wise-ft α={p['alpha']:g}", "slice": round(p["slice"], 4), "rest": round(p["rest"], 4)}
-              for p in results["wiseft"]]
-    text = (f"A {cfg['model']} CLIP pretrained on the whole shapes world is fine-tuned for {cfg['finetune_steps']} "
-            f"steps on shapes of colours {list(cfg['slice_colors'])} only. Zero-shot accuracy (mean over shape, "
-            f"colour, size, position and hat; {cfg['eval_samples']} held-out images each) is measured on the slice "
-            f"and on the rest of the world, for the fine-tuned model with every weight trained, with the image or "
-            f"the text tower locked, and along the WiSE-FT interpolation between pretrained and fine-tuned weights.")
-    write_report(root / "report.html", "clipkit: fine-tuning that keeps zero-shot", [
-        Section("The trap and the remedies", text, figures=[Figure("finetune.png", "Slice vs rest, per model "
-                "and along WiSE-FT."), Figure("wiseft/tradeoff.png", "Shape zero-shot along α.")], table=table)])
+    table = [
+        {"model": n, "slice": round(m["slice"], 4), "rest": round(m["rest"], 4)} for n, m in results["models"].items()
+    ]
+    table += [
+        {"model": f"wise-ft α={p['alpha']:g}", "slice": round(p["slice"], 4), "rest": round(p["rest"], 4)}
+        for p in results["wiseft"]
+    ]
+    text = (
+        f"A {cfg['model']} CLIP pretrained on the whole shapes world is fine-tuned for {cfg['finetune_steps']} "
+        f"steps on shapes of colours {list(cfg['slice_colors'])} only. Zero-shot accuracy (mean over shape, "
+        f"colour, size, position and hat; {cfg['eval_samples']} held-out images each) is measured on the slice "
+        f"and on the rest of the world, for the fine-tuned model with every weight trained, with the image or "
+        f"the text tower locked, and along the WiSE-FT interpolation between pretrained and fine-tuned weights."
+    )
+    write_report(
+        root / "report.html",
+        "clipkit: fine-tuning that keeps zero-shot",
+        [
+            Section(
+                "The trap and the remedies",
+                text,
+                figures=[
+                    Figure("finetune.png", "Slice vs rest, per model and along WiSE-FT."),
+                    Figure("wiseft/tradeoff.png", "Shape zero-shot along α."),
+                ],
+                table=table,
+            )
+        ],
+    )
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 
 from clipkit.io.errors import positive_int
 
-VOCABULARY_PATH = Path(__file__).resolve().parents[1] / "data" / "vocabulary.txt"   # clipkit/data/
+VOCABULARY_PATH = Path(__file__).resolve().parents[1] / "data" / "vocabulary.txt"  # clipkit/data/
 FUNCTIONS = ("normalize", "mean")
 MAX_LENGTH, MAX_DEPTH = 10_000, 64
 
@@ -44,17 +44,18 @@ class ExpressionError(ValueError):
 
     def __init__(self, message: str, expression: str, position: int):
         self.expression, self.position = expression, position
-        shown = expression if len(expression) <= 120 else expression[max(0, position - 60):position + 60]
+        shown = expression if len(expression) <= 120 else expression[max(0, position - 60) : position + 60]
         offset = position if len(expression) <= 120 else min(position, 60)
         super().__init__(f"{message} at position {position}\n  {shown}\n  {' ' * offset}^")
 
 
 # ----------------------------------------------------------------------------- tokens
 
+
 @dataclass(frozen=True)
 class Token:
-    kind: str        # NUMBER, REF, IDENT, OP, END
-    value: Any       # by kind: float (NUMBER), (img|text, str) (REF), str (IDENT, OP), None (END)
+    kind: str  # NUMBER, REF, IDENT, OP, END
+    value: Any  # by kind: float (NUMBER), (img|text, str) (REF), str (IDENT, OP), None (END)
     pos: int
 
 
@@ -105,10 +106,10 @@ def tokenize(text: str) -> list[Token]:
                 while j < len(text) and text[j] == " ":
                     j += 1
                 if j >= len(text) or text[j] not in "\"'":
-                    raise ExpressionError(f"{word}: must be followed by a quoted string, e.g. {word}:\"...\"", text, j)
+                    raise ExpressionError(f'{word}: must be followed by a quoted string, e.g. {word}:"..."', text, j)
                 value, i = _read_string(text, j)
                 if not value.strip():
-                    raise ExpressionError(f"empty {word}:\"\" reference", text, j)
+                    raise ExpressionError(f'empty {word}:"" reference', text, j)
                 tokens.append(Token("REF", (word, value), m.start()))
             else:
                 tokens.append(Token("IDENT", word, i))
@@ -121,9 +122,10 @@ def tokenize(text: str) -> list[Token]:
 
 # ----------------------------------------------------------------------------- parsing
 
+
 @dataclass(frozen=True)
 class Node:
-    op: str          # num, ref, neg, +, -, *, normalize, mean
+    op: str  # num, ref, neg, +, -, *, normalize, mean
     args: tuple
     pos: int
 
@@ -197,8 +199,11 @@ class _Parser:
             return node
         if tok.kind == "IDENT":
             if tok.value not in FUNCTIONS:
-                raise ExpressionError(f"unknown name {tok.value!r}; expected a function {FUNCTIONS}, "
-                                      f"img:\"path\", text:\"...\" or a number", self.text, tok.pos)
+                raise ExpressionError(
+                    f'unknown name {tok.value!r}; expected a function {FUNCTIONS}, img:"path", text:"..." or a number',
+                    self.text,
+                    tok.pos,
+                )
             self.expect("(")
             args = [self.expr()]
             while self.peek().kind == "OP" and self.peek().value == ",":
@@ -237,8 +242,10 @@ def references(node: Node) -> list[tuple[str, str, int]]:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate_expression(model, expression: str, base_dir: str | os.PathLike | None = None, *,
-                        images: Mapping[str, Any] | None = None) -> np.ndarray:
+
+def evaluate_expression(
+    model, expression: str, base_dir: str | os.PathLike | None = None, *, images: Mapping[str, Any] | None = None
+) -> np.ndarray:
     """Evaluate to a (D,) float32 vector; img paths are relative to `base_dir` (default: cwd).
 
     `images` maps img: names to what they stand for instead of a file: a (D,) vector (an indexed item's
@@ -280,12 +287,13 @@ def _stored_vector(item, name: str, pos: int, dim: int, expression: str) -> np.n
     """A given (D,) embedding for img:NAME: the model's dim, finite, not zero; returned unit-norm."""
     v = np.asarray(item.detach().cpu() if hasattr(item, "detach") else item, dtype=np.float32)
     if v.shape != (dim,):
-        raise ExpressionError(f"img:{name!r} stands for a vector of shape {v.shape}; the model embeds in dim {dim}",
-                              expression, pos)
+        raise ExpressionError(
+            f"img:{name!r} stands for a vector of shape {v.shape}; the model embeds in dim {dim}", expression, pos
+        )
     norm = float(np.linalg.norm(v)) if np.isfinite(v).all() else float("nan")
     if not norm > 1e-12:
         raise ExpressionError(f"img:{name!r} stands for a vector that is zero or holds NaN / inf", expression, pos)
-    return v / norm                               # unit-norm, like every embedding a reference becomes
+    return v / norm  # unit-norm, like every embedding a reference becomes
 
 
 def _eval(node: Node, emb: dict, text: str):
@@ -319,6 +327,7 @@ def _eval(node: Node, emb: dict, text: str):
 
 
 # ----------------------------------------------------------------------------- nearest words
+
 
 def load_vocabulary(vocabulary: str | os.PathLike | Sequence[str] | None = None) -> list[str]:
     """The shipped vocabulary (None), a text file (one word or phrase a line), or a list, deduplicated."""
@@ -360,8 +369,10 @@ def nearest_words(model, vector, k: int = 5, vocabulary=None, template: str = "{
         raise ValueError(f"vector has dim {v.shape[0]}; the model embeds in dim {emb.shape[1]}")
     if not np.isfinite(v).all():
         bad = np.flatnonzero(~np.isfinite(v))
-        raise ValueError(f"vector holds {len(bad)} NaN/inf value(s) (first at index {int(bad[0])}); "
-                         f"nearest words are undefined for a non-finite vector")
+        raise ValueError(
+            f"vector holds {len(bad)} NaN/inf value(s) (first at index {int(bad[0])}); "
+            f"nearest words are undefined for a non-finite vector"
+        )
     norm = float(np.linalg.norm(v))
     if norm < 1e-12:
         raise ValueError("vector is zero; nearest words are undefined")

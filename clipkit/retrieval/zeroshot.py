@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from clipkit.io.figures import new_figure, save_figure
 
 SIMPLE_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {}.", "a drawing of a {}.")
-DEFAULT_TEMPLATES = "simple"      # the one default of zero-shot, eval, export-benchmark and serve
+DEFAULT_TEMPLATES = "simple"  # the one default of zero-shot, eval, export-benchmark and serve
 
 
 class BenchmarkTemplate:
@@ -40,7 +40,7 @@ class BenchmarkTemplate:
         self.text = text
 
     def __call__(self, classname: str) -> str:
-        return self.text.format(c=classname)          # CLIP_benchmark's own substitution
+        return self.text.format(c=classname)  # CLIP_benchmark's own substitution
 
     def __repr__(self) -> str:
         return f"BenchmarkTemplate({self.text!r})"
@@ -63,6 +63,7 @@ def get_templates(spec: str | os.PathLike | Sequence[str | Callable] | None = No
         name = str(spec)
         if name == "openai":
             from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES  # open_clip is slow to import
+
             return list(OPENAI_IMAGENET_TEMPLATES)
         if name == "simple":
             return list(SIMPLE_TEMPLATES)
@@ -70,10 +71,15 @@ def get_templates(spec: str | os.PathLike | Sequence[str | Callable] | None = No
             return ["{}"]
         path = Path(name)
         if not path.is_file():
-            raise ValueError(f"templates={name!r}: expected 'openai', 'simple', 'none' or a text file of "
-                             f"templates (one a line, each containing '{{}}' or '{{c}}')")
-        spec = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.startswith("#")]
+            raise ValueError(
+                f"templates={name!r}: expected 'openai', 'simple', 'none' or a text file of "
+                f"templates (one a line, each containing '{{}}' or '{{c}}')"
+            )
+        spec = [
+            line.strip()
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
     templates = [BenchmarkTemplate(t) if isinstance(t, str) and "{c}" in t else t for t in spec]
     if not templates:
         raise ValueError("templates is empty; expected at least one template")
@@ -90,8 +96,8 @@ def class_vectors(model, classnames: Sequence[str], templates, batch_size: int =
     """(C, D) float32 torch tensor of unit class vectors (open_clip's recipe, see module docstring)."""
     templates = get_templates(templates)
     texts = [t.format(c) if isinstance(t, str) else t(c) for c in classnames for t in templates]
-    emb = model.encode_texts(texts, batch_size=batch_size)                 # (C*T, D), unit norm
-    emb = emb.reshape(len(classnames), len(templates), -1).mean(dim=1)      # (C, D)
+    emb = model.encode_texts(texts, batch_size=batch_size)  # (C*T, D), unit norm
+    emb = emb.reshape(len(classnames), len(templates), -1).mean(dim=1)  # (C, D)
     return F.normalize(emb, dim=-1)
 
 
@@ -110,7 +116,7 @@ class ZeroShotClassifier:
                 raise ValueError(f"classnames[{i}]={c!r}; expected a non-empty string")
         self.model, self.classnames, self.batch_size = model, classnames, batch_size
         self.templates = get_templates(templates)
-        self.weights = class_vectors(model, classnames, self.templates, batch_size).numpy()   # (C, D)
+        self.weights = class_vectors(model, classnames, self.templates, batch_size).numpy()  # (C, D)
 
     def embed(self, images) -> np.ndarray:
         """(N, D) image embeddings; a float (N, D) array of embeddings passes through."""
@@ -123,7 +129,7 @@ class ZeroShotClassifier:
         return self.model.encode_images(images, batch_size=self.batch_size).numpy()
 
     def logits(self, images) -> np.ndarray:
-        return 100.0 * self.embed(images) @ self.weights.T                  # (N, C)
+        return 100.0 * self.embed(images) @ self.weights.T  # (N, C)
 
     def predict_proba(self, images) -> np.ndarray:
         z = self.logits(images)
@@ -138,8 +144,10 @@ class ZeroShotClassifier:
         for i, label in enumerate(labels):
             if isinstance(label, str):
                 if label not in self.classnames:
-                    raise ValueError(f"sample {i}'s label {label!r} is not one of the {len(self.classnames)} classes "
-                                     f"{list(self.classnames)[:10]}; leave such samples out or add the class")
+                    raise ValueError(
+                        f"sample {i}'s label {label!r} is not one of the {len(self.classnames)} classes "
+                        f"{list(self.classnames)[:10]}; leave such samples out or add the class"
+                    )
                 out.append(self.classnames.index(label))
             else:
                 if not 0 <= int(label) < len(self.classnames):
@@ -155,8 +163,12 @@ class ZeroShotClassifier:
             raise ValueError(f"{len(z)} images but {len(y)} labels")
         report = metrics_from_logits(z, y, self.classnames)
         if confusion_png is not None:
-            save_confusion_png(np.asarray(report["confusion"]), self.classnames, confusion_png,
-                               title=f"zero-shot top-1 {report['top1']:.3f}")
+            save_confusion_png(
+                np.asarray(report["confusion"]),
+                self.classnames,
+                confusion_png,
+                title=f"zero-shot top-1 {report['top1']:.3f}",
+            )
         return report
 
 
@@ -171,10 +183,16 @@ def metrics_from_logits(logits: np.ndarray, y: np.ndarray, classnames: Sequence[
     support = confusion.sum(axis=1)
     recall = {name: (float(confusion[i, i] / support[i]) if support[i] else None) for i, name in enumerate(classnames)}
     present = [r for r in recall.values() if r is not None]
-    return {"n": int(len(y)), "top1": top1, "top5": top5,
-            "balanced_accuracy": float(np.mean(present)) if present else float("nan"),
-            "per_class_recall": recall, "support": {n: int(s) for n, s in zip(classnames, support)},
-            "confusion": confusion.tolist(), "classnames": list(classnames)}
+    return {
+        "n": int(len(y)),
+        "top1": top1,
+        "top5": top5,
+        "balanced_accuracy": float(np.mean(present)) if present else float("nan"),
+        "per_class_recall": recall,
+        "support": {n: int(s) for n, s in zip(classnames, support)},
+        "confusion": confusion.tolist(),
+        "classnames": list(classnames),
+    }
 
 
 def save_confusion_png(confusion: np.ndarray, classnames: Sequence[str], path, title: str = "") -> Path:
@@ -193,8 +211,15 @@ def save_confusion_png(confusion: np.ndarray, classnames: Sequence[str], path, t
         for i in range(c):
             for j in range(c):
                 if confusion[i, j]:
-                    ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(confusion[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
@@ -204,8 +229,10 @@ def save_confusion_png(confusion: np.ndarray, classnames: Sequence[str], path, t
 def format_report(report: dict, title: str = "") -> str:
     """A printable text report of `evaluate`'s result."""
     lines = [title] if title else []
-    lines.append(f"n={report['n']}  top-1={report['top1']:.4f}  top-5={report['top5']:.4f}  "
-                 f"balanced={report['balanced_accuracy']:.4f}")
+    lines.append(
+        f"n={report['n']}  top-1={report['top1']:.4f}  top-5={report['top5']:.4f}  "
+        f"balanced={report['balanced_accuracy']:.4f}"
+    )
     width = max(len(n) for n in report["classnames"])
     for name in report["classnames"]:
         r = report["per_class_recall"][name]

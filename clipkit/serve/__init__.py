@@ -16,11 +16,20 @@ not import FastAPI or torch.
 from importlib import import_module
 
 _EXPORTS = {
-    "Engine": "engine", "ServeConfig": "engine", "Query": "engine",
-    "ClientError": "errors", "TooLarge": "errors", "UnknownId": "errors",
-    "MicroBatcher": "batching", "BoundedPool": "batching", "Overloaded": "batching",
+    "Engine": "engine",
+    "ServeConfig": "engine",
+    "Query": "engine",
+    "ClientError": "errors",
+    "TooLarge": "errors",
+    "UnknownId": "errors",
+    "MicroBatcher": "batching",
+    "BoundedPool": "batching",
+    "Overloaded": "batching",
     "Metrics": "metrics",
-    "create_app": "app", "bind_socket": "app", "run_server": "app", "make_server": "app",
+    "create_app": "app",
+    "bind_socket": "app",
+    "run_server": "app",
+    "make_server": "app",
 }
 __all__ = list(_EXPORTS)
 

@@ -43,10 +43,14 @@ from clipkit.serve.routes.pages import STATIC
 def create_app(engine: Engine) -> FastAPI:
     """The FastAPI app over `engine`: routers, error handlers, body limit, Prometheus metrics and request log."""
     # FastAPIOffline: the same FastAPI app, but /docs loads Swagger UI from the package, not from a CDN.
-    app = FastAPIOffline(title="clipkit serve", version=__version__, redoc_url=None,
-                         description="Search a CLIP index by text, image, id or embedding arithmetic; zero-shot "
-                                     "classify; generate images with an unCLIP pipeline. Errors are JSON "
-                                     '{"error": "..."}; a full queue answers 503 with Retry-After.')
+    app = FastAPIOffline(
+        title="clipkit serve",
+        version=__version__,
+        redoc_url=None,
+        description="Search a CLIP index by text, image, id or embedding arithmetic; zero-shot "
+        "classify; generate images with an unCLIP pipeline. Errors are JSON "
+        '{"error": "..."}; a full queue answers 503 with Retry-After.',
+    )
     app.state.engine, app.state.metrics = engine, Metrics(engine)
     # Outermost last: the metrics see every answer (500s included), InternalErrors sees what BodyLimit does not.
     app.add_middleware(BodyLimit, max_bytes=engine.config.max_upload_bytes + 256 * 1024)
@@ -61,6 +65,7 @@ def create_app(engine: Engine) -> FastAPI:
 
 # ----------------------------------------------------------------------------- upload size
 
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -72,11 +77,23 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
 
     async def _refuse(self, send, size: str) -> None:
-        body = json.dumps({"error": f"the request body is {size} bytes; the limit is {self.max_bytes:,} bytes "
-                                    f"(raise it with --max-upload-mb)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        body = json.dumps(
+            {
+                "error": f"the request body is {size} bytes; the limit is {self.max_bytes:,} bytes "
+                f"(raise it with --max-upload-mb)"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
@@ -111,6 +128,7 @@ class BodyLimit:
 
 # ----------------------------------------------------------------------------- running
 
+
 def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A listening TCP socket (port 0: a free one; read it back with sock.getsockname()[1])."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -123,8 +141,9 @@ def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port (0 = any free one)") \
-            from None
+        raise ValueError(
+            f"cannot listen on {host}:{port}: {e.strerror}; choose another --port (0 = any free one)"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -135,8 +154,11 @@ def make_server(app, log_level: str = "warning") -> uvicorn.Server:
 
     uvicorn's access log stays off: RequestMetrics logs one line per request (clipkit.serve.requests).
     """
-    return uvicorn.Server(uvicorn.Config(app, log_config=None, log_level=log_level, access_log=False,
-                                         timeout_keep_alive=30, lifespan="off"))
+    return uvicorn.Server(
+        uvicorn.Config(
+            app, log_config=None, log_level=log_level, access_log=False, timeout_keep_alive=30, lifespan="off"
+        )
+    )
 
 
 def run_server(app, sock: socket.socket, log_level: str = "warning") -> None:

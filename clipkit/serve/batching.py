@@ -50,9 +50,16 @@ class MicroBatcher:
     query (1 client) then pays no window at all; None: always wait the window.
     """
 
-    def __init__(self, fn: Callable[[list], Sequence], max_batch: int = 64, window_ms: float = 2.0,
-                 max_pending: int = 1024, enabled: bool = True, name: str = "batch",
-                 expected: Callable[[], int] | None = None):
+    def __init__(
+        self,
+        fn: Callable[[list], Sequence],
+        max_batch: int = 64,
+        window_ms: float = 2.0,
+        max_pending: int = 1024,
+        enabled: bool = True,
+        name: str = "batch",
+        expected: Callable[[], int] | None = None,
+    ):
         if not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch={max_batch!r}; expected a positive int")
         if window_ms < 0 or max_pending < 1:
@@ -89,7 +96,7 @@ class MicroBatcher:
             while not self._queue and not self._closed:
                 self._cv.wait()
             if not self._queue:
-                return None                                     # closed and drained
+                return None  # closed and drained
             batch = [self._queue.popleft()]
             deadline = time.monotonic() + self.window
             while len(batch) < self.max_batch:
@@ -114,24 +121,31 @@ class MicroBatcher:
                 results = list(self.fn([item for item, _ in live]))
                 if len(results) != len(live):
                     raise RuntimeError(f"{self.name}: fn returned {len(results)} results for {len(live)} items")
-            except Exception as error:                          # noqa: BLE001 - delivered to the callers
+            except Exception as error:  # noqa: BLE001 - delivered to the callers
                 if len(live) == 1:
                     live[0][1].set_exception(error)
                     continue
-                for item, f in live:                            # one bad item must not fail its batch mates
+                for item, f in live:  # one bad item must not fail its batch mates
                     try:
                         f.set_result(self.fn([item])[0])
-                    except Exception as e:                      # noqa: BLE001
+                    except Exception as e:  # noqa: BLE001
                         f.set_exception(e)
                 continue
             for (_, f), result in zip(live, results):
                 f.set_result(result)
 
     def stats(self) -> dict:
-        return {"enabled": self.enabled, "max_batch": self.max_batch, "window_ms": self.window * 1000,
-                "batches": self.batches, "items": self.items, "largest_batch": self.largest,
-                "mean_batch": round(self.items / self.batches, 2) if self.batches else 0.0,
-                "pending": len(self._queue), "rejected": self.rejected}
+        return {
+            "enabled": self.enabled,
+            "max_batch": self.max_batch,
+            "window_ms": self.window * 1000,
+            "batches": self.batches,
+            "items": self.items,
+            "largest_batch": self.largest,
+            "mean_batch": round(self.items / self.batches, 2) if self.batches else 0.0,
+            "pending": len(self._queue),
+            "rejected": self.rejected,
+        }
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish what is queued, then stop the worker."""
@@ -150,7 +164,7 @@ class BoundedPool:
         self.workers, self.queue, self.name = workers, queue, name
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"clipkit-{name}")
         self._lock = threading.Lock()
-        self._in = 0                                            # running + waiting
+        self._in = 0  # running + waiting
         self._seconds: collections.deque = collections.deque(maxlen=32)
         self.completed = self.failed = self.rejected = 0
 
@@ -193,9 +207,16 @@ class BoundedPool:
         with self._lock:
             busy = self._in
         mean = sum(self._seconds) / len(self._seconds) if self._seconds else None
-        return {"workers": self.workers, "queue": self.queue, "running": min(busy, self.workers),
-                "waiting": max(0, busy - self.workers), "completed": self.completed, "failed": self.failed,
-                "rejected": self.rejected, "mean_seconds": None if mean is None else round(mean, 3)}
+        return {
+            "workers": self.workers,
+            "queue": self.queue,
+            "running": min(busy, self.workers),
+            "waiting": max(0, busy - self.workers),
+            "completed": self.completed,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "mean_seconds": None if mean is None else round(mean, 3),
+        }
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

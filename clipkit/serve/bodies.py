@@ -29,11 +29,15 @@ class _Body(BaseModel):
 class SearchBody(_Body):
     text: str | None = Field(None, description="text query", examples=["a red circle wearing a hat"])
     id: int | None = Field(None, description="id of an indexed item: more like this (the item itself left out)")
-    expression: str | None = Field(None, description='arithmetic: text:"...", img:"42" (an indexed id), '
-                                   'img:"upload" (the uploaded image), numbers, + - *, mean(), normalize()')
+    expression: str | None = Field(
+        None,
+        description='arithmetic: text:"...", img:"42" (an indexed id), '
+        'img:"upload" (the uploaded image), numbers, + - *, mean(), normalize()',
+    )
     k: int = Field(20, ge=1, description="number of results (capped at the index size and --max-k)")
     filters: dict[str, Scalar | list[Scalar]] | None = Field(
-        None, description="metadata filters {column: value or [values]}; GET /info lists the columns")
+        None, description="metadata filters {column: value or [values]}; GET /info lists the columns"
+    )
 
 
 class ZeroShotBody(_Body):
@@ -59,15 +63,19 @@ def body_doc(cls: type[BaseModel], upload: str | None) -> dict:
     content = {"application/json": {"schema": cls.model_json_schema()}}
     if upload:
         fields = {name: {"type": "string", "description": f.description or ""} for name, f in cls.model_fields.items()}
-        content["multipart/form-data"] = {"schema": {"type": "object", "properties": {
-            "image": {"type": "string", "format": "binary", "description": upload}, **fields}}}
+        content["multipart/form-data"] = {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary", "description": upload}, **fields},
+            }
+        }
     return {"requestBody": {"required": True, "content": content}}
 
 
 def _loads(text: str | bytes, what: str, example: str):
     try:
         return json.loads(text)
-    except RecursionError:          # `[[[[...` thousands deep: the parser's stack, not a crash of ours
+    except RecursionError:  # `[[[[...` thousands deep: the parser's stack, not a crash of ours
         raise ClientError(400, f"{what} is nested too deeply to read; send a flat JSON value") from None
     except ValueError as e:
         raise ClientError(400, f"{what} is not valid JSON ({e}); send e.g. {example}") from None
@@ -119,7 +127,7 @@ async def read_body(request: Request, cls: type[Body]) -> tuple[Body, bytes | No
         return cls.model_validate(data, strict=strict), upload
     except ValidationError as e:
         raise ClientError(422, describe(e.errors(), cls.model_fields)) from None
-    except RecursionError:          # valid JSON, but too deep for the validator
+    except RecursionError:  # valid JSON, but too deep for the validator
         raise ClientError(400, "the request body is nested too deeply to read; send flat JSON values") from None
 
 
@@ -129,6 +137,8 @@ def one_source(body: BaseModel, upload: bytes | None, names: tuple[str, ...]) ->
     if upload is not None and getattr(body, "expression", None) is None:
         given.append("image")
     if len(given) != 1:
-        raise ClientError(400, f"give exactly one of {', '.join(names)} or an image upload; got "
-                               f"{', '.join(given) if given else 'none'}")
+        raise ClientError(
+            400,
+            f"give exactly one of {', '.join(names)} or an image upload; got {', '.join(given) if given else 'none'}",
+        )
     return given[0], upload if given[0] == "image" else getattr(body, given[0])

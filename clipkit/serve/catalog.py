@@ -25,8 +25,8 @@ from PIL import Image
 
 from clipkit.serve.errors import ClientError, UnknownId
 
-HIDDEN_COLUMNS = ("path",)                    # never sent to clients (server file paths)
-FILTER_VALUES = 24                            # a column is offered as a filter when it has 2..24 values
+HIDDEN_COLUMNS = ("path",)  # never sent to clients (server file paths)
+FILTER_VALUES = 24  # a column is offered as a filter when it has 2..24 values
 
 
 class Catalog:
@@ -35,8 +35,9 @@ class Catalog:
     def __init__(self, index, timer=None):
         self.index, self.timer = index, timer
         self.has_images = "path" in (index.metadata or {})
-        self._columns = {c: np.asarray(v, dtype=object) for c, v in (index.metadata or {}).items()
-                         if c not in HIDDEN_COLUMNS}
+        self._columns = {
+            c: np.asarray(v, dtype=object) for c, v in (index.metadata or {}).items() if c not in HIDDEN_COLUMNS
+        }
         self._mask = functools.lru_cache(maxsize=64)(self._build_mask)
         self._png = functools.lru_cache(maxsize=2048)(self._render_png)
 
@@ -51,7 +52,7 @@ class Catalog:
         row = self.row(item_id)
         try:
             image = self.index.image(row)
-        except (OSError, ValueError) as e:                      # a moved or damaged shard / file
+        except (OSError, ValueError) as e:  # a moved or damaged shard / file
             raise UnknownId(f"the image of id {item_id} could not be read: {e}") from None
         if image is None:
             raise UnknownId(f"id {item_id} has no stored image (the index's metadata records no readable path)")
@@ -82,8 +83,7 @@ class Catalog:
             values = tuple(wanted) if isinstance(wanted, list) else (wanted,)
             for v in values:
                 if not isinstance(v, (str, int, float, bool)):
-                    raise ClientError(422, f"filter {column!r}: values must be strings, numbers or booleans; "
-                                           f"got {v!r}")
+                    raise ClientError(422, f"filter {column!r}: values must be strings, numbers or booleans; got {v!r}")
             key.append((column, values))
         return self._mask(tuple(key))
 
@@ -92,7 +92,7 @@ class Catalog:
         for column, values in key:
             allowed = set(values)
             mask &= np.fromiter((x in allowed for x in self._columns[column]), dtype=bool, count=len(mask))
-        mask.flags.writeable = False                       # one object for every query with these filters
+        mask.flags.writeable = False  # one object for every query with these filters
         return mask
 
     def filters(self) -> dict[str, list]:
@@ -113,7 +113,14 @@ class Catalog:
             for score, item_id, row in zip(scores.tolist(), ids.tolist(), self.index.lookup(ids)):
                 row = dict(row or {"id": item_id})
                 shown = {c: v for c, v in row.items() if c not in HIDDEN_COLUMNS + ("id", "caption", "key")}
-                out.append({"id": int(item_id), "score": round(float(score), 5), "key": row.get("key"),
-                            "caption": row.get("caption"), "metadata": shown,
-                            "image_url": f"/image/{item_id}" if self.has_images and row.get("path") else None})
+                out.append(
+                    {
+                        "id": int(item_id),
+                        "score": round(float(score), 5),
+                        "key": row.get("key"),
+                        "caption": row.get("caption"),
+                        "metadata": shown,
+                        "image_url": f"/image/{item_id}" if self.has_images and row.get("path") else None,
+                    }
+                )
         return out

@@ -56,13 +56,13 @@ _ID_REF = re.compile(r"^#?(\d{1,18})$")
 class ServeConfig:
     """Limits and queue sizes of a server (the `clipkit serve` flags)."""
 
-    batching: bool = True             # micro-batch concurrent queries (False: one at a time)
-    precision: str = "fp32"           # encoders' precision: fp32 | bf16 (autocast; float32 vectors out)
+    batching: bool = True  # micro-batch concurrent queries (False: one at a time)
+    precision: str = "fp32"  # encoders' precision: fp32 | bf16 (autocast; float32 vectors out)
     max_batch: int = 64
     batch_window_ms: float = 2.0
-    max_pending: int = 1024           # queued queries before 503
+    max_pending: int = 1024  # queued queries before 503
     gen_workers: int = 1
-    gen_queue: int = 4                # waiting generation jobs before 503
+    gen_queue: int = 4  # waiting generation jobs before 503
     max_k: int = 1000
     max_query_chars: int = 1000
     max_upload_bytes: int = 10 * 2**20
@@ -93,10 +93,15 @@ class Engine:
             raise ValueError("the index is empty; build it from some embeddings first")
         self.index, self.model, self.pipeline, self.config = index, model, pipeline, config
         self.stage_seconds = stage_histogram()
-        self.in_flight = 0                # queries being served (`serving()`): who may still join a batch
-        batching = functools.partial(MicroBatcher, max_batch=config.max_batch, window_ms=config.batch_window_ms,
-                                     max_pending=config.max_pending, enabled=config.batching,
-                                     expected=lambda: self.in_flight)
+        self.in_flight = 0  # queries being served (`serving()`): who may still join a batch
+        batching = functools.partial(
+            MicroBatcher,
+            max_batch=config.max_batch,
+            window_ms=config.batch_window_ms,
+            max_pending=config.max_pending,
+            enabled=config.batching,
+            expected=lambda: self.in_flight,
+        )
         # Text and image queries are encoded inside the search batch: one hand-off between threads, not two.
         # The image encoder alone serves zero-shot and generation.
         self.image_encoder = batching(self._encode_images, name="image-encoder")
@@ -104,7 +109,7 @@ class Engine:
         self.generator = BoundedPool(config.gen_workers, config.gen_queue) if pipeline is not None else None
         self.catalog = Catalog(index, timer=self.stage_seconds.labels("metadata"))
         self.texts_encoded = 0
-        self._classifier = functools.lru_cache(maxsize=16)(self._build_classifier)   # one per class list
+        self._classifier = functools.lru_cache(maxsize=16)(self._build_classifier)  # one per class list
 
     def close(self) -> None:
         for worker in (self.image_encoder, self.searcher, self.generator):
@@ -132,14 +137,26 @@ class Engine:
     def info(self) -> dict:
         """What the page needs: counts, model, filterable columns with their values, limits."""
         c = self.config
-        return {"count": len(self.index), "dim": self.index.dim, "kind": self.index.kind, "model": self.model.identity,
-                "images": self.catalog.has_images, "filters": self.catalog.filters(),
-                "unclip": self.pipeline is not None, "samplers": list(SAMPLERS) if self.pipeline else [],
-                "clipkit_version": __version__,
-                "limits": {"max_k": min(c.max_k, len(self.index)), "max_query_chars": c.max_query_chars,
-                           "max_upload_bytes": c.max_upload_bytes, "max_image_pixels": c.max_image_pixels,
-                           "max_classes": c.max_classes, "max_num_images": c.max_num_images,
-                           "max_steps": c.max_steps}}
+        return {
+            "count": len(self.index),
+            "dim": self.index.dim,
+            "kind": self.index.kind,
+            "model": self.model.identity,
+            "images": self.catalog.has_images,
+            "filters": self.catalog.filters(),
+            "unclip": self.pipeline is not None,
+            "samplers": list(SAMPLERS) if self.pipeline else [],
+            "clipkit_version": __version__,
+            "limits": {
+                "max_k": min(c.max_k, len(self.index)),
+                "max_query_chars": c.max_query_chars,
+                "max_upload_bytes": c.max_upload_bytes,
+                "max_image_pixels": c.max_image_pixels,
+                "max_classes": c.max_classes,
+                "max_num_images": c.max_num_images,
+                "max_steps": c.max_steps,
+            },
+        }
 
     # ------------------------------------------------------------------ input checks (the only ClientError raisers)
     def check_text(self, text: str, what: str = "text") -> str:
@@ -148,8 +165,9 @@ class Engine:
         if not text.strip():
             raise ClientError(400, f"{what} is empty; type something to search for")
         if len(text) > self.config.max_query_chars:
-            raise ClientError(400, f"{what} is {len(text):,} characters long; the limit is "
-                                   f"{self.config.max_query_chars:,}")
+            raise ClientError(
+                400, f"{what} is {len(text):,} characters long; the limit is {self.config.max_query_chars:,}"
+            )
         return text.strip()
 
     def check_k(self, k: int) -> int:
@@ -184,14 +202,17 @@ class Engine:
                 image = Image.open(io.BytesIO(data))
                 width, height = image.size
                 if width * height > self.config.max_image_pixels:
-                    raise TooLarge(f"the image is {width}x{height} = {width * height:,} pixels; the limit is "
-                                   f"{self.config.max_image_pixels:,} (a decompression bomb?)")
+                    raise TooLarge(
+                        f"the image is {width}x{height} = {width * height:,} pixels; the limit is "
+                        f"{self.config.max_image_pixels:,} (a decompression bomb?)"
+                    )
                 image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise TooLarge(f"the image is a decompression bomb (too many pixels): {e}") from None
         except UnidentifiedImageError:
-            raise ClientError(400, "the uploaded file is not an image (expected PNG, JPEG, WebP, GIF, BMP, ...)") \
-                from None
+            raise ClientError(
+                400, "the uploaded file is not an image (expected PNG, JPEG, WebP, GIF, BMP, ...)"
+            ) from None
         except (OSError, SyntaxError, EOFError) as e:
             raise ClientError(400, f"the uploaded image could not be decoded: {e}") from None
         return to_rgb(image)
@@ -202,13 +223,16 @@ class Engine:
         self.catalog.row(item_id)
         try:
             return self.index.vectors([item_id])[0]
-        except RuntimeError:                                    # an IVF index without a direct map
+        except RuntimeError:  # an IVF index without a direct map
             return self.image_encoder(self.catalog.image(item_id))
 
     def _encode_images(self, images: list) -> list[np.ndarray]:
         with self._stage("encode_image"):
-            return list(self.model.encode_images(images, batch_size=max(1, len(images)),
-                                                 precision=self.config.precision).numpy())
+            return list(
+                self.model.encode_images(
+                    images, batch_size=max(1, len(images)), precision=self.config.precision
+                ).numpy()
+            )
 
     def expression_vector(self, expression: str, model=None, upload: Image.Image | None = None) -> np.ndarray:
         """Evaluate an arithmetic expression where img:"42" is indexed item 42 and img:"upload" the upload.
@@ -228,17 +252,19 @@ class Engine:
                 continue
             if value == "upload":
                 if upload is None:
-                    raise ClientError(400, f'img:"upload" at position {pos} needs an uploaded image with the '
-                                           f"request")
+                    raise ClientError(400, f'img:"upload" at position {pos} needs an uploaded image with the request')
                 images[value] = upload
             elif (match := _ID_REF.match(value)) is not None:
                 images[value] = self._item_reference(int(match.group(1)), model)
             else:
-                raise ClientError(400, f"img:{value!r} at position {pos}: the server reads only indexed items "
-                                       f'by id (img:"42") or the uploaded image (img:"upload"), never a path')
+                raise ClientError(
+                    400,
+                    f"img:{value!r} at position {pos}: the server reads only indexed items "
+                    f'by id (img:"42") or the uploaded image (img:"upload"), never a path',
+                )
         try:
             vector = evaluate_expression(model, text, images=images)
-        except ExpressionError as e:                   # type errors: a vector times a vector, ...
+        except ExpressionError as e:  # type errors: a vector times a vector, ...
             raise ClientError(400, str(e)) from None
         norm = float(np.linalg.norm(vector))
         if norm < 1e-6:
@@ -247,9 +273,9 @@ class Engine:
 
     def _item_reference(self, item_id: int, model):
         """What img:"ID" stands for: the stored vector (same model as the index), else the item's image."""
-        self.catalog.row(item_id)                              # 404 for an id not in the index
+        self.catalog.row(item_id)  # 404 for an id not in the index
         if model is self.model or model.identity == self.model.identity:
-            with contextlib.suppress(RuntimeError):            # an IVF index without a direct map
+            with contextlib.suppress(RuntimeError):  # an IVF index without a direct map
                 return self.index.vectors([item_id])[0]
         return self.catalog.image(item_id)
 
@@ -262,8 +288,9 @@ class Engine:
         texts = [q for q in queries if q.vector is None and q.text is not None]
         if texts:
             with self._stage("encode_text"):
-                vectors = self.model.encode_texts([q.text for q in texts], batch_size=len(texts),
-                                                  precision=self.config.precision).numpy()
+                vectors = self.model.encode_texts(
+                    [q.text for q in texts], batch_size=len(texts), precision=self.config.precision
+                ).numpy()
             for q, v in zip(texts, vectors):
                 q.vector = v
             self.texts_encoded += len(texts)
@@ -271,7 +298,7 @@ class Engine:
         if images:
             for q, v in zip(images, self._encode_images([q.image for q in images])):
                 q.vector = v
-        groups: dict[int, list[int]] = {}                  # the same filters share one cached mask object
+        groups: dict[int, list[int]] = {}  # the same filters share one cached mask object
         for i, q in enumerate(queries):
             groups.setdefault(id(q.mask), []).append(i)
         out: list = [None] * len(queries)
@@ -284,7 +311,7 @@ class Engine:
             for row, i in enumerate(members):
                 q = queries[i]
                 keep = (ids[row] >= 0) & (ids[row] != (-1 if q.exclude is None else q.exclude))
-                out[i] = scores[row][keep][:q.k], ids[row][keep][:q.k]
+                out[i] = scores[row][keep][: q.k], ids[row][keep][: q.k]
         return out
 
     # ------------------------------------------------------------------ zero-shot
@@ -317,16 +344,32 @@ class Engine:
             image = self.catalog.image(item_id)
         return self.image_encoder(image) if same else clip.encode_images([image]).numpy()[0]
 
-    def generate(self, *, text: str | None = None, vector: np.ndarray | None = None, num_images: int = 4,
-                 steps: int = 25, sampler: str = "ddim", guidance: float = 3.0,
-                 negative_prompt: str | None = None, seed: int = 0) -> list[Image.Image]:
+    def generate(
+        self,
+        *,
+        text: str | None = None,
+        vector: np.ndarray | None = None,
+        num_images: int = 4,
+        steps: int = 25,
+        sampler: str = "ddim",
+        guidance: float = 3.0,
+        negative_prompt: str | None = None,
+        seed: int = 0,
+    ) -> list[Image.Image]:
         """Text -> prior -> decoder, or an image-embedding vector -> decoder. Runs in the generation pool."""
         if text is None and negative_prompt:
             raise ClientError(400, "negative_prompt works with text prompts only (it goes through the prior)")
         pipe = self.pipeline
         with self._stage("generate"):
             if text is not None:
-                return pipe.generate(text, num_images=num_images, steps=steps, sampler=sampler,
-                                     negative_prompt=negative_prompt, seed=seed, guidance_scale=guidance)
+                return pipe.generate(
+                    text,
+                    num_images=num_images,
+                    steps=steps,
+                    sampler=sampler,
+                    negative_prompt=negative_prompt,
+                    seed=seed,
+                    guidance_scale=guidance,
+                )
             embeddings = torch.as_tensor(np.asarray(vector, dtype=np.float32))[None].expand(num_images, -1)
             return pipe.decode(embeddings, steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed)

@@ -111,7 +111,6 @@ class InternalErrors:
             await self.app(scope, receive, noting_send)
         except Exception:
             logger.exception("%s %s failed", scope["method"], scope["path"])
-            if started:                       # half an answer is out: nothing to do but drop the connection
+            if started:  # half an answer is out: nothing to do but drop the connection
                 raise
             await error(500, INTERNAL)(scope, receive, send)
-

@@ -37,15 +37,39 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PREFIX = "clipkit_serve"
 # Seconds: a stage is ~0.1 ms (a FAISS call on a small index) to a minute (generation on a CPU).
-BUCKETS = (.0002, .0005, .001, .0025, .005, .0075, .01, .025, .05, .075, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+BUCKETS = (
+    0.0002,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
 request_log = logging.getLogger("clipkit.serve.requests")
 
 
 def stage_histogram() -> Histogram:
     """An unregistered stage-latency histogram: its owner (the engine) observes, each app's registry exposes it."""
-    return Histogram(f"{PREFIX}_stage_duration_seconds", "Latency of one stage of serving a request "
-                     "(encode_*: one forward of a micro-batch; search: one FAISS call)", ["stage"],
-                     buckets=BUCKETS, registry=None)
+    return Histogram(
+        f"{PREFIX}_stage_duration_seconds",
+        "Latency of one stage of serving a request (encode_*: one forward of a micro-batch; search: one FAISS call)",
+        ["stage"],
+        buckets=BUCKETS,
+        registry=None,
+    )
 
 
 class EngineCollector:
@@ -60,11 +84,17 @@ class EngineCollector:
         families: list[tuple[CounterMetricFamily | GaugeMetricFamily, str]] = [
             (CounterMetricFamily(f"{PREFIX}_batches", "Micro-batches run", labels=["batcher"]), "batches"),
             (CounterMetricFamily(f"{PREFIX}_batch_items", "Items run in micro-batches", labels=["batcher"]), "items"),
-            (GaugeMetricFamily(f"{PREFIX}_batch_largest", "Largest micro-batch so far", labels=["batcher"]),
-             "largest_batch"),
+            (
+                GaugeMetricFamily(f"{PREFIX}_batch_largest", "Largest micro-batch so far", labels=["batcher"]),
+                "largest_batch",
+            ),
             (GaugeMetricFamily(f"{PREFIX}_batch_pending", "Items waiting for a batch", labels=["batcher"]), "pending"),
-            (CounterMetricFamily(f"{PREFIX}_batch_rejected", "Items refused with 503 (queue full)", labels=["batcher"]),
-             "rejected"),
+            (
+                CounterMetricFamily(
+                    f"{PREFIX}_batch_rejected", "Items refused with 503 (queue full)", labels=["batcher"]
+                ),
+                "rejected",
+            ),
         ]
         for b in batchers:
             stats = b.stats()
@@ -87,10 +117,16 @@ class Metrics:
 
     def __init__(self, engine):
         self.registry = CollectorRegistry()
-        self.requests = Counter(f"{PREFIX}_requests", "HTTP requests answered", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram(f"{PREFIX}_request_duration_seconds", "HTTP request latency, first byte in to "
-                                 "last byte out", ["method", "route"], buckets=BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "HTTP request latency, first byte in to last byte out",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(engine.stage_seconds)
         self.registry.register(EngineCollector(engine))
         ProcessCollector(registry=self.registry)
@@ -131,5 +167,11 @@ class RequestMetrics:
             self.metrics.record(scope["method"], route, status, seconds)
             if request_log.isEnabledFor(logging.INFO):
                 ms = round(seconds * 1000, 2)
-                request_log.info("method=%s path=%s status=%d ms=%.2f", scope["method"], scope["path"], status, ms,
-                                 extra={"method": scope["method"], "path": scope["path"], "status": status, "ms": ms})
+                request_log.info(
+                    "method=%s path=%s status=%d ms=%.2f",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    ms,
+                    extra={"method": scope["method"], "path": scope["path"], "status": status, "ms": ms},
+                )

@@ -38,9 +38,18 @@ def slice_samples(split: str, num: int, seed: int, where: Callable | None = None
     raise ValueError(f"only {len(out)} of {num * 50} {split!r} samples pass `where`; widen the slice or lower num")
 
 
-def export_shapes_benchmark(out_dir: str | os.PathLike, split: str = "val", num: int = 1000, seed: int = 1,
-                            attributes=shapes.ATTRIBUTES, where: Callable | None = None, prefix: str = "shapes_",
-                            retrieval: bool = True, train_num: int = 0, train_seed: int = 0) -> dict[str, str]:
+def export_shapes_benchmark(
+    out_dir: str | os.PathLike,
+    split: str = "val",
+    num: int = 1000,
+    seed: int = 1,
+    attributes=shapes.ATTRIBUTES,
+    where: Callable | None = None,
+    prefix: str = "shapes_",
+    retrieval: bool = True,
+    train_num: int = 0,
+    train_seed: int = 0,
+) -> dict[str, str]:
     """Write one CLIP_benchmark dataset per attribute (+ a retrieval one) under `out_dir`; returns name -> path.
 
     `train_num` > 0 also writes a `train` split (from the world's train split) for linear probes.
@@ -57,13 +66,18 @@ def export_shapes_benchmark(out_dir: str | os.PathLike, split: str = "val", num:
     for attribute in attributes:
         name = f"{prefix}{attribute}"
         for split_name, samples in splits.items():
-            export_clip_benchmark(((s.image, shapes.attribute_label(s.attributes, attribute), [s.caption])
-                                   for s in samples), out_dir / name, classnames=shapes.attribute_prompts(attribute),
-                                  templates=["{c}"], split=split_name)
+            export_clip_benchmark(
+                ((s.image, shapes.attribute_label(s.attributes, attribute), [s.caption]) for s in samples),
+                out_dir / name,
+                classnames=shapes.attribute_prompts(attribute),
+                templates=["{c}"],
+                split=split_name,
+            )
         paths[name] = str(out_dir / name)
     if retrieval:
         name = f"{prefix}captions"
-        export_clip_benchmark(((s.image, None, [s.caption]) for s in splits["test"]), out_dir / name,
-                              dataset_type="retrieval")
+        export_clip_benchmark(
+            ((s.image, None, [s.caption]) for s in splits["test"]), out_dir / name, dataset_type="retrieval"
+        )
         paths[name] = str(out_dir / name)
     return paths

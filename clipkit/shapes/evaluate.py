@@ -26,15 +26,16 @@ from clipkit.shapes import world as shapes
 ATTRIBUTES = shapes.ATTRIBUTES
 
 
-def attribute_accuracy(model, images, metas, attributes=ATTRIBUTES, confusion_dir: str | os.PathLike | None = None,
-                       prefix: str = "") -> dict[str, float]:
+def attribute_accuracy(
+    model, images, metas, attributes=ATTRIBUTES, confusion_dir: str | os.PathLike | None = None, prefix: str = ""
+) -> dict[str, float]:
     """Top-1 zero-shot accuracy per attribute. `images`: anything ZeroShotClassifier takes (paths, PIL,
     or (N, D) image embeddings); `metas`: ShapeAttributes or metadata dicts. Attributes missing from the
     metadata are skipped. With `confusion_dir`, one confusion-matrix PNG per attribute
     (confusion_{prefix}{attribute}.png)."""
 
     if len(metas) and not hasattr(images, "shape"):
-        images = model.encode_images(list(images)).numpy()                                # embed once
+        images = model.encode_images(list(images)).numpy()  # embed once
     out = {}
     for attribute in attributes:
         if not len(metas) or any(m is None or (isinstance(m, dict) and attribute not in m) for m in metas):
@@ -61,8 +62,11 @@ def _hat_pair_images(pairs) -> tuple[list, list]:
     if isinstance(pairs, int):
         pairs = list(shapes.generate("hat_pairs", 2 * pairs))
     if isinstance(pairs, (str, os.PathLike)):
-        records = [(meta.get("pair_id"), bool(meta.get("hat")), image)
-                   for image, meta in read_samples(pairs, ("image", "json")) if meta]
+        records = [
+            (meta.get("pair_id"), bool(meta.get("hat")), image)
+            for image, meta in read_samples(pairs, ("image", "json"))
+            if meta
+        ]
     else:
         records = [(s.pair_id, bool(s.attributes.hat), s.image) for s in pairs]
     by_pair: dict = {}
@@ -75,8 +79,9 @@ def _hat_pair_images(pairs) -> tuple[list, list]:
     return [v[False] for v in complete], [v[True] for v in complete]
 
 
-def hat_vector_experiment(model, pairs_dir_or_samples=100, vocabulary=None, word: str = "hat",
-                          template: str = "{}") -> dict:
+def hat_vector_experiment(
+    model, pairs_dir_or_samples=100, vocabulary=None, word: str = "hat", template: str = "{}"
+) -> dict:
     """For each pair, emb(with hat) - emb(without) -> rank of `word` among the vocabulary.
 
     `pairs_dir_or_samples`: a folder of hat_pairs shards, a shard url pattern, ShapeSamples of the
@@ -90,15 +95,22 @@ def hat_vector_experiment(model, pairs_dir_or_samples=100, vocabulary=None, word
     if word not in words:
         words, vocab = vocabulary_embeddings(model, [*words, word], template)
     target = words.index(word)
-    diffs = model.encode_images(hat).numpy() - model.encode_images(bare).numpy()          # (P, D)
+    diffs = model.encode_images(hat).numpy() - model.encode_images(bare).numpy()  # (P, D)
     unit = diffs / np.maximum(np.linalg.norm(diffs, axis=1, keepdims=True), 1e-12)
-    scores = unit @ vocab.T                                                                 # (P, V)
+    scores = unit @ vocab.T  # (P, V)
     ranks = 1 + (scores > scores[:, [target]]).sum(axis=1)
     mean_vec = diffs.mean(axis=0)
     mean_unit = mean_vec / max(float(np.linalg.norm(mean_vec)), 1e-12)
-    return {"pairs": int(len(diffs)), "word": word, "vocabulary_size": len(words),
-            "top1_rate": float(np.mean(ranks == 1)), "mean_rank": float(ranks.mean()),
-            "median_rank": float(np.median(ranks)), "mean_cosine": float(scores[:, target].mean()),
-            "consistency": float((unit @ mean_unit).mean()), "ranks": ranks.tolist(),
-            "hat_vector": mean_vec.astype(np.float32),
-            "nearest_to_hat_vector": nearest_words(model, mean_vec, 5, words, template)}
+    return {
+        "pairs": int(len(diffs)),
+        "word": word,
+        "vocabulary_size": len(words),
+        "top1_rate": float(np.mean(ranks == 1)),
+        "mean_rank": float(ranks.mean()),
+        "median_rank": float(np.median(ranks)),
+        "mean_cosine": float(scores[:, target].mean()),
+        "consistency": float((unit @ mean_unit).mean()),
+        "ranks": ranks.tolist(),
+        "hat_vector": mean_vec.astype(np.float32),
+        "nearest_to_hat_vector": nearest_words(model, mean_vec, 5, words, template),
+    }

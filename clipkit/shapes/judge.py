@@ -61,20 +61,31 @@ from clipkit.shapes import world as shapes
 WEIGHTS_DIR = Path(__file__).with_name("judge_weights")
 KIND = "shapes-judge"
 ATTRIBUTES = ("shape", "color", "size", "position", "hat", "background")
-CLASSES = {**{a: tuple(shapes.attribute_classes(a)) for a in shapes.ATTRIBUTES}, "background": tuple(shapes.BACKGROUNDS)}
+CLASSES = {
+    **{a: tuple(shapes.attribute_classes(a)) for a in shapes.ATTRIBUTES},
+    "background": tuple(shapes.BACKGROUNDS),
+}
 PALETTE = torch.tensor([*shapes.COLORS.values(), *shapes.BACKGROUNDS.values(), shapes.HAT_COLOR]) / 255.0  # (12, 3)
 PALETTE_TOLERANCE = 0.1
-REAL_SEED = 9_001          # seeds of the real reference images, far from the demo's and the tests' streams
+REAL_SEED = 9_001  # seeds of the real reference images, far from the demo's and the tests' streams
 SHAPES_WIDTHS, SHAPES_FEATURES = (32, 64, 64, 32), 64
 
 
-def shapes_config(widths: tuple = SHAPES_WIDTHS, feature_dim: int = SHAPES_FEATURES, image_size: int = 32) -> JudgeConfig:
+def shapes_config(
+    widths: tuple = SHAPES_WIDTHS, feature_dim: int = SHAPES_FEATURES, image_size: int = 32
+) -> JudgeConfig:
     """The generic judge's config with the six attributes as label fields (and the corruption heads)."""
-    return JudgeConfig(widths=tuple(widths), feature_dim=feature_dim, image_size=image_size,
-                       classes={a: CLASSES[a] for a in ATTRIBUTES}, corruptions=True)
+    return JudgeConfig(
+        widths=tuple(widths),
+        feature_dim=feature_dim,
+        image_size=image_size,
+        classes={a: CLASSES[a] for a in ATTRIBUTES},
+        corruptions=True,
+    )
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def to_judge_size(x: torch.Tensor, size: int = 32) -> torch.Tensor:
     """Area-average by an integer factor (what shapes.render does), else antialiased bilinear resize."""
@@ -89,8 +100,10 @@ def labels(targets, attributes=None) -> dict:
     if isinstance(targets, dict):
         return {a: np.asarray(v, dtype=np.int64) for a, v in targets.items() if attributes is None or a in attributes}
     rows = [t if isinstance(t, dict) else asdict(t) for t in targets]
-    return {a: np.array([int(bool(r[a])) if a == "hat" else CLASSES[a].index(r[a]) for r in rows], dtype=np.int64)
-            for a in attributes or ATTRIBUTES}
+    return {
+        a: np.array([int(bool(r[a])) if a == "hat" else CLASSES[a].index(r[a]) for r in rows], dtype=np.int64)
+        for a in attributes or ATTRIBUTES
+    }
 
 
 @functools.lru_cache(maxsize=16)
@@ -102,9 +115,10 @@ def real_images(split: str, num: int, size: int, seed: int = REAL_SEED) -> tuple
 
 # ----------------------------------------------------------------------------- measures without the network
 
+
 def palette_fraction(x: torch.Tensor) -> float:
     """Fraction of pixels within PALETTE_TOLERANCE of one of the world's 12 colours."""
-    rgb = (x + 1) / 2                                                         # (N, 3, H, W) in [0, 1]
+    rgb = (x + 1) / 2  # (N, 3, H, W) in [0, 1]
     d = torch.cdist(rgb.permute(0, 2, 3, 1).reshape(-1, 3), PALETTE.to(rgb))  # (N*H*W, 12)
     return float((d.min(1).values <= PALETTE_TOLERANCE).float().mean())
 
@@ -112,7 +126,9 @@ def palette_fraction(x: torch.Tensor) -> float:
 def edge_energy(x: torch.Tensor) -> float:
     """Mean squared difference of horizontal plus vertical neighbours, RGB in [0, 1]."""
     rgb = (x + 1) / 2
-    return float((rgb[..., :, 1:] - rgb[..., :, :-1]).pow(2).mean() + (rgb[..., 1:, :] - rgb[..., :-1, :]).pow(2).mean())
+    return float(
+        (rgb[..., :, 1:] - rgb[..., :, :-1]).pow(2).mean() + (rgb[..., 1:, :] - rgb[..., :-1, :]).pow(2).mean()
+    )
 
 
 def _summary(pred: dict, truth: dict) -> dict:
@@ -121,6 +137,7 @@ def _summary(pred: dict, truth: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- the judge
+
 
 class ShapesJudge(Judge):
     """The generic judge with the world's attributes, shipped weights and measures (see the module docstring)."""
@@ -195,12 +212,20 @@ class ShapesJudge(Judge):
         x = as_tensor(images)
         ref = as_tensor(reference) if reference is not None else real_images("val", 256, x.shape[-1])[0]
         if ref.shape[-1] != x.shape[-1]:
-            raise ValueError(f"reference images are {ref.shape[-1]} px but images are {x.shape[-1]} px; "
-                             f"sharpness compares images of the same resolution")
+            raise ValueError(
+                f"reference images are {ref.shape[-1]} px but images are {x.shape[-1]} px; "
+                f"sharpness compares images of the same resolution"
+            )
         p, e, p_ref, e_ref = palette_fraction(x), edge_energy(x), palette_fraction(ref), edge_energy(ref)
-        return {"sharpness": p / p_ref * min(1.0, e / e_ref), "palette": p, "edge_energy": e,
-                "palette_ratio": p / p_ref, "edge_ratio": e / e_ref,
-                "real": {"palette": p_ref, "edge_energy": e_ref}, "image_size": int(x.shape[-1])}
+        return {
+            "sharpness": p / p_ref * min(1.0, e / e_ref),
+            "palette": p,
+            "edge_energy": e,
+            "palette_ratio": p / p_ref,
+            "edge_ratio": e / e_ref,
+            "real": {"palette": p_ref, "edge_energy": e_ref},
+            "image_size": int(x.shape[-1]),
+        }
 
     def frechet(self, images, reference=None, floor_sets: int = 3) -> dict:
         """Frechet distance in judge features to real val images, beside the real-vs-real floor.
@@ -213,8 +238,11 @@ class ShapesJudge(Judge):
         ref = as_tensor(reference) if reference is not None else pool[:n]
         f_ref = self.features(ref)
         d = frechet_distance(self.features(x), f_ref)
-        floor = float(np.mean([frechet_distance(self.features(pool[n * (k + 1):n * (k + 2)]), f_ref)
-                               for k in range(floor_sets)]))
+        floor = float(
+            np.mean(
+                [frechet_distance(self.features(pool[n * (k + 1) : n * (k + 2)]), f_ref) for k in range(floor_sets)]
+            )
+        )
         return {"frechet": d, "floor": floor, "ratio": d / floor if floor > 0 else float("inf"), "num": n}
 
     def diversity(self, images) -> dict:
@@ -224,21 +252,37 @@ class ShapesJudge(Judge):
         pred = self.predict(x)
         flat = ((x + 1) / 2).flatten(1)
         n = len(flat)
-        d = torch.cdist(flat, flat) / flat.shape[1] ** 0.5                       # (N, N) RMS distances
+        d = torch.cdist(flat, flat) / flat.shape[1] ** 0.5  # (N, N) RMS distances
         pixel = float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
         return {"distinct": {a: int(len(np.unique(pred[a]))) for a in ATTRIBUTES}, "pixel_distance": pixel, "num": n}
 
 
 # ----------------------------------------------------------------------------- training
 
+
 def _all_combinations() -> list:
-    return [shapes.ShapeAttributes(s, c, z, p, b, h) for s in shapes.SHAPES for c in shapes.COLOR_NAMES
-            for z in shapes.SIZES for p in shapes.POSITIONS for b in shapes.BACKGROUNDS for h in (False, True)]
+    return [
+        shapes.ShapeAttributes(s, c, z, p, b, h)
+        for s in shapes.SHAPES
+        for c in shapes.COLOR_NAMES
+        for z in shapes.SIZES
+        for p in shapes.POSITIONS
+        for b in shapes.BACKGROUNDS
+        for h in (False, True)
+    ]
 
 
-def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 40, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                sizes: tuple = (32, 64), max_steps: int | None = None, progress: bool = True,
-                run_dir=None) -> dict:
+def train_judge(
+    out_dir=WEIGHTS_DIR,
+    epochs: int = 40,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    sizes: tuple = (32, 64),
+    max_steps: int | None = None,
+    progress: bool = True,
+    run_dir=None,
+) -> dict:
     """Train a judge on every combination of the world rendered at `sizes`, save it to `out_dir`, return a record.
 
     Through clipkit.evaluation.judge_train.fit_judge (the one loop; its run folder, checkpoints and metrics go to
@@ -249,10 +293,19 @@ def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 40, batch_size: int = 128, lr
     y = {a: np.tile(v, len(sizes)) for a, v in labels(combos).items()}
     steps = max_steps or epochs * (len(x) // batch_size)
     with tempfile.TemporaryDirectory(prefix="shapes-judge-run-") as tmp:
-        config = JudgeTrainConfig(out_dir=str(run_dir or tmp), train_data="(shapes renders)", seed=seed,
-                                  batch_size=batch_size, lr=lr, epochs=epochs, max_steps=max_steps,
-                                  warmup_steps=max(1, int(0.15 * steps)), mixed_precision="no", progress=progress,
-                                  log_every=max(1, min(50, steps)))
+        config = JudgeTrainConfig(
+            out_dir=str(run_dir or tmp),
+            train_data="(shapes renders)",
+            seed=seed,
+            batch_size=batch_size,
+            lr=lr,
+            epochs=epochs,
+            max_steps=max_steps,
+            warmup_steps=max(1, int(0.15 * steps)),
+            mixed_precision="no",
+            progress=progress,
+            log_every=max(1, min(50, steps)),
+        )
         judge, record = fit_judge(config, shapes_config(), x, y, judge_cls=ShapesJudge)
     assert isinstance(judge, ShapesJudge)
     record.update({"sizes": list(sizes), "combinations": len(combos)})
@@ -263,6 +316,6 @@ def train_judge(out_dir=WEIGHTS_DIR, epochs: int = 40, batch_size: int = 128, lr
     return record
 
 
-if __name__ == "__main__":                       # python -m clipkit.shapes.judge: retrain the shipped judge
+if __name__ == "__main__":  # python -m clipkit.shapes.judge: retrain the shipped judge
     torch.set_num_threads(1)
     print(json.dumps(train_judge(), indent=2))

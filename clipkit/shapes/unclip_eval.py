@@ -79,13 +79,19 @@ def _summarise(pred: dict, truth: dict) -> dict:
 def _judged(judge: ShapesJudge, x: torch.Tensor, attrs, attributes=None) -> dict:
     """Agreement with `attrs`, sharpness against renders of `attrs` at x's resolution, Frechet with its floor."""
     renders = [shapes.render(a, int(x.shape[-1])) for a in attrs]
-    return {"agreement": judge.agreement(x, attrs, attributes), "sharpness": judge.sharpness(x, reference=renders),
-            "frechet": judge.frechet(x), "image_size": int(x.shape[-1])}
+    return {
+        "agreement": judge.agreement(x, attrs, attributes),
+        "sharpness": judge.sharpness(x, reference=renders),
+        "frechet": judge.frechet(x),
+        "image_size": int(x.shape[-1]),
+    }
 
 
 def _mean_diversity(rows: list) -> dict:
-    return {"distinct": {a: float(np.mean([r["distinct"][a] for r in rows])) for a in rows[0]["distinct"]},
-            "pixel_distance": float(np.mean([r["pixel_distance"] for r in rows]))}
+    return {
+        "distinct": {a: float(np.mean([r["distinct"][a] for r in rows])) for a in rows[0]["distinct"]},
+        "pixel_distance": float(np.mean([r["pixel_distance"] for r in rows])),
+    }
 
 
 def _save_grid(images, path: Path, columns: int = 8):
@@ -96,10 +102,21 @@ def _save_grid(images, path: Path, columns: int = 8):
         make_grid(list(images), columns=columns, scale=3).save(f, format="png")
 
 
-def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guidance: float = 3.0,
-                    prior_guidance: float = 2.0, seed: int = 0, samplers: dict | None = None,
-                    sweep: tuple = (1.0, 2.0, 3.0, 5.0), judge_clip=None, judge: ShapesJudge | None = None,
-                    diversity_prompts: int = 4, progress: bool = True) -> dict:
+def evaluate_unclip(
+    pipe,
+    out_dir,
+    num: int = 64,
+    steps: int = 50,
+    decoder_guidance: float = 3.0,
+    prior_guidance: float = 2.0,
+    seed: int = 0,
+    samplers: dict | None = None,
+    sweep: tuple = (1.0, 2.0, 3.0, 5.0),
+    judge_clip=None,
+    judge: ShapesJudge | None = None,
+    diversity_prompts: int = 4,
+    progress: bool = True,
+) -> dict:
     """All measures above on `num` held-out samples; PNGs + metrics.json in out_dir. Returns the metrics.
 
     samplers: {name: (sampler, steps, num_images)} timed against each other, e.g.
@@ -114,9 +131,13 @@ def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guida
     judge = judge or ShapesJudge.load()
     clip_judge = AttributeJudge(judge_clip or pipe.clip)
     say = print if progress else (lambda *a, **k: None)
-    metrics: dict = {"num": num, "steps": steps, "decoder_guidance": decoder_guidance,
-                     "prior_guidance": prior_guidance,
-                     "judge": {"summary": judge.accuracy_line(), "real_accuracy": judge.real_accuracy()}}
+    metrics: dict = {
+        "num": num,
+        "steps": steps,
+        "decoder_guidance": decoder_guidance,
+        "prior_guidance": prior_guidance,
+        "judge": {"summary": judge.accuracy_line(), "real_accuracy": judge.real_accuracy()},
+    }
     say(metrics["judge"]["summary"])
 
     # ---------------------------------------------------------------- inversion
@@ -131,21 +152,25 @@ def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guida
     dec_emb = clip_judge.embed(decoded)
     dec_pred = clip_judge.predict(dec_emb)
     metrics["inversion"] = {
-        **_judged(judge, decoded, real_attrs),                    # vs the source image's true attributes
+        **_judged(judge, decoded, real_attrs),  # vs the source image's true attributes
         "seconds_per_image": dt / num,
-        "clip": {"agreement": _summarise(dec_pred, real_pred),    # CLIP's labels of decoded vs source image
-                 "accuracy_decoded": _summarise(dec_pred, truth),
-                 "accuracy_real_images": _summarise(real_pred, truth),
-                 "cosine": float((F.normalize(dec_emb, dim=-1) * real_emb).sum(-1).mean())},
+        "clip": {
+            "agreement": _summarise(dec_pred, real_pred),  # CLIP's labels of decoded vs source image
+            "accuracy_decoded": _summarise(dec_pred, truth),
+            "accuracy_real_images": _summarise(real_pred, truth),
+            "cosine": float((F.normalize(dec_emb, dim=-1) * real_emb).sum(-1).mean()),
+        },
     }
     pairs = []
     for i in range(min(16, num)):
-        pairs += [real[i].image, to_pil(decoded[i:i + 1])[0]]
+        pairs += [real[i].image, to_pil(decoded[i : i + 1])[0]]
     _save_grid(pairs, out / "inversion.png", columns=8)
     inv = metrics["inversion"]
-    say(f"inversion (judge): agreement {inv['agreement']['mean']:.3f}, sharpness {inv['sharpness']['sharpness']:.3f}, "
+    say(
+        f"inversion (judge): agreement {inv['agreement']['mean']:.3f}, sharpness {inv['sharpness']['sharpness']:.3f}, "
         f"Frechet {inv['frechet']['ratio']:.2f}x floor; CLIP-judged agreement {inv['clip']['agreement']['mean']:.3f}, "
-        f"cosine {inv['clip']['cosine']:.3f}")
+        f"cosine {inv['clip']['cosine']:.3f}"
+    )
 
     # ---------------------------------------------------------------- text -> image
     rng = np.random.default_rng(seed + 202)
@@ -154,96 +179,135 @@ def evaluate_unclip(pipe, out_dir, num: int = 64, steps: int = 50, decoder_guida
     ttruth = _labels(attrs)
     text_emb = pipe.clip.encode_texts(captions)
     g = torch.Generator().manual_seed(seed)
-    gen = dict(num_images=1, steps=steps, prior_guidance=prior_guidance, decoder_guidance=decoder_guidance,
-               seed=seed, output="tensor")
+    gen = dict(
+        num_images=1,
+        steps=steps,
+        prior_guidance=prior_guidance,
+        decoder_guidance=decoder_guidance,
+        seed=seed,
+        output="tensor",
+    )
     via_prior = pipe.generate(captions, **gen)
     direct = pipe.decode(text_emb, steps=steps, guidance_scale=decoder_guidance, generator=g, output="tensor")
     images = {"direct_text_embedding": direct, "with_prior": via_prior}
-    if getattr(pipe, "upsampler", None) is not None:            # the cascade, judged at 64 px
+    if getattr(pipe, "upsampler", None) is not None:  # the cascade, judged at 64 px
         images["with_prior_upsampled"] = pipe.generate(captions, **gen, upsample=True)
-    images["with_prior_bicubic_64"] = F.interpolate(via_prior, scale_factor=2, mode="bicubic",
-                                                    align_corners=False).clamp(-1, 1)
+    images["with_prior_bicubic_64"] = F.interpolate(
+        via_prior, scale_factor=2, mode="bicubic", align_corners=False
+    ).clamp(-1, 1)
     methods = {}
     for name, x in images.items():
-        methods[name] = {**_judged(judge, x, attrs, ATTRS),     # the five attributes the caption names
-                         "clip_agreement": _summarise(clip_judge.predict(clip_judge.embed(x)), ttruth)}
+        methods[name] = {
+            **_judged(judge, x, attrs, ATTRS),  # the five attributes the caption names
+            "clip_agreement": _summarise(clip_judge.predict(clip_judge.embed(x)), ttruth),
+        }
     # Diversity: several samples of one caption vs real renders of it (the caption leaves the background free).
     n_div, k = min(diversity_prompts, num), 4
     samples = pipe.generate(captions[:n_div], **{**gen, "num_images": k, "seed": seed + 1})
     bg = list(shapes.BACKGROUNDS)
-    real_div = [[shapes.render(replace(a, background=bg[int(b)])) for b in rng.integers(0, len(bg), k)]
-                for a in attrs[:n_div]]
+    real_div = [
+        [shapes.render(replace(a, background=bg[int(b)])) for b in rng.integers(0, len(bg), k)] for a in attrs[:n_div]
+    ]
     metrics["text_to_image"] = {
         "with_prior": methods["with_prior"]["agreement"],
         "direct_text_embedding": methods["direct_text_embedding"]["agreement"],
         "methods": methods,
-        "diversity": {"prompts": n_div, "samples_per_prompt": k,
-                      "generated": _mean_diversity([judge.diversity(samples[i * k:(i + 1) * k]) for i in range(n_div)]),
-                      "real": _mean_diversity([judge.diversity(r) for r in real_div])},
-        "captions_example": captions[:4]}
+        "diversity": {
+            "prompts": n_div,
+            "samples_per_prompt": k,
+            "generated": _mean_diversity([judge.diversity(samples[i * k : (i + 1) * k]) for i in range(n_div)]),
+            "real": _mean_diversity([judge.diversity(r) for r in real_div]),
+        },
+        "captions_example": captions[:4],
+    }
     _save_grid(via_prior[:16], out / "text_to_image_prior.png")
     _save_grid(direct[:16], out / "text_to_image_direct.png")
     for name, m in methods.items():
-        say(f"text->image {name} ({m['image_size']} px, judge): agreement {m['agreement']['mean']:.3f}, "
+        say(
+            f"text->image {name} ({m['image_size']} px, judge): agreement {m['agreement']['mean']:.3f}, "
             f"sharpness {m['sharpness']['sharpness']:.3f}, Frechet {m['frechet']['ratio']:.2f}x floor; "
-            f"CLIP-judged {m['clip_agreement']['mean']:.3f}")
+            f"CLIP-judged {m['clip_agreement']['mean']:.3f}"
+        )
 
     # ---------------------------------------------------------------- hat arithmetic
     pairs_samples = list(shapes.generate("hat_pairs", 2 * num, seed=seed + 303))
     pe = pipe.clip.encode_images([s.image for s in pairs_samples])
     bare, hat = pe[0::2], pe[1::2]
     half = num // 2
-    hat_vector = (hat[:half] - bare[:half]).mean(0)                    # from pairs never decoded
+    hat_vector = (hat[:half] - bare[:half]).mean(0)  # from pairs never decoded
     targets = F.normalize(bare[half:] + hat_vector, dim=-1)
     with_hat = pipe.decode(targets, steps=steps, guidance_scale=decoder_guidance, seed=seed, output="tensor")
     without = pipe.decode(bare[half:], steps=steps, guidance_scale=decoder_guidance, seed=seed, output="tensor")
-    bare_attrs = [s.attributes for s in pairs_samples[2 * half::2]]
+    bare_attrs = [s.attributes for s in pairs_samples[2 * half :: 2]]
     metrics["hat_arithmetic"] = {
-        "judged_wearing_hat": float(judge.predict(with_hat)["hat"].mean()),            # the judge's hat head
+        "judged_wearing_hat": float(judge.predict(with_hat)["hat"].mean()),  # the judge's hat head
         "baseline_decoded_without_vector": float(judge.predict(without)["hat"].mean()),
-        "other_attributes_kept": judge.agreement(with_hat, bare_attrs, ("shape", "color", "size", "position",
-                                                                        "background")),
+        "other_attributes_kept": judge.agreement(
+            with_hat, bare_attrs, ("shape", "color", "size", "position", "background")
+        ),
         "num": int(len(targets)),
-        "clip": {"judged_wearing_hat": float(clip_judge.predict(clip_judge.embed(with_hat))["hat"].mean()),
-                 "baseline_decoded_without_vector": float(clip_judge.predict(clip_judge.embed(without))["hat"].mean())}}
+        "clip": {
+            "judged_wearing_hat": float(clip_judge.predict(clip_judge.embed(with_hat))["hat"].mean()),
+            "baseline_decoded_without_vector": float(clip_judge.predict(clip_judge.embed(without))["hat"].mean()),
+        },
+    }
     strip = []
     for i in range(min(8, len(targets))):
-        strip += [pairs_samples[2 * (half + i)].image, to_pil(with_hat[i:i + 1])[0]]
+        strip += [pairs_samples[2 * (half + i)].image, to_pil(with_hat[i : i + 1])[0]]
     _save_grid(strip, out / "hat_arithmetic.png", columns=8)
-    say(f"hat arithmetic: {metrics['hat_arithmetic']['judged_wearing_hat']:.3f} judged wearing a hat "
-        f"(without the vector {metrics['hat_arithmetic']['baseline_decoded_without_vector']:.3f})")
+    say(
+        f"hat arithmetic: {metrics['hat_arithmetic']['judged_wearing_hat']:.3f} judged wearing a hat "
+        f"(without the vector {metrics['hat_arithmetic']['baseline_decoded_without_vector']:.3f})"
+    )
 
     # ---------------------------------------------------------------- variations & interpolation
-    _save_grid(pipe.variations(real[0].image, n=8, steps=steps, guidance_scale=decoder_guidance, seed=seed),
-               out / "variations.png")
-    _save_grid(pipe.interpolate(image=(real[0].image, real[1].image), n=8, steps=steps, guidance_scale=decoder_guidance,
-                                seed=seed), out / "interpolation.png")
+    _save_grid(
+        pipe.variations(real[0].image, n=8, steps=steps, guidance_scale=decoder_guidance, seed=seed),
+        out / "variations.png",
+    )
+    _save_grid(
+        pipe.interpolate(
+            image=(real[0].image, real[1].image), n=8, steps=steps, guidance_scale=decoder_guidance, seed=seed
+        ),
+        out / "interpolation.png",
+    )
 
     # ---------------------------------------------------------------- samplers
     samplers = {f"ddim-{steps}": ("ddim", steps, num), **(samplers or {})}
     metrics["samplers"] = {}
     for name, (kind, n_steps, n_img) in samplers.items():
         t0 = time.time()
-        x = pipe.decode(real_emb[:n_img], steps=n_steps, sampler=kind, guidance_scale=decoder_guidance, seed=seed,
-                        output="tensor")
+        x = pipe.decode(
+            real_emb[:n_img], steps=n_steps, sampler=kind, guidance_scale=decoder_guidance, seed=seed, output="tensor"
+        )
         dt = time.time() - t0
         e = clip_judge.embed(x)
-        metrics["samplers"][name] = {"seconds_per_image": dt / n_img, "num": n_img,
-                                     "agreement": judge.agreement(x, real_attrs[:n_img])["mean"],
-                                     "sharpness": judge.sharpness(x)["sharpness"],
-                                     "cosine": float((F.normalize(e, dim=-1) * real_emb[:n_img]).sum(-1).mean())}
+        metrics["samplers"][name] = {
+            "seconds_per_image": dt / n_img,
+            "num": n_img,
+            "agreement": judge.agreement(x, real_attrs[:n_img])["mean"],
+            "sharpness": judge.sharpness(x)["sharpness"],
+            "cosine": float((F.normalize(e, dim=-1) * real_emb[:n_img]).sum(-1).mean()),
+        }
         say(f"sampler {name}: {metrics['samplers'][name]}")
 
     # ---------------------------------------------------------------- guidance sweep
     sweep_rows = []
     n_sw = min(8, num)
     for s in sweep:
-        x = pipe.decode(real_emb[:n_sw].repeat_interleave(4, 0), steps=steps, guidance_scale=s, seed=seed,
-                        output="tensor")
+        x = pipe.decode(
+            real_emb[:n_sw].repeat_interleave(4, 0), steps=steps, guidance_scale=s, seed=seed, output="tensor"
+        )
         agree = judge.agreement(x, [a for a in real_attrs[:n_sw] for _ in range(4)])
         diversity = float(x.view(n_sw, 4, -1).std(1).mean())
-        sweep_rows.append({"scale": s, "agreement": agree["mean"], "sharpness": judge.sharpness(x)["sharpness"],
-                           "diversity": diversity})
+        sweep_rows.append(
+            {
+                "scale": s,
+                "agreement": agree["mean"],
+                "sharpness": judge.sharpness(x)["sharpness"],
+                "diversity": diversity,
+            }
+        )
     metrics["guidance_sweep"] = sweep_rows
     _plot_sweep(sweep_rows, out / "guidance_sweep.png")
     write_json(out / "metrics.json", metrics)

@@ -88,14 +88,21 @@ class ShapeSample:
 
     def metadata(self) -> dict:
         """JSON-ready record in img2dataset's spirit (key, caption, size, status) plus attributes."""
-        meta = {"key": self.key, "caption": self.caption, "width": self.image.width,
-                "height": self.image.height, "status": "success", **asdict(self.attributes)}
+        meta = {
+            "key": self.key,
+            "caption": self.caption,
+            "width": self.image.width,
+            "height": self.image.height,
+            "status": "success",
+            **asdict(self.attributes),
+        }
         if self.pair_id is not None:
             meta["pair_id"] = self.pair_id
         return meta
 
 
 # ----------------------------------------------------------------------------- drawing
+
 
 def _polygon(cx: float, cy: float, r: float, n: int, rotation: float = -math.pi / 2, inner: float | None = None):
     """Regular polygon (or star when `inner` is the inner radius ratio)."""
@@ -169,6 +176,7 @@ def render(attrs: ShapeAttributes, image_size: int = 32) -> Image.Image:
 
 # ----------------------------------------------------------------------------- captions
 
+
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
@@ -186,7 +194,9 @@ def caption(attrs: ShapeAttributes, rng: np.random.Generator) -> str:
 
     where = ""
     if rng.random() < 0.4:
-        where = " in the center" if attrs.position == "center" else f" {rng.choice(['on the', 'at the'])} {attrs.position}"
+        where = (
+            " in the center" if attrs.position == "center" else f" {rng.choice(['on the', 'at the'])} {attrs.position}"
+        )
     background = f" on a {attrs.background} background" if rng.random() < 0.2 else ""
 
     if attrs.hat and rng.random() < 0.85:
@@ -207,6 +217,7 @@ def caption(attrs: ShapeAttributes, rng: np.random.Generator) -> str:
 
 # ----------------------------------------------------------------------------- splits
 
+
 def _split_rng(split: str, seed: int) -> np.random.Generator:
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is not one of {SPLITS}")
@@ -222,7 +233,10 @@ def random_attributes(rng: np.random.Generator, split: str = "train", hat: bool 
         if held_out == (split == "holdout"):
             break
     return ShapeAttributes(
-        shape=shape, color=color, size=str(rng.choice(SIZES)), position=str(rng.choice(POSITIONS)),
+        shape=shape,
+        color=color,
+        size=str(rng.choice(SIZES)),
+        position=str(rng.choice(POSITIONS)),
         background=str(rng.choice(list(BACKGROUNDS))),
         hat=bool(rng.random() < 0.5) if hat is None else hat,
     )
@@ -244,8 +258,9 @@ def generate(split: str = "train", num: int = 1000, seed: int = 0, image_size: i
             bare = random_attributes(rng, "train", hat=False)
             for with_hat in (False, True):
                 attrs = ShapeAttributes(**{**asdict(bare), "hat": with_hat})
-                yield ShapeSample(f"{2 * pair + with_hat:08d}", render(attrs, image_size),
-                                  caption(attrs, rng), attrs, pair_id=pair)
+                yield ShapeSample(
+                    f"{2 * pair + with_hat:08d}", render(attrs, image_size), caption(attrs, rng), attrs, pair_id=pair
+                )
         return
     for i in range(num):
         attrs = random_attributes(rng, split)
@@ -254,10 +269,12 @@ def generate(split: str = "train", num: int = 1000, seed: int = 0, image_size: i
 
 # ----------------------------------------------------------------------------- prompts
 
+
 def attribute_classes(attribute: str) -> tuple:
     """The class names of one attribute, in a fixed order."""
-    return {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZES, "position": POSITIONS,
-            "hat": ("no hat", "hat")}[attribute]
+    return {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZES, "position": POSITIONS, "hat": ("no hat", "hat")}[
+        attribute
+    ]
 
 
 def attribute_prompts(attribute: str) -> list[str]:
@@ -283,9 +300,17 @@ def attribute_label(attrs: ShapeAttributes | dict, attribute: str) -> int:
     return attribute_classes(attribute).index(value)
 
 
-def write_split(out_dir, split: str = "train", num: int = 20_000, seed: int = 0, shard_size: int = 5_000,
-                image_size: int = 32, progress: bool = False) -> dict:
+def write_split(
+    out_dir,
+    split: str = "train",
+    num: int = 20_000,
+    seed: int = 0,
+    shard_size: int = 5_000,
+    image_size: int = 32,
+    progress: bool = False,
+) -> dict:
     """Write one split as img2dataset-style shards in `out_dir` (see clipkit.data.shards)."""
 
-    return write_shards(generate(split, num, seed, image_size), out_dir, shard_size=shard_size,
-                        progress=progress, total=num)
+    return write_shards(
+        generate(split, num, seed, image_size), out_dir, shard_size=shard_size, progress=progress, total=num
+    )

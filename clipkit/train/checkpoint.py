@@ -39,11 +39,13 @@ def _rng_state() -> dict:
     """This process's python / numpy / torch (/ cuda) RNG states as JSON-ready lists."""
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
-    assert isinstance(np_state, tuple)                  # the legacy form, numpy's default
+    assert isinstance(np_state, tuple)  # the legacy form, numpy's default
     name, keys, pos, has_gauss, cached = np_state
-    out = {"python": [version, list(internal), gauss],
-           "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-           "torch": torch.get_rng_state().tolist()}
+    out = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
     if torch.cuda.is_available():
         out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return out
@@ -83,12 +85,21 @@ class CheckpointManager:
         found = self.list()
         return found[-1] if found else None
 
-    def save(self, step: int, accelerator, model, optimizer, scheduler, state: dict,
-             extra: Callable[[Path], None] | None = None) -> Path:
+    def save(
+        self,
+        step: int,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        state: dict,
+        extra: Callable[[Path], None] | None = None,
+    ) -> Path:
         """Collective: every rank contributes its RNG; rank 0 writes. `extra(tmpdir)` may add files."""
         rngs = [_rng_state()]
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
+
             rngs = gather_object(rngs)
         path = self.root / f"step_{step:08d}"
         if accelerator.is_main_process:
@@ -97,15 +108,22 @@ class CheckpointManager:
             with atomic_directory(path) as tmp:
                 save_weights(weights, tmp / "model.safetensors")
                 with atomic_file(tmp / "trainer.pt", "wb") as f:
-                    torch.save({"optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict() if scheduler is not None else None}, f)
+                    torch.save(
+                        {
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        },
+                        f,
+                    )
                 write_json(tmp / "rng.json", {"ranks": rngs}, indent=None)
                 if extra is not None:
                     extra(tmp)
-                write_json(tmp / "state.json", {**state, "step": step, "world_size": accelerator.num_processes,
-                                                "time": time.time()})
+                write_json(
+                    tmp / "state.json",
+                    {**state, "step": step, "world_size": accelerator.num_processes, "time": time.time()},
+                )
                 write_manifest(tmp, CHECKPOINT_FORMAT, {name: None for name in sorted(os.listdir(tmp))}, step=step)
-            for old in self.list()[:-self.keep]:
+            for old in self.list()[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
         return path
@@ -118,8 +136,10 @@ class CheckpointManager:
             return self.latest()
         path = Path(resume)
         if not (path / "state.json").is_file():
-            raise FileNotFoundError(f"resume={resume!r} is not a checkpoint directory (no state.json); "
-                                    f"use 'latest' or a {self.root}/step_* folder")
+            raise FileNotFoundError(
+                f"resume={resume!r} is not a checkpoint directory (no state.json); "
+                f"use 'latest' or a {self.root}/step_* folder"
+            )
         return path
 
     def resume(self, resume: str | None, accelerator, model, optimizer, scheduler) -> dict:
@@ -132,12 +152,21 @@ class CheckpointManager:
             if resume == "latest":
                 accelerator.print(f"resume=latest: no checkpoint in {self.root}, starting fresh")
             return {}
-        read_manifest(path, CHECKPOINT_FORMAT, full=True, what="checkpoint",
-                      fix=f"resume from an earlier {self.root}/step_* folder or start over")
+        read_manifest(
+            path,
+            CHECKPOINT_FORMAT,
+            full=True,
+            what="checkpoint",
+            fix=f"resume from an earlier {self.root}/step_* folder or start over",
+        )
         state = json.loads((path / "state.json").read_text())
         fix = f"resume from another {self.root}/step_* folder, or start a new out_dir"
-        fit_weights(accelerator.unwrap_model(model), load_weights(path / "model.safetensors", fix=fix),
-                    path / "model.safetensors", fix=fix)
+        fit_weights(
+            accelerator.unwrap_model(model),
+            load_weights(path / "model.safetensors", fix=fix),
+            path / "model.safetensors",
+            fix=fix,
+        )
         trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(trainer["optimizer"])
         if scheduler is not None and trainer["scheduler"] is not None:
@@ -146,8 +175,10 @@ class CheckpointManager:
         if len(rngs) == accelerator.num_processes:
             _set_rng_state(rngs[accelerator.process_index])
         else:
-            accelerator.print(f"checkpoint was written by {len(rngs)} process(es), now {accelerator.num_processes}: "
-                              f"RNG streams restart from the seed")
+            accelerator.print(
+                f"checkpoint was written by {len(rngs)} process(es), now {accelerator.num_processes}: "
+                f"RNG streams restart from the seed"
+            )
         state["path"] = str(path)
         accelerator.print(f"resumed from {path} at step {state['step']}")
         return state

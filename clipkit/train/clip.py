@@ -63,13 +63,20 @@ def train_preprocess(clip, crop_scale: float | None):
     import open_clip  # lazy: seconds of imports, paid only when the augmenting transform is asked for
 
     cfg = clip.config.preprocess_cfg
-    return open_clip.image_transform(clip.preprocess.size, is_train=True, mean=cfg.get("mean"), std=cfg.get("std"),
-                                     interpolation=cfg.get("interpolation"), resize_mode=cfg.get("resize_mode"),
-                                     aug_cfg={"scale": (crop_scale, 1.0)})
+    return open_clip.image_transform(
+        clip.preprocess.size,
+        is_train=True,
+        mean=cfg.get("mean"),
+        std=cfg.get("std"),
+        interpolation=cfg.get("interpolation"),
+        resize_mode=cfg.get("resize_mode"),
+        aug_cfg={"scale": (crop_scale, 1.0)},
+    )
 
 
 def contrastive_losses(model, micro: list, loss: str = "clip"):
     """The loop's step_losses for CLIP / SigLIP: one (loss, log share) per micro-batch (see the module doc)."""
+
     def compute(img, txt, out):
         if loss == "siglip":
             return losses.siglip_loss(img, txt, out["logit_scale"], out["logit_bias"])
@@ -86,9 +93,10 @@ def contrastive_losses(model, micro: list, loss: str = "clip"):
         out = model(images, texts)
         img = torch.cat([c["image_features"] if i != j else out["image_features"] for i, c in enumerate(cached)])
         txt = torch.cat([c["text_features"] if i != j else out["text_features"] for i, c in enumerate(cached)])
-        if j:   # the temperature (and bias) enter every pass: let their gradient through once
-            out = {k: (v.detach() if k in ("logit_scale", "logit_bias") and v is not None else v)
-                   for k, v in out.items()}
+        if j:  # the temperature (and bias) enter every pass: let their gradient through once
+            out = {
+                k: (v.detach() if k in ("logit_scale", "logit_bias") and v is not None else v) for k, v in out.items()
+            }
         value = compute(img, txt, out)
         yield value, value.detach() / len(micro)
 
@@ -113,22 +121,30 @@ class ShardBatches:
         self.transform = train_preprocess(clip, config.crop_scale)
         self._batches: Iterator | None = None
         self._yielded_this_epoch = self.micro_in_epoch
-        self.passes = 1                                     # passes over the data started by this run
-        self._first_pass_skips: dict | None = None          # a bad sample is met again on every pass
+        self.passes = 1  # passes over the data started by this run
+        self._first_pass_skips: dict | None = None  # a bad sample is met again on every pass
 
     def _open(self) -> Iterator:
         c = self.config
         pipeline, _ = shard_pipeline(
-            self.urls, self.transform, self.clip.tokenizer, batch_size=c.batch_size, shuffle=c.shuffle_buffer,
-            resampled=c.resampled, seed=c.seed * 100_003 + self.epoch, counter=self.counter, partial=False,
-            epoch_batches=math.ceil(self.micro_per_epoch / max(1, c.num_workers)) if c.resampled else None)
+            self.urls,
+            self.transform,
+            self.clip.tokenizer,
+            batch_size=c.batch_size,
+            shuffle=c.shuffle_buffer,
+            resampled=c.resampled,
+            seed=c.seed * 100_003 + self.epoch,
+            counter=self.counter,
+            partial=False,
+            epoch_batches=math.ceil(self.micro_per_epoch / max(1, c.num_workers)) if c.resampled else None,
+        )
         batches = iter(shard_loader(pipeline, num_workers=c.num_workers))
-        for _ in range(self.micro_in_epoch):                 # resume mid-epoch: replay the data position
+        for _ in range(self.micro_in_epoch):  # resume mid-epoch: replay the data position
             next(batches, None)
         return batches
 
     def next_batches(self) -> list | None:
-        if self.micro_in_epoch >= self.micro_per_epoch:     # a full epoch (or resumed at its end)
+        if self.micro_in_epoch >= self.micro_per_epoch:  # a full epoch (or resumed at its end)
             self._next_epoch()
         if self._batches is None:
             self._batches = self._open()
@@ -137,7 +153,7 @@ class ShardBatches:
             batch = next(self._batches, None)
             if not _all_ranks_have(self.accelerator, batch):
                 return None
-            assert batch is not None                        # this rank has one (all ranks do)
+            assert batch is not None  # this rank has one (all ranks do)
             micro.append(tuple(t.to(self.accelerator.device, non_blocking=True) for t in batch))
         self.micro_in_epoch += len(micro)
         self._yielded_this_epoch += len(micro)
@@ -149,9 +165,12 @@ class ShardBatches:
             raise ValueError(
                 f"epoch {self.epoch} yielded no full batch of {self.config.batch_size} from train_data="
                 f"{self.config.train_data!r} (skipped samples: {self.skipped()}); check the shards (empty, "
-                f"corrupt, or without captions) or lower batch_size")
-        self.accelerator.print(f"epoch {self.epoch} ended early at {self.micro_in_epoch}/{self.micro_per_epoch} "
-                               f"batches (a process ran out of readable samples)")
+                f"corrupt, or without captions) or lower batch_size"
+            )
+        self.accelerator.print(
+            f"epoch {self.epoch} ended early at {self.micro_in_epoch}/{self.micro_per_epoch} "
+            f"batches (a process ran out of readable samples)"
+        )
         self._next_epoch()
 
     def _next_epoch(self) -> None:
@@ -167,8 +186,9 @@ class ShardBatches:
         """Samples skipped in one pass over the data, by reason, summed over ranks (and their workers).
         Collective when distributed."""
         seen = self._first_pass_skips or self.counter.summary()
-        counts = torch.tensor([seen.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64,
-                              device=self.accelerator.device)
+        counts = torch.tensor(
+            [seen.get(r, 0) for r in SKIP_REASONS], dtype=torch.float64, device=self.accelerator.device
+        )
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         return {r: int(c) for r, c in zip(SKIP_REASONS, counts.tolist())}
@@ -176,18 +196,22 @@ class ShardBatches:
 
 def _build_clip(config: ClipTrainConfig):
     clip = resolve_model(config.model, pretrained=config.pretrained, device="cpu", seed=config.seed)
-    module: Any = clip.model                 # open_clip's CLIP, untyped: its set_grad_checkpointing, lock_*_tower
+    module: Any = clip.model  # open_clip's CLIP, untyped: its set_grad_checkpointing, lock_*_tower
     if config.loss == "siglip" and getattr(module, "logit_bias", None) is None:
-        raise ValueError(f"loss='siglip' needs a model with a logit_bias (init_logit_bias in its model_cfg); "
-                         f"{config.model!r} has none")
+        raise ValueError(
+            f"loss='siglip' needs a model with a logit_bias (init_logit_bias in its model_cfg); "
+            f"{config.model!r} has none"
+        )
     if config.grad_checkpointing:
         module.set_grad_checkpointing(True)
     if config.lock_image:
-        module.lock_image_tower(unlocked_groups=config.lock_image_unlocked_groups,
-                                freeze_bn_stats=config.lock_image_freeze_bn_stats)
+        module.lock_image_tower(
+            unlocked_groups=config.lock_image_unlocked_groups, freeze_bn_stats=config.lock_image_freeze_bn_stats
+        )
     if config.lock_text:
-        module.lock_text_tower(unlocked_layers=config.lock_text_unlocked_layers,
-                               freeze_layer_norm=config.lock_text_freeze_layer_norm)
+        module.lock_text_tower(
+            unlocked_layers=config.lock_text_unlocked_layers, freeze_layer_norm=config.lock_text_freeze_layer_norm
+        )
     return clip
 
 
@@ -203,7 +227,7 @@ def train_clip(config: ClipTrainConfig, evaluators: tuple[Callable, ...] = ()) -
     export = Path(config.export_dir) if config.export_dir else Path(config.out_dir) / "model"
     model_inputs = [config.model] if isinstance(config.model, str) else []
     inputs = [*config.train_data.split("::"), *expand_urls(config.train_data), *model_inputs]
-    claim_run(config, check_only=True)                      # refused before any work, not after the training
+    claim_run(config, check_only=True)  # refused before any work, not after the training
     check_output_path(export, "clipkit-model", inputs=inputs, overwrite=config.overwrite)
     claim_run(config)
     with Trainer(config, "clip") as trainer:
@@ -213,15 +237,16 @@ def train_clip(config: ClipTrainConfig, evaluators: tuple[Callable, ...] = ()) -
 def _train_clip(trainer: Trainer[ClipTrainConfig], evaluators, export: Path) -> dict:
     config, accelerator, run = trainer.config, trainer.accelerator, trainer.run
     started = time.time()
-    clip = _build_clip(config)                              # after the trainer's seed: the same init on every rank
+    clip = _build_clip(config)  # after the trainer's seed: the same init on every rank
     module = clip.model
     num_samples = config.train_num_samples or count_samples(expand_urls(config.train_data))
     if not num_samples:
-        raise ValueError(f"cannot tell how many samples {config.train_data!r} holds (no *_stats.json); "
-                         f"set train_num_samples")
+        raise ValueError(
+            f"cannot tell how many samples {config.train_data!r} holds (no *_stats.json); set train_num_samples"
+        )
     trainer.prepare(module, num_samples, model=clip.config.name)
     steps_per_epoch = trainer.steps_per_epoch
-    assert steps_per_epoch is not None                      # an epoch of num_samples
+    assert steps_per_epoch is not None  # an epoch of num_samples
     data = ShardBatches(config, clip, accelerator, steps_per_epoch * config.grad_accum, trainer.state)
 
     eval_sets = {}
@@ -237,8 +262,14 @@ def _train_clip(trainer: Trainer[ClipTrainConfig], evaluators, export: Path) -> 
                 metrics = evaluate_clip(clip, eval_set, config.eval_batch_size, evaluators)
                 row.update({f"{name}/{k}": v for k, v in metrics.items()})
             if config.zeroshot_eval:
-                row.update({f"zs/{k}": v for k, v in evaluate_datasets(
-                    clip, list(config.zeroshot_eval), config.eval_batch_size, config.val_max_samples).items()})
+                row.update(
+                    {
+                        f"zs/{k}": v
+                        for k, v in evaluate_datasets(
+                            clip, list(config.zeroshot_eval), config.eval_batch_size, config.val_max_samples
+                        ).items()
+                    }
+                )
             row["epoch"] = data.epoch
         return row
 
@@ -254,33 +285,55 @@ def _train_clip(trainer: Trainer[ClipTrainConfig], evaluators, export: Path) -> 
             module.logit_scale.clamp_(0, max_log_scale)
 
     task = loop.Task(
-        next_batches=data.next_batches, on_epoch_end=data.end_epoch, data_state=data.state,
+        next_batches=data.next_batches,
+        on_epoch_end=data.end_epoch,
+        data_state=data.state,
         step_losses=lambda m, micro: contrastive_losses(m, micro, config.loss),
-        after_step=clamp_temperature, evaluate=evaluate, on_checkpoint=export_model, desc="clip",
-        log_extra=lambda: {"epoch": data.epoch, "logit_scale": float(module.logit_scale.detach().exp())})
+        after_step=clamp_temperature,
+        evaluate=evaluate,
+        on_checkpoint=export_model,
+        desc="clip",
+        log_extra=lambda: {"epoch": data.epoch, "logit_scale": float(module.logit_scale.detach().exp())},
+    )
     result = trainer.fit(task)
 
     skipped = data.skipped()
     if accelerator.is_main_process and export != run.path / "model":
         clip.save(export, overwrite=trainer.config.overwrite)
     rows = run.metrics.rows()
-    summary = {"steps": result.step, "epochs_completed": result.step / steps_per_epoch,
-               "data_passes": data.passes, "samples_seen": result.step * trainer.global_batch,
-               "processes": trainer.world, "seconds": round(time.time() - started, 1),
-               "train_seconds": round(result.train_seconds, 1), "stopped_by": result.stopped_by,
-               "skipped_samples": sum(skipped.values()), "skipped_by_reason": skipped,
-               "final_loss": next((r["loss"] for r in reversed(rows) if "loss" in r), None),
-               "eval": result.eval, "checkpoint": result.checkpoint, "model_dir": str(export),
-               "utilisation": result.utilisation}
+    summary = {
+        "steps": result.step,
+        "epochs_completed": result.step / steps_per_epoch,
+        "data_passes": data.passes,
+        "samples_seen": result.step * trainer.global_batch,
+        "processes": trainer.world,
+        "seconds": round(time.time() - started, 1),
+        "train_seconds": round(result.train_seconds, 1),
+        "stopped_by": result.stopped_by,
+        "skipped_samples": sum(skipped.values()),
+        "skipped_by_reason": skipped,
+        "final_loss": next((r["loss"] for r in reversed(rows) if "loss" in r), None),
+        "eval": result.eval,
+        "checkpoint": result.checkpoint,
+        "model_dir": str(export),
+        "utilisation": result.utilisation,
+    }
     if accelerator.is_main_process:
         zs_keys = sorted({k for r in rows for k in r if "zs_" in k or k.startswith("zs/")})
-        run.metrics.plot(run.path / "curves.png", {
-            "contrastive loss": ["loss", "val/loss", "holdout/loss"],
-            "zero-shot accuracy": zs_keys,
-            "retrieval R@5": ["val/i2t_r5", "val/t2i_r5"]}, title=f"{clip.config.name} - {Path(config.out_dir).name}")
+        run.metrics.plot(
+            run.path / "curves.png",
+            {
+                "contrastive loss": ["loss", "val/loss", "holdout/loss"],
+                "zero-shot accuracy": zs_keys,
+                "retrieval R@5": ["val/i2t_r5", "val/t2i_r5"],
+            },
+            title=f"{clip.config.name} - {Path(config.out_dir).name}",
+        )
         summary["curves"] = str(run.path / "curves.png")
         trainer.write_summary(summary)
         if summary["skipped_samples"]:
-            print(f"skipped {summary['skipped_samples']} unreadable sample(s): "
-                  + ", ".join(f"{k} {v}" for k, v in skipped.items() if v))
+            print(
+                f"skipped {summary['skipped_samples']} unreadable sample(s): "
+                + ", ".join(f"{k} {v}" for k, v in skipped.items() if v)
+            )
     return summary

@@ -33,33 +33,33 @@ MIXED_PRECISIONS = ("no", "bf16", "fp16")
 class TrainConfig:
     """Fields every loop shares. Subclass it (as a @dataclass, fields with defaults) for a loop's own."""
 
-    out_dir: str = "runs/train"            # run folder: config.json, metrics.jsonl, checkpoints/, curves.png
+    out_dir: str = "runs/train"  # run folder: config.json, metrics.jsonl, checkpoints/, curves.png
     seed: int = 0
-    epochs: int = 1                       # passes over the data (an epoch is num_samples // global batch steps)
-    max_steps: int | None = None          # stop after this many optimiser steps (overrides epochs)
-    time_budget: float | None = None      # stop after this many seconds of training (wall clock), as at max_steps
-    batch_size: int = 64                  # per process, per micro-batch (open_clip's convention)
-    grad_accum: int = 1                   # micro-batches per optimiser step
+    epochs: int = 1  # passes over the data (an epoch is num_samples // global batch steps)
+    max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
+    time_budget: float | None = None  # stop after this many seconds of training (wall clock), as at max_steps
+    batch_size: int = 64  # per process, per micro-batch (open_clip's convention)
+    grad_accum: int = 1  # micro-batches per optimiser step
     lr: float = 5e-4
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.98
     eps: float = 1e-6
     warmup_steps: int = 100
-    grad_clip: float | None = 1.0         # max global gradient norm; None = off
-    mixed_precision: str = "no"           # no | bf16 | fp16 (Accelerate autocast; bf16 works on CPU)
-    log_every: int = 10                   # steps between metrics rows
-    eval_every: int | None = None         # steps between evaluations (None: only at the end)
-    checkpoint_every: int | None = None   # steps between full-state checkpoints (None: only at the end)
-    keep_checkpoints: int = 2             # newest full-state checkpoints kept
-    resume: str | None = None             # "latest" or a checkpoint directory
-    num_workers: int = 1                  # DataLoader workers per process
-    tensorboard: bool = False             # also log to TensorBoard through Accelerate trackers
-    progress: bool = True                 # tqdm bar on rank 0
-    num_threads: int | None = None        # intra-op threads per process (None: OMP_NUM_THREADS, else cores / local processes)
-    compile: bool = False                 # torch.compile the prepared model (Accelerate's dynamo_backend inductor)
-    overwrite: bool = False               # write into out_dir / export_dir / pipeline_dir even where clipkit did not
-                                          # write (clipkit.io.check_output_path); their own earlier outputs need no flag
+    grad_clip: float | None = 1.0  # max global gradient norm; None = off
+    mixed_precision: str = "no"  # no | bf16 | fp16 (Accelerate autocast; bf16 works on CPU)
+    log_every: int = 10  # steps between metrics rows
+    eval_every: int | None = None  # steps between evaluations (None: only at the end)
+    checkpoint_every: int | None = None  # steps between full-state checkpoints (None: only at the end)
+    keep_checkpoints: int = 2  # newest full-state checkpoints kept
+    resume: str | None = None  # "latest" or a checkpoint directory
+    num_workers: int = 1  # DataLoader workers per process
+    tensorboard: bool = False  # also log to TensorBoard through Accelerate trackers
+    progress: bool = True  # tqdm bar on rank 0
+    num_threads: int | None = None  # intra-op threads per process (None: OMP_NUM_THREADS, else cores / local processes)
+    compile: bool = False  # torch.compile the prepared model (Accelerate's dynamo_backend inductor)
+    overwrite: bool = False  # write into out_dir / export_dir / pipeline_dir even where clipkit did not
+    # write (clipkit.io.check_output_path); their own earlier outputs need no flag
 
     def __post_init__(self) -> None:
         # Built in Python, a nested model config may be given as a dict of its fields (as in JSON).
@@ -97,29 +97,29 @@ class ClipTrainConfig(TrainConfig):
     # An architecture preset (clipkit/presets/architectures), an open_clip architecture, an open_clip-style
     # model config (a JSON file, or an object here: embed_dim, vision_cfg, text_cfg) or a saved model directory.
     model: str | dict = "shapes-tiny"
-    pretrained: str | None = None          # open_clip tag or weights file for `model` (fine-tuning)
-    train_data: str = ""                   # shard urls: brace pattern, '::'-separated, or a folder of .tar
-    train_num_samples: int | None = None   # samples per epoch; default: from the *_stats.json files
-    val_data: str | None = None            # evaluation split: loss, retrieval recall@k (+ evaluators)
-    holdout_data: str | None = None        # a second evaluation split, reported as holdout/*
+    pretrained: str | None = None  # open_clip tag or weights file for `model` (fine-tuning)
+    train_data: str = ""  # shard urls: brace pattern, '::'-separated, or a folder of .tar
+    train_num_samples: int | None = None  # samples per epoch; default: from the *_stats.json files
+    val_data: str | None = None  # evaluation split: loss, retrieval recall@k (+ evaluators)
+    holdout_data: str | None = None  # a second evaluation split, reported as holdout/*
     val_max_samples: int = 2000
     eval_batch_size: int = 500
-    zeroshot_eval: list[str] = field(default_factory=list)   # zero-shot datasets (clipkit.evaluation layouts)
-    resampled: bool = False                # draw shards with replacement (every rank sees all shards)
-    shuffle_buffer: int = 2000             # samples in the shuffle buffer per worker (0 = off)
-    crop_scale: float | None = None        # augment with open_clip's train transform: RandomResizedCrop of
-                                           # (crop_scale..1) of the area (open_clip uses 0.9); null = none
-    loss: str = "clip"                     # clip | siglip (siglip needs a model with a logit_bias)
+    zeroshot_eval: list[str] = field(default_factory=list)  # zero-shot datasets (clipkit.evaluation layouts)
+    resampled: bool = False  # draw shards with replacement (every rank sees all shards)
+    shuffle_buffer: int = 2000  # samples in the shuffle buffer per worker (0 = off)
+    crop_scale: float | None = None  # augment with open_clip's train transform: RandomResizedCrop of
+    # (crop_scale..1) of the area (open_clip uses 0.9); null = none
+    loss: str = "clip"  # clip | siglip (siglip needs a model with a logit_bias)
     logit_scale_max: float = 100.0
     grad_checkpointing: bool = False
     # Fine-tuning: freeze towers as open_clip's --lock-image / --lock-text do.
     lock_image: bool = False
-    lock_image_unlocked_groups: int = 0    # last layer groups of the image tower left trainable
+    lock_image_unlocked_groups: int = 0  # last layer groups of the image tower left trainable
     lock_image_freeze_bn_stats: bool = False
     lock_text: bool = False
     lock_text_unlocked_layers: int = 0
     lock_text_freeze_layer_norm: bool = True
-    export_dir: str | None = None          # also save the final model here (default: out_dir/model)
+    export_dir: str | None = None  # also save the final model here (default: out_dir/model)
 
     def validate(self) -> None:
         super().validate()
@@ -143,21 +143,21 @@ class UnclipTrainConfig(TrainConfig):
 
     weight_decay: float = 0.0
     beta2: float = 0.99
-    clip: str = "runs/shapes-small-clip/model"   # a directory saved by ClipModel.save (frozen, recorded by identity)
-    pipeline_dir: str | None = None              # also write the trained model into this UnCLIP folder
-    train_data: str = ""                         # image(-caption) shards: brace pattern, '::' list or a folder
-    num_samples: int = 20_000                    # samples read from train_data (embedded once, held in memory)
-    val_samples: int = 256                       # the last ones are held out (sample grids, the prior's cosine)
+    clip: str = "runs/shapes-small-clip/model"  # a directory saved by ClipModel.save (frozen, recorded by identity)
+    pipeline_dir: str | None = None  # also write the trained model into this UnCLIP folder
+    train_data: str = ""  # image(-caption) shards: brace pattern, '::' list or a folder
+    num_samples: int = 20_000  # samples read from train_data (embedded once, held in memory)
+    val_samples: int = 256  # the last ones are held out (sample grids, the prior's cosine)
     # Keep samples whose JSON metadata matches, e.g. ["color=red,blue", "hat=true"] (default: all).
     filter: list[str] = field(default_factory=list)
     ema_decay: float = 0.995
-    cond_drop: float = 0.1                       # condition dropout: the null branch of classifier-free guidance
+    cond_drop: float = 0.1  # condition dropout: the null branch of classifier-free guidance
 
     def validate(self) -> None:
         super().validate()
         if not 0 <= self.cond_drop < 1 or not 0 <= self.ema_decay < 1:
             raise ValueError(f"cond_drop={self.cond_drop}, ema_decay={self.ema_decay}; expected both in [0, 1)")
-        if getattr(self, "embeddings", None) is not None:        # the prior may read `clipkit embed` output
+        if getattr(self, "embeddings", None) is not None:  # the prior may read `clipkit embed` output
             return
         if not self.train_data:
             raise ValueError("train_data is empty; expected shard urls such as 'data/train/{00000..00003}.tar'")
@@ -169,18 +169,20 @@ class UnclipTrainConfig(TrainConfig):
 class PixelTrainConfig(UnclipTrainConfig):
     """What the decoder and the upsampler share: the loss weighting over timesteps and sample grids."""
 
-    loss_weighting: str = "none"                 # none | min_snr (min-SNR-gamma, Hang et al. 2023)
-    snr_gamma: float = 5.0                       # gamma of min_snr
-    snr_floor: float = 0.0                       # min_snr weights x0 errors by clamp(SNR, floor, gamma); 0 = paper
-    sample_every: int | None = None              # steps between sample grids (None: only at the end)
+    loss_weighting: str = "none"  # none | min_snr (min-SNR-gamma, Hang et al. 2023)
+    snr_gamma: float = 5.0  # gamma of min_snr
+    snr_floor: float = 0.0  # min_snr weights x0 errors by clamp(SNR, floor, gamma); 0 = paper
+    sample_every: int | None = None  # steps between sample grids (None: only at the end)
 
     def validate(self) -> None:
         super().validate()
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting={self.loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
         if not self.snr_gamma > 0 or not 0 <= self.snr_floor <= self.snr_gamma:
-            raise ValueError(f"snr_gamma={self.snr_gamma}, snr_floor={self.snr_floor}; expected snr_gamma > 0 "
-                             f"(5 in the paper) and 0 <= snr_floor <= snr_gamma")
+            raise ValueError(
+                f"snr_gamma={self.snr_gamma}, snr_floor={self.snr_floor}; expected snr_gamma > 0 "
+                f"(5 in the paper) and 0 <= snr_floor <= snr_gamma"
+            )
 
 
 @dataclass
@@ -190,7 +192,7 @@ class DecoderTrainConfig(PixelTrainConfig):
     batch_size: int = 64
     max_steps: int | None = 3000
     warmup_steps: int = 100
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)   # embed_dim is taken from the CLIP
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)  # embed_dim is taken from the CLIP
 
 
 @dataclass
@@ -206,13 +208,15 @@ class UpsamplerTrainConfig(PixelTrainConfig):
     warmup_steps: int = 100
     num_samples: int = 10_000
     aug_level_max: float = 0.5
-    upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)   # checks its geometry when read
+    upsampler: UpsamplerConfig = field(default_factory=UpsamplerConfig)  # checks its geometry when read
 
     def validate(self) -> None:
         super().validate()
         if self.upsampler.embed_dim:
-            raise ValueError(f"upsampler.embed_dim={self.upsampler.embed_dim}; this trainer conditions the upsampler "
-                             f"on the low-resolution image only: set embed_dim 0")
+            raise ValueError(
+                f"upsampler.embed_dim={self.upsampler.embed_dim}; this trainer conditions the upsampler "
+                f"on the low-resolution image only: set embed_dim 0"
+            )
         if not 0 <= self.aug_level_max < 1:
             raise ValueError(f"aug_level_max={self.aug_level_max}; expected a noise level in [0, 1)")
 
@@ -224,7 +228,7 @@ class PriorTrainConfig(UnclipTrainConfig):
     batch_size: int = 256
     max_steps: int | None = 1500
     warmup_steps: int = 50
-    prior: PriorConfig = field(default_factory=PriorConfig)         # embed_dim is taken from the CLIP
+    prior: PriorConfig = field(default_factory=PriorConfig)  # embed_dim is taken from the CLIP
     # Train on precomputed pairs instead of shards: an embedding folder written by `clipkit embed`
     # (clip-retrieval layout, image + caption embeddings) with the same CLIP.
     embeddings: str | None = None
@@ -241,4 +245,4 @@ class ArPriorTrainConfig(UnclipTrainConfig):
     max_steps: int | None = 1500
     warmup_steps: int = 50
     ar_prior: ArPriorConfig = field(default_factory=ArPriorConfig)  # embed_dim is taken from the CLIP
-    embeddings: str | None = None          # precomputed pairs from `clipkit embed`, as for the diffusion prior
+    embeddings: str | None = None  # precomputed pairs from `clipkit embed`, as for the diffusion prior

@@ -28,7 +28,7 @@ from clipkit.losses import clip_loss
 class EvalSet:
     """A split held in memory: preprocessed images, captions and per-sample metadata."""
 
-    images: torch.Tensor          # (N, 3, H, W) preprocessed
+    images: torch.Tensor  # (N, 3, H, W) preprocessed
     captions: list[str]
     metas: list[dict | None]
 
@@ -49,24 +49,24 @@ def load_eval_set(urls, model, max_samples: int | None = 2000, counter=None) -> 
 def recall_at_k(similarity: torch.Tensor, ks=(1, 5, 10)) -> dict[int, float]:
     """Rows are queries, the correct column of row i is i; fraction with the correct one in the top k."""
     correct = similarity.diagonal().unsqueeze(1)
-    rank = (similarity > correct).sum(1)           # 0 = first place (ties count in our favour, as argsort would half the time)
+    rank = (similarity > correct).sum(1)  # 0 = first place (ties count in our favour, as argsort would half the time)
     return {k: float((rank < k).float().mean()) for k in ks}
 
 
 @torch.no_grad()
 def evaluate_clip(model, eval_set: EvalSet, batch_size: int = 256, evaluators=()) -> dict[str, float]:
     """Contrastive loss, retrieval R@1/5/10 both ways, and each evaluator's metrics (see module doc)."""
-    image_features = model.encode_images(eval_set.images, batch_size=batch_size)   # (N, D) unit norm
-    text_features = model.encode_texts(eval_set.captions, batch_size=batch_size)    # (N, D)
+    image_features = model.encode_images(eval_set.images, batch_size=batch_size)  # (N, D) unit norm
+    text_features = model.encode_texts(eval_set.captions, batch_size=batch_size)  # (N, D)
     scale = model.model.logit_scale.exp().float().cpu()
     losses, weights = [], []
     for start in range(0, len(eval_set), batch_size):
-        img, txt = image_features[start:start + batch_size], text_features[start:start + batch_size]
+        img, txt = image_features[start : start + batch_size], text_features[start : start + batch_size]
         if len(img) > 1:
             losses.append(float(clip_loss(img, txt, scale, gather=False)) * len(img))
             weights.append(len(img))
     metrics = {"loss": sum(losses) / max(1, sum(weights))}
-    similarity = image_features @ text_features.T                                   # (N, N)
+    similarity = image_features @ text_features.T  # (N, N)
     for k, v in recall_at_k(similarity).items():
         metrics[f"i2t_r{k}"] = v
     for k, v in recall_at_k(similarity.T).items():

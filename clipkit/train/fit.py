@@ -57,44 +57,48 @@ from clipkit.unclip.images import pil_to_tensor, to_pil
 FIT_FORMAT = "clipkit-fit"
 RECIPES = Path(__file__).resolve().parents[1] / "presets" / "recipes"
 STAGE_SHARES = {"clip": 0.30, "prior": 0.10, "decoder": 0.45, "upsampler": 0.15}
-ARCHITECTURES = {32: "shapes-small", 64: "small-64px"}     # the CLIP for each --image-size (presets/architectures)
-DECODER_SIZE = 32                                          # the base decoder's side; 64 px comes from the upsampler
+ARCHITECTURES = {32: "shapes-small", 64: "small-64px"}  # the CLIP for each --image-size (presets/architectures)
+DECODER_SIZE = 32  # the base decoder's side; 64 px comes from the upsampler
 
 
 @dataclass
 class FitConfig:
-    train_data: str                       # image-caption shards (a folder of .tar, a brace pattern, '::' list)
-    out: str                              # the run folder (new, or an earlier fit's: it resumes)
-    val_data: str | None = None           # held-out shards for the report (default: the last train samples)
-    unseen_data: str | None = None        # shards of captions never trained on, for the report
-    image_size: int = 32                  # 32: CLIP + prior + decoder; 64: a 64 px CLIP and the 32 -> 64 upsampler
-    model: str | None = None              # the CLIP architecture (preset, open_clip name or JSON config)
-    clip: str | None = None               # start from this CLIP (a saved directory, or an architecture with pretrained)
-    pretrained: str | None = None         # open_clip weights for `clip` given as an architecture
-    time_budget: float | None = None      # seconds for all training stages together
-    max_steps: int | None = None          # cap on every stage's optimiser steps
-    num_samples: int = 20_000             # samples the prior / decoder / upsampler read from train_data
-    judge: str | None = None              # a judge folder (`clipkit judge train`) for the report
-    label_field: str | None = None        # the sample JSON field the judge names (default: the judge's own)
-    report_images: int = 100              # held-out images for the report's numbers
-    steps: int = 50                       # decoder sampling steps in the report
+    train_data: str  # image-caption shards (a folder of .tar, a brace pattern, '::' list)
+    out: str  # the run folder (new, or an earlier fit's: it resumes)
+    val_data: str | None = None  # held-out shards for the report (default: the last train samples)
+    unseen_data: str | None = None  # shards of captions never trained on, for the report
+    image_size: int = 32  # 32: CLIP + prior + decoder; 64: a 64 px CLIP and the 32 -> 64 upsampler
+    model: str | None = None  # the CLIP architecture (preset, open_clip name or JSON config)
+    clip: str | None = None  # start from this CLIP (a saved directory, or an architecture with pretrained)
+    pretrained: str | None = None  # open_clip weights for `clip` given as an architecture
+    time_budget: float | None = None  # seconds for all training stages together
+    max_steps: int | None = None  # cap on every stage's optimiser steps
+    num_samples: int = 20_000  # samples the prior / decoder / upsampler read from train_data
+    judge: str | None = None  # a judge folder (`clipkit judge train`) for the report
+    label_field: str | None = None  # the sample JSON field the judge names (default: the judge's own)
+    report_images: int = 100  # held-out images for the report's numbers
+    steps: int = 50  # decoder sampling steps in the report
     seed: int = 0
     overwrite: bool = False
 
     def validate(self) -> None:
         if self.image_size not in ARCHITECTURES:
-            raise ValueError(f"image_size={self.image_size}; expected one of {sorted(ARCHITECTURES)} (32: CLIP, prior "
-                            f"and decoder; 64: adds the 32 -> 64 px upsampler)")
+            raise ValueError(
+                f"image_size={self.image_size}; expected one of {sorted(ARCHITECTURES)} (32: CLIP, prior "
+                f"and decoder; 64: adds the 32 -> 64 px upsampler)"
+            )
         if self.time_budget is not None and not self.time_budget > 0:
             raise ValueError(f"time_budget={self.time_budget}; expected seconds > 0 (e.g. 2700 for 45 minutes)")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps}; expected >= 1")
         if self.report_images < 2:
-            raise ValueError(f"report_images={self.report_images}; expected >= 2 (pixel identification needs "
-                            f"candidates)")
+            raise ValueError(
+                f"report_images={self.report_images}; expected >= 2 (pixel identification needs candidates)"
+            )
         if self.pretrained and not self.clip:
-            raise ValueError("pretrained is set without clip; give the architecture as clip (e.g. --clip ViT-B-32 "
-                            "--pretrained FILE)")
+            raise ValueError(
+                "pretrained is set without clip; give the architecture as clip (e.g. --clip ViT-B-32 --pretrained FILE)"
+            )
 
     def stages(self) -> list[str]:
         names = ["prior", "decoder"] + (["upsampler"] if self.image_size > DECODER_SIZE else [])
@@ -123,7 +127,7 @@ def _overrides(config: FitConfig, out: Path, stage: str, budget: float | None) -
     common = {"out_dir": str(out / stage), "resume": "latest", "seed": config.seed}
     if budget is not None:
         common["time_budget"] = budget
-        common["max_steps"] = config.max_steps or UNBOUNDED_STEPS     # the budget ends the run
+        common["max_steps"] = config.max_steps or UNBOUNDED_STEPS  # the budget ends the run
         common["epochs"] = UNBOUNDED_STEPS
     elif config.max_steps is not None:
         common["max_steps"] = config.max_steps
@@ -132,18 +136,26 @@ def _overrides(config: FitConfig, out: Path, stage: str, budget: float | None) -
 
 def _clip_stage(config: FitConfig, out: Path, budget: Budget) -> dict:
     model = config.model or ARCHITECTURES[config.image_size]
-    overrides = {**_overrides(config, out, "clip", budget.seconds("clip")), "model": model,
-                 "train_data": config.train_data, "export_dir": str(out / "clip" / "model")}
+    overrides = {
+        **_overrides(config, out, "clip", budget.seconds("clip")),
+        "model": model,
+        "train_data": config.train_data,
+        "export_dir": str(out / "clip" / "model"),
+    }
     if config.val_data:
         overrides["val_data"] = config.val_data
     summary = train_clip(load_config(ClipTrainConfig, RECIPES / "images-clip.json", overrides))
     ev = summary.get("eval", {})
     recall = {k: v for k, v in ev.items() if "recall" in k or k.endswith("R@1") or k.endswith("R@5")}
-    return {"summary": f"{summary['steps']} steps in {summary['train_seconds']:.0f} s "
-                       f"(stopped by {summary.get('stopped_by', 'steps')})"
-                       + "".join(f"; {k} {v:.3f}" for k, v in sorted(recall.items())[:4]),
-            "model": str(out / "clip" / "model"), "steps": summary["steps"],
-            "train_seconds": summary["train_seconds"], "eval": ev}
+    return {
+        "summary": f"{summary['steps']} steps in {summary['train_seconds']:.0f} s "
+        f"(stopped by {summary.get('stopped_by', 'steps')})"
+        + "".join(f"; {k} {v:.3f}" for k, v in sorted(recall.items())[:4]),
+        "model": str(out / "clip" / "model"),
+        "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"],
+        "eval": ev,
+    }
 
 
 def _clip_import(config: FitConfig, out: Path, budget: Budget) -> dict:
@@ -154,27 +166,41 @@ def _clip_import(config: FitConfig, out: Path, budget: Budget) -> dict:
     model = clipkit.load(config.clip, pretrained=config.pretrained)
     target = out / "clip-import" / "model"
     model.save(target)
-    return {"summary": f"{config.clip} ({config.pretrained}) saved to {target}", "model": str(target),
-            "steps": 0, "train_seconds": 0}
+    return {
+        "summary": f"{config.clip} ({config.pretrained}) saved to {target}",
+        "model": str(target),
+        "steps": 0,
+        "train_seconds": 0,
+    }
 
 
 def _unclip_stage(config: FitConfig, out: Path, stage: str, clip_dir: str, budget: Budget) -> dict:
     trainers: dict[str, tuple[type[UnclipTrainConfig], Callable[..., dict]]] = {
-        "prior": (PriorTrainConfig, train_prior), "decoder": (DecoderTrainConfig, train_decoder),
-        "upsampler": (UpsamplerTrainConfig, train_upsampler)}
+        "prior": (PriorTrainConfig, train_prior),
+        "decoder": (DecoderTrainConfig, train_decoder),
+        "upsampler": (UpsamplerTrainConfig, train_upsampler),
+    }
     cls, fn = trainers[stage]
-    overrides = {**_overrides(config, out, stage, budget.seconds(stage)), "clip": clip_dir,
-                 "train_data": config.train_data, "pipeline_dir": str(out / "pipeline")}
-    if stage != "upsampler":               # its recipe reads fewer (64 px targets; each is its own condition)
+    overrides = {
+        **_overrides(config, out, stage, budget.seconds(stage)),
+        "clip": clip_dir,
+        "train_data": config.train_data,
+        "pipeline_dir": str(out / "pipeline"),
+    }
+    if stage != "upsampler":  # its recipe reads fewer (64 px targets; each is its own condition)
         overrides["num_samples"] = config.num_samples
     summary = fn(load_config(cls, RECIPES / f"images-{stage}.json", overrides))
-    return {"summary": f"{summary['steps']} steps in {summary['train_seconds']:.0f} s "
-                       f"(stopped by {summary.get('stopped_by', 'steps')})",
-            "steps": summary["steps"], "train_seconds": summary["train_seconds"],
-            **{k: v for k, v in summary.items() if k.startswith(("val_", "final_")) and isinstance(v, (int, float))}}
+    return {
+        "summary": f"{summary['steps']} steps in {summary['train_seconds']:.0f} s "
+        f"(stopped by {summary.get('stopped_by', 'steps')})",
+        "steps": summary["steps"],
+        "train_seconds": summary["train_seconds"],
+        **{k: v for k, v in summary.items() if k.startswith(("val_", "final_")) and isinstance(v, (int, float))},
+    }
 
 
 # ----------------------------------------------------------------------------- the report
+
 
 def _held_out(config: FitConfig) -> list[tuple]:
     """(image, caption, metadata) of the report's held-out images: val_data, else the last train samples
@@ -183,10 +209,12 @@ def _held_out(config: FitConfig) -> list[tuple]:
     if config.val_data:
         rows = read_samples(config.val_data, fields, config.report_images)
     else:
-        rows = read_samples(config.train_data, fields)[-config.report_images:]
+        rows = read_samples(config.train_data, fields)[-config.report_images :]
     if len(rows) < 2:
-        raise ValueError(f"{len(rows)} readable held-out sample(s) in {config.val_data or config.train_data!r}; "
-                        f"the report needs >= 2 (give --val-data shards)")
+        raise ValueError(
+            f"{len(rows)} readable held-out sample(s) in {config.val_data or config.train_data!r}; "
+            f"the report needs >= 2 (give --val-data shards)"
+        )
     return rows
 
 
@@ -208,45 +236,83 @@ def report(config: FitConfig, out: Path, results: dict) -> Path:
     real = pil_to_tensor([im.convert("RGB").resize((config.image_size,) * 2) for im in images])
     emb = pipe.clip.encode_images(images)
     decoded = pipe.decode(emb, steps=config.steps, seed=config.seed, output="tensor", upsample=upsample)
-    drawn = pipe.generate(captions[:16], num_images=1, steps=config.steps, seed=config.seed, output="tensor",
-                          upsample=upsample)
-    inversion = {"pixel_nearest_source_top1": nearest_source(decoded, real, list(range(len(real))))["top1"],
-                 "pixel_chance": 1 / min(100, len(real)), **{f"inversion_{k}": v for k, v in
-                 noise_sharpness(decoded, real).items() if k in ("noise", "sharpness")}}
+    drawn = pipe.generate(
+        captions[:16], num_images=1, steps=config.steps, seed=config.seed, output="tensor", upsample=upsample
+    )
+    inversion = {
+        "pixel_nearest_source_top1": nearest_source(decoded, real, list(range(len(real))))["top1"],
+        "pixel_chance": 1 / min(100, len(real)),
+        **{f"inversion_{k}": v for k, v in noise_sharpness(decoded, real).items() if k in ("noise", "sharpness")},
+    }
     text = {f"text_{k}": v for k, v in noise_sharpness(drawn, real).items() if k in ("noise", "sharpness")}
     if config.judge:
         judge = Judge.load(config.judge)
-        inversion.update(_judged(judge, real, metas, config.label_field, "real_"))      # the judge's own accuracy
+        inversion.update(_judged(judge, real, metas, config.label_field, "real_"))  # the judge's own accuracy
         inversion.update(_judged(judge, decoded, metas, config.label_field, "inversion_"))
         inversion["inversion_frechet_ratio"] = judge.frechet(decoded, real)["ratio"]
     grid = [im for pair in zip(_pil(real[:16]), _pil(decoded[:16])) for im in pair]
     make_grid(grid, columns=8, scale=2).save(figures / "inversion.png")
     make_grid(_pil(drawn), columns=8, scale=2).save(figures / "text_to_image.png")
     sections = [
-        Section("Inversion", "Held-out images (left of each pair) and what the decoder paints from their CLIP image "
-                "embedding (right). The pixel identification asks whether a decoded image's nearest real image by "
-                "L2 is its own source among up to 100 held-out images; noise and sharpness are ratios to the real "
-                "images (1.0 = real; speckle raises noise, blur lowers sharpness).",
-                figures=[Figure("report/inversion.png", "real | decoded, in pairs")], metrics=inversion),
-        Section("Text to image", "Held-out captions through the prior and the decoder: "
-                + "; ".join(captions[:16]), figures=[Figure("report/text_to_image.png", "one image per caption")],
-                metrics=text)]
+        Section(
+            "Inversion",
+            "Held-out images (left of each pair) and what the decoder paints from their CLIP image "
+            "embedding (right). The pixel identification asks whether a decoded image's nearest real image by "
+            "L2 is its own source among up to 100 held-out images; noise and sharpness are ratios to the real "
+            "images (1.0 = real; speckle raises noise, blur lowers sharpness).",
+            figures=[Figure("report/inversion.png", "real | decoded, in pairs")],
+            metrics=inversion,
+        ),
+        Section(
+            "Text to image",
+            "Held-out captions through the prior and the decoder: " + "; ".join(captions[:16]),
+            figures=[Figure("report/text_to_image.png", "one image per caption")],
+            metrics=text,
+        ),
+    ]
     if config.unseen_data:
         unseen = [str(r[0]) for r in read_samples(config.unseen_data, ("text",), 16)]
         if unseen:
-            make_grid(_pil(pipe.generate(unseen, num_images=1, steps=config.steps, seed=config.seed,
-                                         output="tensor", upsample=upsample)),
-                      columns=8, scale=2).save(figures / "unseen.png")
-            sections.append(Section("Unseen captions", "Captions never trained on: " + "; ".join(unseen),
-                                    figures=[Figure("report/unseen.png", "one image per unseen caption")]))
-    sections.append(Section("Stages", "Each stage's training (steps, seconds, what stopped it).",
-                            table=[{"stage": k, "steps": v.get("steps", 0), "seconds": v.get("train_seconds", 0),
-                                    "summary": v.get("summary", "")} for k, v in results.items()]))
+            make_grid(
+                _pil(
+                    pipe.generate(
+                        unseen, num_images=1, steps=config.steps, seed=config.seed, output="tensor", upsample=upsample
+                    )
+                ),
+                columns=8,
+                scale=2,
+            ).save(figures / "unseen.png")
+            sections.append(
+                Section(
+                    "Unseen captions",
+                    "Captions never trained on: " + "; ".join(unseen),
+                    figures=[Figure("report/unseen.png", "one image per unseen caption")],
+                )
+            )
+    sections.append(
+        Section(
+            "Stages",
+            "Each stage's training (steps, seconds, what stopped it).",
+            table=[
+                {
+                    "stage": k,
+                    "steps": v.get("steps", 0),
+                    "seconds": v.get("train_seconds", 0),
+                    "summary": v.get("summary", ""),
+                }
+                for k, v in results.items()
+            ],
+        )
+    )
     metrics = {**inversion, **text}
     write_json(out / "report.json", {"metrics": metrics, "captions": captions[:16]})
-    return write_report(out / "report.html", "clipkit fit", sections,
-                        summary=f"{len(real)} held-out images; pixel identification "
-                                f"{inversion['pixel_nearest_source_top1']:.2f} (chance {inversion['pixel_chance']:.2f})")
+    return write_report(
+        out / "report.html",
+        "clipkit fit",
+        sections,
+        summary=f"{len(real)} held-out images; pixel identification "
+        f"{inversion['pixel_nearest_source_top1']:.2f} (chance {inversion['pixel_chance']:.2f})",
+    )
 
 
 def _pil(x: torch.Tensor) -> list:
@@ -261,7 +327,10 @@ def _index_stage(config: FitConfig, out: Path, clip_dir: str) -> dict:
     write_embeddings(model, out / "index" / "embeddings", shards=shards, overwrite=True, model_source=clip_dir)
     index = EmbeddingIndex.build(EmbeddingFolder(out / "index" / "embeddings"), kind="auto", model=model)
     index.save(out / "index" / "index")
-    return {"summary": f"{len(index)} images of {shards} in a {index.kind} index", "index": str(out / "index" / "index")}
+    return {
+        "summary": f"{len(index)} images of {shards} in a {index.kind} index",
+        "index": str(out / "index" / "index"),
+    }
 
 
 def fit(config: FitConfig, force: bool = False) -> dict:
@@ -279,8 +348,9 @@ def fit(config: FitConfig, force: bool = False) -> dict:
     results[first] = run_stage(first, out / first, lambda: make_clip(config, out, budget), force)
     clip_dir = results[first]["model"]
     for stage in stages[1:]:
-        results[stage] = run_stage(stage, out / stage,
-                                   functools.partial(_unclip_stage, config, out, stage, clip_dir, budget), force)
+        results[stage] = run_stage(
+            stage, out / stage, functools.partial(_unclip_stage, config, out, stage, clip_dir, budget), force
+        )
     indexed = run_stage("index", out / "index", lambda: _index_stage(config, out, clip_dir), force)
     page = report(config, out, results)
     summary = {"stages": results, "index": indexed, "report": str(page)}

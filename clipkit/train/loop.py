@@ -59,17 +59,17 @@ class Task:
     next_batches: Callable[[], list | None]
     # (loss to backward, its share of the step's loss for the log; None = the loss itself), one per micro-batch
     step_losses: Callable[[Any, list], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]
-    samples_per_step: int = 0                        # global samples per optimiser step (for samples/s)
+    samples_per_step: int = 0  # global samples per optimiser step (for samples/s)
     after_step: Callable[[int], None] | None = None  # after optimizer.step(): EMA, clamps
-    on_epoch_end: Callable[[], None] | None = None   # the data ran out: start the next epoch (or raise)
-    data_state: Callable[[], dict] = field(default=lambda: {})   # data position saved in checkpoints
-    evaluate: Callable[[int], dict] | None = None    # metrics (rank 0 logs them); every eval_every and at the end
-    checkpoint_extra: Callable[[Path], None] | None = None       # add files (EMA weights) to a checkpoint
-    on_checkpoint: Callable[[int], None] | None = None           # after a checkpoint: export the model
-    log_extra: Callable[[], dict] | None = None      # more columns for each metrics row (logit scale)
+    on_epoch_end: Callable[[], None] | None = None  # the data ran out: start the next epoch (or raise)
+    data_state: Callable[[], dict] = field(default=lambda: {})  # data position saved in checkpoints
+    evaluate: Callable[[int], dict] | None = None  # metrics (rank 0 logs them); every eval_every and at the end
+    checkpoint_extra: Callable[[Path], None] | None = None  # add files (EMA weights) to a checkpoint
+    on_checkpoint: Callable[[int], None] | None = None  # after a checkpoint: export the model
+    log_extra: Callable[[], dict] | None = None  # more columns for each metrics row (logit scale)
     # after each step, on every rank: a reason to stop now ("time_budget", ...) or None to go on
     should_stop: Callable[[int, float], str | None] | None = None
-    clock: Callable[[], float] = time.perf_counter   # the seconds `should_stop` is given (process_time: CPU time)
+    clock: Callable[[], float] = time.perf_counter  # the seconds `should_stop` is given (process_time: CPU time)
     desc: str = "train"
 
 
@@ -79,21 +79,24 @@ class LoopResult:
     train_seconds: float
     checkpoint: str | None
     eval: dict
-    utilisation: dict = field(default_factory=dict)   # clipkit.perf.utilisation of this run's training steps
-    stopped_by: str | None = None                     # should_stop's reason; None: total_steps was reached
-    elapsed: float = 0.0                              # seconds on the task's clock, resumed runs included
+    utilisation: dict = field(default_factory=dict)  # clipkit.perf.utilisation of this run's training steps
+    stopped_by: str | None = None  # should_stop's reason; None: total_steps was reached
+    elapsed: float = 0.0  # seconds on the task's clock, resumed runs included
 
 
 def check_weights_finite(module: torch.nn.Module, step: int) -> None:
     """Raise NonFiniteLossError naming the first parameter that holds nan/inf (nothing is written then)."""
     for name, p in module.named_parameters():
         if not bool(torch.isfinite(p.detach()).all()):
-            raise NonFiniteLossError(f"parameter {name!r} holds nan/inf at step {step}; nothing was saved. "
-                                     f"Lower the lr, enable grad_clip, or check the data")
+            raise NonFiniteLossError(
+                f"parameter {name!r} holds nan/inf at step {step}; nothing was saved. "
+                f"Lower the lr, enable grad_clip, or check the data"
+            )
 
 
-def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler, total_steps: int,
-               state: dict | None = None) -> LoopResult:
+def train_loop(
+    config, accelerator, run, task: Task, model, optimizer, scheduler, total_steps: int, state: dict | None = None
+) -> LoopResult:
     """Optimise until `total_steps` or `task.should_stop`; returns the last step, training seconds, last
     checkpoint, evaluation and why it stopped."""
     state = state or {}
@@ -107,8 +110,15 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
 
     def checkpoint() -> str:
         check_weights_finite(module, step)
-        path = run.checkpoints.save(step, accelerator, model, optimizer, scheduler,
-                                    {**task.data_state(), "elapsed": elapsed()}, extra=task.checkpoint_extra)
+        path = run.checkpoints.save(
+            step,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            {**task.data_state(), "elapsed": elapsed()},
+            extra=task.checkpoint_extra,
+        )
         if task.on_checkpoint is not None:
             task.on_checkpoint(step)
         return str(path)
@@ -129,7 +139,7 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
     model.train()
     while step < total_steps:
         micro = task.next_batches()
-        if micro is None:                                   # the data ran out: next epoch
+        if micro is None:  # the data ran out: next epoch
             if task.on_epoch_end is None:
                 raise RuntimeError("next_batches returned None and the task has no on_epoch_end")
             task.on_epoch_end()
@@ -138,14 +148,17 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
         with FlopCount() if flops_per_step is None else contextlib.nullcontext() as counter:
             for i in range(len(micro)):
                 sync = i == len(micro) - 1
-                with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast(), \
-                        attention_backend(accelerator.device.type, config.mixed_precision):
+                with (
+                    contextlib.nullcontext() if sync else accelerator.no_sync(model),
+                    accelerator.autocast(),
+                    attention_backend(accelerator.device.type, config.mixed_precision),
+                ):
                     loss, share = next(losses)
                     window_loss += check_finite(accelerator, loss if share is None else share, step, last_checkpoint)
                     accelerator.backward(loss)
         if flops_per_step is None:
-            assert counter is not None                  # the FlopCount entered above
-            flops_per_step = counter.flops              # one step counted (forward + backward; this rank)
+            assert counter is not None  # the FlopCount entered above
+            flops_per_step = counter.flops  # one step counted (forward + backward; this rank)
         if config.grad_clip:
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -154,16 +167,21 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
         window_steps += 1
         if task.after_step is not None:
             task.after_step(step)
-        if task.should_stop is not None and step < total_steps:   # before the schedule, which may use the clock
+        if task.should_stop is not None and step < total_steps:  # before the schedule, which may use the clock
             stopped_by = _agreed_stop(accelerator, task.should_stop, step, elapsed())
         scheduler.step()
         bar.update(1)
         if step % config.log_every == 0 or step == total_steps or stopped_by:
             seconds = time.time() - window_start
             train_seconds += seconds
-            row = {"step": step, "loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": window_steps * task.samples_per_step / max(seconds, 1e-9),
-                   "train_seconds": round(train_seconds, 2), **(task.log_extra() if task.log_extra else {})}
+            row = {
+                "step": step,
+                "loss": window_loss / window_steps,
+                "lr": scheduler.get_last_lr()[0],
+                "samples_per_s": window_steps * task.samples_per_step / max(seconds, 1e-9),
+                "train_seconds": round(train_seconds, 2),
+                **(task.log_extra() if task.log_extra else {}),
+            }
             run.metrics.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{row['samples_per_s']:.0f}")
             window_loss, window_steps, window_start = 0.0, 0, time.time()
@@ -176,7 +194,7 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 last_checkpoint, busy = checkpoint(), True
             if busy and window_steps == 0:
-                window_start = time.time()                  # evaluation / checkpoint time is not training time
+                window_start = time.time()  # evaluation / checkpoint time is not training time
     bar.close()
     last_checkpoint = checkpoint()
     last_eval = evaluate() or last_eval
@@ -185,9 +203,11 @@ def train_loop(config, accelerator, run, task: Task, model, optimizer, scheduler
         per_sample = flops_per_step * accelerator.num_processes / task.samples_per_step
         rate = (step - first_step) * task.samples_per_step / train_seconds
         usage = utilisation(per_sample, rate, config.mixed_precision, accelerator.device)
-        accelerator.print(f"[{task.desc}] {usage['gflop_per_sample']} GFLOP/sample x {rate:.0f} samples/s = "
-                          f"{usage['achieved_gflops']} GFLOP/s, {100 * usage['peak_fraction']:.1f}% of this "
-                          f"machine's {usage['precision']} matmul peak ({usage['peak_gflops']} GFLOP/s)")
+        accelerator.print(
+            f"[{task.desc}] {usage['gflop_per_sample']} GFLOP/sample x {rate:.0f} samples/s = "
+            f"{usage['achieved_gflops']} GFLOP/s, {100 * usage['peak_fraction']:.1f}% of this "
+            f"machine's {usage['precision']} matmul peak ({usage['peak_gflops']} GFLOP/s)"
+        )
     return LoopResult(step, train_seconds, last_checkpoint, last_eval, usage, stopped_by, elapsed())
 
 
@@ -203,10 +223,16 @@ def _agreed_stop(accelerator, should_stop, step: int, elapsed: float) -> str | N
     return reason or ("should_stop" if float(votes) > 0 else None)
 
 
-UNBOUNDED_STEPS = 10**9          # the step bound of a run only its time budget ends (Trainer.prepare(until_budget=True))
+UNBOUNDED_STEPS = 10**9  # the step bound of a run only its time budget ends (Trainer.prepare(until_budget=True))
 
 
 def _progress(accelerator, total: int, initial: int, desc: str, enabled: bool):
     # A run only its time budget ends counts steps with no total (a bar of 10^9 steps says nothing).
-    return tqdm(total=None if total >= UNBOUNDED_STEPS else total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                disable=not (enabled and accelerator.is_main_process))
+    return tqdm(
+        total=None if total >= UNBOUNDED_STEPS else total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (enabled and accelerator.is_main_process),
+    )

@@ -1,9 +1,9 @@
 """A run folder and what it records: config.json, metrics.jsonl, curves.png, summary.json, checkpoints/.
 
-    run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
-    run.write_config(config)
-    run.metrics.log({"step": 10, "loss": 0.42})
-    run.metrics.plot(run.path / "curves.png", {"loss": ["loss"]})
+run = RunDir(config.out_dir, accelerator, config.keep_checkpoints)
+run.write_config(config)
+run.metrics.log({"step": 10, "loss": 0.42})
+run.metrics.plot(run.path / "curves.png", {"loss": ["loss"]})
 """
 
 from __future__ import annotations

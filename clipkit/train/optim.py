@@ -20,8 +20,15 @@ from clipkit.train.config import TrainConfig
 def no_decay(name: str, param: torch.nn.Parameter) -> bool:
     """Biases, norms (1-D), embeddings and temperatures get no weight decay."""
     lowered = name.lower()
-    return (param.ndim < 2 or lowered.endswith("bias") or "embedding" in lowered
-            or "logit_scale" in lowered or "logit_bias" in lowered or ".ln" in lowered or "norm" in lowered)
+    return (
+        param.ndim < 2
+        or lowered.endswith("bias")
+        or "embedding" in lowered
+        or "logit_scale" in lowered
+        or "logit_bias" in lowered
+        or ".ln" in lowered
+        or "norm" in lowered
+    )
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -39,7 +46,7 @@ def adamw(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):   # device/dtype without a fused kernel
+    except (RuntimeError, TypeError):  # device/dtype without a fused kernel
         return torch.optim.AdamW(groups, **kwargs)
 
 
@@ -72,8 +79,9 @@ class WarmupCosine:
         return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, final: float = 0.0,
-                  time_budget: float | None = None):
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, final: float = 0.0, time_budget: float | None = None
+):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total, final, time_budget))
 
 

@@ -55,6 +55,7 @@ def make_accelerator(config: TrainConfig, project_dir: str | os.PathLike | None 
         # A new run in the same process (a notebook, the demo, tests) may ask for another precision:
         # Accelerate keeps one process-wide state and would refuse. One process has nothing to share.
         from accelerate.state import AcceleratorState, GradientState
+
         AcceleratorState._reset_state()
         GradientState._reset_state()
     accelerator = Accelerator(
@@ -107,11 +108,13 @@ def check_finite(accelerator, loss: torch.Tensor, step: int, last_checkpoint: st
         value = accelerator.reduce(value, reduction="mean")
     v = float(value)
     if not math.isfinite(v):
-        where = (f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint
-                 else "; no checkpoint was written yet")
+        where = (
+            f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint else "; no checkpoint was written yet"
+        )
         raise NonFiniteLossError(
             f"loss is {v} at step {step + 1} (before the update); stopping{where}. Lower the lr, "
-            f"enable grad_clip, or use mixed_precision='no' to find the cause")
+            f"enable grad_clip, or use mixed_precision='no' to find the cause"
+        )
     return v
 
 
@@ -152,7 +155,7 @@ def exit_cleanly(code: int) -> typing.NoReturn:
     Single-process runs exit normally; a launched rank (WORLD_SIZE > 1) always leaves by os._exit.
     """
     if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if code == 0 and is_distributed():          # a loop that ended its process group already met the others
+        if code == 0 and is_distributed():  # a loop that ended its process group already met the others
             try:
                 torch.distributed.barrier()
             except Exception:  # a peer died: still leave without the destructors

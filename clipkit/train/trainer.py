@@ -68,18 +68,41 @@ logger = logging.getLogger(__name__)
 
 # Config fields that change how a run is kept or when it ends, not what it learns: changing them on resume is
 # recorded in resumes.json without a warning.
-RUN_CONTROL = frozenset({
-    "out_dir", "resume", "max_steps", "epochs", "time_budget", "log_every", "eval_every", "checkpoint_every",
-    "keep_checkpoints", "num_workers", "tensorboard", "progress", "num_threads", "compile", "export_dir",
-    "overwrite", "pipeline_dir", "sample_every", "val_data", "holdout_data", "val_max_samples", "eval_batch_size",
-    "zeroshot_eval", "val_samples"})
+RUN_CONTROL = frozenset(
+    {
+        "out_dir",
+        "resume",
+        "max_steps",
+        "epochs",
+        "time_budget",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "num_workers",
+        "tensorboard",
+        "progress",
+        "num_threads",
+        "compile",
+        "export_dir",
+        "overwrite",
+        "pipeline_dir",
+        "sample_every",
+        "val_data",
+        "holdout_data",
+        "val_max_samples",
+        "eval_batch_size",
+        "zeroshot_eval",
+        "val_samples",
+    }
+)
 
 
 UNBOUNDED_STEPS = loop.UNBOUNDED_STEPS
 
 
-RUN_FORMAT = "clipkit-run"                 # the .clipkit-output.json marker of a run folder
-INPUT_FIELDS = ("train_data", "val_data", "holdout_data", "model", "clip", "embeddings")   # a run never writes there
+RUN_FORMAT = "clipkit-run"  # the .clipkit-output.json marker of a run folder
+INPUT_FIELDS = ("train_data", "val_data", "holdout_data", "model", "clip", "embeddings")  # a run never writes there
 
 
 def claim_run(config: TrainConfig, check_only: bool = False) -> Path:
@@ -98,7 +121,7 @@ def wall_clock() -> float:
     return time.perf_counter()
 
 
-ConfigT = TypeVar("ConfigT", bound=TrainConfig, covariant=True)     # read only: a Trainer[subclass] is a Trainer
+ConfigT = TypeVar("ConfigT", bound=TrainConfig, covariant=True)  # read only: a Trainer[subclass] is a Trainer
 
 
 class Trainer(Generic[ConfigT]):
@@ -108,9 +131,9 @@ class Trainer(Generic[ConfigT]):
     clock: what `time_budget` is measured on (wall clock; the generation lab may count CPU time).
     """
 
-    accelerator: Any           # from `with Trainer(...)` on
+    accelerator: Any  # from `with Trainer(...)` on
     run: RunDir
-    module: torch.nn.Module    # from prepare() on
+    module: torch.nn.Module  # from prepare() on
 
     def __init__(self, config: ConfigT, desc: str = "train", clock: Callable[[], float] | None = None):
         budget = config.time_budget
@@ -129,19 +152,19 @@ class Trainer(Generic[ConfigT]):
 
     def __enter__(self) -> Trainer[ConfigT]:
         with self._stack as stack:
-            claim_run(self.config)                               # the one place a run folder is created
+            claim_run(self.config)  # the one place a run folder is created
             stack.enter_context(runtime.run_lock(self.config.out_dir))
             self.accelerator = runtime.make_accelerator(self.config)
             self.run = RunDir(self.config.out_dir, self.accelerator, self.config.keep_checkpoints)
-            runtime.seed_everything(self.config.seed)            # the same on every rank: same initial weights
-            self._stack = stack.pop_all()                        # keep the lock until __exit__
+            runtime.seed_everything(self.config.seed)  # the same on every rank: same initial weights
+            self._stack = stack.pop_all()  # keep the lock until __exit__
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         with self._stack:
             if exc_type is None:
                 self.accelerator.wait_for_everyone()
-                self.accelerator.end_training()                  # trackers closed, process group destroyed
+                self.accelerator.end_training()  # trackers closed, process group destroyed
 
     @property
     def world(self) -> int:
@@ -158,9 +181,17 @@ class Trainer(Generic[ConfigT]):
 
     # ------------------------------------------------------------------------- optimiser, schedule, resume
 
-    def prepare(self, module: torch.nn.Module, num_samples: int | None, *, final_lr: float = 0.0,
-                ema_decay: float | None = None, replacement: bool = False, until_budget: bool = False,
-                model: str | dict | None = None) -> torch.nn.Module:
+    def prepare(
+        self,
+        module: torch.nn.Module,
+        num_samples: int | None,
+        *,
+        final_lr: float = 0.0,
+        ema_decay: float | None = None,
+        replacement: bool = False,
+        until_budget: bool = False,
+        model: str | dict | None = None,
+    ) -> torch.nn.Module:
         """Steps, per-rank seed, AdamW + schedule, `accelerator.prepare`, EMA, resume; returns the prepared model.
 
         num_samples: samples in an epoch (None: fresh data every step; max_steps is then required).
@@ -173,13 +204,14 @@ class Trainer(Generic[ConfigT]):
         self.module, self.num_samples, self.until_budget = module, num_samples, until_budget
         self.steps_per_epoch, self.total_steps = self._steps(num_samples, replacement)
         # A step bound of UNBOUNDED_STEPS or more (max_steps / epochs set to it, as `clipkit fit` does) means the same.
-        self.until_budget = until_budget = until_budget or (c.time_budget is not None
-                                                            and self.total_steps >= UNBOUNDED_STEPS)
+        self.until_budget = until_budget = until_budget or (
+            c.time_budget is not None and self.total_steps >= UNBOUNDED_STEPS
+        )
         if until_budget:
             if c.time_budget is None:
                 raise ValueError(f"{self.desc}: until_budget needs a time_budget (seconds); got null")
             self.total_steps = UNBOUNDED_STEPS
-        runtime.seed_everything(c.seed, self.rank)             # ranks draw different data from here on
+        runtime.seed_everything(c.seed, self.rank)  # ranks draw different data from here on
         optimizer = adamw(module, c)
         self.schedule = WarmupCosine(c.warmup_steps, self.total_steps, final_lr, c.time_budget)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
@@ -190,11 +222,12 @@ class Trainer(Generic[ConfigT]):
         self.scheduler = scheduler
         self.state = self._resume()
         self.step = int(self.state.get("step", 0))
-        self.run.write_config(c)                                 # only now: a refused resume wrote nothing
+        self.run.write_config(c)  # only now: a refused resume wrote nothing
         self.run.metrics.truncate_after(self.step)
         if c.tensorboard:
-            self.accelerator.init_trackers(self.desc, config={k: v for k, v in to_json(c).items()
-                                                              if isinstance(v, (int, float, str, bool))})
+            self.accelerator.init_trackers(
+                self.desc, config={k: v for k, v in to_json(c).items() if isinstance(v, (int, float, str, bool))}
+            )
         return self.model
 
     def _steps(self, num_samples: int | None, replacement: bool) -> tuple[int | None, int]:
@@ -206,8 +239,10 @@ class Trainer(Generic[ConfigT]):
         per_epoch = num_samples // self.global_batch
         if per_epoch == 0:
             if not replacement:
-                raise ValueError(f"{num_samples} samples make no full step of {self.global_batch} samples "
-                                 f"(batch_size x processes x grad_accum); lower batch_size")
+                raise ValueError(
+                    f"{num_samples} samples make no full step of {self.global_batch} samples "
+                    f"(batch_size x processes x grad_accum); lower batch_size"
+                )
             per_epoch = 1
         return per_epoch, c.max_steps or c.epochs * per_epoch
 
@@ -231,38 +266,49 @@ class Trainer(Generic[ConfigT]):
         recorded = json.loads(state_file.read_text()).get("model") if state_file.is_file() else None
         if recorded is not None and recorded != self.model_identity:
             old, new = _differences(recorded, self.model_identity)
-            raise ValueError(f"resume={self.config.resume!r}: {path} holds a checkpoint of {old}, but this run "
-                             f"trains {new}; {fix}")
+            raise ValueError(
+                f"resume={self.config.resume!r}: {path} holds a checkpoint of {old}, but this run trains {new}; {fix}"
+            )
         weights = path / "model.safetensors"
         if not weights.is_file():
-            return                                                # the checkpoint's own check names what is missing
+            return  # the checkpoint's own check names what is missing
         mine = {k: tuple(v.shape) for k, v in self.accelerator.unwrap_model(self.model).state_dict().items()}
         with safe_open(str(weights), "pt") as f:
             theirs = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         if theirs != mine:
             key = next(k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k))
-            raise ValueError(f"resume={self.config.resume!r}: {path} holds weights of another model than this "
-                             f"run's ({key}: {theirs.get(key, 'absent')} there, {mine.get(key, 'absent')} here); {fix}")
+            raise ValueError(
+                f"resume={self.config.resume!r}: {path} holds weights of another model than this "
+                f"run's ({key}: {theirs.get(key, 'absent')} there, {mine.get(key, 'absent')} here); {fix}"
+            )
 
     def _record_resume(self, state: dict) -> None:
         """Warn when the resumed run learns differently from the checkpoint's; append to resumes.json."""
         now = to_json(self.config)
         before = state.get("run_config")
-        if before is None:                                       # older checkpoints: their run folder's config
+        if before is None:  # older checkpoints: their run folder's config
             folder_config = Path(state["path"]).parent.parent / "config.json"
             before = json.loads(folder_config.read_text()) if folder_config.is_file() else {}
         changed = {k: [before[k], v] for k, v in now.items() if k in before and before[k] != v}
         processes = [state.get("world_size", self.world), self.world]
-        entry = {"step": int(state["step"]), "from": state["path"], "time": round(time.time(), 1),
-                 "processes": processes, "changed": changed}
+        entry = {
+            "step": int(state["step"]),
+            "from": state["path"],
+            "time": round(time.time(), 1),
+            "processes": processes,
+            "changed": changed,
+        }
         learning = {k: v for k, v in changed.items() if k not in RUN_CONTROL}
         if processes[0] != processes[1]:
             learning["processes"] = processes
         if learning and self.accelerator.is_main_process:
-            logger.warning("resuming %s at step %s with %s: this continues another run than the checkpoint's "
-                           "(recorded in %s)", state["path"], state["step"],
-                           ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in learning.items()),
-                           self.run.path / "resumes.json")
+            logger.warning(
+                "resuming %s at step %s with %s: this continues another run than the checkpoint's (recorded in %s)",
+                state["path"],
+                state["step"],
+                ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in learning.items()),
+                self.run.path / "resumes.json",
+            )
         resumes_file = self.run.path / "resumes.json"
         earlier = json.loads(resumes_file.read_text()) if resumes_file.is_file() else []
         self.resumes = [*earlier, entry]
@@ -274,8 +320,12 @@ class Trainer(Generic[ConfigT]):
     def fit(self, task: loop.Task) -> loop.LoopResult:
         """Print the start line and run the loop with the run's hooks (samples/step, EMA, time budget)."""
         c, acc = self.config, self.accelerator
-        own_after, own_extra, own_state, own_stop = (task.after_step, task.checkpoint_extra, task.data_state,
-                                                     task.should_stop)
+        own_after, own_extra, own_state, own_stop = (
+            task.after_step,
+            task.checkpoint_extra,
+            task.data_state,
+            task.should_stop,
+        )
 
         def after_step(step: int) -> None:
             self.step = step
@@ -294,19 +344,25 @@ class Trainer(Generic[ConfigT]):
             return {**own_state(), "model": self.model_identity, "run_config": to_json(c)}
 
         def should_stop(step: int, elapsed: float) -> str | None:
-            self.schedule.elapsed = elapsed                     # the cosine's time fraction (optim.WarmupCosine)
+            self.schedule.elapsed = elapsed  # the cosine's time fraction (optim.WarmupCosine)
             if c.time_budget is not None and elapsed >= c.time_budget:
                 return "time_budget"
             return own_stop(step, elapsed) if own_stop is not None else None
 
         task = dataclasses.replace(
-            task, after_step=after_step, checkpoint_extra=checkpoint_extra, data_state=data_state,
-            samples_per_step=self.global_batch, clock=self.clock,
-            should_stop=should_stop if c.time_budget is not None or own_stop is not None else None)
+            task,
+            after_step=after_step,
+            checkpoint_extra=checkpoint_extra,
+            data_state=data_state,
+            samples_per_step=self.global_batch,
+            clock=self.clock,
+            should_stop=should_stop if c.time_budget is not None or own_stop is not None else None,
+        )
         acc.print(self.start_line())
-        result = loop.train_loop(c, acc, self.run, task, self.model, self.optimizer, self.scheduler,
-                                 self.total_steps, self.state)
-        if result.stopped_by is None:                            # it ran the steps it planned
+        result = loop.train_loop(
+            c, acc, self.run, task, self.model, self.optimizer, self.scheduler, self.total_steps, self.state
+        )
+        if result.stopped_by is None:  # it ran the steps it planned
             result.stopped_by = "max_steps" if c.max_steps else "epochs"
         self.result = result
         return result
@@ -318,18 +374,24 @@ class Trainer(Generic[ConfigT]):
         name = self.model_identity if isinstance(self.model_identity, str) else self.model_identity.get("class")
         if self.until_budget:
             epoch = f", an epoch being {self.steps_per_epoch} steps" if self.num_samples else ""
-            what = (f"steps{resumed} of {self.global_batch} samples until time_budget={c.time_budget:g} s is "
-                    f"spent{epoch}")
+            what = (
+                f"steps{resumed} of {self.global_batch} samples until time_budget={c.time_budget:g} s is spent{epoch}"
+            )
         else:
             ends = f"max_steps={c.max_steps}" if c.max_steps else f"epochs={c.epochs}"
             if c.time_budget is not None:
                 ends += f", or time_budget={c.time_budget:g} s if that comes first"
             todo = self.total_steps - self.step
-            covers = ("fresh samples every step" if self.num_samples is None else
-                      f"{todo * self.global_batch / self.num_samples:.3g} epoch(s) of {self.num_samples} samples")
+            covers = (
+                "fresh samples every step"
+                if self.num_samples is None
+                else f"{todo * self.global_batch / self.num_samples:.3g} epoch(s) of {self.num_samples} samples"
+            )
             what = f"{todo} steps{resumed} of {self.global_batch} samples = {covers} ({ends})"
-        return (f"[{self.desc}] training {name}: {what}; {self.world} process(es), {acc.distributed_type.value}, "
-                f"precision {c.mixed_precision}, {torch.get_num_threads()} torch thread(s)")
+        return (
+            f"[{self.desc}] training {name}: {what}; {self.world} process(es), {acc.distributed_type.value}, "
+            f"precision {c.mixed_precision}, {torch.get_num_threads()} torch thread(s)"
+        )
 
     # ------------------------------------------------------------------------- after the loop
 
@@ -366,6 +428,7 @@ class Trainer(Generic[ConfigT]):
 
 def row_losses(micro_loss: Callable) -> Callable:
     """The loop's step_losses for `random_rows`: micro_loss(net, idx, generator) of each micro-batch / N."""
+
     def step_losses(net, micro):
         for idx, g in micro:
             yield micro_loss(net, idx, g) / len(micro), None

@@ -58,17 +58,31 @@ from clipkit.unclip.prior import DiffusionPrior
 from clipkit.unclip.samplers import noise_schedule
 from clipkit.unclip.storage import claim_pipeline, save_model, write_manifest
 
-__all__ = ["DecoderTrainConfig", "PriorTrainConfig", "UpsamplerTrainConfig", "ArPriorTrainConfig", "train_decoder",
-           "train_prior", "train_upsampler", "train_ar_prior", "read_training_data", "embedding_pairs", "load_clip"]
+__all__ = [
+    "DecoderTrainConfig",
+    "PriorTrainConfig",
+    "UpsamplerTrainConfig",
+    "ArPriorTrainConfig",
+    "train_decoder",
+    "train_prior",
+    "train_upsampler",
+    "train_ar_prior",
+    "read_training_data",
+    "embedding_pairs",
+    "load_clip",
+]
 
 
 # ----------------------------------------------------------------------------- data
 
+
 def load_clip(path: str):
     """The frozen CLIP a decoder / prior is trained on (a saved directory: it is recorded by identity)."""
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"clip={path!r} is not a directory saved by ClipModel.save (train one with "
-                                f"`clipkit train`, or save clipkit.create('shapes-small', seed=0))")
+        raise FileNotFoundError(
+            f"clip={path!r} is not a directory saved by ClipModel.save (train one with "
+            f"`clipkit train`, or save clipkit.create('shapes-small', seed=0))"
+        )
     clip = load_clip_model(path, device="cpu")
     clip.model.requires_grad_(False)
     return clip
@@ -77,19 +91,22 @@ def load_clip(path: str):
 def _fit(image, size: int):
     if image.size == (size, size):
         return image
-    return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)     # centre crop, then resize
+    return ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)  # centre crop, then resize
 
 
-def read_training_data(config, clip, image_size: int | None, texts: bool,
-                       embed: bool = True) -> tuple[dict, dict, dict]:
+def read_training_data(
+    config, clip, image_size: int | None, texts: bool, embed: bool = True
+) -> tuple[dict, dict, dict]:
     """(train, val, skipped) from config.train_data: uint8 "pixels" (N, 3, S, S) when image_size is given,
     unit "image_emb" (N, D) when embed, and "text_emb" (N, D) when texts. The last val_samples are held out."""
     counter = SkipCounter()
     fields = ("image", "text") if texts else ("image",)
     samples = read_samples(config.train_data, fields, config.num_samples, parse_filters(config.filter), counter)
     if len(samples) <= config.val_samples:
-        raise ValueError(f"train_data={config.train_data!r} gave {len(samples)} readable samples (skipped: "
-                         f"{counter.summary()}); need more than val_samples={config.val_samples}")
+        raise ValueError(
+            f"train_data={config.train_data!r} gave {len(samples)} readable samples (skipped: "
+            f"{counter.summary()}); need more than val_samples={config.val_samples}"
+        )
     images = [s[0] for s in samples]
     data = {"image_emb": clip.encode_images(images, batch_size=512)} if embed else {}
     if image_size:
@@ -106,8 +123,10 @@ def embedding_pairs(folder_path: str, clip, val_samples: int) -> tuple[dict, dic
     folder = EmbeddingFolder(folder_path)
     recorded = (folder.info or {}).get("model")
     if recorded != clip.identity:
-        raise ValueError(f"embeddings={folder_path!r} were made by CLIP {recorded!r}, but clip={clip.identity!r}; "
-                         f"re-embed with this CLIP (`clipkit embed --model ...`)")
+        raise ValueError(
+            f"embeddings={folder_path!r} were made by CLIP {recorded!r}, but clip={clip.identity!r}; "
+            f"re-embed with this CLIP (`clipkit embed --model ...`)"
+        )
     if "text" not in folder.modalities:
         raise ValueError(f"embeddings={folder_path!r} has no text_emb parts; embed shards with captions")
     img, txt = (np.concatenate(parts) for parts in zip(*[(i, t) for i, t, _ in folder.pairs()]))
@@ -125,6 +144,7 @@ def _pixels_to_x(pixels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the shared part
 
+
 def _fit_rows(trainer: Trainer[UnclipTrainConfig], kind: str, build, train: dict, micro_loss, on_sample=None) -> dict:
     """Build the module (after the trainer's seed), train it with `micro_loss(net, idx, generator)` on random
     rows of `train` with an EMA of its weights; `on_sample(ema_model, step)` every sample_every steps on rank 0.
@@ -139,8 +159,11 @@ def _fit_rows(trainer: Trainer[UnclipTrainConfig], kind: str, build, train: dict
         if on_sample and every and step % every == 0 and trainer.accelerator.is_main_process:
             on_sample(trainer.ema_model(), step)
 
-    result = trainer.fit(loop.Task(next_batches=trainer.random_rows(n), step_losses=row_losses(micro_loss),
-                                   after_step=after_step, desc=kind))
+    result = trainer.fit(
+        loop.Task(
+            next_batches=trainer.random_rows(n), step_losses=row_losses(micro_loss), after_step=after_step, desc=kind
+        )
+    )
     final = trainer.ema_model()
     loop.check_weights_finite(final, result.step)
     return {"final": final, "result": result}
@@ -161,7 +184,7 @@ def _export(config, kind, accelerator, clip, module, out_dir: Path) -> list[str]
         save_model(module, module.config, out_dir / kind, kind)
         written.append(str(out_dir / kind))
         if config.pipeline_dir:
-            pipe = claim_pipeline(config.pipeline_dir, clip, overwrite=config.overwrite)   # checked again: same CLIP
+            pipe = claim_pipeline(config.pipeline_dir, clip, overwrite=config.overwrite)  # checked again: same CLIP
             save_model(module, module.config, pipe / kind, kind, overwrite=config.overwrite)
             write_manifest(pipe, clip, config.clip)
             written.append(str(pipe / kind))
@@ -172,17 +195,25 @@ def _export(config, kind, accelerator, clip, module, out_dir: Path) -> list[str]
 def _summary(trainer: Trainer, out: dict, clip, written: list[str], extra: dict) -> dict:
     run, result = trainer.run, out["result"]
     rows = [r for r in run.metrics.rows() if "loss" in r]
-    summary = {"steps": result.step, "train_seconds": round(result.train_seconds, 1),
-               "final_loss": rows[-1]["loss"] if rows else None,
-               "params": sum(p.numel() for p in out["final"].parameters()), "clip_identity": clip.identity,
-               "written": written, "utilisation": result.utilisation, **extra}
+    summary = {
+        "steps": result.step,
+        "train_seconds": round(result.train_seconds, 1),
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "params": sum(p.numel() for p in out["final"].parameters()),
+        "clip_identity": clip.identity,
+        "written": written,
+        "utilisation": result.utilisation,
+        **extra,
+    }
     if trainer.accelerator.is_main_process:
-        run.metrics.plot(run.path / "curves.png", {"loss": ["loss"], "lr": ["lr"]},
-                         title=Path(trainer.config.out_dir).name)
+        run.metrics.plot(
+            run.path / "curves.png", {"loss": ["loss"], "lr": ["lr"]}, title=Path(trainer.config.out_dir).name
+        )
     return trainer.write_summary(summary)
 
 
 # ----------------------------------------------------------------------------- decoder
+
 
 def train_decoder(config: DecoderTrainConfig) -> dict:
     """Train the decoder (image embedding -> pixels). Returns the summary (also out_dir/summary.json)."""
@@ -207,26 +238,39 @@ def train_decoder(config: DecoderTrainConfig) -> dict:
         emb = train["image_emb"][idx].to(device)
         xt, t, target = training_batch(schedule, x0, model_config.prediction, generator=g)
         drop = (torch.rand(len(idx), generator=g) < config.cond_drop).to(device)
-        weights = loss_weights(schedule, t, model_config.prediction, config.loss_weighting, config.snr_gamma,
-                               config.snr_floor)
+        weights = loss_weights(
+            schedule, t, model_config.prediction, config.loss_weighting, config.snr_gamma, config.snr_floor
+        )
         return weighted_mse(net(xt, t, emb, drop=drop), target, weights)
 
     def on_sample(net, step):
-        recon = UnCLIP(clip, net).decode(val["image_emb"][:8], steps=25, sampler="ddim", guidance_scale=3.0,
-                                         generator=torch.Generator().manual_seed(0))
+        recon = UnCLIP(clip, net).decode(
+            val["image_emb"][:8],
+            steps=25,
+            sampler="ddim",
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+        )
         make_grid(to_pil(_pixels_to_x(val["pixels"][:8])) + recon, columns=8, scale=3).save(
-            Path(config.out_dir) / (f"samples_{step:06d}.png" if step else "samples.png"))
+            Path(config.out_dir) / (f"samples_{step:06d}.png" if step else "samples.png")
+        )
 
     with Trainer(config, "decoder") as trainer:
         out = _fit_rows(trainer, "decoder", build, train, micro_loss, on_sample)
         written = _export(config, "decoder", trainer.accelerator, clip, out["final"], trainer.run.path)
         if trainer.accelerator.is_main_process:
             on_sample(out["final"], 0)
-        return _summary(trainer, out, clip, written, {"embed_seconds": round(embed_s, 1),
-                                                      "train_images": len(train["pixels"]), "skipped_samples": skipped})
+        return _summary(
+            trainer,
+            out,
+            clip,
+            written,
+            {"embed_seconds": round(embed_s, 1), "train_images": len(train["pixels"]), "skipped_samples": skipped},
+        )
 
 
 # ----------------------------------------------------------------------------- prior
+
 
 def _prior_pairs(config):
     """(clip, train, val, skipped, seconds): text/image embedding pairs for a prior, from `clipkit embed`
@@ -262,15 +306,25 @@ def train_prior(config: PriorTrainConfig) -> dict:
         out = _fit_rows(trainer, "prior", lambda: DiffusionPrior(model_config), train, micro_loss)
         written = _export(config, "prior", trainer.accelerator, clip, out["final"], trainer.run.path)
         extra = _prior_check(trainer, clip, out["final"], val)
-        return _summary(trainer, out, clip, written, {"embed_seconds": round(embed_s, 1),
-                                                      "train_pairs": len(train["image_emb"]), **extra,
-                                                      "skipped_samples": skipped})
+        return _summary(
+            trainer,
+            out,
+            clip,
+            written,
+            {
+                "embed_seconds": round(embed_s, 1),
+                "train_pairs": len(train["image_emb"]),
+                **extra,
+                "skipped_samples": skipped,
+            },
+        )
 
 
 def _prior_check(trainer: Trainer, clip, prior, val: dict) -> dict:
     """Held-out check: cosine of sampled image embeddings to the true ones, vs the text embedding itself."""
-    sampled = UnCLIP(clip, None, prior).prior_sample(val["text_emb"], guidance_scale=1.0,
-                                                     generator=torch.Generator().manual_seed(0))
+    sampled = UnCLIP(clip, None, prior).prior_sample(
+        val["text_emb"], guidance_scale=1.0, generator=torch.Generator().manual_seed(0)
+    )
     cos_prior = float((sampled * val["image_emb"]).sum(-1).mean())
     cos_text = float((val["text_emb"] * val["image_emb"]).sum(-1).mean())
     trainer.run.metrics.log({"step": trainer.step, "val_cosine_prior": cos_prior, "val_cosine_text": cos_text})
@@ -278,6 +332,7 @@ def _prior_check(trainer: Trainer, clip, prior, val: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- upsampler
+
 
 def train_upsampler(config: UpsamplerTrainConfig) -> dict:
     """Train the super-resolution stage (low-resolution image -> image) on any image shards: each image at
@@ -299,8 +354,7 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
         level = torch.rand(len(idx), generator=g) * config.aug_level_max
         low = noise_low_res(downsample(x0, cfg.low_res_size), level.to(device), g)
         xt, t, target = training_batch(schedule, x0, cfg.prediction, generator=g)
-        weights = loss_weights(schedule, t, cfg.prediction, config.loss_weighting, config.snr_gamma,
-                               config.snr_floor)
+        weights = loss_weights(schedule, t, cfg.prediction, config.loss_weighting, config.snr_gamma, config.snr_floor)
         return weighted_mse(net(xt, t, low_res=low, aug_level=level.to(device)), target, weights)
 
     def on_sample(net, step):
@@ -309,18 +363,25 @@ def train_upsampler(config: UpsamplerTrainConfig) -> dict:
         bicubic = F.interpolate(low, size=cfg.image_size, mode="bicubic", align_corners=False).clamp(-1, 1)
         x = UnCLIP(clip, upsampler=net).upsample(low, generator=torch.Generator().manual_seed(0), output="tensor")
         make_grid(to_pil(real) + to_pil(bicubic) + to_pil(x), columns=8, scale=2).save(
-            Path(config.out_dir) / (f"samples_{step:06d}.png" if step else "samples.png"))
+            Path(config.out_dir) / (f"samples_{step:06d}.png" if step else "samples.png")
+        )
 
     with Trainer(config, "upsampler") as trainer:
         out = _fit_rows(trainer, "upsampler", lambda: DecoderUNet(cfg), train, micro_loss, on_sample)
         written = _export(config, "upsampler", trainer.accelerator, clip, out["final"], trainer.run.path)
         if trainer.accelerator.is_main_process:
             on_sample(out["final"], 0)
-        return _summary(trainer, out, clip, written, {"read_seconds": round(read_s, 1),
-                                                      "train_images": len(train["pixels"]), "skipped_samples": skipped})
+        return _summary(
+            trainer,
+            out,
+            clip,
+            written,
+            {"read_seconds": round(read_s, 1), "train_images": len(train["pixels"]), "skipped_samples": skipped},
+        )
 
 
 # ----------------------------------------------------------------------------- autoregressive prior
+
 
 def train_ar_prior(config) -> dict:
     """Train unCLIP's autoregressive prior (text embedding -> PCA components of the image embedding, each in
@@ -334,9 +395,11 @@ def train_ar_prior(config) -> dict:
 
     def build() -> ArPrior:
         model = ArPrior(dataclasses.replace(config.ar_prior, embed_dim=clip.embed_dim))
-        codebook.update(model.fit_codebook(train["image_emb"]))   # before the EMA copies the buffers
-        print(f"[ar_prior] {model.config.components} components keep {codebook['explained_variance']:.3f} of the "
-              f"variance; quantised and decoded, cosine {codebook['reconstruction_cosine']:.4f} to the embeddings")
+        codebook.update(model.fit_codebook(train["image_emb"]))  # before the EMA copies the buffers
+        print(
+            f"[ar_prior] {model.config.components} components keep {codebook['explained_variance']:.3f} of the "
+            f"variance; quantised and decoded, cosine {codebook['reconstruction_cosine']:.4f} to the embeddings"
+        )
         return model
 
     def micro_loss(net, idx, g):
@@ -348,6 +411,16 @@ def train_ar_prior(config) -> dict:
         out = _fit_rows(trainer, ArPrior.KIND, build, train, micro_loss)
         written = _export(config, ArPrior.KIND, trainer.accelerator, clip, out["final"], trainer.run.path)
         extra = _prior_check(trainer, clip, out["final"], val)
-        return _summary(trainer, out, clip, written, {"embed_seconds": round(embed_s, 1),
-                                                      "train_pairs": len(train["image_emb"]), **extra,
-                                                      "codebook": codebook, "skipped_samples": skipped})
+        return _summary(
+            trainer,
+            out,
+            clip,
+            written,
+            {
+                "embed_seconds": round(embed_s, 1),
+                "train_pairs": len(train["image_emb"]),
+                **extra,
+                "codebook": codebook,
+                "skipped_samples": skipped,
+            },
+        )

@@ -12,7 +12,7 @@ Training lives in clipkit.train.unclip (`train_decoder`, `train_prior`), the CLI
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:                   # the lazy names, typed for type checkers (exported through __all__)
+if TYPE_CHECKING:  # the lazy names, typed for type checkers (exported through __all__)
     from clipkit.unclip.config import DecoderConfig, PriorConfig, UpsamplerConfig  # noqa: F401
     from clipkit.unclip.decoder import DecoderUNet  # noqa: F401
     from clipkit.unclip.images import to_pil, trajectory_strip  # noqa: F401
@@ -22,10 +22,18 @@ if TYPE_CHECKING:                   # the lazy names, typed for type checkers (e
     from clipkit.unclip.storage import load_model, save_model  # noqa: F401
 
 _EXPORTS = {
-    "UnCLIP": "pipeline", "SAMPLERS": "samplers", "load_model": "storage", "save_model": "storage",
-    "slerp": "pipeline", "to_pil": "images", "trajectory_strip": "images",
-    "DecoderUNet": "decoder", "DiffusionPrior": "prior",
-    "DecoderConfig": "config", "UpsamplerConfig": "config", "PriorConfig": "config",
+    "UnCLIP": "pipeline",
+    "SAMPLERS": "samplers",
+    "load_model": "storage",
+    "save_model": "storage",
+    "slerp": "pipeline",
+    "to_pil": "images",
+    "trajectory_strip": "images",
+    "DecoderUNet": "decoder",
+    "DiffusionPrior": "prior",
+    "DecoderConfig": "config",
+    "UpsamplerConfig": "config",
+    "PriorConfig": "config",
 }
 __all__ = list(_EXPORTS)
 

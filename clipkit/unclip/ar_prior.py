@@ -35,6 +35,7 @@ from clipkit.unclip.config import ArPriorConfig
 
 # ----------------------------------------------------------------------------- the trunk
 
+
 class KVCache:
     """Keys and values of every layer for the tokens processed so far, each (B, heads, T, head_dim)."""
 
@@ -56,8 +57,10 @@ class KVCache:
 
     def drop(self, start: int, end: int) -> None:
         """Forget cached positions start..end-1 (ones no later token attends to, e.g. behind a sliding window)."""
-        self.layers = [(torch.cat([k[:, :, :start], k[:, :, end:]], 2), torch.cat([v[:, :, :start], v[:, :, end:]], 2))
-                       for k, v in self.layers]
+        self.layers = [
+            (torch.cat([k[:, :, :start], k[:, :, end:]], 2), torch.cat([v[:, :, :start], v[:, :, end:]], 2))
+            for k, v in self.layers
+        ]
 
 
 class Block(nn.Module):
@@ -77,7 +80,7 @@ class Block(nn.Module):
         b, t, w = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
-            k, v = cache.update(index, k, v)                                  # (B, heads, past + t, w/heads)
+            k, v = cache.update(index, k, v)  # (B, heads, past + t, w/heads)
         if attend is not None:
             y = attend(q, k, v)
         else:
@@ -96,8 +99,9 @@ class CausalTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None,
-                attend=None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None, attend=None
+    ) -> torch.Tensor:
         """x (B, T, W): the new tokens. mask (T, past + T) bool, True = may attend (every row needs one True);
         None = causal: each new token sees the cached ones and the new ones up to itself.
         cache: read, and extended with the new tokens' keys / values. Returns (B, T, W), normalised.
@@ -107,12 +111,14 @@ class CausalTransformer(nn.Module):
         is_causal = False
         if mask is None:
             if past == 0:
-                is_causal = t > 1                                           # SDPA's fused causal path
+                is_causal = t > 1  # SDPA's fused causal path
             elif t > 1:
                 mask = causal_mask(t, past, x.device)
         elif tuple(mask.shape) != (t, past + t):
-            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected ({t}, {past + t}) for {t} new tokens "
-                             f"after {past} cached ones")
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}; expected ({t}, {past + t}) for {t} new tokens "
+                f"after {past} cached ones"
+            )
         for i, block in enumerate(self.blocks):
             x = block(x, mask, is_causal, cache, i, attend)
         return self.norm(x)
@@ -136,12 +142,13 @@ def sample_categorical(logits: torch.Tensor, generator: torch.Generator | None, 
 
 # ----------------------------------------------------------------------------- the prior
 
+
 class ArPrior(nn.Module):
     """Text embedding -> quantised PCA components of the image embedding, causally (module docstring)."""
 
-    KIND = "ar_prior"                 # its folder and config "kind" in an UnCLIP pipeline folder
+    KIND = "ar_prior"  # its folder and config "kind" in an UnCLIP pipeline folder
 
-    pca_mean: torch.Tensor            # buffers: the codebook
+    pca_mean: torch.Tensor  # buffers: the codebook
     pca_basis: torch.Tensor
     bin_edges: torch.Tensor
     bin_values: torch.Tensor
@@ -159,10 +166,10 @@ class ArPrior(nn.Module):
         self.head = nn.Linear(w, cfg.bins)
         # The codebook (fit_codebook): saved in model.safetensors beside the weights.
         self.register_buffer("pca_mean", torch.zeros(d))
-        self.register_buffer("pca_basis", torch.eye(d)[:p].clone())           # (P, D) rows: components
-        self.register_buffer("bin_edges", torch.zeros(p, cfg.bins - 1))       # interior edges, increasing
-        self.register_buffer("bin_values", torch.zeros(p, cfg.bins))          # each bucket's median
-        self.register_buffer("explained_variance", torch.zeros(p))            # fraction per component
+        self.register_buffer("pca_basis", torch.eye(d)[:p].clone())  # (P, D) rows: components
+        self.register_buffer("bin_edges", torch.zeros(p, cfg.bins - 1))  # interior edges, increasing
+        self.register_buffer("bin_values", torch.zeros(p, cfg.bins))  # each bucket's median
+        self.register_buffer("explained_variance", torch.zeros(p))  # fraction per component
 
     # -------------------------------------------------------------- the codebook
     @torch.no_grad()
@@ -174,32 +181,36 @@ class ArPrior(nn.Module):
         if e.ndim != 2 or e.shape[1] != cfg.embed_dim or len(e) < 2:
             raise ValueError(f"image_embeddings have shape {tuple(e.shape)}; expected (N >= 2, {cfg.embed_dim})")
         if cfg.components > min(e.shape):
-            raise ValueError(f"components={cfg.components} but {len(e)} embeddings span at most {min(e.shape)} "
-                             f"directions; use fewer components or more data")
+            raise ValueError(
+                f"components={cfg.components} but {len(e)} embeddings span at most {min(e.shape)} "
+                f"directions; use fewer components or more data"
+            )
         mean = e.mean(0)
         _, s, vh = torch.linalg.svd(e - mean, full_matrices=False)
-        basis = vh[:cfg.components]
-        basis = basis * basis.gather(1, basis.abs().argmax(1, keepdim=True)).sign()   # deterministic signs
-        proj = ((e - mean) @ basis.T).float()                                        # (N, P)
+        basis = vh[: cfg.components]
+        basis = basis * basis.gather(1, basis.abs().argmax(1, keepdim=True)).sign()  # deterministic signs
+        proj = ((e - mean) @ basis.T).float()  # (N, P)
         inner = torch.arange(1, cfg.bins, dtype=torch.float32) / cfg.bins
         middle = (torch.arange(cfg.bins, dtype=torch.float32) + 0.5) / cfg.bins
         self.pca_mean.copy_(mean.float())
         self.pca_basis.copy_(basis.float())
         self.bin_edges.copy_(torch.quantile(proj, inner, dim=0).T)
         self.bin_values.copy_(torch.quantile(proj, middle, dim=0).T)
-        self.explained_variance.copy_((s[:cfg.components] ** 2 / (s ** 2).sum()).float())
+        self.explained_variance.copy_((s[: cfg.components] ** 2 / (s**2).sum()).float())
         back = self.dequantize(self.quantize(e.float()))
-        return {"explained_variance": float(self.explained_variance.sum()),
-                "reconstruction_cosine": float((back * e.float()).sum(-1).mean())}
+        return {
+            "explained_variance": float(self.explained_variance.sum()),
+            "reconstruction_cosine": float((back * e.float()).sum(-1).mean()),
+        }
 
     def quantize(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """(N, D) embeddings -> (N, P) long bucket indices."""
-        proj = (F.normalize(image_embeddings.float(), dim=-1) - self.pca_mean) @ self.pca_basis.T     # (N, P)
+        proj = (F.normalize(image_embeddings.float(), dim=-1) - self.pca_mean) @ self.pca_basis.T  # (N, P)
         return torch.searchsorted(self.bin_edges.contiguous(), proj.T.contiguous()).T
 
     def dequantize(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N, P) bucket indices -> (N, D) unit embeddings."""
-        proj = self.bin_values.gather(1, tokens.T).T                         # (N, P)
+        proj = self.bin_values.gather(1, tokens.T).T  # (N, P)
         return F.normalize(self.pca_mean + proj @ self.pca_basis, dim=-1)
 
     # -------------------------------------------------------------- the network
@@ -211,7 +222,7 @@ class ArPrior(nn.Module):
         if drop is not None:
             text = torch.where(drop[:, None], self.null_text[None], text)
         c = self.config
-        return self.cond(text * c.embed_dim ** 0.5).view(len(text), c.cond_tokens, c.width)
+        return self.cond(text * c.embed_dim**0.5).view(len(text), c.cond_tokens, c.width)
 
     def forward(self, tokens: torch.Tensor, text_embed: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher forcing: (B, P) bucket indices, (B, D) text embeddings -> (B, P, bins) logits, all at once."""
@@ -219,22 +230,34 @@ class ArPrior(nn.Module):
         if tokens.ndim != 2 or tokens.shape[1] != c.components:
             raise ValueError(f"tokens have shape {tuple(tokens.shape)}; expected (B, {c.components})")
         x = torch.cat([self._prefix(text_embed, drop), self.token(tokens[:, :-1])], 1) + self.pos
-        return self.head(self.trunk(x)[:, c.cond_tokens - 1:])                # position i predicts component i
+        return self.head(self.trunk(x)[:, c.cond_tokens - 1 :])  # position i predicts component i
 
     def loss(self, image_embed: torch.Tensor, text_embed: torch.Tensor, drop: torch.Tensor | None = None):
         tokens = self.quantize(image_embed)
         logits = self(tokens, text_embed, drop)
         return F.cross_entropy(logits.float().reshape(-1, self.config.bins), tokens.reshape(-1))
 
-    def sample_embeddings(self, text_embed: torch.Tensor, guidance_scale: float = 1.0, steps: int | None = None,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_embeddings(
+        self,
+        text_embed: torch.Tensor,
+        guidance_scale: float = 1.0,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """The prior protocol (DiffusionPrior has the same): (N, D) text -> (N, D) unit image embeddings.
         One network evaluation per PCA component, so `steps` does not apply."""
         return self.sample(text_embed, guidance_scale, generator=generator)
 
     @torch.no_grad()
-    def sample(self, text_embed: torch.Tensor, guidance_scale: float = 1.0, generator: torch.Generator | None = None,
-               temperature: float = 1.0, use_cache: bool = True, return_tokens: bool = False):
+    def sample(
+        self,
+        text_embed: torch.Tensor,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        temperature: float = 1.0,
+        use_cache: bool = True,
+        return_tokens: bool = False,
+    ):
         """(N, D) text embeddings -> (N, D) unit image embeddings: P network evaluations (2P with guidance,
         one batch). use_cache=False recomputes the whole prefix at every step (same tokens, slower)."""
         c = self.config
@@ -244,17 +267,20 @@ class ArPrior(nn.Module):
         drop = torch.zeros(n, dtype=torch.bool, device=text.device)
         if guided:
             text, drop = torch.cat([text, text]), torch.cat([drop, ~drop])
-        prefix = self._prefix(text, drop)                                     # (B', C, W)
+        prefix = self._prefix(text, drop)  # (B', C, W)
         cache = KVCache() if use_cache else None
         tokens = torch.zeros(n, 0, dtype=torch.long, device=text.device)
         for i in range(c.components):
             if use_cache:
-                new = prefix + self.pos[:c.cond_tokens] if i == 0 else \
-                    self.token(tokens[:, -1:]).repeat(2 if guided else 1, 1, 1) + self.pos[c.cond_tokens + i - 1]
+                new = (
+                    prefix + self.pos[: c.cond_tokens]
+                    if i == 0
+                    else self.token(tokens[:, -1:]).repeat(2 if guided else 1, 1, 1) + self.pos[c.cond_tokens + i - 1]
+                )
                 h = self.trunk(new, cache=cache)[:, -1]
             else:
                 seq = torch.cat([prefix, self.token(tokens).repeat(2 if guided else 1, 1, 1)], 1)
-                h = self.trunk(seq + self.pos[:seq.shape[1]])[:, -1]
+                h = self.trunk(seq + self.pos[: seq.shape[1]])[:, -1]
             logits = self.head(h).float()
             if guided:
                 cond, uncond = logits.chunk(2)

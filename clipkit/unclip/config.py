@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from clipkit.config import to_json
 from clipkit.diffusion.names import SCHEDULE_KINDS, check_prediction_type
 
-NORM_GROUPS = 8          # the UNet's GroupNorm groups (32 for widths of 128 and more that 32 divides)
+NORM_GROUPS = 8  # the UNet's GroupNorm groups (32 for widths of 128 and more that 32 divides)
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,15 @@ class DecoderConfig:
     The image is `image_size` pixels a side, `patch_size` x `patch_size` pixels folded into channels,
     then one UNet level per entry of `channels` (its width), each level halving the side."""
 
-    embed_dim: int = 128                      # CLIP embedding width (the condition); 0 = no embedding
-    image_size: int = 32                      # 32 default; 64 works (add a level to `channels`)
+    embed_dim: int = 128  # CLIP embedding width (the condition); 0 = no embedding
+    image_size: int = 32  # 32 default; 64 works (add a level to `channels`)
     in_channels: int = 3
-    patch_size: int = 2                       # 2x2 pixels folded into channels before the UNet
-    channels: tuple[int, ...] = (64, 128, 128)           # width per UNet level (resolution halves each level)
-    layers_per_block: int = 1                 # residual blocks per level (the up path gets the same)
-    attention_levels: tuple[bool, ...] = (False, True, True)   # self-attention (+ context tokens) per level
+    patch_size: int = 2  # 2x2 pixels folded into channels before the UNet
+    channels: tuple[int, ...] = (64, 128, 128)  # width per UNet level (resolution halves each level)
+    layers_per_block: int = 1  # residual blocks per level (the up path gets the same)
+    attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention (+ context tokens) per level
     heads: int = 4
-    context_tokens: int = 4                   # extra attention tokens made from the embedding
+    context_tokens: int = 4  # extra attention tokens made from the embedding
     dropout: float = 0.0
     # What the network outputs and how the noise is laid out; the pipeline reads these.
     # x0 ("sample") suits flat-colour images: at high noise the net paints the image from the
@@ -46,7 +46,7 @@ class DecoderConfig:
     prediction: str = "sample"
     schedule: str = "cosine"
     num_train_timesteps: int = 1000
-    schedule_shift: float = 1.0               # SNR / shift^2 at every timestep (NoiseSchedule's `shift`)
+    schedule_shift: float = 1.0  # SNR / shift^2 at every timestep (NoiseSchedule's `shift`)
     # Sampling default: None clips x0 to [-1, 1]; a percentile (0.995) uses Imagen's dynamic thresholding.
     dynamic_threshold: float | None = None
     # Upsampler only (UpsamplerConfig): side of the low-resolution input (0 = a base decoder) and the noise
@@ -57,8 +57,10 @@ class DecoderConfig:
     def __post_init__(self):
         self._check_unet()
         if self.low_res_size:
-            raise ValueError(f"low_res_size={self.low_res_size}; a base decoder takes no low-resolution input "
-                             f"(0): the super-resolution stage is an UpsamplerConfig")
+            raise ValueError(
+                f"low_res_size={self.low_res_size}; a base decoder takes no low-resolution input "
+                f"(0): the super-resolution stage is an UpsamplerConfig"
+            )
         if self.embed_dim < 1:
             raise ValueError(f"embed_dim={self.embed_dim}; a decoder needs the CLIP embedding width (> 0)")
 
@@ -74,15 +76,21 @@ class DecoderConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
         if not self.channels or any(c < 1 or c % NORM_GROUPS for c in self.channels):
-            raise ValueError(f"channels={list(self.channels)}; expected one width per UNet level, each a positive "
-                             f"multiple of {NORM_GROUPS} (GroupNorm groups), e.g. [32, 64, 64]")
+            raise ValueError(
+                f"channels={list(self.channels)}; expected one width per UNet level, each a positive "
+                f"multiple of {NORM_GROUPS} (GroupNorm groups), e.g. [32, 64, 64]"
+            )
         if len(self.attention_levels) != len(self.channels):
-            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries for "
-                             f"{len(self.channels)} levels in channels={list(self.channels)}; give one per level")
-        attended = [c for c, a in zip(self.channels, self.attention_levels) if a] + [self.channels[-1]]   # + middle
+            raise ValueError(
+                f"attention_levels has {len(self.attention_levels)} entries for "
+                f"{len(self.channels)} levels in channels={list(self.channels)}; give one per level"
+            )
+        attended = [c for c, a in zip(self.channels, self.attention_levels) if a] + [self.channels[-1]]  # + middle
         if any(c % self.heads for c in attended):
-            raise ValueError(f"heads={self.heads} does not divide the width of every attention level "
-                             f"({sorted(set(attended))}); choose heads that divides them, e.g. 4")
+            raise ValueError(
+                f"heads={self.heads} does not divide the width of every attention level "
+                f"({sorted(set(attended))}); choose heads that divides them, e.g. 4"
+            )
         if self.embed_dim < 0 or self.context_tokens < 0:
             raise ValueError(f"embed_dim={self.embed_dim}, context_tokens={self.context_tokens}; expected >= 0")
         if not 0.0 <= self.dropout < 1.0:
@@ -92,13 +100,17 @@ class DecoderConfig:
         if not self.schedule_shift > 0:
             raise ValueError(f"schedule_shift={self.schedule_shift}; expected > 0 (1.0 = the published schedule)")
         if self.dynamic_threshold is not None and not 0 < self.dynamic_threshold <= 1:
-            raise ValueError(f"dynamic_threshold={self.dynamic_threshold}; expected a percentile in (0, 1] "
-                             f"(0.995 as in Imagen) or null for the static clip")
+            raise ValueError(
+                f"dynamic_threshold={self.dynamic_threshold}; expected a percentile in (0, 1] "
+                f"(0.995 as in Imagen) or null for the static clip"
+            )
         side = self.image_size // self.patch_size
         if self.image_size % self.patch_size or side % (2 ** (len(self.channels) - 1)):
-            raise ValueError(f"image_size={self.image_size} with patch_size={self.patch_size} and "
-                             f"{len(self.channels)} levels does not halve evenly; try 32 or 64 (a level per "
-                             f"halving: 64 px with patch_size 2 takes up to 6 levels)")
+            raise ValueError(
+                f"image_size={self.image_size} with patch_size={self.patch_size} and "
+                f"{len(self.channels)} levels does not halve evenly; try 32 or 64 (a level per "
+                f"halving: 64 px with patch_size 2 takes up to 6 levels)"
+            )
 
     def to_json(self) -> dict:
         return to_json(self)
@@ -120,8 +132,10 @@ class UpsamplerConfig(DecoderConfig):
     def __post_init__(self):
         self._check_unet()
         if not 0 < self.low_res_size < self.image_size:
-            raise ValueError(f"low_res_size={self.low_res_size}; an upsampler needs a low-resolution side between "
-                             f"1 and image_size-1 (image_size={self.image_size}), e.g. 32 for 64")
+            raise ValueError(
+                f"low_res_size={self.low_res_size}; an upsampler needs a low-resolution side between "
+                f"1 and image_size-1 (image_size={self.image_size}), e.g. 32 for 64"
+            )
 
 
 @dataclass(frozen=True)
@@ -134,7 +148,7 @@ class PriorConfig:
     dropout: float = 0.0
     schedule: str = "cosine"
     num_train_timesteps: int = 1000
-    prediction: str = "sample"          # x0, as in the paper; "epsilon" / "v" also work with the samplers
+    prediction: str = "sample"  # x0, as in the paper; "epsilon" / "v" also work with the samplers
 
     def __post_init__(self):
         if self.width % self.heads:
@@ -158,14 +172,14 @@ class ArPriorConfig:
     quantised into `bins` levels, predicted one after another by a causal transformer (unCLIP §2.2)."""
 
     embed_dim: int = 128
-    components: int = 32                # leading PCA components predicted (unCLIP: 319 of 1,024 dimensions)
-    bins: int = 1024                    # quantisation levels per component (unCLIP: 1,024)
+    components: int = 32  # leading PCA components predicted (unCLIP: 319 of 1,024 dimensions)
+    bins: int = 1024  # quantisation levels per component (unCLIP: 1,024)
     width: int = 256
     layers: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    cond_tokens: int = 4                # prefix tokens made from the text embedding
+    cond_tokens: int = 4  # prefix tokens made from the text embedding
 
     def __post_init__(self):
         if self.width % self.heads:

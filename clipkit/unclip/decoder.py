@@ -48,8 +48,9 @@ from clipkit.diffusion import timestep_embedding
 from clipkit.unclip.config import DecoderConfig
 
 
-def noise_low_res(low_res: torch.Tensor, level, generator: torch.Generator | None = None,
-                  noise: torch.Tensor | None = None) -> torch.Tensor:
+def noise_low_res(
+    low_res: torch.Tensor, level, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """cos(level pi/2) low_res + sin(level pi/2) noise: level 0 leaves the image, 1 is pure noise.
 
     level: a float or a (B,) tensor in [0, 1]; noise: N(0, I) from `generator` unless given."""
@@ -95,7 +96,7 @@ class ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        _zero_init(self.conv2)              # each block starts as the identity: stable early training
+        _zero_init(self.conv2)  # each block starts as the identity: stable early training
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x, temb):
@@ -115,7 +116,7 @@ class ContextAttention(nn.Module):
             raise ValueError(f"channels={channels} is not divisible by heads={heads}")
         self.heads = heads
         self.norm = nn.GroupNorm(_groups(channels), channels)
-        self.pos = nn.Parameter(torch.zeros(1, side * side, channels))   # where am I: positions matter here
+        self.pos = nn.Parameter(torch.zeros(1, side * side, channels))  # where am I: positions matter here
         self.qkv = nn.Linear(channels, 3 * channels)
         self.ctx_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.out = nn.Linear(channels, channels)
@@ -124,13 +125,13 @@ class ContextAttention(nn.Module):
 
     def forward(self, x, context):
         b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2) + self.pos          # (B, HW, C)
+        tokens = self.norm(x).flatten(2).transpose(1, 2) + self.pos  # (B, HW, C)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
         if self.ctx_kv is not None:
-            ck, cv = self.ctx_kv(context).chunk(2, dim=-1)                  # (B, K, C) each
-            k, v = torch.cat([k, ck], 1), torch.cat([v, cv], 1)             # (B, HW+K, C)
+            ck, cv = self.ctx_kv(context).chunk(2, dim=-1)  # (B, K, C) each
+            k, v = torch.cat([k, ck], 1), torch.cat([v, cv], 1)  # (B, HW+K, C)
         split = lambda z: z.reshape(b, z.shape[1], self.heads, c // self.heads).transpose(1, 2)
-        y = F.scaled_dot_product_attention(split(q), split(k), split(v))     # (B, heads, HW, C/heads)
+        y = F.scaled_dot_product_attention(split(q), split(k), split(v))  # (B, heads, HW, C/heads)
         y = self.out(y.transpose(1, 2).reshape(b, h * w, c))
         return x + y.transpose(1, 2).reshape(b, c, h, w)
 
@@ -138,7 +139,7 @@ class ContextAttention(nn.Module):
 class DecoderUNet(nn.Module):
     """UNet denoiser conditioned on a CLIP image embedding (see the module docstring)."""
 
-    embed_mean: torch.Tensor            # buffers (when embed_dim > 0)
+    embed_mean: torch.Tensor  # buffers (when embed_dim > 0)
     embed_scale: torch.Tensor
 
     def __init__(self, config: DecoderConfig):
@@ -146,7 +147,7 @@ class DecoderUNet(nn.Module):
         self.config = cfg = config
         ch = cfg.channels
         temb_dim = 4 * ch[0]
-        pixels = cfg.in_channels * cfg.patch_size ** 2
+        pixels = cfg.in_channels * cfg.patch_size**2
         side = cfg.image_size // cfg.patch_size
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         ctx_dim = ch[-1] if cfg.embed_dim and cfg.context_tokens else 0
@@ -165,7 +166,7 @@ class DecoderUNet(nn.Module):
             self.register_buffer("embed_scale", torch.full((cfg.embed_dim,), math.sqrt(cfg.embed_dim)))
         if cfg.low_res_size:
             # The low-resolution image enters as extra input channels, its noise level beside the timestep.
-            pixels += cfg.in_channels * cfg.patch_size ** 2
+            pixels += cfg.in_channels * cfg.patch_size**2
             self.aug_mlp = nn.Sequential(nn.Linear(ch[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
 
         self.conv_in = nn.Conv2d(pixels, ch[0], 3, padding=1)
@@ -183,8 +184,13 @@ class DecoderUNet(nn.Module):
             if level < len(ch) - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)]))
         s = side >> (len(ch) - 1)
-        self.mid = nn.ModuleList([ResBlock(c, c, temb_dim, cfg.dropout), ContextAttention(c, s, ctx_dim, cfg.heads),
-                                  ResBlock(c, c, temb_dim, cfg.dropout)])
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(c, c, temb_dim, cfg.dropout),
+                ContextAttention(c, s, ctx_dim, cfg.heads),
+                ResBlock(c, c, temb_dim, cfg.dropout),
+            ]
+        )
         for level in reversed(range(len(ch))):
             width, s = ch[level], side >> level
             for _ in range(cfg.layers_per_block):
@@ -194,10 +200,11 @@ class DecoderUNet(nn.Module):
                 self.up.append(blocks)
                 c = width
             if level > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
-                                              nn.Conv2d(c, c, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)])
+                )
         self.norm_out = nn.GroupNorm(_groups(c), c)
-        self.conv_out = nn.Conv2d(c, cfg.in_channels * cfg.patch_size ** 2, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, cfg.in_channels * cfg.patch_size**2, 3, padding=1)
         _zero_init(self.conv_out)
 
     @torch.no_grad()
@@ -205,7 +212,7 @@ class DecoderUNet(nn.Module):
         """Standardise conditions with the mean / std per coordinate of (N, D) training embeddings."""
         e = F.normalize(embeddings.float(), dim=-1)
         std = e.std(0)
-        std = std.clamp_min(0.1 * float(std.median()) + 1e-8)    # no blow-up of (near-)constant coordinates
+        std = std.clamp_min(0.1 * float(std.median()) + 1e-8)  # no blow-up of (near-)constant coordinates
         self.embed_mean.copy_(e.mean(0))
         self.embed_scale.copy_(1.0 / std)
 
@@ -215,9 +222,15 @@ class DecoderUNet(nn.Module):
             raise ValueError("this network takes no embedding (embed_dim=0): it has no null embedding")
         return self.null_embed[None].expand(batch, -1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, image_embed: torch.Tensor | None = None,
-                drop: torch.Tensor | None = None, low_res: torch.Tensor | None = None,
-                aug_level: torch.Tensor | float | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        image_embed: torch.Tensor | None = None,
+        drop: torch.Tensor | None = None,
+        low_res: torch.Tensor | None = None,
+        aug_level: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
         """x (B, C, H, W) noised images, t (B,) or scalar timesteps, image_embed (B, D); same shape out.
         An upsampler also takes low_res (B, C, h, w) and its noise level aug_level ((B,) or a float in [0, 1])."""
         cfg = self.config
@@ -239,8 +252,10 @@ class DecoderUNet(nn.Module):
                 ctx = self.context_norm(self.context(e).view(b, cfg.context_tokens, -1))
         if cfg.low_res_size:
             if low_res is None or aug_level is None:
-                raise ValueError("this is an upsampler (low_res_size > 0): pass low_res= (B, C, h, w) and "
-                                 "aug_level= (its noise level, see noise_low_res)")
+                raise ValueError(
+                    "this is an upsampler (low_res_size > 0): pass low_res= (B, C, h, w) and "
+                    "aug_level= (its noise level, see noise_low_res)"
+                )
             if low_res.ndim != 4 or low_res.shape[:2] != x.shape[:2]:
                 raise ValueError(f"low_res has shape {tuple(low_res.shape)}; expected ({b}, {x.shape[1]}, h, w)")
             if low_res.shape[-2:] != x.shape[-2:]:
@@ -254,7 +269,7 @@ class DecoderUNet(nn.Module):
         skips = []
         for blocks in self.down:
             blocks = cast(nn.ModuleList, blocks)
-            if len(blocks) == 1 and isinstance(blocks[0], nn.Conv2d):   # downsample
+            if len(blocks) == 1 and isinstance(blocks[0], nn.Conv2d):  # downsample
                 h = blocks[0](h)
                 continue
             h = blocks[0](h, temb)

@@ -30,7 +30,7 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
 def trajectory_strip(trajectory: Trajectory, columns: int = 10, field: str = "x0") -> Image.Image:
     """One row per sample: `columns` evenly spaced denoising steps (x0 estimates or states) as a PNG-ready grid."""
 
-    frames = getattr(trajectory, field)                                # (S, N, 3, H, W)
+    frames = getattr(trajectory, field)  # (S, N, 3, H, W)
     picks = np.unique(np.linspace(0, len(frames) - 1, columns).round().astype(int))
     images = []
     for i in range(frames.shape[1]):

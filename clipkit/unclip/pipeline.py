@@ -59,10 +59,11 @@ from clipkit.unclip.storage import (  # noqa: F401
     write_manifest,
 )
 
-PRIORS = ("diffusion", "ar")       # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
+PRIORS = ("diffusion", "ar")  # prior/ (DiffusionPrior) or ar_prior/ (ArPrior, unCLIP's autoregressive prior)
 
 
 # ----------------------------------------------------------------------------- embeddings
+
 
 def slerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation of unit vectors a, b (D,) at weights w (n,) -> (n, D), unit norm."""
@@ -88,8 +89,14 @@ class UnCLIP:
     """A frozen CLIP, a diffusion prior, a diffusion decoder and an upsampler (see the module docstring);
     any of them may be None, not all."""
 
-    def __init__(self, clip: ClipModel, decoder: DecoderUNet | None = None, prior: DiffusionPrior | ArPrior | None = None,
-                 clip_path: str | None = None, upsampler: DecoderUNet | None = None):
+    def __init__(
+        self,
+        clip: ClipModel,
+        decoder: DecoderUNet | None = None,
+        prior: DiffusionPrior | ArPrior | None = None,
+        clip_path: str | None = None,
+        upsampler: DecoderUNet | None = None,
+    ):
         if decoder is None and prior is None and upsampler is None:
             raise ValueError("UnCLIP needs a decoder, a prior or an upsampler; got neither of them")
         for name, model in (("decoder", decoder), ("prior", prior)):
@@ -98,14 +105,17 @@ class UnCLIP:
         if upsampler is not None and not upsampler.config.low_res_size:
             raise ValueError("upsampler= must be a DecoderUNet with low_res_size > 0 (a super-resolution stage)")
         if upsampler is not None and upsampler.config.embed_dim not in (0, clip.embed_dim):
-            raise ValueError(f"upsampler embed_dim {upsampler.config.embed_dim}; expected 0 or the CLIP's {clip.embed_dim}")
+            raise ValueError(
+                f"upsampler embed_dim {upsampler.config.embed_dim}; expected 0 or the CLIP's {clip.embed_dim}"
+            )
         self.clip, self.clip_path = clip, clip_path
         self.decoder = None if decoder is None else decoder.eval()
         self.prior = None if prior is None else prior.eval()
         self.upsampler = None if upsampler is None else upsampler.eval()
         self.decoder_schedule, self.upsampler_schedule = (
-            None if m is None else noise_schedule(m.config) for m in (decoder, upsampler))
-        self.prior_schedule = getattr(prior, "schedule", None)         # a diffusion prior's; an AR prior has none
+            None if m is None else noise_schedule(m.config) for m in (decoder, upsampler)
+        )
+        self.prior_schedule = getattr(prior, "schedule", None)  # a diffusion prior's; an AR prior has none
 
     @property
     def device(self) -> torch.device:
@@ -121,8 +131,10 @@ class UnCLIP:
     def _need(self, name: str):
         model = getattr(self, name)
         if model is None:
-            raise ValueError(f"this pipeline has no {name} (train one with `clipkit train-{name}`, "
-                             f"or build UnCLIP(clip, decoder=..., prior=...))")
+            raise ValueError(
+                f"this pipeline has no {name} (train one with `clipkit train-{name}`, "
+                f"or build UnCLIP(clip, decoder=..., prior=...))"
+            )
         return model
 
     # -------------------------------------------------------------- persistence
@@ -133,14 +145,20 @@ class UnCLIP:
         for name in ("decoder", "prior", "upsampler"):
             model = getattr(self, name)
             if model is not None:
-                kind = getattr(model, "KIND", name)                    # an ArPrior goes to ar_prior/
+                kind = getattr(model, "KIND", name)  # an ArPrior goes to ar_prior/
                 save_model(model, model.config, directory / kind, kind, overwrite=overwrite)
         write_manifest(directory, self.clip, self.clip_path)
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, clip: ClipModel | str | os.PathLike | None = None, device: str | torch.device = "cpu",
-             prior: str | None = None, verify: bool = True) -> UnCLIP:
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        clip: ClipModel | str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        prior: str | None = None,
+        verify: bool = True,
+    ) -> UnCLIP:
         """Load a pipeline folder. `clip`: a ClipModel or a path to use instead of the recorded one
         (it must be the same weights: the identity recorded at training is checked). `prior`: "diffusion"
         (prior/) or "ar" (ar_prior/); None takes prior/ when present, else ar_prior/. Every model is
@@ -155,18 +173,24 @@ class UnCLIP:
             candidates = [Path(clip)] if clip is not None else [p for p in recorded if p != Path("")]
             found = next((p for p in candidates if p.is_dir() and (p / "config.json").is_file()), None)
             if found is None:
-                raise FileNotFoundError(f"the pipeline's CLIP model is not at {[str(p) for p in candidates]}; "
-                                        f"pass clip=<ClipModel or directory> (identity {ref['identity']})")
+                raise FileNotFoundError(
+                    f"the pipeline's CLIP model is not at {[str(p) for p in candidates]}; "
+                    f"pass clip=<ClipModel or directory> (identity {ref['identity']})"
+                )
             clip_path = str(found.resolve())
             clip = load_clip_model(found, device=device, verify=verify)
         check_clip(clip, ref["identity"], directory)
-        models = {name: load_model(directory / name, name, verify)
-                  for name in ("decoder", "prior", "upsampler", "ar_prior")
-                  if (directory / name / "config.json").is_file() and (name != "ar_prior" or prior != "diffusion")}
+        models = {
+            name: load_model(directory / name, name, verify)
+            for name in ("decoder", "prior", "upsampler", "ar_prior")
+            if (directory / name / "config.json").is_file() and (name != "ar_prior" or prior != "diffusion")
+        }
         ar = models.pop("ar_prior", None)
         if prior == "ar" or (prior is None and "prior" not in models and ar is not None):
             if ar is None:
-                raise FileNotFoundError(f"{str(directory)!r} holds no ar_prior/ (train one with `clipkit train-ar-prior`)")
+                raise FileNotFoundError(
+                    f"{str(directory)!r} holds no ar_prior/ (train one with `clipkit train-ar-prior`)"
+                )
             models["prior"] = ar
         elif prior == "diffusion" and "prior" not in models:
             raise FileNotFoundError(f"{str(directory)!r} holds no prior/ (train one with `clipkit train-prior`)")
@@ -176,9 +200,15 @@ class UnCLIP:
 
     # -------------------------------------------------------------- prior
     @torch.no_grad()
-    def prior_sample(self, text_embeddings: torch.Tensor, guidance_scale: float = 2.0, steps: int = 32,
-                     candidates: int = 2, generator: torch.Generator | None = None,
-                     seed: int | None = None) -> torch.Tensor:
+    def prior_sample(
+        self,
+        text_embeddings: torch.Tensor,
+        guidance_scale: float = 2.0,
+        steps: int = 32,
+        candidates: int = 2,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         """(N, D) text embeddings -> (N, D) unit image embeddings. Draws `candidates` per text and keeps
         the one with the highest dot product with the text embedding (unCLIP §2.2)."""
         prior = self._need("prior")
@@ -188,17 +218,29 @@ class UnCLIP:
         rep = text.repeat_interleave(candidates, 0)
         z = prior.sample_embeddings(rep, guidance_scale=guidance_scale, steps=steps, generator=generator)
         z = z.view(n, candidates, d)
-        best = (z * text[:, None]).sum(-1).argmax(1)                       # (N,)
+        best = (z * text[:, None]).sum(-1).argmax(1)  # (N,)
         return z[torch.arange(n), best]
 
     # -------------------------------------------------------------- decoder
     @torch.no_grad()
-    def decode(self, image_embeddings: torch.Tensor, steps: int = 50, sampler: str = "ddim",
-               guidance_scale: float = 3.0, negative_embeddings: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, seed: int | None = None,
-               noise: torch.Tensor | None = None, return_trajectory: bool = False, output: str = "pil",
-               precision: str = "fp32", dynamic_threshold: float | bool | None = None, upsample: bool = False,
-               upsample_steps: int = 7, aug_level: float | None = None) -> Images:
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        steps: int = 50,
+        sampler: str = "ddim",
+        guidance_scale: float = 3.0,
+        negative_embeddings: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        noise: torch.Tensor | None = None,
+        return_trajectory: bool = False,
+        output: str = "pil",
+        precision: str = "fp32",
+        dynamic_threshold: float | bool | None = None,
+        upsample: bool = False,
+        upsample_steps: int = 7,
+        aug_level: float | None = None,
+    ) -> Images:
         """(N, D) CLIP image embeddings -> N images (PIL, or a (N, 3, H, W) tensor in [-1, 1] with output="tensor").
 
         `negative_embeddings` replace the null condition of guidance (push away from them);
@@ -216,28 +258,56 @@ class UnCLIP:
         emb = F.normalize(emb, dim=-1)
         generator = make_generator(generator, seed)
         shape = (emb.shape[0], cfg.in_channels, cfg.image_size, cfg.image_size)
-        uncond = decoder.null_embedding(1) if negative_embeddings is None else \
-            F.normalize(torch.as_tensor(negative_embeddings).float().to(self.device), dim=-1)
+        uncond = (
+            decoder.null_embedding(1)
+            if negative_embeddings is None
+            else F.normalize(torch.as_tensor(negative_embeddings).float().to(self.device), dim=-1)
+        )
         if upsample:
             self._need("upsampler")
         schedule = self.decoder_schedule
-        assert schedule is not None                         # set with the decoder
+        assert schedule is not None  # set with the decoder
         s = make_sampler(sampler, schedule, cfg.prediction, clip_x0=pixel_clip(cfg, dynamic_threshold))
         model_fn = FlowAdapter(decoder, schedule, cfg.prediction) if sampler == "flow" else decoder
-        result = sample(model_fn, shape, s, steps, cond=emb, uncond=uncond, guidance_scale=guidance_scale,
-                        generator=generator, noise=noise, return_trajectory=return_trajectory, device=self.device,
-                        precision=precision)
+        result = sample(
+            model_fn,
+            shape,
+            s,
+            steps,
+            cond=emb,
+            uncond=uncond,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            noise=noise,
+            return_trajectory=return_trajectory,
+            device=self.device,
+            precision=precision,
+        )
         x, traj = result if return_trajectory else (result, None)
         if upsample:
-            x = self.upsample(x.clamp(-1, 1), steps=upsample_steps, aug_level=aug_level, generator=generator,
-                              output="tensor", precision=precision)
+            x = self.upsample(
+                x.clamp(-1, 1),
+                steps=upsample_steps,
+                aug_level=aug_level,
+                generator=generator,
+                output="tensor",
+                precision=precision,
+            )
         images = to_pil(x) if output == "pil" else x.clamp(-1, 1)
         return (images, traj) if return_trajectory else images
 
     @torch.no_grad()
-    def upsample(self, images: torch.Tensor | Sequence[Image.Image], steps: int = 7, aug_level: float | None = None,
-                 sampler: str = "ddim", generator: torch.Generator | None = None, seed: int | None = None,
-                 output: str = "pil", precision: str = "fp32") -> Images:
+    def upsample(
+        self,
+        images: torch.Tensor | Sequence[Image.Image],
+        steps: int = 7,
+        aug_level: float | None = None,
+        sampler: str = "ddim",
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        output: str = "pil",
+        precision: str = "fp32",
+    ) -> Images:
         """Low-resolution images ((N, 3, h, w) tensor in [-1, 1] or PIL list, h = the upsampler's
         low_res_size) -> N images at its image_size: the cascade's second stage. The low-resolution
         input gets noise of level `aug_level` (default: the upsampler's) as in training (noise-
@@ -249,27 +319,50 @@ class UnCLIP:
             raise ValueError(f"output={output!r}; expected 'pil' or 'tensor'")
         low = images if isinstance(images, torch.Tensor) else pil_to_tensor(images)
         if low.ndim != 4 or low.shape[1] != cfg.in_channels or tuple(low.shape[-2:]) != (cfg.low_res_size,) * 2:
-            raise ValueError(f"images have shape {tuple(low.shape)}; the upsampler takes (N, {cfg.in_channels}, "
-                             f"{cfg.low_res_size}, {cfg.low_res_size}) in [-1, 1]")
+            raise ValueError(
+                f"images have shape {tuple(low.shape)}; the upsampler takes (N, {cfg.in_channels}, "
+                f"{cfg.low_res_size}, {cfg.low_res_size}) in [-1, 1]"
+            )
         level = cfg.aug_level if aug_level is None else float(aug_level)
         generator = make_generator(generator, seed)
         low = noise_low_res(low.float().to(self.device), level, generator)
         n = low.shape[0]
         cond = {"low_res": low, "aug_level": torch.full((n,), level, device=self.device)}
         schedule = self.upsampler_schedule
-        assert schedule is not None                         # set with the upsampler
+        assert schedule is not None  # set with the upsampler
         s = make_sampler(sampler, schedule, cfg.prediction, clip_x0=pixel_clip(cfg), timestep_spacing="trailing")
-        x = sample(lambda x, t, c: up(x, t, low_res=c["low_res"], aug_level=c["aug_level"]),
-                   (n, cfg.in_channels, cfg.image_size, cfg.image_size), s, steps, cond=cond, generator=generator,
-                   device=self.device, precision=precision)
+        x = sample(
+            lambda x, t, c: up(x, t, low_res=c["low_res"], aug_level=c["aug_level"]),
+            (n, cfg.in_channels, cfg.image_size, cfg.image_size),
+            s,
+            steps,
+            cond=cond,
+            generator=generator,
+            device=self.device,
+            precision=precision,
+        )
         return to_pil(x) if output == "pil" else x.clamp(-1, 1)
 
     # -------------------------------------------------------------- user-facing generation
-    def generate(self, prompt: str | Sequence[str], num_images: int = 4, steps: int = 50, sampler: str = "ddim",
-                 prior_guidance: float = 2.0, decoder_guidance: float = 3.0, negative_prompt: str | None = None,
-                 generator: torch.Generator | None = None, seed: int | None = None, prior_steps: int = 32,
-                 guidance_scale: float | None = None, return_trajectory: bool = False, output: str = "pil",
-                 precision: str = "fp32", upsample: bool = False, **decode_kwargs) -> Images:
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        num_images: int = 4,
+        steps: int = 50,
+        sampler: str = "ddim",
+        prior_guidance: float = 2.0,
+        decoder_guidance: float = 3.0,
+        negative_prompt: str | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        prior_steps: int = 32,
+        guidance_scale: float | None = None,
+        return_trajectory: bool = False,
+        output: str = "pil",
+        precision: str = "fp32",
+        upsample: bool = False,
+        **decode_kwargs,
+    ) -> Images:
         """Text -> images: num_images per prompt. A negative prompt goes through the prior and its image
         embedding replaces the decoder's null branch (Kandinsky's recipe). `guidance_scale` is an alias
         of `decoder_guidance`; upsample=True adds the super-resolution stage; other keywords go to decode."""
@@ -286,12 +379,29 @@ class UnCLIP:
         if negative_prompt:
             neg_text = self.clip.encode_texts([negative_prompt]).expand(len(emb), -1)
             negative = self.prior_sample(neg_text, prior_guidance, prior_steps, generator=g)
-        return self.decode(emb, steps, sampler, decoder_guidance, negative, generator=g,
-                           return_trajectory=return_trajectory, output=output, precision=precision,
-                           upsample=upsample, **decode_kwargs)
+        return self.decode(
+            emb,
+            steps,
+            sampler,
+            decoder_guidance,
+            negative,
+            generator=g,
+            return_trajectory=return_trajectory,
+            output=output,
+            precision=precision,
+            upsample=upsample,
+            **decode_kwargs,
+        )
 
-    def embed(self, image: ImageInput | None = None, *, text: str | None = None, generator: torch.Generator | None = None,
-              seed: int | None = None, prior_guidance: float = 2.0) -> torch.Tensor:
+    def embed(
+        self,
+        image: ImageInput | None = None,
+        *,
+        text: str | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        prior_guidance: float = 2.0,
+    ) -> torch.Tensor:
         """(D,) CLIP image embedding of an `image` (path, PIL image or uint8 array) or of a `text` (through
         the prior). Exactly one of them; a path that does not exist raises FileNotFoundError."""
         if (image is None) == (text is None):
@@ -310,15 +420,26 @@ class UnCLIP:
         emb = self.embed(image=image)
         return self.decode(emb[None].expand(n, -1), **decode_kwargs)
 
-    def interpolate(self, *positional, image: Sequence | None = None, text: Sequence[str] | None = None,
-                    embeddings: Sequence | None = None, n: int = 8, generator: torch.Generator | None = None,
-                    seed: int | None = None, prior_guidance: float = 2.0, **decode_kwargs) -> Images:
+    def interpolate(
+        self,
+        *positional,
+        image: Sequence | None = None,
+        text: Sequence[str] | None = None,
+        embeddings: Sequence | None = None,
+        n: int = 8,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        prior_guidance: float = 2.0,
+        **decode_kwargs,
+    ) -> Images:
         """Slerp in n steps, all decoded from one starting noise, between two images (`image=(a, b)`), two
         texts through the prior (`text=(a, b)`) or two (D,) embeddings (`embeddings=(a, b)`, e.g. from embed)."""
         given = {k: v for k, v in (("image", image), ("text", text), ("embeddings", embeddings)) if v is not None}
         if positional or len(given) != 1 or len(next(iter(given.values()))) != 2:
-            raise TypeError(f"interpolate() takes one pair by keyword: image=(a, b), text=(a, b) or "
-                            f"embeddings=(a, b); got {[*map(repr, positional), *sorted(given)] or 'none'}")
+            raise TypeError(
+                f"interpolate() takes one pair by keyword: image=(a, b), text=(a, b) or "
+                f"embeddings=(a, b); got {[*map(repr, positional), *sorted(given)] or 'none'}"
+            )
         if n < 2:
             raise ValueError(f"n={n}; an interpolation needs at least 2 images")
         cfg = self._need("decoder").config
@@ -328,15 +449,19 @@ class UnCLIP:
         elif text is not None:
             ends = [self.embed(text=t, generator=g, prior_guidance=prior_guidance) for t in text]
         else:
-            assert image is not None                # exactly one of the three was given (checked above)
+            assert image is not None  # exactly one of the three was given (checked above)
             ends = [self.embed(image=i) for i in image]
         emb = slerp(ends[0], ends[1], torch.linspace(0, 1, n))
         noise = torch.randn((1, cfg.in_channels, cfg.image_size, cfg.image_size), generator=g).expand(n, -1, -1, -1)
         return self.decode(emb, noise=noise.contiguous(), generator=g, **decode_kwargs)
 
-    def render_expression(self, expression: str, num_images: int = 4,
-                          add_vector: np.ndarray | torch.Tensor | str | os.PathLike | None = None,
-                          **decode_kwargs) -> Images:
+    def render_expression(
+        self,
+        expression: str,
+        num_images: int = 4,
+        add_vector: np.ndarray | torch.Tensor | str | os.PathLike | None = None,
+        **decode_kwargs,
+    ) -> Images:
         """Decode the vector an embedding expression evaluates to (clipkit.evaluate_expression syntax),
         plus `add_vector` (a (D,) array or a .npy path, e.g. the mean hat vector of retrieval/hat_vector.py)."""
 

@@ -40,8 +40,12 @@ from clipkit.unclip.prior import DiffusionPrior, PriorConfig
 
 MANIFEST = "unclip.json"
 FORMAT = "clipkit-unclip"
-MODELS = {"decoder": (DecoderUNet, DecoderConfig), "prior": (DiffusionPrior, PriorConfig),
-          "upsampler": (DecoderUNet, UpsamplerConfig), "ar_prior": (ArPrior, ArPriorConfig)}
+MODELS = {
+    "decoder": (DecoderUNet, DecoderConfig),
+    "prior": (DiffusionPrior, PriorConfig),
+    "upsampler": (DecoderUNet, UpsamplerConfig),
+    "ar_prior": (ArPrior, ArPriorConfig),
+}
 
 
 def model_format(kind: str) -> str:
@@ -49,16 +53,16 @@ def model_format(kind: str) -> str:
     return f"clipkit-unclip-{kind}"
 
 
-def save_model(module: torch.nn.Module, config, directory: str | os.PathLike, kind: str, *, overwrite: bool = False,
-               inputs=()) -> Path:
+def save_model(
+    module: torch.nn.Module, config, directory: str | os.PathLike, kind: str, *, overwrite: bool = False, inputs=()
+) -> Path:
     """config.json + model.safetensors + manifest.json, complete or absent (a previous `kind` model there is
     replaced; anything else only with `overwrite`)."""
     directory = Path(directory)
     with staged_output(directory, model_format(kind), inputs=inputs, overwrite=overwrite) as stage:
         save_weights(module.state_dict(), stage.dir / "model.safetensors", metadata={"format": "pt", "kind": kind})
         write_json(stage.dir / "config.json", {"kind": kind, "clipkit_version": __version__, **config.to_json()})
-        write_parts_manifest(stage.dir, model_format(kind), {"model.safetensors": None, "config.json": None},
-                             kind=kind)
+        write_parts_manifest(stage.dir, model_format(kind), {"model.safetensors": None, "config.json": None}, kind=kind)
     return directory
 
 
@@ -106,14 +110,17 @@ def read_pipeline_manifest(directory: str | os.PathLike) -> dict:
         raise DamagedFileError(str(e)) from None
     ref = data.get("clip")
     if data.get("format") != FORMAT or not isinstance(ref, dict) or not isinstance(ref.get("identity"), str):
-        raise DamagedFileError(f"{str(path)!r} is not a clipkit unCLIP pipeline manifest (expected format {FORMAT!r} "
-                               f"and a clip identity); it was not written by clipkit or is damaged. Use another "
-                               f"pipeline folder, or remove that file")
+        raise DamagedFileError(
+            f"{str(path)!r} is not a clipkit unCLIP pipeline manifest (expected format {FORMAT!r} "
+            f"and a clip identity); it was not written by clipkit or is damaged. Use another "
+            f"pipeline folder, or remove that file"
+        )
     return ref
 
 
-def claim_pipeline(directory: str | os.PathLike, clip, *, overwrite: bool = False, inputs=(),
-                   flag: str = "--overwrite") -> Path:
+def claim_pipeline(
+    directory: str | os.PathLike, clip, *, overwrite: bool = False, inputs=(), flag: str = "--overwrite"
+) -> Path:
     """May a model of `clip` be written into pipeline folder DIRECTORY? Call it before training, not at export.
 
     Ours (an unclip.json of this clipkit) is accepted when it records the same CLIP and refused
@@ -122,15 +129,19 @@ def claim_pipeline(directory: str | os.PathLike, clip, *, overwrite: bool = Fals
     directory = Path(directory)
     if (directory / MANIFEST).is_file() and not overwrite:
         ref = read_pipeline_manifest(directory)
-        check_output_path(directory, FORMAT, inputs, overwrite=True, flag=flag)        # inputs only
+        check_output_path(directory, FORMAT, inputs, overwrite=True, flag=flag)  # inputs only
         if ref["identity"] != clip.identity:
-            raise OutputError(f"pipeline folder {str(directory)!r} was built with CLIP {ref['identity']!r}, this run "
-                              f"uses {clip.identity!r}; use another pipeline folder or retrain its other models")
+            raise OutputError(
+                f"pipeline folder {str(directory)!r} was built with CLIP {ref['identity']!r}, this run "
+                f"uses {clip.identity!r}; use another pipeline folder or retrain its other models"
+            )
         return directory
     return claim_output(directory, FORMAT, inputs, overwrite, flag)
 
 
 def check_clip(clip, identity: str, where) -> None:
     if clip.identity != identity:
-        raise ValueError(f"CLIP model {clip.identity!r} does not match the one {str(where)!r} was trained "
-                         f"with ({identity!r}); embeddings of another CLIP mean nothing to its prior and decoder")
+        raise ValueError(
+            f"CLIP model {clip.identity!r} does not match the one {str(where)!r} was trained "
+            f"with ({identity!r}); embeddings of another CLIP mean nothing to its prior and decoder"
+        )

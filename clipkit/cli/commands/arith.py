@@ -8,18 +8,25 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.cli.types import nonnegative_int, positive_int
 
-    p = sub.add_parser("arith", help="evaluate embedding arithmetic: img:\"a.png\" - img:\"b.png\" + text:\"hat\"",
-                       description="Evaluate an expression over CLIP embeddings (img:\"path\", text:\"...\", "
-                                   "numbers, + - *, parentheses, normalize(...), mean(...)) and show the "
-                                   "nearest vocabulary words and, with --search, the nearest indexed items.")
+    p = sub.add_parser(
+        "arith",
+        help='evaluate embedding arithmetic: img:"a.png" - img:"b.png" + text:"hat"',
+        description='Evaluate an expression over CLIP embeddings (img:"path", text:"...", '
+        "numbers, + - *, parentheses, normalize(...), mean(...)) and show the "
+        "nearest vocabulary words and, with --search, the nearest indexed items.",
+    )
     p.add_argument("expression", metavar="EXPR")
     p.add_argument("--model", default=None, help="model directory or preset [the --search index's model]")
     p.add_argument("--words", type=nonnegative_int, default=5, help="how many nearest words to show [5]")
     p.add_argument("--vocabulary", default=None, help="vocabulary file, one word a line [shipped list]")
     p.add_argument("--search", default=None, metavar="INDEX", help="also search this index with the vector")
     p.add_argument("-k", type=positive_int, default=10, help="results from --search [10]")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the sha256 check of the --search index files (sizes are still checked) [verify]")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the sha256 check of the --search index files (sizes are still checked) [verify]",
+    )
     p.add_argument("--save", default=None, help="save the vector to this .npy file")
     p.add_argument("--overwrite", action="store_true", help="replace a --save file that clipkit did not write")
     p.set_defaults(func=run)
@@ -37,7 +44,7 @@ def _save_path(args):
     if not args.save:
         return None
     path = args.save
-    images = re.findall(r'img:\s*"([^"]*)"', args.expression)          # the expression's own inputs
+    images = re.findall(r'img:\s*"([^"]*)"', args.expression)  # the expression's own inputs
     check_output_path(path, VECTOR, [args.search, args.vocabulary, *images], args.overwrite, kind="file")
     return path
 
@@ -53,10 +60,12 @@ def run(args) -> int:
     index = None
     if args.search:
         from clipkit.retrieval.index.core import EmbeddingIndex
+
         index = EmbeddingIndex.load(args.search, verify=args.verify)
         model = index.model(args.model)
     elif args.model:
         from clipkit.model import resolve_model
+
         model = resolve_model(args.model)
     else:
         raise ValueError("pass --model DIR (or --search INDEX whose manifest records the model)")

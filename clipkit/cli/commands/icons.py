@@ -8,11 +8,14 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.cli.types import nonnegative_int, positive_int
 
-    p = sub.add_parser("icons", help="render an installed icon theme into train / val / unseen-name shards",
-                       description="Render the SVG icons of an installed theme (apt-get install papirus-icon-theme) "
-                                   "onto coloured backgrounds as img2dataset-style shards: OUT/train, OUT/val (other "
-                                   "renders of seen names), OUT/unseen (names never in train); captions from the "
-                                   "icon names, category and background in each sample's JSON.")
+    p = sub.add_parser(
+        "icons",
+        help="render an installed icon theme into train / val / unseen-name shards",
+        description="Render the SVG icons of an installed theme (apt-get install papirus-icon-theme) "
+        "onto coloured backgrounds as img2dataset-style shards: OUT/train, OUT/val (other "
+        "renders of seen names), OUT/unseen (names never in train); captions from the "
+        "icon names, category and background in each sample's JSON.",
+    )
     p.add_argument("--theme", default="papirus", help="theme name under /usr/share/icons, or its folder [papirus]")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=positive_int, default=64, help="image side in pixels [64]")
@@ -30,11 +33,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args) -> int:
     from clipkit.labs.icons import make_icon_set
 
-    stats = make_icon_set(**{k: getattr(args, k) for k in (
-        "theme", "out", "size", "renders_per_icon", "limit", "unseen_fraction", "val_renders", "categories", "seed",
-        "shard_size", "overwrite")})
+    stats = make_icon_set(
+        **{
+            k: getattr(args, k)
+            for k in (
+                "theme",
+                "out",
+                "size",
+                "renders_per_icon",
+                "limit",
+                "unseen_fraction",
+                "val_renders",
+                "categories",
+                "seed",
+                "shard_size",
+                "overwrite",
+            )
+        }
+    )
     counts = ", ".join(f"{k} {v}" for k, v in stats["counts"].items())
-    print(f"wrote {stats['renders']} renders of {stats['pictures']} pictures ({stats['pictures_found']} in "
-          f"{stats['theme']}) to {args.out}: {counts}; {stats['names']['unseen']} unseen names; "
-          f"{stats['seconds']} s")
+    print(
+        f"wrote {stats['renders']} renders of {stats['pictures']} pictures ({stats['pictures_found']} in "
+        f"{stats['theme']}) to {args.out}: {counts}; {stats['names']['unseen']} unseen names; "
+        f"{stats['seconds']} s"
+    )
     return 0

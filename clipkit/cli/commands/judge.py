@@ -14,19 +14,29 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.cli.types import nonnegative_int, positive_float, positive_int
 
-    p = sub.add_parser("judge", help="train / use an independent judge of generated images (labelled real data)",
-                       description="A small CNN trained on REAL labelled images only (never CLIP features, never "
-                                   "generated images) that scores generated images: identification, Frechet in its "
-                                   "features, noise / sharpness, and pixel nearest-source.")
+    p = sub.add_parser(
+        "judge",
+        help="train / use an independent judge of generated images (labelled real data)",
+        description="A small CNN trained on REAL labelled images only (never CLIP features, never "
+        "generated images) that scores generated images: identification, Frechet in its "
+        "features, noise / sharpness, and pixel nearest-source.",
+    )
     actions = p.add_subparsers(dest="judge_command", metavar="ACTION", required=True)
 
-    t = actions.add_parser("train", help="train a judge on labelled shards; prints its real held-out accuracy",
-                           description="Train a judge on image shards whose JSON metadata holds the label field(s); "
-                                       "it is saved in OUT/judge, with OUT/metrics.jsonl, curves.png, summary.json.")
+    t = actions.add_parser(
+        "train",
+        help="train a judge on labelled shards; prints its real held-out accuracy",
+        description="Train a judge on image shards whose JSON metadata holds the label field(s); "
+        "it is saved in OUT/judge, with OUT/metrics.jsonl, curves.png, summary.json.",
+    )
     t.add_argument("--train-data", required=True, help="training shards (a folder, brace pattern or '::' list)")
     t.add_argument("--val-data", help="real held-out shards (default: --val-samples drawn from the train data)")
-    t.add_argument("--label-field", action="append", required=True,
-                   help="JSON field to learn (repeat for several, e.g. --label-field name --label-field category)")
+    t.add_argument(
+        "--label-field",
+        action="append",
+        required=True,
+        help="JSON field to learn (repeat for several, e.g. --label-field name --label-field category)",
+    )
     t.add_argument("--out", required=True, help="run folder (the judge goes to OUT/judge)")
     t.add_argument("--image-size", type=positive_int, help="judge resolution [the data's]")
     t.add_argument("--epochs", type=positive_int, default=8, help="passes over the training data [8]")
@@ -42,10 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--overwrite", action="store_true", help="write into --out even if clipkit did not write it")
     t.set_defaults(func=run_train)
 
-    s = actions.add_parser("score", help="score a folder of generated images against real ones",
-                           description="Labels file: CSV with a header `file,<label field>[,source]` or JSON "
-                                       "{file: label} / {file: {field: label, source: key}}; `source` is the "
-                                       "__key__ of the real sample an image was made from (for nearest-source).")
+    s = actions.add_parser(
+        "score",
+        help="score a folder of generated images against real ones",
+        description="Labels file: CSV with a header `file,<label field>[,source]` or JSON "
+        "{file: label} / {file: {field: label, source: key}}; `source` is the "
+        "__key__ of the real sample an image was made from (for nearest-source).",
+    )
     s.add_argument("--judge", required=True, help="a judge folder (or the run folder of `clipkit judge train`)")
     s.add_argument("--images", required=True, help="folder of generated images")
     s.add_argument("--labels", required=True, help="CSV or JSON file: image file name -> intended label(s)")
@@ -64,23 +77,41 @@ REPORT = "clipkit-judge-report"
 def run_train(args) -> int:
     from clipkit.evaluation.judge_train import JudgeTrainConfig, train_judge
 
-    config = JudgeTrainConfig(train_data=args.train_data, val_data=args.val_data, label_field=args.label_field,
-                              out_dir=args.out, image_size=args.image_size, epochs=args.epochs,
-                              max_steps=args.max_steps, time_budget=args.time_budget, batch_size=args.batch_size,
-                              lr=args.lr, num_samples=args.num_samples, val_samples=args.val_samples,
-                              mixed_precision=args.precision, seed=args.seed, resume=args.resume,
-                              overwrite=args.overwrite)
+    config = JudgeTrainConfig(
+        train_data=args.train_data,
+        val_data=args.val_data,
+        label_field=args.label_field,
+        out_dir=args.out,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        time_budget=args.time_budget,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_samples=args.num_samples,
+        val_samples=args.val_samples,
+        mixed_precision=args.precision,
+        seed=args.seed,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
     record = train_judge(config)
-    print(f"trained {record['steps']} steps in {record['train_seconds']} s on {record['train_samples']} real images "
-          f"({', '.join(f'{f}: {n} classes' for f, n in record['classes'].items())}); judge in {args.out}/judge")
+    print(
+        f"trained {record['steps']} steps in {record['train_seconds']} s on {record['train_samples']} real images "
+        f"({', '.join(f'{f}: {n} classes' for f, n in record['classes'].items())}); judge in {args.out}/judge"
+    )
     print(_accuracy_line(record))
     return 0
 
 
 def _accuracy_line(record: dict) -> str:
-    parts = [f"{f} top-1 {v['top1']:.3f}, top-5 {v['top5']:.3f} (chance {v['chance']:.4f}; {v['num']} images"
-             + (f", {v['unknown']} with labels absent from train" if v["unknown"] else "") + ")"
-             for f, v in record["real_accuracy"].items() if v["top1"] is not None]
+    parts = [
+        f"{f} top-1 {v['top1']:.3f}, top-5 {v['top5']:.3f} (chance {v['chance']:.4f}; {v['num']} images"
+        + (f", {v['unknown']} with labels absent from train" if v["unknown"] else "")
+        + ")"
+        for f, v in record["real_accuracy"].items()
+        if v["top1"] is not None
+    ]
     return "judge accuracy on real held-out images: " + ("; ".join(parts) or "no held-out label seen in train")
 
 
@@ -89,11 +120,19 @@ def run_score(args) -> int:
     from clipkit.evaluation.judge_score import report_lines, score_folder
     from clipkit.io import check_output_path, output_file
 
-    if args.out:                                  # refused before any work
-        check_output_path(args.out, REPORT, [args.judge, args.images, args.labels, args.real_data], args.overwrite,
-                          kind="file")
-    report = score_folder(Judge.load(args.judge), args.images, args.labels, args.real_data,
-                          real_limit=args.real_limit, num_candidates=args.candidates, seed=args.seed)
+    if args.out:  # refused before any work
+        check_output_path(
+            args.out, REPORT, [args.judge, args.images, args.labels, args.real_data], args.overwrite, kind="file"
+        )
+    report = score_folder(
+        Judge.load(args.judge),
+        args.images,
+        args.labels,
+        args.real_data,
+        real_limit=args.real_limit,
+        num_candidates=args.candidates,
+        seed=args.seed,
+    )
     for line in report_lines(report):
         print(line)
     if report.get("skipped"):

@@ -8,8 +8,11 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.cli.types import positive_int
 
-    p = sub.add_parser("search", help="search an index with a text or an image",
-                       description="Embed the query with the index's model and print the k nearest items.")
+    p = sub.add_parser(
+        "search",
+        help="search an index with a text or an image",
+        description="Embed the query with the index's model and print the k nearest items.",
+    )
     p.add_argument("index", metavar="INDEX", help="index folder from `clipkit index build`")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="text query")
@@ -18,9 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model directory or preset [the one recorded by `clipkit embed`]")
     p.add_argument("--grid", default=None, help="save the query image and hits as a PNG grid")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of loading it")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the sha256 check of the index files (sizes are still checked): for very large "
-                        "indexes, where hashing costs ~0.7 s per GB [verify]")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the sha256 check of the index files (sizes are still checked): for very large "
+        "indexes, where hashing costs ~0.7 s per GB [verify]",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a --grid file that clipkit did not write")
     p.set_defaults(func=run)
 
@@ -43,7 +50,7 @@ def run(args) -> int:
     from clipkit.io import check_output_path, output_file
     from clipkit.retrieval.index.core import EmbeddingIndex
 
-    if args.grid:                                  # refused before any work
+    if args.grid:  # refused before any work
         check_output_path(args.grid, GRID, [args.index, args.image], args.overwrite, kind="file")
     index = EmbeddingIndex.load(args.index, mmap=args.mmap, verify=args.verify)
     model = index.model(args.model)

@@ -14,15 +14,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     from clipkit.config import add_config_arguments
     from clipkit.train.config import ClipTrainConfig
 
-    p = sub.add_parser("train", help="train a CLIP model on image-caption shards (Accelerate; resumable)",
-                       description="Train a CLIP dual encoder. Give a JSON config (training/configs/*.json, or a "
-                                   "packaged name: shapes-small, shapes-tiny) and/or override any field with a "
-                                   "flag. For several processes launch training/train_clip.py with "
-                                   "`accelerate launch` or `torchrun` instead.")
+    p = sub.add_parser(
+        "train",
+        help="train a CLIP model on image-caption shards (Accelerate; resumable)",
+        description="Train a CLIP dual encoder. Give a JSON config (training/configs/*.json, or a "
+        "packaged name: shapes-small, shapes-tiny) and/or override any field with a "
+        "flag. For several processes launch training/train_clip.py with "
+        "`accelerate launch` or `torchrun` instead.",
+    )
     add_config_arguments(p, ClipTrainConfig)
-    p.set_defaults(func=run, config_cls=ClipTrainConfig,
-                   interrupted_hint="the run folder keeps its last checkpoint: run the same command with "
-                                    "--resume latest to go on")
+    p.set_defaults(
+        func=run,
+        config_cls=ClipTrainConfig,
+        interrupted_hint="the run folder keeps its last checkpoint: run the same command with --resume latest to go on",
+    )
 
 
 def config_from_args(cls, args):
@@ -33,6 +38,7 @@ def config_from_args(cls, args):
 
     if getattr(args, "config", None) and not Path(args.config).exists() and "/" not in args.config:
         from clipkit.shapes import config_path
+
         args.config = str(config_path(args.config))
     return from_args(cls, args)
 
@@ -55,8 +61,12 @@ def run(args) -> int:
         # Launched as N processes: same clean exit as training/train_clip.py (see runtime.exit_cleanly).
         exit_cleanly(main_guard(lambda: train(config)))
     summary = train(config)
-    print(json.dumps({k: summary[k] for k in ("steps", "seconds", "skipped_samples", "eval", "model_dir")
-                      if k in summary}, indent=2))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("steps", "seconds", "skipped_samples", "eval", "model_dir") if k in summary},
+            indent=2,
+        )
+    )
     return 0
 
 

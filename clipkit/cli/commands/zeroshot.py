@@ -6,13 +6,16 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from clipkit.cli.types import positive_int
     from clipkit.cli.commands.embed import add_model_args
+    from clipkit.cli.types import positive_int
 
-    p = sub.add_parser("zero-shot", help="zero-shot classify images with class-name prompts",
-                       description="Modes: --images DIR --labels 'cat,dog' writes predictions as CSV; "
-                                   "--labelled-folder ROOT (ROOT/<class>/*.png) or --shards URL --label-field F "
-                                   "evaluates and prints top-1 / top-5 / balanced accuracy / per-class recall.")
+    p = sub.add_parser(
+        "zero-shot",
+        help="zero-shot classify images with class-name prompts",
+        description="Modes: --images DIR --labels 'cat,dog' writes predictions as CSV; "
+        "--labelled-folder ROOT (ROOT/<class>/*.png) or --shards URL --label-field F "
+        "evaluates and prints top-1 / top-5 / balanced accuracy / per-class recall.",
+    )
     add_model_args(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="image folder or file list to classify (needs --labels)")
@@ -20,13 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--shards", help="labelled shards; the label is --label-field of each sample's json")
     p.add_argument("--labels", help="comma-separated class names (order = class index)")
     p.add_argument("--label-field", default=None, help="json field holding the label (with --shards)")
-    p.add_argument("--templates", default=None, help="openai | simple | none | FILE of '{}' or '{c}' templates [simple]")
+    p.add_argument(
+        "--templates", default=None, help="openai | simple | none | FILE of '{}' or '{c}' templates [simple]"
+    )
     p.add_argument("--out", default=None, help="CSV of predictions (path, label, probability)")
     p.add_argument("--confusion", default=None, help="confusion-matrix PNG (evaluation modes)")
     p.add_argument("--json", default=None, help="write the evaluation report as JSON")
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace --out / --confusion / --json files that clipkit did not write")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out / --confusion / --json files that clipkit did not write"
+    )
     p.set_defaults(func=run)
 
 
@@ -99,9 +105,8 @@ def _embed_folder(clf, paths: list[str], batch_size: int, source: str):
 def run(args) -> int:
     import csv
 
-    from clipkit.io import output_file, register_file
-
     from clipkit.cli.commands.embed import load_model
+    from clipkit.io import output_file, register_file
     from clipkit.retrieval.zeroshot import ZeroShotClassifier, format_report, save_confusion_png
 
     labels = _labels(args.labels)
@@ -109,7 +114,7 @@ def run(args) -> int:
         raise ValueError("--images needs --labels 'class1,class2,...'")
     if not args.images and not args.labelled_folder and not args.label_field:
         raise ValueError("--shards needs --label-field (the json field that holds the class)")
-    outputs = dict((fmt, path) for path, fmt in _outputs(args))       # refused before the model is loaded
+    outputs = dict((fmt, path) for path, fmt in _outputs(args))  # refused before the model is loaded
     model = load_model(args)
     if args.images:
         from clipkit.data.folders import list_images
@@ -139,11 +144,15 @@ def run(args) -> int:
         classes = labels or sorted(set(names))
         known = [i for i, name in enumerate(names) if name in set(classes)]
         if not known:
-            raise ValueError(f"no sample's {args.label_field!r} is one of --labels {classes[:5]} (the samples have "
-                             f"e.g. {sorted(set(names))[:5]}); give the classes the samples use")
-        if len(known) < len(names):          # samples of other classes are left out and counted, as eval does
-            print(f"left out {len(names) - len(known)} of {len(names)} samples whose {args.label_field!r} is not "
-                  f"one of --labels")
+            raise ValueError(
+                f"no sample's {args.label_field!r} is one of --labels {classes[:5]} (the samples have "
+                f"e.g. {sorted(set(names))[:5]}); give the classes the samples use"
+            )
+        if len(known) < len(names):  # samples of other classes are left out and counted, as eval does
+            print(
+                f"left out {len(names) - len(known)} of {len(names)} samples whose {args.label_field!r} is not "
+                f"one of --labels"
+            )
             images, names = [images[i] for i in known], [names[i] for i in known]
         y = names
         clf = ZeroShotClassifier(model, classes, args.templates, batch_size=args.batch_size)
@@ -152,8 +161,9 @@ def run(args) -> int:
     if CONFUSION in outputs:
         import numpy as np
 
-        save_confusion_png(np.asarray(report["confusion"]), classes, outputs[CONFUSION],
-                           title=f"zero-shot top-1 {report['top1']:.3f}")
+        save_confusion_png(
+            np.asarray(report["confusion"]), classes, outputs[CONFUSION], title=f"zero-shot top-1 {report['top1']:.3f}"
+        )
         register_file(outputs[CONFUSION], CONFUSION)
     if REPORT in outputs:
         import json

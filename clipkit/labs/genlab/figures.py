@@ -1,8 +1,8 @@
 """The lab's pictures, through matplotlib's object API (no pyplot) and clipkit.images.make_grid.
 
-    quality_figure(png, rows, reference)     agreement / Frechet / sharpness vs network evaluations per image
-    samples_figure(png, strips, prompts)     one row per method: a sample per prompt, same prompts for all
-    training_figure(png, curves)             loss against training seconds, one line per model
+quality_figure(png, rows, reference)     agreement / Frechet / sharpness vs network evaluations per image
+samples_figure(png, strips, prompts)     one row per method: a sample per prompt, same prompts for all
+training_figure(png, curves)             loss against training seconds, one line per model
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ from clipkit.io.figures import save_figure
 if TYPE_CHECKING:
     from PIL import Image
 
-_STYLE = {"one-shot": ("tab:red", "*"), "AR raster": ("tab:purple", "s"), "AR spread": ("tab:pink", "D"),
-          "DDIM": ("tab:blue", "o"), "flow": ("tab:green", "^"), "DDPM": ("tab:cyan", "v"),
-          "DDIM, noise target": ("tab:gray", "o")}
+_STYLE = {
+    "one-shot": ("tab:red", "*"),
+    "AR raster": ("tab:purple", "s"),
+    "AR spread": ("tab:pink", "D"),
+    "DDIM": ("tab:blue", "o"),
+    "flow": ("tab:green", "^"),
+    "DDPM": ("tab:cyan", "v"),
+    "DDIM, noise target": ("tab:gray", "o"),
+}
 
 
 def quality_figure(png, rows: list[dict], reference: dict) -> Path:
@@ -30,9 +36,11 @@ def quality_figure(png, rows: list[dict], reference: dict) -> Path:
 
     fig = Figure(figsize=(15, 4.4))
     axes = fig.subplots(1, 3)
-    panels = (("agreement", "judge agreement with the prompt (higher is better)", False),
-              ("frechet_ratio", "Frechet distance / real-vs-real floor (lower is better)", True),
-              ("sharpness", "judge sharpness (1 = real renders)", False))
+    panels = (
+        ("agreement", "judge agreement with the prompt (higher is better)", False),
+        ("frechet_ratio", "Frechet distance / real-vs-real floor (lower is better)", True),
+        ("sharpness", "judge sharpness (1 = real renders)", False),
+    )
     curves = list(dict.fromkeys(r["curve"] for r in rows))
     for ax, (key, title, logy) in zip(axes, panels):
         for curve in curves:

@@ -28,10 +28,10 @@ SAMPLERS = ("ddim", "ddpm", "flow")
 
 @dataclass(frozen=True)
 class Method:
-    name: str                  # e.g. "ar-raster-k4", "ddim-16", "one-shot"
-    curve: str                 # the figure's legend entry: "AR raster", "DDIM", ...
-    model: str                 # key of the trained model: "oneshot", "ar_raster", "ar_spread", "diffusion", ...
-    k: int | None = None       # pixels per step (autoregressive)
+    name: str  # e.g. "ar-raster-k4", "ddim-16", "one-shot"
+    curve: str  # the figure's legend entry: "AR raster", "DDIM", ...
+    model: str  # key of the trained model: "oneshot", "ar_raster", "ar_spread", "diffusion", ...
+    k: int | None = None  # pixels per step (autoregressive)
     sampler: str | None = None  # ddim | ddpm | flow (diffusion)
     steps: int | None = None
 
@@ -45,7 +45,9 @@ def diffusion_sampler(name: str, schedule, prediction: str):
     model through FlowAdapter). Discrete samplers use "trailing" spacing: few steps still start at pure noise."""
 
     if name == "ddim":
-        return DDIMSampler(schedule, eta=0.0, prediction_type=prediction, clip_x0=1.0, timestep_spacing="trailing"), None
+        return DDIMSampler(
+            schedule, eta=0.0, prediction_type=prediction, clip_x0=1.0, timestep_spacing="trailing"
+        ), None
     if name == "ddpm":
         return DDPMSampler(schedule, prediction_type=prediction, clip_x0=1.0, timestep_spacing="trailing"), None
     if name == "flow":
@@ -54,8 +56,14 @@ def diffusion_sampler(name: str, schedule, prediction: str):
 
 
 @torch.no_grad()
-def generate(method: Method, models: dict, conds: torch.Tensor, guidance: float, generator: torch.Generator,
-             use_cache: bool = True) -> tuple[torch.Tensor, float, float]:
+def generate(
+    method: Method,
+    models: dict,
+    conds: torch.Tensor,
+    guidance: float,
+    generator: torch.Generator,
+    use_cache: bool = True,
+) -> tuple[torch.Tensor, float, float]:
     """(images (N, 3, S, S) in [-1, 1], network evaluations per image, seconds per image) for `conds`."""
 
     model = models[method.model]
@@ -66,22 +74,38 @@ def generate(method: Method, models: dict, conds: torch.Tensor, guidance: float,
         counter.add(n)
         images = model(conds).clamp(-1, 1)
     elif method.k:
-        tokens = model.sample(conds, method.k, generator, guidance_scale=guidance, uncond=null_condition(),
-                              use_cache=use_cache, counter=counter)
+        tokens = model.sample(
+            conds,
+            method.k,
+            generator,
+            guidance_scale=guidance,
+            uncond=null_condition(),
+            use_cache=use_cache,
+            counter=counter,
+        )
         images = tokens_to_images(tokens, model.config.side)
     else:
-        assert method.sampler is not None and method.steps is not None    # a diffusion method names both
+        assert method.sampler is not None and method.steps is not None  # a diffusion method names both
         cfg = model.config
         schedule = NoiseSchedule(cfg.schedule, num_train_timesteps=cfg.num_train_timesteps)
         sampler, adapt = diffusion_sampler(method.sampler, schedule, cfg.prediction)
         fn = counter.wrap(adapt(model) if adapt else model)
-        images = sample(fn, (n, cfg.in_channels, cfg.image_size, cfg.image_size), sampler, method.steps,
-                        cond=conds, uncond=null_condition(), guidance_scale=guidance, generator=generator).clamp(-1, 1)
+        images = sample(
+            fn,
+            (n, cfg.in_channels, cfg.image_size, cfg.image_size),
+            sampler,
+            method.steps,
+            cond=conds,
+            uncond=null_condition(),
+            guidance_scale=guidance,
+            generator=generator,
+        ).clamp(-1, 1)
     seconds = time.perf_counter() - start
     return images.float(), counter.per_image(n), seconds / n
 
 
 # ----------------------------------------------------------------------------- scoring
+
 
 def agreement(pred: dict, labels: torch.Tensor) -> dict:
     """Judged class == prompted class over every (image, attribute the prompt names); and per attribute."""
@@ -95,8 +119,14 @@ def agreement(pred: dict, labels: torch.Tensor) -> dict:
     return {"mean": hits / max(total, 1), **out}
 
 
-def score(judge, images: torch.Tensor, labels: torch.Tensor, prompt_of: torch.Tensor, real: torch.Tensor,
-          real_floor: torch.Tensor) -> dict:
+def score(
+    judge,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    prompt_of: torch.Tensor,
+    real: torch.Tensor,
+    real_floor: torch.Tensor,
+) -> dict:
     """Every measure of one method's images.
 
     labels (N, 6) the prompted classes (-1 = free); prompt_of (N,) which prompt each image answers;
@@ -119,11 +149,18 @@ def score(judge, images: torch.Tensor, labels: torch.Tensor, prompt_of: torch.Te
         pixel.append(d["pixel_distance"])
     first = (prompt_of == prompt_of[0]).nonzero()[:, 0]
     circle = judge.diversity(images[first])
-    return {"agreement": agreement(pred, labels), "sharpness": sharp["sharpness"], "palette": sharp["palette"],
-            "edge_ratio": sharp["edge_ratio"], "frechet": fd, "frechet_floor": floor, "frechet_ratio": fd / floor,
-            "free_coverage": float(np.mean(free_cover)) if free_cover else None,
-            "pixel_diversity": float(np.mean(pixel)) if pixel else None,
-            "first_prompt_distinct": circle["distinct"]}
+    return {
+        "agreement": agreement(pred, labels),
+        "sharpness": sharp["sharpness"],
+        "palette": sharp["palette"],
+        "edge_ratio": sharp["edge_ratio"],
+        "frechet": fd,
+        "frechet_floor": floor,
+        "frechet_ratio": fd / floor,
+        "free_coverage": float(np.mean(free_cover)) if free_cover else None,
+        "pixel_diversity": float(np.mean(pixel)) if pixel else None,
+        "first_prompt_distinct": circle["distinct"],
+    }
 
 
 def split_sharpness(judge, images: torch.Tensor, full: torch.Tensor) -> dict:

@@ -31,7 +31,7 @@ from clipkit.train import loop
 from clipkit.train.config import TrainConfig
 from clipkit.train.trainer import Trainer, row_losses
 
-CLOCKS = {"cpu": time.process_time, "wall": None}      # None: the trainer's wall clock
+CLOCKS = {"cpu": time.process_time, "wall": None}  # None: the trainer's wall clock
 
 
 @dataclass
@@ -48,7 +48,7 @@ class LabTrainConfig(TrainConfig):
     progress: bool = False
     num_threads: int | None = 1
     keep_checkpoints: int = 1
-    clock: str = "wall"                 # wall | cpu: this process's CPU time (fairer on a shared machine)
+    clock: str = "wall"  # wall | cpu: this process's CPU time (fairer on a shared machine)
     ema_decay: float = 0.99
 
     def validate(self) -> None:
@@ -59,26 +59,50 @@ class LabTrainConfig(TrainConfig):
             raise ValueError("time_budget and max_steps are both null; give the model a budget in seconds or steps")
 
 
-def train_lab_model(module: torch.nn.Module, micro_loss: Callable, num_data: int, config: LabTrainConfig,
-                    make_copy: Callable[[], torch.nn.Module] | None = None) -> tuple[torch.nn.Module, dict]:
+def train_lab_model(
+    module: torch.nn.Module,
+    micro_loss: Callable,
+    num_data: int,
+    config: LabTrainConfig,
+    make_copy: Callable[[], torch.nn.Module] | None = None,
+) -> tuple[torch.nn.Module, dict]:
     """Train `module` with `micro_loss(net, idx, generator) -> loss` on random rows idx of the data (seeded by
     (seed, rank, step), so a resumed run continues the same stream); returns (EMA model in eval mode, stats).
     make_copy: a fresh module of the same architecture (default: type(module)(module.config))."""
     config.validate()
     with Trainer(config, Path(config.out_dir).name, clock=CLOCKS[config.clock]) as trainer:
-        trainer.prepare(module, num_data, final_lr=0.05, ema_decay=config.ema_decay, replacement=True,
-                        until_budget=config.max_steps is None)
+        trainer.prepare(
+            module,
+            num_data,
+            final_lr=0.05,
+            ema_decay=config.ema_decay,
+            replacement=True,
+            until_budget=config.max_steps is None,
+        )
         wall, cpu = time.perf_counter(), time.process_time()
-        result = trainer.fit(loop.Task(next_batches=trainer.random_rows(num_data), step_losses=row_losses(micro_loss),
-                                       desc=Path(config.out_dir).name))
+        result = trainer.fit(
+            loop.Task(
+                next_batches=trainer.random_rows(num_data),
+                step_losses=row_losses(micro_loss),
+                desc=Path(config.out_dir).name,
+            )
+        )
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         final = trainer.ema_model(make_copy)
         rows = [r for r in trainer.run.metrics.rows() if "loss" in r]
-        stats = {"steps": result.step, "train_seconds": round(result.elapsed, 1), "stopped_by": result.stopped_by,
-                 "clock": config.clock, "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
-                 "budget_seconds": config.time_budget, "batch_size": config.batch_size,
-                 "samples_per_step": trainer.global_batch,
-                 "first_loss": rows[0]["loss"] if rows else None, "final_loss": rows[-1]["loss"] if rows else None,
-                 "params": sum(p.numel() for p in final.parameters())}
+        stats = {
+            "steps": result.step,
+            "train_seconds": round(result.elapsed, 1),
+            "stopped_by": result.stopped_by,
+            "clock": config.clock,
+            "wall_seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
+            "budget_seconds": config.time_budget,
+            "batch_size": config.batch_size,
+            "samples_per_step": trainer.global_batch,
+            "first_loss": rows[0]["loss"] if rows else None,
+            "final_loss": rows[-1]["loss"] if rows else None,
+            "params": sum(p.numel() for p in final.parameters()),
+        }
         trainer.write_summary(dict(stats))
     return final.eval(), stats

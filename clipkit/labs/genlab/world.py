@@ -32,12 +32,13 @@ import torch
 from clipkit.shapes import world as shapes
 from clipkit.shapes.judge import ATTRIBUTES, CLASSES, PALETTE
 
-COND_DIM = sum(len(CLASSES[a]) + 1 for a in ATTRIBUTES)     # one-hot per attribute + an "any" slot: 34
-VOCAB = len(PALETTE)                                          # 12 palette colours
+COND_DIM = sum(len(CLASSES[a]) + 1 for a in ATTRIBUTES)  # one-hot per attribute + an "any" slot: 34
+VOCAB = len(PALETTE)  # 12 palette colours
 ORDERS = ("raster", "spread")
 
 
 # ----------------------------------------------------------------------------- prompts and conditions
+
 
 def prompt_labels(prompt: dict) -> torch.Tensor:
     """{attribute: value} (hat: True/False) -> (6,) long class indices in ATTRIBUTES order, -1 where free."""
@@ -96,11 +97,12 @@ def random_masks(labels: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 # ----------------------------------------------------------------------------- images and tokens
 
+
 @dataclass
 class WorldData:
-    images: torch.Tensor      # (N, 3, S, S) float in [-1, 1]
-    labels: torch.Tensor      # (N, 6) long, ATTRIBUTES order
-    tokens: torch.Tensor      # (N, S*S) long palette indices, raster order
+    images: torch.Tensor  # (N, 3, S, S) float in [-1, 1]
+    labels: torch.Tensor  # (N, 6) long, ATTRIBUTES order
+    tokens: torch.Tensor  # (N, S*S) long palette indices, raster order
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -116,13 +118,25 @@ class WorldData:
 @functools.lru_cache(maxsize=4)
 def world_data(image_size: int = 32) -> WorldData:
     """Every combination of the train split (held-out shape x colour pairs excluded): 3,360 images."""
-    combos = [shapes.ShapeAttributes(s, c, z, p, b, h) for s in shapes.SHAPES for c in shapes.COLOR_NAMES
-              for z in shapes.SIZES for p in shapes.POSITIONS for b in shapes.BACKGROUNDS for h in (False, True)
-              if (s, c) not in shapes.HOLDOUT_COMBOS]
+    combos = [
+        shapes.ShapeAttributes(s, c, z, p, b, h)
+        for s in shapes.SHAPES
+        for c in shapes.COLOR_NAMES
+        for z in shapes.SIZES
+        for p in shapes.POSITIONS
+        for b in shapes.BACKGROUNDS
+        for h in (False, True)
+        if (s, c) not in shapes.HOLDOUT_COMBOS
+    ]
     arr = np.stack([np.asarray(shapes.render(a, image_size), dtype=np.float32) for a in combos])
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous() / 127.5 - 1.0
-    labels = torch.tensor([[shapes.attribute_label(a, k) if k != "background" else CLASSES[k].index(a.background)
-                            for k in ATTRIBUTES] for a in combos], dtype=torch.long)
+    labels = torch.tensor(
+        [
+            [shapes.attribute_label(a, k) if k != "background" else CLASSES[k].index(a.background) for k in ATTRIBUTES]
+            for a in combos
+        ],
+        dtype=torch.long,
+    )
     return WorldData(images, labels, palette_tokens(images))
 
 
@@ -146,6 +160,7 @@ def coordinate_image(side: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- orders
 
+
 def pixel_order(kind: str, side: int, seed: int = 0) -> torch.Tensor:
     """(S*S,) pixel indices in generation order.
 
@@ -163,7 +178,7 @@ def pixel_order(kind: str, side: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
-    level = torch.zeros(n, dtype=torch.long)                        # 0 = the coarsest grid
+    level = torch.zeros(n, dtype=torch.long)  # 0 = the coarsest grid
     stride, lv = side, 0
     assigned = torch.zeros(n, dtype=torch.bool)
     while stride >= 1:

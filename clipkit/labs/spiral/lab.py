@@ -27,15 +27,15 @@ from clipkit.labs.spiral import figures
 from clipkit.labs.spiral.model import SpiralDenoiser, ToyTrainConfig, train_spiral_model
 from clipkit.labs.spiral.spiral import CLASSES, NULL_CLASS, SpiralScorer, sample_spiral
 
-LAB_FORMAT = "clipkit-spiral-lab"           # the marker of a folder the lab writes into
+LAB_FORMAT = "clipkit-spiral-lab"  # the marker of a folder the lab writes into
 
 
 @dataclass(frozen=True)
 class SpiralLabConfig:
-    train_steps: int = 1000          # epsilon model (DDPM / DDIM), class-conditional with dropout
-    flow_train_steps: int = 600      # velocity model (flow matching)
+    train_steps: int = 1000  # epsilon model (DDPM / DDIM), class-conditional with dropout
+    flow_train_steps: int = 600  # velocity model (flow matching)
     batch_size: int = 512
-    num_points: int = 256            # samples per cloud
+    num_points: int = 256  # samples per cloud
     ddpm_steps: int = 1000
     ddim_steps: int = 50
     flow_steps: int = 16
@@ -45,7 +45,7 @@ class SpiralLabConfig:
     guidance_steps: int = 200
     field_t: tuple[float, ...] = (0.95, 0.7, 0.5, 0.4, 0.3, 0.1)
     cfg_field_t: float = 0.15
-    trajectory_steps: int = 100      # DDPM on every 10th timestep, so single model steps are visible
+    trajectory_steps: int = 100  # DDPM on every 10th timestep, so single model steps are visible
     cfg_field_class: str = "dog"
     seed: int = 0
 
@@ -69,17 +69,30 @@ def train_lab_models(cfg: SpiralLabConfig, out_dir=None) -> tuple[SpiralDenoiser
     if out_dir is None:
         with tempfile.TemporaryDirectory(prefix="spiral-models-") as tmp:
             return train_lab_models(cfg, tmp)
-    eps_model, eps_stats = train_spiral_model(ToyTrainConfig(
-        process="ddpm", max_steps=cfg.train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
-        out_dir=str(Path(out_dir) / "ddpm")))
-    flow_model, flow_stats = train_spiral_model(ToyTrainConfig(
-        process="flow", max_steps=cfg.flow_train_steps, batch_size=cfg.batch_size, seed=cfg.seed,
-        out_dir=str(Path(out_dir) / "flow")))
+    eps_model, eps_stats = train_spiral_model(
+        ToyTrainConfig(
+            process="ddpm",
+            max_steps=cfg.train_steps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            out_dir=str(Path(out_dir) / "ddpm"),
+        )
+    )
+    flow_model, flow_stats = train_spiral_model(
+        ToyTrainConfig(
+            process="flow",
+            max_steps=cfg.flow_train_steps,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            out_dir=str(Path(out_dir) / "flow"),
+        )
+    )
     return eps_model, flow_model, {"ddpm": eps_stats, "flow": flow_stats}
 
 
-def compare_samplers(eps_model: ModelFn, flow_model: ModelFn, cfg: SpiralLabConfig,
-                     scorer: SpiralScorer | None = None) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+def compare_samplers(
+    eps_model: ModelFn, flow_model: ModelFn, cfg: SpiralLabConfig, scorer: SpiralScorer | None = None
+) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
     """Unconditional clouds from DDPM, DDPM without its noise step, DDIM and flow matching.
 
     Returns ({name: metrics}, {name: samples (N, 2)}); every run starts from the same noise.
@@ -102,8 +115,12 @@ def compare_samplers(eps_model: ModelFn, flow_model: ModelFn, cfg: SpiralLabConf
     return metrics, clouds
 
 
-def guidance_experiment(eps_model: ModelFn, cfg: SpiralLabConfig, scorer: SpiralScorer | None = None,
-                        scales: tuple[float, ...] | None = None) -> tuple[dict[str, dict], list[tuple]]:
+def guidance_experiment(
+    eps_model: ModelFn,
+    cfg: SpiralLabConfig,
+    scorer: SpiralScorer | None = None,
+    scales: tuple[float, ...] | None = None,
+) -> tuple[dict[str, dict], list[tuple]]:
     """Class-conditional sampling (a third of the points per class) at each guidance scale.
 
     Scale 0 is the unconditional model (the baseline: the class is ignored), 1 the conditional
@@ -117,8 +134,17 @@ def guidance_experiment(eps_model: ModelFn, cfg: SpiralLabConfig, scorer: Spiral
     metrics, runs = {}, []
     for s in scales if scales is not None else (0.0, *cfg.guidance_scales):
         g = torch.Generator().manual_seed(cfg.seed + 2)
-        x, secs = _timed(sample, eps_model, (n, 2), sampler, cfg.guidance_steps, cond=requested,
-                         uncond=_null(1), guidance_scale=s, generator=g)
+        x, secs = _timed(
+            sample,
+            eps_model,
+            (n, 2),
+            sampler,
+            cfg.guidance_steps,
+            cond=requested,
+            uncond=_null(1),
+            guidance_scale=s,
+            generator=g,
+        )
         m = {**scorer.score(x, requested), "seconds": secs}
         metrics[f"scale_{s:g}"] = m
         runs.append((s, x, requested, m))
@@ -137,7 +163,7 @@ def field(model, t_frac: float, grid: torch.Tensor, cond: torch.Tensor, schedule
 
 def grid_points(n: int = 17, limit: float = 1.8) -> torch.Tensor:
     axis = torch.linspace(-limit, limit, n)
-    return torch.cartesian_prod(axis, axis)                           # (n*n, 2)
+    return torch.cartesian_prod(axis, axis)  # (n*n, 2)
 
 
 def towards_spiral(v: torch.Tensor, grid: torch.Tensor, scorer: SpiralScorer, centre: torch.Tensor) -> float:
@@ -171,8 +197,14 @@ def vector_field_study(eps_model, cfg: SpiralLabConfig, scorer: SpiralScorer):
     return {"t": sweep, "towards_spiral": [round(frac[t], 3) for t in sweep], "switch_t": switch}, grid, panels
 
 
-def run_spiral_lab(out_dir: str | os.PathLike, quick: bool = False, seed: int = 0, config: SpiralLabConfig | None = None,
-                   models: tuple[SpiralDenoiser, SpiralDenoiser] | None = None, overwrite: bool = False) -> dict:
+def run_spiral_lab(
+    out_dir: str | os.PathLike,
+    quick: bool = False,
+    seed: int = 0,
+    config: SpiralLabConfig | None = None,
+    models: tuple[SpiralDenoiser, SpiralDenoiser] | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Train, sample, measure and draw; writes PNGs, metrics.json and index.html to out_dir. Returns the metrics.
 
     models: an already trained (epsilon model, flow model) pair to skip training (tests reuse one).
@@ -195,10 +227,18 @@ def run_spiral_lab(out_dir: str | os.PathLike, quick: bool = False, seed: int = 
 
     # One DDPM trajectory, split into its model steps (x_t -> posterior mean) and noise steps.
     ddpm = DDPMSampler(NoiseSchedule("linear"))
-    _, traj = sample(eps_model, (1, 2), ddpm, cfg.trajectory_steps, cond=_null(1), return_trajectory=True,
-                     generator=torch.Generator().manual_seed(seed + 4))
-    means = torch.stack([ddpm.mean_std(traj.model_output[i], int(t), traj.x[i])[0]
-                         for i, t in enumerate(traj.timesteps)])[:, 0]
+    _, traj = sample(
+        eps_model,
+        (1, 2),
+        ddpm,
+        cfg.trajectory_steps,
+        cond=_null(1),
+        return_trajectory=True,
+        generator=torch.Generator().manual_seed(seed + 4),
+    )
+    means = torch.stack(
+        [ddpm.mean_std(traj.model_output[i], int(t), traj.x[i])[0] for i, t in enumerate(traj.timesteps)]
+    )[:, 0]
 
     cls = torch.full((len(grid),), CLASSES.index(cfg.cfg_field_class))
     schedule = NoiseSchedule("linear")
@@ -206,16 +246,20 @@ def run_spiral_lab(out_dir: str | os.PathLike, quick: bool = False, seed: int = 
     v_uncond = field(eps_model, cfg.cfg_field_t, grid, _null(len(grid)), schedule)
 
     names = list(sampler_metrics)
-    titles = {names[0]: f"DDPM, {cfg.ddpm_steps} steps", names[1]: "DDPM without noise step",
-              names[2]: f"DDIM, {cfg.ddim_steps} steps", names[3]: f"flow matching, {cfg.flow_steps} Euler steps"}
+    titles = {
+        names[0]: f"DDPM, {cfg.ddpm_steps} steps",
+        names[1]: "DDPM without noise step",
+        names[2]: f"DDIM, {cfg.ddim_steps} steps",
+        names[3]: f"flow matching, {cfg.flow_steps} Euler steps",
+    }
     pngs = {
         "vector_field.png": lambda p: figures.vector_field_figure(p, grid, panels),
         "ddpm_trajectory.png": lambda p: figures.trajectory_figure(p, means, traj.x[:, 0], clouds[names[0]]),
-        "samplers.png": lambda p: figures.clouds_figure(
-            p, [(titles[k], clouds[k], sampler_metrics[k]) for k in names]),
+        "samplers.png": lambda p: figures.clouds_figure(p, [(titles[k], clouds[k], sampler_metrics[k]) for k in names]),
         "guidance.png": lambda p: figures.guidance_figure(p, [r for r in guidance_runs if r[0] >= 1]),
-        "cfg_field.png": lambda p: figures.cfg_field_figure(p, grid, v_cond, v_uncond, cfg.cfg_field_t,
-                                                           cfg.cfg_field_class),
+        "cfg_field.png": lambda p: figures.cfg_field_figure(
+            p, grid, v_cond, v_uncond, cfg.cfg_field_t, cfg.cfg_field_class
+        ),
     }
     for name, draw in pngs.items():
         draw(out / name)
@@ -237,17 +281,17 @@ def run_spiral_lab(out_dir: str | os.PathLike, quick: bool = False, seed: int = 
 
 _CAPTIONS = {
     "vector_field.png": "The learned field (-epsilon, the direction samples move) at several noise levels t: at high "
-                        "t the arrows point to the centre of the data, from t = {switch} down most of them point "
-                        "to the nearest piece of the spiral.",
+    "t the arrows point to the centre of the data, from t = {switch} down most of them point "
+    "to the nearest piece of the spiral.",
     "ddpm_trajectory.png": "One DDPM sample's path: blue model steps pull towards the predicted mean, orange noise "
-                           "steps add fresh noise back; the grey cloud is where 256 such paths end.",
+    "steps add fresh noise back; the grey cloud is where 256 such paths end.",
     "samplers.png": "256 samples from the same starting noise: DDPM, DDPM with the noise steps removed (it "
-                    "collapses, coverage {nonoise:.0%}), DDIM with 50 steps and flow matching with 16.",
+    "collapses, coverage {nonoise:.0%}), DDIM with 50 steps and flow matching with 16.",
     "guidance.png": "Asking for a class (colour) without guidance and with guidance 2 and 4: the share of samples on "
-                    "the requested arm goes {g1:.0%} -> {g2:.0%} -> {g4:.0%}.",
+    "the requested arm goes {g1:.0%} -> {g2:.0%} -> {g4:.0%}.",
     "cfg_field.png": "At one noise level the conditional field for the requested class (yellow) bends towards its "
-                     "arm where the unconditional field (grey) points at the whole spiral; guidance extrapolates "
-                     "from grey through yellow.",
+    "arm where the unconditional field (grey) points at the whole spiral; guidance extrapolates "
+    "from grey through yellow.",
 }
 
 
@@ -256,19 +300,32 @@ def spiral_section(metrics: dict, prefix: str = "", title: str = "The spiral lab
     sentence filled with this run's numbers, then the metrics table. `prefix`: the figures' folder."""
     s, g = metrics["samplers"], metrics["guidance"]
     nonoise = next(v for k, v in s.items() if k.endswith("no_noise"))
-    fill = {"switch": metrics["vector_field"]["switch_t"], "nonoise": nonoise["coverage"],
-            "g1": g.get("scale_1", {}).get("arm_fraction", float("nan")),
-            "g2": g.get("scale_2", {}).get("arm_fraction", float("nan")),
-            "g4": g.get("scale_4", {}).get("arm_fraction", float("nan"))}
-    rows = [{"run": name, "distance to spiral": m["distance"], "coverage": m["coverage"],
-             "requested arm": m.get("arm_fraction", ""), "seconds": m.get("seconds", "")}
-            for name, m in [("data (true points)", metrics["data"])] + list(s.items())
-            + [(f"guidance {k.split('_')[1]}", v) for k, v in g.items()]]
+    fill = {
+        "switch": metrics["vector_field"]["switch_t"],
+        "nonoise": nonoise["coverage"],
+        "g1": g.get("scale_1", {}).get("arm_fraction", float("nan")),
+        "g2": g.get("scale_2", {}).get("arm_fraction", float("nan")),
+        "g4": g.get("scale_4", {}).get("arm_fraction", float("nan")),
+    }
+    rows = [
+        {
+            "run": name,
+            "distance to spiral": m["distance"],
+            "coverage": m["coverage"],
+            "requested arm": m.get("arm_fraction", ""),
+            "seconds": m.get("seconds", ""),
+        }
+        for name, m in [("data (true points)", metrics["data"])]
+        + list(s.items())
+        + [(f"guidance {k.split('_')[1]}", v) for k, v in g.items()]
+    ]
     seconds = sum(v["seconds"] for v in metrics["training"].values())
-    text = (f"A 2-D spiral (inner third \"person\", middle \"dog\", outer \"cat\"), a tiny MLP denoiser trained "
-            f"in {seconds:.0f} s, and every sampler of clipkit.diffusion. Distance: mean distance of samples to the "
-            f"spiral; coverage: share of the spiral with a sample within 0.1; requested arm: share of samples "
-            f"within 0.05 of the arm that was asked for.")
+    text = (
+        f'A 2-D spiral (inner third "person", middle "dog", outer "cat"), a tiny MLP denoiser trained '
+        f"in {seconds:.0f} s, and every sampler of clipkit.diffusion. Distance: mean distance of samples to the "
+        f"spiral; coverage: share of the spiral with a sample within 0.1; requested arm: share of samples "
+        f"within 0.05 of the arm that was asked for."
+    )
     figures = [Figure(prefix + name, _CAPTIONS[name].format(**fill)) for name in metrics["figures"]]
     return Section(title, text, figures, table=rows)
 

@@ -33,8 +33,15 @@ class SpiralDenoiser(nn.Module):
     1000 for flow matching's sigma in [0, 1].
     """
 
-    def __init__(self, hidden: int = 128, depth: int = 5, time_dim: int = 32, time_scale: float = 1.0,
-                 coord_dim: int = 32, coord_scale: float = 25.0):
+    def __init__(
+        self,
+        hidden: int = 128,
+        depth: int = 5,
+        time_dim: int = 32,
+        time_scale: float = 1.0,
+        coord_dim: int = 32,
+        coord_scale: float = 25.0,
+    ):
         super().__init__()
         self.time_dim, self.time_scale = time_dim, time_scale
         self.coord_dim, self.coord_scale = coord_dim, coord_scale
@@ -42,7 +49,7 @@ class SpiralDenoiser(nn.Module):
         # steps (Fourier features, Tancik et al. 2020; as tiny-diffusion does for 2-D toys).
         self.inp = nn.Linear(2 + 2 * coord_dim if coord_dim else 2, hidden)
         self.time = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.label = nn.Embedding(len(CLASSES) + 1, hidden)      # last row: the learned null class
+        self.label = nn.Embedding(len(CLASSES) + 1, hidden)  # last row: the learned null class
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden)) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2))
 
@@ -52,35 +59,36 @@ class SpiralDenoiser(nn.Module):
         emb = self.time(timestep_embedding(t, self.time_dim, scale=self.time_scale))
         feats = [x]
         if self.coord_dim:
-            feats += [timestep_embedding(x[:, i], self.coord_dim, max_period=1e4, scale=self.coord_scale)
-                      for i in range(2)]
-        h = self.inp(torch.cat(feats, dim=-1)) + emb + self.label(cond)      # (B, hidden)
+            feats += [
+                timestep_embedding(x[:, i], self.coord_dim, max_period=1e4, scale=self.coord_scale) for i in range(2)
+            ]
+        h = self.inp(torch.cat(feats, dim=-1)) + emb + self.label(cond)  # (B, hidden)
         for block in self.blocks:
-            h = h + block(h)                                     # residual keeps deep-ish MLPs trainable
+            h = h + block(h)  # residual keeps deep-ish MLPs trainable
         return self.out(h)
 
 
 @dataclass
 class ToyTrainConfig(TrainConfig):
     out_dir: str = "runs/spiral/models/ddpm"
-    process: str = "ddpm"        # "ddpm" (a linear NoiseSchedule) or "flow" (a FlowProcess)
-    prediction_type: str | None = None   # None: the process's own (epsilon for ddpm, velocity for flow)
+    process: str = "ddpm"  # "ddpm" (a linear NoiseSchedule) or "flow" (a FlowProcess)
+    prediction_type: str | None = None  # None: the process's own (epsilon for ddpm, velocity for flow)
     max_steps: int | None = 1000
     batch_size: int = 512
-    lr: float = 1e-2             # high, then cosine-decayed: a 2-D toy converges in ~1000 steps
+    lr: float = 1e-2  # high, then cosine-decayed: a 2-D toy converges in ~1000 steps
     weight_decay: float = 0.0
-    beta2: float = 0.999         # torch's AdamW defaults
+    beta2: float = 0.999  # torch's AdamW defaults
     eps: float = 1e-8
-    warmup_steps: int = 0        # cosine decay to 0 from the first step: the last steps at a small lr act
-                                 # like the EMA a bigger model would use
+    warmup_steps: int = 0  # cosine decay to 0 from the first step: the last steps at a small lr act
+    # like the EMA a bigger model would use
     grad_clip: float | None = None
-    log_every: int = 1           # every step's loss is in metrics.jsonl
+    log_every: int = 1  # every step's loss is in metrics.jsonl
     keep_checkpoints: int = 1
     progress: bool = False
-    p_uncond: float = 0.3        # condition dropout, so the same model is also unconditional
+    p_uncond: float = 0.3  # condition dropout, so the same model is also unconditional
     hidden: int = 128
     depth: int = 5
-    coord_dim: int = 32          # 0: raw coordinates only
+    coord_dim: int = 32  # 0: raw coordinates only
     num_train_timesteps: int = 1000
 
     def validate(self) -> None:
@@ -102,12 +110,13 @@ def train_spiral_model(cfg: ToyTrainConfig | None = None) -> tuple[SpiralDenoise
     t0 = time.perf_counter()
     with Trainer(cfg, f"spiral-{cfg.process}") as trainer:
         process = NoiseSchedule("linear", cfg.num_train_timesteps) if cfg.process == "ddpm" else FlowProcess()
-        model = SpiralDenoiser(cfg.hidden, cfg.depth, time_scale=1.0 if cfg.process == "ddpm" else 1000.0,
-                               coord_dim=cfg.coord_dim)          # after the trainer's seed
+        model = SpiralDenoiser(
+            cfg.hidden, cfg.depth, time_scale=1.0 if cfg.process == "ddpm" else 1000.0, coord_dim=cfg.coord_dim
+        )  # after the trainer's seed
         trainer.prepare(model, num_samples=None)
         device = trainer.accelerator.device
-        g = torch.Generator().manual_seed(cfg.seed)             # the points and the noise, in one stream
-        if "generator" in trainer.state:                        # resumed: continue the stream
+        g = torch.Generator().manual_seed(cfg.seed)  # the points and the noise, in one stream
+        if "generator" in trainer.state:  # resumed: continue the stream
             g.set_state(torch.tensor(trainer.state["generator"], dtype=torch.uint8))
 
         def next_batches() -> list:
@@ -115,15 +124,33 @@ def train_spiral_model(cfg: ToyTrainConfig | None = None) -> tuple[SpiralDenoise
 
         def step_losses(net, micro):
             for x0, labels in micro:
-                loss = diffusion_loss(net, process, x0, labels, prediction_type=cfg.prediction_type,
-                                      p_uncond=cfg.p_uncond, null_cond=NULL_CLASS, generator=g)
+                loss = diffusion_loss(
+                    net,
+                    process,
+                    x0,
+                    labels,
+                    prediction_type=cfg.prediction_type,
+                    p_uncond=cfg.p_uncond,
+                    null_cond=NULL_CLASS,
+                    generator=g,
+                )
                 yield loss / len(micro), None
 
-        trainer.fit(loop.Task(next_batches=next_batches, step_losses=step_losses, desc=trainer.desc,
-                              data_state=lambda: {"generator": g.get_state().tolist()}))
+        trainer.fit(
+            loop.Task(
+                next_batches=next_batches,
+                step_losses=step_losses,
+                desc=trainer.desc,
+                data_state=lambda: {"generator": g.get_state().tolist()},
+            )
+        )
         losses = [r["loss"] for r in trainer.run.metrics.rows() if "loss" in r]
         trainer.write_summary({"steps": trainer.step, "final_loss": losses[-1] if losses else None})
     model.eval()
-    stats = {"config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 2),
-             "final_loss": round(sum(losses[-100:]) / min(100, len(losses)), 5), "losses": losses}
+    stats = {
+        "config": asdict(cfg),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "final_loss": round(sum(losses[-100:]) / min(100, len(losses)), 5),
+        "losses": losses,
+    }
     return model, stats

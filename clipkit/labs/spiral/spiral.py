@@ -18,11 +18,11 @@ import math
 
 import torch
 
-CLASSES = ("person", "dog", "cat")      # inner, middle, outer third of the arm
+CLASSES = ("person", "dog", "cat")  # inner, middle, outer third of the arm
 THETA_START, THETA_END, RADIUS = math.pi, 4 * math.pi, 1.5
-NEAR = 0.1                               # "near the spiral": coverage radius (samples ~0.035 apart)
-ON_ARM = 0.05                            # "landed on the arm": 5x the data's own jitter (0.01)
-NULL_CLASS = len(CLASSES)                # index of the "no class" label the models learn for guidance
+NEAR = 0.1  # "near the spiral": coverage radius (samples ~0.035 apart)
+ON_ARM = 0.05  # "landed on the arm": 5x the data's own jitter (0.01)
+NULL_CLASS = len(CLASSES)  # index of the "no class" label the models learn for guidance
 
 
 def _curve(theta: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def spiral_curve(num: int = 4000) -> tuple[torch.Tensor, torch.Tensor]:
     pts = _curve(theta)
     seg = (pts[1:] - pts[:-1]).norm(dim=-1)
     s = torch.cat([seg.new_zeros(1), seg.cumsum(0)])
-    s = s / s[-1]                                           # arc-length fraction, 0 at the inner end
+    s = s / s[-1]  # arc-length fraction, 0 at the inner end
     u = torch.linspace(0, 1, num, dtype=torch.float64)
     idx = torch.searchsorted(s, u).clamp(1, len(s) - 1)
     w = ((u - s[idx - 1]) / (s[idx] - s[idx - 1])).unsqueeze(-1)
@@ -57,8 +57,9 @@ def spiral_length() -> float:
     return float((pts[1:] - pts[:-1]).norm(dim=-1).sum())
 
 
-def sample_spiral(n: int, generator: torch.Generator | None = None, jitter: float = 0.01,
-                  classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_spiral(
+    n: int, generator: torch.Generator | None = None, jitter: float = 0.01, classes: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """n training points (n, 2) uniform along the spiral's length (+ Gaussian jitter) and their classes (n,).
 
     With `classes` given, each point is drawn from the arm of its class.
@@ -81,25 +82,25 @@ class SpiralScorer:
     """Scores point clouds against the spiral (a dense polyline of evenly spaced points)."""
 
     def __init__(self, num: int = 2000, radius: float = NEAR, on_arm: float = ON_ARM):
-        self.curve, self.u = spiral_curve(num)                  # (M, 2), (M,)
-        self.arm = arm_of(self.u)                                # (M,)
+        self.curve, self.u = spiral_curve(num)  # (M, 2), (M,)
+        self.arm = arm_of(self.u)  # (M,)
         self.radius, self.on_arm = radius, on_arm
 
     def nearest(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Distance of each point to the spiral (N,) and the index of its nearest curve point (N,)."""
-        d = torch.cdist(x.float(), self.curve)                   # (N, M)
+        d = torch.cdist(x.float(), self.curve)  # (N, M)
         return d.min(dim=1)
 
     def distance(self, x: torch.Tensor) -> float:
         return float(self.nearest(x)[0].mean())
 
     def coverage(self, x: torch.Tensor) -> float:
-        d = torch.cdist(self.curve, x.float())                   # (M, N)
+        d = torch.cdist(self.curve, x.float())  # (M, N)
         return float((d.min(dim=1).values < self.radius).float().mean())
 
     def arm_fraction(self, x: torch.Tensor, requested: torch.Tensor) -> float:
         """Fraction of points within `on_arm` of the arm of their requested class."""
-        d = torch.cdist(x.float(), self.curve)                   # (N, M)
+        d = torch.cdist(x.float(), self.curve)  # (N, M)
         own = self.arm.unsqueeze(0) == requested.reshape(-1, 1)  # (N, M) curve points on the asked arm
         d_own = torch.where(own, d, torch.full_like(d, float("inf"))).min(dim=1).values
         return float((d_own < self.on_arm).float().mean())

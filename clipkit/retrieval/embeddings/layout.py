@@ -45,5 +45,7 @@ def require_finite(vectors: np.ndarray, what: str, keys: Sequence | None = None)
     if bad.any():
         first = int(np.argmax(bad))
         name = f"row {first}" + (f" (key {keys[first]!r})" if keys is not None and first < len(keys) else "")
-        raise ValueError(f"{what}: {int(bad.sum())} of {len(bad)} rows hold NaN or inf, the first is {name}; "
-                         f"non-finite vectors cannot be indexed or compared (a model with NaN weights makes them)")
+        raise ValueError(
+            f"{what}: {int(bad.sum())} of {len(bad)} rows hold NaN or inf, the first is {name}; "
+            f"non-finite vectors cannot be indexed or compared (a model with NaN weights makes them)"
+        )

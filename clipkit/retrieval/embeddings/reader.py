@@ -39,21 +39,24 @@ class EmbeddingFolder:
     def __init__(self, path: str | os.PathLike, verify: bool = True):
         self.root = Path(path)
         self.info: dict = read_manifest(self.root, FORMAT, fix=FIX, what="embedding folder", verify=verify)
-        listed: dict[str, dict[int, int]] = {"img": {}, "text": {}, "metadata": {}}   # kind -> part -> rows
+        listed: dict[str, dict[int, int]] = {"img": {}, "text": {}, "metadata": {}}  # kind -> part -> rows
         self._files: dict[tuple[str, int], Path] = {}
         for rel, record in self.info["parts"].items():
             m = PART_NAME.match(Path(rel).name)
             if not m or Path(rel).parent.as_posix() != m.group(1):
-                raise ValueError(f"{str(self.root)!r}: its manifest lists {rel!r}, which is not an embedding part; "
-                                 f"{FIX}")
+                raise ValueError(
+                    f"{str(self.root)!r}: its manifest lists {rel!r}, which is not an embedding part; {FIX}"
+                )
             kind, i = m.group(1).replace("_emb", ""), int(m.group(2))
             listed[kind][i] = record.get("rows")
             self._files[(kind, i)] = self.root / rel
         for sub in ("img_emb", "text_emb", "metadata"):
             for p in (self.root / sub).glob("*"):
                 if PART_NAME.match(p.name) and p.relative_to(self.root).as_posix() not in self.info["parts"]:
-                    raise ValueError(f"{str(self.root)!r} holds {p.relative_to(self.root).as_posix()!r}, which its "
-                                     f"manifest does not list (files from another run mixed in?); remove it or {FIX}")
+                    raise ValueError(
+                        f"{str(self.root)!r} holds {p.relative_to(self.root).as_posix()!r}, which its "
+                        f"manifest does not list (files from another run mixed in?); remove it or {FIX}"
+                    )
         self.modalities = tuple(m for m in MODALITIES if listed[m])
         self.has_metadata = bool(listed["metadata"])
         kinds = (*self.modalities, *(("metadata",) if self.has_metadata else ()))
@@ -67,13 +70,17 @@ class EmbeddingFolder:
                     raise ValueError(f"{str(self.root)!r}: part {i} has no {kind} file; {FIX}")
                 got = self._file_rows(kind, i)
                 if got != listed[kind][i]:
-                    raise ValueError(f"{str(self._files[(kind, i)])!r} holds {got} rows but the manifest says "
-                                     f"{listed[kind][i]}; {FIX}")
+                    raise ValueError(
+                        f"{str(self._files[(kind, i)])!r} holds {got} rows but the manifest says "
+                        f"{listed[kind][i]}; {FIX}"
+                    )
                 counts[kind] = got
             self._rows.append(next(iter(counts.values())))
         if self.count != self.info.get("count"):
-            raise ValueError(f"{str(self.root)!r}: its parts hold {self.count} rows but the manifest says "
-                             f"{self.info.get('count')}; {FIX}")
+            raise ValueError(
+                f"{str(self.root)!r}: its parts hold {self.count} rows but the manifest says "
+                f"{self.info.get('count')}; {FIX}"
+            )
 
     def _file_rows(self, kind: str, i: int) -> int:
         path = self._files[(kind, i)]
@@ -100,21 +107,29 @@ class EmbeddingFolder:
         return self.count
 
     def __repr__(self) -> str:
-        return (f"EmbeddingFolder({str(self.root)!r}, count={self.count}, modalities={self.modalities}, "
-                f"parts={len(self.parts)})")
+        return (
+            f"EmbeddingFolder({str(self.root)!r}, count={self.count}, modalities={self.modalities}, "
+            f"parts={len(self.parts)})"
+        )
 
     def _check_modality(self, modality: str) -> None:
         if modality not in self.modalities:
             raise ValueError(f"modality={modality!r} is not in {str(self.root)!r}; available: {self.modalities}")
 
-    def chunks(self, modality: str = "img", chunk_size: int = 65536, metadata: bool = True,
-               columns: Sequence[str] | None = None) -> Iterator[tuple[np.ndarray, dict | None]]:
+    def chunks(
+        self,
+        modality: str = "img",
+        chunk_size: int = 65536,
+        metadata: bool = True,
+        columns: Sequence[str] | None = None,
+    ) -> Iterator[tuple[np.ndarray, dict | None]]:
         """Yield (float32 (n, D) vectors, {column: list} or None) chunks in row order."""
         for arrays, meta in self._iterate((modality,), chunk_size, metadata, columns):
             yield arrays[0], meta
 
-    def pairs(self, chunk_size: int = 65536, metadata: bool = False,
-              columns: Sequence[str] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, dict | None]]:
+    def pairs(
+        self, chunk_size: int = 65536, metadata: bool = False, columns: Sequence[str] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, dict | None]]:
         """Yield aligned (image, text, metadata) chunks: row j of both arrays is the same sample."""
         for (img, txt), meta in self._iterate(("img", "text"), chunk_size, metadata, columns):
             yield img, txt, meta
@@ -144,7 +159,7 @@ class EmbeddingFolder:
         out = np.empty((self.count, self._dims[modality]), dtype=np.float32)
         row = 0
         for vectors, _ in self.chunks(modality, chunk_size=1 << 20, metadata=False):
-            out[row:row + len(vectors)] = vectors
+            out[row : row + len(vectors)] = vectors
             row += len(vectors)
         return out
 
@@ -164,8 +179,8 @@ class EmbeddingFolder:
         return out
 
 
-def read_embeddings(path: str | os.PathLike, modality: str = "img", chunk_size: int = 65536,
-                    metadata: bool = True) -> Iterator[tuple[np.ndarray, dict | None]]:
+def read_embeddings(
+    path: str | os.PathLike, modality: str = "img", chunk_size: int = 65536, metadata: bool = True
+) -> Iterator[tuple[np.ndarray, dict | None]]:
     """Stream (float32 vectors, metadata) chunks from an embedding folder."""
     return EmbeddingFolder(path).chunks(modality, chunk_size=chunk_size, metadata=metadata)
-

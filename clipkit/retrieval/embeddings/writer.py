@@ -62,6 +62,7 @@ RUN_NAME, UNITS_DIR = "run.json", "units"
 
 # ----------------------------------------------------------------------------- planning (every rank, no writes)
 
+
 class _Plan:
     """What to embed, cut into units, and the signature a resumed run must match."""
 
@@ -105,30 +106,41 @@ class _Plan:
                 self.inputs.append(images)
                 self.root_dir = Path(os.path.abspath(images)) if Path(images).is_dir() else None
             if texts is not None and len(texts) != len(paths):
-                raise ValueError(f"{len(texts)} texts for {len(paths)} images; captions must match the images one "
-                                 f"to one")
+                raise ValueError(
+                    f"{len(texts)} texts for {len(paths)} images; captions must match the images one to one"
+                )
             if texts is None:
                 found = [read_caption(p) for p in paths]
                 texts = found if all(c is not None for c in found) else None
             self.source = "images"
-            self.units = [(s, paths[s:s + part_size], None if texts is None else texts[s:s + part_size])
-                          for s in range(0, len(paths), part_size)]
+            self.units = [
+                (s, paths[s : s + part_size], None if texts is None else texts[s : s + part_size])
+                for s in range(0, len(paths), part_size)
+            ]
             keys = paths + (texts or [])
         else:
             texts = list(texts)
             if not texts:
                 raise ValueError("texts is empty; nothing to embed")
             self.source = "texts"
-            self.units = [(s, texts[s:s + part_size]) for s in range(0, len(texts), part_size)]
+            self.units = [(s, texts[s : s + part_size]) for s in range(0, len(texts), part_size)]
             keys = texts
         self.captions, self.batch_size, self.dtype = captions, batch_size, dtype
         digest = hashlib.sha256("\n".join(map(str, keys)).encode()).hexdigest()
-        self.signature = {"model": model.identity, "embed_dim": model.embed_dim, "source": self.source,
-                          "inputs_sha256": digest, "units": len(self.units), "captions": bool(captions),
-                          "part_size": part_size if self.source != "shards" else None, "dtype": dtype}
+        self.signature = {
+            "model": model.identity,
+            "embed_dim": model.embed_dim,
+            "source": self.source,
+            "inputs_sha256": digest,
+            "units": len(self.units),
+            "captions": bool(captions),
+            "part_size": part_size if self.source != "shards" else None,
+            "dtype": dtype,
+        }
 
 
 # ----------------------------------------------------------------------------- distributed plumbing
+
 
 def _distributed() -> tuple[int, int]:
     """(rank, world size); joins the process group a launcher (torchrun, accelerate) prepared, over gloo."""
@@ -136,13 +148,13 @@ def _distributed() -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized():
         dist.init_process_group("gloo")
-        if "OMP_NUM_THREADS" not in os.environ:           # ranks on one machine share its cores
+        if "OMP_NUM_THREADS" not in os.environ:  # ranks on one machine share its cores
             local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dist.get_rank(), dist.get_world_size()
 
 
-def _broadcast(obj, world: int):            # rank 0's obj on every rank
+def _broadcast(obj, world: int):  # rank 0's obj on every rank
     if world > 1:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
@@ -150,7 +162,7 @@ def _broadcast(obj, world: int):            # rank 0's obj on every rank
     return obj
 
 
-def _gather(obj, world: int) -> list:       # every rank's obj on every rank
+def _gather(obj, world: int) -> list:  # every rank's obj on every rank
     if world == 1:
         return [obj]
     out = [None] * world
@@ -160,10 +172,23 @@ def _gather(obj, world: int) -> list:       # every rank's obj on every rank
 
 # ----------------------------------------------------------------------------- the job
 
-def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=None, texts=None,
-                     captions: bool = True, batch_size: int = 256, part_size: int = 100_000,
-                     dtype: str = "float32", overwrite: bool = False, allow_empty: bool = False,
-                     progress: bool = True, model_source: str | None = None) -> dict:
+
+def write_embeddings(
+    model,
+    out_dir: str | os.PathLike,
+    *,
+    images=None,
+    shards=None,
+    texts=None,
+    captions: bool = True,
+    batch_size: int = 256,
+    part_size: int = 100_000,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    allow_empty: bool = False,
+    progress: bool = True,
+    model_source: str | None = None,
+) -> dict:
     """Embed images and/or texts with `model` into `out_dir` (the layout of layout.py).
 
     Sources (give one of images / shards, and/or texts):
@@ -190,7 +215,7 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
         if rank == 0:
             try:
                 status = _prepare(out, plan, overwrite, stack)
-            except Exception as e:        # every rank must learn of it, or the others wait forever
+            except Exception as e:  # every rank must learn of it, or the others wait forever
                 status = ("error", e)
         status = _broadcast(status, world)
         if status[0] == "error":
@@ -221,7 +246,7 @@ def write_embeddings(model, out_dir: str | os.PathLike, *, images=None, shards=N
 
 def _prepare(out: Path, plan: _Plan, overwrite: bool, stack: contextlib.ExitStack):
     """Rank 0: refuse what must be refused, take the lock, create or resume the staging folder."""
-    check_output_path(out, FORMAT, plan.inputs, overwrite)               # fail fast, then again under the lock
+    check_output_path(out, FORMAT, plan.inputs, overwrite)  # fail fast, then again under the lock
     stack.enter_context(output_lock(out))
     existing = check_output_path(out, FORMAT, plan.inputs, overwrite)
     if existing:
@@ -230,18 +255,22 @@ def _prepare(out: Path, plan: _Plan, overwrite: bool, stack: contextlib.ExitStac
             verify_parts(out, manifest, fix=FIX)
             return ("done", manifest)
         if not overwrite:
-            raise OutputError(f"{str(out)!r} already holds embeddings made with other arguments or another model "
-                              f"({_difference(manifest.get('signature') or {}, plan.signature)}); pass --overwrite "
-                              f"(overwrite=True) to replace them once the new ones are complete, or choose another "
-                              f"folder")
+            raise OutputError(
+                f"{str(out)!r} already holds embeddings made with other arguments or another model "
+                f"({_difference(manifest.get('signature') or {}, plan.signature)}); pass --overwrite "
+                f"(overwrite=True) to replace them once the new ones are complete, or choose another "
+                f"folder"
+            )
     partial = partial_dir_for(out)
     run_file = partial / RUN_NAME
     if partial.is_dir() and run_file.is_file():
         before = read_json(run_file, "embedding run record")
         if before.get("signature") != plan.signature and not overwrite:
-            raise OutputError(f"an interrupted `clipkit embed` with other arguments "
-                              f"({_difference(before.get('signature') or {}, plan.signature)}) left {str(partial)!r}; "
-                              f"re-run that command to finish it, or pass --overwrite to discard it")
+            raise OutputError(
+                f"an interrupted `clipkit embed` with other arguments "
+                f"({_difference(before.get('signature') or {}, plan.signature)}) left {str(partial)!r}; "
+                f"re-run that command to finish it, or pass --overwrite to discard it"
+            )
         resume = before.get("signature") == plan.signature
     else:
         resume = False
@@ -252,8 +281,10 @@ def _prepare(out: Path, plan: _Plan, overwrite: bool, stack: contextlib.ExitStac
 
 
 def _difference(a: dict, b: dict) -> str:
-    return ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now"
-                     for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "unknown"
+    return (
+        ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+        or "unknown"
+    )
 
 
 def _unit_record_path(stage_dir: Path, u: int) -> Path:
@@ -293,8 +324,13 @@ def _embed_units(model, plan: _Plan, stage_dir: Path, rank: int, world: int, pro
                 files[_write_npy(stage_dir, name, u, arr.astype(plan.dtype))] = len(rows)
         if rows:
             files[_write_parquet(stage_dir, u, rows)] = len(rows)
-        record = {"unit": u, "rows": len(rows), "skipped": skipped, "signature_sha256": _sig_hash(plan.signature),
-                  "files": {rel: file_record(stage_dir / rel, n) for rel, n in files.items()}}
+        record = {
+            "unit": u,
+            "rows": len(rows),
+            "skipped": skipped,
+            "signature_sha256": _sig_hash(plan.signature),
+            "files": {rel: file_record(stage_dir / rel, n) for rel, n in files.items()},
+        }
         write_json(_unit_record_path(stage_dir, u), record)
         bar.update(1)
     bar.close()
@@ -314,15 +350,16 @@ def _write_parquet(stage_dir: Path, u: int, rows: list[dict]) -> str:
     return str(path.relative_to(stage_dir))
 
 
-def _finish(out: Path, plan: _Plan, stage_dir: Path, model_source: str | None, allow_empty: bool,
-            timing: dict) -> dict:
+def _finish(out: Path, plan: _Plan, stage_dir: Path, model_source: str | None, allow_empty: bool, timing: dict) -> dict:
     """Rank 0: every unit recorded -> manifest.json -> swapped into OUT."""
     records = []
     for u in range(len(plan.units)):
-        record = _record_ok(stage_dir, u, plan.signature, full=False)   # hashed when written or resumed
+        record = _record_ok(stage_dir, u, plan.signature, full=False)  # hashed when written or resumed
         if record is None:
-            raise OutputError(f"part {u} of {str(out)!r} is missing or damaged in {str(stage_dir)!r} after every "
-                              f"process finished; re-run the same command to redo it")
+            raise OutputError(
+                f"part {u} of {str(out)!r} is missing or damaged in {str(stage_dir)!r} after every "
+                f"process finished; re-run the same command to redo it"
+            )
         records.append(record)
     skipped: dict = {}
     for r in records:
@@ -331,24 +368,38 @@ def _finish(out: Path, plan: _Plan, stage_dir: Path, model_source: str | None, a
     count = sum(r["rows"] for r in records)
     if count == 0 and not allow_empty:
         shutil.rmtree(stage_dir, ignore_errors=True)
-        raise ValueError(f"nothing was embedded into {str(out)!r}: every input was unreadable (skipped {skipped}); "
-                         f"check the inputs (or pass allow_empty=True / --allow-empty to write an empty folder)")
+        raise ValueError(
+            f"nothing was embedded into {str(out)!r}: every input was unreadable (skipped {skipped}); "
+            f"check the inputs (or pass allow_empty=True / --allow-empty to write an empty folder)"
+        )
     parts = {rel: rec for r in records for rel, rec in r["files"].items()}
     modalities = [m for m in MODALITIES if any(rel.startswith(f"{m}_emb/") for rel in parts)]
     shutil.rmtree(stage_dir / UNITS_DIR, ignore_errors=True)
     (stage_dir / RUN_NAME).unlink()
     if model_source is not None and Path(model_source).is_dir():
-        model_source = os.path.abspath(model_source)          # found again from any working directory
+        model_source = os.path.abspath(model_source)  # found again from any working directory
     manifest = write_manifest(
-        stage_dir, FORMAT, parts, model=plan.signature["model"], embed_dim=plan.signature["embed_dim"],
-        model_source=model_source, dtype=plan.dtype, source=plan.source, count=count,
-        parts_count=sum(1 for r in records if r["rows"]), modalities=modalities, skipped=skipped,
-        signature=plan.signature, **timing)
+        stage_dir,
+        FORMAT,
+        parts,
+        model=plan.signature["model"],
+        embed_dim=plan.signature["embed_dim"],
+        model_source=model_source,
+        dtype=plan.dtype,
+        source=plan.source,
+        count=count,
+        parts_count=sum(1 for r in records if r["rows"]),
+        modalities=modalities,
+        skipped=skipped,
+        signature=plan.signature,
+        **timing,
+    )
     publish_stage(Stage(out, FORMAT, resumed=True))
     return manifest
 
 
 # ----------------------------------------------------------------------------- one unit
+
 
 def _embed_unit(model, plan: _Plan, u: int) -> tuple[list[dict], np.ndarray | None, np.ndarray | None, dict]:
     if plan.source == "shards":
@@ -369,8 +420,14 @@ def _encode_texts(model, texts, batch_size, keys) -> np.ndarray:
 
 def _embed_shard(model, plan: _Plan, url: str):
     counter = SkipCounter()
-    pipeline, _ = shard_pipeline([url], image_transform=model.preprocess, batch_size=plan.batch_size,
-                                 counter=counter, fields=("image", "text", "__key__", "json"), split_by_node=False)
+    pipeline, _ = shard_pipeline(
+        [url],
+        image_transform=model.preprocess,
+        batch_size=plan.batch_size,
+        counter=counter,
+        fields=("image", "text", "__key__", "json"),
+        split_by_node=False,
+    )
     rows, imgs, txts = [], [], []
     for images, texts, keys, metas in pipeline:
         img = model.encode_images(images, batch_size=plan.batch_size).numpy()
@@ -383,7 +440,7 @@ def _embed_shard(model, plan: _Plan, url: str):
 
 
 def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
-    def load(i):               # the folder policy (clipkit.data.folders.read_images): skip, count by reason
+    def load(i):  # the folder policy (clipkit.data.folders.read_images): skip, count by reason
         skipped: Counter = Counter()
         got = next(read_images([paths[i]], skipped), None)
         return (None if got is None else model.preprocess(got[2])), skipped
@@ -409,8 +466,9 @@ def _embed_images(model, plan: _Plan, paths: list[str], caps: list[str] | None):
             imgs.append(img)
             if caps is not None and plan.captions:
                 txts.append(_encode_texts(model, [caps[i] for i in keep], plan.batch_size, keys))
-            rows += [{"key": k, "path": paths[i], "caption": None if caps is None else caps[i]}
-                     for k, i in zip(keys, keep)]
+            rows += [
+                {"key": k, "path": paths[i], "caption": None if caps is None else caps[i]} for k, i in zip(keys, keep)
+            ]
     return rows, _cat(imgs), _cat(txts), dict(bad)
 
 
@@ -430,5 +488,8 @@ def _key_for(path: str, root: Path | None) -> str:
 
 def _scalar_fields(meta: dict | None) -> dict:
     """The flat (str/number/bool) fields of a sample's json, minus the ones we set ourselves."""
-    return {k: v for k, v in (meta if isinstance(meta, dict) else {}).items()
-            if k not in ("key", "path", "caption") and isinstance(v, (str, int, float, bool))}
+    return {
+        k: v
+        for k, v in (meta if isinstance(meta, dict) else {}).items()
+        if k not in ("key", "path", "caption") and isinstance(v, (str, int, float, bool))
+    }

@@ -37,9 +37,17 @@ METRICS = ("ip", "l2")
 FORMAT_VERSION = 2
 
 
-def train_index(sample: np.ndarray, factory: str, metric: str = "ip", *, requested_kind: str = "auto",
-                train_size: int | None = None, seed: int = 0, model_info: dict | None = None,
-                skip_rows: np.ndarray | None = None) -> tuple[faiss.Index, dict]:
+def train_index(
+    sample: np.ndarray,
+    factory: str,
+    metric: str = "ip",
+    *,
+    requested_kind: str = "auto",
+    train_size: int | None = None,
+    seed: int = 0,
+    model_info: dict | None = None,
+    skip_rows: np.ndarray | None = None,
+) -> tuple[faiss.Index, dict]:
     """(empty trained FAISS index, manifest) for a factory string (kinds.factory_for), trained on the (n, d) `sample`.
 
     The training rows are a random subset (`train_size`, default max(40 x cells, 10,000)) of
@@ -49,8 +57,9 @@ def train_index(sample: np.ndarray, factory: str, metric: str = "ip", *, request
         raise ValueError(f"metric={metric!r} is not one of {METRICS}")
     sample = as_matrix(sample, "training sample")
     check_finite(sample, "training sample")
-    index = faiss.index_factory(sample.shape[1], factory,
-                                faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+    index = faiss.index_factory(
+        sample.shape[1], factory, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    )
     if not index.is_trained:
         _train(index, factory, sample, train_size, seed, skip_rows)
     chosen = kind_of(factory)
@@ -59,9 +68,18 @@ def train_index(sample: np.ndarray, factory: str, metric: str = "ip", *, request
     params: dict = {"factory": factory}
     if "IVF" in factory:
         params["nlist"] = int(faiss.extract_index_ivf(index).nlist)
-    manifest = {"format_version": FORMAT_VERSION, "dim": int(sample.shape[1]), "metric": metric, "kind": chosen,
-                "requested_kind": requested_kind, "params": params, "count": 0, "model": model_info,
-                "clipkit_version": __version__, "trained_sha256": trained_fingerprint(index)}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dim": int(sample.shape[1]),
+        "metric": metric,
+        "kind": chosen,
+        "requested_kind": requested_kind,
+        "params": params,
+        "count": 0,
+        "model": model_info,
+        "clipkit_version": __version__,
+        "trained_sha256": trained_fingerprint(index),
+    }
     return index, manifest
 
 
@@ -73,13 +91,17 @@ def _train(index, factory: str, sample: np.ndarray, train_size: int | None, seed
     train = sample[np.sort(rng.choice(candidates, size=min(want, len(candidates)), replace=False))]
     ivf.cp.niter = 10
     if len(train) < ivf.nlist:
-        raise ValueError(f"{len(train)} training vectors for {ivf.nlist} IVF cells; give more data "
-                         f"(--train-on / train_size) or kind='flat'")
-    ivf = cast(faiss.IndexIVF, faiss.downcast_index(ivf))        # the concrete IVF class (IVFFlat, IVFPQ)
+        raise ValueError(
+            f"{len(train)} training vectors for {ivf.nlist} IVF cells; give more data "
+            f"(--train-on / train_size) or kind='flat'"
+        )
+    ivf = cast(faiss.IndexIVF, faiss.downcast_index(ivf))  # the concrete IVF class (IVFFlat, IVFPQ)
     if hasattr(ivf, "do_polysemous_training"):
         if len(train) < 256:
-            raise ValueError(f"{len(train)} training vectors; PQ codes need at least 256 (and ~10,000 "
-                             f"for good codes); give more data or use kind='ivf' / 'flat'")
+            raise ValueError(
+                f"{len(train)} training vectors; PQ codes need at least 256 (and ~10,000 "
+                f"for good codes); give more data or use kind='ivf' / 'flat'"
+            )
         ivfpq = cast(faiss.IndexIVFPQ, ivf)
         # on by default in the factory, and very slow (a field faiss's 1.15 stubs leave out)
         ivfpq.do_polysemous_training = False  # type: ignore[attr-defined]
@@ -99,10 +121,23 @@ class BuildPlan:
     tunes the filled index and returns the manifest fields to update.
     """
 
-    def __init__(self, vectors, kind: str = "auto", metric: str = "ip", *, model=None, recall_target: float = 0.95,
-                 k: int = 10, num_queries: int = 1000, max_memory: int | None = None, count: int | None = None,
-                 batch_size: int = 65536, train_size: int | None = None, seed: int = 0,
-                 modality: str | None = None):
+    def __init__(
+        self,
+        vectors,
+        kind: str = "auto",
+        metric: str = "ip",
+        *,
+        model=None,
+        recall_target: float = 0.95,
+        k: int = 10,
+        num_queries: int = 1000,
+        max_memory: int | None = None,
+        count: int | None = None,
+        batch_size: int = 65536,
+        train_size: int | None = None,
+        seed: int = 0,
+        modality: str | None = None,
+    ):
         if not 0 < recall_target <= 1:
             raise ValueError(f"recall_target={recall_target}; expected a number in (0, 1]")
         if k < 1 or num_queries < 1 or batch_size < 1:
@@ -114,21 +149,31 @@ class BuildPlan:
         if metric not in METRICS:
             raise ValueError(f"metric={metric!r} is not one of {METRICS}")
         self.started, self.recall_target = time.time(), recall_target
-        src = self.source = Source(vectors, batch_size, training_rows(vectors, count, kind, train_size, max_memory),
-                                   count, modality)
+        src = self.source = Source(
+            vectors, batch_size, training_rows(vectors, count, kind, train_size, max_memory), count, modality
+        )
         factory = factory_for(kind, src.size_hint, src.dim, max_memory)
         self.kind = kind_of(factory)
-        self.held = None if self.kind == "flat" else HeldOut(src.pool, num_queries, k, metric, seed,
-                                                              defer=self.kind == "hnsw")
+        self.held = (
+            None if self.kind == "flat" else HeldOut(src.pool, num_queries, k, metric, seed, defer=self.kind == "hnsw")
+        )
         self.index, self.manifest = train_index(
-            src.pool, factory, metric, requested_kind=kind, train_size=train_size, seed=seed,
-            model_info=model_info(model, src.info, src.dim), skip_rows=None if self.held is None else self.held.rows)
+            src.pool,
+            factory,
+            metric,
+            requested_kind=kind,
+            train_size=train_size,
+            seed=seed,
+            model_info=model_info(model, src.info, src.dim),
+            skip_rows=None if self.held is None else self.held.rows,
+        )
 
     def chunks(self, progress: bool = False) -> Iterator[np.ndarray]:
         """The vectors to add now, chunk by chunk in row order (held-out rows of an HNSW build left out)."""
         offset = 0
-        with tqdm(total=self.source.n, disable=not progress, unit="vec",
-                  desc=f"add {self.manifest['params']['factory']}") as bar:
+        with tqdm(
+            total=self.source.n, disable=not progress, unit="vec", desc=f"add {self.manifest['params']['factory']}"
+        ) as bar:
             for chunk in self.source.chunks():
                 yield chunk if self.held is None else self.held.take(chunk, offset)
                 offset += len(chunk)
@@ -140,5 +185,9 @@ class BuildPlan:
         if self.held is not None:
             params.update(self.held.finish(index, self.kind, self.recall_target))
         sources = [self.source.record] if self.source.record is not None else []
-        return {"params": params, "count": int(index.ntotal), "build_seconds": round(time.time() - self.started, 2),
-                "sources": sources}
+        return {
+            "params": params,
+            "count": int(index.ntotal),
+            "build_seconds": round(time.time() - self.started, 2),
+            "sources": sources,
+        }

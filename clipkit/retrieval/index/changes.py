@@ -28,12 +28,15 @@ from clipkit.retrieval.index.sources import checked_ids, checked_metadata
 
 # ----------------------------------------------------------------------------- add
 
+
 def check_same_model(manifest: dict, other: dict | None, where) -> None:
     """ValueError if `other` (a model record) names another model than the index's manifest."""
     mine = manifest.get("model") or {}
     if other and mine.get("identity") and other.get("identity") != mine["identity"]:
-        raise ValueError(f"{where} holds embeddings of model {other.get('identity')}; this index holds model "
-                         f"{mine['identity']}'s. Embed with that model, or build a new index")
+        raise ValueError(
+            f"{where} holds embeddings of model {other.get('identity')}; this index holds model "
+            f"{mine['identity']}'s. Embed with that model, or build a new index"
+        )
 
 
 def check_new_source(manifest: dict, record: dict | None) -> None:
@@ -44,13 +47,16 @@ def check_new_source(manifest: dict, record: dict | None) -> None:
     for prior in manifest.get("sources", []):
         if prior.get("digest") == record["digest"] and prior.get("modality") == record["modality"]:
             where = "" if prior.get("path") == record["path"] else f" (as {prior.get('path')!r})"
-            raise ValueError(f"the {record['modality']} embeddings in {record['path']!r} are already in this index"
-                             f"{where}: adding them again would index each of their {record['count']} items twice; "
-                             f"nothing was added")
+            raise ValueError(
+                f"the {record['modality']} embeddings in {record['path']!r} are already in this index"
+                f"{where}: adding them again would index each of their {record['count']} items twice; "
+                f"nothing was added"
+            )
 
 
-def appended_ids(old_ids: np.ndarray | None, before: int, added: int, ids,
-                 next_id: int) -> tuple[np.ndarray | None, int]:
+def appended_ids(
+    old_ids: np.ndarray | None, before: int, added: int, ids, next_id: int
+) -> tuple[np.ndarray | None, int]:
     """(ids of all rows, new next_id) after `added` rows joined `before` rows; ValueError for bad new ids.
 
     Default new ids continue after the largest id ever given (`next_id`), so the id of a
@@ -64,9 +70,10 @@ def appended_ids(old_ids: np.ndarray | None, before: int, added: int, ids,
         new = np.asarray(ids, dtype=np.int64).reshape(-1)
         clash = np.isin(new, old)
         if len(new) != added or clash.any() or len(np.unique(new)) != added:
-            raise ValueError(f"ids for add(): expected {added} new, unique ids; got {len(new)}"
-                             + (f", {int(clash.sum())} already in the index (e.g. {int(new[clash][0])})"
-                                if clash.any() else ""))
+            raise ValueError(
+                f"ids for add(): expected {added} new, unique ids; got {len(new)}"
+                + (f", {int(clash.sum())} already in the index (e.g. {int(new[clash][0])})" if clash.any() else "")
+            )
     return checked_ids(np.concatenate([old, new]), before + added), max(next_id, int(new.max()) + 1 if added else 0)
 
 
@@ -86,11 +93,12 @@ def truncate(index, n: int) -> None:
 
 # ----------------------------------------------------------------------------- remove
 
+
 def remove_positions(index, kind: str, positions: np.ndarray) -> int:
     """Remove these positions from a flat or IVF FAISS index; the others keep their order, renumbered 0..n-1."""
     removed = int(index.remove_ids(faiss.IDSelectorBatch(positions.astype(np.int64))))
     if kind != "flat":
-        compact_ivf_labels(index, positions)        # IVF keeps labels; renumber them 0..n-1 again
+        compact_ivf_labels(index, positions)  # IVF keeps labels; renumber them 0..n-1 again
     return removed
 
 
@@ -103,7 +111,7 @@ def compact_ivf_labels(index, removed_positions: np.ndarray) -> None:
     for cell in range(ivf.nlist):
         size = invlists.list_size(cell)
         if size:
-            labels = faiss.rev_swig_ptr(invlists.get_ids(cell), size)   # a writable view of the list's ids
+            labels = faiss.rev_swig_ptr(invlists.get_ids(cell), size)  # a writable view of the list's ids
             labels -= np.searchsorted(removed, labels)
 
 
@@ -115,6 +123,7 @@ def kept_metadata(metadata: dict | None, keep: np.ndarray) -> dict | None:
 
 # ----------------------------------------------------------------------------- merge
 
+
 def check_mergeable(manifests: Sequence[dict]) -> None:
     """ValueError unless every manifest comes from one trained index and one model (and HNSW is alone)."""
     if not manifests:
@@ -123,14 +132,20 @@ def check_mergeable(manifests: Sequence[dict]) -> None:
     for i, m in enumerate(manifests[1:], 1):
         for key in ("dim", "metric", "kind", "trained_sha256"):
             if m.get(key) != first.get(key):
-                raise ValueError(f"piece {i} has {key}={m.get(key)!r} but piece 0 has {first.get(key)!r}; pieces "
-                                 f"must come from one trained index (EmbeddingIndex.trained(...).empty_copy())")
+                raise ValueError(
+                    f"piece {i} has {key}={m.get(key)!r} but piece 0 has {first.get(key)!r}; pieces "
+                    f"must come from one trained index (EmbeddingIndex.trained(...).empty_copy())"
+                )
         if (m.get("model") or {}).get("identity") != (first.get("model") or {}).get("identity"):
-            raise ValueError(f"piece {i} holds embeddings of model {(m.get('model') or {}).get('identity')}, piece 0 "
-                             f"of {(first.get('model') or {}).get('identity')}; refusing to mix models")
+            raise ValueError(
+                f"piece {i} holds embeddings of model {(m.get('model') or {}).get('identity')}, piece 0 "
+                f"of {(first.get('model') or {}).get('identity')}; refusing to mix models"
+            )
     if first["kind"] == "hnsw" and len(manifests) > 1:
-        raise ValueError("HNSW indexes cannot be merged (FAISS has no merge for graphs); build pieces of kind "
-                         "'flat', 'ivf' or 'ivfpq'")
+        raise ValueError(
+            "HNSW indexes cannot be merged (FAISS has no merge for graphs); build pieces of kind "
+            "'flat', 'ivf' or 'ivfpq'"
+        )
 
 
 def merge_faiss(indexes: Sequence, kind: str):
@@ -144,8 +159,8 @@ def merge_faiss(indexes: Sequence, kind: str):
     target = faiss.extract_index_ivf(index) if kind != "flat" else index
     for piece in indexes[1:]:
         source = faiss.extract_index_ivf(piece) if kind != "flat" else piece
-        target.merge_from(source, 0 if kind == "flat" else target.ntotal)   # flat appends in order
-    index.ntotal = target.ntotal                          # the OPQ wrapper keeps its own count
+        target.merge_from(source, 0 if kind == "flat" else target.ntotal)  # flat appends in order
+    index.ntotal = target.ntotal  # the OPQ wrapper keeps its own count
     return index
 
 
@@ -154,17 +169,22 @@ def merge_on_disk(trained, piece_files: Sequence, ivfdata):
     pieces' (saved FAISS files, added with global labels), in the file `ivfdata`."""
     index = faiss.clone_index(trained)
     index.reset()
-    merge_ondisk(index, [str(f) for f in piece_files], str(ivfdata), shift_ids=False)   # pieces hold global labels
+    merge_ondisk(index, [str(f) for f in piece_files], str(ivfdata), shift_ids=False)  # pieces hold global labels
     return index
 
 
-def concatenated_rows(ids: Sequence[np.ndarray | None], metadata: Sequence[dict | None],
-                      sizes: Sequence[int]) -> tuple[np.ndarray | None, dict | None]:
+def concatenated_rows(
+    ids: Sequence[np.ndarray | None], metadata: Sequence[dict | None], sizes: Sequence[int]
+) -> tuple[np.ndarray | None, dict | None]:
     """(ids, metadata) of pieces put one after another; a piece without ids numbers its rows from its offset."""
     offsets = np.cumsum([0, *sizes[:-1]])
     total = int(sum(sizes))
-    all_ids = checked_ids(np.concatenate([i if i is not None else np.arange(n, dtype=np.int64) + off
-                                          for i, n, off in zip(ids, sizes, offsets)]), total)
+    all_ids = checked_ids(
+        np.concatenate(
+            [i if i is not None else np.arange(n, dtype=np.int64) + off for i, n, off in zip(ids, sizes, offsets)]
+        ),
+        total,
+    )
     if all(m is None for m in metadata):
         return all_ids, None
     columns = {c for m in metadata if m for c in m}

@@ -76,8 +76,8 @@ class EmbeddingIndex:
 
     def __init__(self, index, manifest: dict, ids: np.ndarray | None = None, metadata: dict | None = None):
         self.index, self.manifest, self.ids, self.metadata = index, manifest, ids, metadata
-        self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None   # (order, ids[order]) for positions()
-        self.ivfdata: Path | None = None          # the file of on-disk inverted lists, if any (pieces.py)
+        self._sorted_ids: tuple[np.ndarray, np.ndarray] | None = None  # (order, ids[order]) for positions()
+        self.ivfdata: Path | None = None  # the file of on-disk inverted lists, if any (pieces.py)
         self._apply_search_params()
 
     # ---------------------------------------------------------------- properties
@@ -90,14 +90,25 @@ class EmbeddingIndex:
         return int(self.index.ntotal)
 
     def __repr__(self) -> str:
-        return (f"EmbeddingIndex(kind={self.kind!r}, count={len(self)}, dim={self.dim}, metric={self.metric!r}, "
-                f"params={self.params})")
+        return (
+            f"EmbeddingIndex(kind={self.kind!r}, count={len(self)}, dim={self.dim}, metric={self.metric!r}, "
+            f"params={self.params})"
+        )
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def trained(cls, sample, kind: str = "auto", metric: str = "ip", *, count: int | None = None,
-                max_memory: int | None = None, train_size: int | None = None, seed: int = 0,
-                model_info: dict | None = None) -> EmbeddingIndex:
+    def trained(
+        cls,
+        sample,
+        kind: str = "auto",
+        metric: str = "ip",
+        *,
+        count: int | None = None,
+        max_memory: int | None = None,
+        train_size: int | None = None,
+        seed: int = 0,
+        model_info: dict | None = None,
+    ) -> EmbeddingIndex:
         """An empty index of `kind` for `count` vectors, trained on (a random subset of) the (n, d) `sample`.
 
         The starting point of build-in-pieces: every piece is `trained.empty_copy()` filled
@@ -105,8 +116,11 @@ class EmbeddingIndex:
         """
         sample = as_matrix(sample, "training sample")
         factory = factory_for(kind, max(count or 0, len(sample)), sample.shape[1], max_memory)
-        return cls(*train_index(sample, factory, metric, requested_kind=kind, train_size=train_size, seed=seed,
-                                model_info=model_info))
+        return cls(
+            *train_index(
+                sample, factory, metric, requested_kind=kind, train_size=train_size, seed=seed, model_info=model_info
+            )
+        )
 
     def empty_copy(self) -> EmbeddingIndex:
         """The same trained index with no vectors (a piece to fill), same manifest, no ids or metadata."""
@@ -115,11 +129,26 @@ class EmbeddingIndex:
         return EmbeddingIndex(index, {**self.manifest, "params": dict(self.manifest["params"]), "count": 0})
 
     @classmethod
-    def build(cls, vectors, ids=None, kind: str = "auto", metric: str = "ip", *, model=None,
-              metadata: dict | None = None, recall_target: float = 0.95, k: int = 10, num_queries: int = 1000,
-              max_memory: int | None = None, count: int | None = None, batch_size: int = 65536,
-              train_size: int | None = None, seed: int = 0, progress: bool = False,
-              modality: str | None = None) -> EmbeddingIndex:
+    def build(
+        cls,
+        vectors,
+        ids=None,
+        kind: str = "auto",
+        metric: str = "ip",
+        *,
+        model=None,
+        metadata: dict | None = None,
+        recall_target: float = 0.95,
+        k: int = 10,
+        num_queries: int = 1000,
+        max_memory: int | None = None,
+        count: int | None = None,
+        batch_size: int = 65536,
+        train_size: int | None = None,
+        seed: int = 0,
+        progress: bool = False,
+        modality: str | None = None,
+    ) -> EmbeddingIndex:
         """Build an index from an array, an EmbeddingFolder (or its path) or an iterator of chunks.
 
             index = EmbeddingIndex.build(vectors, kind="auto", recall_target=0.99)
@@ -147,13 +176,25 @@ class EmbeddingIndex:
         promise; if the index cannot reach the target at its largest setting, a
         RuntimeWarning says so. "flat" is exact (recall 1).
         """
-        plan = BuildPlan(vectors, kind, metric, model=model, recall_target=recall_target, k=k,
-                         num_queries=num_queries, max_memory=max_memory, count=count, batch_size=batch_size,
-                         train_size=train_size, seed=seed, modality=modality)
+        plan = BuildPlan(
+            vectors,
+            kind,
+            metric,
+            model=model,
+            recall_target=recall_target,
+            k=k,
+            num_queries=num_queries,
+            max_memory=max_memory,
+            count=count,
+            batch_size=batch_size,
+            train_size=train_size,
+            seed=seed,
+            modality=modality,
+        )
         self = cls(plan.index, plan.manifest)
         for chunk in plan.chunks(progress):
             self.index.add(chunk)
-        self.manifest.update(plan.finish(self.index))       # tuned: the index now searches with its parameter
+        self.manifest.update(plan.finish(self.index))  # tuned: the index now searches with its parameter
         self.ids = checked_ids(ids, len(self))
         self.metadata = checked_metadata(metadata if metadata is not None else plan.source.metadata, len(self))
         return self
@@ -201,9 +242,11 @@ class EmbeddingIndex:
     def _checked_mask(self, mask) -> np.ndarray:
         m = np.asarray(mask)
         if m.dtype != np.bool_ or m.shape != (len(self),):
-            raise ValueError(f"mask of dtype {m.dtype} and shape {m.shape}; expected a boolean array of shape "
-                             f"({len(self)},), True at the row positions that may be returned "
-                             f"(index.positions(ids) gives the positions of ids)")
+            raise ValueError(
+                f"mask of dtype {m.dtype} and shape {m.shape}; expected a boolean array of shape "
+                f"({len(self)},), True at the row positions that may be returned "
+                f"(index.positions(ids) gives the positions of ids)"
+            )
         return m
 
     def positions(self, ids) -> np.ndarray:
@@ -235,11 +278,15 @@ class EmbeddingIndex:
         """Raise ValueError unless `model` is the one the indexed embeddings came from."""
         info = self.manifest.get("model")
         if model.embed_dim != self.dim:
-            raise ValueError(f"model {model.config.name!r} embeds in dim {model.embed_dim}; this index holds "
-                             f"dim-{self.dim} vectors" + (f" from model {info['identity']}" if info else ""))
+            raise ValueError(
+                f"model {model.config.name!r} embeds in dim {model.embed_dim}; this index holds "
+                f"dim-{self.dim} vectors" + (f" from model {info['identity']}" if info else "")
+            )
         if info and info.get("identity") and info["identity"] != model.identity:
-            raise ValueError(f"this index was built from model {info['identity']}; got model {model.identity}. "
-                             f"Embed with the same model (or rebuild the index with this one)")
+            raise ValueError(
+                f"this index was built from model {info['identity']}; got model {model.identity}. "
+                f"Embed with the same model (or rebuild the index with this one)"
+            )
 
     def model(self, override: str | None = None, device: str = "auto"):
         """The model to query with: `override` (a directory or preset), else the one the manifest records."""
@@ -263,9 +310,12 @@ class EmbeddingIndex:
         if not missing:
             return None
         relative = [p for p in missing if not os.path.isabs(p)]
-        why = (f"relative paths such as {relative[0]!r} do not resolve from {os.getcwd()!r}: start from the directory "
-               f"the embedding ran in, or embed again (clipkit embed records absolute paths)" if relative else
-               f"e.g. {missing[0]!r} was moved or deleted")
+        why = (
+            f"relative paths such as {relative[0]!r} do not resolve from {os.getcwd()!r}: start from the directory "
+            f"the embedding ran in, or embed again (clipkit embed records absolute paths)"
+            if relative
+            else f"e.g. {missing[0]!r} was moved or deleted"
+        )
         return f"{len(missing)} of {len(paths)} image files named by this index's metadata are missing ({why})"
 
     def search_text(self, model, text: str | list[str], k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -274,8 +324,11 @@ class EmbeddingIndex:
         texts = [text] if isinstance(text, str) else list(text)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
-                raise ValueError(f"text query {t!r}" + (f" (item {i})" if len(texts) > 1 else "")
-                                 + " is empty; give words to search for")
+                raise ValueError(
+                    f"text query {t!r}"
+                    + (f" (item {i})" if len(texts) > 1 else "")
+                    + " is empty; give words to search for"
+                )
         return self.search(model.encode_texts(texts).numpy(), k, mask=mask)
 
     def search_image(self, model, image, k: int = 10, *, mask=None) -> tuple[np.ndarray, np.ndarray]:
@@ -291,12 +344,22 @@ class EmbeddingIndex:
             return [self.lookup(row) for row in ids]
         if self.metadata is None:
             return [None if i < 0 else {"id": int(i)} for i in ids]
-        return [None if p < 0 else {"id": int(i), **{c: v[p] for c, v in self.metadata.items()}}
-                for i, p in zip(ids.tolist(), self.positions(ids).tolist())]
+        return [
+            None if p < 0 else {"id": int(i), **{c: v[p] for c, v in self.metadata.items()}}
+            for i, p in zip(ids.tolist(), self.positions(ids).tolist())
+        ]
 
     # ---------------------------------------------------------------- changing (changes.py)
-    def add(self, vectors, ids=None, metadata: dict | None = None, *, model=None, modality: str | None = None,
-            batch_size: int = 65536) -> int:
+    def add(
+        self,
+        vectors,
+        ids=None,
+        metadata: dict | None = None,
+        *,
+        model=None,
+        modality: str | None = None,
+        batch_size: int = 65536,
+    ) -> int:
         """Add vectors (an array, an EmbeddingFolder or its path, or chunks); returns how many.
 
         ids default to the next numbers after the largest id ever given; custom ids must be
@@ -317,7 +380,7 @@ class EmbeddingIndex:
             raise ValueError(f"vectors have dim {src.dim}; this index holds dim-{self.dim} vectors")
         check_new_source(self.manifest, src.record)
         before, next_id = len(self), int(self.manifest.get("next_id", 0))
-        if self.kind == "hnsw":          # a graph cannot delete: check every vector and id before adding any
+        if self.kind == "hnsw":  # a graph cannot delete: check every vector and id before adding any
             chunks = list(src.chunks())
             all_ids, next_id = appended_ids(self.ids, before, sum(map(len, chunks)), ids, next_id)
             for chunk in chunks:
@@ -332,8 +395,9 @@ class EmbeddingIndex:
                 raise
         added = len(self) - before
         self.ids, self.manifest["next_id"] = all_ids, next_id
-        self.metadata = appended_metadata(self.metadata, before, metadata if metadata is not None else src.metadata,
-                                          added)
+        self.metadata = appended_metadata(
+            self.metadata, before, metadata if metadata is not None else src.metadata, added
+        )
         self._sorted_ids = None
         self.manifest["count"] = len(self)
         self.manifest.setdefault("added", []).append({"count": added, "time": round(time.time(), 1)})
@@ -345,8 +409,10 @@ class EmbeddingIndex:
         """Remove the vectors with these ids (flat and IVF kinds); returns how many were found and removed."""
         self._check_in_memory("remove from")
         if self.kind == "hnsw":
-            raise ValueError("an HNSW index cannot delete vectors (FAISS graphs do not support removal); rebuild "
-                             "it without them, or build kind='flat' / 'ivf' / 'ivfpq' if you need remove()")
+            raise ValueError(
+                "an HNSW index cannot delete vectors (FAISS graphs do not support removal); rebuild "
+                "it without them, or build kind='flat' / 'ivf' / 'ivfpq' if you need remove()"
+            )
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         all_ids = self.ids if self.ids is not None else np.arange(len(self), dtype=np.int64)
         positions = np.flatnonzero(np.isin(all_ids, ids))
@@ -356,7 +422,7 @@ class EmbeddingIndex:
         removed = remove_positions(self.index, self.kind, positions)
         keep = np.ones(len(all_ids), dtype=bool)
         keep[positions] = False
-        self.ids = all_ids[keep]                              # ids are no longer positions
+        self.ids = all_ids[keep]  # ids are no longer positions
         self.metadata = kept_metadata(self.metadata, keep)
         self._sorted_ids = None
         self.manifest["count"] = len(self)
@@ -368,18 +434,25 @@ class EmbeddingIndex:
         trained index (`trained(...).empty_copy()`, filled separately) and are emptied by the merge."""
         pieces = list(pieces)
         check_mergeable([p.manifest for p in pieces])
-        sizes = [len(p) for p in pieces]                     # before merging: merge_from empties its source
+        sizes = [len(p) for p in pieces]  # before merging: merge_from empties its source
         index = merge_faiss([p.index for p in pieces], pieces[0].kind)
         ids, metadata = concatenated_rows([p.ids for p in pieces], [p.metadata for p in pieces], sizes)
         first = pieces[0].manifest
-        manifest = {**first, "params": dict(first["params"]), "count": int(index.ntotal), "pieces": len(pieces),
-                    "sources": [s for p in pieces for s in p.manifest.get("sources", [])]}
+        manifest = {
+            **first,
+            "params": dict(first["params"]),
+            "count": int(index.ntotal),
+            "pieces": len(pieces),
+            "sources": [s for p in pieces for s in p.manifest.get("sources", [])],
+        }
         return cls(index, manifest, ids, metadata)
 
     def _check_in_memory(self, what: str) -> None:
         if self.ivfdata is not None:
-            raise ValueError(f"cannot {what} an index whose inverted lists are on disk ({self.ivfdata}); build it "
-                             f"again with the new vectors (`clipkit index build --pieces N --on-disk`)")
+            raise ValueError(
+                f"cannot {what} an index whose inverted lists are on disk ({self.ivfdata}); build it "
+                f"again with the new vectors (`clipkit index build --pieces N --on-disk`)"
+            )
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Path:
@@ -392,8 +465,8 @@ class EmbeddingIndex:
         directory = Path(directory)
         with staged_output(directory, FORMAT, inputs=inputs, overwrite=overwrite) as stage:
             tmp = stage.dir
-            parts: dict[str, int | None] = {INDEX_NAME: len(self)}        # file -> rows (None: not rows)
-            if self.ivfdata is not None:                     # on-disk lists: the file goes beside index.faiss
+            parts: dict[str, int | None] = {INDEX_NAME: len(self)}  # file -> rows (None: not rows)
+            if self.ivfdata is not None:  # on-disk lists: the file goes beside index.faiss
                 _link_or_copy(self.ivfdata, tmp / IVFDATA_NAME)
                 parts[IVFDATA_NAME] = None
             faiss.write_index(self.index, str(tmp / INDEX_NAME))
@@ -408,8 +481,9 @@ class EmbeddingIndex:
         return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = False, verify: bool = True, *,
-             full_check: bool | None = None) -> EmbeddingIndex:
+    def load(
+        cls, directory: str | os.PathLike, mmap: bool = False, verify: bool = True, *, full_check: bool | None = None
+    ) -> EmbeddingIndex:
         """Load a saved index; `mmap=True` maps the FAISS file instead of reading it into memory.
 
         Every file the manifest lists is checked before FAISS, NumPy or Arrow parses it: it must
@@ -430,25 +504,33 @@ class EmbeddingIndex:
         verify = verify if full_check is None else full_check
         manifest = read_manifest(directory, FORMAT, fix=FIX, what="index", verify=verify)
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{str(directory / MANIFEST_NAME)!r} has format_version "
-                             f"{manifest.get('format_version')!r}; this clipkit reads {FORMAT_VERSION}; {FIX}")
+            raise ValueError(
+                f"{str(directory / MANIFEST_NAME)!r} has format_version "
+                f"{manifest.get('format_version')!r}; this clipkit reads {FORMAT_VERSION}; {FIX}"
+            )
         parts = manifest["parts"]
         flags = (faiss.IO_FLAG_MMAP if mmap else 0) | (faiss.IO_FLAG_ONDISK_SAME_DIR if IVFDATA_NAME in parts else 0)
         try:
             index = faiss.read_index(str(directory / INDEX_NAME), flags)
         except RuntimeError as e:
-            raise ValueError(f"{str(directory / INDEX_NAME)!r} is not a readable FAISS index "
-                             f"({str(e).strip().splitlines()[-1][:200]}); {FIX}") from None
+            raise ValueError(
+                f"{str(directory / INDEX_NAME)!r} is not a readable FAISS index "
+                f"({str(e).strip().splitlines()[-1][:200]}); {FIX}"
+            ) from None
         if index.d != manifest["dim"] or index.ntotal != manifest["count"]:
-            raise ValueError(f"{str(directory)!r}: the FAISS file holds {index.ntotal} dim-{index.d} vectors but "
-                             f"the manifest says {manifest['count']} dim-{manifest['dim']}; {FIX}")
+            raise ValueError(
+                f"{str(directory)!r}: the FAISS file holds {index.ntotal} dim-{index.d} vectors but "
+                f"the manifest says {manifest['count']} dim-{manifest['dim']}; {FIX}"
+            )
         ids = metadata = None
         if IDS_NAME in parts:
             ids = np.load(directory / IDS_NAME)
         if METADATA_NAME in parts:
             metadata = pq.read_table(directory / METADATA_NAME).to_pydict()
-        for name, rows in ((IDS_NAME, None if ids is None else len(ids)),
-                           (METADATA_NAME, None if metadata is None else len(next(iter(metadata.values()), [])))):
+        for name, rows in (
+            (IDS_NAME, None if ids is None else len(ids)),
+            (METADATA_NAME, None if metadata is None else len(next(iter(metadata.values()), []))),
+        ):
             if rows is not None and rows != index.ntotal:
                 raise ValueError(f"{str(directory / name)!r} has {rows} rows for {index.ntotal} vectors; {FIX}")
         self = cls(index, manifest, ids, metadata)

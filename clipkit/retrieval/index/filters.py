@@ -31,8 +31,9 @@ def excluding(rows: np.ndarray) -> faiss.IDSelector:
     return faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64)))
 
 
-def search_parameters(index, kind: str, sel=None, *, nprobe: int | None = None,
-                      efSearch: int | None = None) -> faiss.SearchParameters:
+def search_parameters(
+    index, kind: str, sel=None, *, nprobe: int | None = None, efSearch: int | None = None
+) -> faiss.SearchParameters:
     """SearchParameters for one search of `index` ("flat", "hnsw", "ivf" or "ivfpq"), with a selector.
 
     FAISS's parameter objects start from their own defaults (nprobe 1, efSearch 16), not
@@ -63,7 +64,7 @@ def filtered_search(index, kind: str, queries: np.ndarray, k: int, mask: np.ndar
         # exact when comparing every allowed row costs less than the widened walk (~ M neighbours per visit)
         if allowed <= max(FLAT_BELOW, HNSW_M * ef):
             return _exact_on_rows(index, queries, k, np.flatnonzero(mask))
-    bitmap = np.packbits(mask, bitorder="little")          # bit i of byte i // 8 = row i (FAISS's bitmap order)
+    bitmap = np.packbits(mask, bitorder="little")  # bit i of byte i // 8 = row i (FAISS's bitmap order)
     sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bitmap))
     if kind == "hnsw":
         params = search_parameters(index, kind, sel, efSearch=ef)

@@ -29,11 +29,25 @@ from clipkit.retrieval.index.kinds import available_memory
 from clipkit.retrieval.index.sources import checked_metadata
 
 
-def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = "ip", *, model=None,
-                    recall_target: float = 0.95, k: int = 10, num_queries: int = 1000, max_memory: int | None = None,
-                    count: int | None = None, batch_size: int = 65536, train_size: int | None = None,
-                    seed: int = 0, progress: bool = False, modality: str | None = None,
-                    on_disk=None) -> EmbeddingIndex:
+def build_in_pieces(
+    vectors,
+    pieces: int = 2,
+    kind: str = "auto",
+    metric: str = "ip",
+    *,
+    model=None,
+    recall_target: float = 0.95,
+    k: int = 10,
+    num_queries: int = 1000,
+    max_memory: int | None = None,
+    count: int | None = None,
+    batch_size: int = 65536,
+    train_size: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    modality: str | None = None,
+    on_disk=None,
+) -> EmbeddingIndex:
     """EmbeddingIndex.build, but filled as `pieces` separate indexes from one trained index, then merged.
 
     Gives the same index as build() (same training, same held-out queries, same vectors in
@@ -44,20 +58,35 @@ def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = 
     holds all vectors in memory; `save` puts the file in the index folder.
     """
     pieces = positive_int(pieces, "pieces")
-    plan = BuildPlan(vectors, kind, metric, model=model, recall_target=recall_target, k=k, num_queries=num_queries,
-                     max_memory=max_memory, count=count, batch_size=batch_size, train_size=train_size, seed=seed,
-                     modality=modality)
+    plan = BuildPlan(
+        vectors,
+        kind,
+        metric,
+        model=model,
+        recall_target=recall_target,
+        k=k,
+        num_queries=num_queries,
+        max_memory=max_memory,
+        count=count,
+        batch_size=batch_size,
+        train_size=train_size,
+        seed=seed,
+        modality=modality,
+    )
     if plan.kind == "hnsw" and pieces > 1:
-        raise ValueError(f"kind {kind!r} resolved to HNSW, which cannot be built in pieces; pass kind='ivf' or "
-                         f"'ivfpq' (or pieces=1)")
+        raise ValueError(
+            f"kind {kind!r} resolved to HNSW, which cannot be built in pieces; pass kind='ivf' or 'ivfpq' (or pieces=1)"
+        )
     if on_disk is not None and plan.kind not in ("ivf", "ivfpq"):
-        raise ValueError(f"on-disk inverted lists need an IVF kind ('ivf' / 'ivfpq'); kind {kind!r} resolved to "
-                         f"{plan.kind!r}, which has no lists")
+        raise ValueError(
+            f"on-disk inverted lists need an IVF kind ('ivf' / 'ivfpq'); kind {kind!r} resolved to "
+            f"{plan.kind!r}, which has no lists"
+        )
     per_piece = -(-plan.source.size_hint // pieces)
     workdir = Path(on_disk) if on_disk is not None else None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    done: list = []                                        # FAISS indexes, or their files when on disk
+    done: list = []  # FAISS indexes, or their files when on disk
 
     def empty():
         index = faiss.clone_index(plan.index)
@@ -70,14 +99,15 @@ def build_in_pieces(vectors, pieces: int = 2, kind: str = "auto", metric: str = 
             return
         path = workdir / f"piece_{len(done):05d}.faiss"
         faiss.write_index(piece, str(path))
-        done.append(path)                                  # the piece leaves memory
+        done.append(path)  # the piece leaves memory
+
     current, offset = empty(), 0
     for chunk in plan.chunks(progress):
         while len(chunk):
-            part, chunk = chunk[:per_piece - current.ntotal], chunk[per_piece - current.ntotal:]
+            part, chunk = chunk[: per_piece - current.ntotal], chunk[per_piece - current.ntotal :]
             if workdir is None:
                 current.add(part)
-            else:   # global labels now: merge_ondisk's shift_ids miscounts uneven pieces (faiss 1.15)
+            else:  # global labels now: merge_ondisk's shift_ids miscounts uneven pieces (faiss 1.15)
                 current.add_with_ids(part, np.arange(offset, offset + len(part), dtype=np.int64))
             offset += len(part)
             if current.ntotal >= per_piece:

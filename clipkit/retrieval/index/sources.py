@@ -1,9 +1,9 @@
 """What an EmbeddingIndex is built from: arrays, embedding folders or chunk iterators, checked on the way in.
 
-    src = Source(vectors_or_folder_or_chunks, batch_size, buffer_rows, count)
-    src.pool        # the first rows (training sample, tuning queries); src.chunks() streams everything
-    check_finite(x, "queries")      # ValueError naming the count of NaN/inf rows and the first one
-    checked_ids(ids, n), checked_metadata(metadata, n)    # one per vector, or ValueError
+src = Source(vectors_or_folder_or_chunks, batch_size, buffer_rows, count)
+src.pool        # the first rows (training sample, tuning queries); src.chunks() streams everything
+check_finite(x, "queries")      # ValueError naming the count of NaN/inf rows and the first one
+checked_ids(ids, n), checked_metadata(metadata, n)    # one per vector, or ValueError
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from clipkit.retrieval.index.kinds import available_memory, nlist_for
 
 
 def as_matrix(x, what: str = "vectors", dim: int | None = None) -> np.ndarray:
-    if hasattr(x, "detach"):                         # torch tensor
+    if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.ndim == 1:
@@ -42,8 +42,10 @@ def check_finite(x: np.ndarray, what: str, start: int = 0, rest: Iterable = ()) 
     if not bad.any():
         return
     count = int(bad.sum()) + sum(int((~np.isfinite(c).all(axis=1)).sum()) for c in rest)
-    raise ValueError(f"{what}: {count} row(s) hold NaN or inf, the first is row {start + int(np.argmax(bad))}; "
-                     f"non-finite vectors cannot be indexed or searched (a model with NaN weights makes them)")
+    raise ValueError(
+        f"{what}: {count} row(s) hold NaN or inf, the first is row {start + int(np.argmax(bad))}; "
+        f"non-finite vectors cannot be indexed or searched (a model with NaN weights makes them)"
+    )
 
 
 class Source:
@@ -54,8 +56,8 @@ class Source:
 
     def __init__(self, source, batch_size: int, buffer_rows: int, count: int | None, modality: str | None = None):
         self.metadata, self.info, self.array, self.what = None, {}, None, "vectors"
-        self.record: dict | None = None          # what the index remembers of an embedding folder (folder_record)
-        self.n: int | None                       # rows in all (None: an iterator of unknown length, until exhausted)
+        self.record: dict | None = None  # what the index remembers of an embedding folder (folder_record)
+        self.n: int | None  # rows in all (None: an iterator of unknown length, until exhausted)
         if isinstance(source, (str, os.PathLike)):
             source = EmbeddingFolder(source)
         if isinstance(source, EmbeddingFolder):
@@ -69,13 +71,15 @@ class Source:
         elif isinstance(source, np.ndarray) or hasattr(source, "detach"):
             array = self.array = as_matrix(source)
             self.n = len(array)
-            self._iter = (array[i:i + batch_size] for i in range(0, len(array), batch_size))
+            self._iter = (array[i : i + batch_size] for i in range(0, len(array), batch_size))
         elif isinstance(source, Iterable):
             self.n = None
             self._iter = (as_matrix(c[0] if isinstance(c, tuple) else c, "chunk") for c in source)
         else:
-            raise TypeError(f"vectors must be a (n, d) float array, an EmbeddingFolder / its path, or an "
-                            f"iterable of (n_i, d) chunks; got {type(source).__name__}")
+            raise TypeError(
+                f"vectors must be a (n, d) float array, an EmbeddingFolder / its path, or an "
+                f"iterable of (n_i, d) chunks; got {type(source).__name__}"
+            )
         self.buffer: list[np.ndarray] = []
         rows = 0
         for chunk in self._iter:
@@ -87,7 +91,7 @@ class Source:
             if rows >= buffer_rows:
                 break
         else:
-            self.n = rows                      # everything fit in the buffer
+            self.n = rows  # everything fit in the buffer
         if rows == 0:
             raise ValueError("no vectors to index (empty input)")
         self.dim, self.buffered_rows = self.buffer[0].shape[1], rows
@@ -97,7 +101,7 @@ class Source:
         self.pool = self.array if self.array is not None else self.buffered
 
     def chunks(self) -> Iterator[np.ndarray]:
-        yield from self.buffer                 # checked as they were buffered
+        yield from self.buffer  # checked as they were buffered
         start, self.buffer = self.buffered_rows, []
         for chunk in self._iter:
             if chunk.shape[1] != self.dim:
@@ -112,11 +116,19 @@ def folder_record(folder: EmbeddingFolder, modality: str) -> dict:
     modality, the row count, when, and a digest of the sizes and sha256 its manifest records for that
     modality's parts, so the same embeddings are recognised wherever they were copied (`add` refuses them)."""
     prefix = f"{modality}_emb/"
-    parts = {rel: [rec.get("bytes"), rec.get("sha256")] for rel, rec in sorted(folder.info["parts"].items())
-             if rel.startswith(prefix)}
+    parts = {
+        rel: [rec.get("bytes"), rec.get("sha256")]
+        for rel, rec in sorted(folder.info["parts"].items())
+        if rel.startswith(prefix)
+    }
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-    return {"path": os.path.abspath(folder.root), "modality": modality, "count": folder.count, "digest": digest,
-            "time": round(time.time(), 1)}
+    return {
+        "path": os.path.abspath(folder.root),
+        "modality": modality,
+        "count": folder.count,
+        "digest": digest,
+        "time": round(time.time(), 1),
+    }
 
 
 def trained_fingerprint(index) -> str:
@@ -133,8 +145,11 @@ def model_info(model, info: dict, d: int) -> dict | None:
             raise ValueError(f"model {model.identity} has embed dim {model.embed_dim}; the vectors have dim {d}")
         return {"identity": model.identity, "embed_dim": model.embed_dim, "source": None}
     if info.get("model"):
-        return {"identity": info["model"], "embed_dim": int(info.get("embed_dim", d)),
-                "source": info.get("model_source")}
+        return {
+            "identity": info["model"],
+            "embed_dim": int(info.get("embed_dim", d)),
+            "source": info.get("model_source"),
+        }
     return None
 
 

@@ -33,10 +33,12 @@ import numpy as np
 
 from clipkit.retrieval.index.filters import excluding, search_parameters
 
-CONFIDENCE_Z = 1.645              # one-sided 95%
-HELD_OUT_SHARE = 10               # at most 1 row in 10 of the pool is held out
-METHOD = ("held-out rows searched as fresh queries; smallest value whose one-sided 95% lower confidence "
-          "bound of the mean per-query recall@k reaches the target")
+CONFIDENCE_Z = 1.645  # one-sided 95%
+HELD_OUT_SHARE = 10  # at most 1 row in 10 of the pool is held out
+METHOD = (
+    "held-out rows searched as fresh queries; smallest value whose one-sided 95% lower confidence "
+    "bound of the mean per-query recall@k reaches the target"
+)
 _PROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096, 8192)
 _EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 
@@ -53,8 +55,8 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 def per_query_recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(nq,) share of each truth row (ignoring -1) present in the same row of `found`; 1.0 for an empty row."""
-    valid = truth >= 0                                                     # (nq, kt)
-    hit = ((found[:, :, None] == truth[:, None, :]).any(axis=1)) & valid   # (nq, kt)
+    valid = truth >= 0  # (nq, kt)
+    hit = ((found[:, :, None] == truth[:, None, :]).any(axis=1)) & valid  # (nq, kt)
     return hit.sum(axis=1) / np.maximum(valid.sum(axis=1), 1) + (valid.sum(axis=1) == 0)
 
 
@@ -107,11 +109,16 @@ class HeldOut:
         """Tune `index` (every row taken), put deferred rows back, and return the manifest's tuning record."""
         name, values = search_ladder(index, kind, self.k)
         ps = faiss.ParameterSpace()
-        if self.heap is None:       # fewer than 10 rows: nothing to measure on, search exhaustively
+        if self.heap is None:  # fewer than 10 rows: nothing to measure on, search exhaustively
             ps.set_index_parameter(index, name, values[-1])
             self._put_back(index)
-            return {name: int(values[-1]), "recall_target": target, "recall_k": self.k, "tuning_queries": 0,
-                    "tuning_method": "too few rows to hold any out: the largest value"}
+            return {
+                name: int(values[-1]),
+                "recall_target": target,
+                "recall_k": self.k,
+                "tuning_queries": 0,
+                "tuning_method": "too few rows to hold any out: the largest value",
+            }
         self.heap.finalize()
         truth = self.heap.I
         exclude = None if self.defer else excluding(self.rows)
@@ -121,23 +128,34 @@ class HeldOut:
                 _, found = index.search(self.queries, self.k)
                 found = self._rows_of(found)
             else:
-                _, found = index.search(self.queries, self.k,
-                                        params=search_parameters(index, kind, exclude, **{name: value}))
+                _, found = index.search(
+                    self.queries, self.k, params=search_parameters(index, kind, exclude, **{name: value})
+                )
             recalls = per_query_recall(found, truth)
             bound = recall_lower_bound(recalls)
             if kind == "ivf" and value == faiss.extract_index_ivf(index).nlist:
-                bound = 1.0         # IVF-Flat probing every cell is exact search: recall 1, whatever the sample
+                bound = 1.0  # IVF-Flat probing every cell is exact search: recall 1, whatever the sample
             if bound >= target:
                 break
         if bound < target:
-            warnings.warn(f"{kind} index reaches recall@{self.k}={recalls.mean():.3f} (95% lower bound {bound:.3f}) "
-                          f"< target {target} on {len(self.rows)} held-out queries even at {name}={value}; use "
-                          f"kind='flat' or a larger index", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"{kind} index reaches recall@{self.k}={recalls.mean():.3f} (95% lower bound {bound:.3f}) "
+                f"< target {target} on {len(self.rows)} held-out queries even at {name}={value}; use "
+                f"kind='flat' or a larger index",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         self._put_back(index)
         ps.set_index_parameter(index, name, value)
-        return {name: int(value), "tuned_recall": round(float(recalls.mean()), 4),
-                "tuned_recall_lower": round(bound, 4), "recall_target": target, "recall_k": self.k,
-                "tuning_queries": int(len(self.rows)), "tuning_method": METHOD}
+        return {
+            name: int(value),
+            "tuned_recall": round(float(recalls.mean()), 4),
+            "tuned_recall_lower": round(bound, 4),
+            "recall_target": target,
+            "recall_k": self.k,
+            "tuning_queries": int(len(self.rows)),
+            "tuning_method": METHOD,
+        }
 
     def _rows_of(self, positions: np.ndarray) -> np.ndarray:
         """Global rows of positions in an index holding every row but the held-out ones, in order."""

@@ -1,9 +1,9 @@
 """POST /search: the nearest items to a text, an uploaded image, an indexed id or an arithmetic expression.
 
-    {"text": "a red circle", "k": 20, "filters": {"shape": "circle"}}
-    {"id": 42}  (more like this: the item itself left out)
-    {"expression": "text:\\"a circle\\" + 0.8 * text:\\"a hat\\""}   (answers also with the nearest words)
-    multipart/form-data with an `image` file (k, filters, expression as fields)
+{"text": "a red circle", "k": 20, "filters": {"shape": "circle"}}
+{"id": 42}  (more like this: the item itself left out)
+{"expression": "text:\\"a circle\\" + 0.8 * text:\\"a hat\\""}   (answers also with the nearest words)
+multipart/form-data with an `image` file (k, filters, expression as fields)
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from clipkit.serve.routes import EngineDep
 router = APIRouter()
 
 
-@router.post("/search", summary="nearest items to a text, an image, an indexed id or an expression",
-             openapi_extra=body_doc(SearchBody, "an image to search with (or img:\"upload\" in expression)"))
+@router.post(
+    "/search",
+    summary="nearest items to a text, an image, an indexed id or an expression",
+    openapi_extra=body_doc(SearchBody, 'an image to search with (or img:"upload" in expression)'),
+)
 async def search(request: Request, engine: EngineDep):
-    with engine.serving():          # counted while it runs: a batch waits only for queries in flight
+    with engine.serving():  # counted while it runs: a batch waits only for queries in flight
         start = time.perf_counter()
         body, upload = await read_body(request, SearchBody)
         kind, source = one_source(body, upload, ("text", "id", "expression"))
@@ -32,9 +35,9 @@ async def search(request: Request, engine: EngineDep):
         mask = await run_in_threadpool(engine.catalog.mask, body.filters) if body.filters else None
         query, words = Query(k, mask=mask), None
         if kind == "text":
-            query.text = engine.check_text(source)                    # encoded inside the search batch
+            query.text = engine.check_text(source)  # encoded inside the search batch
         elif kind == "image":
-            query.image = await run_in_threadpool(engine.read_image, source)   # encoded inside the search batch
+            query.image = await run_in_threadpool(engine.read_image, source)  # encoded inside the search batch
         elif kind == "id":
             query.exclude = source
             query.vector = await run_in_threadpool(engine.item_vector, source)
@@ -44,5 +47,11 @@ async def search(request: Request, engine: EngineDep):
             words = await run_in_threadpool(engine.nearest_words, vector)
         scores, ids = await asyncio.wrap_future(engine.searcher.submit(query))
         results = engine.catalog.hits(scores, ids)
-        return {"query": kind, "k": k, "count": len(results), "words": words,
-                "took_ms": round((time.perf_counter() - start) * 1000, 2), "results": results}
+        return {
+            "query": kind,
+            "k": k,
+            "count": len(results),
+            "words": words,
+            "took_ms": round((time.perf_counter() - start) * 1000, 2),
+            "results": results,
+        }

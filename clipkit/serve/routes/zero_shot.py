@@ -14,10 +14,13 @@ from clipkit.serve.routes import EngineDep
 router = APIRouter()
 
 
-@router.post("/zero-shot", summary="class probabilities of an uploaded image (or an indexed id)",
-             openapi_extra=body_doc(ZeroShotBody, "the image to classify"))
+@router.post(
+    "/zero-shot",
+    summary="class probabilities of an uploaded image (or an indexed id)",
+    openapi_extra=body_doc(ZeroShotBody, "the image to classify"),
+)
 async def zero_shot(request: Request, engine: EngineDep):
-    with engine.serving():          # counted while it runs: a batch waits only for queries in flight
+    with engine.serving():  # counted while it runs: a batch waits only for queries in flight
         start = time.perf_counter()
         body, upload = await read_body(request, ZeroShotBody)
         kind, source = one_source(body, upload, ("id",))
