@@ -62,6 +62,7 @@ MODEL_CFG = {
 MINIMAL = {
     "ClipConfig": {"name": "tiny", "model_cfg": MODEL_CFG},
     "clipkit.evaluation.judge.JudgeConfig": {"classes": {"name": ["cat", "dog"]}},
+    "clipkit.train.fit.FitConfig": {"train_data": "data/train", "out": "runs/fit"},
 }
 
 
