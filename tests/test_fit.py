@@ -132,3 +132,22 @@ def test_fit_at_64px_adds_the_upsampler_and_starts_from_a_given_clip(tiny_model_
     from PIL import Image
 
     assert Image.open(out / "report" / "inversion.png").size[0] > 8 * 64  # 64 px pairs in the grid
+
+
+def test_the_report_judges_each_image_against_its_own_label():
+    """_judged: the judge's identify() on the sample JSON's label field; labels it never saw are left out."""
+    import torch
+
+    from clipkit.evaluation.judge import Judge, JudgeConfig, JudgeNet
+    from clipkit.train.fit import _judged
+
+    torch.manual_seed(0)
+    judge = Judge(JudgeNet(JudgeConfig(classes={"name": ["cat", "dog", "owl"]}, corruptions=False)))
+    images = torch.rand(5, 3, 32, 32) * 2 - 1
+    metas = [{"name": "cat"}, {"name": "dog"}, {"name": "unseen thing"}, {}, {"name": "owl"}]
+    row = _judged(judge, images, metas, "name", "text_")
+    predicted = judge.predict(images)["name"]
+    truth = {0: 0, 1: 1, 4: 2}
+    assert row["text_judge_num"] == 3 and row["text_judge_chance"] == pytest.approx(1 / 3)
+    assert row["text_judge_top1"] == pytest.approx(sum(int(predicted[i]) == c for i, c in truth.items()) / 3)
+    assert _judged(judge, images, metas, None, "x_")["x_judge_num"] == 3  # the judge's first field

@@ -146,7 +146,7 @@ def _clip_stage(config: FitConfig, out: Path, budget: Budget) -> dict:
         overrides["val_data"] = config.val_data
     summary = train_clip(load_config(ClipTrainConfig, RECIPES / "images-clip.json", overrides))
     ev = summary.get("eval", {})
-    recall = {k: v for k, v in ev.items() if "recall" in k or k.endswith("R@1") or k.endswith("R@5")}
+    recall = {k: v for k, v in ev.items() if k.endswith(("t2i_r1", "t2i_r5"))}
     return {
         "summary": f"{summary['steps']} steps in {summary['train_seconds']:.0f} s "
         f"(stopped by {summary.get('stopped_by', 'steps')})"
@@ -250,6 +250,7 @@ def report(config: FitConfig, out: Path, results: dict) -> Path:
         inversion.update(_judged(judge, real, metas, config.label_field, "real_"))  # the judge's own accuracy
         inversion.update(_judged(judge, decoded, metas, config.label_field, "inversion_"))
         inversion["inversion_frechet_ratio"] = judge.frechet(decoded, real)["ratio"]
+        text.update(_judged(judge, drawn, metas[: len(drawn)], config.label_field, "text_"))
     grid = [im for pair in zip(_pil(real[:16]), _pil(decoded[:16])) for im in pair]
     make_grid(grid, columns=8, scale=2).save(figures / "inversion.png")
     make_grid(_pil(drawn), columns=8, scale=2).save(figures / "text_to_image.png")
