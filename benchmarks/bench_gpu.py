@@ -33,13 +33,10 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import bench_train
+from bench_serve import Server
 
 import protocol
 
@@ -317,58 +315,6 @@ def embedding(size: Size, work: Path, rounds: int) -> list[list]:
         ]
     )
     return rows
-
-
-class Server:
-    """`clipkit serve` in a subprocess on a free 127.0.0.1 port; stop() ends it (Ctrl-C, then kill)."""
-
-    def __init__(self, index: Path, model: Path, start_timeout: float = 180.0):
-        cmd = [
-            sys.executable,
-            "-m",
-            "clipkit",
-            "serve",
-            "--index",
-            str(index),
-            "--model",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.port, lines = None, []
-        timer = threading.Timer(start_timeout, self.proc.kill)  # a server that never says its port
-        timer.start()
-        try:
-            for line in self.proc.stdout:
-                lines.append(line)
-                match = re.search(r"open http://127\.0\.0\.1:(\d+)/", line)
-                if match:
-                    self.port = int(match.group(1))
-                    break
-        finally:
-            timer.cancel()
-        if self.port is None:
-            self.stop()
-            raise RuntimeError("clipkit serve did not start: " + "".join(lines[-20:]).strip())
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain its output
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def _search(conn: http.client.HTTPConnection, text: str) -> float:

@@ -118,20 +118,19 @@ def build(work: Path, n: int) -> dict:
 
 
 class Server:
-    """`clipkit serve` in a subprocess on a free loopback port."""
+    """`clipkit serve` in a subprocess on a free loopback port (bench_gpu.py serves with it too)."""
 
-    def __init__(self, world: dict, *flags: str):
+    def __init__(self, index: Path, model: Path, *flags: str, unclip: Path | None = None, start_timeout: float = 300.0):
         cmd = [
             sys.executable,
             "-m",
             "clipkit",
             "serve",
             "--index",
-            str(world["index"]),
+            str(index),
             "--model",
-            str(world["model"]),
-            "--unclip",
-            str(world["unclip"]),
+            str(model),
+            *(["--unclip", str(unclip)] if unclip is not None else []),
             "--host",
             "127.0.0.1",
             "--port",
@@ -146,17 +145,20 @@ class Server:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         lines, self.port = [], None
-        deadline = time.time() + 300
-        while self.port is None and time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            match = re.search(r"open http://127\.0\.0\.1:(\d+)/", line)
-            self.port = int(match.group(1)) if match else None
+        timer = threading.Timer(start_timeout, self.proc.kill)  # a server that never says its port
+        timer.start()
+        try:
+            for line in self.proc.stdout:
+                lines.append(line)
+                match = re.search(r"open http://127\.0\.0\.1:(\d+)/", line)
+                if match:
+                    self.port = int(match.group(1))
+                    break
+        finally:
+            timer.cancel()
         if self.port is None:
             self.stop()
-            raise RuntimeError("server did not start:\n" + "".join(lines))
+            raise RuntimeError("clipkit serve did not start:\n" + "".join(lines[-20:]))
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain its output
 
     def cpu_seconds(self) -> float:
@@ -180,11 +182,13 @@ class Server:
         }
 
     def stop(self) -> None:
-        self.proc.send_signal(2)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def load(
@@ -343,8 +347,8 @@ def main() -> int:
         world = build(Path(tmp), n)
         results["setup"]["kind"] = world["kind"]
         extra = ("--precision", args.precision)
-        on = Server(world, *extra)
-        off = Server(world, "--no-batching", *extra)
+        on = Server(world["index"], world["model"], *extra, unclip=world["unclip"])
+        off = Server(world["index"], world["model"], "--no-batching", *extra, unclip=world["unclip"])
         try:
             bodies = {kind: requests_for(kind, 4096) for kind in ("text", "image")}
             for server in (on, off):  # warm up both
