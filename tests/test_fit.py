@@ -97,6 +97,13 @@ def test_fit_trains_every_stage_then_a_rerun_only_reports(shapes_dir, tmp_path, 
     assert again.count("skipped (done)") == 4
     assert {s: (out / s / "done.json").stat().st_mtime_ns for s in before} == before
 
+    # A run killed after the index stage wrote its embeddings but before its marker: the stage is redone over
+    # its own earlier output (ours by manifest), with no --overwrite.
+    (out / "index" / "done.json").unlink()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("skipped (done)") == 3
+    assert json.loads((out / "index" / "done.json").read_text())["summary"].startswith("200 images")
+
 
 def test_fit_refuses_a_user_folder(shapes_dir, tmp_path, capsys):
     mine = tmp_path / "mine"

@@ -324,8 +324,7 @@ def _index_stage(config: FitConfig, out: Path, clip_dir: str) -> dict:
     """Embed the held-out (else the training) shards and build an index, so `clipkit serve` can search them."""
     model = clipkit.load(clip_dir)
     shards = config.val_data or config.train_data
-    # overwrite: what a killed run left in this stage's own folder (its marker is written last) is redone.
-    write_embeddings(model, out / "index" / "embeddings", shards=shards, overwrite=True, model_source=clip_dir)
+    write_embeddings(model, out / "index" / "embeddings", shards=shards, model_source=clip_dir)
     index = EmbeddingIndex.build(EmbeddingFolder(out / "index" / "embeddings"), kind="auto", model=model)
     index.save(out / "index" / "index")
     return {
