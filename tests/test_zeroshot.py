@@ -119,73 +119,19 @@ def test_cli_folder_csv_and_labelled_folder(tmp_path, capsys):
 def test_cli_labelled_shards(shapes_dir, capsys):
     from clipkit.cli import main
 
-    assert (
-        main(
-            [
-                "zero-shot",
-                "--model",
-                "shapes-tiny",
-                "--shards",
-                str(shapes_dir / "holdout" / "00000.tar"),
-                "--label-field",
-                "color",
-                "--templates",
-                "a {} shape",
-            ]
-        )
-        == 2
-    )  # not a template file
-    assert (
-        main(
-            [
-                "zero-shot",
-                "--model",
-                "shapes-tiny",
-                "--shards",
-                str(shapes_dir / "holdout" / "00000.tar"),
-                "--label-field",
-                "color",
-            ]
-        )
-        == 0
-    )
+    def zero_shot(*extra: str) -> int:
+        shards = str(shapes_dir / "holdout" / "00000.tar")
+        return main(["zero-shot", "--model", "shapes-tiny", "--shards", shards, "--label-field", "color", *extra])
+
+    assert zero_shot("--templates", "a {} shape") == 2  # not a template file
+    assert zero_shot() == 0
     assert "n=100" in capsys.readouterr().out
     # --labels naming some of the colours: the other samples are left out and counted, not blamed on the list.
-    assert (
-        main(
-            [
-                "zero-shot",
-                "--model",
-                "shapes-tiny",
-                "--shards",
-                str(shapes_dir / "holdout" / "00000.tar"),
-                "--label-field",
-                "color",
-                "--labels",
-                "red,blue",
-            ]
-        )
-        == 0
-    )
+    assert zero_shot("--labels", "red,blue") == 0
     out = capsys.readouterr().out
     left_out = int(out.split("left out ")[1].split(" of 100")[0])
     assert 0 < left_out < 100 and f"n={100 - left_out}" in out
-    assert (
-        main(
-            [
-                "zero-shot",
-                "--model",
-                "shapes-tiny",
-                "--shards",
-                str(shapes_dir / "holdout" / "00000.tar"),
-                "--label-field",
-                "color",
-                "--labels",
-                "dog,cat",
-            ]
-        )
-        == 2
-    )
+    assert zero_shot("--labels", "dog,cat") == 2
     assert "no sample's 'color' is one of --labels" in capsys.readouterr().err
 
 
