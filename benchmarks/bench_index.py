@@ -28,6 +28,10 @@ per-point noise), like CLIP embeddings of a large, clumpy collection, written as
 embedding folder (parts of 100,000 rows) that every builder streams from; the
 queries are --queries fresh draws from the same mixture (not in the index).
 Uniform random vectors are not used: no approximate index can work on them.
+Real CLIP embeddings instead (--embeddings FOLDER --name NAME): an embedding folder's img vectors, --queries of
+them held out as the fresh queries and the rest indexed, e.g.
+    clipkit embed --model runs/demo/clip/model --shards 'shards/{00000..00009}.tar' --out /tmp/emb
+    python benchmarks/bench_index.py --embeddings /tmp/emb --name shapes-demo-clip
 """
 
 from __future__ import annotations
@@ -113,28 +117,44 @@ def timed_search(search, queries: np.ndarray, single: int) -> tuple[np.ndarray, 
 # ----------------------------------------------------------------------------- data
 
 
-def make_data(root: Path, n: int, d: int, queries: int, seed: int) -> None:
-    """root/emb (an embedding folder of our format), root/queries.npy, root/truth.npy (exact top-10)."""
+def make_data(root: Path, n: int, d: int, queries: int, seed: int, real: str | None = None) -> tuple[int, int]:
+    """root/emb (an embedding folder of our format), root/queries.npy, root/truth.npy (exact top-10).
+
+    Synthetic (real=None): n x d draws from a clustered mixture, and `queries` fresh draws from it. Real (an
+    embedding folder, e.g. from `clipkit embed`): its img vectors shuffled, `queries` of them held out as the fresh
+    queries (never in the index), the rest indexed. Returns (rows indexed, dimension)."""
     import faiss
 
     from clipkit.io import write_manifest
     from clipkit.retrieval.embeddings.layout import FORMAT
+    from clipkit.retrieval.embeddings.reader import EmbeddingFolder
 
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((4096, d), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    weights = rng.pareto(1.5, size=len(centres)) + 1
-    weights /= weights.sum()
+    if real is None:
+        centres = rng.standard_normal((4096, d), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        weights = rng.pareto(1.5, size=len(centres)) + 1
+        weights /= weights.sum()
+        base = clustered(n, d, centres, weights, rng)
+        xq = next(clustered(queries, d, centres, weights, np.random.default_rng(seed + 1)))
+    else:
+        rows = EmbeddingFolder(real).load("img")
+        rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+        if len(rows) <= 2 * queries:
+            raise SystemExit(f"--embeddings {real!r} holds {len(rows)} rows; need more than 2 x --queries ({queries})")
+        rows = rows[rng.permutation(len(rows))]
+        xq, rest = rows[:queries].copy(), rows[queries:]
+        n, d = len(rest), rows.shape[1]
+        base = (rest[s : s + 100_000] for s in range(0, n, 100_000))
     emb = root / "emb" / "img_emb"
     emb.mkdir(parents=True)
     flat = faiss.IndexFlatIP(d)
     parts = {}
-    for i, x in enumerate(clustered(n, d, centres, weights, rng)):
+    for i, x in enumerate(base):
         np.save(emb / f"img_emb_{i:05d}.npy", x)
         parts[f"img_emb/img_emb_{i:05d}.npy"] = len(x)
         flat.add(x)
     write_manifest(root / "emb", FORMAT, parts, model=None, embed_dim=d, count=n, dtype="float32")
-    xq = next(clustered(queries, d, centres, weights, np.random.default_rng(seed + 1)))
     np.save(root / "queries.npy", xq)
     t = time.perf_counter()
     _, truth = flat.search(xq, K)
@@ -147,6 +167,7 @@ def make_data(root: Path, n: int, d: int, queries: int, seed: int) -> None:
     (root / "flat.json").write_text(
         json.dumps({"qps_batched": batched, "qps_single": single, "bytes": flat.ntotal * d * 4})
     )
+    return n, d
 
 
 # ----------------------------------------------------------------------------- workers (one process each)
@@ -323,6 +344,11 @@ def run_worker(root: Path, variant: str, args, python: str = sys.executable, ext
 # ----------------------------------------------------------------------------- part A: the curve
 
 
+def data_label(args) -> str:
+    kind = f"real embeddings from {args.embeddings}" if args.embeddings else "clustered"
+    return f"{args.n:,} x {args.d} {kind}"
+
+
 def search_range(factory: str, chosen: str) -> tuple[str, list[int]]:
     """(parameter, values) for an index of this factory string; the value the builder chose is included."""
     own = dict(re.findall(r"(\w+)=(\d+)", chosen))
@@ -411,7 +437,7 @@ def part_curve(root: Path, args, flat: dict) -> None:
                 ]
             )
     conditions = (
-        f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, recall@{K}, {args.threads} FAISS "
+        f"{data_label(args)}, {args.queries} fresh queries, recall@{K}, {args.threads} FAISS "
         f"threads, budget {args.max_memory_gb} GiB, {args.rounds} interleaved rounds (median, ±spread)"
     )
     table = (
@@ -421,7 +447,7 @@ def part_curve(root: Path, args, flat: dict) -> None:
             ["index", "factory", "row", "parameter", f"recall@{K}", "QPS batched", "QPS single"], table_rows
         )
     )
-    name = f"index_curve_{args.n // 1000}k"
+    name = f"index_curve_{args.name or f'{args.n // 1000}k'}"
     path = write_results(
         name,
         {
@@ -462,7 +488,7 @@ def part_curve(root: Path, args, flat: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel(f"recall@{K} on fresh queries")
     ax.set_ylabel("queries / s")
-    ax.set_title(f"{args.n:,} x {args.d}, budget {args.max_memory_gb} GiB (star: the builder's own choice)", fontsize=9)
+    ax.set_title(f"{data_label(args)}, budget {args.max_memory_gb} GiB (star: the builder's own choice)", fontsize=9)
     ax.legend(fontsize=7)
     save_figure(fig, Path(args.results_dir) / f"{name}.png")
     print("\n" + table + f"\nwritten: {path}, {path.with_suffix('.md')}, {path.with_suffix('.png')}")
@@ -546,6 +572,13 @@ def main() -> None:
         "--results-dir", default=str(RESULTS), help="where part A writes json / md / png [benchmarks/results]"
     )
     ap.add_argument("--parts", nargs="+", default=["A"], help="A (= D), B, C, E [A]")
+    ap.add_argument(
+        "--embeddings",
+        default=None,
+        help="an embedding folder of real vectors (e.g. from `clipkit embed`) instead of the synthetic mixture: "
+        "--queries of its rows are held out as the fresh queries, the rest are indexed (--n, --d ignored)",
+    )
+    ap.add_argument("--name", default=None, help="results name: results/index_curve_NAME.* [<n>k]")
     for hidden in ("--root", "--variant", "--param", "--values", "--must"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -557,7 +590,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        make_data(root, args.n, args.d, args.queries, args.seed)
+        args.n, args.d = make_data(root, args.n, args.d, args.queries, args.seed, args.embeddings)
         flat = json.loads((root / "flat.json").read_text())
         print(
             f"data: {args.n:,} x {args.d} as an embedding folder + exact truth in {time.perf_counter() - t:.1f} s; "
@@ -567,7 +600,7 @@ def main() -> None:
         if "A" in args.parts:
             part_curve(root, args, flat)
         conditions = (
-            f"{args.n:,} x {args.d} clustered, {args.queries} fresh queries, k={K}, {args.threads} FAISS "
+            f"{data_label(args)}, {args.queries} fresh queries, k={K}, {args.threads} FAISS "
             f"threads, budget {args.max_memory_gb} GiB"
         )
         other_parts(root, args, conditions)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -241,6 +242,21 @@ def _show(value) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
+_DURATION = re.compile(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*")
+_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """'45m', '1h30m', '90s', '2700' or '2700.5' -> seconds (> 0); ValueError naming the text otherwise. The one
+    reading of a wall-clock duration: every --time-budget flag (clipkit fit, train, judge train, ...) uses it."""
+    parts = _DURATION.fullmatch(text)
+    if not text.strip() or parts is None or not any(parts.groups()):
+        raise ValueError(f"{text!r} is not a duration; expected e.g. 45m, 1h30m, 90s or 2700 (seconds)")
+    seconds = sum(float(v) * _UNITS[u] for v, u in zip(parts.groups(), "hms") if v)
+    if not seconds > 0:
+        raise ValueError(f"{text!r} is no time at all; expected a duration > 0 such as 45m")
+    return seconds
+
 
 def _flag_fields(cls, prefix: str = ""):
     """(dotted name, annotation, default) for every field, the fields of nested dataclasses included."""
@@ -281,10 +297,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
         elif base in (list, tuple):
             group.add_argument(flag, dest=name, nargs="*", default=None, help=help_)
         else:
+            duration = name.rsplit(".", 1)[-1] == "time_budget"  # seconds, or 45m / 1h30m as everywhere
 
-            def parse(text, _base=base, _optional=optional, _flag=flag):
+            def parse(text, _base=base, _optional=optional, _flag=flag, _duration=duration):
                 if _optional and text.lower() in ("none", "null"):
                     return None
+                if _duration:
+                    try:
+                        return parse_duration(text)
+                    except ValueError as e:
+                        raise argparse.ArgumentTypeError(f"{_flag} {e}") from None
                 try:
                     value = _base(text)
                 except ValueError:
@@ -293,7 +315,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls) -> None:
                     raise argparse.ArgumentTypeError(f"{_flag} {text!r}: expected a finite number")
                 return value
 
-            group.add_argument(flag, dest=name, type=parse, default=None, metavar=base.__name__.upper(), help=help_)
+            metavar = "DURATION" if duration else base.__name__.upper()
+            group.add_argument(flag, dest=name, type=parse, default=None, metavar=metavar, help=help_)
 
 
 def config_from_args(cls, args: argparse.Namespace):

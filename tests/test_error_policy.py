@@ -6,6 +6,7 @@ FAILURES enumerates the classes (issue 25, class 4); each row makes its own brok
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import shutil
@@ -526,3 +527,21 @@ def test_search_refuses_an_empty_text_like_the_server(ctx, capsys):
         assert main(["search", str(ctx["idx"]), "--text", text]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "is empty; give words to search for" in err
+
+
+def test_every_time_budget_reads_one_duration_syntax():
+    """--time-budget means wall-clock training time in every command: 45m, 1h30m, 90s or seconds, one parser."""
+    from clipkit.cli.main import build_parser
+
+    found = []
+    for words, parser in _leaf_commands(build_parser()):
+        for action in parser._actions:
+            if "--time-budget" in action.option_strings:
+                found.append(" ".join(words))
+                assert action.type("45m") == 2700 and action.type("1h30m") == 5400, words
+                assert action.type("90") == 90 and action.type("2.5") == 2.5, words
+                for bad in ("soon", "0", "-5m"):
+                    with pytest.raises(argparse.ArgumentTypeError, match="duration|time"):
+                        action.type(bad)
+    # the training commands and the one-command fit all take it
+    assert {"fit", "train", "train-decoder", "train-prior", "judge train"} <= set(found), found

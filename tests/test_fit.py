@@ -8,7 +8,7 @@ import json
 import pytest
 
 from clipkit.cli import main
-from clipkit.cli.commands.fit import duration
+from clipkit.cli.types import duration
 from clipkit.train import fit as fit_module
 from clipkit.train.fit import STAGE_SHARES, Budget, FitConfig, fit
 

@@ -277,10 +277,11 @@ def test_create_takes_a_config_dict_or_its_json_file(tmp_path):
     assert wrapped.preprocess.mean.flatten().tolist() == [127.5] * 3
 
 
-def test_a_64px_clip_is_one_shipped_json_file_away():
-    m = clipkit.create("small-64px", seed=0)
-    assert (m.image_size, m.model.visual.conv1.kernel_size, m.context_length) == (64, (8, 8), 32)
-    assert m.model.visual.positional_embedding.shape[0] == (64 // 8) ** 2 + 1
+@pytest.mark.parametrize("name, size", [("small-32px", 32), ("small-64px", 64)])
+def test_a_clip_for_your_own_images_is_one_shipped_json_file_away(name, size):
+    m = clipkit.create(name, seed=0)
+    assert (m.image_size, m.model.visual.conv1.kernel_size, m.context_length) == (size, (8, 8), 32)
+    assert m.model.visual.positional_embedding.shape[0] == (size // 8) ** 2 + 1
 
 
 def test_own_architecture_saves_and_loads_exactly(tmp_path, images):

@@ -55,7 +55,14 @@ from clipkit.serve import (  # noqa: E402
 )
 from clipkit.serve.errors import INTERNAL  # noqa: E402
 from clipkit.shapes.world import write_split  # noqa: E402
-from clipkit.unclip import DecoderConfig, DecoderUNet, DiffusionPrior, PriorConfig, UnCLIP  # noqa: E402
+from clipkit.unclip import (  # noqa: E402
+    DecoderConfig,
+    DecoderUNet,
+    DiffusionPrior,
+    PriorConfig,
+    UnCLIP,
+    UpsamplerConfig,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ITEMS = 48
@@ -326,6 +333,38 @@ def test_generate_equals_the_pipeline(client, engine):
     png = client.get("/image/4").content
     r = client.post("/generate", files={"image": ("x.png", png, "image/png")}, data={"num_images": "1", "steps": "2"})
     assert r.status_code == 200 and len(r.json()["images"]) == 1
+
+
+def test_a_cascade_pipeline_is_served_at_its_upsampler_resolution(world, tmp_path):
+    """A pipeline saved with an upsampler (clipkit fit --image-size 64) serves what its cascade paints."""
+    base = UnCLIP.load(world["unclip"])
+    torch.manual_seed(1)
+    upsampler = DecoderUNet(
+        UpsamplerConfig(image_size=64, low_res_size=32, channels=(16, 32), attention_levels=(False, False))
+    )
+    with torch.no_grad():
+        for p in upsampler.parameters():
+            p.add_(torch.randn(p.shape) * 0.05)
+    UnCLIP(base.clip, base.decoder, base.prior, upsampler=upsampler, clip_path=str(world["model"])).save(
+        tmp_path / "cascade"
+    )
+    index = EmbeddingIndex.load(world["index"])
+    cascade = UnCLIP.load(tmp_path / "cascade")
+    engine = Engine(index, index.model(str(world["model"])), cascade, ServeConfig())
+    try:
+        with TestClient(create_app(engine)) as c:
+            body = {"text": "a red star", "num_images": 1, "steps": 2, "seed": 3, "guidance": 3.0}
+            r = c.post("/generate", json=body)
+            assert r.status_code == 200, r.text
+            served = decode_data_url(r.json()["images"][0])
+            direct = cascade.generate(
+                "a red star", num_images=1, steps=2, sampler="ddim", seed=3, guidance_scale=3.0, upsample=True
+            )
+            assert served.shape == (64, 64, 3) and np.array_equal(served, np.asarray(direct[0]))
+            r = c.post("/generate", json={"id": 4, "num_images": 1, "steps": 2})
+            assert r.status_code == 200 and decode_data_url(r.json()["images"][0]).shape == (64, 64, 3)
+    finally:
+        engine.close()
 
 
 def test_full_generation_queue_answers_503_with_retry_after(client, engine):

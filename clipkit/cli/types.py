@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from clipkit.config import parse_duration
+
 
 def finite_float(text: str) -> float:
     """argparse type: a finite float (nan / inf are refused at parse time)."""
@@ -15,6 +17,14 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
+
+
+def duration(text: str) -> float:
+    """argparse type: a wall-clock duration in seconds ('45m', '1h30m', '90s' or '2700'); see parse_duration."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def positive_float(text: str) -> float:

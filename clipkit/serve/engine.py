@@ -356,10 +356,12 @@ class Engine:
         negative_prompt: str | None = None,
         seed: int = 0,
     ) -> list[Image.Image]:
-        """Text -> prior -> decoder, or an image-embedding vector -> decoder. Runs in the generation pool."""
+        """Text -> prior -> decoder, or an image-embedding vector -> decoder (-> the pipeline's upsampler, when it
+        has one: a cascade serves its full resolution). Runs in the generation pool."""
         if text is None and negative_prompt:
             raise ClientError(400, "negative_prompt works with text prompts only (it goes through the prior)")
         pipe = self.pipeline
+        upsample = pipe.upsampler is not None and pipe.decoder is not None
         with self._stage("generate"):
             if text is not None:
                 return pipe.generate(
@@ -370,6 +372,9 @@ class Engine:
                     negative_prompt=negative_prompt,
                     seed=seed,
                     guidance_scale=guidance,
+                    upsample=upsample,
                 )
             embeddings = torch.as_tensor(np.asarray(vector, dtype=np.float32))[None].expand(num_images, -1)
-            return pipe.decode(embeddings, steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed)
+            return pipe.decode(
+                embeddings, steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed, upsample=upsample
+            )

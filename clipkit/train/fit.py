@@ -57,7 +57,7 @@ from clipkit.unclip.images import pil_to_tensor, to_pil
 FIT_FORMAT = "clipkit-fit"
 RECIPES = Path(__file__).resolve().parents[1] / "presets" / "recipes"
 STAGE_SHARES = {"clip": 0.30, "prior": 0.10, "decoder": 0.45, "upsampler": 0.15}
-ARCHITECTURES = {32: "shapes-small", 64: "small-64px"}  # the CLIP for each --image-size (presets/architectures)
+ARCHITECTURES = {32: "small-32px", 64: "small-64px"}  # the CLIP for each --image-size (presets/architectures)
 DECODER_SIZE = 32  # the base decoder's side; 64 px comes from the upsampler
 
 

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import re
 
-UNITS = {"s": 1, "m": 60, "h": 3600}
 RESUME_HINT = "each finished stage is kept: run the same command again to go on from where it stopped"
 
 
-def duration(text: str) -> float:
-    """'45m', '1h30m', '90s' or plain seconds ('2700') -> seconds."""
-    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text)
-    if not text.strip() or parts is None or not any(parts.groups()):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; expected e.g. 45m, 1h30m, 90s or 2700")
-    seconds = sum(float(v) * UNITS[u] for v, u in zip(parts.groups(), "hms") if v)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is no time at all; expected a duration > 0 such as 45m")
-    return seconds
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from clipkit.cli.types import positive_int
+    from clipkit.cli.types import duration, positive_int
 
     p = sub.add_parser(
         "fit",
@@ -72,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="M",
         help="the CLIP architecture: a preset, an open_clip name "
-        "or a JSON model config [shapes-small at 32 px, small-64px at 64 px]",
+        "or a JSON model config [small-32px at 32 px, small-64px at 64 px]",
     )
     p.add_argument(
         "--clip",

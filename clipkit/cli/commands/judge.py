@@ -12,7 +12,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from clipkit.cli.types import nonnegative_int, positive_float, positive_int
+    from clipkit.cli.types import duration, nonnegative_int, positive_float, positive_int
 
     p = sub.add_parser(
         "judge",
@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--image-size", type=positive_int, help="judge resolution [the data's]")
     t.add_argument("--epochs", type=positive_int, default=8, help="passes over the training data [8]")
     t.add_argument("--max-steps", type=positive_int, help="stop after this many steps (overrides --epochs)")
-    t.add_argument("--time-budget", type=positive_float, help="stop after this many seconds of training")
+    t.add_argument(
+        "--time-budget", type=duration, metavar="DURATION", help="stop after this much training (90s, 20m, 1h, seconds)"
+    )
     t.add_argument("--batch-size", type=positive_int, default=128, help="[128]")
     t.add_argument("--lr", type=positive_float, default=2e-3, help="[0.002]")
     t.add_argument("--num-samples", type=positive_int, help="read at most this many training samples [all]")
