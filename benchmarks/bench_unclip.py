@@ -163,23 +163,9 @@ def _method_row(label: str, m: dict | None) -> list:
     ]
 
 
-def report(m: dict, out: str) -> str:
-    """The Markdown tables and notes of one run's metrics (what main() measured, or a saved metrics.json)."""
+def target_rows(m: dict) -> list[list]:
+    """[measure, value, target, "ok" | "MISSED"] of one evaluate_unclip metrics dict against TARGETS."""
     t2i, inv, hat = m["text_to_image"], m["inversion"], m["hat_arithmetic"]
-    fd = t2i["methods"]["with_prior"]["frechet"]
-    lines = [
-        f"**unCLIP on held-out shapes, judged by the independent shapes judge** — {m['judge']['summary']}",
-        "",
-        f"Text -> image, {fd['num']} captions naming {', '.join(ATTRS)}: the judge's agreement with the "
-        f"caption (mean and per attribute), sharpness (1.0 = real renders; palette x edge ratio), Frechet "
-        f"distance in the judge's features / the real-vs-real floor ({fd['floor']:.2f} for two disjoint sets "
-        f"of {fd['num']} real images), CLIP-judged agreement last. Seeded: the same figures every run.",
-        "",
-    ]
-    headers = ["method", "px", "mean", *ATTRS, "sharpness", "palette", "edge", "FD / floor", "CLIP-judged"]
-    lines.append(
-        protocol.markdown_table(headers, [_method_row(label, t2i["methods"].get(key)) for key, label in METHODS])
-    )
     got = {
         "inversion: worst attribute": min(inv["agreement"][a] for a in (*ATTRS, "background")),
         "text->prior->decoder: mean": t2i["with_prior"]["mean"],
@@ -197,6 +183,27 @@ def report(m: dict, out: str) -> str:
         t, op = TARGETS[k]
         ok = v >= t if op == ">=" else v > t if op == ">" else v <= t
         rows.append([k, f"{v:.3f}", f"{op} {t:.2f}", "ok" if ok else "MISSED"])
+    return rows
+
+
+def report(m: dict, out: str) -> str:
+    """The Markdown tables and notes of one run's metrics (what main() measured, or a saved metrics.json)."""
+    t2i, inv, hat = m["text_to_image"], m["inversion"], m["hat_arithmetic"]
+    fd = t2i["methods"]["with_prior"]["frechet"]
+    lines = [
+        f"**unCLIP on held-out shapes, judged by the independent shapes judge** — {m['judge']['summary']}",
+        "",
+        f"Text -> image, {fd['num']} captions naming {', '.join(ATTRS)}: the judge's agreement with the "
+        f"caption (mean and per attribute), sharpness (1.0 = real renders; palette x edge ratio), Frechet "
+        f"distance in the judge's features / the real-vs-real floor ({fd['floor']:.2f} for two disjoint sets "
+        f"of {fd['num']} real images), CLIP-judged agreement last. Seeded: the same figures every run.",
+        "",
+    ]
+    headers = ["method", "px", "mean", *ATTRS, "sharpness", "palette", "edge", "FD / floor", "CLIP-judged"]
+    lines.append(
+        protocol.markdown_table(headers, [_method_row(label, t2i["methods"].get(key)) for key, label in METHODS])
+    )
+    rows = target_rows(m)
     lines += ["**Targets**", "", protocol.markdown_table(["measure", "value", "target", ""], rows)]
     div = t2i["diversity"]
     notes = [

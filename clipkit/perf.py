@@ -5,6 +5,7 @@
     utilisation(flops_per_sample=flops / batch_size, samples_per_s=316.0, precision="fp32")
     # {"gflop_per_sample": 0.2, "achieved_gflops": 63.2, "peak_gflops": 328.0, "peak_fraction": 0.19, ...}
     with torch_threads(2): ...                                       # intra-op threads for a block, then restored
+    side_by_side([(train_decoder, (cfg_a,)), (train_upsampler, (cfg_b,))])  # one process each, at the same time
 
 The peak is what this process's intra-op threads get from a 2048 x 2048 matmul in
 the given precision (the best of a few repeats), so "fraction of peak" reads the
@@ -17,12 +18,14 @@ when the machine is quieter than it was then, and the higher figure is kept.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -48,6 +51,23 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def side_by_side(calls: Sequence[tuple[Callable, tuple]]) -> list:
+    """Run independent calls at the same time, each in its own (spawned) process; their results, in order.
+
+    For small models whose steps are per-kernel overhead rather than arithmetic: two one-thread runs side
+    by side finish sooner than the same two runs one after the other on two threads each (measured in the
+    demo, docs/benchmarks/demo.md). Each call sets its own threads (a training config's num_threads); the
+    functions and arguments must pickle (module-level functions, config dataclasses) and so must the results.
+    The first call that raises re-raises here, once the others have finished."""
+    if len(calls) <= 1:
+        return [fn(*args) for fn, args in calls]
+    ctx = multiprocessing.get_context("spawn")  # no forked copy of a parent's torch thread pool
+    with concurrent.futures.ProcessPoolExecutor(max_workers=len(calls), mp_context=ctx) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in calls]
+        concurrent.futures.wait(futures)
+        return [f.result() for f in futures]
 
 
 def attention_backend(device_type: str, precision: str):

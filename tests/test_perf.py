@@ -90,3 +90,15 @@ def test_torch_threads_sets_then_restores_even_on_error():
     with pytest.raises(ValueError, match="threads=0"):
         with torch_threads(0):
             pass
+
+
+def test_side_by_side_runs_calls_in_worker_processes_and_returns_results_in_order():
+    import math
+    import os
+
+    # two calls run in spawned workers, not in this process; results come back in call order
+    assert os.getpid() not in perf.side_by_side([(os.getpid, ()), (os.getpid, ())])
+    assert perf.side_by_side([(math.pow, (2, 10)), (math.gcd, (12, 18))]) == [1024.0, 6]
+    assert perf.side_by_side([(math.gcd, (4, 6))]) == [2]  # one call: in this process
+    with pytest.raises(ValueError, match="math domain error"):
+        perf.side_by_side([(math.sqrt, (-1,)), (math.gcd, (4, 6))])

@@ -156,9 +156,11 @@ def _unclip_section(r: dict) -> Section:
         f"a small CNN trained on the world's true attributes (not on CLIP): agreement with the source image's or the "
         f"caption's attributes, sharpness against real renders (1.0 = as sharp), and the Frechet distance in the "
         f"judge's features as a multiple of the real-vs-real floor; the demo CLIP's own zero-shot verdict stays "
-        f"beside. {m['judge']['summary']}. Prior {r['prior'].get('train_seconds', '?')} s and "
-        f"decoder {r['decoder'].get('train_seconds', '?')} s of training. {hat['num']} bare shapes + hat vector "
-        f"were judged wearing a hat {_pct(hat['judged_wearing_hat'])} of the time (without the vector: "
+        f"beside. {m['judge']['summary']}. Training: decoder {r['decoder'].get('train_seconds', '?')} s "
+        f"then prior {r['prior'].get('train_seconds', '?')} s in one process, beside the upsampler's "
+        f"{r['upsampler'].get('train_seconds', '?')} s in another (one thread each). "
+        f"{hat['num']} bare shapes + hat vector were judged wearing a hat "
+        f"{_pct(hat['judged_wearing_hat'])} of the time (without the vector: "
         f"{_pct(hat['baseline_decoded_without_vector'])}).",
         figs,
         metrics=samplers,

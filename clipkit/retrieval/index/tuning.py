@@ -53,11 +53,28 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / max(total, 1)
 
 
-def per_query_recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(nq,) share of each truth row (ignoring -1) present in the same row of `found`; 1.0 for an empty row."""
+def per_query_recall(
+    found: np.ndarray,
+    truth: np.ndarray,
+    found_scores: np.ndarray | None = None,
+    truth_scores: np.ndarray | None = None,
+    metric: str = "ip",
+) -> np.ndarray:
+    """(nq,) share of each truth row (ignoring -1) present in the same row of `found`; 1.0 for an empty row.
+
+    With the exact scores of both (similarity for "ip", distance for "l2"), a found entry also counts when
+    it scores as well as the truth row's last entry (to 1e-5): among equal vectors (duplicate images, a
+    world of few distinct pictures) which copy exact search returns is arbitrary, and every copy is a right
+    answer (ann-benchmarks counts recall by distance the same way)."""
     valid = truth >= 0  # (nq, kt)
     hit = ((found[:, :, None] == truth[:, None, :]).any(axis=1)) & valid  # (nq, kt)
-    return hit.sum(axis=1) / np.maximum(valid.sum(axis=1), 1) + (valid.sum(axis=1) == 0)
+    hits, wanted = hit.sum(axis=1), valid.sum(axis=1)
+    if found_scores is not None and truth_scores is not None:
+        last = np.take_along_axis(truth_scores, np.maximum(wanted - 1, 0)[:, None], axis=1)  # (nq, 1)
+        tol = 1e-5 * np.maximum(1.0, np.abs(last))
+        good = (found_scores >= last - tol) if metric == "ip" else (found_scores <= last + tol)
+        hits = np.maximum(hits, np.minimum((good & (found >= 0)).sum(axis=1), wanted))
+    return hits / np.maximum(wanted, 1) + (wanted == 0)
 
 
 def recall_lower_bound(recalls: np.ndarray, z: float = CONFIDENCE_Z) -> float:
@@ -122,16 +139,20 @@ class HeldOut:
         self.heap.finalize()
         truth = self.heap.I
         exclude = None if self.defer else excluding(self.rows)
+        # hnsw and ivf store the vectors themselves, so their scores are exact and ties count (per_query_recall)
+        exact_scores = kind in ("hnsw", "ivf")
         for value in values:
             if self.defer:
                 ps.set_index_parameter(index, name, value)
-                _, found = index.search(self.queries, self.k)
+                scores, found = index.search(self.queries, self.k)
                 found = self._rows_of(found)
             else:
-                _, found = index.search(
+                scores, found = index.search(
                     self.queries, self.k, params=search_parameters(index, kind, exclude, **{name: value})
                 )
-            recalls = per_query_recall(found, truth)
+            recalls = per_query_recall(
+                found, truth, scores if exact_scores else None, self.heap.D if exact_scores else None, self.metric
+            )
             bound = recall_lower_bound(recalls)
             if kind == "ivf" and value == faiss.extract_index_ivf(index).nlist:
                 bound = 1.0  # IVF-Flat probing every cell is exact search: recall 1, whatever the sample
