@@ -239,6 +239,14 @@ def machine() -> dict:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout.strip()
+    if commit and changed:  # the code that ran is that commit plus uncommitted changes to tracked files
+        commit += "+changes"
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "commit": commit or None}
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__

@@ -112,9 +112,9 @@ class DemoSettings:
             unclip_quick=False,
             # 10k of the train split is plenty for prior and decoder (they see ~50k-380k samples in their
             # step budgets) and halves the time spent embedding. One thread each: decoder then prior in one
-            # process beside the upsampler in another (stage_unclip), which at these sizes beats the three in
-            # turn on two threads. Steps below the presets' (prior 4,000, decoder 4,000, upsampler 2,400) are
-            # the budget: docs/benchmarks/demo.md has the stage table and the judged figures they reach.
+            # process beside the upsampler in another (stage_unclip). Steps below the presets' (prior 4,000,
+            # decoder 4,000, upsampler 2,400) are the budget: docs/benchmarks/demo.md has the stage table and
+            # the judged figures they reach.
             prior_overrides={"num_samples": 10_000, "num_threads": 1, "max_steps": 3_000},
             decoder_overrides={"num_samples": 10_000, "num_threads": 1, "max_steps": 1_800},
             upsampler_overrides={"num_samples": 5_000, "num_threads": 1, "max_steps": 1_450},
@@ -286,8 +286,9 @@ def stage_unclip(out: Path, s: DemoSettings, data: Path, model_dir: Path, hat_ve
     }
     # Claimed here, before the trainers start side by side (each would otherwise mark a new folder at once).
     claim_pipeline(common["pipeline_dir"], load_clip(str(model_dir)), inputs=[str(model_dir), common["train_data"]])
-    # Two one-thread processes side by side (decoder then prior | upsampler) beat the three in turn on two
-    # threads: at these sizes a step is per-kernel overhead (docs/benchmarks/demo.md has the stage table).
+    # Two one-thread processes side by side (decoder then prior | upsampler) do more work a second than one
+    # process on two threads: a decoder step ran at 6.6 steps/s beside the upsampler against 9.5 alone on two
+    # threads (1.39x the pair's throughput; docs/benchmarks/demo.md has the stage table).
     (decoder, prior), (upsampler,) = side_by_side(
         [
             (in_turn, ((train_decoder, configs["decoder"]), (train_prior, configs["prior"]))),

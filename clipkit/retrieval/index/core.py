@@ -21,7 +21,7 @@ refused with their count and first row.
 
 Kinds: "flat" (exact), "hnsw" (HNSW32 graph), "ivf" (IVF-Flat), "ivfpq"
 (OPQ + IVF + PQ codes, for sets whose raw vectors do not fit in memory).
-"auto" picks as autofaiss does, by size and by a memory budget (kinds.py);
+"auto" picks by size and by a memory budget, much as autofaiss does (kinds.py);
 the approximate kinds are then tuned to `recall_target` on held-out queries
 (tuning.py). How an index is built: build.py; filtered search: filters.py;
 what add / remove / merge do to the parts: changes.py.

@@ -4,10 +4,13 @@
     estimate_memory("hnsw", 10**6, 512)                 # resident bytes
     factory_for("ivf", n, d)                            # the FAISS factory string of a kind
 
-"auto" picks as autofaiss does: flat below 20,000 vectors; HNSW up to 300,000
-vectors when vectors + graph fit; IVF-Flat when the raw vectors fit;
-OPQ-IVF-PQ beyond. The search parameter of the approximate kinds (efSearch /
-nprobe) is tuned afterwards (tuning.py).
+"auto" picks flat below 20,000 vectors; HNSW up to 300,000 vectors when
+vectors + graph fit; IVF-Flat when the raw vectors fit; OPQ-IVF-PQ beyond.
+autofaiss 2.18 differs at both ends: flat only below 1,000 vectors (HNSW15 up
+to 10,000), and HNSW at any size that fits its budget (benchmarks/bench_index.py
+compares the two: at 13,860 CLIP embeddings its HNSW tuned down is faster than
+exact search; at 1,000,000 x 256 IVF-Flat is faster than its HNSW). The search
+parameter of the approximate kinds (efSearch / nprobe) is tuned afterwards (tuning.py).
 """
 
 from __future__ import annotations
