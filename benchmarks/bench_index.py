@@ -86,7 +86,6 @@ def exact_scores(root: Path, xq: np.ndarray, ids: np.ndarray) -> np.ndarray:
     parts = sorted((root / "emb" / "img_emb").glob("img_emb_*.npy"))
     arrays = [np.load(p, mmap_mode="r") for p in parts]
     starts = np.cumsum([0] + [len(a) for a in arrays])
-    out = np.full(ids.shape, -np.inf, dtype=np.float32)
     flat_ids = ids.ravel()
     rows = np.zeros((len(flat_ids), xq.shape[1]), dtype=np.float32)
     part = np.searchsorted(starts, flat_ids, side="right") - 1
@@ -94,7 +93,7 @@ def exact_scores(root: Path, xq: np.ndarray, ids: np.ndarray) -> np.ndarray:
         sel = np.flatnonzero((part == i) & (flat_ids >= 0))
         rows[sel] = a[flat_ids[sel] - starts[i]]
     dots = np.einsum("qkd,qd->qk", rows.reshape(*ids.shape, -1), xq)
-    return np.where(ids >= 0, dots, out)
+    return np.where(ids >= 0, dots, -np.inf).astype(np.float32)
 
 
 def _status_kb(*fields: str) -> int:

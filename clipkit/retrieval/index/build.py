@@ -192,10 +192,10 @@ class BuildPlan:
                 block.append(out)
                 size += out.nbytes
                 if size >= HNSW_ADD_BLOCK_BYTES:
-                    yield np.concatenate(block) if len(block) > 1 else block[0]
+                    yield np.concatenate(block)
                     block, size = [], 0
             if block:
-                yield np.concatenate(block) if len(block) > 1 else block[0]
+                yield np.concatenate(block)
 
     def finish(self, index) -> dict:
         """Tune the filled FAISS `index` (its held-out rows go back in) -> manifest fields to update."""
