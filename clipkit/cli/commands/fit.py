@@ -52,14 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         choices=(32, 64),
         default=32,
-        help="32: a 32 px CLIP, prior and decoder; 64: a 64 px CLIP and the 32 -> 64 px upsampler [32]",
+        help="32: a prior and a 32 px decoder; 64: adds the 32 -> 64 px upsampler [32]",
     )
     p.add_argument(
         "--model",
         default=None,
         metavar="M",
         help="the CLIP architecture: a preset, an open_clip name "
-        "or a JSON model config [small-32px at 32 px, small-64px at 64 px]",
+        "or a JSON model config [small-32px at either --image-size: it beat small-64px at equal time]",
     )
     p.add_argument(
         "--clip",
