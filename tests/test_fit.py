@@ -39,6 +39,34 @@ def test_the_budget_is_shared_by_the_stages_still_to_run(monkeypatch):
     assert Budget(1000.0, ["decoder"]).seconds("decoder") == pytest.approx(1000.0)
 
 
+def test_after_the_clip_the_decoder_trains_beside_the_prior_then_the_upsampler(tmp_path, monkeypatch):
+    now, lanes = [0.0], []
+    monkeypatch.setattr(fit_module.time, "monotonic", lambda: now[0])
+
+    def clip_stage(config, out, budget):
+        assert budget.seconds("clip") == pytest.approx(1000 * STAGE_SHARES["clip"])
+        now[0] = 250.0  # the CLIP took 250 s: 750 s are left for both lanes, each its own
+        return {"model": "clip-dir", "steps": 1, "train_seconds": 250.0}
+
+    def side_by_side(calls):
+        lanes.extend((args[2], args[4], args[5]) for _, args in calls)  # stages, seconds, threads
+        return [{stage: {"steps": 2} for stage in args[2]} for _, args in calls]
+
+    monkeypatch.setattr(fit_module, "_clip_stage", clip_stage)
+    monkeypatch.setattr(fit_module, "side_by_side", side_by_side)
+    monkeypatch.setattr(fit_module, "claim_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(fit_module.clipkit, "load", lambda *a, **k: None)
+    monkeypatch.setattr(fit_module, "_index_stage", lambda *a: {"index": "idx"})
+    monkeypatch.setattr(fit_module, "report", lambda *a: tmp_path / "report.html")
+    monkeypatch.setattr(fit_module.os, "cpu_count", lambda: 2)
+    summary = fit(FitConfig(train_data="shards", out=str(tmp_path / "fit"), image_size=64, time_budget=1000))
+    assert lanes == [(["decoder"], 750.0, 1), (["prior", "upsampler"], 750.0, 1)]
+    assert list(summary["stages"]) == ["clip", "prior", "decoder", "upsampler"]
+    # Inside a lane its stages share its time in proportion to their shares.
+    prior, upsampler = STAGE_SHARES["prior"], STAGE_SHARES["upsampler"]
+    assert Budget(750.0, ["prior", "upsampler"]).seconds("prior") == pytest.approx(750 * prior / (prior + upsampler))
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

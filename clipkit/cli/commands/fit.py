@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=duration,
         default=None,
         metavar="T",
-        help="wall-clock training time for all stages together, e.g. 45m or 1h30m [each recipe's steps]",
+        help="wall-clock training time for all stages together, e.g. 45m or 1h30m: 30%% to the CLIP, the rest "
+        "to the decoder beside the prior then the upsampler [each recipe's steps]",
     )
     p.add_argument("--max-steps", type=positive_int, default=None, help="cap on every stage's optimiser steps")
     p.add_argument(
