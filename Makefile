@@ -29,8 +29,8 @@ demo-quick: $(STAMP)
 # The house rules first (lint, format, types; the layering is tests/test_layout.py), then the tests
 # (tests/test_docs.py builds the documentation site strictly).
 check: $(STAMP)
-	$(BIN)/ruff check clipkit tests benchmarks training
-	$(BIN)/ruff format --check clipkit tests benchmarks training
+	$(BIN)/ruff check clipkit tests benchmarks training retrieval decoder
+	$(BIN)/ruff format --check clipkit tests benchmarks training retrieval decoder
 	$(BIN)/mypy
 
 test: check

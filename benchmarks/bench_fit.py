@@ -64,7 +64,7 @@ def columns(summary: dict, metrics: dict) -> tuple[dict, list[list]]:
             cells[name] = f"{st['steps']:,} steps, {st['train_seconds']:.0f} s ({stop})"
         else:
             cells[name] = f"{st.get('seconds', 0):.0f} s"
-    cells["total training s"] = f"{sum(s.get('train_seconds', 0) for s in stages.values()):.0f}"
+    # No total: after the CLIP, stages train side by side (clipkit.train.fit.LANES), so seconds do not add up.
     rows = []
     ev = stages.get("clip", {}).get("eval", {})
     for key in ("val/t2i_r1", "val/t2i_r5"):

@@ -1,8 +1,8 @@
 """Generate images with a trained unCLIP pipeline (same as `clipkit generate`).
 
-    python decoder/generate.py --pipeline runs/unclip --prompt "a red circle wearing a hat" --out out/
-    python decoder/generate.py --pipeline runs/unclip --expr 'img:"circle.png" + text:"hat"' --out out/
-    python decoder/generate.py --pipeline runs/unclip --interpolate a.png "text:a blue star" --num 8 --out out/
+python decoder/generate.py --pipeline runs/unclip --prompt "a red circle wearing a hat" --out out/
+python decoder/generate.py --pipeline runs/unclip --expr 'img:"circle.png" + text:"hat"' --out out/
+python decoder/generate.py --pipeline runs/unclip --interpolate a.png "text:a blue star" --num 8 --out out/
 """
 
 import sys

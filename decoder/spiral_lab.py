@@ -1,6 +1,6 @@
 """The spiral lab as a script: the same code as `clipkit spiral`.
 
-    python decoder/spiral_lab.py --out runs/spiral [--quick] [--seed 0]
+python decoder/spiral_lab.py --out runs/spiral [--quick] [--seed 0]
 """
 
 from __future__ import annotations

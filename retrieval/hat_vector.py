@@ -24,7 +24,9 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="saved model directory (or a preset, for a smoke run)")
-    ap.add_argument("--pairs", default="100", help="hat_pairs shard folder / url pattern, or a number of pairs to generate")
+    ap.add_argument(
+        "--pairs", default="100", help="hat_pairs shard folder / url pattern, or a number of pairs to generate"
+    )
     ap.add_argument("--vocabulary", default=None, help="vocabulary file [shipped list]")
     ap.add_argument("--word", default="hat")
     ap.add_argument("--out", default="runs/hat_vector", help="folder for hat_vector.npy and hat_vector.json")
@@ -39,10 +41,15 @@ def main(argv=None) -> int:
     summary["model"] = model.identity
     (out / "hat_vector.json").write_text(json.dumps(summary, indent=2))
     print(f"{result['pairs']} pairs, vocabulary of {result['vocabulary_size']} words")
-    print(f"'{args.word}' top-1 for {result['top1_rate']:.1%} of pairs; mean rank {result['mean_rank']:.2f} "
-          f"(median {result['median_rank']:.0f}); mean cosine {result['mean_cosine']:.4f}; "
-          f"consistency {result['consistency']:.4f}")
-    print("words nearest the averaged hat vector:", ", ".join(f"{w} ({s:.3f})" for w, s in result["nearest_to_hat_vector"]))
+    print(
+        f"'{args.word}' top-1 for {result['top1_rate']:.1%} of pairs; mean rank {result['mean_rank']:.2f} "
+        f"(median {result['median_rank']:.0f}); mean cosine {result['mean_cosine']:.4f}; "
+        f"consistency {result['consistency']:.4f}"
+    )
+    print(
+        "words nearest the averaged hat vector:",
+        ", ".join(f"{w} ({s:.3f})" for w, s in result["nearest_to_hat_vector"]),
+    )
     print(f"saved {out / 'hat_vector.npy'}")
     return 0
 

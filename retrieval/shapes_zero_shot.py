@@ -12,8 +12,8 @@ import argparse
 import json
 
 from clipkit.data.shards import read_samples
-from clipkit.shapes.evaluate import ATTRIBUTES, attribute_accuracy
 from clipkit.model import resolve_model
+from clipkit.shapes.evaluate import ATTRIBUTES, attribute_accuracy
 
 
 def main(argv=None) -> int:

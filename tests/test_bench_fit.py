@@ -42,7 +42,6 @@ def test_rows_mark_each_target_by_its_direction_and_say_what_was_not_measured(tm
         "clip": "1,900 steps, 810 s (time_budget)",
         "decoder": "3,000 steps, 900 s (steps)",
         "index": "4 s",
-        "total training s": "1710",
     }
     by = {r[0]: r[1:] for r in rows}
     assert by["CLIP t2i_r1 (validation split)"] == ["0.501", "", ""]

@@ -115,6 +115,8 @@ def test_fit_trains_every_stage_then_a_rerun_only_reports(shapes_dir, tmp_path, 
     page = (out / "report.html").read_text()
     for figure in ("report/inversion.png", "report/text_to_image.png", "report/unseen.png"):
         assert figure in page and (out / figure).is_file()
+    unseen = page.split("Captions never trained on: ", 1)[1].split("<", 1)[0].split("; ")
+    assert len(unseen) == len(set(unseen)) >= 2  # distinct captions, not the renders of the first few
     assert f"clipkit serve --index {out / 'index' / 'index'}" in printed
     assert json.loads((out / "index" / "done.json").read_text())["summary"].startswith("200 images")
 

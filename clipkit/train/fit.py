@@ -72,6 +72,7 @@ STAGE_SHARES = {"clip": 0.30, "prior": 0.10, "decoder": 0.45, "upsampler": 0.15}
 CLIP_ARCHITECTURE = "small-32px"
 IMAGE_SIZES = (32, 64)
 DECODER_SIZE = 32  # the base decoder's side; 64 px comes from the upsampler
+UNSEEN_READ_PER_CAPTION = 50  # samples read per unseen caption wanted (renders of one caption sit together)
 LANES = (("decoder",), ("prior", "upsampler"))  # trained side by side after the CLIP, one process a lane
 
 
@@ -204,9 +205,7 @@ def _lane(
     }
 
 
-def _unclip_stage(
-    config: FitConfig, out: Path, stage: str, clip_dir: str, budget: Budget, threads: int | None = None
-) -> dict:
+def _unclip_stage(config: FitConfig, out: Path, stage: str, clip_dir: str, budget: Budget, threads: int) -> dict:
     trainers: dict[str, tuple[type[UnclipTrainConfig], Callable[..., dict]]] = {
         "prior": (PriorTrainConfig, train_prior),
         "decoder": (DecoderTrainConfig, train_decoder),
@@ -218,9 +217,8 @@ def _unclip_stage(
         "clip": clip_dir,
         "train_data": config.train_data,
         "pipeline_dir": str(out / "pipeline"),
+        "num_threads": threads,
     }
-    if threads is not None:
-        overrides["num_threads"] = threads
     if stage != "upsampler":  # its recipe reads fewer (64 px targets; each is its own condition)
         overrides["num_samples"] = config.num_samples
     summary = fn(load_config(cls, RECIPES / f"images-{stage}.json", overrides))
@@ -306,7 +304,9 @@ def report(config: FitConfig, out: Path, results: dict) -> Path:
         ),
     ]
     if config.unseen_data:
-        unseen = [str(r[0]) for r in read_samples(config.unseen_data, ("text",), 16)]
+        # 16 distinct captions: a split holds several renders of each, one after another.
+        texts = (str(r[0]) for r in read_samples(config.unseen_data, ("text",), 16 * UNSEEN_READ_PER_CAPTION))
+        unseen = list(dict.fromkeys(texts))[:16]
         if unseen:
             make_grid(
                 _pil(
