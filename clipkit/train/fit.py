@@ -132,9 +132,10 @@ class Budget:
         if stage not in shares:
             return None
         self.left.remove(stage)
-        if self.total is None or shares[stage] == 0:
+        remaining = self.remaining()
+        if remaining is None or shares[stage] == 0:
             return None
-        return max(1.0, self.remaining() * shares[stage] / sum(shares.values()))
+        return max(1.0, remaining * shares[stage] / sum(shares.values()))
 
     def remaining(self) -> float | None:
         """Seconds of the budget not yet spent (None without a budget)."""
