@@ -88,12 +88,7 @@ def main() -> None:
     if len(labels) != len(folders):
         p.error(f"{len(labels)} --labels for {len(folders)} demo folders; give one per folder")
     demos = {label: columns(read_demo(folder)) for label, folder in zip(labels, folders)}
-    stages = sorted(dict.fromkeys(k for seconds, _ in demos.values() for k in seconds), key=_order)
-    stage_rows = [[s, *(demos[lab][0].get(s, "") for lab in labels)] for s in stages]
-    measures = list(dict.fromkeys(r[0] for _, rows in demos.values() for r in rows))
-    target_of = {r[0]: r[2] for _, rows in demos.values() for r in rows}
-    value = {(lab, r[0]): f"{r[1]} {r[3]}" for lab in labels for r in demos[lab][1]}
-    figure_rows = [[m, target_of[m], *(value.get((lab, m), "") for lab in labels)] for m in measures]
+    stage_rows, figure_rows = protocol.run_columns(demos, stage_order=_order)
     note = ""
     if window is not None:
         note = (

@@ -92,12 +92,7 @@ def main() -> None:
     if len(labels) != len(args.folders):
         p.error(f"{len(labels)} --labels for {len(args.folders)} fit folders; give one per folder")
     fits = {lab: columns(*read_fit(folder)) for lab, folder in zip(labels, args.folders)}
-    stages = list(dict.fromkeys(k for cells, _ in fits.values() for k in cells))
-    stage_rows = [[s, *(fits[lab][0].get(s, "") for lab in labels)] for s in stages]
-    measures = list(dict.fromkeys(r[0] for _, rows in fits.values() for r in rows))
-    target_of = {r[0]: r[2] for _, rows in fits.values() for r in rows}
-    value = {(lab, r[0]): f"{r[1]} {r[3]}".strip() for lab in labels for r in fits[lab][1]}
-    figure_rows = [[m, target_of[m], *(value.get((lab, m), "") for lab in labels)] for m in measures]
+    stage_rows, figure_rows = protocol.run_columns(fits)
     table = (
         "**Each stage** (summary.json: steps, training seconds, what stopped it)\n\n"
         + protocol.markdown_table(["stage", *labels], stage_rows)

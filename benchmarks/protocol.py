@@ -222,6 +222,24 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_columns(runs: dict[str, tuple[dict, list[list]]], stage_order=None) -> tuple[list[list], list[list]]:
+    """One column per finished run (a demo, a fit): (stage rows, figure rows) for two markdown tables.
+
+    runs[label] = (cells: {stage: value}, rows: [[measure, value, target, mark], ...]). Stage rows are
+    [stage, value per run] (stages in first-seen order, or sorted by `stage_order`); figure rows are
+    [measure, target, "value mark" per run], a run that lacks a row leaving its cell empty."""
+    labels = list(runs)
+    stages = list(dict.fromkeys(k for cells, _ in runs.values() for k in cells))
+    if stage_order is not None:
+        stages.sort(key=stage_order)
+    stage_rows = [[s, *(runs[lab][0].get(s, "") for lab in labels)] for s in stages]
+    measures = list(dict.fromkeys(r[0] for _, rows in runs.values() for r in rows))
+    target_of = {r[0]: r[2] for _, rows in runs.values() for r in rows}
+    value = {(lab, r[0]): f"{r[1]} {r[3]}".strip() for lab in labels for r in runs[lab][1]}
+    figure_rows = [[m, target_of[m], *(value.get((lab, m), "") for lab in labels)] for m in measures]
+    return stage_rows, figure_rows
+
+
 def _cell(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) and abs(v) < 1000 else (f"{v:,.0f}" if isinstance(v, float) else str(v))
 
