@@ -71,11 +71,12 @@ def columns(summary: dict, metrics: dict) -> tuple[dict, list[list]]:
         if key in ev:
             rows.append([f"CLIP {key[4:]} (validation split)", f"{ev[key]:.3f}", "", ""])
     for label, key, target, higher in TARGETS:
+        wanted = f"{'>=' if higher else '<='} {target:g}"
         if key not in metrics:
-            rows.append([label, "not measured", f"{'>=' if higher else '<='} {target:g}", ""])
+            rows.append([label, "not measured", wanted, ""])
             continue
         ok = metrics[key] >= target if higher else metrics[key] <= target
-        rows.append([label, f"{metrics[key]:.3f}", f"{'>=' if higher else '<='} {target:g}", "ok" if ok else "MISSED"])
+        rows.append([label, f"{metrics[key]:.3f}", wanted, "ok" if ok else "MISSED"])
     for label, key in CONTEXT:
         if key in metrics:
             rows.append([label, f"{metrics[key]:.4g}", "", ""])

@@ -10,9 +10,9 @@ upsampler collect in OUT/pipeline (an UnCLIP folder). A stage writes OUT/<stage>
 
 After the CLIP, the other stages train side by side in LANES, one process each (clipkit.perf.side_by_side):
 the decoder in one, the prior then the upsampler in the other, the cores divided between them. At these
-model sizes a step is mostly per-kernel overhead: the icon set's decoder ran 6.4 steps/s alone on two threads,
+model sizes a step is mostly per-kernel overhead: the icon set's decoder averaged 7.2 steps/s alone on two threads,
 6.5 on one beside another decoder and 5.3 beside the upsampler, so the second core is worth a second model,
-not a faster decoder (a 45-minute fit: 1.17x the decoder's steps, 1.6x the upsampler's, 2.6x the prior's).
+not a much faster decoder (a 45-minute fit: 1.17x the decoder's steps, 1.6x the upsampler's, 2.6x the prior's).
 
 The time budget goes to the CLIP first (its STAGE_SHARES share); what is left is each lane's, split over the
 lane's stages in proportion to STAGE_SHARES, each stage getting its share of what is left when it starts (a
